@@ -1,0 +1,133 @@
+"""The Jarvis exception tree.
+
+Every error a client can see is one of these. Each carries an HTTP status (for
+errors raised before a stream starts), a stable ``code`` string and, for errors
+that end a stream, the terminal ``status`` the answer is stored with::
+
+    JarvisError
+    ├── RequestError               the client sent something we will not serve
+    │   ├── BadRequest             400 bad_request
+    │   ├── UnsupportedMediaType   415 unsupported_media_type
+    │   ├── PromptTooLarge         413 prompt_too_large
+    │   └── NotFound               404 not_found
+    ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
+    ├── StoreError                 500 store_error (the database refused a write)
+    └── UpstreamError              502, the model side failed; ends a stream as failed
+        ├── UpstreamUnavailable    upstream_unavailable (retryable: start Ollama)
+        ├── ModelNotFound          model_not_found
+        ├── UpstreamHTTPError      upstream_http_error
+        ├── UpstreamStreamError    upstream_error (an error line mid-answer)
+        ├── UpstreamProtocolError  upstream_bad_response
+        ├── UpstreamDisconnected   upstream_disconnected
+        └── UpstreamTimeout        504, ends a stream as timeout (retryable)
+"""
+
+from __future__ import annotations
+
+
+class JarvisError(Exception):
+    """Base of every error Jarvis reports to a client."""
+
+    http_status = 500
+    code = "internal_error"
+    status = "failed"  # the terminal status of a stream this error ends
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class RequestError(JarvisError):
+    """The request is wrong; retrying it unchanged will not help."""
+
+    http_status = 400
+    code = "bad_request"
+
+
+class BadRequest(RequestError):
+    pass
+
+
+class UnsupportedMediaType(RequestError):
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class PromptTooLarge(RequestError):
+    http_status = 413
+    code = "prompt_too_large"
+
+
+class NotFound(RequestError):
+    http_status = 404
+    code = "not_found"
+
+
+class AtCapacity(JarvisError):
+    """Every stream slot is taken; retry after ``retry_after_s`` seconds."""
+
+    http_status = 503
+    code = "at_capacity"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreError(JarvisError):
+    """The history database refused a read or write (full disk, read-only file)."""
+
+    http_status = 500
+    code = "store_error"
+
+
+class UpstreamError(JarvisError):
+    """The model side failed. Raised only by the upstream modules."""
+
+    http_status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No connection to the model server; retryable once it runs."""
+
+    code = "upstream_unavailable"
+
+
+class ModelNotFound(UpstreamError):
+    code = "model_not_found"
+
+
+class UpstreamHTTPError(UpstreamError):
+    code = "upstream_http_error"
+
+
+class UpstreamStreamError(UpstreamError):
+    """The model server reported an error in the middle of an answer."""
+
+    code = "upstream_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The model server sent something that is not its protocol."""
+
+    code = "upstream_bad_response"
+
+
+class UpstreamDisconnected(UpstreamError):
+    """The model server closed the connection before the answer was done."""
+
+    code = "upstream_disconnected"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The model server was silent for longer than a configured timeout; retryable."""
+
+    http_status = 504
+    code = "upstream_timeout"
+    status = "timeout"

@@ -1,0 +1,175 @@
+"""SQLite history: sessions and their messages.
+
+One short-lived connection per call keeps threads apart (waitress serves from
+many); WAL lets readers run beside the one writer, and the busy timeout bounds
+every wait for the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import NotFound, StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    status TEXT NOT NULL,
+    trace_id TEXT,
+    model TEXT,
+    error TEXT,
+    meta TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
+"""
+
+BUSY_TIMEOUT_S = 5.0
+LIVE_STATUSES = ("streaming", "queued")
+
+
+class Store:
+    """Sessions and messages in one SQLite file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {self.path}: {e}") from e
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        except sqlite3.Error as e:
+            raise StoreError(f"database error on {self.path}: {e}") from e
+        finally:
+            db.close()
+
+    def recover(self) -> int:
+        """Mark answers left streaming by a crash as interrupted; returns how many."""
+        now = time.time()
+        marks = ",".join("?" * len(LIVE_STATUSES))
+        with self._db() as db:
+            cur = db.execute(
+                f"UPDATE messages SET status='interrupted', updated_at=? WHERE status IN ({marks})",
+                (now, *LIVE_STATUSES),
+            )
+            return cur.rowcount
+
+    def create_session(self, title: str = "") -> dict:
+        now = time.time()
+        sid = secrets.token_urlsafe(18)  # 144 random bits
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (sid, title, now, now),
+            )
+        return {"id": sid, "title": title, "created_at": now, "updated_at": now}
+
+    def list_sessions(self) -> list[dict]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM sessions ORDER BY updated_at DESC, rowid DESC").fetchall()
+        return [dict(r) for r in rows]
+
+    def get_session(self, session_id: str) -> dict:
+        """The session with its messages, oldest first; NotFound if unknown."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            rows = db.execute(
+                "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
+        return {**dict(row), "messages": [_message(r) for r in rows]}
+
+    def require_session(self, session_id: str) -> None:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+                raise NotFound(f"no session {session_id!r}")
+
+    def delete_session(self, session_id: str) -> None:
+        with self._db() as db:
+            if db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
+                raise NotFound(f"no session {session_id!r}")
+
+    def context(self, session_id: str) -> list[dict]:
+        """The conversation to send upstream: prompts and completed answers, oldest first."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT role, content FROM messages WHERE session_id = ? AND "
+                "(role = 'user' OR status = 'completed') ORDER BY id",
+                (session_id,),
+            ).fetchall()
+        return [{"role": r["role"], "content": r["content"]} for r in rows]
+
+    def add_exchange(self, session_id: str, prompt: str, trace_id: str, model: str) -> tuple[int, int]:
+        """Store the prompt and an empty streaming answer in one transaction."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            user = db.execute(
+                "INSERT INTO messages (session_id, role, content, status, trace_id, model, created_at,"
+                " updated_at) VALUES (?, 'user', ?, 'sent', ?, ?, ?, ?)",
+                (session_id, prompt, trace_id, model, now, now),
+            ).lastrowid
+            answer = db.execute(
+                "INSERT INTO messages (session_id, role, content, status, trace_id, model, created_at,"
+                " updated_at) VALUES (?, 'assistant', '', 'streaming', ?, ?, ?, ?)",
+                (session_id, trace_id, model, now, now),
+            ).lastrowid
+            title = prompt.strip().splitlines()[0][:60] if prompt.strip() else ""
+            db.execute(
+                "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END"
+                " WHERE id = ?",
+                (now, title, session_id),
+            )
+            db.execute("COMMIT")
+        return user, answer
+
+    def save_answer(
+        self, message_id: int, content: str, status: str, error: dict | None = None, meta: dict | None = None
+    ) -> None:
+        """Write the answer's text so far and its status (a checkpoint, or the final state)."""
+        with self._db() as db:
+            db.execute(
+                "UPDATE messages SET content = ?, status = ?, error = ?, meta = COALESCE(?, meta),"
+                " updated_at = ? WHERE id = ?",
+                (
+                    content,
+                    status,
+                    json.dumps(error) if error else None,
+                    json.dumps(meta) if meta else None,
+                    time.time(),
+                    message_id,
+                ),
+            )
+
+
+def _message(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    out["error"] = json.loads(out["error"]) if out["error"] else None
+    out["meta"] = json.loads(out["meta"]) if out["meta"] else None
+    return out

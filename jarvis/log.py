@@ -1,0 +1,61 @@
+"""Lifecycle log lines: one line per event, plain ``key=value`` text or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+log = logging.getLogger("jarvis")
+
+
+def event(name: str, level: int = logging.INFO, **fields) -> None:
+    """Log lifecycle event ``name`` with its fields (trace_id, session, ...)."""
+    if log.isEnabledFor(level):
+        log.log(level, name, extra={"event": name, "fields": fields})
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {}
+        tail = "".join(f" {k}={_text(v)}" for k, v in fields.items())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}{tail}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": getattr(record, "event", None) or record.getMessage(),
+        }
+        out.update(getattr(record, "fields", None) or {})
+        if not getattr(record, "event", None):
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup(log_format: str) -> None:
+    """Send jarvis logs to stderr once, in the configured format."""
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    for handler in log.handlers:
+        if getattr(handler, "_jarvis", False):
+            handler.setFormatter(formatter)
+            return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._jarvis = True
+    handler.setFormatter(formatter)
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def _text(value) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text

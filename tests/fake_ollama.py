@@ -1,0 +1,298 @@
+"""A fake Ollama: a real HTTP server on 127.0.0.1:0, scripted per request.
+
+It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON,
+``GET /api/tags``, ``GET /api/version``) and records, for every chat call,
+when it opened and when and by whom its connection was closed, so tests and
+benchmarks can see what reached the upstream socket. Every wait inside it
+watches the client socket, so a client that goes away is seen at once even
+while the fake is "loading" or "stalled".
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+OK_MODELS = ("llama3.2", "tiny")
+
+
+@dataclass
+class Script:
+    """What the fake does with one ``/api/chat`` request."""
+
+    tokens: int | list[str] = 5  # a count ("tok0 ", "tok1 ", ...) or the exact texts
+    interval_s: float = 0.0  # pause before each token after the first
+    load_delay_s: float = 0.0  # silence before the response headers (a model loading)
+    stall_after: int | None = None  # after k tokens, send nothing until the client leaves
+    error_after: int | None = None  # after k tokens, send an {"error": ...} line
+    drop_after: int | None = None  # after k tokens, close the connection mid-body
+    status: int = 200  # an HTTP error status answers with {"error": error}
+    error: str = "something broke upstream"
+    raw: list[bytes] | None = None  # hostile bodies: send these chunks, then end
+
+    def texts(self) -> list[str]:
+        if isinstance(self.tokens, int):
+            return [f"tok{i} " for i in range(self.tokens)]
+        return list(self.tokens)
+
+
+@dataclass
+class Call:
+    """One request the fake received, as the fake saw it."""
+
+    path: str
+    body: dict
+    opened_at: float
+    closed_at: float | None = None
+    closed_by: str | None = None  # "client" (it hung up first) or "server"
+    tokens_sent: int = 0
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def prompt(self) -> str:
+        messages = self.body.get("messages") or [{}]
+        return messages[-1].get("content", "")
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self.closed.wait(timeout)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class FakeOllama:
+    """Start with ``with FakeOllama() as fake:``; ``fake.url`` is its base URL."""
+
+    def __init__(self, models=OK_MODELS):
+        self.models = list(models)
+        self.default = Script()
+        self._queued: deque[Script] = deque()
+        self.calls: list[Call] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._acceptor = threading.Thread(target=self._accept_loop, name="fake-ollama-accept")
+        self._acceptor.start()
+
+    # scripting
+    def script(self, script: Script | None = None, **kw) -> None:
+        """Set what every following chat request does."""
+        self.default = script or Script(**kw)
+
+    def push(self, *scripts: Script) -> None:
+        """Queue scripts for the next chat requests, in order; then the default."""
+        with self._lock:
+            self._queued.extend(scripts)
+
+    # observation
+    def chat_calls(self) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.path == "/api/chat"]
+
+    def wait_for_calls(self, n: int, timeout: float = 5.0) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while sum(c.path == "/api/chat" for c in self.calls) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"fake Ollama saw fewer than {n} chat calls in {timeout}s")
+                self._changed.wait(left)
+        return self.chat_calls()[:n]
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"fake Ollama still has {self.active} open chat calls")
+                self._changed.wait(left)
+
+    # lifecycle
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._acceptor.join(timeout)
+        self._sock.close()
+        deadline = time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive or self._acceptor.is_alive():
+            raise RuntimeError(f"fake Ollama threads still running: {alive}")
+
+    def __enter__(self) -> FakeOllama:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), name="fake-ollama-conn")
+            with self._lock:
+                self._threads = {x for x in self._threads if x.is_alive()}
+                self._threads.add(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        call = None
+        try:
+            conn.settimeout(5.0)
+            path, body = _read_request(conn)
+            call = Call(path=path, body=body, opened_at=time.monotonic())
+            with self._lock:
+                self.calls.append(call)
+                if path == "/api/chat":
+                    self.active += 1
+                    self.max_active = max(self.max_active, self.active)
+                self._changed.notify_all()
+            if path == "/api/chat":
+                self._chat(conn, call)
+            elif path == "/api/tags":
+                models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
+                _send_json(conn, 200, {"models": models})
+            elif path == "/api/version":
+                _send_json(conn, 200, {"version": "0.0.0-fake"})
+            else:
+                _send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
+            if call.closed_by is None:
+                call.closed_by = "server"
+        except _ClientGone:
+            if call is not None:
+                call.closed_by = "client"
+        except (OSError, ValueError):
+            if call is not None and call.closed_by is None:
+                call.closed_by = "client"
+        finally:
+            conn.close()
+            if call is not None:
+                call.closed_at = time.monotonic()
+                with self._lock:
+                    if call.path == "/api/chat":
+                        self.active -= 1
+                    self._changed.notify_all()
+                call.closed.set()
+
+    def _next_script(self) -> Script:
+        with self._lock:
+            return self._queued.popleft() if self._queued else self.default
+
+    def _chat(self, conn: socket.socket, call: Call) -> None:
+        s = self._next_script()
+        model = call.body.get("model", "")
+        self._wait(conn, s.load_delay_s)
+        if s.status != 200:
+            return _send_json(conn, s.status, {"error": s.error})
+        if model.split(":")[0] not in self.models:
+            return _send_json(conn, 404, {"error": f'model "{model}" not found, try pulling it first'})
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        if s.raw is not None:
+            for chunk in s.raw:
+                _chunk(conn, chunk)
+                if self._stop.is_set():
+                    return
+            return conn.sendall(b"0\r\n\r\n")
+        for i, text in enumerate(s.texts()):
+            if i == s.stall_after:
+                self._wait(conn, None)
+            if i == s.error_after:
+                _chunk(conn, _line({"error": s.error}))
+                return conn.sendall(b"0\r\n\r\n")
+            if i == s.drop_after:
+                return
+            if i and s.interval_s:
+                self._wait(conn, s.interval_s)
+            _chunk(conn, _line(_message(model, text, done=False)))
+            call.tokens_sent += 1
+        if s.stall_after is not None and s.stall_after >= len(s.texts()):
+            self._wait(conn, None)
+        _chunk(conn, _line(_message(model, "", done=True)))
+        conn.sendall(b"0\r\n\r\n")
+
+    def _wait(self, conn: socket.socket, seconds: float | None) -> None:
+        """Sleep ``seconds`` (None: until shutdown) but raise at once if the client leaves."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                return
+            readable, _, _ = select.select([conn], [], [], left)
+            if readable:
+                try:
+                    data = conn.recv(4096)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    raise _ClientGone()
+        if deadline is None or time.monotonic() < deadline:
+            raise _ClientGone()  # shutting down: end the call
+
+
+def _message(model: str, text: str, *, done: bool) -> dict:
+    return {
+        "model": model,
+        "created_at": "2026-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": text},
+        "done": done,
+    }
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _chunk(conn: socket.socket, data: bytes) -> None:
+    conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def _send_json(conn: socket.socket, status: int, obj: dict) -> None:
+    body = json.dumps(obj).encode()
+    conn.sendall(
+        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+def _read_request(conn: socket.socket) -> tuple[str, dict]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            raise _ClientGone()
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    path = lines[0].split(" ")[1]
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    while len(body) < length:
+        more = conn.recv(65536)
+        if not more:
+            raise _ClientGone()
+        body += more
+    return path, json.loads(body) if body else {}

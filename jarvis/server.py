@@ -33,6 +33,8 @@ class Server:
         adj.setdefault("connection_limit", max(100, self.threads * 4))
         adj.setdefault("channel_timeout", 120)
         adj.setdefault("ident", "jarvis")
+        # waitress reads a whole body before the app runs: refuse a huge one from its length
+        adj.setdefault("max_request_body_size", self.jarvis.config.max_prompt_chars * 6 + 65536)
         self.jarvis.watch_disconnects = adj["channel_request_lookahead"] > 0
         self._waitress = create_server(app, host=host, port=port, threads=self.threads, **adj)
         self._loop: threading.Thread | None = None

@@ -77,6 +77,7 @@ class Stream:
         self._sent_start = False
         self._finished = False
         self._last_flush = time.monotonic()
+        self._dirty = False  # text not yet checkpointed
 
     def __repr__(self) -> str:
         return f"<Stream {self.trace_id} session={self.session_id}>"
@@ -187,7 +188,8 @@ class Stream:
                 return out
             if self.scope.cancelled or (self._outcome is not None and self.worker_done.is_set()):
                 return self._finish()
-            if not self._wake.wait(self.config.heartbeat_s):
+            if not self._wake.wait(self._wait_s()):
+                self._checkpoint()  # text that arrived before a stall is saved too
                 return sse.HEARTBEAT  # a write is how a plain WSGI host notices a gone client
 
     def close(self) -> None:
@@ -208,15 +210,23 @@ class Stream:
         if texts:
             text = "".join(texts)
             self._parts.append(text)
+            self._dirty = True
             self._seq += 1
             out += sse.event("token", {"text": text}, id=self._seq)
         return out
 
+    def _wait_s(self) -> float:
+        if not self._dirty:
+            return self.config.heartbeat_s
+        due = self._last_flush + self.config.flush_interval_s - time.monotonic()
+        return max(0.0, min(self.config.heartbeat_s, due))
+
     def _checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self._last_flush < self.config.flush_interval_s:
+        if not self._dirty or now - self._last_flush < self.config.flush_interval_s:
             return
         self._last_flush = now
+        self._dirty = False
         try:
             self.store.save_answer(self.message_id, "".join(self._parts), "streaming")
         except StoreError:

@@ -1,0 +1,229 @@
+"""Fixtures: a fake Ollama, the app, the real app under waitress, and a leak check."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import requests
+from flask import Flask
+
+from jarvis import create_app
+from jarvis.server import Server
+from tests.fake_ollama import FakeOllama
+
+# bounds every HTTP wait in the tests: a hang fails fast instead of at the test timeout
+HTTP_TIMEOUT = (2, 5)
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str = "condition"):
+    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        threading.Event().wait(interval)
+
+
+def test_config(fake: FakeOllama, tmp_path, **overrides) -> dict:
+    return {
+        "backend": "ollama",
+        "ollama_url": fake.url,
+        "model": "tiny",
+        "database": str(tmp_path / "jarvis.sqlite3"),
+        "heartbeat_s": 0.2,
+        "first_token_timeout_s": 10.0,
+        "idle_timeout_s": 10.0,
+        **overrides,
+    }
+
+
+test_config.__test__ = False  # a helper, not a test
+
+
+_apps: list[Flask] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """No thread and no registry entry outlives a test."""
+    before = set(threading.enumerate())
+    _apps.clear()
+    yield
+    try:
+        wait_for(
+            lambda: not (set(threading.enumerate()) - before), timeout=5.0, what="test threads to end"
+        )
+    except AssertionError:
+        left = sorted(t.name for t in set(threading.enumerate()) - before)
+        raise AssertionError(f"threads outlived the test: {left}") from None
+    for app in _apps:
+        assert app.extensions["jarvis"].registry.live() == [], "registry entries outlived the test"
+
+
+@pytest.fixture
+def fake():
+    with FakeOllama() as f:
+        yield f
+
+
+@pytest.fixture
+def make_app(fake, tmp_path):
+    """Build apps against the fake; each is shut down after the test."""
+    made = []
+
+    def make(**overrides) -> Flask:
+        app = create_app(test_config(fake, tmp_path, **overrides))
+        made.append(app)
+        _apps.append(app)
+        return app
+
+    yield make
+    for app in made:
+        assert app.extensions["jarvis"].shutdown(5.0) == []
+
+
+@pytest.fixture
+def app(make_app) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_server():
+    """Serve an app under waitress on a free loopback port, as ``jarvis serve`` does."""
+    servers = []
+
+    def make(app: Flask, **adj) -> Server:
+        server = Server(app, host="127.0.0.1", port=0, **adj).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        assert server.shutdown(5.0) == []
+
+
+@dataclass
+class Live:
+    url: str
+    fake: FakeOllama
+    app: Flask
+    server: Server
+
+
+@pytest.fixture
+def jarvis_server(fake, tmp_path, monkeypatch, make_server):
+    """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
+    for key, value in test_config(fake, tmp_path).items():
+        monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
+    import wsgi
+
+    app = importlib.reload(wsgi).app
+    _apps.append(app)
+    server = make_server(app)
+    yield Live(server.url, fake, app, server)
+
+
+@pytest.fixture
+def api(jarvis_server):
+    return Api(jarvis_server.url)
+
+
+class Api:
+    """A small client of the Jarvis HTTP API with bounded waits."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def session(self) -> str:
+        r = requests.post(self.url + "/api/sessions", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def send(self, session: str, content: str = "hello", **body) -> SSE:
+        r = requests.post(
+            f"{self.url}/api/sessions/{session}/messages",
+            json={"content": content, **body},
+            stream=True,
+            timeout=HTTP_TIMEOUT,
+        )
+        return SSE(r)
+
+    def stop(self, session: str) -> dict:
+        r = requests.post(f"{self.url}/api/sessions/{session}/stop", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def messages(self, session: str) -> list[dict]:
+        r = requests.get(f"{self.url}/api/sessions/{session}", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        return r.json()["messages"]
+
+
+class SSE:
+    """Reads one SSE response event by event; every read is bounded by HTTP_TIMEOUT."""
+
+    def __init__(self, response: requests.Response):
+        self.response = response
+        self.status_code = response.status_code
+        self.events: list[tuple[str, dict]] = []
+        self.comments = 0
+        self._lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
+
+    def next(self) -> tuple[str, dict] | None:
+        name, data = None, None
+        for raw in self._lines:
+            line = raw.decode()
+            if line.startswith(":"):
+                self.comments += 1
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and name is not None:
+                self.events.append((name, data))
+                return name, data
+        return None
+
+    def until(self, wanted: str) -> dict:
+        while (event := self.next()) is not None:
+            if event[0] == wanted:
+                return event[1]
+        raise AssertionError(f"stream ended without a {wanted!r} event: {self.events}")
+
+    def rest(self) -> list[tuple[str, dict]]:
+        while self.next() is not None:
+            pass
+        return self.events
+
+    def end(self) -> dict:
+        events = self.rest()
+        ends = [e for e in events if e[0] == "end"]
+        assert len(ends) == 1 and events[-1][0] == "end", f"not exactly one end, last: {events}"
+        return ends[0][1]
+
+    def text(self) -> str:
+        return "".join(d["text"] for n, d in self.events if n == "token")
+
+    def close(self) -> None:
+        self.response.close()
+
+    def json(self) -> dict:
+        return self.response.json()
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))

@@ -1,0 +1,195 @@
+"""The HTTP contract: sessions, bad input, errors from the upstream, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import requests
+
+from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.fake_ollama import Script
+
+
+def test_sessions_are_created_listed_newest_first_and_read(client):
+    a = client.post("/api/sessions")
+    b = client.post("/api/sessions")
+    assert a.status_code == b.status_code == 201
+    ida, idb = a.get_json()["id"], b.get_json()["id"]
+    assert len(ida) >= 22 and ida != idb  # 144 random bits, URL-safe
+    listed = [s["id"] for s in client.get("/api/sessions").get_json()["sessions"]]
+    assert listed[:2] == [idb, ida]
+    assert client.get(f"/api/sessions/{ida}").get_json() | {} == {**client.get(f"/api/sessions/{ida}").get_json()}
+    assert client.get(f"/api/sessions/{ida}").get_json()["messages"] == []
+    missing = client.get("/api/sessions/nope")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, code",
+    [
+        ({"data": "hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"data": "{not json", "content_type": "application/json"}, 400, "bad_request"),
+        ({"json": ["a list"]}, 400, "bad_request"),
+        ({"json": {}}, 400, "bad_request"),
+        ({"json": {"content": 5}}, 400, "bad_request"),
+        ({"json": {"content": "   "}}, 400, "bad_request"),
+        ({"json": {"content": "hi", "model": 7}}, 400, "bad_request"),
+        ({"json": {"content": "x" * 101}}, 413, "prompt_too_large"),
+    ],
+)
+def test_bad_bodies_are_refused_before_a_stream(make_app, fake, kwargs, status, code):
+    client = make_app(max_prompt_chars=100).test_client()
+    sid = client.post("/api/sessions").get_json()["id"]
+    r = client.post(f"/api/sessions/{sid}/messages", **kwargs)
+    assert r.status_code == status and r.get_json()["error"]["code"] == code
+    assert fake.chat_calls() == []
+    assert client.get(f"/api/sessions/{sid}").get_json()["messages"] == []
+
+
+def test_huge_body_is_refused_from_its_length_before_it_is_read(make_app, make_server):
+    api = Api(make_server(make_app(max_prompt_chars=100)).url)
+    sid = api.session()
+    # declare 50 MB but send only the head: the server must answer without waiting for it
+    import socket
+
+    with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), timeout=3) as s:
+        s.sendall(
+            f"POST /api/sessions/{sid}/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 50000000\r\n\r\n".encode()
+        )
+        head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413")
+
+
+def test_unknown_session_is_404_for_send_and_stop(client):
+    assert client.post("/api/sessions/nope/messages", json={"content": "hi"}).status_code == 404
+    assert client.post("/api/sessions/nope/stop").status_code == 404
+
+
+def test_delete_stops_a_running_answer_and_forgets_the_session(api, fake):
+    fake.script(load_delay_s=60)
+    sid = api.session()
+    sse = api.send(sid, "x")
+    sse.until("start")
+    call = fake.wait_for_calls(1)[0]
+    r = requests.delete(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200 and r.json() == {"deleted": True}
+    assert call.wait_closed(1)
+    assert sse.end()["status"] == "stopped"
+    assert requests.get(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT).status_code == 404
+
+
+def _end_of(api, fake, script) -> dict:
+    fake.script(script)
+    sid = api.session()
+    sse = api.send(sid, "x")
+    end = sse.end()
+    answer = api.messages(sid)[-1]
+    assert answer["status"] == end["status"] and answer["error"] == end.get("error")
+    assert "error" not in answer["content"].lower()  # never pasted into the answer text
+    return end
+
+
+def test_model_not_found_names_the_model(api, fake):
+    sid = api.session()
+    end = api.send(sid, "x", model="nonexistent").end()
+    assert end["status"] == "failed" and end["error"]["code"] == "model_not_found"
+    assert "nonexistent" in end["error"]["message"] and "ollama pull" in end["error"]["message"]
+
+
+def test_upstream_http_500_fails_the_stream(api, fake):
+    end = _end_of(api, fake, Script(status=500, error="out of memory"))
+    assert end["error"]["code"] == "upstream_http_error" and "out of memory" in end["error"]["message"]
+
+
+def test_error_line_mid_stream_keeps_the_partial_answer(api, fake):
+    fake.script(Script(tokens=5, error_after=3))
+    sid = api.session()
+    sse = api.send(sid, "x")
+    end = sse.end()
+    assert end["status"] == "failed" and end["error"]["code"] == "upstream_error"
+    assert sse.text() == "tok0 tok1 tok2 "
+    assert api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 "
+
+
+def test_upstream_dropping_mid_body_fails_clearly(api, fake):
+    end = _end_of(api, fake, Script(tokens=5, drop_after=2))
+    assert end["status"] == "failed" and end["error"]["code"] == "upstream_disconnected"
+
+
+def test_malformed_line_is_a_protocol_error(api, fake):
+    end = _end_of(api, fake, Script(raw=[b'{"message":{"content":"a"}}\n', b"not json\n"]))
+    assert end["error"]["code"] == "upstream_bad_response"
+
+
+def test_refused_connection_says_where_ollama_should_be(make_app, make_server, fake):
+    app = make_app(ollama_url="http://127.0.0.1:9")
+    api = Api(make_server(app).url)
+    sid = api.session()
+    end = api.send(sid, "x").end()
+    assert end["status"] == "failed" and end["error"]["code"] == "upstream_unavailable"
+    assert "127.0.0.1:9" in end["error"]["message"] and "ollama serve" in end["error"]["message"]
+    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    assert health["upstream_ok"] is False and health["active_streams"] == 0
+
+
+def test_idle_timeout_ends_a_stalled_answer_as_timeout(make_app, make_server, fake):
+    fake.script(Script(tokens=10, stall_after=2))
+    api = Api(make_server(make_app(idle_timeout_s=0.3)).url)
+    sid = api.session()
+    began = time.monotonic()
+    sse = api.send(sid, "x")
+    end = sse.end()
+    assert end["status"] == "timeout" and end["error"]["code"] == "idle_timeout"
+    assert time.monotonic() - began < 2
+    assert api.messages(sid)[-1]["content"] == "tok0 tok1 "
+    assert fake.chat_calls()[0].wait_closed(1)
+
+
+def test_first_token_timeout_while_the_model_loads(make_app, make_server, fake):
+    fake.script(Script(load_delay_s=60))
+    api = Api(make_server(make_app(first_token_timeout_s=0.3)).url)
+    end = api.send(api.session(), "x").end()
+    assert end["status"] == "timeout" and end["error"]["code"] == "first_token_timeout"
+
+
+def test_healthz_reports_streams_and_upstream(api, fake):
+    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    assert health["upstream_ok"] is True and health["active_streams"] == 0
+    assert health["backend"] == "ollama" and health["model"] == "tiny"
+
+
+def test_models_lists_ollama_tags(api):
+    r = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200 and {"name": "tiny:latest"} in r.json()["models"]
+
+
+def test_multi_turn_sends_earlier_messages(api, fake):
+    fake.script(tokens=2)
+    sid = api.session()
+    api.send(sid, "one").end()
+    api.send(sid, "two").end()
+    second = fake.chat_calls()[1].body["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[0]["content"] == "one" and second[1]["content"] == "tok0 tok1 "
+
+
+def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):
+    caplog.set_level(logging.INFO, logger="jarvis")
+    fake.script(tokens=500, interval_s=0.01)
+    sid = api.session()
+    first = api.send(sid, "a")
+    trace = first.until("start")["trace_id"]
+    first.until("token")
+    fake.push(Script(tokens=1))
+    api.send(sid, "b").end()
+    api.stop(sid)
+    first.end()
+    wait_for(lambda: any(r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace for r in caplog.records))
+    names = {r.getMessage() for r in caplog.records if r.name == "jarvis"}
+    assert {"stream_start", "prev_stream_finished_cleanly", "stream_cleanup"} <= names
+    cleanup = next(r for r in caplog.records if r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace)
+    assert cleanup.fields["status"] == "superseded" and cleanup.fields["session"] == sid
+    assert "duration_ms" in cleanup.fields

@@ -1,0 +1,159 @@
+"""The core without HTTP: cancel scopes, SSE framing, config, history, a stuck worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from jarvis import sse
+from jarvis.cancel import CancelScope
+from jarvis.config import Config, ConfigError
+from jarvis.history import Store
+from jarvis.registry import Registry
+from jarvis.stream import Stream
+from tests.conftest import Api, wait_for
+from tests.fake_ollama import Script
+
+
+def test_cancel_runs_callbacks_once_and_late_ones_at_once():
+    scope, ran = CancelScope(), []
+    scope.on_cancel(lambda: ran.append("early"))
+    undo = scope.on_cancel(lambda: ran.append("undone"))
+    undo()
+    assert scope.cancel("stopped") is True and scope.cancel("superseded") is False
+    assert scope.reason == "stopped" and ran == ["early"]
+    scope.on_cancel(lambda: ran.append("late"))
+    assert ran == ["early", "late"]
+
+
+def test_sse_frames_keep_newlines_inside_json():
+    frame = sse.event("token", {"text": "a\n\nb"}, id=3)
+    assert frame == b'id: 3\nevent: token\ndata: {"text":"a\\n\\nb"}\n\n'
+    assert frame.count(b"\n\n") == 1
+    assert json.loads(frame.split(b"data: ")[1]) == {"text": "a\n\nb"}
+
+
+def test_config_reads_environment_and_names_the_bad_variable():
+    cfg = Config.from_env({"JARVIS_SUPERSEDE_TIMEOUT": "0.5", "JARVIS_MAX_STREAMS": "3"})
+    assert cfg.supersede_timeout_s == 0.5 and cfg.max_streams == 3
+    with pytest.raises(ConfigError, match="JARVIS_IDLE_TIMEOUT"):
+        Config.from_env({"JARVIS_IDLE_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="JARVIS_MAX_STREAMS"):
+        Config.from_env({"JARVIS_MAX_STREAMS": "0"})
+    with pytest.raises(ConfigError, match="JARVIS_BACKEND"):
+        Config.from_env({"JARVIS_BACKEND": "gpt"})
+
+
+def test_crash_leftovers_become_interrupted(tmp_path):
+    store = Store(str(tmp_path / "h.sqlite3"))
+    sid = store.create_session()["id"]
+    _, answer = store.add_exchange(sid, "hi", "t1", "tiny")
+    store.save_answer(answer, "partial", "streaming")
+    assert Store(str(tmp_path / "h.sqlite3")).recover() == 1
+    msg = store.get_session(sid)["messages"][-1]
+    assert (msg["status"], msg["content"]) == ("interrupted", "partial")
+
+
+def test_prompt_is_stored_before_the_model_is_called(api, fake):
+    fake.script(load_delay_s=60)
+    sid = api.session()
+    sse_ = api.send(sid, "remember me")
+    sse_.until("start")
+    fake.wait_for_calls(1)
+    user, answer = api.messages(sid)
+    assert user["content"] == "remember me" and answer["status"] == "streaming"
+    api.stop(sid)
+    sse_.end()
+
+
+def test_streaming_answer_is_saved_at_least_once_per_flush_interval(make_app, make_server, fake):
+    fake.script(tokens=400, interval_s=0.01)
+    api = Api(make_server(make_app(flush_interval_s=0.2)).url)
+    sid = api.session()
+    s = api.send(sid, "x")
+    s.until("token")
+
+    def saved():
+        answer = api.messages(sid)[-1]
+        return answer["status"] == "streaming" and len(answer["content"]) > 0
+
+    wait_for(saved, timeout=2, what="a checkpoint of the streaming answer")
+    api.stop(sid)
+    s.end()
+
+
+class _StuckUpstream:
+    """An upstream that ignores cancellation: the worst case cleanup must survive."""
+
+    name, default_model = "stuck", "stuck"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def stream_chat(self, messages, model, cancel, session=None):
+        yield "a"
+        self.entered.set()
+        self.release.wait(10)  # blocks without looking at cancel
+        yield "after-detach"
+
+
+def test_worker_stuck_past_its_join_timeout_is_detached(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jarvis")
+    cfg = Config(database=str(tmp_path / "s.sqlite3"), cancel_timeout_s=0.1, heartbeat_s=0.05)
+    store, registry, upstream = Store(cfg.database), Registry(4), _StuckUpstream()
+    sid = store.create_session()["id"]
+    stream = Stream(
+        session_id=sid, trace_id="t", model="m", messages=[], upstream=upstream, store=store,
+        config=cfg, release=registry.release,
+    )
+    registry.register(stream)
+    stream.user_message_id, stream.message_id = store.add_exchange(sid, "x", "t", "m")
+    stream.start(None)
+    body = iter(stream)
+    next(body)  # start
+    assert upstream.entered.wait(2)
+    began = time.monotonic()
+    assert registry.stop(sid)
+    frames = b"".join(body)
+    assert time.monotonic() - began < 1.0  # cancel_timeout_s, not the worker's 10 s
+    assert b'"status":"stopped"' in frames and registry.live() == []
+    assert any(r.getMessage() == "worker_detached" for r in caplog.records)
+    upstream.release.set()
+    stream.worker.join(2)
+    answer = store.get_session(sid)["messages"][-1]
+    assert answer["content"] == "a" and answer["status"] == "stopped"  # the detached worker wrote nothing
+
+
+def test_shutdown_stores_every_live_answer_as_stopped(make_app, make_server, fake):
+    fake.script(Script(tokens=1000, interval_s=0.01))
+    app = make_app()
+    server = make_server(app)
+    api = Api(server.url)
+    sids = [api.session() for _ in range(3)]
+    streams = [api.send(s, "x") for s in sids]
+    for s in streams:
+        s.until("token")
+    began = time.monotonic()
+    assert server.shutdown(5) == []
+    assert time.monotonic() - began < 2
+    for s in streams:
+        assert s.end() == {"status": "stopped", "reason": "shutdown"}
+    store = app.extensions["jarvis"].store
+    assert [store.get_session(s)["messages"][-1]["status"] for s in sids] == ["stopped"] * 3
+    assert fake.active == 0
+
+
+def test_text_before_a_stall_is_checkpointed_within_the_flush_interval(make_app, make_server, fake):
+    fake.script(tokens=10, stall_after=3)
+    api = Api(make_server(make_app(flush_interval_s=0.3, heartbeat_s=5)).url)
+    sid = api.session()
+    s = api.send(sid, "x")
+    s.until("token")
+    wait_for(lambda: api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 ", timeout=2, what="stalled text saved")
+    api.stop(sid)
+    s.end()

@@ -157,3 +157,91 @@ def test_text_before_a_stall_is_checkpointed_within_the_flush_interval(make_app,
     wait_for(lambda: api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 ", timeout=2, what="stalled text saved")
     api.stop(sid)
     s.end()
+
+
+class _SlowToStopUpstream:
+    """Notices cancel only after a wind-down, like a model finishing its current step."""
+
+    name, default_model = "slow", "slow"
+
+    def __init__(self, wind_down_s: float):
+        self.wind_down_s = wind_down_s
+        self.active = 0
+        self.max_active = 0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def stream_chat(self, messages, model, cancel, session=None):
+        with self._lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            yield "a"
+            cancel.wait(10)
+            threading.Event().wait(self.wind_down_s)  # the step in progress finishes first
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def _run_streams(tmp_path, upstream, n, staggered=False, **cfg):
+    """Send ``n`` prompts into one session at the same instant (or each once the one before
+    streams); return the end frames."""
+    cfg = Config(database=str(tmp_path / "c.sqlite3"), heartbeat_s=0.05, **cfg)
+    store, registry = Store(cfg.database), Registry(8)
+    sid = store.create_session()["id"]
+    barrier, ends = threading.Barrier(n), []
+
+    def prompt(i):
+        stream = Stream(
+            session_id=sid, trace_id=f"t{i}", model="m", messages=[], upstream=upstream, store=store,
+            config=cfg, release=registry.release,
+        )
+        if staggered:
+            wait_for(lambda: upstream.calls >= i and upstream.active >= min(i, 1), what=f"call {i}")
+        else:
+            barrier.wait(5)
+        prev = registry.register(stream)
+        stream.user_message_id, stream.message_id = store.add_exchange(sid, f"p{i}", f"t{i}", "m")
+        stream.start(prev)
+        for frame in stream:
+            if b"event: end" in frame:
+                ends.append(frame)
+
+    threads = [threading.Thread(target=prompt, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: upstream.calls >= 1, what="an upstream call")
+    wait_for(lambda: len(registry.live()) == 1 and upstream.active == 1, what="one survivor streaming")
+    registry.stop(sid)
+    for t in threads:
+        t.join(10)
+    return ends
+
+
+def test_new_stream_waits_for_previous_worker_before_calling_upstream(tmp_path, caplog):
+    # without the join, the new call starts while the old one is still winding down
+    caplog.set_level(logging.INFO, logger="jarvis")
+    upstream = _SlowToStopUpstream(wind_down_s=0.15)
+    ends = _run_streams(tmp_path, upstream, 3, staggered=True)
+    assert len(ends) == 3 and upstream.calls == 3
+    assert upstream.max_active == 1
+    assert sum(b"superseded" in e for e in ends) == 2
+    assert any(r.getMessage() == "prev_stream_finished_cleanly" for r in caplog.records)
+
+
+def test_prompts_at_the_same_instant_call_upstream_one_at_a_time(tmp_path):
+    upstream = _SlowToStopUpstream(wind_down_s=0.05)
+    ends = _run_streams(tmp_path, upstream, 6)
+    assert len(ends) == 6 and upstream.max_active == 1
+    assert sum(b"superseded" in e for e in ends) == 5
+
+
+def test_previous_worker_past_supersede_timeout_is_logged_and_passed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jarvis")
+    upstream = _SlowToStopUpstream(wind_down_s=0.5)
+    began = time.monotonic()
+    ends = _run_streams(tmp_path, upstream, 2, staggered=True, supersede_timeout_s=0.1, cancel_timeout_s=1.0)
+    assert len(ends) == 2 and time.monotonic() - began < 3
+    assert any(r.getMessage() == "prev_stream_timeout_on_cancel" for r in caplog.records)

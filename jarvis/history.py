@@ -68,6 +68,12 @@ class Store:
         finally:
             db.close()
 
+    def check_writable(self) -> None:
+        """Raise StoreError unless a write transaction can be opened."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+
     def recover(self) -> int:
         """Mark answers left streaming by a crash as interrupted; returns how many."""
         now = time.time()

@@ -22,6 +22,7 @@ from .cancel import CancelScope
 from .config import Config
 from .errors import JarvisError, StoreError, UpstreamError
 from .history import Store
+from .metrics import Metrics
 from .upstream import Queued, Upstream
 
 # cancel reason -> terminal status
@@ -50,6 +51,7 @@ class Stream:
         config: Config,
         release: Callable[[Stream], None],
         client_gone: Callable[[], bool] | None = None,
+        metrics: Metrics | None = None,
     ):
         self.session_id = session_id
         self.trace_id = trace_id
@@ -59,6 +61,7 @@ class Stream:
         self.store = store
         self.config = config
         self.client_gone = client_gone
+        self.metrics = metrics or Metrics()
         self._release = release
         self.message_id: int | None = None
         self.user_message_id: int | None = None
@@ -78,6 +81,7 @@ class Stream:
         self._finished = False
         self._last_flush = time.monotonic()
         self._dirty = False  # text not yet checkpointed
+        self._cancelled_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.trace_id} session={self.session_id}>"
@@ -86,8 +90,10 @@ class Stream:
         """Cancel with ``reason`` (stopped, superseded, disconnected, shutdown); True the first time."""
         # settle before closing: the worker, woken by the close, must not settle first
         settled = self._settle(REASON_STATUS.get(reason, "stopped"), None)
+        cancelled_at = time.monotonic()
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
             return False
+        self._cancelled_at = cancelled_at
         if settled and reason in REASON_EVENT:
             log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
         self._wake.set()
@@ -117,6 +123,7 @@ class Stream:
             if self.prev is not None:
                 waited = time.monotonic()
                 clean = self.prev.worker_done.wait(cfg.supersede_timeout_s)
+                self.metrics.supersede_wait.observe(time.monotonic() - waited)
                 log.event(
                     "prev_stream_finished_cleanly" if clean else "prev_stream_timeout_on_cancel",
                     logging.INFO if clean else logging.WARNING,
@@ -134,6 +141,8 @@ class Stream:
                     if self.scope.cancelled:  # checkpoint: between chunks
                         break
                     if not isinstance(item, Queued):
+                        if not self._chars:
+                            self.metrics.first_token.observe(time.monotonic() - self.started_at)
                         self._chars += len(item)
                         if self._chars > cfg.max_answer_chars:
                             raise UpstreamError(
@@ -147,6 +156,7 @@ class Stream:
             self._settle("completed", None)
         except UpstreamError as e:
             if self._settle(e.status, e):
+                self.metrics.upstream_errors.labels(e.code).inc()
                 log.event(
                     "upstream_error",
                     logging.WARNING,
@@ -159,6 +169,8 @@ class Stream:
             log.log.exception("worker crashed trace_id=%s", self.trace_id)
             self._settle("failed", JarvisError(f"internal error: {type(e).__name__}"))
         finally:
+            if self._cancelled_at is not None:
+                self.metrics.cancel_to_closed.observe(time.monotonic() - self._cancelled_at)
             self.worker_done.set()
             self._wake.set()
 
@@ -208,6 +220,7 @@ class Stream:
             else:
                 texts.append(item)
         if texts:
+            self.metrics.tokens.inc(len(texts))
             text = "".join(texts)
             self._parts.append(text)
             self._dirty = True
@@ -244,6 +257,7 @@ class Stream:
                     )
             out = self._drain()
             status, error = self._outcome
+            self.metrics.ended.labels(status).inc()
             end = {"status": status}
             if self.scope.reason and REASON_STATUS.get(self.scope.reason) == status:
                 end["reason"] = self.scope.reason

@@ -59,9 +59,7 @@ def no_leaks():
     _apps.clear()
     yield
     try:
-        wait_for(
-            lambda: not (set(threading.enumerate()) - before), timeout=5.0, what="test threads to end"
-        )
+        wait_for(lambda: not (set(threading.enumerate()) - before), timeout=5.0, what="test threads to end")
     except AssertionError:
         left = sorted(t.name for t in set(threading.enumerate()) - before)
         raise AssertionError(f"threads outlived the test: {left}") from None

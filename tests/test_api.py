@@ -20,7 +20,9 @@ def test_sessions_are_created_listed_newest_first_and_read(client):
     assert len(ida) >= 22 and ida != idb  # 144 random bits, URL-safe
     listed = [s["id"] for s in client.get("/api/sessions").get_json()["sessions"]]
     assert listed[:2] == [idb, ida]
-    assert client.get(f"/api/sessions/{ida}").get_json() | {} == {**client.get(f"/api/sessions/{ida}").get_json()}
+    assert client.get(f"/api/sessions/{ida}").get_json() | {} == {
+        **client.get(f"/api/sessions/{ida}").get_json()
+    }
     assert client.get(f"/api/sessions/{ida}").get_json()["messages"] == []
     missing = client.get("/api/sessions/nope")
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
@@ -187,9 +189,15 @@ def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):
     api.send(sid, "b").end()
     api.stop(sid)
     first.end()
-    wait_for(lambda: any(r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace for r in caplog.records))
+    wait_for(
+        lambda: any(
+            r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace for r in caplog.records
+        )
+    )
     names = {r.getMessage() for r in caplog.records if r.name == "jarvis"}
     assert {"stream_start", "prev_stream_finished_cleanly", "stream_cleanup"} <= names
-    cleanup = next(r for r in caplog.records if r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace)
+    cleanup = next(
+        r for r in caplog.records if r.getMessage() == "stream_cleanup" and r.fields["trace_id"] == trace
+    )
     assert cleanup.fields["status"] == "superseded" and cleanup.fields["session"] == sid
     assert "duration_ms" in cleanup.fields

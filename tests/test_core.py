@@ -108,8 +108,14 @@ def test_worker_stuck_past_its_join_timeout_is_detached(tmp_path, caplog):
     store, registry, upstream = Store(cfg.database), Registry(4), _StuckUpstream()
     sid = store.create_session()["id"]
     stream = Stream(
-        session_id=sid, trace_id="t", model="m", messages=[], upstream=upstream, store=store,
-        config=cfg, release=registry.release,
+        session_id=sid,
+        trace_id="t",
+        model="m",
+        messages=[],
+        upstream=upstream,
+        store=store,
+        config=cfg,
+        release=registry.release,
     )
     registry.register(stream)
     stream.user_message_id, stream.message_id = store.add_exchange(sid, "x", "t", "m")
@@ -154,7 +160,9 @@ def test_text_before_a_stall_is_checkpointed_within_the_flush_interval(make_app,
     sid = api.session()
     s = api.send(sid, "x")
     s.until("token")
-    wait_for(lambda: api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 ", timeout=2, what="stalled text saved")
+    wait_for(
+        lambda: api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 ", timeout=2, what="stalled text saved"
+    )
     api.stop(sid)
     s.end()
 
@@ -195,8 +203,14 @@ def _run_streams(tmp_path, upstream, n, staggered=False, **cfg):
 
     def prompt(i):
         stream = Stream(
-            session_id=sid, trace_id=f"t{i}", model="m", messages=[], upstream=upstream, store=store,
-            config=cfg, release=registry.release,
+            session_id=sid,
+            trace_id=f"t{i}",
+            model="m",
+            messages=[],
+            upstream=upstream,
+            store=store,
+            config=cfg,
+            release=registry.release,
         )
         if staggered:
             wait_for(lambda: upstream.calls >= i and upstream.active >= min(i, 1), what=f"call {i}")
@@ -212,8 +226,8 @@ def _run_streams(tmp_path, upstream, n, staggered=False, **cfg):
     threads = [threading.Thread(target=prompt, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    wait_for(lambda: upstream.calls >= 1, what="an upstream call")
-    wait_for(lambda: len(registry.live()) == 1 and upstream.active == 1, what="one survivor streaming")
+    wait_for(lambda: len(ends) == n - 1, what="every superseded stream to end")
+    wait_for(lambda: upstream.active == 1, what="the survivor streaming")
     registry.stop(sid)
     for t in threads:
         t.join(10)

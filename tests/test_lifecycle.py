@@ -43,7 +43,12 @@ def test_second_prompt_supersedes_first(api, fake):
     old.wait_closed(2)
     assert old.closed_by == "client" and old.closed_at <= new.opened_at  # never overlapped
     statuses = [(m["role"], m["status"]) for m in api.messages(sid)]
-    assert statuses == [("user", "sent"), ("assistant", "superseded"), ("user", "sent"), ("assistant", "completed")]
+    assert statuses == [
+        ("user", "sent"),
+        ("assistant", "superseded"),
+        ("user", "sent"),
+        ("assistant", "completed"),
+    ]
 
 
 @pytest.mark.parametrize("state", ["loading", "stalled"])

@@ -1,0 +1,53 @@
+"""Prometheus metrics, one registry per app (so several apps in one process never clash)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# milliseconds matter here: stop and supersede are promised within a few of them
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """The counters and histograms Jarvis keeps; ``render()`` is the /metrics body."""
+
+    def __init__(self, live_streams: Callable[[], int] | None = None):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.live = Gauge("jarvis_live_streams", "Streams currently live.", registry=r)
+        if live_streams is not None:
+            self.live.set_function(live_streams)
+        self.ended = Counter(
+            "jarvis_streams_ended", "Streams ended, by terminal status.", ["status"], registry=r
+        )
+        self.supersede_wait = Histogram(
+            "jarvis_supersede_wait_seconds",
+            "Time a new stream waited for the session's previous worker.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.cancel_to_closed = Histogram(
+            "jarvis_cancel_to_upstream_closed_seconds",
+            "Time from a cancel (stop, supersede, disconnect, shutdown) to the upstream closed.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "jarvis_time_to_first_token_seconds",
+            "Time from a prompt to its first token.",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("jarvis_tokens_streamed", "Text chunks streamed to clients.", registry=r)
+        self.upstream_errors = Counter(
+            "jarvis_upstream_errors", "Upstream failures, by error code.", ["code"], registry=r
+        )
+        self.rejected = Counter(
+            "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,201 @@
+"""Operating Jarvis: the command line, shutdown under load, metrics and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.fake_ollama import Script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(fake, tmp_path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env.update(
+        JARVIS_OLLAMA_URL=fake.url,
+        JARVIS_MODEL="tiny",
+        JARVIS_BACKEND="ollama",
+        JARVIS_DATABASE=str(tmp_path / "ops.sqlite3"),
+    )
+    env.update(extra)
+    return env
+
+
+def _jarvis(*args) -> list[str]:
+    return [sys.executable, "-m", "jarvis.cli", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
+    # a shutdown that waited for streams to end by themselves would hang here for 100 s
+    fake.script(Script(tokens=10_000, interval_s=0.01))
+    port = _free_port()
+    env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", JARVIS_SHUTDOWN_TIMEOUT="5")
+    proc = subprocess.Popen(
+        _jarvis("serve", "--port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert f"127.0.0.1:{port}" in proc.stdout.readline()
+        api = Api(f"http://127.0.0.1:{port}")
+        sids = [api.session() for _ in range(3)]
+        streams = [api.send(s, "x") for s in sids]
+        for s in streams:
+            s.until("token")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        for s in streams:
+            assert s.end() == {"status": "stopped", "reason": "shutdown"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    err = proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(events) == len(err.splitlines())  # every log line is JSON
+    cleanups = [e for e in events if e["event"] == "stream_cleanup"]
+    assert len(cleanups) == 3 and all(e["status"] == "stopped" and e["trace_id"] for e in cleanups)
+    assert any(e["event"] == "server_stopped" for e in events)
+    assert fake.active == 0
+
+    from jarvis.history import Store
+
+    store = Store(env["JARVIS_DATABASE"])
+    assert [store.get_session(s)["messages"][-1]["status"] for s in sids] == ["stopped"] * 3
+
+
+def test_chat_streams_an_answer_to_stdout(make_app, make_server, fake):
+    fake.script(Script(tokens=["Hello", ", ", "world"]))
+    url = make_server(make_app()).url
+    out = subprocess.run(
+        _jarvis("chat", "--url", url, "hi"), capture_output=True, text=True, timeout=20, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Hello, world\n"
+    assert out.stderr.startswith("session ")
+
+
+def test_chat_reads_the_prompt_from_stdin(make_app, make_server, fake):
+    url = make_server(make_app()).url
+    out = subprocess.run(
+        _jarvis("chat", "--url", url),
+        input="from stdin",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0 and fake.chat_calls()[0].prompt == "from stdin"
+
+
+def test_chat_ctrl_c_stops_the_answer_and_exits_130(make_app, make_server, fake):
+    fake.script(Script(tokens=10_000, interval_s=0.01))
+    app = make_app()
+    url = make_server(app).url
+    proc = subprocess.Popen(
+        _jarvis("chat", "--url", url, "long"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout.read(4) == "tok0"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close(), proc.stderr.close()
+    call = fake.chat_calls()[0]
+    assert call.wait_closed(2)
+    store = app.extensions["jarvis"].store
+    sid = store.list_sessions()[0]["id"]
+    wait_for(
+        lambda: store.get_session(sid)["messages"][-1]["status"] == "stopped", what="answer stored as stopped"
+    )
+
+
+def test_chat_fails_with_one_line_when_the_server_is_down():
+    out = subprocess.run(
+        _jarvis("chat", "--url", f"http://127.0.0.1:{_free_port()}", "hi"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert (
+        out.returncode == 1
+        and out.stderr.startswith("jarvis: cannot reach Jarvis")
+        and out.stderr.count("\n") == 1
+    )
+
+
+def test_check_passes_when_everything_answers(fake, tmp_path):
+    out = subprocess.run(
+        _jarvis("check"), env=_env(fake, tmp_path), capture_output=True, text=True, timeout=20
+    )
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.count("ok ") == 4
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        ({"JARVIS_MODEL": "missing"}, "ollama pull missing"),
+        ({"JARVIS_OLLAMA_URL": "http://127.0.0.1:9"}, "ollama serve"),
+        ({"JARVIS_DATABASE": "/proc/nope/jarvis.sqlite3"}, "JARVIS_DATABASE"),
+        ({"JARVIS_IDLE_TIMEOUT": "-1"}, "JARVIS_IDLE_TIMEOUT"),
+    ],
+)
+def test_check_reports_each_failure_with_a_fix(fake, tmp_path, extra, expect):
+    out = subprocess.run(
+        _jarvis("check"), env=_env(fake, tmp_path, **extra), capture_output=True, text=True, timeout=20
+    )
+    assert out.returncode == 1 and "FAIL" in out.stdout and expect in out.stdout, out.stdout
+
+
+def test_metrics_move_as_streams_run(api, fake):
+    fake.push(Script(tokens=1000, interval_s=0.01), Script(tokens=3), Script(status=500))
+    sid = api.session()
+    first = api.send(sid, "a")
+    first.until("token")
+    api.send(sid, "b").end()
+    api.send(sid, "c").end()
+    first.end()
+    text = requests.get(api.url + "/metrics", timeout=HTTP_TIMEOUT).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['jarvis_streams_ended_total{status="completed"}'] == 1
+    assert samples['jarvis_streams_ended_total{status="superseded"}'] == 1
+    assert samples['jarvis_streams_ended_total{status="failed"}'] == 1
+    assert samples['jarvis_upstream_errors_total{code="upstream_http_error"}'] == 1
+    assert samples["jarvis_supersede_wait_seconds_count"] >= 1
+    assert samples["jarvis_cancel_to_upstream_closed_seconds_count"] >= 1
+    assert samples["jarvis_time_to_first_token_seconds_count"] == 2
+    assert samples["jarvis_tokens_streamed_total"] >= 4
+    assert samples["jarvis_live_streams"] == 0

@@ -107,7 +107,7 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     assert sorted(results).count("completed") == 1 and results.count("superseded") == 7
     assert fake.max_active == 1
     calls = sorted(fake.chat_calls(), key=lambda c: c.opened_at)
-    for earlier, later in zip(calls, calls[1:]):
+    for earlier, later in zip(calls, calls[1:], strict=False):
         assert earlier.closed_at <= later.opened_at
     assert len(calls) <= 8
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from flask import Flask
 
 from . import log
+from .accounts import Accounts
 from .config import Config
 from .history import Store
 from .metrics import Metrics
@@ -25,6 +26,7 @@ class Jarvis:
     registry: Registry
     upstream: Upstream
     metrics: Metrics
+    accounts: Accounts
     watch_disconnects: bool = False  # set by jarvis serve, which turns on waitress's lookahead
 
     def shutdown(self, timeout: float | None = None) -> list:
@@ -46,10 +48,11 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         log.event("recovered_interrupted", count=recovered)
     registry = Registry(cfg.max_streams, cfg.disconnect_poll_s)
     metrics = Metrics(live_streams=registry.active)
-    app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics)
+    app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics, Accounts(store))
 
-    from . import api, web
+    from . import api, auth, web
 
+    auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     return app

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .auth import owner
 from .errors import AtCapacity, BadRequest, JarvisError, PromptTooLarge, UnsupportedMediaType, UpstreamError
 from .stream import Stream
 
@@ -22,32 +23,32 @@ def jarvis():
 
 @bp.post("/api/sessions")
 def create_session():
-    return jsonify(jarvis().store.create_session()), 201
+    return jsonify(jarvis().store.create_session(owner())), 201
 
 
 @bp.get("/api/sessions")
 def list_sessions():
-    return {"sessions": jarvis().store.list_sessions()}
+    return {"sessions": jarvis().store.list_sessions(owner())}
 
 
 @bp.get("/api/sessions/<session_id>")
 def get_session(session_id: str):
-    return jarvis().store.get_session(session_id)
+    return jarvis().store.get_session(session_id, owner())
 
 
 @bp.delete("/api/sessions/<session_id>")
 def delete_session(session_id: str):
     j = jarvis()
-    j.store.require_session(session_id)
+    j.store.require_session(session_id, owner())  # another user's session is not found, as unknown ones
     j.registry.stop(session_id, "deleted")
-    j.store.delete_session(session_id)
+    j.store.delete_session(session_id, owner())
     return {"deleted": True}
 
 
 @bp.post("/api/sessions/<session_id>/stop")
 def stop(session_id: str):
     j = jarvis()
-    j.store.require_session(session_id)
+    j.store.require_session(session_id, owner())
     return {"stopped": j.registry.stop(session_id)}
 
 
@@ -55,7 +56,7 @@ def stop(session_id: str):
 def send_message(session_id: str):
     j = jarvis()
     content, model = _read_prompt(j.config, j.upstream.default_model)
-    j.store.require_session(session_id)
+    j.store.require_session(session_id, owner())
     trace_id = secrets.token_hex(8)
     probe = request.environ.get("waitress.client_disconnected") if j.watch_disconnects else None
     stream = Stream(
@@ -140,6 +141,14 @@ def jarvis_error(e: JarvisError):
     if isinstance(e, UpstreamError):
         current_app.logger.warning("upstream error on %s: %s", request.path, e.code)
     return response
+
+
+@bp.app_errorhandler(Exception)
+def internal_error(e: Exception):
+    if isinstance(e, HTTPException):
+        return http_error(e)
+    current_app.logger.exception("unhandled error on %s", request.path)
+    return jarvis_error(JarvisError("internal error; the server log has the details"))
 
 
 @bp.app_errorhandler(HTTPException)

@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="waitress threads (default: JARVIS_MAX_STREAMS + 4)")
     serve.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve other machines with no account (not recommended)",
+    )
 
     chat = sub.add_parser("chat", help="send a prompt and stream the answer to stdout")
     chat.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
@@ -31,11 +36,28 @@ def main(argv: list[str] | None = None) -> int:
         "--url", default=os.environ.get("JARVIS_URL", DEFAULT_URL), help="server URL ($JARVIS_URL)"
     )
 
+    user = sub.add_parser("user", help="manage accounts")
+    user.add_argument("action", choices=("add", "list", "remove", "passwd"))
+    user.add_argument("name", nargs="?")
+
+    token = sub.add_parser("token", help="manage API tokens for scripts")
+    token.add_argument("action", choices=("create", "list", "revoke"))
+    token.add_argument("id", nargs="?", type=int, help="the token id, for revoke")
+    token.add_argument("--user", help="the account the token acts for (create)")
+    token.add_argument("--name", default="", help="a label for the token (create)")
+
     check = sub.add_parser("check", help="check the configuration, the database and the model")
     check.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
 
     args = parser.parse_args(argv)
-    return {"serve": cmd_serve, "chat": cmd_chat, "check": cmd_check}[args.command](args)
+    commands = {
+        "serve": cmd_serve,
+        "chat": cmd_chat,
+        "check": cmd_check,
+        "user": cmd_user,
+        "token": cmd_token,
+    }
+    return commands[args.command](args)
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -48,16 +70,26 @@ def cmd_serve(args) -> int:
     from .config import ConfigError
     from .server import Server
 
+    overrides = {"backend": args.backend} if args.backend else {}
+    if args.insecure_no_auth:
+        overrides["insecure_no_auth"] = True
     try:
-        app = create_app({"backend": args.backend} if args.backend else None)
+        app = create_app(overrides)
     except ConfigError as e:
         return _fail(str(e), EXIT_USAGE)
+    j = app.extensions["jarvis"]
+    if not _is_loopback(args.host) and not j.accounts.exist():
+        if not j.config.insecure_no_auth:
+            return _fail(
+                f"refusing to listen on {args.host} with no account: anyone who reaches the port could "
+                "read and drive Jarvis. Create one with `jarvis user add NAME`, or pass --insecure-no-auth.",
+                EXIT_USAGE,
+            )
+        log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
     try:
         server = Server(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as e:
         return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
-    if args.host in ("0.0.0.0", "::", ""):
-        log.log.warning("listening on all interfaces: anyone who can reach port %d can use Jarvis", args.port)
     stopper: list[threading.Thread] = []
 
     def on_signal(signum, frame):
@@ -67,7 +99,6 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    j = app.extensions["jarvis"]
     print(f"Jarvis listening on {server.url} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
     server.serve_forever()
     if stopper:
@@ -83,10 +114,19 @@ def cmd_chat(args) -> int:
         return _fail("no prompt given (pass it as an argument or on stdin)", EXIT_USAGE)
     base = args.url.rstrip("/")
     timeout = (5, 330)
+    http = requests.Session()
+    if os.environ.get("JARVIS_TOKEN"):
+        http.headers["Authorization"] = "Bearer " + os.environ["JARVIS_TOKEN"]
     try:
-        session = args.session or requests.post(base + "/api/sessions", timeout=timeout).json()["id"]
+        if args.session:
+            session = args.session
+        else:
+            created = http.post(base + "/api/sessions", timeout=timeout)
+            if created.status_code != 201:
+                return _fail(_error_message(created))
+            session = created.json()["id"]
         body = {"content": prompt} | ({"model": args.model} if args.model else {})
-        response = requests.post(
+        response = http.post(
             f"{base}/api/sessions/{session}/messages", json=body, stream=True, timeout=timeout
         )
     except requests.RequestException as e:
@@ -102,7 +142,7 @@ def cmd_chat(args) -> int:
             raise KeyboardInterrupt
         stopping.append(True)
         try:
-            requests.post(f"{base}/api/sessions/{session}/stop", timeout=5)
+            http.post(f"{base}/api/sessions/{session}/stop", timeout=5)
         except requests.RequestException:
             raise KeyboardInterrupt from None
 
@@ -128,6 +168,87 @@ def cmd_chat(args) -> int:
     if end["status"] != "completed":
         why = f" ({end['reason']})" if end.get("reason") not in (None, end["status"]) else ""
         return _fail(f"the answer was {end['status']}{why}", EXIT_ENDED)
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _accounts():
+    from flask import Flask
+
+    from .accounts import Accounts
+    from .config import Config
+    from .history import Store
+
+    cfg = Config.from_env()
+    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
+    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+    return Accounts(Store(database))
+
+
+def _read_password(prompt: str) -> str:
+    import getpass
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(prompt)
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def cmd_user(args) -> int:
+    from .errors import JarvisError
+
+    accounts = _accounts()
+    try:
+        if args.action == "list":
+            for row in accounts.list():
+                print(f"{row['name']}\t{row['tokens']} token(s)")
+            return EXIT_OK
+        if not args.name:
+            return _fail(f"jarvis user {args.action} needs a NAME", EXIT_USAGE)
+        if args.action == "add":
+            accounts.add(args.name, _read_password(f"password for {args.name}: "))
+            print(f"added {args.name}; Jarvis now asks everyone to sign in")
+        elif args.action == "passwd":
+            accounts.set_password(args.name, _read_password(f"new password for {args.name}: "))
+            print(f"password of {args.name} changed")
+        else:
+            accounts.remove(args.name)
+            print(f"removed {args.name} with its sessions and tokens")
+    except (JarvisError, ValueError) as e:
+        return _fail(getattr(e, "message", str(e)))
+    return EXIT_OK
+
+
+def cmd_token(args) -> int:
+    from .errors import JarvisError
+
+    accounts = _accounts()
+    try:
+        if args.action == "create":
+            if not args.user:
+                return _fail("jarvis token create needs --user NAME", EXIT_USAGE)
+            print(accounts.create_token(args.user, args.name))
+            print("shown once: keep it now (JARVIS_TOKEN=... jarvis chat)", file=sys.stderr)
+        elif args.action == "list":
+            for row in accounts.tokens():
+                print(f"{row['id']}\t{row['user']}\t{row['name']}")
+        else:
+            if args.id is None:
+                return _fail("jarvis token revoke needs the token id (see jarvis token list)", EXIT_USAGE)
+            accounts.revoke(args.id)
+            print(f"revoked token {args.id}")
+    except JarvisError as e:
+        return _fail(e.message)
     return EXIT_OK
 
 

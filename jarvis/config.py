@@ -56,6 +56,11 @@ class Config:
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
     shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
+    secret_key: str = _f("", "Key that signs login cookies (default: generated once in the instance folder).")
+    cookie_secure: bool = _f(False, "Mark the login cookie Secure even when a request is not seen as HTTPS.")
+    insecure_no_auth: bool = _f(
+        False, "Serve remote clients with no account (jarvis serve --insecure-no-auth)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping | None = None) -> Config:
@@ -98,7 +103,13 @@ def env_name(field_name: str) -> str:
 
 
 def _parse(f: dataclasses.Field, raw: str, name: str):
-    kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "str": str}[f.type]
+    kind = (
+        f.type if isinstance(f.type, type) else {"float": float, "int": int, "str": str, "bool": bool}[f.type]
+    )
+    if kind is bool:
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
+        return raw.lower() in ("1", "true", "yes", "on")
     try:
         return kind(raw)
     except ValueError:

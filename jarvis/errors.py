@@ -9,7 +9,9 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   ├── BadRequest             400 bad_request
     │   ├── UnsupportedMediaType   415 unsupported_media_type
     │   ├── PromptTooLarge         413 prompt_too_large
-    │   └── NotFound               404 not_found
+    │   ├── NotFound               404 not_found
+    │   ├── Unauthorized           401 unauthorized (sign in, or send a bearer token)
+    │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
     ├── StoreError                 500 store_error (the database refused a write)
     └── UpstreamError              502, the model side failed; ends a stream as failed
@@ -66,6 +68,16 @@ class PromptTooLarge(RequestError):
 class NotFound(RequestError):
     http_status = 404
     code = "not_found"
+
+
+class Unauthorized(RequestError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    http_status = 403
+    code = "forbidden"
 
 
 class AtCapacity(JarvisError):

@@ -19,6 +19,7 @@ from .errors import NotFound, StoreError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
+    owner INTEGER REFERENCES users(id) ON DELETE CASCADE,
     title TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -37,6 +38,19 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL DEFAULT '',
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
 """
 
 BUSY_TIMEOUT_S = 5.0
@@ -44,16 +58,20 @@ LIVE_STATUSES = ("streaming", "queued")
 
 
 class Store:
-    """Sessions and messages in one SQLite file."""
+    """Sessions and messages in one SQLite file.
+
+    Every session call takes ``owner``: a user id, or None when no account exists.
+    A session of another owner is reported exactly like an unknown one.
+    """
 
     def __init__(self, path: str):
         self.path = path
-        with self._db() as db:
+        with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as e:
@@ -70,7 +88,7 @@ class Store:
 
     def check_writable(self) -> None:
         """Raise StoreError unless a write transaction can be opened."""
-        with self._db() as db:
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
 
@@ -78,32 +96,39 @@ class Store:
         """Mark answers left streaming by a crash as interrupted; returns how many."""
         now = time.time()
         marks = ",".join("?" * len(LIVE_STATUSES))
-        with self._db() as db:
+        with self.connect() as db:
             cur = db.execute(
                 f"UPDATE messages SET status='interrupted', updated_at=? WHERE status IN ({marks})",
                 (now, *LIVE_STATUSES),
             )
             return cur.rowcount
 
-    def create_session(self, title: str = "") -> dict:
+    def create_session(self, owner: int | None = None, title: str = "") -> dict:
         now = time.time()
         sid = secrets.token_urlsafe(18)  # 144 random bits
-        with self._db() as db:
+        with self.connect() as db:
             db.execute(
-                "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (sid, title, now, now),
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (sid, owner, title, now, now),
             )
         return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
-    def list_sessions(self) -> list[dict]:
-        with self._db() as db:
-            rows = db.execute("SELECT * FROM sessions ORDER BY updated_at DESC, rowid DESC").fetchall()
+    def list_sessions(self, owner: int | None = None) -> list[dict]:
+        with self.connect() as db:
+            rows = db.execute(
+                "SELECT id, title, created_at, updated_at FROM sessions WHERE owner IS ?"
+                " ORDER BY updated_at DESC, rowid DESC",
+                (owner,),
+            ).fetchall()
         return [dict(r) for r in rows]
 
-    def get_session(self, session_id: str) -> dict:
-        """The session with its messages, oldest first; NotFound if unknown."""
-        with self._db() as db:
-            row = db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    def get_session(self, session_id: str, owner: int | None = None) -> dict:
+        """The session with its messages, oldest first; NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            row = db.execute(
+                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ? AND owner IS ?",
+                (session_id, owner),
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
             rows = db.execute(
@@ -111,19 +136,21 @@ class Store:
             ).fetchall()
         return {**dict(row), "messages": [_message(r) for r in rows]}
 
-    def require_session(self, session_id: str) -> None:
-        with self._db() as db:
-            if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+    def require_session(self, session_id: str, owner: int | None = None) -> None:
+        with self.connect() as db:
+            found = db.execute("SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
+            if found.fetchone() is None:
                 raise NotFound(f"no session {session_id!r}")
 
-    def delete_session(self, session_id: str) -> None:
-        with self._db() as db:
-            if db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
+    def delete_session(self, session_id: str, owner: int | None = None) -> None:
+        with self.connect() as db:
+            deleted = db.execute("DELETE FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
+            if deleted.rowcount == 0:
                 raise NotFound(f"no session {session_id!r}")
 
     def context(self, session_id: str) -> list[dict]:
         """The conversation to send upstream: prompts and completed answers, oldest first."""
-        with self._db() as db:
+        with self.connect() as db:
             rows = db.execute(
                 "SELECT role, content FROM messages WHERE session_id = ? AND "
                 "(role = 'user' OR status = 'completed') ORDER BY id",
@@ -134,7 +161,7 @@ class Store:
     def add_exchange(self, session_id: str, prompt: str, trace_id: str, model: str) -> tuple[int, int]:
         """Store the prompt and an empty streaming answer in one transaction."""
         now = time.time()
-        with self._db() as db:
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             user = db.execute(
                 "INSERT INTO messages (session_id, role, content, status, trace_id, model, created_at,"
@@ -159,7 +186,7 @@ class Store:
         self, message_id: int, content: str, status: str, error: dict | None = None, meta: dict | None = None
     ) -> None:
         """Write the answer's text so far and its status (a checkpoint, or the final state)."""
-        with self._db() as db:
+        with self.connect() as db:
             db.execute(
                 "UPDATE messages SET content = ?, status = ?, error = ?, meta = COALESCE(?, meta),"
                 " updated_at = ? WHERE id = ?",

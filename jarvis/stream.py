@@ -90,10 +90,10 @@ class Stream:
         """Cancel with ``reason`` (stopped, superseded, disconnected, shutdown); True the first time."""
         # settle before closing: the worker, woken by the close, must not settle first
         settled = self._settle(REASON_STATUS.get(reason, "stopped"), None)
-        cancelled_at = time.monotonic()
+        if self._cancelled_at is None:
+            self._cancelled_at = time.monotonic()  # before the close the worker wakes on
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
             return False
-        self._cancelled_at = cancelled_at
         if settled and reason in REASON_EVENT:
             log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
         self._wake.set()

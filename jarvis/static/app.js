@@ -1,0 +1,802 @@
+// The Jarvis chat page. Plain ES module: no build step, no inline code, works under
+// "default-src 'self'". Model output is rendered as Markdown and sanitised before it
+// touches the DOM; user text is only ever set as textContent.
+
+import { ApiError, api, errorOf, request, sessionPath } from "./api.js";
+import { errorParts, explainError, plural, withCode } from "./errors.js";
+import { copyCode, icon, renderMarkdown } from "./markdown.js";
+import { readEvents } from "./sse.js";
+
+const $ = (id) => document.getElementById(id);
+
+const el = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  scrim: $("scrim"),
+  openSidebar: $("open-sidebar"),
+  closeSidebar: $("close-sidebar"),
+  newChat: $("new-chat"),
+  sessionList: $("session-list"),
+  backend: $("backend"),
+  backendText: $("backend-text"),
+  title: $("chat-title"),
+  model: $("model"),
+  conversation: $("conversation"),
+  empty: $("empty"),
+  messages: $("messages"),
+  notice: $("notice"),
+  noticeTitle: $("notice-title"),
+  noticeDetail: $("notice-detail"),
+  noticeClose: $("notice-close"),
+  composer: $("composer"),
+  prompt: $("prompt"),
+  send: $("send"),
+  stop: $("stop"),
+  announcer: $("announcer"),
+};
+
+const MODEL_KEY = "jarvis.model";
+const STOP_GRACE_MS = 8000; // a stop the server never confirms is ended here
+const POLL_MS = 1000; // refresh a session another tab is streaming into
+const HEALTH_MS = 30000;
+const SILENCE_MS = 45000; // the server writes a heartbeat every few seconds; this long silent is a dead link
+
+const LABELS = {
+  pending: "Connecting…",
+  queued: "Waiting for the model",
+  streaming: "Answering",
+  stopped: "Stopped",
+  superseded: "Superseded",
+  failed: "Failed",
+  timeout: "Timed out",
+  disconnected: "Disconnected",
+  interrupted: "Interrupted",
+};
+
+const EXPLAIN = {
+  stopped: "You stopped this answer; the text so far is kept.",
+  superseded: "A newer prompt replaced this answer before it finished.",
+  failed: "The answer failed before it finished.",
+  timeout: "The model went silent for too long, so the answer was ended.",
+  disconnected: "The connection closed before the answer finished.",
+  interrupted: "The server stopped before this answer finished.",
+};
+
+const LIVE = new Set(["pending", "queued", "streaming"]);
+
+const state = {
+  sessions: [], // as GET /api/sessions lists them, newest first
+  currentId: null,
+  confirming: null, // the session whose delete waits for a second click
+  views: new Map(), // session id -> {messages: [...]}
+  live: new Map(), // session id -> Set of running streams
+  rendered: new Map(), // message key -> <li>, for the session on screen only
+  models: [],
+  defaultModel: "",
+  pollTimer: null,
+  nextKey: 1,
+};
+
+const newKey = () => `local-${state.nextKey++}`;
+
+function viewOf(sessionId) {
+  if (!state.views.has(sessionId)) state.views.set(sessionId, { messages: [] });
+  return state.views.get(sessionId);
+}
+
+function liveOf(sessionId) {
+  return [...(state.live.get(sessionId) || [])].filter((s) => !s.ended);
+}
+
+function showNotice(error) {
+  const { title, detail } = errorParts(error);
+  el.noticeTitle.textContent = title;
+  el.noticeTitle.hidden = !title;
+  el.noticeDetail.replaceChildren(withCode(detail));
+  el.notice.hidden = false;
+}
+
+function hideNotice() {
+  el.notice.hidden = true;
+}
+
+function announce(text) {
+  el.announcer.textContent = "";
+  // a fresh text node is announced even when it repeats the last one
+  requestAnimationFrame(() => (el.announcer.textContent = text));
+}
+
+function messageElement(msg) {
+  const li = document.createElement("li");
+  li.className = `msg msg-${msg.role}`;
+  if (msg.role === "user") {
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    li.append(bubble);
+  } else {
+    const avatar = document.createElement("div");
+    avatar.className = "avatar";
+    const img = document.createElement("img");
+    img.src = "/static/favicon.svg";
+    img.alt = "";
+    avatar.append(img);
+    const body = document.createElement("div");
+    body.className = "msg-body";
+    const meta = document.createElement("div");
+    meta.className = "msg-meta";
+    const content = document.createElement("div");
+    content.className = "msg-content markdown";
+    body.append(meta, content);
+    li.append(avatar, body);
+  }
+  return li;
+}
+
+const renderedText = new WeakMap(); // content element -> the text its HTML was made from
+
+function shownStatus(msg) {
+  if (msg.supersededLocally && LIVE.has(msg.status)) return "superseded";
+  return msg.status || "completed";
+}
+
+function paint(li, msg) {
+  const status = shownStatus(msg);
+  li.dataset.status = status;
+  if (msg.id != null) li.dataset.id = String(msg.id);
+  if (msg.role === "user") {
+    const bubble = li.querySelector(".bubble");
+    if (bubble.textContent !== msg.content) bubble.textContent = msg.content;
+    return;
+  }
+  const meta = li.querySelector(".msg-meta");
+  const who = document.createElement("span");
+  who.className = "msg-who";
+  who.textContent = "Jarvis";
+  const parts = [who];
+  if (msg.model) {
+    const model = document.createElement("span");
+    model.className = "msg-model";
+    model.textContent = msg.model;
+    parts.push(model);
+  }
+  if (status !== "completed") {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.dataset.status = status;
+    let label = LABELS[status] || status;
+    if (status === "queued" && msg.position) label += ` (position ${msg.position})`;
+    badge.textContent = label;
+    if (EXPLAIN[status]) badge.title = EXPLAIN[status];
+    parts.push(badge);
+  }
+  meta.replaceChildren(...parts);
+
+  const content = li.querySelector(".msg-content");
+  const streaming = LIVE.has(msg.status) && !msg.supersededLocally;
+  if (streaming) {
+    // the answer being written is announced when it is done, not token by token
+    content.setAttribute("aria-live", "polite");
+    content.setAttribute("aria-busy", "true");
+  } else {
+    content.removeAttribute("aria-busy");
+    if (!msg.keepLive) content.removeAttribute("aria-live");
+  }
+  if (renderedText.get(content) !== msg.content) {
+    renderMarkdown(content, msg.content);
+    renderedText.set(content, msg.content);
+  }
+  let cursor = content.querySelector(".cursor");
+  if (streaming && msg.status === "streaming") {
+    if (!cursor) {
+      cursor = document.createElement("span");
+      cursor.className = "cursor";
+      cursor.setAttribute("aria-hidden", "true");
+    }
+    (content.lastElementChild && !content.lastElementChild.matches(".code-block, ul, ol, table")
+      ? content.lastElementChild
+      : content
+    ).append(cursor);
+  } else if (cursor) {
+    cursor.remove();
+  }
+
+  li.querySelector(".msg-nothing")?.remove();
+  li.querySelector(".msg-error")?.remove();
+  const body = li.querySelector(".msg-body");
+  if (!msg.content && !msg.error && !LIVE.has(msg.status)) {
+    const nothing = document.createElement("p");
+    nothing.className = "msg-nothing";
+    nothing.textContent = "No text was received.";
+    body.append(nothing);
+  }
+  if (msg.error && !LIVE.has(msg.status)) {
+    const { title, detail } = errorParts(msg.error);
+    const box = document.createElement("div");
+    box.className = "msg-error";
+    if (title) {
+      const strong = document.createElement("strong");
+      strong.textContent = title;
+      box.append(strong);
+    }
+    box.append(withCode(detail));
+    if (msg.trace_id) {
+      const trace = document.createElement("span");
+      trace.className = "msg-trace";
+      trace.textContent = `trace ${msg.trace_id}`;
+      box.append(trace);
+    }
+    body.append(box);
+  }
+}
+
+function renderConversation() {
+  const view = state.currentId ? viewOf(state.currentId) : { messages: [] };
+  state.rendered.clear();
+  const items = view.messages.map((msg) => {
+    const li = messageElement(msg);
+    paint(li, msg);
+    state.rendered.set(msg.key, li);
+    return li;
+  });
+  el.messages.replaceChildren(...items);
+  el.empty.hidden = items.length > 0;
+  scrollToEnd(true);
+}
+
+function appendMessage(sessionId, msg) {
+  viewOf(sessionId).messages.push(msg);
+  if (sessionId !== state.currentId) return;
+  const li = messageElement(msg);
+  paint(li, msg);
+  state.rendered.set(msg.key, li);
+  el.messages.append(li);
+  el.empty.hidden = true;
+}
+
+function removeMessage(sessionId, msg) {
+  const view = viewOf(sessionId);
+  view.messages = view.messages.filter((m) => m !== msg);
+  const li = state.rendered.get(msg.key);
+  if (li && sessionId === state.currentId) {
+    li.remove();
+    state.rendered.delete(msg.key);
+    el.empty.hidden = view.messages.length > 0;
+  }
+}
+
+const pending = new Set();
+let frame = 0;
+
+// Coalesces repaints to one per animation frame, however fast tokens arrive.
+function repaint(msg) {
+  pending.add(msg);
+  if (frame) return;
+  frame = requestAnimationFrame(flushRepaints);
+}
+
+function flushRepaints() {
+  frame = 0;
+  const stick = nearEnd();
+  for (const msg of pending) {
+    const li = state.rendered.get(msg.key);
+    if (li) paint(li, msg);
+  }
+  pending.clear();
+  if (stick) scrollToEnd();
+}
+
+function nearEnd() {
+  const c = el.conversation;
+  return c.scrollHeight - c.scrollTop - c.clientHeight < 120;
+}
+
+function scrollToEnd(force = false) {
+  if (force || nearEnd()) el.conversation.scrollTop = el.conversation.scrollHeight;
+}
+
+function sessionTitle(session) {
+  return (session && session.title) || "New chat";
+}
+
+function renderSessions() {
+  const hadFocus = el.sessionList.contains(document.activeElement);
+  const items = state.sessions.map((session) => {
+    const li = document.createElement("li");
+    li.className = "session";
+    li.dataset.id = session.id;
+    if (session.id === state.confirming) {
+      li.append(confirmBox(session));
+      return li;
+    }
+    const active = session.id === state.currentId;
+    li.classList.toggle("is-active", active);
+
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "session-open";
+    if (active) open.setAttribute("aria-current", "page");
+    const title = document.createElement("span");
+    title.className = "session-title";
+    title.textContent = sessionTitle(session);
+    open.append(title);
+    if (liveOf(session.id).length) {
+      const dot = document.createElement("span");
+      dot.className = "session-live";
+      dot.title = "Answering";
+      open.append(dot);
+    }
+    open.addEventListener("click", () => openSession(session.id));
+
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "session-delete";
+    del.setAttribute("aria-label", `Delete chat: ${sessionTitle(session)}`);
+    del.title = "Delete chat";
+    del.append(icon("M4 7h16M10 11v6M14 11v6M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3"));
+    del.addEventListener("click", () => {
+      state.confirming = session.id;
+      renderSessions();
+      el.sessionList.querySelector(".confirm-delete")?.focus();
+    });
+
+    li.append(open, del);
+    return li;
+  });
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "session-empty";
+    li.textContent = "No chats yet.";
+    items.push(li);
+  }
+  el.sessionList.replaceChildren(...items);
+  if (hadFocus) el.sessionList.querySelector(".confirm-delete")?.focus();
+  const current = state.sessions.find((s) => s.id === state.currentId);
+  el.title.textContent = sessionTitle(current);
+  document.title = current && current.title ? `${current.title} · Jarvis` : "Jarvis";
+}
+
+function confirmBox(session) {
+  const box = document.createElement("div");
+  box.className = "session-confirm";
+  const question = document.createElement("span");
+  question.textContent = "Delete this chat?";
+  const yes = document.createElement("button");
+  yes.type = "button";
+  yes.className = "confirm-delete";
+  yes.textContent = "Delete";
+  yes.setAttribute("aria-label", `Confirm delete: ${sessionTitle(session)}`);
+  const no = document.createElement("button");
+  no.type = "button";
+  no.textContent = "Cancel";
+  yes.addEventListener("click", () => deleteSession(session.id));
+  no.addEventListener("click", () => {
+    state.confirming = null;
+    renderSessions();
+  });
+  box.append(question, yes, no);
+  return box;
+}
+
+async function loadSessions() {
+  const data = await api("/api/sessions");
+  state.sessions = data.sessions || [];
+  renderSessions();
+}
+
+async function refreshSessions() {
+  try {
+    await loadSessions();
+  } catch {
+    // the list is refreshed again after the next answer
+  }
+}
+
+async function newChat() {
+  closeSidebar();
+  hideNotice();
+  const view = state.currentId && state.views.get(state.currentId);
+  if (view && view.messages.length === 0) {
+    el.prompt.focus();
+    return;
+  }
+  try {
+    const session = await api("/api/sessions", { method: "POST" });
+    state.sessions.unshift(session);
+    state.views.set(session.id, { messages: [] });
+    await openSession(session.id);
+  } catch (err) {
+    showNotice(err);
+  }
+}
+
+async function openSession(id) {
+  closeSidebar();
+  hideNotice();
+  state.currentId = id;
+  history.replaceState(null, "", `#${encodeURIComponent(id)}`);
+  renderSessions();
+  renderConversation();
+  refreshControls();
+  el.prompt.focus();
+  await loadHistory(id);
+}
+
+// Fetches a session's messages and merges in the answers this tab is still streaming.
+async function loadHistory(id) {
+  let data;
+  try {
+    data = await api(sessionPath(id));
+  } catch (err) {
+    if (id !== state.currentId) return;
+    if (err.code === "not_found") {
+      state.sessions = state.sessions.filter((s) => s.id !== id);
+      state.views.delete(id);
+      await openFallback();
+    }
+    showNotice(err);
+    return;
+  }
+  const old = viewOf(id).messages;
+  const byId = new Map(old.filter((m) => m.id != null).map((m) => [String(m.id), m]));
+  const merged = (data.messages || []).map((m) => {
+    const local = byId.get(String(m.id));
+    // a local copy is newer while this tab streams it, or until the server has stored its end
+    if (local && (liveOf(id).some((s) => s.message === local) || (m.status === "streaming" && !LIVE.has(local.status)))) {
+      return local;
+    }
+    return { ...m, key: local ? local.key : `m-${m.id}` };
+  });
+  const seen = new Set(merged.map((m) => m.key));
+  for (const m of old) if (m.id == null && !seen.has(m.key)) merged.push(m); // sent, not yet started
+  viewOf(id).messages = merged;
+  if (id !== state.currentId) return;
+  renderConversation();
+  schedulePoll(id);
+}
+
+// Another tab (or a stream from before a reload) may be writing into this session.
+function schedulePoll(id) {
+  clearTimeout(state.pollTimer);
+  const foreign = viewOf(id).messages.some(
+    (m) => m.status === "streaming" && !liveOf(id).some((s) => s.message === m),
+  );
+  if (foreign) state.pollTimer = setTimeout(() => id === state.currentId && loadHistory(id), POLL_MS);
+}
+
+async function openFallback() {
+  const next = state.sessions[0];
+  if (next) {
+    await openSession(next.id);
+    return;
+  }
+  state.currentId = null;
+  history.replaceState(null, "", location.pathname);
+  renderSessions();
+  renderConversation();
+  refreshControls();
+}
+
+async function deleteSession(id) {
+  state.confirming = null;
+  try {
+    // stop first, so the answer ends as stopped rather than as a torn connection
+    if (liveOf(id).length) await api(sessionPath(id, "/stop"), { method: "POST" }).catch(() => null);
+    await api(sessionPath(id), { method: "DELETE" });
+  } catch (err) {
+    if (err.code !== "not_found") {
+      showNotice(err);
+      renderSessions();
+      return;
+    }
+  }
+  for (const stream of state.live.get(id) || []) {
+    stream.abandoned = true;
+    stream.controller.abort();
+  }
+  state.live.delete(id);
+  state.views.delete(id);
+  state.sessions = state.sessions.filter((s) => s.id !== id);
+  announce("Chat deleted.");
+  if (id === state.currentId) await openFallback();
+  else renderSessions();
+}
+
+async function send() {
+  const text = el.prompt.value;
+  if (!text.trim()) return;
+  hideNotice();
+  let sessionId = state.currentId;
+  if (!sessionId) {
+    try {
+      const session = await api("/api/sessions", { method: "POST" });
+      state.sessions.unshift(session);
+      sessionId = session.id;
+      state.currentId = session.id;
+      history.replaceState(null, "", `#${encodeURIComponent(session.id)}`);
+      renderSessions();
+    } catch (err) {
+      showNotice(err);
+      return;
+    }
+  }
+  const session = state.sessions.find((s) => s.id === sessionId);
+  if (session && !session.title) {
+    session.title = text.trim().split("\n")[0].slice(0, 60);
+    renderSessions();
+  }
+  // the server supersedes the running answer; show it at once
+  const previous = liveOf(sessionId);
+  for (const stream of previous) {
+    stream.message.supersededLocally = true;
+    repaint(stream.message);
+  }
+  const model = el.model.value || undefined;
+  const user = { key: newKey(), role: "user", content: text, status: "sending" };
+  const answer = { key: newKey(), role: "assistant", content: "", status: "pending", model, error: null };
+  appendMessage(sessionId, user);
+  appendMessage(sessionId, answer);
+  scrollToEnd(true);
+  el.prompt.value = "";
+  autosize();
+  await streamAnswer(sessionId, user, answer, { content: text, model }, previous);
+}
+
+async function streamAnswer(sessionId, user, answer, body, previous) {
+  const run = { sessionId, message: answer, controller: new AbortController(), ended: false, abandoned: false };
+  if (!state.live.has(sessionId)) state.live.set(sessionId, new Set());
+  state.live.get(sessionId).add(run);
+  refreshControls();
+  renderSessions();
+  run.lastBytes = Date.now();
+  const watchdog = setInterval(() => {
+    if (Date.now() - run.lastBytes > SILENCE_MS) run.controller.abort();
+  }, 1000);
+  try {
+    const response = await request(sessionPath(sessionId, "/messages"), {
+      method: "POST",
+      body,
+      signal: run.controller.signal,
+    });
+    if (!response.ok) {
+      await refused(sessionId, user, answer, body.content, previous, await errorOf(response));
+      return;
+    }
+    const seen = () => (run.lastBytes = Date.now());
+    for await (const event of readEvents(response.body, seen)) handleEvent(run, user, event);
+    if (!run.ended) throw new ApiError(0, "connection_lost", "");
+  } catch (err) {
+    if (run.abandoned) return;
+    if (answer.status === "pending" && !run.ended && err.code === "network") {
+      await refused(sessionId, user, answer, body.content, previous, err);
+      return;
+    }
+    if (!run.ended) finish(run, "disconnected", { code: "connection_lost", message: "" });
+  } finally {
+    clearInterval(watchdog);
+    state.live.get(sessionId)?.delete(run);
+    clearTimeout(run.stopTimer);
+    refreshControls();
+    if (!run.abandoned) {
+      refreshSessions();
+      refreshHealth();
+    }
+  }
+}
+
+// The server turned the prompt away before streaming: nothing was stored.
+async function refused(sessionId, user, answer, text, previous, error) {
+  removeMessage(sessionId, user);
+  removeMessage(sessionId, answer);
+  for (const stream of previous) {
+    stream.message.supersededLocally = false;
+    repaint(stream.message);
+  }
+  if (sessionId === state.currentId) {
+    if (!el.prompt.value) {
+      el.prompt.value = text;
+      autosize();
+    }
+    showNotice(error);
+  }
+  if (error.code === "not_found") await loadHistory(sessionId);
+}
+
+function handleEvent(run, user, { event, data }) {
+  let payload;
+  try {
+    payload = JSON.parse(data);
+  } catch {
+    return; // every payload is JSON; anything else is not ours
+  }
+  const answer = run.message;
+  if (event === "start") {
+    answer.id = payload.message_id;
+    answer.trace_id = payload.trace_id;
+    if (payload.model) answer.model = payload.model;
+    answer.status = "streaming";
+    user.id = payload.user_message_id;
+    user.status = "completed";
+    repaint(user);
+    refreshSessions(); // the title comes from the first prompt
+  } else if (event === "status") {
+    if (payload.state === "queued") {
+      answer.status = "queued";
+      answer.position = payload.position;
+    }
+  } else if (event === "token") {
+    if (answer.status !== "streaming") answer.status = "streaming";
+    answer.content += payload.text || "";
+  } else if (event === "end") {
+    finish(run, payload.status || "completed", payload.error || null);
+    return;
+  }
+  repaint(answer);
+}
+
+function finish(run, status, error) {
+  const answer = run.message;
+  run.ended = true;
+  answer.status = status;
+  answer.error = error;
+  answer.supersededLocally = false;
+  answer.keepLive = run.sessionId === state.currentId && status !== "superseded";
+  repaint(answer);
+  refreshControls();
+  if (run.sessionId !== state.currentId) return;
+  if (status === "completed") announce("Answer complete.");
+  else if (status !== "superseded") {
+    const { title } = error ? explainError(error) : { title: "" };
+    announce(`Answer ${LABELS[status] ? LABELS[status].toLowerCase() : status}. ${title}`);
+  }
+}
+
+async function stop() {
+  const sessionId = state.currentId;
+  const running = liveOf(sessionId);
+  if (!sessionId || !running.length) return;
+  el.stop.disabled = true;
+  try {
+    await api(sessionPath(sessionId, "/stop"), { method: "POST" });
+  } catch (err) {
+    showNotice(err);
+  }
+  // the end event normally arrives at once; never leave the page waiting on it
+  for (const run of running) {
+    run.stopTimer = setTimeout(() => {
+      if (run.ended) return;
+      finish(run, "stopped", null);
+      run.abandoned = true;
+      run.controller.abort();
+      loadHistory(sessionId);
+    }, STOP_GRACE_MS);
+  }
+  el.prompt.focus();
+}
+
+function refreshControls() {
+  const streaming = state.currentId ? liveOf(state.currentId).length > 0 : false;
+  el.stop.hidden = !streaming;
+  el.stop.disabled = !streaming;
+  el.send.disabled = !el.prompt.value.trim();
+  el.send.setAttribute("aria-label", streaming ? "Send message (replaces the current answer)" : "Send message");
+}
+
+function autosize() {
+  el.prompt.style.height = "auto";
+  el.prompt.style.height = `${Math.min(el.prompt.scrollHeight, 240)}px`;
+  refreshControls();
+}
+
+function openSidebarPanel() {
+  el.app.classList.add("sidebar-open");
+  el.scrim.hidden = false;
+  el.openSidebar.setAttribute("aria-expanded", "true");
+  el.newChat.focus();
+}
+
+function closeSidebar() {
+  if (!el.app.classList.contains("sidebar-open")) return;
+  el.app.classList.remove("sidebar-open");
+  el.scrim.hidden = true;
+  el.openSidebar.setAttribute("aria-expanded", "false");
+}
+
+async function loadModels() {
+  let data;
+  try {
+    data = await api("/api/models");
+  } catch (err) {
+    const option = new Option("Default model", "");
+    el.model.replaceChildren(option);
+    el.model.title = explainError(err).detail;
+    return;
+  }
+  state.models = (data.models || []).map((m) => m.name).filter(Boolean);
+  state.defaultModel = data.default || "";
+  const names = [...state.models];
+  const fallback = names.find((n) => n === state.defaultModel) || names.find((n) => n === `${state.defaultModel}:latest`);
+  if (state.defaultModel && !fallback) names.unshift(state.defaultModel);
+  el.model.replaceChildren(...names.map((name) => new Option(name, name)));
+  const saved = localStorage.getItem(MODEL_KEY);
+  el.model.value = names.includes(saved) ? saved : fallback || state.defaultModel || names[0] || "";
+  el.model.title = "";
+}
+
+async function refreshHealth() {
+  try {
+    const health = await api("/healthz");
+    const backend = health.backend === "local" ? "Local model" : "Ollama";
+    const ok = Boolean(health.upstream_ok);
+    el.backend.dataset.state = ok ? "ok" : "down";
+    el.backendText.textContent = `${backend} · ${health.model || "no model"}${ok ? "" : " (unreachable)"}`;
+    el.backend.title =
+      `${backend} ${ok ? "is answering" : "is not reachable"}` +
+      (health.active_streams ? `; ${plural(health.active_streams, "answer")} streaming` : "");
+  } catch {
+    el.backend.dataset.state = "down";
+    el.backendText.textContent = "Server not reachable";
+    el.backend.title = "";
+  }
+}
+
+el.composer.addEventListener("submit", (e) => {
+  e.preventDefault();
+  send();
+});
+
+el.prompt.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    send();
+  } else if (e.key === "Escape" && !el.stop.hidden) {
+    e.preventDefault();
+    stop();
+  }
+});
+
+el.prompt.addEventListener("input", autosize);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && el.app.classList.contains("sidebar-open")) {
+    closeSidebar();
+    el.openSidebar.focus();
+  }
+});
+el.stop.addEventListener("click", stop);
+el.newChat.addEventListener("click", newChat);
+el.noticeClose.addEventListener("click", () => {
+  hideNotice();
+  el.prompt.focus();
+});
+el.model.addEventListener("change", () => localStorage.setItem(MODEL_KEY, el.model.value));
+el.openSidebar.addEventListener("click", openSidebarPanel);
+el.closeSidebar.addEventListener("click", closeSidebar);
+el.scrim.addEventListener("click", closeSidebar);
+el.messages.addEventListener("click", (e) => {
+  const button = e.target.closest("button.copy");
+  if (button) copyCode(button);
+});
+window.addEventListener("hashchange", () => {
+  const id = decodeURIComponent(location.hash.slice(1));
+  if (id && id !== state.currentId && state.sessions.some((s) => s.id === id)) openSession(id);
+});
+
+async function start() {
+  el.prompt.focus();
+  refreshControls();
+  loadModels();
+  refreshHealth();
+  setInterval(refreshHealth, HEALTH_MS);
+  try {
+    await loadSessions();
+  } catch (err) {
+    showNotice(err);
+    return;
+  }
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  const first = state.sessions.find((s) => s.id === wanted) || state.sessions[0];
+  if (first) await openSession(first.id);
+  else await openFallback();
+  document.body.dataset.ready = "true";
+}
+
+start();

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -34,6 +35,8 @@ class Script:
     status: int = 200  # an HTTP error status answers with {"error": error}
     error: str = "something broke upstream"
     raw: list[bytes] | None = None  # hostile bodies: send these chunks, then end
+    forever: bytes | None = None  # a body that never ends: this chunk again and again
+    refuse: bool = False  # reset the connection instead of answering
 
     def texts(self) -> list[str]:
         if isinstance(self.tokens, int):
@@ -52,6 +55,7 @@ class Call:
     closed_by: str | None = None  # "client" (it hung up first) or "server"
     tokens_sent: int = 0
     closed: threading.Event = field(default_factory=threading.Event)
+    sock: socket.socket | None = field(default=None, repr=False)
 
     @property
     def prompt(self) -> str:
@@ -69,8 +73,10 @@ class _ClientGone(Exception):
 class FakeOllama:
     """Start with ``with FakeOllama() as fake:``; ``fake.url`` is its base URL."""
 
-    def __init__(self, models=OK_MODELS):
+    def __init__(self, models=OK_MODELS, key=None):
         self.models = list(models)
+        self.key = key  # body -> session key; set to detect overlapping calls of one session
+        self.overlaps: list[tuple[Call, Call]] = []
         self.default = Script()
         self._queued: deque[Script] = deque()
         self.calls: list[Call] = []
@@ -158,8 +164,10 @@ class FakeOllama:
         try:
             conn.settimeout(5.0)
             path, body = _read_request(conn)
-            call = Call(path=path, body=body, opened_at=time.monotonic())
+            call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn)
             with self._lock:
+                if path == "/api/chat":
+                    self._check_overlap(call)
                 self.calls.append(call)
                 if path == "/api/chat":
                     self.active += 1
@@ -192,12 +200,33 @@ class FakeOllama:
                     self._changed.notify_all()
                 call.closed.set()
 
+    def _check_overlap(self, new: Call) -> None:
+        """Record a still-open call of the same session: one whose client has not sent EOF."""
+        if self.key is None:
+            return
+        for old in self.calls:
+            if old.path != "/api/chat" or old.closed_at is not None:
+                continue
+            if self.key(old.body) != self.key(new.body):
+                continue
+            try:
+                eof = old.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                eof = False
+            except OSError:
+                eof = True
+            if not eof:
+                self.overlaps.append((old, new))
+
     def _next_script(self) -> Script:
         with self._lock:
             return self._queued.popleft() if self._queued else self.default
 
     def _chat(self, conn: socket.socket, call: Call) -> None:
         s = self._next_script()
+        if s.refuse:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return  # closing with linger 0 sends a reset
         model = call.body.get("model", "")
         self._wait(conn, s.load_delay_s)
         if s.status != 200:
@@ -208,6 +237,11 @@ class FakeOllama:
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
+        if s.forever is not None:
+            while not self._stop.is_set():
+                _chunk(conn, s.forever)
+                self._wait(conn, 0.001)
+            return
         if s.raw is not None:
             for chunk in s.raw:
                 _chunk(conn, chunk)

@@ -201,3 +201,41 @@ def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):
     )
     assert cleanup.fields["status"] == "superseded" and cleanup.fields["session"] == sid
     assert "duration_ms" in cleanup.fields
+
+
+def test_a_line_longer_than_the_limit_ends_the_stream(make_app, make_server, fake):
+    fake.script(Script(raw=[b'{"message":{"content":"' + b"x" * 5000]))
+    api = Api(make_server(make_app(max_line_bytes=1024)).url)
+    end = api.send(api.session(), "x").end()
+    assert end["status"] == "failed" and end["error"]["code"] == "upstream_bad_response"
+
+
+def test_invalid_utf8_is_a_protocol_error(api, fake):
+    end = _end_of(api, fake, Script(raw=[b'{"message":{"content":"\xff\xfe"}}\n']))
+    assert end["error"]["code"] == "upstream_bad_response"
+
+
+def test_endless_whitespace_ends_at_the_total_timeout(make_app, make_server, fake):
+    # blank lines carry no text: only the total limit stops them
+    fake.script(Script(forever=b"\n" * 64))
+    api = Api(make_server(make_app(total_timeout_s=0.5)).url)
+    end = api.send(api.session(), "x").end()
+    assert end["status"] == "timeout" and end["error"]["code"] == "total_timeout"
+    assert fake.chat_calls()[0].wait_closed(2)
+
+
+def test_a_body_that_never_ends_is_cut_at_the_answer_limit(make_app, make_server, fake):
+    line = b'{"message":{"content":"0123456789"},"done":false}\n'
+    fake.script(Script(forever=line * 10))
+    api = Api(make_server(make_app(max_answer_chars=5000)).url)
+    sid = api.session()
+    sse = api.send(sid, "x")
+    end = sse.end()
+    assert end["status"] == "failed" and end["error"]["code"] == "answer_too_long"
+    assert len(sse.text()) <= 5000 and api.messages(sid)[-1]["content"] == sse.text()
+    assert fake.chat_calls()[0].wait_closed(2)
+
+
+def test_upstream_reset_mid_request_fails_clearly(api, fake):
+    end = _end_of(api, fake, Script(refuse=True))
+    assert end["status"] == "failed" and end["error"]["code"] == "upstream_disconnected"

@@ -60,7 +60,11 @@ class OllamaUpstream:
         unregister = []
         sockets = []
 
+        phase = "connect"
+
         def on_socket(sock: socket.socket) -> None:
+            nonlocal phase
+            phase = "first_token"  # connected: a failure from now on is not "unreachable"
             sockets.append(sock)
             # close first: a blocked recv never sees the flag
             unregister.append(cancel.on_cancel(lambda: _shutdown(sock)))
@@ -70,7 +74,6 @@ class OllamaUpstream:
         ).prepare()
         adapter.watch(request, on_socket)
         response = None
-        phase = "connect"
         try:
             response = adapter.send(
                 request, stream=True, timeout=(cfg.connect_timeout_s, cfg.first_token_timeout_s)
@@ -81,16 +84,12 @@ class OllamaUpstream:
             if response.status_code != 200:
                 raise self._http_error(response, model)
             deadline = time.monotonic() + cfg.total_timeout_s
-            for text in _read_answer(response.raw, cancel, cfg.max_line_bytes):
+            for text in _read_answer(response.raw, cancel, cfg.max_line_bytes, deadline, cfg.total_timeout_s):
                 if phase == "first_token":
                     phase = "idle"
                     for sock in sockets:
                         sock.settimeout(cfg.idle_timeout_s)
                 yield text
-                if time.monotonic() > deadline:
-                    raise UpstreamTimeout(
-                        f"the answer took longer than {cfg.total_timeout_s:g} s", code="total_timeout"
-                    )
         except UpstreamError:
             if not cancel.cancelled:
                 raise
@@ -162,10 +161,14 @@ class OllamaUpstream:
         """Nothing is shared between streams, so nothing to release."""
 
 
-def _read_answer(raw: urllib3.HTTPResponse, cancel: CancelScope, max_line: int) -> Iterator[str]:
-    """Parse Ollama's NDJSON body into text chunks."""
+def _read_answer(
+    raw: urllib3.HTTPResponse, cancel: CancelScope, max_line: int, deadline: float, total_s: float
+) -> Iterator[str]:
+    """Parse Ollama's NDJSON body into text chunks, within the line and time limits."""
     pending = b""
     for chunk in raw.stream(READ_CHUNK, decode_content=True):
+        if time.monotonic() > deadline:  # bytes that never form an answer still end in time
+            raise UpstreamTimeout(f"the answer took longer than {total_s:g} s", code="total_timeout")
         pending += chunk
         if b"\n" not in chunk:
             if len(pending) > max_line:

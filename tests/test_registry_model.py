@@ -1,0 +1,208 @@
+"""A model of the registry: hypothesis drives streams through every ending and checks the invariants.
+
+The upstream is a stand-in whose calls do what the state machine says: send a
+token, finish, fail, or get stuck (ignore cancellation until released). Each
+stream's body is iterated by its own thread, as a WSGI server would.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from jarvis.config import Config
+from jarvis.errors import UpstreamStreamError
+from jarvis.history import Store
+from jarvis.registry import Registry
+from jarvis.stream import Stream
+from tests.conftest import wait_for
+
+SESSIONS = ("a", "b", "c")
+
+
+class _Call:
+    def __init__(self, session: str, trace: str, cancel):
+        self.session = session
+        self.trace = trace
+        self.cancel = cancel
+        self.commands: queue.Queue = queue.Queue()
+        self.stuck = False
+        self.done = threading.Event()
+
+
+class _ScriptedUpstream:
+    name, default_model = "model", "model"
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls: list[_Call] = []
+        self.violations: list[str] = []
+
+    def stream_chat(self, messages, model, cancel, session=None):
+        call = _Call(session, messages[0]["content"], cancel)
+        with self.lock:
+            live = [c for c in self.calls if c.session == session and not c.done.is_set()]
+            if any(not c.cancel.cancelled for c in live):
+                self.violations.append(f"two uncancelled upstream calls in session {session}")
+            self.calls.append(call)
+        cancel.on_cancel(lambda: call.stuck or call.commands.put("cancelled"))
+        try:
+            while True:
+                command = call.commands.get(timeout=10)
+                if command == "token":
+                    yield "t"
+                elif command == "error":
+                    raise UpstreamStreamError("scripted failure")
+                elif command in ("finish", "cancelled", "unstick"):
+                    return
+        finally:
+            call.done.set()
+
+    def live(self) -> list[_Call]:
+        with self.lock:
+            return [c for c in self.calls if not c.done.is_set()]
+
+
+class RegistryModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.config = Config(
+            database=self.tmp.name + "/m.sqlite3",
+            heartbeat_s=0.02,
+            supersede_timeout_s=0.2,
+            cancel_timeout_s=0.1,
+        )
+        self.store = Store(self.config.database)
+        self.registry = Registry(max_streams=2)
+        self.upstream = _ScriptedUpstream()
+        self.sessions = {name: self.store.create_session()["id"] for name in SESSIONS}
+        self.owners: list[tuple[Stream, threading.Thread, list, threading.Event]] = []
+
+    def _own(self, stream: Stream, frames: list, gone: threading.Event) -> None:
+        body = iter(stream)
+        for frame in body:
+            frames.append(frame)
+            if gone.is_set():
+                break
+        stream.close()  # what a WSGI server does after the last write or a failed one
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def prompt(self, session):
+        sid = self.sessions[session]
+        stream = Stream(
+            session_id=sid,
+            trace_id=(trace := f"t{len(self.owners)}"),
+            model="model",
+            messages=[{"role": "user", "content": trace}],
+            upstream=self.upstream,
+            store=self.store,
+            config=self.config,
+            release=self.registry.release,
+        )
+        try:
+            prev = self.registry.register(stream)
+        except Exception as e:  # noqa: BLE001  only the capacity error is expected
+            assert type(e).__name__ == "AtCapacity"
+            return
+        stream.user_message_id, stream.message_id = self.store.add_exchange(
+            sid, "p", stream.trace_id, "model"
+        )
+        stream.start(prev)
+        frames, gone = [], threading.Event()
+        owner = threading.Thread(target=self._own, args=(stream, frames, gone))
+        owner.start()
+        self.owners.append((stream, owner, frames, gone))
+
+    @rule()
+    def settle(self):
+        """Let every worker reach the upstream or its end (past any supersede wait)."""
+
+        def settled():
+            called = {c.trace for c in self.upstream.calls}
+            return all(s.worker_done.is_set() or s.trace_id in called for s, *_ in self.owners)
+
+        wait_for(settled, timeout=5, what="workers to reach the upstream")
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def stop(self, session):
+        self.registry.stop(self.sessions[session])
+
+    @precondition(lambda self: self.owners)
+    @rule(index=st.integers(min_value=0))
+    def disconnect(self, index):
+        self.owners[index % len(self.owners)][3].set()
+
+    @precondition(lambda self: self.upstream.live())
+    @rule(
+        index=st.integers(min_value=0),
+        command=st.sampled_from(["token", "token", "finish", "error", "stick"]),
+    )
+    def upstream_acts(self, index, command):
+        live = self.upstream.live()
+        call = live[index % len(live)]
+        if command == "stick":
+            call.stuck = True
+        else:
+            call.commands.put(command)
+
+    @precondition(lambda self: any(c.stuck for c in self.upstream.live()))
+    @rule()
+    def unstick(self):
+        for call in self.upstream.live():
+            if call.stuck:
+                call.commands.put("unstick")
+
+    @invariant()
+    def one_uncancelled_upstream_call_per_session(self):
+        assert self.upstream.violations == []
+
+    @invariant()
+    def at_most_one_current_stream_per_session(self):
+        current = [s for s in self.registry.live() if self.registry.current(s.session_id) is s]
+        assert len({s.session_id for s in current}) == len(current)
+        assert len(self.registry._current) <= self.registry.max_streams
+
+    @invariant()
+    def every_finished_body_has_exactly_one_end_last(self):
+        for stream, owner, frames, _ in self.owners:
+            if not owner.is_alive():
+                ends = [f for f in frames if f.startswith(b"event: end")]
+                assert len(ends) <= 1 and (not ends or frames[-1] is ends[0]), stream
+
+    def teardown(self):
+        for session in SESSIONS:
+            self.registry.stop(self.sessions[session])
+        for call in self.upstream.calls:
+            call.commands.put("unstick")
+        for stream, owner, frames, gone in self.owners:
+            gone.set()
+            owner.join(5)
+            assert not owner.is_alive(), f"{stream} body never ended"
+            stream.worker.join(5)
+            assert not stream.worker.is_alive(), f"{stream} worker never ended"
+            if not gone.is_set() or any(f.startswith(b"event: end") for f in frames):
+                assert sum(f.startswith(b"event: end") for f in frames) <= 1
+        wait_for(lambda: self.registry.live() == [], timeout=5, what="every stream released")
+        for sid in self.sessions.values():
+            statuses = [
+                m["status"] for m in self.store.get_session(sid)["messages"] if m["role"] == "assistant"
+            ]
+            assert "streaming" not in statuses, statuses
+        assert self.upstream.violations == []
+        self.tmp.cleanup()
+
+
+TestRegistryModel = RegistryModel.TestCase
+TestRegistryModel.settings = settings(
+    max_examples=60,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

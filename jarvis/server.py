@@ -30,8 +30,12 @@ class Server:
         self.jarvis = app.extensions["jarvis"]
         self.threads = threads or self.jarvis.config.max_streams + CONTROL_THREADS
         adj.setdefault("channel_request_lookahead", 5)
-        adj.setdefault("connection_limit", max(100, self.threads * 4))
-        adj.setdefault("channel_timeout", 120)
+        # idle and half-sent connections cost no thread (waitress parses in its event loop);
+        # these bound how many it holds and for how long
+        adj.setdefault("connection_limit", max(500, self.threads * 4))
+        adj.setdefault("channel_timeout", 60)
+        adj.setdefault("cleanup_interval", 10)
+        adj.setdefault("asyncore_use_poll", True)  # select() fails past descriptor 1024
         adj.setdefault("ident", "jarvis")
         # waitress reads a whole body before the app runs: refuse a huge one from its length
         adj.setdefault("max_request_body_size", self.jarvis.config.max_prompt_chars * 6 + 65536)

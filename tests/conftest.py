@@ -21,6 +21,11 @@ from tests.fake_ollama import FakeOllama
 HTTP_TIMEOUT = (2, 5)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak-seconds", type=float, default=25.0, help="how long the chaos soak runs")
+    parser.addoption("--soak-seed", type=int, default=None, help="replay the chaos soak with this seed")
+
+
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str = "condition"):
     """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -94,8 +94,8 @@ class FakeOllama:
         self._acceptor.start()
 
     # scripting
-    def script(self, script: Script | None = None, **kw) -> None:
-        """Set what every following chat request does."""
+    def script(self, script=None, **kw) -> None:
+        """Set what every following chat request does (a Script, or a function of the body)."""
         self.default = script or Script(**kw)
 
     def push(self, *scripts: Script) -> None:
@@ -218,12 +218,14 @@ class FakeOllama:
             if not eof:
                 self.overlaps.append((old, new))
 
-    def _next_script(self) -> Script:
+    def _next_script(self, body: dict) -> Script:
         with self._lock:
-            return self._queued.popleft() if self._queued else self.default
+            if self._queued:
+                return self._queued.popleft()
+        return self.default(body) if callable(self.default) else self.default
 
     def _chat(self, conn: socket.socket, call: Call) -> None:
-        s = self._next_script()
+        s = self._next_script(call.body)
         if s.refuse:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return  # closing with linger 0 sends a reset

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from . import log, sse
 from .cancel import CancelScope
 from .config import Config
-from .errors import JarvisError, StoreError, UpstreamError
+from .errors import AtCapacity, JarvisError, StoreError, UpstreamError
 from .history import Store
 from .metrics import Metrics
-from .upstream import Queued, Upstream
+from .upstream import Meta, Queued, Upstream
 
 # cancel reason -> terminal status
 REASON_STATUS = {
@@ -82,6 +82,7 @@ class Stream:
         self._last_flush = time.monotonic()
         self._dirty = False  # text not yet checkpointed
         self._cancelled_at: float | None = None
+        self.meta: dict = {}  # stored with the answer
 
     def __repr__(self) -> str:
         return f"<Stream {self.trace_id} session={self.session_id}>"
@@ -140,6 +141,9 @@ class Stream:
                 for item in chunks:
                     if self.scope.cancelled:  # checkpoint: between chunks
                         break
+                    if isinstance(item, Meta):
+                        self.meta.update(item.data)
+                        continue
                     if not isinstance(item, Queued):
                         if not self._chars:
                             self.metrics.first_token.observe(time.monotonic() - self.started_at)
@@ -154,7 +158,7 @@ class Stream:
             finally:
                 getattr(chunks, "close", lambda: None)()
             self._settle("completed", None)
-        except UpstreamError as e:
+        except (UpstreamError, AtCapacity) as e:  # AtCapacity: the local model's queue is full
             if self._settle(e.status, e):
                 self.metrics.upstream_errors.labels(e.code).inc()
                 log.event(
@@ -263,13 +267,15 @@ class Stream:
                 end["reason"] = self.scope.reason
             if error is not None:
                 end["error"] = error.to_dict()
+            if end.get("reason"):
+                self.meta["reason"] = end["reason"]
             try:
                 self.store.save_answer(
                     self.message_id,
                     "".join(self._parts),
                     status,
                     error.to_dict() if error else None,
-                    {"reason": end.get("reason")} if end.get("reason") else None,
+                    self.meta or None,
                 )
             except StoreError as e:
                 log.event("store_error", logging.ERROR, trace_id=self.trace_id, error=e.message)

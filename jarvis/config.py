@@ -120,4 +120,12 @@ def _parse(f: dataclasses.Field, raw: str, name: str):
 
 def describe() -> list[tuple[str, object, str]]:
     """(variable, default, meaning) for every setting: the README's table."""
-    return [(env_name(f.name), f.default, f.metadata["doc"]) for f in dataclasses.fields(Config)]
+    shown = {True: 1, False: 0}
+    return [
+        (
+            env_name(f.name),
+            shown.get(f.default, f.default) if isinstance(f.default, bool) else f.default,
+            f.metadata["doc"],
+        )
+        for f in dataclasses.fields(Config)
+    ]

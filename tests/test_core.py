@@ -259,3 +259,13 @@ def test_previous_worker_past_supersede_timeout_is_logged_and_passed(tmp_path, c
     ends = _run_streams(tmp_path, upstream, 2, staggered=True, supersede_timeout_s=0.1, cancel_timeout_s=1.0)
     assert len(ends) == 2 and time.monotonic() - began < 3
     assert any(r.getMessage() == "prev_stream_timeout_on_cancel" for r in caplog.records)
+
+
+def test_readme_documents_every_setting():
+    import os
+
+    from jarvis.config import describe
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    missing = [name for name, _, _ in describe() if f"`{name}`" not in readme]
+    assert missing == []

@@ -86,6 +86,10 @@ def cmd_serve(args) -> int:
                 EXIT_USAGE,
             )
         log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
+    elif not _is_loopback(args.host):
+        log.log.warning(
+            "listening on %s: reachable from other machines; every request needs sign-in", args.host
+        )
     try:
         server = Server(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as e:

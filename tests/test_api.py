@@ -239,3 +239,10 @@ def test_a_body_that_never_ends_is_cut_at_the_answer_limit(make_app, make_server
 def test_upstream_reset_mid_request_fails_clearly(api, fake):
     end = _end_of(api, fake, Script(refuse=True))
     assert end["status"] == "failed" and end["error"]["code"] == "upstream_disconnected"
+
+
+def test_models_answers_502_with_a_clear_error_when_ollama_is_down(make_app):
+    client = make_app(ollama_url="http://127.0.0.1:9").test_client()
+    r = client.get("/api/models")
+    assert r.status_code == 502 and r.get_json()["error"]["code"] == "upstream_unavailable"
+    assert "127.0.0.1:9" in r.get_json()["error"]["message"]

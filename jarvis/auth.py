@@ -27,6 +27,8 @@ from . import log
 from .errors import Forbidden, Unauthorized
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# any of these means a proxy forwarded the request (plain waitress strips the X-Forwarded ones)
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
 OPEN_ENDPOINTS = {"api.healthz", "static", "login", "logout"}
 LOGIN_LIMIT = "10 per minute"
 ADVICE = "create an account with `jarvis user add NAME` to use Jarvis from another machine"
@@ -135,7 +137,7 @@ def logout():
 
 
 def _is_local() -> bool:
-    if request.headers.get("Forwarded") or request.headers.get("X-Forwarded-For"):
+    if any(request.headers.get(h) for h in PROXY_HEADERS):
         return False  # whoever the proxy serves is not this machine
     try:
         if not ipaddress.ip_address(request.remote_addr or "").is_loopback:

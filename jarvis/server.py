@@ -36,6 +36,8 @@ class Server:
         adj.setdefault("channel_timeout", 60)
         adj.setdefault("cleanup_interval", 10)
         adj.setdefault("asyncore_use_poll", True)  # select() fails past descriptor 1024
+        # keep X-Forwarded-*/Forwarded: protected mode must see that a request came through a proxy
+        adj.setdefault("clear_untrusted_proxy_headers", False)
         adj.setdefault("ident", "jarvis")
         # waitress reads a whole body before the app runs: refuse a huge one from its length
         adj.setdefault("max_request_body_size", self.jarvis.config.max_prompt_chars * 6 + 65536)

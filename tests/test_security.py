@@ -35,7 +35,7 @@ def test_protected_mode_answers_only_loopback_clients(client):
     assert "jarvis user add" in remote.get_json()["error"]["message"]
 
 
-@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded"])
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP", "Via"])
 def test_protected_mode_treats_a_proxied_request_as_remote(client, header):
     assert client.get("/api/sessions", headers={header: "for=192.0.2.7"}).status_code == 403
 

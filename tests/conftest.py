@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -230,3 +233,46 @@ class SSE:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**settings) -> dict:
+    """This process's environment without any JARVIS_* setting, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env.update(settings)
+    return env
+
+
+def jarvis_command(*args) -> list[str]:
+    return [sys.executable, "-m", "jarvis.cli", *args]
+
+
+def serve_process(env: dict) -> tuple[subprocess.Popen, Api]:
+    """Start ``jarvis serve`` on a free port; returns once it listens."""
+    port = free_port()
+    proc = subprocess.Popen(
+        jarvis_command("serve", "--port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert "listening" in proc.stdout.readline()
+    return proc, Api(f"http://127.0.0.1:{port}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(15)
+    if proc.stdout:
+        proc.stdout.close()

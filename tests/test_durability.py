@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,28 +12,16 @@ import pytest
 import requests
 
 from jarvis.history import Store
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _serve(fake, db: str) -> tuple[subprocess.Popen, Api]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
-    env.update(JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_BACKEND="ollama", JARVIS_DATABASE=db)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jarvis.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    return serve_process(
+        clean_env(
+            JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_BACKEND="ollama", JARVIS_DATABASE=db
+        )
     )
-    assert "listening" in proc.stdout.readline()
-    return proc, Api(f"http://127.0.0.1:{port}")
 
 
 @pytest.mark.timeout(60)
@@ -73,9 +58,7 @@ def test_kill_9_mid_answer_keeps_the_prompt_and_all_but_the_last_second(fake, tm
         shown_a_second_before = max((t for at, t in received if at <= killed_at - 1.0), key=len, default="")
         assert len(answer["content"]) >= len(shown_a_second_before)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+        stop_process(proc)
 
 
 def test_concurrent_writers_share_the_database(tmp_path):

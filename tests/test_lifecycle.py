@@ -6,14 +6,13 @@ Ollama's own record of the connection, so "closed" means the socket closed.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, Api, fd_count, wait_for
+from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, fd_count, free_port, wait_for
 from tests.fake_ollama import Script
 
 
@@ -220,25 +219,20 @@ def test_hundreds_of_cycles_leave_no_threads_or_descriptors(api, fake):
 
 
 def test_wsgi_app_runs_under_python_m_waitress_from_environment(fake, tmp_path):
-    import os
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ,
+    port = free_port()
+    env = clean_env(
         JARVIS_OLLAMA_URL=fake.url,
         JARVIS_MODEL="tiny",
         JARVIS_BACKEND="ollama",
         JARVIS_DATABASE=str(tmp_path / "w.sqlite3"),
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
         env=env,
-        cwd=root,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

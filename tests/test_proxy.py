@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, free_port
 from tests.fake_ollama import Script
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -36,16 +36,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nginx(tmp_path):
     def start(upstream_port: int) -> str:
-        port = _free_port()
+        port = free_port()
         conf = tmp_path / "nginx.conf"
         conf.write_text(
             f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, clean_env
 from tests.fake_ollama import Script
 
 REMOTE = {"REMOTE_ADDR": "192.0.2.7"}
@@ -204,8 +204,7 @@ def test_an_unexpected_error_answers_json_without_a_traceback(make_app, monkeypa
 
 
 def test_serve_on_all_interfaces_refuses_without_an_account(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
-    env.update(JARVIS_DATABASE=str(tmp_path / "s.sqlite3"), JARVIS_BACKEND="ollama")
+    env = clean_env(JARVIS_DATABASE=str(tmp_path / "s.sqlite3"), JARVIS_BACKEND="ollama")
     out = subprocess.run(
         [sys.executable, "-m", "jarvis.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
         env=env,
@@ -217,8 +216,7 @@ def test_serve_on_all_interfaces_refuses_without_an_account(tmp_path):
 
 
 def test_user_and_token_commands(tmp_path, fake):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
-    env.update(JARVIS_DATABASE=str(tmp_path / "u.sqlite3"))
+    env = clean_env(JARVIS_DATABASE=str(tmp_path / "u.sqlite3"))
 
     def jarvis(*args, stdin=""):
         return subprocess.run(

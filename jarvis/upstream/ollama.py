@@ -223,7 +223,9 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # already closed by the worker: nothing left to break
 
 
-class _WatchedConnection(HTTPConnection):
+class _HandsOverSocket:
+    """A urllib3 connection that passes its socket to ``on_socket`` once connected."""
+
     on_socket = None
 
     def connect(self) -> None:
@@ -232,33 +234,31 @@ class _WatchedConnection(HTTPConnection):
             self.on_socket(self.sock)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
+class _WatchedConnection(_HandsOverSocket, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_HandsOverSocket, HTTPSConnection):
+    pass
+
+
+class _WatchesSockets:
+    """A pool whose new connections report to the pool's ``on_socket``."""
+
     on_socket = None
 
-    def connect(self) -> None:
-        super().connect()
-        if self.on_socket is not None:
-            self.on_socket(self.sock)
+    def _new_conn(self):
+        conn = super()._new_conn()
+        conn.on_socket = self.on_socket
+        return conn
 
 
-class _WatchedPool(HTTPConnectionPool):
+class _WatchedPool(_WatchesSockets, HTTPConnectionPool):
     ConnectionCls = _WatchedConnection
-    on_socket = None
-
-    def _new_conn(self):
-        conn = super()._new_conn()
-        conn.on_socket = self.on_socket
-        return conn
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
+class _WatchedHTTPSPool(_WatchesSockets, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
-    on_socket = None
-
-    def _new_conn(self):
-        conn = super()._new_conn()
-        conn.on_socket = self.on_socket
-        return conn
 
 
 class _StreamAdapter(HTTPAdapter):

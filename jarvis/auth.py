@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
 from . import log
@@ -62,6 +63,7 @@ def init_app(app: Flask) -> None:
     failed = lambda response: response.status_code == 401  # noqa: E731  only failures count
     view = limiter.limit(LOGIN_LIMIT, key_func=_client_key, deduct_when=failed, methods=["POST"])(login)
     view = limiter.limit(LOGIN_LIMIT, key_func=_account_key, deduct_when=failed, methods=["POST"])(view)
+    app.register_error_handler(RateLimitExceeded, _login_limited)
     app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     app.before_request(authenticate)
@@ -126,6 +128,14 @@ def login():
     if request.is_json:
         return {"user": user.name, "csrf_token": session["csrf"]}
     return redirect(url_for("web.index"))
+
+
+def _login_limited(e: RateLimitExceeded):
+    # a person at the form gets the page back; scripts get the JSON error
+    if request.endpoint == "login" and not request.is_json:
+        message = "Too many failed sign-ins. Wait a minute, then try again."
+        return render_template("login.html", error=message, accounts=True), 429
+    return {"error": {"code": "too_many_requests", "message": e.description}}, 429
 
 
 def logout():

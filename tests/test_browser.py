@@ -115,6 +115,7 @@ class Tab:
 @pytest.fixture
 def tab(browser, jarvis_server):
     context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(10000)  # a click on a missing control fails here, not at the test timeout
     context.add_init_script(WATCH_CSP)
     t = Tab(context.new_page(), jarvis_server.url)
     yield t
@@ -358,3 +359,154 @@ def test_ollama_down_says_where_and_how_to_start_it(tab, jarvis_server):
     expect(error).to_contain_text(fake.url)
     expect(error).to_contain_text("ollama serve")
     expect(tab.page.locator("#backend")).to_have_attribute("data-state", "down")
+
+
+NAME, PASSWORD = "ann", "correct horse battery"
+
+
+@pytest.fixture
+def account(jarvis_server) -> str:
+    """An account on the server: from now on the page needs a signed-in cookie."""
+    jarvis_server.app.extensions["jarvis"].accounts.add(NAME, PASSWORD)
+    return NAME
+
+
+def console_errors(tab: Tab, expected: tuple[str, ...] = ()) -> list[str]:
+    """Console errors, less those the test caused on purpose (named by a fragment of their text)."""
+    return [m for m in tab.console if m.startswith("error:") and not any(e in m for e in expected)]
+
+
+def fill_sign_in(page: Page, name: str, password: str) -> None:
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def sign_in(tab: Tab, url: str) -> None:
+    tab.page.goto(url + "/")
+    expect(tab.page).to_have_url(url + "/login")
+    fill_sign_in(tab.page, NAME, PASSWORD)
+    expect(tab.page).to_have_url(url + "/")
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+
+
+def test_a_stranger_is_sent_to_the_sign_in_page_and_a_wrong_password_is_named(tab, jarvis_server, account):
+    url = jarvis_server.url
+    response = tab.page.goto(url + "/")
+    expect(tab.page).to_have_url(url + "/login")
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    expect(tab.page.get_by_role("heading", name="Sign in to Jarvis")).to_be_visible()
+    expect(tab.page.get_by_label("Name", exact=True)).to_be_focused()
+    expect(tab.page.get_by_role("alert")).to_have_count(0)
+
+    fill_sign_in(tab.page, NAME, "not the password")
+    expect(tab.page).to_have_url(url + "/login")
+    expect(tab.page.get_by_role("alert")).to_have_text("Wrong name or password.")
+    # the name is kept, so only the password needs typing again
+    expect(tab.page.get_by_label("Name", exact=True)).to_have_value(NAME)
+    expect(tab.page.get_by_label("Password", exact=True)).to_have_value("")
+    expect(tab.page.get_by_label("Password", exact=True)).to_be_focused()
+    assert tab.page.locator("script, [style]").count() == 0, "the sign-in page has script or inline style"
+    assert console_errors(tab, expected=("status of 401",)) == []
+
+
+def test_signed_in_the_page_streams_stops_and_signs_out(tab, jarvis_server, account):
+    url, fake = jarvis_server.url, jarvis_server.fake
+    fake.script(tokens=words("s", 400), interval_s=0.03)
+    sign_in(tab, url)
+    expect(tab.page.locator("#account")).to_contain_text(NAME)
+    expect(tab.page.locator("#account")).to_have_attribute("title", f"Signed in as {NAME}")
+    expect(tab.page.locator("#prompt")).to_be_focused()
+
+    tab.send("Talk for a long time")
+    answer = tab.answer()
+    expect(answer.locator(".msg-content")).to_contain_text("s3")
+    expect(answer).to_have_attribute("data-status", "streaming")
+    tab.page.get_by_role("button", name="Stop the answer").click()
+    expect(answer).to_have_attribute("data-status", "stopped")
+    expect(answer.locator(".msg-content")).not_to_contain_text("s399")
+    assert fake.chat_calls()[0].wait_closed(5), "the upstream call stayed open after Stop"
+
+    tab.page.get_by_role("button", name="Sign out").click()
+    expect(tab.page).to_have_url(url + "/login")
+    expect(tab.page.get_by_role("button", name="Sign in")).to_be_visible()
+    tab.page.goto(url + "/")
+    expect(tab.page).to_have_url(url + "/login")
+    assert tab.page.request.get(url + "/api/sessions").status == 401
+    assert console_errors(tab) == []
+
+
+def test_signing_out_mid_answer_stops_it(tab, jarvis_server, account):
+    fake = jarvis_server.fake
+    fake.script(tokens=words("m", 400), interval_s=0.03)
+    sign_in(tab, jarvis_server.url)
+    tab.send("Keep going")
+    expect(tab.answer().locator(".msg-content")).to_contain_text("m3")
+    session_id = tab.page.locator(".session.is-active").get_attribute("data-id")
+    tab.page.get_by_role("button", name="Sign out").click()
+    expect(tab.page).to_have_url(jarvis_server.url + "/login")
+    assert fake.chat_calls()[0].wait_closed(5), "the upstream call stayed open after signing out"
+    assert console_errors(tab) == []
+    # signed in again, the answer is stored as stopped, not as a torn connection
+    fill_sign_in(tab.page, NAME, PASSWORD)
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    stored = tab.page.request.get(f"{jarvis_server.url}/api/sessions/{session_id}").json()["messages"]
+    assert [(m["role"], m["status"]) for m in stored][-1] == ("assistant", "stopped")
+
+
+def test_signed_out_in_another_tab_the_page_offers_to_sign_in_again(tab, jarvis_server, account):
+    jarvis_server.fake.script(tokens=["never sent"])
+    sign_in(tab, jarvis_server.url)
+    other = tab.page.context.new_page()
+    other.goto(jarvis_server.url + "/")
+    expect(other.locator("body")).to_have_attribute("data-ready", "true")
+    other.get_by_role("button", name="Sign out").click()
+    expect(other).to_have_url(jarvis_server.url + "/login")
+
+    tab.send("Still there?")
+    notice = tab.page.locator("#notice")
+    expect(notice).to_contain_text("Signed out")
+    expect(tab.page.locator("#prompt")).to_have_value("Still there?")
+    notice.get_by_role("link", name="Sign in again").click()
+    expect(tab.page).to_have_url(jarvis_server.url + "/login")
+    assert console_errors(tab, expected=("status of 401",)) == []
+
+
+def test_a_chat_page_whose_sign_in_has_ended_goes_to_the_sign_in_page(tab, jarvis_server, account):
+    sign_in(tab, jarvis_server.url)
+    # the page was served while signed in; the session list is the first call to learn otherwise
+    ended = {"error": {"code": "unauthorized", "message": "sign in"}}
+    tab.page.route("**/api/sessions", lambda route: route.fulfill(status=401, json=ended))
+    tab.page.reload()
+    expect(tab.page).to_have_url(jarvis_server.url + "/login")
+
+
+def test_signing_in_works_without_javascript(browser, jarvis_server, account):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    try:
+        page.goto(jarvis_server.url + "/")
+        expect(page).to_have_url(jarvis_server.url + "/login")
+        fill_sign_in(page, NAME, "wrong password")
+        expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(jarvis_server.url + "/")
+        expect(page.locator("#app")).to_be_attached()
+        assert [m for m in console if "Content Security Policy" in m] == []
+    finally:
+        context.close()
+
+
+def test_without_accounts_there_is_nothing_to_sign_out_of(tab, jarvis_server):
+    tab.open()
+    expect(tab.page.locator("#account")).to_be_hidden()
+    expect(tab.page.get_by_role("button", name="Sign out")).to_have_count(0)
+    tab.page.goto(jarvis_server.url + "/login")
+    expect(tab.page.get_by_role("heading", name="No accounts yet")).to_be_visible()
+    expect(tab.page.locator(".login-note")).to_contain_text("jarvis user add NAME")
+    tab.page.get_by_role("link", name="Open Jarvis").click()
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    assert console_errors(tab) == []

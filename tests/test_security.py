@@ -240,3 +240,12 @@ def test_user_and_token_commands(tmp_path, fake):
     assert jarvis("user", "passwd", "ann", stdin="another password\n").returncode == 0
     assert jarvis("user", "remove", "ann").returncode == 0
     assert jarvis("user", "list").stdout == ""
+
+
+def test_rate_limited_form_sign_in_gets_the_page_back(client, accounts):
+    accounts.add("ann", PASSWORD)
+    for _ in range(10):
+        client.post("/login", data={"name": "ann", "password": "wrong-password"})
+    r = client.post("/login", data={"name": "ann", "password": PASSWORD})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in r.get_data(as_text=True)

@@ -19,6 +19,10 @@ const el = {
   sessionList: $("session-list"),
   backend: $("backend"),
   backendText: $("backend-text"),
+  account: $("account"),
+  accountInitial: $("account-initial"),
+  accountName: $("account-name"),
+  signOut: $("sign-out"),
   title: $("chat-title"),
   model: $("model"),
   conversation: $("conversation"),
@@ -28,6 +32,7 @@ const el = {
   noticeTitle: $("notice-title"),
   noticeDetail: $("notice-detail"),
   noticeClose: $("notice-close"),
+  noticeAction: $("notice-action"),
   composer: $("composer"),
   prompt: $("prompt"),
   send: $("send"),
@@ -93,6 +98,7 @@ function showNotice(error) {
   el.noticeTitle.textContent = title;
   el.noticeTitle.hidden = !title;
   el.noticeDetail.replaceChildren(withCode(detail));
+  el.noticeAction.hidden = error?.status !== 401;
   el.notice.hidden = false;
 }
 
@@ -673,6 +679,37 @@ async function stop() {
   el.prompt.focus();
 }
 
+// The server names the signed-in user in a meta tag; with no accounts there is none, and no sign-out.
+function showAccount() {
+  const name = document.querySelector('meta[name="jarvis-user"]')?.content;
+  if (!name) return;
+  el.accountName.textContent = name;
+  el.accountInitial.textContent = [...name][0].toUpperCase();
+  el.account.title = `Signed in as ${name}`;
+  el.account.hidden = false;
+}
+
+async function signOut() {
+  el.signOut.disabled = true;
+  clearTimeout(state.pollTimer);
+  const live = [...state.live.keys()].filter((id) => liveOf(id).length);
+  const runs = live.flatMap(liveOf);
+  // abandoned runs refresh nothing when they end: signed out, a refresh would only be refused
+  for (const run of runs) run.abandoned = true;
+  // stop first, so running answers end as stopped rather than as torn connections
+  await Promise.all(live.map((id) => api(sessionPath(id, "/stop"), { method: "POST" }).catch(() => null)));
+  for (const run of runs) run.controller.abort();
+  try {
+    await api("/logout", { method: "POST" });
+  } catch (err) {
+    el.signOut.disabled = false;
+    showNotice(err);
+    if (state.currentId) loadHistory(state.currentId); // the stopped answers, as stored
+    return;
+  }
+  location.replace("/login");
+}
+
 function refreshControls() {
   const streaming = state.currentId ? liveOf(state.currentId).length > 0 : false;
   el.stop.hidden = !streaming;
@@ -762,6 +799,7 @@ document.addEventListener("keydown", (e) => {
   }
 });
 el.stop.addEventListener("click", stop);
+el.signOut.addEventListener("click", signOut);
 el.newChat.addEventListener("click", newChat);
 el.noticeClose.addEventListener("click", () => {
   hideNotice();
@@ -781,6 +819,7 @@ window.addEventListener("hashchange", () => {
 });
 
 async function start() {
+  showAccount();
   el.prompt.focus();
   refreshControls();
   loadModels();
@@ -789,6 +828,10 @@ async function start() {
   try {
     await loadSessions();
   } catch (err) {
+    if (err.status === 401) {
+      location.replace("/login"); // signed out since this page was served
+      return;
+    }
     showNotice(err);
     return;
   }

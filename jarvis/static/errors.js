@@ -4,7 +4,10 @@ export function explainError(error) {
   const code = error?.code || "";
   const raw = error?.message || "";
   const message = raw && raw[0].toUpperCase() + raw.slice(1);
-  if (error?.status === 401) return { title: "Please sign in", detail: message || "Sign in again to continue." };
+  if (error?.status === 401) {
+    // the server's message is written for API clients; a person in the page just needs to sign in again
+    return { title: "Signed out", detail: "Your sign-in has ended, perhaps in another tab." };
+  }
   if (error?.status === 403) return { title: "Not allowed", detail: message };
   switch (code) {
     case "upstream_unavailable":

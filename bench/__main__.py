@@ -1,0 +1,261 @@
+"""``python -m bench``: run every scenario, print the table, write docs/benchmarks.md.
+
+Exits 0 whatever the numbers say (CI runs ``--quick`` as a smoke test); a
+crash, a server that dies or a bench that cannot start exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import endurance, latency, report, scale, servers, streaming
+from .report import Meta
+from .stats import Section
+from .trials import Subject
+from .upstream import Fake
+
+MAX_STREAMS = 128
+THREADS = MAX_STREAMS + 4  # what jarvis serve gives waitress: max streams plus a reserve for control
+EMBEDDED_HOOK = "bench.embedded"  # a module with run(workdir: Path, quick: bool) -> Section
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many trials of each kind; --quick shrinks every count and bound."""
+
+    trials: int  # section 1, per state
+    trials_other: int  # sections 2 and 3, per state
+    slow_trials: int  # for a state where one trial takes > 0.5 s
+    bound_s: float  # how long to wait for an upstream close that may never come
+    plain_heartbeat_s: float | None  # JARVIS_HEARTBEAT for the plain-waitress run (None: the default)
+    tokens: int  # section 4 full-speed answer
+    runs: int
+    paced: int
+    streams: int
+    seconds: float
+    probes: int
+    cycles: int
+    ref_cycles: int
+    warm: int
+    endurance_s: float  # time budget per server for section 6
+
+
+FULL = Plan(200, 100, 10, 2.0, None, 20_000, 5, 200, MAX_STREAMS, 6.0, 20, 10_000, 300, 20, 70.0)
+QUICK = Plan(20, 20, 1, 1.0, 0.25, 10_000, 2, 50, MAX_STREAMS, 2.5, 5, 200, 30, 5, 10.0)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (CI)")
+    parser.add_argument(
+        "--target", metavar="URL", help="measure this server (any that speaks the Jarvis API)"
+    )
+    parser.add_argument(
+        "--target-pid", type=int, metavar="PID", help="its process, for CPU/memory/thread rows"
+    )
+    parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
+    parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7", help="which sections to run (default: all)")
+    parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the server logs (kept anyway when a target misses)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    wanted = {s.strip() for s in args.sections.split(",")}
+    workdir = Path(tempfile.mkdtemp(prefix="jarvis-bench-"))
+    meta = Meta(
+        command=" ".join(["python -m bench", *map(shlex.quote, argv)]),
+        machine=report.machine(),
+        software=report.software(),
+        revision=report.revision(),
+        started=time.strftime("%Y-%m-%d %H:%M %Z"),
+        note="quick smoke run: small samples, shortened bounds" if args.quick else "",
+        load_start=report.load(),
+    )
+    began = time.monotonic()
+    started: list = []
+    try:
+        sections = _run(args, plan, wanted, workdir, started)
+    except Exception:  # a crash: say where, stop what we started, fail the run
+        traceback.print_exc()
+        print(f"bench: crashed; server logs are in {workdir}", file=sys.stderr)
+        _stop(started)
+        return 1
+    _stop(started)
+    meta.seconds = time.monotonic() - began
+    meta.load_end = report.load()
+    print(report.text(sections, meta))
+    default_out = not (args.quick or args.target or args.upstream or wanted != set("1234567"))
+    out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
+    if out and not args.no_write:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(report.markdown(sections, meta, ABOUT))
+        print(f"wrote {out}")
+    missed = [r.measure for s in sections for r in s.rows if r.holds is False]
+    if args.keep or missed:  # a miss is worth the server logs
+        print(f"logs: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _stop(started: list) -> None:
+    """Stop what we started, newest first; each stop is bounded."""
+    for thing in reversed(started):
+        if isinstance(thing, Fake):
+            thing.close()
+        else:
+            thing.stop()
+    started.clear()
+
+
+def _run(args, plan: Plan, wanted: set[str], workdir: Path, started: list) -> list[Section]:
+    fake = None
+    if not (args.upstream or args.target):
+        fake = Fake(str(servers.REPO), str(workdir / "upstream.log"))
+        started.append(fake)
+    upstream = args.upstream.rstrip("/") if args.upstream else fake.url if fake else None
+    direct = (upstream, args.model) if upstream else None
+    if args.target:
+        primary = Subject("server", args.target.rstrip("/"), args.target_pid, None)
+    else:
+        jarvis = servers.start_jarvis(workdir, upstream, args.model, MAX_STREAMS)
+        started.append(jarvis)
+        primary = Subject("Jarvis", jarvis.url, jarvis.pid, fake)
+    subjects = [primary]
+    if upstream:
+        ref = servers.start_reference(workdir, upstream, args.model, THREADS)
+        started.append(ref)
+        subjects.append(Subject("reference", ref.url, ref.pid, fake))
+    for subject in subjects:
+        latency.warm_up(subject, plan.warm)
+    sections: list[Section] = []
+
+    def section(number: str, fn) -> None:
+        if number in wanted:
+            t = time.monotonic()
+            print(f"bench: section {number} ...", file=sys.stderr, flush=True)
+            result = fn()
+            result.seconds = time.monotonic() - t
+            sections.append(result)
+            if fake is not None:
+                fake.forget()  # the fake keeps every call; each section starts with an empty record
+            for s in started:
+                if hasattr(s, "alive") and not s.alive():
+                    raise RuntimeError(f"{s.name} died during section {number}; see {s.err_path}")
+
+    section("1", lambda: latency.supersede(subjects, direct, plan.trials, plan.slow_trials))
+    section("2", lambda: latency.stop(subjects, plan.trials_other, plan.slow_trials, plan.bound_s))
+    section("3", lambda: _disconnect(args, plan, subjects, fake, upstream, workdir, started))
+    section("4", lambda: streaming.streaming(subjects, direct, plan.tokens, plan.runs, plan.paced))
+    section("5", lambda: scale.scale(subjects, plan.streams, plan.seconds, plan.probes))
+    cycles = {primary.name: plan.cycles, "reference": plan.ref_cycles}
+    workers = {primary.name: 4, "reference": 16}
+    section("6", lambda: endurance.endurance(subjects, cycles, workers, plan.bound_s * 2.5, plan.endurance_s))
+    section("7", lambda: _embedded(workdir, args.quick))
+    return sections
+
+
+def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
+    """Section 3, with Jarvis's wsgi:app also run under a plain waitress (no lookahead)."""
+    from jarvis.config import Config
+
+    heartbeat = plan.plain_heartbeat_s or Config().heartbeat_s
+    plain = None
+    if fake is not None and not args.target:
+        extra = {"JARVIS_HEARTBEAT": str(plan.plain_heartbeat_s)} if plan.plain_heartbeat_s else {}
+        server = servers.start_plain(workdir, upstream, args.model, THREADS, **extra)
+        started.append(server)
+        plain = Subject("plain waitress", server.url, server.pid, fake)
+        latency.warm_up(plain, plan.warm)
+    try:
+        return latency.disconnect(
+            subjects, plain, plan.trials_other, plan.slow_trials, heartbeat, plan.bound_s
+        )
+    finally:
+        if plain is not None:
+            started.remove(server)
+            server.stop()
+            plain.close()
+
+
+def _embedded(workdir: Path, quick: bool) -> Section:
+    """Section 7 comes from bench/embedded.py when it exists; until then the report says so."""
+    if importlib.util.find_spec(EMBEDDED_HOOK) is None:
+        section = Section("7", "Embedded local model")
+        section.notes.append(
+            "Not measured in this run: rows for the embedded model (JARVIS_BACKEND=local) come from "
+            "bench/embedded.py, which provides run(workdir, quick) -> Section."
+        )
+        return section
+    return importlib.import_module(EMBEDDED_HOOK).run(workdir, quick)
+
+
+ABOUT = """
+## How it is measured
+
+- **Processes.** `python -m bench` starts three processes on loopback: the fake Ollama from the
+  tests (`tests/fake_ollama.py`), Jarvis as users run it (`jarvis serve`, with `JARVIS_BACKEND=ollama`,
+  `JARVIS_MODEL=tiny`, `JARVIS_MAX_STREAMS=128`, a fresh SQLite file), and the reference server. The
+  measuring client is the fourth. The fake runs in its own process so that its threads never share a
+  GIL with the client or a server: each party gets its own interpreter, as in a deployment. Its records
+  use `time.monotonic`, one clock for all processes on Linux, so "the upstream saw its connection close"
+  is compared directly with the client's own timestamps.
+- **Scripts.** Each prompt carries its own script for the fake (tokens, pause between tokens, a stall,
+  a slow model load, an error), so concurrent streams behave differently without any ordering between
+  them. The three states of a live answer: *streaming* (a token every 20 ms), *stalled* (three tokens,
+  then silence), *loading* (no response headers yet).
+- **Client.** Raw sockets, not `requests`: every event keeps the time the `recv` that completed it
+  returned. Each action lands at a random point within a 20 ms token interval. Every wait is bounded;
+  a wait that runs out counts as "did not happen" (`> x`), never as a dropped sample.
+- **Supersede penalty** is the time to first token of a prompt sent into a live session minus that of
+  a prompt sent into an idle one, the two measured alternately: p50 − p50, p99 − p99, and in the max
+  column the worst superseding prompt minus the idle median. Added latency per token (section 4) is
+  computed the same way against the direct read.
+- **CPU** is utime + stime of the server process from `/proc/<pid>/stat` (10 ms ticks) over the
+  measured interval; **memory** is its resident set; **threads** and **fds** are counted in
+  `/proc/<pid>/task` and `/proc/<pid>/fd`. Memory per stream is the resident set with all streams
+  live minus that just before they opened, in a server that has already run sections 1-4; a server
+  that has never been busy also pays once for the first use of its pool threads (their stacks), which
+  makes the figure two to three times larger, for Jarvis and the reference alike.
+- **Noise.** Other work on the machine shows up in the p99 and max columns first, so the load average
+  at the start and end of the run is printed with the machine; medians and ratios between servers
+  measured in the same run are the robust comparison.
+- **The reference** (`bench/reference.py`) is the design Jarvis replaces, written plainly: a
+  per-session cancel flag (`threading.Event`) checked between upstream chunks (`requests`,
+  `stream=True`, `iter_lines`), a new prompt that cancels the old stream and joins its thread for up to
+  2 s, nothing that closes the upstream socket. Cancelling wakes its response at once, so its `end`
+  event is prompt; it keeps history in memory. Same Flask, same waitress, same thread count
+  (`JARVIS_MAX_STREAMS` + 4) and connection limit, same SSE events, so one client measures both.
+- **Plain WSGI host.** Section 3 also runs Jarvis's `wsgi:app` under `python -m waitress` (no request
+  lookahead; `JARVIS_HEARTBEAT` at its default of 1 s, 0.25 s in `--quick`). There a gone client is
+  only noticed through writes: the first write after the client left still succeeds (the peer answers
+  it with a reset), the next one fails and closes the channel, and the write after that raises in
+  Jarvis's response. With nothing else to write, that is two to three heartbeats; `jarvis serve`
+  instead lets waitress read ahead and polls for the closed channel every `JARVIS_DISCONNECT_POLL`
+  (20 ms).
+- **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
+  `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
+  the fake, which leaves only the rows that need no script.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

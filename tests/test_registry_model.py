@@ -139,20 +139,22 @@ class RegistryModel(RuleBasedStateMachine):
     def disconnect(self, index):
         self.owners[index % len(self.owners)][3].set()
 
-    @precondition(lambda self: self.upstream.live())
+    # no preconditions on upstream state: which calls are live depends on thread timing, and
+    # hypothesis needs the same draws to mean the same rules when it replays a case
     @rule(
         index=st.integers(min_value=0),
         command=st.sampled_from(["token", "token", "finish", "error", "stick"]),
     )
     def upstream_acts(self, index, command):
         live = self.upstream.live()
+        if not live:
+            return
         call = live[index % len(live)]
         if command == "stick":
             call.stuck = True
         else:
             call.commands.put(command)
 
-    @precondition(lambda self: any(c.stuck for c in self.upstream.live()))
     @rule()
     def unstick(self):
         for call in self.upstream.live():

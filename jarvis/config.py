@@ -30,6 +30,9 @@ class Config:
         choices=("auto", "ollama", "local"),
     )
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
+    local_max_tokens: int = _f(
+        0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
+    )
     database: str = _f("", "SQLite file for sessions and messages (default: instance/jarvis.sqlite3).")
     connect_timeout_s: float = _f(3.0, "Seconds to open a connection to Ollama.", minimum=0.01)
     first_token_timeout_s: float = _f(

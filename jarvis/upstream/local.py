@@ -283,6 +283,7 @@ class LocalUpstream:
         kwargs.setdefault("max_waiting", config.max_streams)
         kwargs.setdefault("first_token_timeout_s", config.first_token_timeout_s)
         kwargs.setdefault("total_timeout_s", config.total_timeout_s)
+        kwargs.setdefault("max_answer_tokens", config.local_max_tokens or None)
         return cls(find_model(config), **kwargs)
 
     def stream_chat(

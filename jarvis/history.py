@@ -69,6 +69,14 @@ class Store:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+        # held open for the store's life: when the last connection to a WAL database closes,
+        # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
+        self._keeper = sqlite3.connect(path, check_same_thread=False)
+        self._keeper.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        """Close the long-lived connection (idempotent)."""
+        self._keeper.close()
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:

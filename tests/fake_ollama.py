@@ -210,10 +210,12 @@ class FakeOllama:
             if self.key(old.body) != self.key(new.body):
                 continue
             try:
-                eof = old.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                # select first: a peek on a socket with a timeout would wait it out, under our lock
+                readable, _, _ = select.select([old.sock], [], [], 0)
+                eof = bool(readable) and old.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
             except BlockingIOError:
                 eof = False
-            except OSError:
+            except (OSError, ValueError):
                 eof = True
             if not eof:
                 self.overlaps.append((old, new))

@@ -47,7 +47,9 @@ class Config:
         0.5, "Seconds cleanup waits for a cancelled worker before detaching it.", minimum=0.0
     )
     heartbeat_s: float = _f(
-        1.0, "Seconds between SSE comment heartbeats; bounds disconnect detection.", minimum=0.01
+        1.0,
+        "Seconds between SSE heartbeats; other WSGI hosts see a gone client within about 3 of them.",
+        minimum=0.01,
     )
     disconnect_poll_s: float = _f(
         0.02, "Seconds between checks for gone clients (under jarvis serve).", minimum=0.001

@@ -15,6 +15,13 @@ import requests
 from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, fd_count, free_port, wait_for
 from tests.fake_ollama import Script
 
+# the three states a live answer can be in when it is stopped, superseded or abandoned
+STATES = {
+    "streaming": Script(tokens=1000, interval_s=0.01),
+    "loading": Script(load_delay_s=60),
+    "stalled": Script(tokens=50, stall_after=2),
+}
+
 
 def test_normal_flow_streams_tokens_then_one_end(api, fake):
     fake.script(tokens=5, interval_s=0.01)
@@ -114,13 +121,7 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     # stop while the model loads would leave the worker in recv forever without the socket close
-    fake.script(
-        {
-            "streaming": Script(tokens=1000, interval_s=0.01),
-            "loading": Script(load_delay_s=60),
-            "stalled": Script(tokens=50, stall_after=2),
-        }[state]
-    )
+    fake.script(STATES[state])
     sid = api.session()
     sse = api.send(sid, "x")
     sse.until("start")
@@ -140,13 +141,7 @@ def test_stop_closes_upstream_and_ends_stream(api, fake, state):
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_client_disconnect_cancels_upstream(jarvis_server, api, fake, state):
     # with no disconnect check the worker streams (or waits in recv) to the end
-    fake.script(
-        {
-            "streaming": Script(tokens=1000, interval_s=0.01),
-            "loading": Script(load_delay_s=60),
-            "stalled": Script(tokens=50, stall_after=1),
-        }[state]
-    )
+    fake.script(STATES[state])
     sid = api.session()
     sse = api.send(sid, "x")
     sse.until("start")

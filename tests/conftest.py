@@ -255,18 +255,19 @@ def jarvis_command(*args) -> list[str]:
     return [sys.executable, "-m", "jarvis.cli", *args]
 
 
-def serve_process(env: dict) -> tuple[subprocess.Popen, Api]:
-    """Start ``jarvis serve`` on a free port; returns once it listens."""
+def serve_process(env: dict, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, Api]:
+    """Start ``jarvis serve`` on a free port; returns once it says it listens there."""
     port = free_port()
     proc = subprocess.Popen(
         jarvis_command("serve", "--port", str(port)),
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
-    assert "listening" in proc.stdout.readline()
+    line = proc.stdout.readline()
+    assert "listening" in line and f"127.0.0.1:{port}" in line, line
     return proc, Api(f"http://127.0.0.1:{port}")
 
 

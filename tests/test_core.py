@@ -86,6 +86,20 @@ def test_streaming_answer_is_saved_at_least_once_per_flush_interval(make_app, ma
     s.end()
 
 
+def _stream(sid, trace_id, upstream, store, cfg, registry) -> Stream:
+    """A stream built as the messages route builds it, without HTTP."""
+    return Stream(
+        session_id=sid,
+        trace_id=trace_id,
+        model="m",
+        messages=[],
+        upstream=upstream,
+        store=store,
+        config=cfg,
+        release=registry.release,
+    )
+
+
 class _StuckUpstream:
     """An upstream that ignores cancellation: the worst case cleanup must survive."""
 
@@ -107,16 +121,7 @@ def test_worker_stuck_past_its_join_timeout_is_detached(tmp_path, caplog):
     cfg = Config(database=str(tmp_path / "s.sqlite3"), cancel_timeout_s=0.1, heartbeat_s=0.05)
     store, registry, upstream = Store(cfg.database), Registry(4), _StuckUpstream()
     sid = store.create_session()["id"]
-    stream = Stream(
-        session_id=sid,
-        trace_id="t",
-        model="m",
-        messages=[],
-        upstream=upstream,
-        store=store,
-        config=cfg,
-        release=registry.release,
-    )
+    stream = _stream(sid, "t", upstream, store, cfg, registry)
     registry.register(stream)
     stream.user_message_id, stream.message_id = store.add_exchange(sid, "x", "t", "m")
     stream.start(None)
@@ -202,16 +207,7 @@ def _run_streams(tmp_path, upstream, n, staggered=False, **cfg):
     barrier, ends = threading.Barrier(n), []
 
     def prompt(i):
-        stream = Stream(
-            session_id=sid,
-            trace_id=f"t{i}",
-            model="m",
-            messages=[],
-            upstream=upstream,
-            store=store,
-            config=cfg,
-            release=registry.release,
-        )
+        stream = _stream(sid, f"t{i}", upstream, store, cfg, registry)
         if staggered:
             wait_for(lambda: upstream.calls >= i and upstream.active >= min(i, 1), what=f"call {i}")
         else:

@@ -9,7 +9,15 @@ import subprocess
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, free_port, jarvis_command, wait_for
+from tests.conftest import (
+    HTTP_TIMEOUT,
+    ROOT,
+    clean_env,
+    free_port,
+    jarvis_command,
+    serve_process,
+    wait_for,
+)
 from tests.fake_ollama import Script
 
 
@@ -25,19 +33,9 @@ _jarvis = jarvis_command
 def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
     # a shutdown that waited for streams to end by themselves would hang here for 100 s
     fake.script(Script(tokens=10_000, interval_s=0.01))
-    port = free_port()
     env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", JARVIS_SHUTDOWN_TIMEOUT="5")
-    proc = subprocess.Popen(
-        _jarvis("serve", "--port", str(port)),
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, api = serve_process(env, stderr=subprocess.PIPE)
     try:
-        assert f"127.0.0.1:{port}" in proc.stdout.readline()
-        api = Api(f"http://127.0.0.1:{port}")
         sids = [api.session() for _ in range(3)]
         streams = [api.send(s, "x") for s in sids]
         for s in streams:

@@ -161,7 +161,7 @@ class Store:
         with self.connect() as db:
             rows = db.execute(
                 "SELECT role, content FROM messages WHERE session_id = ? AND "
-                "(role = 'user' OR status = 'completed') ORDER BY id",
+                "(role = 'user' OR status IN ('completed', 'length')) ORDER BY id",
                 (session_id,),
             ).fetchall()
         return [{"role": r["role"], "content": r["content"]} for r in rows]

@@ -23,7 +23,7 @@ from .config import Config
 from .errors import AtCapacity, JarvisError, StoreError, UpstreamError
 from .history import Store
 from .metrics import Metrics
-from .upstream import Meta, Queued, Upstream
+from .upstream import Done, Meta, Options, Queued, Upstream
 
 # cancel reason -> terminal status
 REASON_STATUS = {
@@ -52,11 +52,13 @@ class Stream:
         release: Callable[[Stream], None],
         client_gone: Callable[[], bool] | None = None,
         metrics: Metrics | None = None,
+        options: Options | None = None,
     ):
         self.session_id = session_id
         self.trace_id = trace_id
         self.model = model
         self.messages = messages
+        self.options = options
         self.upstream = upstream
         self.store = store
         self.config = config
@@ -136,13 +138,25 @@ class Stream:
                 self.prev = None
             if self.scope.cancelled:  # checkpoint: superseded before it began, never calls upstream
                 return
-            chunks = self.upstream.stream_chat(self.messages, self.model, self.scope, session=self.session_id)
+            chunks = self.upstream.stream_chat(
+                self.messages, self.model, self.scope, session=self.session_id, options=self.options
+            )
+            ending = "completed"
             try:
                 for item in chunks:
                     if self.scope.cancelled:  # checkpoint: between chunks
                         break
                     if isinstance(item, Meta):
                         self.meta.update(item.data)
+                        continue
+                    if isinstance(item, Done):
+                        if item.reason == "length":
+                            ending = "length"  # cut by a token limit: not a finished answer
+                        usage = {
+                            "prompt_tokens": item.prompt_tokens,
+                            "completion_tokens": item.completion_tokens,
+                        }
+                        self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
                         continue
                     if not isinstance(item, Queued):
                         if not self._chars:
@@ -157,7 +171,7 @@ class Stream:
                     self._wake.set()
             finally:
                 getattr(chunks, "close", lambda: None)()
-            self._settle("completed", None)
+            self._settle(ending, None)
         except (UpstreamError, AtCapacity) as e:  # AtCapacity: the local model's queue is full
             if self._settle(e.status, e):
                 self.metrics.upstream_errors.labels(e.code).inc()

@@ -37,6 +37,7 @@ class Script:
     raw: list[bytes] | None = None  # hostile bodies: send these chunks, then end
     forever: bytes | None = None  # a body that never ends: this chunk again and again
     refuse: bool = False  # reset the connection instead of answering
+    done_reason: str = "stop"  # "length": the answer was cut by a token limit
 
     def texts(self) -> list[str]:
         if isinstance(self.tokens, int):
@@ -266,7 +267,9 @@ class FakeOllama:
             call.tokens_sent += 1
         if s.stall_after is not None and s.stall_after >= len(s.texts()):
             self._wait(conn, None)
-        _chunk(conn, _line(_message(model, "", done=True)))
+        final = _message(model, "", done=True)
+        final.update(done_reason=s.done_reason, prompt_eval_count=7, eval_count=call.tokens_sent)
+        _chunk(conn, _line(final))
         conn.sendall(b"0\r\n\r\n")
 
     def _wait(self, conn: socket.socket, seconds: float | None) -> None:

@@ -178,6 +178,21 @@ def test_multi_turn_sends_earlier_messages(api, fake):
     assert second[0]["content"] == "one" and second[1]["content"] == "tok0 tok1 "
 
 
+def test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context(api, fake):
+    fake.script(tokens=3, done_reason="length")
+    sid = api.session()
+    assert api.send(sid, "long story").end()["status"] == "length"
+    answer = api.messages(sid)[-1]
+    assert answer["status"] == "length" and answer["meta"]["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+    }
+    fake.script(tokens=1)
+    api.send(sid, "go on").end()
+    sent = fake.chat_calls()[1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"], "a cut answer is still context"
+
+
 def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):
     caplog.set_level(logging.INFO, logger="jarvis")
     fake.script(tokens=500, interval_s=0.01)

@@ -109,7 +109,7 @@ class _StuckUpstream:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def stream_chat(self, messages, model, cancel, session=None):
+    def stream_chat(self, messages, model, cancel, session=None, options=None):
         yield "a"
         self.entered.set()
         self.release.wait(10)  # blocks without looking at cancel
@@ -184,7 +184,7 @@ class _SlowToStopUpstream:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def stream_chat(self, messages, model, cancel, session=None):
+    def stream_chat(self, messages, model, cancel, session=None, options=None):
         with self._lock:
             self.calls += 1
             self.active += 1

@@ -25,7 +25,7 @@ from jarvis.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from jarvis.upstream import Meta, Queued, local
+from jarvis.upstream import Done, Meta, Options, Queued, local
 from jarvis.upstream.local import LocalUpstream, Trim
 
 pytestmark = pytest.mark.timeout(15)
@@ -155,7 +155,9 @@ class Reader:
 
 
 def answer(upstream, messages=HELLO, session=None) -> list:
-    return list(upstream.stream_chat(messages, "", CancelScope(), session=session))
+    """Every item but the closing ``Done``."""
+    items = upstream.stream_chat(messages, "", CancelScope(), session=session)
+    return [i for i in items if not isinstance(i, Done)]
 
 
 def test_answer_streams_through_the_models_chat_template(fake_abort):
@@ -468,6 +470,16 @@ def test_real_model_streams_an_answer(real):
     chunks = answer(real.up, [{"role": "user", "content": "What is the capital of France?"}])
     assert len(chunks) > 1 and "".join(chunks).strip()
     assert real.up.health() == {"ok": True, "backend": "local", "model": "smollm2-135m", "loaded": True}
+
+
+@real_model
+@pytest.mark.timeout(30)
+def test_real_model_says_an_answer_cut_by_its_token_limit_ended_by_length(real):
+    question = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+    items = list(real.up.stream_chat(question, "", CancelScope(), options=Options(max_tokens=4)))
+    done = items[-1]
+    assert isinstance(done, Done) and done.reason == "length", items
+    assert done.completion_tokens <= 4 and done.prompt_tokens > 0
 
 
 @real_model

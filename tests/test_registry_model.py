@@ -42,7 +42,7 @@ class _ScriptedUpstream:
         self.calls: list[_Call] = []
         self.violations: list[str] = []
 
-    def stream_chat(self, messages, model, cancel, session=None):
+    def stream_chat(self, messages, model, cancel, session=None, options=None):
         call = _Call(session, messages[0]["content"], cancel)
         with self.lock:
             live = [c for c in self.calls if c.session == session and not c.done.is_set()]

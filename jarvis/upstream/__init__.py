@@ -33,14 +33,39 @@ class Meta:
     data: dict
 
 
+@dataclass(frozen=True)
+class Done:
+    """Yielded last, when the backend says why the answer ended and what it cost."""
+
+    reason: str = "stop"  # "stop": the model finished; "length": cut by a token limit
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sampling settings passed on to the backend; None leaves the backend's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
 class Upstream(Protocol):
     name: str  # "ollama" or "local"
     default_model: str
 
     def stream_chat(
-        self, messages: Sequence[Message], model: str, cancel: CancelScope, session: str | None = None
-    ) -> Iterator[str | Queued | Meta]:
-        """Yield the answer's text chunks until it is done or cancelled."""
+        self,
+        messages: Sequence[Message],
+        model: str,
+        cancel: CancelScope,
+        session: str | None = None,
+        options: Options | None = None,
+    ) -> Iterator[str | Queued | Meta | Done]:
+        """Yield the answer's text chunks until it is done or cancelled, then ``Done`` if known."""
         ...
 
     def health(self) -> dict:

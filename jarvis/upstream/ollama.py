@@ -33,7 +33,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from . import Message
+from . import Done, Message, Options
 
 READ_CHUNK = 65536
 ERROR_BODY_LIMIT = 65536
@@ -50,9 +50,14 @@ class OllamaUpstream:
         self.config = config
 
     def stream_chat(
-        self, messages: Sequence[Message], model: str, cancel: CancelScope, session: str | None = None
-    ) -> Iterator[str]:
-        """Yield answer text as Ollama streams it; stop quietly once cancelled."""
+        self,
+        messages: Sequence[Message],
+        model: str,
+        cancel: CancelScope,
+        session: str | None = None,
+        options: Options | None = None,
+    ) -> Iterator[str | Done]:
+        """Yield answer text as Ollama streams it, then ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
             return
         cfg = self.config
@@ -69,9 +74,10 @@ class OllamaUpstream:
             # close first: a blocked recv never sees the flag
             unregister.append(cancel.on_cancel(lambda: _shutdown(sock)))
 
-        request = requests.Request(
-            "POST", self.url + "/api/chat", json={"model": model, "messages": list(messages), "stream": True}
-        ).prepare()
+        body = {"model": model, "messages": list(messages), "stream": True}
+        if options is not None and (sampling := _ollama_options(options)):
+            body["options"] = sampling
+        request = requests.Request("POST", self.url + "/api/chat", json=body).prepare()
         adapter.watch(request, on_socket)
         response = None
         try:
@@ -161,9 +167,21 @@ class OllamaUpstream:
         """Nothing is shared between streams, so nothing to release."""
 
 
+def _ollama_options(options: Options) -> dict:
+    """Ollama's names for the sampling settings that are set."""
+    names = {
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "num_predict": options.max_tokens,
+        "seed": options.seed,
+        "stop": list(options.stop) or None,
+    }
+    return {k: v for k, v in names.items() if v is not None}
+
+
 def _read_answer(
     raw: urllib3.HTTPResponse, cancel: CancelScope, max_line: int, deadline: float, total_s: float
-) -> Iterator[str]:
+) -> Iterator[str | Done]:
     """Parse Ollama's NDJSON body into text chunks, within the line and time limits."""
     pending = b""
     for chunk in raw.stream(READ_CHUNK, decode_content=True):
@@ -191,6 +209,11 @@ def _read_answer(
             if text:
                 yield text
             if obj.get("done"):
+                yield Done(
+                    "length" if obj.get("done_reason") == "length" else "stop",
+                    _count(obj.get("prompt_eval_count")),
+                    _count(obj.get("eval_count")),
+                )
                 return
         if len(pending) > max_line:
             raise UpstreamProtocolError(f"Ollama sent a line longer than {max_line} bytes")
@@ -198,6 +221,10 @@ def _read_answer(
             return
     if not cancel.cancelled:
         raise UpstreamDisconnected("Ollama ended the answer before it was done")
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _is_read_timeout(e: BaseException) -> bool:

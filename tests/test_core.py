@@ -376,3 +376,26 @@ def test_a_detached_worker_cannot_reach_the_stored_answer(tmp_path):
     answer = store.get_session(sid)["messages"][-1]
     assert answer["status"] == "stopped" and answer["content"] == "a"
     assert not (answer["meta"] or {}).get("late") and "usage" not in (answer["meta"] or {})
+
+
+def test_the_disconnect_watcher_ends_with_a_shutdown_that_leaves_a_stream(tmp_path):
+    # a watcher that polled while anything lived would run (and keep the process) for as long
+    # as the stuck stream below: its body is never read nor closed, like a wedged host thread
+    cfg = Config(database=str(tmp_path / "x.sqlite3"))
+    store, registry, upstream = Store(cfg.database), Registry(4, disconnect_poll_s=0.01), _StuckUpstream()
+    sid = store.create_session()["id"]
+    stream = Stream(
+        session_id=sid, trace_id="t", model="m", messages=[], upstream=upstream, store=store, config=cfg,
+        release=registry.release, client_gone=lambda: False,
+    )  # fmt: skip
+    stream.start(registry.register(stream))
+    assert upstream.entered.wait(2)
+    assert registry.shutdown(0.05) == [stream]
+
+    def watcher_gone():
+        return not any(t.name == "jarvis-disconnect-watch" for t in threading.enumerate())
+
+    wait_for(watcher_gone, timeout=2, what="the disconnect watcher to end")
+    upstream.release.set()
+    stream.close()
+    assert registry.live() == []

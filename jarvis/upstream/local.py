@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import logging
 import os
 import threading
 import time
@@ -58,7 +57,6 @@ N_CTX = 2048
 ANSWER_RESERVE = 512  # tokens kept free for the answer when the history is trimmed
 CHARS_PER_TOKEN_MAX = 32
 WAIT_SLICE_S = 0.25  # longest single wait in the queue; cancel and close wake it sooner
-CLOSE_WAIT_S = 2.0  # how long close() waits for the holder to hand the model back
 TEMPERATURE = 0.2  # SmolLM2's recommended sampling
 TOP_P = 0.9
 # used when a GGUF carries no chat template
@@ -273,7 +271,6 @@ class LocalUpstream:
         self._template: _ChatTemplate | None = None
         self._abort_ref = None  # the ctypes callback: it must outlive the context
         self._load_error: UpstreamError | None = None
-        self._freed = threading.Event()
         if llama is not None:
             self._adopt(llama)
 
@@ -508,19 +505,19 @@ class LocalUpstream:
     def models(self) -> list[dict]:
         return [{"name": self.default_model}]
 
-    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
-        """Refuse new prompts, abort the running one, free the model (idempotent)."""
+    def close(self) -> None:
+        """Refuse new prompts, abort the running one, free the model (idempotent).
+
+        A holder frees the model as it leaves; waiting for it here would only spend the
+        shutdown deadline on a decode that ignores its abort flag."""
         if self._slot.close():
             self._free()
-        elif not self._freed.wait(timeout_s):  # the holder frees it as it leaves
-            log.event("local_model_busy_at_close", logging.WARNING, waited_s=timeout_s)
 
     def _free(self) -> None:
         llama, self._llama = self._llama, None
         if llama is not None:
             llama.close()
         self._abort_ref = None  # only now: the context that called it is gone
-        self._freed.set()
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

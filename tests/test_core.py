@@ -436,7 +436,7 @@ def test_a_stream_superseded_while_it_waits_never_calls_the_upstream(tmp_path, f
         heartbeat_s=5.0, supersede_timeout_s=5.0, cancel_timeout_s=2.0,
     )  # fmt: skip
     store, registry = Store(cfg.database), Registry(4)
-    slow, ollama = _SlowToStopUpstream(wind_down_s=0.3), OllamaUpstream(cfg)
+    slow, ollama = _SlowToStopUpstream(wind_down_s=0.3), _Recorded(OllamaUpstream(cfg))
     sid = store.create_session()["id"]
     streams = {}
     for trace, upstream in (("a", slow), ("b", ollama), ("c", ollama)):
@@ -452,8 +452,21 @@ def test_a_stream_superseded_while_it_waits_never_calls_the_upstream(tmp_path, f
     ends = {trace: b"".join(stream) for trace, stream in streams.items()}
     assert b'"status":"superseded"' in ends["a"] and b'"status":"superseded"' in ends["b"]
     assert b'"status":"completed"' in ends["c"]
+    assert ollama.prompts == ["c"]  # b never reached the upstream, not even to be cancelled there
     assert [call.prompt for call in fake.chat_calls()] == ["c"]
     assert registry.live() == []
+
+
+class _Recorded:
+    """Passes calls on to ``inner``, recording the prompt of each stream_chat that runs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.prompts: list[str] = []
+
+    def stream_chat(self, messages, *args, **kwargs):
+        self.prompts.append(messages[-1]["content"])
+        yield from self.inner.stream_chat(messages, *args, **kwargs)
 
 
 def test_a_stream_cancelled_while_waiting_hands_its_wait_on_to_its_successor(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.events import HEARTBEAT, End, Start, Text
+from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
 from jarvis.history import Store
 from jarvis.registry import Registry
 from jarvis.stream import Stream
@@ -483,3 +484,78 @@ def test_a_stream_cancelled_while_waiting_hands_its_wait_on_to_its_successor(tmp
     for stream in (a, c):
         b"".join(stream)
     wait_for(lambda: registry.live() == [], what="every stream released")
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class _ScriptedUpstream:
+    name, default_model = "scripted", "scripted"
+
+    def stream_chat(self, messages, model, cancel, session=None, options=None):
+        yield "Hel"
+        yield "lo"
+        yield Done("length", 3, 2)
+
+
+class _LinesFramer:
+    """A dialect without comments: one JSON line per event, nothing for a heartbeat."""
+
+    def frame(self, event):
+        if isinstance(event, Heartbeat):
+            return b""
+        return (json.dumps({"type": type(event).__name__, **vars(event)}) + "\n").encode()
+
+
+def test_a_stateless_call_stores_nothing_and_reads_its_events_in_process(tmp_path):
+    cfg = Config(database=str(tmp_path / "unused.sqlite3"), heartbeat_s=0.05)
+    registry = Registry(4)
+    stream = Stream(
+        session_id=None, key="call-1", trace_id="t", model="scripted", messages=HI,
+        upstream=_ScriptedUpstream(), config=cfg, release=registry.release,
+    )  # fmt: skip
+    registry.hand_over(stream)
+    try:
+        events = [e for e in stream.events() if not isinstance(e, Heartbeat)]
+    finally:
+        stream.close()
+    text = "".join(e.text for e in events if isinstance(e, Text))
+    end = events[-1]
+    assert text == "Hello" and isinstance(events[0], Start)
+    assert (end.status, end.meta["usage"]) == ("length", {"prompt_tokens": 3, "completion_tokens": 2})
+    assert registry.live() == [] and not os.path.exists(cfg.database)
+
+
+def test_a_framer_given_at_construction_frames_every_event(tmp_path):
+    cfg = Config(database=str(tmp_path / "unused.sqlite3"), heartbeat_s=0.05)
+    registry = Registry(4)
+    stream = Stream(
+        session_id=None, key="call-2", trace_id="t", model="scripted", messages=HI,
+        upstream=_ScriptedUpstream(), config=cfg, release=registry.release, framer=_LinesFramer(),
+    )  # fmt: skip
+    registry.hand_over(stream)
+    lines = [json.loads(line) for line in b"".join(stream).splitlines()]
+    stream.close()
+    types = [line["type"] for line in lines]
+    assert types[0] == "Start" and set(types[1:-1]) == {"Text"} and types[-1] == "End"
+    assert lines[-1]["status"] == "length" and registry.live() == []
+
+
+def test_a_client_gone_while_a_caller_reads_events_in_process_cancels_once(tmp_path):
+    cfg = Config(database=str(tmp_path / "e.sqlite3"), heartbeat_s=0.05)
+    registry, upstream = Registry(4, disconnect_poll_s=0.01), _SlowToStopUpstream(0)
+    gone = threading.Event()
+    stream = Stream(
+        session_id=None, key="call-3", trace_id="t", model="m", messages=[], upstream=upstream, config=cfg,
+        release=registry.release, client_gone=gone.is_set,
+    )  # fmt: skip
+    registry.hand_over(stream)
+    seen = []
+    for event in stream.events():
+        seen.append(event)
+        if isinstance(event, Text):
+            gone.set()  # the watcher cancels, as it would for a closed socket
+    stream.close()
+    assert seen[-1].status == "disconnected" and seen[-1].reason == "disconnected"
+    assert sum(isinstance(e, End) for e in seen) == 1 and registry.live() == []
+    registry.shutdown(1.0)

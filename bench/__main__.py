@@ -294,10 +294,10 @@ number looked high:
   route entry 1.9 ms (waitress, Flask, the account check), `require_session` 0.47 ms, route →
   socket shutdown 0.03 ms; the fake itself notices a close 1.2 ms later while it is writing tokens.
   Cancelling from the registry before any SQLite read took p99 4.02 → 3.54 ms; not done yet.
-- **Disconnect under a plain WSGI host: about three heartbeats.** Without lookahead the first
-  write after the client left succeeds, the second fails and closes the channel, the third raises
-  in Jarvis. That is the bound on such hosts (about 3 × `JARVIS_HEARTBEAT`); `jarvis serve` polls
-  waitress's lookahead instead.
+- **Disconnect under a plain WSGI host: about three heartbeats, now one.** Without lookahead the
+  first write after the client left succeeds, the second fails and closes the channel, the third
+  raises in Jarvis. Each heartbeat is now followed by two more 10 ms apart, which brings the bound
+  to one `JARVIS_HEARTBEAT` + 25 ms (section 8); with lookahead, Jarvis polls under any waitress.
 - **Memory creep in endurance** is glibc's per-thread malloc arenas, not Python objects
   (tracemalloc flat at 20.66 MB ± 20 KB over 4,500 cycles). `MALLOC_ARENA_MAX=2` cut growth over
   6,000 cycles from +3.5 MB to +1.4 MB; set it in the service environment if it matters.

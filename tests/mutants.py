@@ -1,0 +1,97 @@
+"""Reintroduce each lifecycle defect in a copy of HEAD and run the tests that must catch it.
+
+``python -m tests.mutants [name-prefix ...]`` prints, per mutant, the tests that failed; a
+mutant with none survived. Each mutant is (name, file(s), text, replacement, test files);
+the text must occur exactly once. docs/testing.md records the last run.
+"""
+
+# ruff: noqa: E501  (the table holds lines of code as they are)
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MUTANTS = [
+ ("waiting-cancel: the wait for the predecessor ignores the waiting stream's cancel", "jarvis/stream.py",
+  "undo = [prev.released.then(gate.set), s.scope.on_cancel(gate.set)]", "undo = [prev.released.then(gate.set)]",
+  ["tests/test_core.py"]),
+ ("waiting-handoff: a stream cancelled while waiting frees its successor at once (no inherited wait)", "jarvis/stream.py",
+  "            else:\n                self._chain(self._prev)\n", "            else:\n                self.released.set()\n",
+  ["tests/test_core.py", "tests/test_lifecycle.py", "tests/test_registry_model.py"]),
+ ("watcher: the disconnect watcher polls on after shutdown", "jarvis/registry.py",
+  "if not watched or self._closed:", "if not watched:", ["tests/test_core.py"]),
+ ("daemon: workers are not daemons", "jarvis/stream.py",
+  "daemon=True)", "daemon=False)", ["tests/test_ops.py"]),
+ ("store-first: register (and cancel the old answer) before the prompt is stored", "jarvis/api.py",
+  "    stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)\n    j.registry.hand_over(stream)\n",
+  "    prev = j.registry.register(stream)\n    stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)\n    stream.start(prev)\n",
+  ["tests/test_api.py"]),
+ ("failed-start: a failed start leaves the stream registered", "jarvis/registry.py",
+  '            stream.fail(JarvisError(f"internal error: {type(e).__name__}"))\n            raise', "            raise",
+  ["tests/test_api.py"]),
+ ("close-wait: the model's close waits 2 s for a stuck holder, outside the deadline", "jarvis/upstream/local.py",
+  "        if self._slot.close():\n            self._model.free()\n", "        if self._slot.close():\n            self._model.free()\n        else:\n            threading.Event().wait(2.0)\n",
+  ["tests/test_ops.py"]),
+ ("last-take: the body's last take comes after the detach (a detached worker's late write is read)", "jarvis/stream.py",
+  "            out = self._convert(worker.handoff.take())\n            if detached:\n                log.event(\"worker_detached\", logging.WARNING, trace_id=s.trace_id, session=s.session_id)\n",
+  "            if detached:\n                log.event(\"worker_detached\", logging.WARNING, trace_id=s.trace_id, session=s.session_id)\n            out = self._convert(worker.handoff.take())\n",
+  ["tests/test_core.py"]),
+ ("abort-deadline: the abort callback ignores the deadlines", "jarvis/upstream/local.py",
+  "return self._slot.abort or time.monotonic() > self._deadline.at", "return self._slot.abort", ["tests/test_local.py"]),
+ ("load-deadline: loading the model and fitting the prompt do not count against the first-token deadline",
+  ["jarvis/upstream/local.py", "jarvis/upstream/local.py"],
+  ["        self._deadline.check()  # a load cannot be aborted: it counts once it returns\n",
+   "        tokens, trim = _fit(llama, self._model.template, messages, self.n_ctx)\n        self._deadline.check()\n"],
+  ["", "        tokens, trim = _fit(llama, self._model.template, messages, self.n_ctx)\n"], ["tests/test_local.py"]),
+ ("probe: the disconnect probe only under jarvis serve (not under python -m waitress)", "jarvis/api.py",
+  'client_gone=request.environ.get("waitress.client_disconnected"),', "client_gone=None,", ["tests/test_lifecycle.py"]),
+ ("follow-up: no follow-up heartbeat", "jarvis/stream.py",
+  "follow_ups = (follow_ups + 1) % 3", "follow_ups = 0", ["tests/test_lifecycle.py"]),
+ ("checkpoints: both 'superseded before it began' checks removed", ["jarvis/stream.py", "jarvis/upstream/ollama.py"],
+  ["if s.scope.cancelled:  # checkpoint: superseded before it began", "if cancel.cancelled:  # checkpoint: superseded or stopped before the call"],
+  ["if False:  # checkpoint: superseded before it began", "if False:  # checkpoint: superseded or stopped before the call"],
+  ["tests/test_core.py", "tests/test_lifecycle.py", "tests/test_api.py"]),
+ ("supersede: supersede stops cancelling the old stream", "jarvis/registry.py",
+  '            prev.cancel("superseded")\n', "            pass\n", ["tests/test_registry_model.py"]),
+ ("socket-close: cancel stops closing the upstream socket", "jarvis/upstream/ollama.py",
+  "    try:\n        sock.shutdown(socket.SHUT_RDWR)\n", "    return\n    try:\n        sock.shutdown(socket.SHUT_RDWR)\n",
+  ["tests/test_lifecycle.py", "tests/test_api.py"]),
+ ("predecessor-wait: the worker no longer waits for its predecessor", "jarvis/stream.py",
+  "                self._wait_for(self._prev)\n", "                pass\n", ["tests/test_core.py", "tests/test_lifecycle.py"]),
+]
+
+
+def run(name, files, old, new, tests) -> list[str]:
+    """Apply one mutant to a fresh copy of HEAD; returns the tests that failed."""
+    with tempfile.TemporaryDirectory() as root:
+        subprocess.run(f"git -C {ROOT} archive HEAD | tar -x -C {root}", shell=True, check=True)
+        files = files if isinstance(files, list) else [files]
+        olds = old if isinstance(old, list) else [old]
+        news = new if isinstance(new, list) else [new]
+        for f, o, n in zip(files, olds, news, strict=True):
+            path = os.path.join(root, f)
+            text = open(path).read()
+            assert text.count(o) == 1, f"{name}: the text to mutate is not found once in {f}"
+            open(path, "w").write(text.replace(o, n))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=root, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        return sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.M)))
+
+
+def main(wanted: list[str]) -> None:
+    for mutant in MUTANTS:
+        if wanted and not any(mutant[0].startswith(w) for w in wanted):
+            continue
+        failed = run(*mutant)
+        print(f"{mutant[0]}\n  " + ("\n  ".join(failed) if failed else "SURVIVED"), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

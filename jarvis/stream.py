@@ -115,7 +115,10 @@ class Worker:
     """Reads the upstream in its own thread, after the session's previous worker is done."""
 
     def __init__(self, stream: Stream, upstream: Upstream, messages: list[dict], options: Options | None):
-        self.s = stream
+        # the stream, until the thread ends: then the reference goes, so that a finished stream
+        # is freed when its last user lets go instead of waiting for the cycle collector
+        self.s: Stream | None = stream
+        self.trace_id = stream.trace_id
         self.upstream = upstream
         self.messages = messages
         self.options = options
@@ -137,6 +140,7 @@ class Worker:
     def abandon(self, prev: Worker | None) -> None:
         """The thread never ran: pass the predecessor's release on to the successor."""
         self._chain(prev)
+        self.s = None
         self.done.set()
 
     def _chain(self, prev: Worker | None) -> None:
@@ -173,6 +177,7 @@ class Worker:
             else:
                 self._chain(self._prev)
             self._prev = None
+            self.s = None
             self.done.set()
             self.handoff.wake.set()
 
@@ -192,7 +197,7 @@ class Worker:
         log.event(
             "prev_stream_finished_cleanly" if clean else "prev_stream_timeout_on_cancel",
             logging.INFO if clean else logging.WARNING,
-            trace_id=s.trace_id, session=s.session_id, prev_trace_id=prev.s.trace_id,
+            trace_id=s.trace_id, session=s.session_id, prev_trace_id=prev.trace_id,
             waited_ms=round((time.monotonic() - waited) * 1000, 1),
         )  # fmt: skip
 
@@ -320,7 +325,7 @@ class Body:
     """Relays the worker's items as events and owns the end: checkpoints, store, release, log."""
 
     def __init__(self, stream: Stream):
-        self.s = stream
+        self.s: Stream | None = stream  # dropped at the end, as the worker does
         self.meta: dict = {}  # stored with the answer; written here alone
         self._parts: list[str] = []
         self._events: Iterator[Event] | None = None
@@ -436,6 +441,7 @@ class Body:
                 "stream_cleanup", trace_id=s.trace_id, session=s.session_id, status=s.status,
                 chars=sum(map(len, self._parts)), duration_ms=took_ms,
             )  # fmt: skip
+            self.s = None
 
     def _store_end(self, status: Status, error: dict | None) -> None:
         s = self.s

@@ -35,7 +35,7 @@ FEED = """async ([answer, redraw]) => {
   let at = 0, i = 0, now = 0, firstNode = null, mismatch = null;
   while (at < answer.length) {
     at = Math.min(answer.length, at + steps[i++ % steps.length]);
-    now += redraw ? 1000 : 1;
+    now += redraw ? 1e6 : 1;
     md.renderMarkdown(grown, answer.slice(0, at), now);
     if (redraw) {
       md.renderWhole(whole, answer.slice(0, at));
@@ -43,7 +43,7 @@ FEED = """async ([answer, redraw]) => {
     }
     if (!firstNode && grown.children.length > 2) firstNode = grown.firstElementChild;
   }
-  md.renderMarkdown(grown, answer, now + 1000);
+  md.renderMarkdown(grown, answer, now + 1e6);
   md.renderWhole(whole, answer);
   return {
     mismatch, grown: grown.innerHTML, whole: whole.innerHTML,

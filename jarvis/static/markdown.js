@@ -52,9 +52,11 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 const shown = new WeakMap();
 // a link reference definition ("[x]: url") changes blocks before it: render all of it then
 const REFERENCE = /^ {0,3}\[[^\]]+\]:/m;
-// the growing block is parsed, sanitised and highlighted again at most this often; in
-// between, new text is appended to it as plain text, which costs next to nothing
-const REDRAW_MS = 100;
+// The growing block is parsed, sanitised and highlighted again at most every REDRAW_MS, and
+// less often when that takes longer, so that it keeps under REDRAW_SHARE of the main thread;
+// in between, new text is appended to it as plain text, which costs next to nothing.
+const REDRAW_MS = 150;
+const REDRAW_SHARE = 0.01;
 const CONTAINERS = new Set(["UL", "OL", "LI", "BLOCKQUOTE", "DIV", "PRE", "TABLE", "TBODY", "TR"]);
 
 // Render `text` into `target`. When `text` only extends what the element shows (an answer
@@ -74,7 +76,8 @@ export function renderMarkdown(target, text, now = performance.now()) {
     renderWhole(target, text, now);
     return;
   }
-  if (now - state.drawn < REDRAW_MS && state.tail.length) {
+  const pause = Math.max(REDRAW_MS, state.cost / REDRAW_SHARE);
+  if (now - state.drawn < pause && state.tail.length) {
     const end = openEnd(state.tail[state.tail.length - 1]);
     const piece = document.createTextNode(added);
     end.append(piece);
@@ -83,13 +86,14 @@ export function renderMarkdown(target, text, now = performance.now()) {
       state.pending ??
       setTimeout(() => {
         const latest = shown.get(target);
-        const now = Math.max(performance.now(), state.drawn + REDRAW_MS);
+        const now = Math.max(performance.now(), state.drawn + pause);
         if (latest?.drawn === state.drawn) renderMarkdown(target, latest.given, now);
-      }, REDRAW_MS);
+      }, pause);
     const tail = end === target ? [...state.tail, piece] : state.tail;
     shown.set(target, { ...state, given: text, source, tail, pending });
     return;
   }
+  const began = performance.now();
   const tokens = markdown.lexer(rest);
   // every block before the last non-blank one is finished: later text cannot change it
   let last = tokens.length - 1;
@@ -104,7 +108,7 @@ export function renderMarkdown(target, text, now = performance.now()) {
   const growing = fragment(markdown.parser(Object.assign(tokens.slice(Math.max(last, 0)), { links: tokens.links })));
   const tail = [...growing.childNodes];
   target.append(growing);
-  shown.set(target, { given: text, source, done, tail, drawn: now });
+  shown.set(target, { given: text, source, done, tail, drawn: now, cost: performance.now() - began });
 }
 
 // where text typed at the end of a block goes: into its last paragraph, item or code
@@ -120,7 +124,7 @@ function openEnd(node) {
 export function renderWhole(target, text, now = performance.now()) {
   target.replaceChildren(fragment(markdown.parse(text)));
   const tail = [...target.childNodes];
-  shown.set(target, { given: text, source: normalise(text), done: 0, tail, drawn: now });
+  shown.set(target, { given: text, source: normalise(text), done: 0, tail, drawn: now, cost: 0 });
 }
 
 // as marked's lexer reads line ends, so that offsets into the text hold

@@ -170,6 +170,9 @@ def cmd_chat(args) -> int:
         return _fail("the answer ended without an end event")
     if end.get("error"):
         return _fail(end["error"]["message"])
+    if end["status"] == "length":
+        print("[cut off at the answer length limit]", file=sys.stderr)
+        return EXIT_OK
     if end["status"] != "completed":
         why = f" ({end['reason']})" if end.get("reason") not in (None, end["status"]) else ""
         return _fail(f"the answer was {end['status']}{why}", EXIT_ENDED)

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 OK_MODELS = ("llama3.2", "tiny")
@@ -251,9 +252,11 @@ class FakeOllama:
                 if self._stop.is_set():
                     return
             return body.end()
-        steps = self._steps(s, model)
-        body.head(self.CONTENT_TYPE, sum(len(data) for kind, data in steps if kind in ("token", "send")))
-        for kind, data in steps:
+        length = None
+        if s.framing == "length":  # a second pass: a long answer is never held in memory whole
+            length = sum(len(data) for kind, data in self._steps(s, model) if kind in ("token", "send"))
+        body.head(self.CONTENT_TYPE, length)
+        for kind, data in self._steps(s, model):
             if kind == "stall":
                 self._wait(conn, None)
             elif kind == "wait":
@@ -265,24 +268,29 @@ class FakeOllama:
                 call.tokens_sent += kind == "token"
         body.end()
 
-    def _steps(self, s: Script, model: str) -> list[tuple[str, object]]:
-        """The answer as a list of (what, data): "token" and "send" bytes, "wait", "stall", "drop"."""
-        steps: list[tuple[str, object]] = [("send", f) for f in self._opening(model)]
+    def _steps(self, s: Script, model: str) -> Iterator[tuple[str, object]]:
+        """The answer as (what, data): "token" and "send" bytes, "wait", "stall", "drop"."""
+        for frame in self._opening(model):
+            yield "send", frame
         sent = 0
         for i, text in enumerate(s.texts()):
             if i == s.stall_after:
-                steps.append(("stall", None))
+                yield "stall", None
             if i == s.error_after:
-                return [*steps, ("send", self._error_frame(s.error))]
+                yield "send", self._error_frame(s.error)
+                return
             if i == s.drop_after:
-                return [*steps, ("drop", None), ("send", b"x" * 64)]  # the length promised more
+                yield "drop", None
+                yield "send", b"x" * 64  # what the Content-Length promised and never came
+                return
             if i and s.interval_s:
-                steps.append(("wait", s.interval_s))
-            steps.append(("token", self._token_frame(model, text)))
+                yield "wait", s.interval_s
+            yield "token", self._token_frame(model, text)
             sent += 1
         if s.stall_after is not None and s.stall_after >= len(s.texts()):
-            steps.append(("stall", None))
-        return [*steps, *(("send", f) for f in self._closing(model, s.done_reason, sent))]
+            yield "stall", None
+        for frame in self._closing(model, s.done_reason, sent):
+            yield "send", frame
 
     # Ollama's protocol; a fake of another server overrides these
     CONTENT_TYPE = b"application/x-ndjson"

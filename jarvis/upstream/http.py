@@ -213,6 +213,10 @@ class Response:
                     code="connect_timeout",
                 )
             return self._timeout()
+        if isinstance(e, ssl.SSLError):  # a certificate refused is not a server that is down
+            return UpstreamUnavailable(
+                f"TLS with {self.peer.name} at {self.peer.url} failed: {e.reason or e}"
+            )
         if self.phase == "connect":
             return UpstreamUnavailable(
                 f"{self.peer.name} is not reachable at {self.peer.url}. {self.peer.hint}".strip()

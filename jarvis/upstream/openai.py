@@ -81,12 +81,13 @@ class OpenAIUpstream:
                 raise self._http_error(response, model)
             answer = _Answer(self._redact)
             for data in _sse_data(response.lines(self.config.max_line_bytes)):
-                for item in answer.feed(data):
-                    if isinstance(item, str):
-                        response.progress()
-                    yield item
-                    if isinstance(item, Done):
-                        return
+                text = answer.feed(data)
+                if text:
+                    response.progress()
+                    yield text
+                if answer.ended:
+                    yield answer.done()
+                    return
             if cancel.cancelled:
                 return
             if answer.finish is None:
@@ -154,11 +155,13 @@ class _Answer:
         self.redact = redact
         self.finish: str | None = None
         self.usage: dict = {}
+        self.ended = False  # [DONE] came
 
-    def feed(self, data: str) -> Iterator[str | Done]:
-        if data.strip() == "[DONE]":
-            yield self.done()
-            return
+    def feed(self, data: bytes) -> str:
+        """The text of one event's data (often ""), noting its finish reason and usage."""
+        if data.strip() == b"[DONE]":
+            self.ended = True
+            return ""
         try:
             obj = json.loads(data)
         except ValueError:
@@ -175,15 +178,17 @@ class _Answer:
             raise UpstreamStreamError(f"the model server reported an error: {self.redact(str(message))}")
         if isinstance(obj.get("usage"), dict):
             self.usage = obj["usage"]
-        for choice in obj.get("choices") or []:
+        text = ""
+        for choice in obj.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text:
-                yield text
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                text += content
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+        return text
 
     def done(self) -> Done:
         return Done(
@@ -193,36 +198,30 @@ class _Answer:
         )
 
 
-def _sse_data(lines: Iterator[bytes]) -> Iterator[str]:
+def _sse_data(lines: Iterator[bytes]) -> Iterator[bytes]:
     """The data of each server-sent event; an ``event: error`` comes back as an error object."""
-    data: list[str] = []
-    event = ""
-    for raw in lines:
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UpstreamProtocolError(
-                "the OpenAI-compatible server sent bytes that are not UTF-8"
-            ) from None
+    data: list[bytes] = []
+    event = b""
+    for line in lines:
         if not line:
             if data:
-                joined = "\n".join(data)
-                yield json.dumps({"error": _error_of(joined)}) if event == "error" else joined
-            data, event = [], ""
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
+                joined = b"\n".join(data)
+                yield json.dumps({"error": _error_of(joined)}).encode() if event == b"error" else joined
+            data, event = [], b""
+        elif line.startswith(b"data:"):
+            data.append(line[5:])  # JSON ignores the space after the colon
+        elif line.startswith(b"event:"):
             event = line[6:].strip()
         # comments (": ping") and other fields keep a connection alive; they carry no text
     if data:
-        yield "\n".join(data)  # the last event of a body closed without its blank line
+        yield b"\n".join(data)  # the last event of a body closed without its blank line
 
 
-def _error_of(data: str):
+def _error_of(data: bytes):
     try:
         found = json.loads(data)
     except ValueError:
-        return data or "an error event"
+        return data.decode("utf-8", "replace").strip() or "an error event"
     return found.get("error", found) if isinstance(found, dict) else data
 
 

@@ -58,9 +58,7 @@ class FakeOpenAI(FakeOllama):
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         if not self._authorised(call.headers):
-            _send_json(
-                conn, 401, _error("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
-            )
+            _send_json(conn, 401, _unauthorised(call.headers))
         elif call.path == "/v1/models":
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
             _send_json(conn, 200, {"object": "list", "data": data})

@@ -201,6 +201,7 @@ def test_openai_wrong_key_is_unauthorized_and_the_key_is_not_echoed(tmp_path):
         assert reader.error.code == "upstream_unauthorized" and "sk-wrong" not in reader.error.message
         health = upstream.health()
         assert health["ok"] is False and health["error"]["code"] == "upstream_unauthorized"
+        assert "sk-wrong" not in health["error"]["message"] and "[key]" in health["error"]["message"]
 
 
 def test_openai_error_event_with_its_own_event_name(tmp_path):

@@ -103,7 +103,7 @@ class OpenAIUpstream:
     def _http_error(
         self, response: http.Response, model: str | None, path: str = "/chat/completions"
     ) -> UpstreamError:
-        detail = self._redact(response.error_detail())
+        detail = self._redact(response.error_detail()).rstrip(".")
         status = response.status
         if status in (401, 403):
             return UpstreamUnauthorized(

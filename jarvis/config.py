@@ -59,6 +59,10 @@ class Config:
     max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
+    health_interval_s: float = _f(
+        5.0, "Seconds between background probes of the model server(s); /healthz serves the last.",
+        minimum=0.01,
+    )
     shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
     secret_key: str = _f("", "Key that signs login cookies (default: generated once in the instance folder).")

@@ -1,0 +1,86 @@
+"""/healthz serves a background probe's answer: a hung model server never reaches a request thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import HTTP_TIMEOUT, Api, test_config, wait_for
+from tests.hung_server import HungServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def hung():
+    with HungServer() as server:
+        yield server
+
+
+def _stop_latency(api: Api, sid: str) -> float:
+    began = time.monotonic()
+    assert api.stop(sid) == {"stopped": True}
+    return time.monotonic() - began
+
+
+def test_stop_is_not_delayed_by_healthz_against_a_hung_model_server(hung, tmp_path, make_server):
+    # would hang: each /healthz probing the hung server in the request holds a waitress thread
+    # for the probe's read timeout (2 s), and 40 of them queue the Stop behind them
+    from jarvis import create_app
+
+    app = create_app(test_config(hung, tmp_path, max_streams=2, connect_timeout_s=1.0))
+    try:
+        server = make_server(app)
+        api = Api(server.url)
+        sid = api.session()
+        sse = api.send(sid, "x")  # waits for a first token that never comes
+        assert sse.next()[0] == "start"
+        baseline = min(_stop_latency(api, sid) for _ in range(1))
+        assert sse.end()["status"] == "stopped"
+
+        sse = api.send(sid, "y")
+        assert sse.next()[0] == "start"
+        answered = []
+
+        def hammer():
+            r = requests.get(api.url + "/healthz", timeout=(2, 30))
+            answered.append(r.json()["upstream_ok"])
+
+        threads = [threading.Thread(target=hammer, name=f"healthz-{i}") for i in range(40)]
+        for t in threads:
+            t.start()
+        try:
+            hammered = _stop_latency(api, sid)
+            assert sse.end()["status"] == "stopped"
+        finally:
+            for t in threads:
+                t.join(30)
+        assert answered == [False] * 40
+        # the old code took at least the probe's 2 s read timeout; the margin absorbs two busy cores
+        assert hammered < max(0.5, baseline * 10), (baseline, hammered)
+    finally:
+        assert app.extensions["jarvis"].shutdown(5.0) == []
+
+
+def test_healthz_answers_at_once_while_the_model_server_hangs(hung, make_app, make_server):
+    app = make_app(ollama_url=hung.url)
+    api = Api(make_server(app).url)
+    began = time.monotonic()
+    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    assert time.monotonic() - began < 0.5  # the old code waited the probe's 2 s read timeout
+    assert health["upstream_ok"] is False
+
+
+def test_healthz_follows_the_model_server_coming_and_going(make_app, make_server, fake):
+    app = make_app(health_interval_s=0.05)
+    api = Api(make_server(app).url)
+
+    def upstream_ok():
+        return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["upstream_ok"]
+
+    assert upstream_ok() is True
+    fake.close()  # refuses connections from now on
+    wait_for(lambda: upstream_ok() is False, timeout=5, what="the probe to see the server gone")

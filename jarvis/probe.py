@@ -39,8 +39,12 @@ class Prober:
     def start(self, first_wait_s: float = FIRST_WAIT_S) -> Prober:
         """Start probing; wait up to ``first_wait_s`` for the first answer."""
         self._thread.start()
-        self._answered.wait(first_wait_s)
+        self.wait_first(first_wait_s)
         return self
+
+    def wait_first(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first answer; True once there is one."""
+        return self._answered.wait(max(0.0, timeout))
 
     def latest(self) -> tuple[dict, float]:
         """The last answer and the monotonic time its probe began (0.0 before any)."""
@@ -51,10 +55,14 @@ class Prober:
         """Probe again now instead of at the next interval (a failure was just seen)."""
         self._wake.set()
 
-    def close(self, timeout: float) -> bool:
-        """Stop probing and wait up to ``timeout`` seconds; True when the thread has ended."""
+    def stop(self) -> None:
+        """Ask the thread to end after its current probe, without waiting."""
         self._stop.set()
         self._wake.set()
+
+    def close(self, timeout: float) -> bool:
+        """Stop probing and wait up to ``timeout`` seconds; True when the thread has ended."""
+        self.stop()
         if self._thread.ident is None:
             return True
         self._thread.join(max(0.0, timeout))

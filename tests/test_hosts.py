@@ -57,7 +57,7 @@ def test_a_prompt_goes_to_a_host_that_has_its_model(serve):
             "tiny:latest": [b.url],
         }
         assert [(h["url"], h["state"]) for h in models["hosts"]] == [(a.url, "up"), (b.url, "up")]
-        for model, fake in (("big", a), ("tiny", b), ("big", a), ("tiny", b)):
+        for model, fake in (("big", a), ("big", a), ("tiny", b), ("tiny", b)):  # not in turns
             assert api.send(api.session(), "x", model=model).end()["status"] == "completed"
             assert fake.chat_calls()[-1].body["model"] == model
         assert len(a.chat_calls()) == len(b.chat_calls()) == 2

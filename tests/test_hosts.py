@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import requests
 
 from jarvis.config import Config, ConfigError
 from jarvis.upstream.hosts import Hosts
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, jarvis_command, wait_for
 from tests.fake_ollama import FakeOllama, Script
 from tests.hung_server import HungServer
 
@@ -227,3 +228,19 @@ def test_upstreams_setting_is_checked_at_start(fake):
         assert router.health()["hosts"][0]["state"] == "up"
     finally:
         router.close()
+
+
+def test_check_prints_each_host_and_its_state(fake, tmp_path):
+    dead = "http://127.0.0.1:9"
+    env = clean_env(
+        JARVIS_UPSTREAMS=f"ollama={fake.url},ollama={dead}",
+        JARVIS_MODEL="tiny",
+        JARVIS_DATABASE=str(tmp_path / "check.sqlite3"),
+    )
+    out = subprocess.run(
+        jarvis_command("check"), env=env, capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert out.returncode == 1, out.stdout
+    assert f"ok   ollama host {fake.url} is up (2 models)" in out.stdout
+    assert f"FAIL ollama host {dead} is down" in out.stdout
+    assert "ok   model tiny is present" in out.stdout

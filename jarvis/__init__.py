@@ -58,7 +58,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     registry = Registry(cfg.max_streams, cfg.disconnect_poll_s)
     metrics = Metrics(live_streams=registry.active)
     upstream = select_upstream(cfg, metrics)
-    health = Prober(upstream.health, cfg.health_interval_s).start()
+    health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
     app.extensions["jarvis"] = Jarvis(cfg, store, registry, upstream, metrics, Accounts(store), health=health)
 
     from . import api, auth, web

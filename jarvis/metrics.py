@@ -63,5 +63,12 @@ class Metrics:
             "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
         )
 
+    def unreachable(self) -> float:
+        """Prompts that found the model server refusing or not accepting connections, so far."""
+        return sum(
+            self.registry.get_sample_value("jarvis_upstream_errors_total", {"code": code}) or 0.0
+            for code in ("upstream_unavailable", "connect_timeout")
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,13 +17,24 @@ from collections.abc import Callable
 from . import log
 
 FIRST_WAIT_S = 0.5  # start() waits this long for a first answer, so a fresh app reports real state
+DOWN_INTERVAL_S = 1.0  # longest pause between probes of a server that did not answer
 
 
 class Prober:
     """Calls ``check()`` every ``interval_s`` seconds in its own thread and keeps the last answer."""
 
-    def __init__(self, check: Callable[[], dict], interval_s: float, name: str = "upstream"):
+    def __init__(
+        self,
+        check: Callable[[], dict],
+        interval_s: float,
+        name: str = "upstream",
+        failures: Callable[[], float] | None = None,
+    ):
         self._check = check
+        # a count of prompts that could not reach the server: one newer than the last probe
+        # makes its answer stale, so /healthz says "down" at once and a probe runs now
+        self._failures = failures or (lambda: 0.0)
+        self._mark = 0.0
         self.interval_s = interval_s
         self.name = name
         self._lock = threading.Lock()
@@ -49,7 +60,12 @@ class Prober:
     def latest(self) -> tuple[dict, float]:
         """The last answer and the monotonic time its probe began (0.0 before any)."""
         with self._lock:
-            return self._latest, self._at
+            answer, at, mark = self._latest, self._at, self._mark
+        if answer.get("ok") and self._failures() > mark:
+            self.poke()
+            error = {"code": "upstream_unavailable", "message": "a prompt could not reach it; probing again"}
+            return {**answer, "ok": False, "error": error}, at
+        return answer, at
 
     def poke(self) -> None:
         """Probe again now instead of at the next interval (a failure was just seen)."""
@@ -74,13 +90,15 @@ class Prober:
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
+            mark = self._failures()
             try:
                 answer = self._check()
             except Exception as e:  # a bug in a check must not end the probing; it is logged
                 log.log.exception("health probe %s crashed", self.name)
                 answer = {"ok": False, "error": {"code": "internal_error", "message": type(e).__name__}}
             with self._lock:
-                self._latest, self._at = answer, began
+                self._latest, self._at, self._mark = answer, began, mark
             self._answered.set()
-            self._wake.wait(self.interval_s)
+            # a server that is down is asked again sooner: its return is news worth having early
+            self._wake.wait(self.interval_s if answer.get("ok") else min(self.interval_s, DOWN_INTERVAL_S))
             self._wake.clear()

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import HTTP_TIMEOUT, Api, test_config, wait_for
+from tests.fake_ollama import FakeOllama
 from tests.hung_server import HungServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,3 +85,19 @@ def test_healthz_follows_the_model_server_coming_and_going(make_app, make_server
     assert upstream_ok() is True
     fake.close()  # refuses connections from now on
     wait_for(lambda: upstream_ok() is False, timeout=5, what="the probe to see the server gone")
+
+
+def test_a_prompt_that_finds_the_server_gone_turns_healthz_down_at_once(make_app, make_server, fake):
+    app = make_app(health_interval_s=60)  # the next scheduled probe is a minute away
+    api = Api(make_server(app).url)
+    assert health(api)["upstream_ok"] is True
+    fake.close()
+    end = api.send(api.session(), "x").end()
+    assert end["error"]["code"] == "upstream_unavailable"
+    assert health(api)["upstream_ok"] is False  # not a minute later
+    with FakeOllama(port=fake.port):
+        wait_for(lambda: health(api)["upstream_ok"] is True, timeout=5, what="the re-probe to see it back")
+
+
+def health(api: Api) -> dict:
+    return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import time
 
@@ -228,6 +229,9 @@ def test_upstreams_setting_is_checked_at_start(fake):
         assert router.health()["hosts"][0]["state"] == "up"
     finally:
         router.close()
+    if importlib.util.find_spec("jarvis.upstream.openai") is None:  # until that kind is built in
+        with pytest.raises(ConfigError, match="openai host, but jarvis.upstream.openai.OpenAIUpstream"):
+            Hosts.from_config(Config.from_env({"JARVIS_UPSTREAMS": "openai=http://127.0.0.1:9/v1"}))
 
 
 def test_check_prints_each_host_and_its_state(fake, tmp_path):

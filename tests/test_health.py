@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from jarvis.probe import Prober
 from tests.conftest import HTTP_TIMEOUT, Api, test_config, wait_for
 from tests.fake_ollama import FakeOllama
 from tests.hung_server import HungServer
@@ -101,3 +102,39 @@ def test_a_prompt_that_finds_the_server_gone_turns_healthz_down_at_once(make_app
 
 def health(api: Api) -> dict:
     return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+
+
+def test_closing_the_prober_is_bounded_while_a_probe_hangs():
+    # would hang: a close that joins a probe stuck in a hung server's read without a timeout
+    release = threading.Event()
+    entered = threading.Event()
+
+    def check() -> dict:
+        entered.set()
+        release.wait(10)
+        return {"ok": True}
+
+    prober = Prober(check, 0.05).start(first_wait_s=0)
+    assert entered.wait(5)
+    began = time.monotonic()
+    assert prober.close(0.1) is False
+    assert time.monotonic() - began < 1
+    release.set()
+    assert prober.close(5) is True
+
+
+def test_a_crashing_probe_is_reported_down_and_probing_goes_on(caplog):
+    calls = []
+
+    def check() -> dict:
+        calls.append(1)
+        raise RuntimeError("a bug in a check")
+
+    prober = Prober(check, 0.01).start()
+    try:
+        wait_for(lambda: len(calls) >= 2, what="a second probe after the crash")
+        answer, at = prober.latest()
+        assert answer["ok"] is False and answer["error"]["code"] == "internal_error" and at > 0
+        assert "health probe upstream crashed" in caplog.text
+    finally:
+        assert prober.close(5)

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import endurance, latency, openai, report, scale, servers, streaming
+from . import endurance, hosts, latency, openai, report, scale, servers, streaming
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -73,7 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
-    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="which sections to run (default: all)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4,5,6,7,8,9", help="which sections to run (default: all)"
+    )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    default_out = not (args.quick or args.target or args.upstream or wanted != set("12345678"))
+    default_out = not (args.quick or args.target or args.upstream or wanted != set("123456789"))
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,7 @@ def _run(
     section("7", lambda: _embedded(workdir, args.quick))
     if fake is not None:  # section 8 scripts its own fake OpenAI-compatible server
         section("8", lambda: openai.run(workdir, args.model, MAX_STREAMS, plan))
+    section("9", lambda: hosts.run(fake.url if fake else None, workdir, args.quick))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -271,6 +274,11 @@ ABOUT = """
   Jarvis's response. With nothing else to write, that is two to three heartbeats; `jarvis serve`
   instead lets waitress read ahead and polls for the closed channel every `JARVIS_DISCONNECT_POLL`
   (20 ms).
+- **Model hosts (section 8).** Routing overhead is measured in the benchmark process, with no HTTP
+  server between: `Hosts` (two URLs of the same fake) against `OllamaUpstream` on the same fake,
+  alternating. The stop rows run `jarvis serve` once against the fake (scripted to load for 30 s) and
+  once against a listener that accepts connections and never answers, each stopped idle and while 40
+  clients request `/healthz` without pause; the hung/healthy ratio is what a hung model server adds.
 - **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
   `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
   the fake, which leaves only the rows that need no script.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from .accounts import Accounts
 from .config import Config
 from .history import Store
 from .metrics import Metrics
+from .probe import Prober
 from .registry import Registry
 from .upstream import Upstream, select_upstream
 
@@ -28,10 +30,15 @@ class Jarvis:
     metrics: Metrics
     accounts: Accounts
     watch_disconnects: bool = False  # set by jarvis serve, which turns on waitress's lookahead
+    health: Prober | None = None  # the upstream's health, probed in the background
 
     def shutdown(self, timeout: float | None = None) -> list:
         """Cancel every live stream and wait (bounded); returns the streams left."""
-        left = self.registry.shutdown(self.config.shutdown_timeout_s if timeout is None else timeout)
+        timeout = self.config.shutdown_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        left = self.registry.shutdown(timeout)
+        if self.health is not None:
+            self.health.close(deadline - time.monotonic())
         self.upstream.close()
         if not left:  # a detached worker's stream may still save its answer
             self.store.close()
@@ -50,7 +57,9 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         log.event("recovered_interrupted", count=recovered)
     registry = Registry(cfg.max_streams, cfg.disconnect_poll_s)
     metrics = Metrics(live_streams=registry.active)
-    app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics, Accounts(store))
+    upstream = select_upstream(cfg, metrics)
+    health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
+    app.extensions["jarvis"] = Jarvis(cfg, store, registry, upstream, metrics, Accounts(store), health=health)
 
     from . import api, auth, web
 

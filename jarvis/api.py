@@ -85,7 +85,9 @@ def send_message(session_id: str):
 @bp.get("/api/models")
 def models():
     j = jarvis()
-    return {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
+    body = {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
+    hosts = j.health.latest()[0].get("hosts")  # several hosts: each with its state, for the picker
+    return body if hosts is None else {**body, "hosts": hosts}
 
 
 @bp.get("/metrics")
@@ -96,7 +98,7 @@ def metrics():
 @bp.get("/healthz")
 def healthz():
     j = jarvis()
-    upstream = j.upstream.health()
+    upstream, _ = j.health.latest()  # probed in the background: a hung model server costs nothing here
     return {
         "status": "ok",
         "active_streams": j.registry.active(),
@@ -105,6 +107,7 @@ def healthz():
         "model": j.upstream.default_model,
         "upstream_ok": upstream["ok"],
         "upstream": upstream,
+        **({"hosts": upstream["hosts"]} if "hosts" in upstream else {}),
     }
 
 

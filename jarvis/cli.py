@@ -299,8 +299,21 @@ def cmd_check(args) -> int:
     from .upstream import select_upstream
 
     upstream = select_upstream(cfg)
+    for host in getattr(upstream, "hosts", ()):  # JARVIS_UPSTREAMS: one line per host
+        host.prober.wait_first(cfg.connect_timeout_s + 3)  # a check may wait out a slow first probe
+        info = host.describe()
+        report(
+            info["state"] == "up",
+            f"{info['kind']} host {info['url']} is {info['state']}"
+            + (f": {info['error']['message']}" if info.get("error") else f" ({len(info['models'])} models)"),
+            "start it, or remove it from JARVIS_UPSTREAMS",
+        )
     health = upstream.health()
-    where = getattr(upstream, "url", "in-process")
+    where = (
+        getattr(upstream, "url", None)
+        or ", ".join(h.url for h in getattr(upstream, "hosts", ()))
+        or "in-process"
+    )
     if not health["ok"]:
         report(
             False,

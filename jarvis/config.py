@@ -40,6 +40,12 @@ class Config:
         "", "Key sent as Authorization: Bearer to the OpenAI-compatible server; never logged.", secret=True
     )
     openai_api_key_file: str = _f("", "File holding that key instead (its first line).")
+    upstreams: str = _f(
+        "",
+        "Several model hosts, comma-separated KIND=URL[;max=N] (KIND: ollama or openai; N: that "
+        "host's concurrent answers, default no limit); when set, JARVIS_BACKEND and "
+        "JARVIS_OLLAMA_URL are not used.",
+    )
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
     local_max_tokens: int = _f(
         0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
@@ -70,6 +76,11 @@ class Config:
     max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
+    health_interval_s: float = _f(
+        5.0,
+        "Seconds between background probes of the model server(s); /healthz serves the last.",
+        minimum=0.01,
+    )
     shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
     secret_key: str = _f("", "Key that signs login cookies (default: generated once in the instance folder).")
@@ -111,6 +122,48 @@ class Config:
                 raise ConfigError(f"{env_name(name)} must start with http:// or https://, not {url!r}")
         if self.openai_api_key and self.openai_api_key_file:
             raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
+        self.hosts()  # raises on a malformed JARVIS_UPSTREAMS
+
+    def hosts(self) -> tuple[HostSpec, ...]:
+        """The hosts named in JARVIS_UPSTREAMS, in order (empty: one upstream, the short form)."""
+        specs = []
+        for item in (part.strip() for part in self.upstreams.split(",")):
+            if not item:
+                continue
+            kind, _, rest = item.partition("=")
+            url, *params = rest.strip().split(";")
+            spec = HostSpec(kind.strip(), url.strip().rstrip("/"))
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() != "max" or not value.strip().isdigit():
+                    spec = None
+                    break
+                spec = dataclasses.replace(spec, max_streams=int(value))
+            if (
+                spec is None
+                or spec.kind not in HOST_KINDS
+                or not spec.url.startswith(("http://", "https://"))
+            ):
+                raise ConfigError(
+                    f"JARVIS_UPSTREAMS: {item!r} is not KIND=URL[;max=N] with KIND one of "
+                    f"{', '.join(HOST_KINDS)} and an http:// or https:// URL"
+                )
+            if any(s.url == spec.url for s in specs):
+                raise ConfigError(f"JARVIS_UPSTREAMS names {spec.url} twice")
+            specs.append(spec)
+        return tuple(specs)
+
+
+HOST_KINDS = ("ollama", "openai")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One entry of JARVIS_UPSTREAMS."""
+
+    kind: str
+    url: str
+    max_streams: int = 0  # concurrent answers on this host; 0: no limit
 
 
 def env_name(field_name: str) -> str:

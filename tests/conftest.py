@@ -143,9 +143,10 @@ def jarvis_server(fake, tmp_path, monkeypatch, make_server):
     """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
     for key, value in test_config(fake, tmp_path).items():
         monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
-    import wsgi
-
-    app = importlib.reload(wsgi).app
+    if "wsgi" in sys.modules:  # each app probes its upstream in a thread: build just one
+        app = importlib.reload(sys.modules["wsgi"]).app
+    else:
+        app = importlib.import_module("wsgi").app
     _apps.append(app)
     server = make_server(app)
     yield Live(server.url, fake, app, server)

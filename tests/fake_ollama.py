@@ -80,7 +80,7 @@ class FakeOllama:
     CHAT_PATH = "/api/chat"
     kind = "ollama"  # the JARVIS_BACKEND that reads it
 
-    def __init__(self, models=OK_MODELS, key=None):
+    def __init__(self, models=OK_MODELS, key=None, port=0):
         self.models = list(models)
         self.key = key  # body -> session key; set to detect overlapping calls of one session
         self.overlaps: list[tuple[Call, Call]] = []
@@ -93,7 +93,7 @@ class FakeOllama:
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock = socket.create_server(("127.0.0.1", port))  # a port: a server back where it was
         self._sock.settimeout(0.05)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

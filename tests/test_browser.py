@@ -510,3 +510,28 @@ def test_without_accounts_there_is_nothing_to_sign_out_of(tab, jarvis_server):
     tab.page.get_by_role("link", name="Open Jarvis").click()
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
     assert console_errors(tab) == []
+
+
+def test_model_picker_shows_each_host_and_its_state(browser, make_app, make_server, fake):
+    import requests
+
+    from tests.conftest import wait_for
+    from tests.fake_ollama import FakeOllama
+
+    with FakeOllama(models=("tiny",)) as other:
+        app = make_app(upstreams=f"ollama={fake.url},ollama={other.url}", health_interval_s=0.05)
+        url = make_server(app).url
+        context = browser.new_context()
+        try:
+            tab = Tab(context.new_page(), url).open()
+            options = tab.page.locator("#model option")
+            expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (2/2 hosts up)"])
+            other.close()  # the second host dies: the picker says so once the probe has seen it
+            wait_for(lambda: "down" in requests.get(url + "/api/models", timeout=5).text, what="down")
+            tab.open()
+            expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (1/2 hosts up)"])
+            assert f"{other.url}: down" in options.nth(1).get_attribute("title")
+            expect(tab.page.locator("#backend")).to_contain_text("Model hosts")
+            assert tab.errors == [] and tab.csp_violations() == []
+        finally:
+            context.close()

@@ -81,11 +81,15 @@ class Upstream(Protocol):
         ...
 
 
-def select_upstream(config) -> Upstream:
-    """Pick the backend: JARVIS_BACKEND, or for auto, Ollama if it answers, else the local model."""
+def select_upstream(config, metrics=None) -> Upstream:
+    """Pick the backend: JARVIS_UPSTREAMS' hosts, else JARVIS_BACKEND (auto: Ollama if it answers)."""
     from .. import log
     from .ollama import OllamaUpstream
 
+    if config.upstreams:
+        from .hosts import Hosts
+
+        return Hosts.from_config(config, metrics)
     if config.backend == "ollama":
         return OllamaUpstream(config)
     if config.backend == "openai":

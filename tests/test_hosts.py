@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ from jarvis.config import Config, ConfigError
 from jarvis.upstream.hosts import Hosts
 from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, jarvis_command, wait_for
 from tests.fake_ollama import FakeOllama, Script
+from tests.fake_openai import FakeOpenAI
 from tests.hung_server import HungServer
 
 STALL = Script(tokens=5, stall_after=1)  # one token, then silence until the client leaves
@@ -233,9 +233,27 @@ def test_upstreams_setting_is_checked_at_start(fake):
         assert router.health()["hosts"][0]["state"] == "up"
     finally:
         router.close()
-    if importlib.util.find_spec("jarvis.upstream.openai") is None:  # until that kind is built in
-        with pytest.raises(ConfigError, match="openai host, but jarvis.upstream.openai.OpenAIUpstream"):
-            Hosts.from_config(Config.from_env({"JARVIS_UPSTREAMS": "openai=http://127.0.0.1:9/v1"}))
+
+
+def test_ollama_and_openai_compatible_hosts_serve_side_by_side(make_app, make_server):
+    with FakeOllama(models=("llama3.2",)) as ollama, FakeOpenAI(models=("qwen",)) as openai:
+        hosts = f"ollama={ollama.url},openai={openai.api_url}"
+        api = Api(make_server(make_app(upstreams=hosts, health_interval_s=0.05)).url)
+        models = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT).json()["models"]
+        assert {m["name"]: m["hosts"] for m in models} == {
+            "llama3.2:latest": [ollama.url],
+            "qwen": [openai.api_url],
+        }
+        for model, fake in (("qwen", openai), ("llama3.2", ollama), ("qwen", openai)):
+            assert api.send(api.session(), "x", model=model).end()["status"] == "completed"
+            assert fake.chat_calls()[-1].body["model"] == model
+        openai.script(STALL)
+        sid = api.session()
+        sse = api.send(sid, "x", model="qwen")
+        sse.until("token")
+        api.stop(sid)
+        assert sse.end()["status"] == "stopped"
+        assert openai.chat_calls()[-1].wait_closed(5), "the OpenAI-compatible host's connection stayed open"
 
 
 def test_check_prints_each_host_and_its_state(fake, tmp_path):

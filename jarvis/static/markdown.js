@@ -48,7 +48,18 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 });
 
 export function renderMarkdown(target, text) {
-  const html = DOMPurify.sanitize(markdown.parse(text), PURIFY);
+  let html;
+  try {
+    html = DOMPurify.sanitize(markdown.parse(text), PURIFY);
+  } catch (err) {
+    // a pathological answer (thousands of nested quotes) overflows the parser's stack:
+    // show that one answer as plain text, and the rest of the conversation still renders
+    console.warn("Markdown rendering failed; the answer is shown as plain text:", err.message);
+    target.classList.add("plain-text");
+    target.textContent = text;
+    return;
+  }
+  target.classList.remove("plain-text");
   target.innerHTML = html;
   for (const head of target.querySelectorAll(".code-head")) head.append(copyButton());
 }

@@ -15,6 +15,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jarvis", description="A chat-assistant server that never hangs.")
+    parser.add_argument("--version", action="version", version=f"jarvis {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server under waitress")
@@ -373,6 +374,15 @@ def _error_message(response) -> str:
     if response.status_code == 503 and response.headers.get("Retry-After"):
         message += f" (retry after {response.headers['Retry-After']} s)"
     return message
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jarvis")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

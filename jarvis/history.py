@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 BUSY_TIMEOUT_S = 5.0
+TITLE_CHARS = 60
 LIVE_STATUSES = ("streaming", "queued")
 
 
@@ -190,7 +191,7 @@ class Store:
                 " updated_at) VALUES (?, 'assistant', '', 'streaming', ?, ?, ?, ?)",
                 (session_id, trace_id, model, now, now),
             ).lastrowid
-            title = prompt.strip().splitlines()[0][:60] if prompt.strip() else ""
+            title = _title(prompt)
             db.execute(
                 "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END"
                 " WHERE id = ?",
@@ -227,6 +228,12 @@ def _create_private(path: str) -> None:
 def _shown(session_id: str) -> str:
     # an error echoes a bounded id: a client cannot make the answer or the log grow with it
     return repr(session_id if len(session_id) <= 40 else session_id[:40] + "…")
+
+
+def _title(prompt: str) -> str:
+    """A session's title: the prompt's first line, cut to TITLE_CHARS with an ellipsis."""
+    line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
 def _message(row: sqlite3.Row) -> dict:

@@ -196,6 +196,19 @@ def test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context(api,
     assert [m["role"] for m in sent] == ["user", "assistant", "user"], "a cut answer is still context"
 
 
+def test_a_long_first_line_becomes_a_title_with_an_ellipsis(api, fake):
+    fake.script(tokens=1)
+    short, long = api.session(), api.session()
+    api.send(short, "Short question\nwith a second line").end()
+    api.send(long, "word " * 30).end()
+    listed = requests.get(api.url + "/api/sessions", headers=api.headers, timeout=HTTP_TIMEOUT).json()[
+        "sessions"
+    ]
+    titles = {s["id"]: s["title"] for s in listed}
+    assert titles[short] == "Short question"
+    assert len(titles[long]) == 60 and titles[long].endswith("word…")
+
+
 def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):
     caplog.set_level(logging.INFO, logger="jarvis")
     fake.script(tokens=500, interval_s=0.01)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -178,3 +179,12 @@ def test_metrics_move_as_streams_run(api, fake):
     assert samples["jarvis_time_to_first_token_seconds_count"] == 2
     assert samples["jarvis_tokens_streamed_total"] >= 4
     assert samples["jarvis_live_streams"] == 0
+
+
+def test_version_names_the_installed_package():
+    from importlib import metadata
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jarvis.cli", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"jarvis {metadata.version('jarvis')}"

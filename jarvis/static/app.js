@@ -198,6 +198,7 @@ function paint(li, msg) {
       cursor.className = "cursor";
       cursor.setAttribute("aria-hidden", "true");
     }
+    cursor.remove(); // answers are drawn incrementally: the old cursor may still be in place
     (content.lastElementChild && !content.lastElementChild.matches(".code-block, ul, ol, table")
       ? content.lastElementChild
       : content

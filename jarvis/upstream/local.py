@@ -459,6 +459,7 @@ class LocalUpstream:
             import llama_cpp
         except (ImportError, OSError, RuntimeError) as e:
             raise UpstreamUnavailable(f"llama-cpp-python is not usable ({e}): {INSTALL_HINT}") from e
+        _route_llama_logs(llama_cpp)
         threads = _threads()
         started = time.monotonic()
         try:
@@ -521,6 +522,26 @@ class LocalUpstream:
             llama.close()
         self._abort_ref = None  # only now: the context that called it is gone
         self._freed.set()
+
+
+def _route_llama_logs(llama_cpp) -> None:
+    """Send llama.cpp's own lines (one on every aborted decode) to the log at debug, not to stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    llama_log = logging.getLogger("jarvis.llama")
+
+    def forward(_level, text, _data):
+        line = text.decode("utf-8", "replace").rstrip() if text else ""
+        if line:
+            llama_log.debug("%s", line)
+
+    # process-wide in llama.cpp; the reference keeps the callback alive as long as it is installed
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_log_callback, None)
+
+
+_log_callback = None
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

@@ -94,7 +94,9 @@ def cmd_serve(args) -> int:
         log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
     elif not _is_loopback(args.host):
         log.log.warning(
-            "listening on %s: reachable from other machines; every request needs sign-in", args.host
+            "listening on %s: reachable from other machines; every request needs sign-in, and only "
+            "loopback names and JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
         )
     try:
         server = Server(app, host=args.host, port=args.port, threads=args.threads)

@@ -209,7 +209,11 @@ class RevocationWatch:
         if not live:
             return 0
         revoked = self.accounts.revoked(live)
-        return self.registry.cancel_where(lambda s: s.credential in revoked, "revoked") if revoked else 0
+        if not revoked:
+            return 0
+        ended = self.registry.cancel_where(lambda s: s.credential in revoked, "revoked")
+        log.event("streams_revoked", count=ended)
+        return ended
 
     def close(self, timeout: float = 2.0) -> None:
         self._closed.set()

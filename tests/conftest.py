@@ -320,7 +320,7 @@ class Served:
 
 
 @pytest.fixture(params=["jarvis serve", "waitress"])
-def served(request, fake, tmp_path):
+def hosted(request, fake, tmp_path):
     """Start Jarvis as ``jarvis serve`` and as plain ``python -m waitress … wsgi:app``: one test, both hosts.
 
     Call with extra JARVIS_* settings; the local token is generated, as on a fresh machine.

@@ -121,9 +121,9 @@ def test_a_client_gone_behind_nginx_cancels_the_upstream(make_app, make_server, 
     assert call.wait_closed(3) and call.closed_by == "client"
 
 
-def test_nothing_is_served_through_a_default_proxy_without_the_local_token(served, nginx):
+def test_nothing_is_served_through_a_default_proxy_without_the_local_token(hosted, nginx):
     # loopback trust alone let any client of such a proxy create sessions and read them
-    server = served()
+    server = hosted()
     url = nginx(int(server.url.rsplit(":", 1)[1]), DEFAULT_LOCATION)
     import requests
 

@@ -33,8 +33,8 @@ def _cli(server: Served, *args: str, stdin: str = "") -> subprocess.CompletedPro
     return out
 
 
-def test_nothing_is_served_without_the_local_token(served):
-    server = served()
+def test_nothing_is_served_without_the_local_token(hosted):
+    server = hosted()
     assert server.token and len(server.token) >= 43
     url = server.url
     for method, path in (("get", "/api/sessions"), ("post", "/api/sessions"), ("get", "/metrics")):
@@ -51,8 +51,8 @@ def test_nothing_is_served_without_the_local_token(served):
     assert requests.get(url + "/metrics", headers=auth, timeout=HTTP_TIMEOUT).status_code == 200
 
 
-def test_the_printed_address_signs_the_browser_in(served):
-    server = served()
+def test_the_printed_address_signs_the_browser_in(hosted):
+    server = hosted()
     if server.kind != "jarvis serve":
         pytest.skip("only jarvis serve prints an address")
     browser = requests.Session()
@@ -61,8 +61,8 @@ def test_the_printed_address_signs_the_browser_in(served):
     assert browser.get(server.url + "/api/sessions", timeout=HTTP_TIMEOUT).status_code == 200
 
 
-def test_jarvis_chat_reads_the_local_token_file(served, fake):
-    server = served()
+def test_jarvis_chat_reads_the_local_token_file(hosted, fake):
+    server = hosted()
     fake.script(Script(tokens=["Hello"]))
     out = _cli(server, "chat", "--url", server.url, "hi")
     assert out.stdout == "Hello\n"
@@ -96,8 +96,8 @@ def _post_huge(url: str, path: str, size: int) -> bytes:
         return s.recv(4096)
 
 
-def test_a_200_mb_sign_in_is_refused_without_growing_the_process(served):
-    server = served()
+def test_a_200_mb_sign_in_is_refused_without_growing_the_process(hosted):
+    server = hosted()
     _cli(server, "user", "add", "ann", stdin=PASSWORD + "\n")
     pid = server.proc.pid
     requests.post(server.url + "/login", data={"name": "ann", "password": "warm up"}, timeout=HTTP_TIMEOUT)
@@ -111,10 +111,10 @@ def test_a_200_mb_sign_in_is_refused_without_growing_the_process(served):
 
 
 @pytest.mark.parametrize("revoke", ["token revoke", "user remove", "user passwd"])
-def test_a_revocation_by_another_process_ends_live_answers_within_a_second(served, fake, revoke):
+def test_a_revocation_by_another_process_ends_live_answers_within_a_second(hosted, fake, revoke):
     # without the revocation watch the answer would run until the model's 60 s load ends
     fake.script(Script(load_delay_s=60))
-    server = served()
+    server = hosted()
     _cli(server, "user", "add", "ann", stdin=PASSWORD + "\n")
     token = _cli(server, "token", "create", "--user", "ann").stdout.strip()
     http = requests.Session()
@@ -142,8 +142,8 @@ def test_a_revocation_by_another_process_ends_live_answers_within_a_second(serve
     assert http.get(server.url + "/api/sessions", timeout=HTTP_TIMEOUT).status_code == 401
 
 
-def test_the_instance_files_of_a_running_server_are_private(served):
-    server = served()
+def test_the_instance_files_of_a_running_server_are_private(hosted):
+    server = hosted()
     requests.post(server.url + "/api/sessions", headers=_bearer(server.token), timeout=HTTP_TIMEOUT)
     assert os.stat(server.instance).st_mode & 0o777 == 0o700
     for name in sorted(os.listdir(server.instance)):

@@ -223,17 +223,20 @@ class RevocationWatch:
             thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._closed.wait(self.interval_s):
-            try:
-                self.check()
-            except StoreError as e:  # a busy or broken database: try again at the next turn
-                log.event("revocation_check_failed", logging.WARNING, error=e.message)
-            with self._lock:
-                if not any(s.credential for s in self.registry.live()):
+        try:
+            while not self._closed.wait(self.interval_s):
+                try:
+                    self.check()
+                except StoreError as e:  # a busy or broken database: try again at the next turn
+                    log.event("revocation_check_failed", logging.WARNING, error=e.message)
+                with self._lock:
+                    if not any(s.credential for s in self.registry.live()):
+                        self._thread = None
+                        return
+        finally:
+            with self._lock:  # however it ends, the next watch() starts a new thread
+                if self._thread is threading.current_thread():
                     self._thread = None
-                    return
-        with self._lock:
-            self._thread = None
 
 
 def _digest(token: str) -> str:

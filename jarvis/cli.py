@@ -91,7 +91,11 @@ def cmd_serve(args) -> int:
                 "read and drive Jarvis. Create one with `jarvis user add NAME`, or pass --insecure-no-auth.",
                 EXIT_USAGE,
             )
-        log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
+        log.log.warning(
+            "INSECURE: serving %s with no authentication (--insecure-no-auth); only loopback names and "
+            "JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
+        )
     elif not _is_loopback(args.host):
         log.log.warning(
             "listening on %s: reachable from other machines; every request needs sign-in, and only "

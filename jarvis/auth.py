@@ -130,9 +130,10 @@ def _local_mode(cfg: Config):
         )
     token = _bearer()
     if token is not None:
-        if not _is_local_token(token):
+        if _is_local_token(token):
+            g.signed_in = True
+        elif request.endpoint not in OPEN_ENDPOINTS:
             raise Unauthorized(f"the bearer token is not the local token: {LOCAL_ADVICE}")
-        g.signed_in = True
         return None
     offered = request.args.get("token")
     if offered is not None and request.method == "GET" and _is_local_token(offered):

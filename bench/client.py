@@ -161,7 +161,8 @@ def _post_bytes(url: str, path: str, body: dict) -> bytes:
 
 
 class Parser:
-    """Splits body bytes into events: SSE frames, or Ollama's NDJSON lines (named ``line``)."""
+    """Splits body bytes into events: SSE frames, Ollama's NDJSON lines (named ``line``), or
+    an OpenAI-compatible server's SSE chunks (kind ``openai``, named ``line`` as well)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -173,7 +174,7 @@ class Parser:
         """Parse bytes that arrived at ``at``; returns the events they completed."""
         if not data:
             return []
-        sep = b"\n\n" if self.kind == "sse" else b"\n"
+        sep = b"\n" if self.kind == "ndjson" else b"\n\n"
         *frames, self._pending = (self._pending + data).split(sep)
         return [e for frame in frames if (e := self._parse(frame, at)) is not None]
 
@@ -186,6 +187,8 @@ class Parser:
             if text:
                 self.texts.append(text)
             return Event("line", data, at)
+        if self.kind == "openai":
+            return self._parse_openai(frame, at)
         name, data = "message", None
         for line in frame.split(b"\n"):
             if line.startswith(b":"):
@@ -199,6 +202,18 @@ class Parser:
         if name == "token":
             self.texts.append(data["text"])
         return Event(name, data, at)
+
+    def _parse_openai(self, frame: bytes, at: float) -> Event | None:
+        data = frame.strip().removeprefix(b"data: ")
+        if not data or data.startswith(b":"):
+            return None
+        if data == b"[DONE]":
+            return Event("done", {}, at)
+        chunk = json.loads(data)
+        text = "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+        if text:
+            self.texts.append(text)
+        return Event("line", {"message": {"content": text}}, at)
 
 
 class EventStream:
@@ -346,7 +361,7 @@ class BulkStream:
 
     def text(self) -> str:
         parser = Parser(self.kind)
-        parser.feed(self.body + (b"\n\n" if self.kind == "sse" else b"\n"), self.done_at or 0.0)
+        parser.feed(self.body + (b"\n" if self.kind == "ndjson" else b"\n\n"), self.done_at or 0.0)
         return "".join(parser.texts)
 
 

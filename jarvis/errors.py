@@ -18,6 +18,7 @@ that end a stream, the terminal ``status`` the answer is stored with::
     └── UpstreamError              502, the model side failed; ends a stream as failed
         ├── UpstreamUnavailable    upstream_unavailable (retryable: start Ollama)
         ├── ModelNotFound          model_not_found
+        ├── UpstreamUnauthorized   upstream_unauthorized (the server refused the API key)
         ├── UpstreamHTTPError      upstream_http_error
         ├── UpstreamStreamError    upstream_error (an error line mid-answer)
         ├── UpstreamProtocolError  upstream_bad_response
@@ -129,6 +130,12 @@ class UpstreamUnavailable(UpstreamError):
 
 class ModelNotFound(UpstreamError):
     code = "model_not_found"
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The model server refused the API key; retrying will not help until the key is fixed."""
+
+    code = "upstream_unauthorized"
 
 
 class UpstreamHTTPError(UpstreamError):

@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from jarvis import create_app
 from jarvis.server import Server
 from tests.fake_ollama import FakeOllama
+from tests.fake_openai import FakeOpenAI
 
 # bounds every HTTP wait in the tests: a hang fails fast instead of at the test timeout
 HTTP_TIMEOUT = (2, 5)
@@ -45,10 +46,16 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str
         threading.Event().wait(interval)
 
 
+FAKES = {"ollama": FakeOllama, "openai": FakeOpenAI}
+# run a test against each fake upstream: Ollama's protocol and the OpenAI-compatible one
+both_upstreams = pytest.mark.parametrize("fake", list(FAKES), indirect=True)
+
+
 def test_config(fake: FakeOllama, tmp_path, **overrides) -> dict:
+    where = {"ollama_url": fake.url} if fake.kind == "ollama" else {"openai_url": fake.url + "/v1"}
     return {
-        "backend": "ollama",
-        "ollama_url": fake.url,
+        "backend": fake.kind,
+        **where,
         "model": "tiny",
         "database": str(tmp_path / "jarvis.sqlite3"),
         "instance_dir": str(tmp_path / "instance"),
@@ -90,8 +97,9 @@ def no_leaks():
 
 
 @pytest.fixture
-def fake():
-    with FakeOllama() as f:
+def fake(request):
+    """The fake Ollama, or with ``both_upstreams`` each fake upstream in turn."""
+    with FAKES[getattr(request, "param", "ollama")]() as f:
         yield f
 
 

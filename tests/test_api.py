@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, wait_for
 from tests.fake_ollama import Script
 
 
@@ -104,11 +104,13 @@ def test_model_not_found_names_the_model(api, fake):
     assert "nonexistent" in end["error"]["message"] and "ollama pull" in end["error"]["message"]
 
 
+@both_upstreams
 def test_upstream_http_500_fails_the_stream(api, fake):
     end = _end_of(api, fake, Script(status=500, error="out of memory"))
     assert end["error"]["code"] == "upstream_http_error" and "out of memory" in end["error"]["message"]
 
 
+@both_upstreams
 def test_error_line_mid_stream_keeps_the_partial_answer(api, fake):
     fake.script(Script(tokens=5, error_after=3))
     sid = api.session()
@@ -119,6 +121,7 @@ def test_error_line_mid_stream_keeps_the_partial_answer(api, fake):
     assert api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 "
 
 
+@both_upstreams
 def test_upstream_dropping_mid_body_fails_clearly(api, fake):
     end = _end_of(api, fake, Script(tokens=5, drop_after=2))
     assert end["status"] == "failed" and end["error"]["code"] == "upstream_disconnected"
@@ -140,6 +143,7 @@ def test_refused_connection_says_where_ollama_should_be(make_app, make_server, f
     assert health["upstream_ok"] is False and health["active_streams"] == 0
 
 
+@both_upstreams
 def test_idle_timeout_ends_a_stalled_answer_as_timeout(make_app, make_server, fake):
     fake.script(Script(tokens=10, stall_after=2))
     api = Api(make_server(make_app(idle_timeout_s=0.3)).url)
@@ -153,6 +157,7 @@ def test_idle_timeout_ends_a_stalled_answer_as_timeout(make_app, make_server, fa
     assert fake.chat_calls()[0].wait_closed(1)
 
 
+@both_upstreams
 def test_first_token_timeout_while_the_model_loads(make_app, make_server, fake):
     fake.script(Script(load_delay_s=60))
     api = Api(make_server(make_app(first_token_timeout_s=0.3)).url)
@@ -171,6 +176,7 @@ def test_models_lists_ollama_tags(api):
     assert r.status_code == 200 and {"name": "tiny:latest"} in r.json()["models"]
 
 
+@both_upstreams
 def test_multi_turn_sends_earlier_messages(api, fake):
     fake.script(tokens=2)
     sid = api.session()
@@ -181,6 +187,7 @@ def test_multi_turn_sends_earlier_messages(api, fake):
     assert second[0]["content"] == "one" and second[1]["content"] == "tok0 tok1 "
 
 
+@both_upstreams
 def test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context(api, fake):
     fake.script(tokens=3, done_reason="length")
     sid = api.session()

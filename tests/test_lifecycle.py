@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, fd_count, free_port, wait_for
+from tests.conftest import HTTP_TIMEOUT, ROOT, Api, both_upstreams, clean_env, fd_count, free_port, wait_for
 from tests.fake_ollama import Script
 
 # the three states a live answer can be in when it is stopped, superseded or abandoned
@@ -23,6 +23,7 @@ STATES = {
 }
 
 
+@both_upstreams
 def test_normal_flow_streams_tokens_then_one_end(api, fake):
     fake.script(tokens=5, interval_s=0.01)
     sid = api.session()
@@ -37,6 +38,7 @@ def test_normal_flow_streams_tokens_then_one_end(api, fake):
     assert answer["trace_id"] == start["trace_id"]
 
 
+@both_upstreams
 def test_second_prompt_supersedes_first(api, fake):
     fake.push(Script(tokens=1000, interval_s=0.02), Script(tokens=3))
     sid = api.session()
@@ -57,6 +59,7 @@ def test_second_prompt_supersedes_first(api, fake):
     ]
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["loading", "stalled"])
 def test_supersede_while_upstream_silent_is_fast_and_closes_it(api, fake, state):
     # would hang (2 s per prompt, old socket left open) if cancel did not close the upstream
@@ -118,6 +121,7 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     assert len(calls) <= 8
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     # stop while the model loads would leave the worker in recv forever without the socket close
@@ -138,6 +142,7 @@ def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     assert api.stop(sid) == {"stopped": False}  # harmless when nothing runs
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_client_disconnect_cancels_upstream(jarvis_server, api, fake, state):
     # with no disconnect check the worker streams (or waits in recv) to the end

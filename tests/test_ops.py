@@ -75,6 +75,16 @@ def test_chat_streams_an_answer_to_stdout(make_app, make_server, fake):
     assert out.stderr.startswith("session ")
 
 
+def test_chat_says_when_an_answer_was_cut_off_by_its_length_limit(make_app, make_server, fake):
+    fake.script(Script(tokens=["Once upon", " a time"], done_reason="length"))
+    url = make_server(make_app()).url
+    out = subprocess.run(
+        _jarvis("chat", "--url", url, "a story"), capture_output=True, text=True, timeout=20, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Once upon a time\n" and "cut off" in out.stderr
+
+
 def test_chat_reads_the_prompt_from_stdin(make_app, make_server, fake):
     url = make_server(make_app()).url
     out = subprocess.run(

@@ -54,7 +54,7 @@ class Options:
 
 
 class Upstream(Protocol):
-    name: str  # "ollama" or "local"
+    name: str  # "ollama", "openai" or "local"
     default_model: str
 
     def stream_chat(
@@ -88,6 +88,10 @@ def select_upstream(config) -> Upstream:
 
     if config.backend == "ollama":
         return OllamaUpstream(config)
+    if config.backend == "openai":
+        from .openai import OpenAIUpstream
+
+        return OpenAIUpstream(config)
     if config.backend == "local":
         from .local import LocalUpstream
 

@@ -17,6 +17,11 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+# the local token every Jarvis the benchmarks start is given (no request is served without one);
+# the reference server ignores it
+LOCAL_TOKEN = "bench-local-token-0123456789abcdefghijklmnop"
+AUTH = {"Authorization": f"Bearer {LOCAL_TOKEN}"}
+
 RECV = 65536
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -150,6 +155,7 @@ def _post_bytes(url: str, path: str, body: dict) -> bytes:
     payload = json.dumps(body).encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode() + payload
 
@@ -377,7 +383,7 @@ class Control:
     def send(self, method: str, path: str, body: dict | None = None) -> float:
         """Send a request without reading the answer; returns when it went out."""
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {**AUTH, "Content-Type": "application/json"} if payload is not None else dict(AUTH)
         for attempt in (1, 2):
             conn = self._connection()
             try:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import Control
+from .client import LOCAL_TOKEN, Control
 
 REPO = Path(__file__).resolve().parent.parent
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -127,6 +127,7 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["JARVIS_LOCAL_TOKEN"] = LOCAL_TOKEN
     return env
 
 

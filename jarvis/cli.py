@@ -78,6 +78,11 @@ def cmd_serve(args) -> int:
     overrides = {"backend": args.backend} if args.backend else {}
     if args.insecure_no_auth:
         overrides["insecure_no_auth"] = True
+    if not _is_loopback(args.host) and args.host not in ("0.0.0.0", "::", ""):
+        # the address it listens on is a name clients use for it
+        overrides["allowed_hosts"] = ",".join(
+            filter(None, (os.environ.get("JARVIS_ALLOWED_HOSTS"), args.host))
+        )
     try:
         app = create_app(overrides)
     except ConfigError as e:
@@ -90,10 +95,16 @@ def cmd_serve(args) -> int:
                 "read and drive Jarvis. Create one with `jarvis user add NAME`, or pass --insecure-no-auth.",
                 EXIT_USAGE,
             )
-        log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
+        log.log.warning(
+            "INSECURE: serving %s with no authentication (--insecure-no-auth); only loopback names and "
+            "JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
+        )
     elif not _is_loopback(args.host):
         log.log.warning(
-            "listening on %s: reachable from other machines; every request needs sign-in", args.host
+            "listening on %s: reachable from other machines; every request needs sign-in, and only "
+            "loopback names and JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
         )
     try:
         server = Server(app, host=args.host, port=args.port, threads=args.threads)
@@ -108,7 +119,10 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"Jarvis listening on {server.url} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
+    address = server.url + "/"
+    if not j.accounts.exist() and not j.config.insecure_no_auth:
+        address += "?token=" + app.extensions["jarvis.local_token"]  # open this to sign in
+    print(f"Jarvis listening on {address} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
     server.serve_forever()
     if stopper:
         stopper[0].join(j.config.shutdown_timeout_s + 2)
@@ -124,8 +138,9 @@ def cmd_chat(args) -> int:
     base = args.url.rstrip("/")
     timeout = (5, 330)
     http = requests.Session()
-    if os.environ.get("JARVIS_TOKEN"):
-        http.headers["Authorization"] = "Bearer " + os.environ["JARVIS_TOKEN"]
+    token = os.environ.get("JARVIS_TOKEN") or _local_token()
+    if token:
+        http.headers["Authorization"] = "Bearer " + token
     try:
         if args.session:
             session = args.session
@@ -193,16 +208,32 @@ def _is_loopback(host: str) -> bool:
 
 
 def _accounts():
-    from flask import Flask
-
+    from . import private_dir
     from .accounts import Accounts
     from .config import Config
     from .history import Store
 
     cfg = Config.from_env()
-    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
-    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    return Accounts(Store(database))
+    private_dir(cfg.instance_path())
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.database_path())), exist_ok=True)
+    return Accounts(Store(cfg.database_path()))
+
+
+def _local_token() -> str | None:
+    """The server's local token, read from this machine's instance folder (None if unreadable)."""
+    from .config import Config, ConfigError
+
+    try:
+        cfg = Config.from_env()
+    except ConfigError:
+        return None
+    if cfg.local_token:
+        return cfg.local_token
+    try:
+        with open(os.path.join(cfg.instance_path(), "local_token")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None  # another user's server, or none started yet: the server will say what it needs
 
 
 def _read_password(prompt: str) -> str:
@@ -232,7 +263,7 @@ def cmd_user(args) -> int:
             print(f"added {args.name}; Jarvis now asks everyone to sign in")
         elif args.action == "passwd":
             accounts.set_password(args.name, _read_password(f"new password for {args.name}: "))
-            print(f"password of {args.name} changed")
+            print(f"password of {args.name} changed; every browser signed in as {args.name} is signed out")
         else:
             accounts.remove(args.name)
             print(f"removed {args.name} with its sessions and tokens")
@@ -258,7 +289,7 @@ def cmd_token(args) -> int:
             if args.id is None:
                 return _fail("jarvis token revoke needs the token id (see jarvis token list)", EXIT_USAGE)
             accounts.revoke(args.id)
-            print(f"revoked token {args.id}")
+            print(f"revoked token {args.id}; its answers still streaming end within a second")
     except JarvisError as e:
         return _fail(e.message)
     return EXIT_OK
@@ -266,6 +297,7 @@ def cmd_token(args) -> int:
 
 def cmd_check(args) -> int:
     """Print one line per check with what to do about a failure; exit 1 if any failed."""
+    from . import private_dir
     from .config import Config, ConfigError
     from .errors import JarvisError
     from .history import Store
@@ -283,9 +315,7 @@ def cmd_check(args) -> int:
     except ConfigError as e:
         report(False, f"configuration: {e}", "correct the variable named above")
         return EXIT_FAILED
-    from flask import Flask
-
-    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
+    database = cfg.database_path()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         Store(database).check_writable()
@@ -295,6 +325,14 @@ def cmd_check(args) -> int:
             False,
             f"database {database}: {e}",
             "set JARVIS_DATABASE to a writable file, or fix its permissions",
+        )
+    folder = cfg.instance_path()
+    try:
+        private_dir(folder)
+        report(True, f"instance folder {folder} is private (0700)")
+    except OSError as e:
+        report(
+            False, f"instance folder {folder}: {e.strerror}", "set JARVIS_INSTANCE_DIR to a folder you own"
         )
     from .upstream import select_upstream
 
@@ -378,4 +416,3 @@ def _version() -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-

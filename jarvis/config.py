@@ -7,9 +7,12 @@ without the unit suffix: ``supersede_timeout_s`` is ``JARVIS_SUPERSEDE_TIMEOUT``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+MIN_SECRET_CHARS = 32
 
 
 class ConfigError(ValueError):
@@ -50,7 +53,9 @@ class Config:
     local_max_tokens: int = _f(
         0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
     )
-    database: str = _f("", "SQLite file for sessions and messages (default: instance/jarvis.sqlite3).")
+    database: str = _f(
+        "", "SQLite file for sessions and messages (default: jarvis.sqlite3 in the instance folder)."
+    )
     connect_timeout_s: float = _f(3.0, "Seconds to open a connection to the model server.", minimum=0.01)
     first_token_timeout_s: float = _f(
         300.0, "Seconds to wait for the first token (models take time to load).", minimum=0.01
@@ -83,10 +88,30 @@ class Config:
     )
     shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
-    secret_key: str = _f("", "Key that signs login cookies (default: generated once in the instance folder).")
+    secret_key: str = _f(
+        "", "Key that signs login cookies, 32+ characters (default: generated once in the instance folder)."
+    )
     cookie_secure: bool = _f(False, "Mark the login cookie Secure even when a request is not seen as HTTPS.")
     insecure_no_auth: bool = _f(
         False, "Serve remote clients with no account (jarvis serve --insecure-no-auth)."
+    )
+    instance_dir: str = _f(
+        "",
+        "Private folder for the database, keys and local token"
+        " (default: $STATE_DIRECTORY, a source checkout's instance/, else ~/.local/state/jarvis).",
+    )
+    local_token: str = _f(
+        "", "Token that signs in while no account exists, 32+ characters (default: generated once)."
+    )
+    allowed_hosts: str = _f(
+        "", "Host names served besides loopback ones, comma-separated (* serves any: not recommended)."
+    )
+    trusted_proxies: str = _f(
+        "", "Proxy addresses or networks whose X-Forwarded-For and -Proto are believed, comma-separated."
+    )
+    cookie_lifetime_s: float = _f(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
+    max_streams_per_user: int = _f(
+        0, "Live streams one account may hold at once (0: up to JARVIS_MAX_STREAMS).", minimum=0
     )
 
     @classmethod
@@ -116,6 +141,14 @@ class Config:
                 raise ConfigError(
                     f"{env_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, not {value!r}"
                 )
+        for name in ("secret_key", "local_token"):
+            if 0 < len(getattr(self, name)) < MIN_SECRET_CHARS:
+                raise ConfigError(f"{env_name(name)} must be at least {MIN_SECRET_CHARS} characters")
+        for entry in split_list(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"JARVIS_TRUSTED_PROXIES: {entry!r} is not an address or network") from None
         for name in ("ollama_url", "openai_url"):
             url = getattr(self, name)
             if not url.startswith(("http://", "https://")):
@@ -153,6 +186,21 @@ class Config:
             specs.append(spec)
         return tuple(specs)
 
+    def instance_path(self) -> str:
+        """The instance folder: set, or systemd's StateDirectory, or beside a source checkout."""
+        if self.instance_dir:
+            return os.path.abspath(self.instance_dir)
+        if os.environ.get("STATE_DIRECTORY"):
+            return os.environ["STATE_DIRECTORY"].split(":")[0]
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(checkout, "setup.cfg")):  # a source checkout, not site-packages
+            return os.path.join(checkout, "instance")
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(state, "jarvis")
+
+    def database_path(self) -> str:
+        return self.database or os.path.join(self.instance_path(), "jarvis.sqlite3")
+
 
 HOST_KINDS = ("ollama", "openai")
 
@@ -164,6 +212,10 @@ class HostSpec:
     kind: str
     url: str
     max_streams: int = 0  # concurrent answers on this host; 0: no limit
+
+
+def split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def env_name(field_name: str) -> str:

@@ -8,6 +8,7 @@ every wait for the write lock.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,13 +69,20 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
+        _create_private(path)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
+                # bumped to end every sign-in cookie of a user at once
+                db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
         # held open for the store's life: when the last connection to a WAL database closes,
         # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
         self._keeper = sqlite3.connect(path, check_same_thread=False)
         self._keeper.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+        for name in (path, path + "-wal", path + "-shm"):  # older installs made them 0644
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
 
     def close(self) -> None:
         """Close the long-lived connection (idempotent)."""
@@ -139,7 +148,7 @@ class Store:
                 (session_id, owner),
             ).fetchone()
             if row is None:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
             rows = db.execute(
                 "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
@@ -149,13 +158,13 @@ class Store:
         with self.connect() as db:
             found = db.execute("SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             if found.fetchone() is None:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
 
     def delete_session(self, session_id: str, owner: int | None = None) -> None:
         with self.connect() as db:
             deleted = db.execute("DELETE FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             if deleted.rowcount == 0:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
 
     def context(self, session_id: str) -> list[dict]:
         """The conversation to send upstream: prompts and completed answers, oldest first."""
@@ -208,6 +217,17 @@ class Store:
                     message_id,
                 ),
             )
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner alone; SQLite gives WAL and SHM the same mode."""
+    if path != ":memory:" and not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _shown(session_id: str) -> str:
+    # an error echoes a bounded id: a client cannot make the answer or the log grow with it
+    return repr(session_id if len(session_id) <= 40 else session_id[:40] + "…")
 
 
 def _title(prompt: str) -> str:

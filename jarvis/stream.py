@@ -32,6 +32,7 @@ REASON_STATUS = {
     "disconnected": "disconnected",
     "shutdown": "stopped",
     "deleted": "stopped",
+    "revoked": "stopped",
 }
 REASON_EVENT = {"stopped": "stream_stopped", "disconnected": "stream_disconnected"}
 
@@ -55,6 +56,8 @@ class Stream:
         options: Options | None = None,
     ):
         self.session_id = session_id
+        self.owner: int | None = None  # the account, set by the route; the registry counts per owner
+        self.credential: str | None = None  # what signed the request, for revocation
         self.trace_id = trace_id
         self.model = model
         self.messages = messages

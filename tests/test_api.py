@@ -76,11 +76,14 @@ def test_delete_stops_a_running_answer_and_forgets_the_session(api, fake):
     sse = api.send(sid, "x")
     sse.until("start")
     call = fake.wait_for_calls(1)[0]
-    r = requests.delete(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT)
+    r = requests.delete(f"{api.url}/api/sessions/{sid}", headers=api.headers, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200 and r.json() == {"deleted": True}
     assert call.wait_closed(1)
     assert sse.end()["status"] == "stopped"
-    assert requests.get(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT).status_code == 404
+    assert (
+        requests.get(f"{api.url}/api/sessions/{sid}", headers=api.headers, timeout=HTTP_TIMEOUT).status_code
+        == 404
+    )
 
 
 def _end_of(api, fake, script) -> dict:
@@ -136,7 +139,7 @@ def test_refused_connection_says_where_ollama_should_be(make_app, make_server, f
     end = api.send(sid, "x").end()
     assert end["status"] == "failed" and end["error"]["code"] == "upstream_unavailable"
     assert "127.0.0.1:9" in end["error"]["message"] and "ollama serve" in end["error"]["message"]
-    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert health["upstream_ok"] is False and health["active_streams"] == 0
 
 
@@ -163,13 +166,13 @@ def test_first_token_timeout_while_the_model_loads(make_app, make_server, fake):
 
 
 def test_healthz_reports_streams_and_upstream(api, fake):
-    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert health["upstream_ok"] is True and health["active_streams"] == 0
     assert health["backend"] == "ollama" and health["model"] == "tiny"
 
 
 def test_models_lists_ollama_tags(api):
-    r = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT)
+    r = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200 and {"name": "tiny:latest"} in r.json()["models"]
 
 
@@ -205,7 +208,9 @@ def test_a_long_first_line_becomes_a_title_with_an_ellipsis(api, fake):
     short, long = api.session(), api.session()
     api.send(short, "Short question\nwith a second line").end()
     api.send(long, "word " * 30).end()
-    listed = requests.get(api.url + "/api/sessions", timeout=HTTP_TIMEOUT).json()["sessions"]
+    listed = requests.get(api.url + "/api/sessions", headers=api.headers, timeout=HTTP_TIMEOUT).json()[
+        "sessions"
+    ]
     titles = {s["id"]: s["title"] for s in listed}
     assert titles[short] == "Short question"
     assert len(titles[long]) == 60 and titles[long].endswith("word…")

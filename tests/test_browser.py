@@ -13,6 +13,7 @@ sync_api = pytest.importorskip(
 )
 Page, expect, sync_playwright = sync_api.Page, sync_api.expect, sync_api.sync_playwright
 
+from tests.conftest import LOCAL_TOKEN  # noqa: E402
 from tests.fake_ollama import Script  # noqa: E402
 
 CHROMIUM = next(
@@ -117,6 +118,8 @@ def tab(browser, jarvis_server):
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(10000)  # a click on a missing control fails here, not at the test timeout
     context.add_init_script(WATCH_CSP)
+    # sign in as a person does: the address jarvis serve printed trades the local token for a cookie
+    assert context.request.get(f"{jarvis_server.url}/?token={LOCAL_TOKEN}").ok
     t = Tab(context.new_page(), jarvis_server.url)
     yield t
     try:

@@ -44,7 +44,7 @@ def test_stop_is_not_delayed_by_healthz_against_a_hung_model_server(hung, make_a
     answered = []
 
     def hammer():
-        r = requests.get(api.url + "/healthz", timeout=(2, 30))
+        r = requests.get(api.url + "/healthz", headers=api.headers, timeout=(2, 30))
         answered.append(r.json()["upstream_ok"])
 
     threads = [threading.Thread(target=hammer, name=f"healthz-{i}") for i in range(40)]
@@ -65,7 +65,7 @@ def test_healthz_answers_at_once_while_the_model_server_hangs(hung, make_app, ma
     app = make_app(ollama_url=hung.url)
     api = Api(make_server(app).url)
     began = time.monotonic()
-    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert time.monotonic() - began < 0.5  # the old code waited the probe's 2 s read timeout
     assert health["upstream_ok"] is False
 
@@ -75,7 +75,8 @@ def test_healthz_follows_the_model_server_coming_and_going(make_app, make_server
     api = Api(make_server(app).url)
 
     def upstream_ok():
-        return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["upstream_ok"]
+        r = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT)
+        return r.json()["upstream_ok"]
 
     assert upstream_ok() is True
     fake.close()  # refuses connections from now on
@@ -95,7 +96,7 @@ def test_a_prompt_that_finds_the_server_gone_turns_healthz_down_at_once(make_app
 
 
 def health(api: Api) -> dict:
-    return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    return requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
 
 
 def test_closing_the_prober_is_bounded_while_a_probe_hangs():

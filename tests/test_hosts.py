@@ -43,7 +43,7 @@ def serve(make_app, make_server):
 
 
 def health(api: Api) -> dict:
-    return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    return requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
 
 
 def host_state(api: Api, fake: FakeOllama) -> str:
@@ -53,7 +53,7 @@ def host_state(api: Api, fake: FakeOllama) -> str:
 def test_a_prompt_goes_to_a_host_that_has_its_model(serve):
     with FakeOllama(models=("big",)) as a, FakeOllama(models=("tiny",)) as b:
         api = serve(a, b)
-        models = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT).json()
+        models = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT).json()
         assert {m["name"]: m["hosts"] for m in models["models"]} == {
             "big:latest": [a.url],
             "tiny:latest": [b.url],
@@ -63,7 +63,7 @@ def test_a_prompt_goes_to_a_host_that_has_its_model(serve):
             assert api.send(api.session(), "x", model=model).end()["status"] == "completed"
             assert fake.chat_calls()[-1].body["model"] == model
         assert len(a.chat_calls()) == len(b.chat_calls()) == 2
-        metrics = requests.get(api.url + "/metrics", timeout=HTTP_TIMEOUT).text
+        metrics = requests.get(api.url + "/metrics", headers=api.headers, timeout=HTTP_TIMEOUT).text
         assert f'jarvis_host_live_answers{{host="{a.url}"}} 0.0' in metrics
         assert f'jarvis_host_time_to_first_token_seconds_count{{host="{b.url}"}} 2.0' in metrics
 
@@ -95,7 +95,7 @@ def test_a_dead_host_is_skipped_with_no_failed_answer(serve, hosts):
     ends = [api.send(api.session(), "x").end() for _ in range(4)]
     assert [e["status"] for e in ends] == ["completed"] * 4
     assert len(b.chat_calls()) == 4
-    metrics = requests.get(api.url + "/metrics", timeout=HTTP_TIMEOUT).text
+    metrics = requests.get(api.url + "/metrics", headers=api.headers, timeout=HTTP_TIMEOUT).text
     failures = f'jarvis_host_failures_total{{code="upstream_unavailable",host="{a.url}"}} 1.0'
     assert failures in metrics  # tried once, then skipped
 
@@ -239,7 +239,8 @@ def test_ollama_and_openai_compatible_hosts_serve_side_by_side(make_app, make_se
     with FakeOllama(models=("llama3.2",)) as ollama, FakeOpenAI(models=("qwen",)) as openai:
         hosts = f"ollama={ollama.url},openai={openai.api_url}"
         api = Api(make_server(make_app(upstreams=hosts, health_interval_s=0.05)).url)
-        models = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT).json()["models"]
+        r = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT)
+        models = r.json()["models"]
         assert {m["name"]: m["hosts"] for m in models} == {
             "llama3.2:latest": [ollama.url],
             "qwen": [openai.api_url],

@@ -183,7 +183,10 @@ def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_
     assert third.status_code == 503 and int(third.response.headers["Retry-After"]) > 0
     assert third.json()["error"]["code"] == "at_capacity"
     began = time.monotonic()
-    assert requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["active_streams"] == 2
+    assert (
+        requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()["active_streams"]
+        == 2
+    )
     assert api.stop(sids[0]) == {"stopped": True}
     assert time.monotonic() - began < 0.5
     assert streams[0].end()["status"] == "stopped"

@@ -56,7 +56,7 @@ def test_jarvis_serve_answers_with_the_embedded_model_when_ollama_is_absent(tmp_
             timeout=60,
         )
         assert out.returncode == 0 and out.stdout.strip(), out.stderr
-        assert requests.get(api.url + "/healthz", timeout=5).json()["backend"] == "local"
+        assert requests.get(api.url + "/healthz", headers=api.headers, timeout=5).json()["backend"] == "local"
     finally:
         stop_process(proc)
 

@@ -91,7 +91,7 @@ def established_to(port: int) -> int:
 @pytest.mark.timeout(120)
 def test_llama_cpp_server_answers_through_jarvis(served):
     api, port = served
-    models = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT).json()
+    models = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert {"name": ALIAS} in models["models"] and models["backend"] == "openai"
     sid = api.session()
     sse = api.send(sid, SHORT)

@@ -147,7 +147,7 @@ def test_check_passes_when_everything_answers(fake, tmp_path):
         _jarvis("check"), env=_env(fake, tmp_path), capture_output=True, text=True, timeout=20
     )
     assert out.returncode == 0, out.stdout
-    assert out.stdout.count("ok ") == 4
+    assert out.stdout.count("ok ") == 5
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_metrics_move_as_streams_run(api, fake):
     api.send(sid, "b").end()
     api.send(sid, "c").end()
     first.end()
-    text = requests.get(api.url + "/metrics", timeout=HTTP_TIMEOUT).text
+    text = requests.get(api.url + "/metrics", headers=api.headers, timeout=HTTP_TIMEOUT).text
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

@@ -282,9 +282,11 @@ def test_openai_backend_is_served_end_to_end_with_its_models(make_app, make_serv
     with FakeOpenAI(api_key=KEY) as fake:
         app = make_app(**test_config(fake, tmp_path, openai_api_key=KEY))
         api = Api(make_server(app).url)
-        health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+        health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
         assert health["upstream_ok"] is True and health["backend"] == "openai"
-        models = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT).json()["models"]
+        models = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT).json()[
+            "models"
+        ]
         assert {"name": "tiny"} in models
         end = api.send(api.session(), "hi", model="no-such-model").end()
         assert end["status"] == "failed" and end["error"]["code"] == "model_not_found"

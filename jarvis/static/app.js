@@ -833,6 +833,8 @@ window.addEventListener("hashchange", () => {
 });
 
 async function start() {
+  // the server trades ?token= for a cookie before it serves this page; never keep one in the address bar
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname + location.hash);
   showAccount();
   el.prompt.focus();
   refreshControls();

@@ -64,6 +64,19 @@ const CONTAINERS = new Set(["UL", "OL", "LI", "BLOCKQUOTE", "DIV", "PRE", "TABLE
 // drawn again, and nothing here reads the whole text, so a long answer costs time in
 // proportion to what arrives, not to its length.
 export function renderMarkdown(target, text, now = performance.now()) {
+  try {
+    renderInto(target, text, now);
+  } catch (err) {
+    // a pathological answer (thousands of nested quotes) overflows the parser's stack:
+    // show that one answer as plain text, and the rest of the conversation still renders
+    console.warn("Markdown rendering failed; the answer is shown as plain text:", err.message);
+    shown.delete(target);
+    target.classList.add("plain-text");
+    target.textContent = text;
+  }
+}
+
+function renderInto(target, text, now) {
   const state = shown.get(target);
   if (!state || text.length < state.given.length || !text.startsWith(state.given) || state.given.endsWith("\r")) {
     renderWhole(target, text, now);
@@ -123,6 +136,7 @@ function openEnd(node) {
 // does not extend the old, or the benchmark's baseline.
 export function renderWhole(target, text, now = performance.now()) {
   target.replaceChildren(fragment(markdown.parse(text)));
+  target.classList.remove("plain-text");
   const tail = [...target.childNodes];
   shown.set(target, { given: text, source: normalise(text), done: 0, tail, drawn: now, cost: 0 });
 }

@@ -526,11 +526,14 @@ def test_model_picker_shows_each_host_and_its_state(browser, make_app, make_serv
         url = make_server(app).url
         context = browser.new_context()
         try:
+            assert context.request.get(f"{url}/?token={LOCAL_TOKEN}").ok  # signs the browser in
             tab = Tab(context.new_page(), url).open()
             options = tab.page.locator("#model option")
             expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (2/2 hosts up)"])
             other.close()  # the second host dies: the picker says so once the probe has seen it
-            wait_for(lambda: "down" in requests.get(url + "/api/models", timeout=5).text, what="down")
+            auth = {"Authorization": f"Bearer {LOCAL_TOKEN}"}
+            models = lambda: requests.get(url + "/api/models", headers=auth, timeout=5).text  # noqa: E731
+            wait_for(lambda: "down" in models(), what="the picker's host down")
             tab.open()
             expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (1/2 hosts up)"])
             assert f"{other.url}: down" in options.nth(1).get_attribute("title")

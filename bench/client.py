@@ -19,6 +19,11 @@ from urllib.parse import urlsplit
 
 from jarvis import sse
 
+# the local token every Jarvis the benchmarks start is given (no request is served without one);
+# the reference server ignores it
+LOCAL_TOKEN = "bench-local-token-0123456789abcdefghijklmnop"
+AUTH = {"Authorization": f"Bearer {LOCAL_TOKEN}"}
+
 RECV = 65536
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -152,12 +157,14 @@ def _post_bytes(url: str, path: str, body: dict) -> bytes:
     payload = json.dumps(body).encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode() + payload
 
 
 class Parser:
-    """Splits body bytes into events: SSE frames, or Ollama's NDJSON lines (named ``line``)."""
+    """Splits body bytes into events: SSE frames, Ollama's NDJSON lines (named ``line``), or
+    an OpenAI-compatible server's SSE chunks (kind ``openai``, named ``line`` as well)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -169,7 +176,7 @@ class Parser:
         """Parse bytes that arrived at ``at``; returns the events they completed."""
         if not data:
             return []
-        sep = b"\n\n" if self.kind == "sse" else b"\n"
+        sep = b"\n" if self.kind == "ndjson" else b"\n\n"
         *frames, self._pending = (self._pending + data).split(sep)
         return [e for frame in frames if (e := self._parse(frame, at)) is not None]
 
@@ -182,6 +189,8 @@ class Parser:
             if text:
                 self.texts.append(text)
             return Event("line", data, at)
+        if self.kind == "openai":
+            return self._parse_openai(frame, at)
         event = None
         for name, data in sse.parse([*frame.split(b"\n"), b""]):
             if name is None:
@@ -191,6 +200,18 @@ class Parser:
                 self.texts.append(data["text"])
             event = Event(name, data, at)
         return event
+
+    def _parse_openai(self, frame: bytes, at: float) -> Event | None:
+        data = frame.strip().removeprefix(b"data: ")
+        if not data or data.startswith(b":"):
+            return None
+        if data == b"[DONE]":
+            return Event("done", {}, at)
+        chunk = json.loads(data)
+        text = "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+        if text:
+            self.texts.append(text)
+        return Event("line", {"message": {"content": text}}, at)
 
 
 class EventStream:
@@ -338,7 +359,7 @@ class BulkStream:
 
     def text(self) -> str:
         parser = Parser(self.kind)
-        parser.feed(self.body + (b"\n\n" if self.kind == "sse" else b"\n"), self.done_at or 0.0)
+        parser.feed(self.body + (b"\n" if self.kind == "ndjson" else b"\n\n"), self.done_at or 0.0)
         return "".join(parser.texts)
 
 
@@ -360,7 +381,7 @@ class Control:
     def send(self, method: str, path: str, body: dict | None = None) -> float:
         """Send a request without reading the answer; returns when it went out."""
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {**AUTH, "Content-Type": "application/json"} if payload is not None else dict(AUTH)
         for attempt in (1, 2):
             conn = self._connection()
             try:

@@ -17,6 +17,7 @@ from jarvis.cancel import CancelScope
 from jarvis.config import Config
 from jarvis.upstream import local
 
+from .client import AUTH
 from .servers import ServerProcess, base_env, jarvis_command
 from .stats import Cell, Row, Section, judge, ratio
 
@@ -112,11 +113,15 @@ def _answer_direct(upstream: local.LocalUpstream, prompt: str) -> tuple[float, i
 
 
 def _answer_served(url: str, prompt: str) -> tuple[float, int, float]:
-    sid = requests.post(url + "/api/sessions", timeout=5).json()["id"]
+    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
     began = time.monotonic()
     first, chars = None, 0
     with requests.post(
-        f"{url}/api/sessions/{sid}/messages", json={"content": prompt}, stream=True, timeout=(5, 60)
+        f"{url}/api/sessions/{sid}/messages",
+        json={"content": prompt},
+        headers=AUTH,
+        stream=True,
+        timeout=(5, 60),
     ) as r:
         for name, data in _events(r):
             if name == "token":
@@ -127,10 +132,14 @@ def _answer_served(url: str, prompt: str) -> tuple[float, int, float]:
 
 def _stop_served(url: str, kind: str) -> float | None:
     """Milliseconds from POST stop to the end event, or None if it did not come within 5 s."""
-    sid = requests.post(url + "/api/sessions", timeout=5).json()["id"]
+    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
     prompt = f"{LONG_PROMPT} {time.monotonic()}" if kind == "prompt" else "Write a long story about the sea."
     with requests.post(
-        f"{url}/api/sessions/{sid}/messages", json={"content": prompt}, stream=True, timeout=(5, 30)
+        f"{url}/api/sessions/{sid}/messages",
+        json={"content": prompt},
+        headers=AUTH,
+        stream=True,
+        timeout=(5, 30),
     ) as r:
         events = _events(r)
         for name, _ in events:
@@ -139,7 +148,7 @@ def _stop_served(url: str, kind: str) -> float | None:
         if kind == "prompt":
             time.sleep(0.3)  # into prompt processing, which takes seconds for this prompt
         began = time.monotonic()
-        requests.post(f"{url}/api/sessions/{sid}/stop", timeout=5)
+        requests.post(f"{url}/api/sessions/{sid}/stop", headers=AUTH, timeout=5)
         for name, _ in events:
             if name == "end":
                 return (time.monotonic() - began) * 1000

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import Control
+from .client import LOCAL_TOKEN, Control
 
 REPO = Path(__file__).resolve().parent.parent
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -127,16 +127,19 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["JARVIS_LOCAL_TOKEN"] = LOCAL_TOKEN
     return env
 
 
-def jarvis_env(upstream_url: str, model: str, database: Path, **extra: str) -> dict[str, str]:
+def jarvis_env(
+    upstream_url: str, model: str, database: Path, backend: str = "ollama", **extra: str
+) -> dict[str, str]:
     env = base_env()
     env.update(
-        JARVIS_OLLAMA_URL=upstream_url,
+        {"JARVIS_OPENAI_URL" if backend == "openai" else "JARVIS_OLLAMA_URL": upstream_url},
         JARVIS_MODEL=model,
         JARVIS_DATABASE=str(database),
-        JARVIS_BACKEND="ollama",
+        JARVIS_BACKEND=backend,
     )
     env.update(extra)
     return env
@@ -147,9 +150,13 @@ def jarvis_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "jarvis.cli"]
 
 
-def start_jarvis(workdir: Path, upstream_url: str, model: str, max_streams: int) -> ServerProcess:
-    env = jarvis_env(upstream_url, model, workdir / "jarvis.sqlite3", JARVIS_MAX_STREAMS=str(max_streams))
-    return ServerProcess("jarvis serve", [*jarvis_command(), "serve", "--port", "0"], env, workdir)
+def start_jarvis(
+    workdir: Path, upstream_url: str, model: str, max_streams: int, backend: str = "ollama"
+) -> ServerProcess:
+    database = workdir / ("jarvis.sqlite3" if backend == "ollama" else f"jarvis-{backend}.sqlite3")
+    env = jarvis_env(upstream_url, model, database, backend, JARVIS_MAX_STREAMS=str(max_streams))
+    name = "jarvis serve" if backend == "ollama" else f"jarvis serve ({backend})"
+    return ServerProcess(name, [*jarvis_command(), "serve", "--port", "0"], env, workdir)
 
 
 def start_plain(

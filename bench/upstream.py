@@ -46,10 +46,11 @@ def parse_directive(prompt: str) -> dict | None:
 class Fake:
     """The parent's handle on the upstream process; every call is bounded."""
 
-    def __init__(self, cwd: str, log_path: str, timeout: float = 10.0):
+    def __init__(self, cwd: str, log_path: str, timeout: float = 10.0, kind: str = "ollama"):
         self._log = open(log_path, "wb")  # closed in close()
+        self.kind = kind  # "ollama", or "openai" for the fake OpenAI-compatible server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.upstream"],
+            [sys.executable, "-m", "bench.upstream", kind],
             cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -151,9 +152,12 @@ def _readline_bounded(pipe, timeout: float) -> bytes:
 # the process side
 
 
-def serve() -> int:
+def serve(kind: str = "ollama") -> int:
     """Run the fake until stdin closes, answering commands from the parent."""
     from tests.fake_ollama import Call, FakeOllama, Script
+    from tests.fake_openai import FakeOpenAI
+
+    base = FakeOpenAI if kind == "openai" else FakeOllama
 
     class _Stamped:
         """The client socket, noting when each write left (the fake writes one token per sendall)."""
@@ -169,7 +173,7 @@ def serve() -> int:
         def __getattr__(self, name: str):
             return getattr(self._conn, name)  # select() needs fileno(), waits need recv()
 
-    class BenchFake(FakeOllama):
+    class BenchFake(base):
         """Takes each call's script from its prompt, remembers calls by tag, and notes overlaps."""
 
         def __init__(self):
@@ -270,4 +274,4 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.exit(serve(*sys.argv[1:2]))

@@ -1,4 +1,4 @@
-"""Section 8: cancelling a stream that still waits for its predecessor, in process.
+"""Section 10: cancelling a stream that still waits for its predecessor, in process.
 
 Over HTTP a predecessor ends within milliseconds of its cancel (its socket is
 shut down), so the wait is too short to hit. Here the predecessor's upstream
@@ -78,7 +78,7 @@ def _trial(folder: str, i: int, how: str) -> float:
 
 def run(n: int) -> Section:
     """Rows: stop, disconnect and shutdown of a waiting stream, timed to its end event."""
-    section = Section("8", "Cancel while waiting for the predecessor (in process)")
+    section = Section("10", "Cancel while waiting for the predecessor (in process)")
     with tempfile.TemporaryDirectory() as folder:
         for how, what in (("stopped", "stop"), ("disconnected", "disconnect"), ("shutdown", "shutdown")):
             cell = Cell.of([_trial(folder, i, how) for i in range(n)])

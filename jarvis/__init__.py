@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import Flask
 
 from . import log
-from .accounts import Accounts
+from .accounts import Accounts, RevocationWatch
 from .config import Config
 from .history import Store
 from .metrics import Metrics
+from .probe import Prober
 from .registry import Registry
 from .upstream import Upstream, select_upstream
 
@@ -27,10 +29,17 @@ class Jarvis:
     upstream: Upstream
     metrics: Metrics
     accounts: Accounts
+    revocations: RevocationWatch
+    health: Prober | None = None  # the upstream's health, probed in the background
 
     def shutdown(self, timeout: float | None = None) -> list:
         """Cancel every live stream and wait (bounded); returns the streams left."""
-        left = self.registry.shutdown(self.config.shutdown_timeout_s if timeout is None else timeout)
+        timeout = self.config.shutdown_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        left = self.registry.shutdown(timeout)
+        self.revocations.close(max(0.0, deadline - time.monotonic()))
+        if self.health is not None:
+            self.health.close(deadline - time.monotonic())
         self.upstream.close()
         if not left:  # a detached worker's stream may still save its answer
             self.store.close()
@@ -41,15 +50,21 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     """Build the app: defaults, then JARVIS_* variables, then ``config`` (a Config or overrides)."""
     cfg = config if isinstance(config, Config) else Config.from_env(overrides=config)
     log.setup(cfg.log_format)
-    app = Flask(__name__, instance_relative_config=True)
-    os.makedirs(app.instance_path, exist_ok=True)
-    store = Store(cfg.database or os.path.join(app.instance_path, "jarvis.sqlite3"))
+    app = Flask(__name__, instance_path=cfg.instance_path(), instance_relative_config=True)
+    private_dir(app.instance_path)
+    store = Store(cfg.database_path())
     recovered = store.recover()
     if recovered:
         log.event("recovered_interrupted", count=recovered)
-    registry = Registry(cfg.max_streams, cfg.disconnect_poll_s)
+    registry = Registry(cfg.max_streams, cfg.disconnect_poll_s, cfg.max_streams_per_user)
     metrics = Metrics(live_streams=registry.active)
-    app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics, Accounts(store))
+    upstream = select_upstream(cfg, metrics)
+    health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
+    accounts = Accounts(store)
+    revocations = RevocationWatch(accounts, registry)
+    app.extensions["jarvis"] = Jarvis(
+        cfg, store, registry, upstream, metrics, accounts, revocations, health=health
+    )
 
     from . import api, auth, web
 
@@ -57,3 +72,9 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     return app
+
+
+def private_dir(path: str) -> None:
+    """Create the instance folder for its owner alone: it holds every conversation and the keys."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # older installs made it 0755

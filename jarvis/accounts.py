@@ -4,20 +4,29 @@ Passwords are kept only as werkzeug's salted scrypt hashes. A token is shown
 once; the database keeps its SHA-256, which is enough for a random 256-bit
 secret and lets a request find its token by an indexed lookup. The final
 comparison is constant-time.
+
+Each user has a cookie generation: a sign-in cookie names it, and bumping it
+(sign-out, new password) ends every cookie of that user at once. A live answer
+carries the credential that started it (``token:<id>`` or
+``cookie:<uid>:<generation>``); ``RevocationWatch`` ends the answers whose
+credential is gone, whichever process revoked it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .errors import BadRequest, NotFound
+from . import log
+from .errors import BadRequest, NotFound, StoreError
 from .history import Store
 
 TOKEN_PREFIX = "jv_"
@@ -28,6 +37,7 @@ MIN_PASSWORD_CHARS = 8
 class User:
     id: int
     name: str
+    generation: int = 0
 
 
 class Accounts:
@@ -71,32 +81,64 @@ class Accounts:
         return [dict(r) for r in rows]
 
     def remove(self, name: str) -> None:
-        """Delete the account with its tokens and sessions."""
+        """Delete the account with its tokens and sessions (its cookies and answers end with it)."""
         with self.store.connect() as db:
             if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"no user {name!r}")
 
     def set_password(self, name: str, password: str) -> None:
+        """Change the password and end every sign-in cookie of the user."""
         _check_password(password)
         with self.store.connect() as db:
             changed = db.execute(
-                "UPDATE users SET password_hash = ? WHERE name = ?", (generate_password_hash(password), name)
+                "UPDATE users SET password_hash = ?, generation = generation + 1 WHERE name = ?",
+                (generate_password_hash(password), name),
             )
             if changed.rowcount == 0:
                 raise NotFound(f"no user {name!r}")
 
     def authenticate(self, name: str, password: str) -> User | None:
         with self.store.connect() as db:
-            row = db.execute("SELECT id, name, password_hash FROM users WHERE name = ?", (name,)).fetchone()
+            row = db.execute(
+                "SELECT id, name, password_hash, generation FROM users WHERE name = ?", (name,)
+            ).fetchone()
         if row is None:
             check_password_hash(_dummy_hash(), password)  # same work whether or not the name exists
             return None
-        return User(row["id"], row["name"]) if check_password_hash(row["password_hash"], password) else None
+        if not check_password_hash(row["password_hash"], password):
+            return None
+        return User(row["id"], row["name"], row["generation"])
 
-    def user(self, user_id: int) -> User | None:
+    def user(self, user_id: int, generation: int | None = None) -> User | None:
+        """The user, if it exists (and, given ``generation``, its cookies have not been ended)."""
         with self.store.connect() as db:
-            row = db.execute("SELECT id, name FROM users WHERE id = ?", (user_id,)).fetchone()
-        return User(row["id"], row["name"]) if row else None
+            row = db.execute("SELECT id, name, generation FROM users WHERE id = ?", (user_id,)).fetchone()
+        if row is None or (generation is not None and row["generation"] != generation):
+            return None
+        return User(row["id"], row["name"], row["generation"])
+
+    def end_cookies(self, user_id: int) -> None:
+        """Make every sign-in cookie of the user invalid."""
+        with self.store.connect() as db:
+            db.execute("UPDATE users SET generation = generation + 1 WHERE id = ?", (user_id,))
+
+    def revoked(self, credentials: set[str]) -> set[str]:
+        """Those of ``credentials`` (``token:<id>``, ``cookie:<uid>:<gen>``) that are no longer valid."""
+        tokens = {c for c in credentials if c.startswith("token:")}
+        cookies = {c for c in credentials if c.startswith("cookie:")}
+        valid: set[str] = set()
+        with self.store.connect() as db:
+            if tokens:
+                ids = [int(c.split(":")[1]) for c in tokens]
+                rows = db.execute(f"SELECT id FROM tokens WHERE id IN ({','.join('?' * len(ids))})", ids)
+                valid |= {f"token:{r['id']}" for r in rows}
+            if cookies:
+                uids = [int(c.split(":")[1]) for c in cookies]
+                rows = db.execute(
+                    f"SELECT id, generation FROM users WHERE id IN ({','.join('?' * len(uids))})", uids
+                )
+                valid |= {f"cookie:{r['id']}:{r['generation']}" for r in rows}
+        return (tokens | cookies) - valid
 
     def create_token(self, user_name: str, name: str = "") -> str:
         """Create a token for ``user_name`` and return it; only its hash is kept."""
@@ -124,17 +166,77 @@ class Accounts:
             if db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount == 0:
                 raise NotFound(f"no token {token_id}")
 
-    def user_for_token(self, token: str) -> User | None:
+    def user_for_token(self, token: str) -> tuple[User, int] | tuple[None, None]:
+        """The token's user and the token's id, or (None, None)."""
         digest = _digest(token)
         with self.store.connect() as db:
             row = db.execute(
-                "SELECT u.id, u.name, t.token_hash FROM tokens t JOIN users u ON u.id = t.user_id"
-                " WHERE t.token_hash = ?",
+                "SELECT u.id, u.name, u.generation, t.id AS token_id, t.token_hash"
+                " FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
                 (digest,),
             ).fetchone()
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
-            return None
-        return User(row["id"], row["name"])
+            return None, None
+        return User(row["id"], row["name"], row["generation"]), row["token_id"]
+
+
+class RevocationWatch:
+    """Ends live answers whose credential was revoked, by this process or another one.
+
+    A thread runs only while an answer with a credential is live; it asks the
+    database about those credentials once per ``interval_s``, so no request
+    pays for it. ``close`` stops and joins it (bounded).
+    """
+
+    def __init__(self, accounts: Accounts, registry, interval_s: float = 0.5):
+        self.accounts = accounts
+        self.registry = registry
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def watch(self) -> None:
+        """Make sure the thread runs; call after registering a stream that has a credential."""
+        with self._lock:
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._run, name="jarvis-revocation-watch")
+                self._thread.start()
+
+    def check(self) -> int:
+        """Cancel the live answers whose credential is revoked; returns how many."""
+        live = {s.credential for s in self.registry.live() if s.credential}
+        if not live:
+            return 0
+        revoked = self.accounts.revoked(live)
+        if not revoked:
+            return 0
+        ended = self.registry.cancel_where(lambda s: s.credential in revoked, "revoked")
+        log.event("streams_revoked", count=ended)
+        return ended
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._closed.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._closed.wait(self.interval_s):
+                try:
+                    self.check()
+                except StoreError as e:  # a busy or broken database: try again at the next turn
+                    log.event("revocation_check_failed", logging.WARNING, error=e.message)
+                with self._lock:
+                    if not any(s.credential for s in self.registry.live()):
+                        self._thread = None
+                        return
+        finally:
+            with self._lock:  # however it ends, the next watch() starts a new thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
 
 def _digest(token: str) -> str:

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .auth import owner
-from .errors import AtCapacity, BadRequest, JarvisError, PromptTooLarge, UnsupportedMediaType, UpstreamError
+from .auth import credential, owner, signed_in
+from .errors import (
+    AtCapacity,
+    BadRequest,
+    JarvisError,
+    PromptTooLarge,
+    StoreError,
+    UnsupportedMediaType,
+    UpstreamError,
+)
 from .stream import Stream
 
 bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# what model names are made of (Ollama's name:tag, paths of GGUF files): nothing that could steer a log
+MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
 
 
 def jarvis():
@@ -68,19 +79,24 @@ def send_message(session_id: str):
         config=j.config,
         release=j.registry.release,
         owner=owner(),
+        credential=credential(),
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
     )
     # the prompt is stored first: a failed write must leave the session's running answer alone
     stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)
-    j.registry.hand_over(stream)
+    j.registry.hand_over(stream)  # supersedes the session's stream; 503 when full
+    if stream.credential:
+        j.revocations.watch()
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
 @bp.get("/api/models")
 def models():
     j = jarvis()
-    return {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
+    body = {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
+    hosts = j.health.latest()[0].get("hosts")  # several hosts: each with its state, for the picker
+    return body if hosts is None else {**body, "hosts": hosts}
 
 
 @bp.get("/metrics")
@@ -91,7 +107,9 @@ def metrics():
 @bp.get("/healthz")
 def healthz():
     j = jarvis()
-    upstream = j.upstream.health()
+    upstream, _ = j.health.latest()  # probed in the background: a hung model server costs nothing here
+    if not signed_in():  # open to anyone: up or not, nothing more
+        return {"status": "ok", "upstream_ok": upstream["ok"]}
     return {
         "status": "ok",
         "active_streams": j.registry.active(),
@@ -100,6 +118,7 @@ def healthz():
         "model": j.upstream.default_model,
         "upstream_ok": upstream["ok"],
         "upstream": upstream,
+        **({"hosts": upstream["hosts"]} if "hosts" in upstream else {}),
     }
 
 
@@ -111,7 +130,10 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
     if request.content_length is not None and request.content_length > limit:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
     request.max_content_length = limit  # bounds a chunked body too
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than Python recurses: a bad request, not a crash
+        body = None
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object like {"content": "..."}')
     content = body.get("content")
@@ -120,8 +142,8 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
     if len(content) > config.max_prompt_chars:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
     model = body.get("model") or default_model
-    if not isinstance(model, str) or len(model) > 200:
-        raise BadRequest('"model" must be a model name')
+    if model is not default_model and (not isinstance(model, str) or not MODEL_NAME.fullmatch(model)):
+        raise BadRequest('"model" must be a model name (letters, digits and . _ : / @ + -)')
     return content, model
 
 
@@ -133,6 +155,8 @@ def jarvis_error(e: JarvisError):
         response.headers["Retry-After"] = str(e.retry_after_s)
     if isinstance(e, AtCapacity):
         jarvis().metrics.rejected.labels("at_capacity").inc()
+    if isinstance(e, StoreError):
+        current_app.logger.error("store error on %s: %s", request.path, e.message)
     if isinstance(e, UpstreamError):
         current_app.logger.warning("upstream error on %s: %s", request.path, e.code)
     return response

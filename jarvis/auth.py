@@ -1,38 +1,51 @@
 """Who may use Jarvis.
 
-Until an account exists Jarvis is in protected mode: it serves only clients on
-the loopback address that name a loopback host (a forwarded request counts as
-remote; checking the Host header defeats DNS rebinding). Once an account
-exists every route but ``/healthz`` and the login needs a signed-in cookie or a
-bearer token. A state-changing request from a browser must come from our own
-origin; bearer requests are exempt, since no browser adds them by itself.
-None of this does I/O beyond one indexed SQLite read, so a stream starts as
-fast as before.
+No request is served without a credential. While no account exists, the
+credential is the *local token*: generated once into the instance folder (or
+``JARVIS_LOCAL_TOKEN``), printed by ``jarvis serve`` as ``/?token=…``, traded
+by the page for a cookie, sent by scripts as ``Authorization: Bearer``; and
+only loopback clients are served (a forwarded request counts as remote). Once
+an account exists, a signed-in cookie or an account's bearer token is needed
+instead, and the local token means nothing. ``--insecure-no-auth`` alone
+serves without a credential. In every mode the Host header must be an allowed
+name (DNS rebinding), and a state-changing request from a browser must come
+from our own origin, scheme included; bearer requests are exempt, since no
+browser adds them by itself. A request costs at most one indexed SQLite read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
-from urllib.parse import urlsplit
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from urllib.parse import urlencode, urlsplit
 
 from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
-from flask_limiter.util import get_remote_address
 
 from . import log
-from .errors import Forbidden, Unauthorized
+from .config import MIN_SECRET_CHARS, Config, split_list
+from .errors import BadRequest, Forbidden, Unauthorized
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # any of these means a proxy forwarded the request (plain waitress strips the X-Forwarded ones)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
 OPEN_ENDPOINTS = {"api.healthz", "static", "login", "logout"}
+# every attempt counts, before the password is checked, per client address and account name
 LOGIN_LIMIT = "10 per minute"
 ADVICE = "create an account with `jarvis user add NAME` to use Jarvis from another machine"
+LOCAL_ADVICE = (
+    "send Authorization: Bearer <local token>, or open the address `jarvis serve` printed "
+    "(the token is in the file local_token of the instance folder)"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
@@ -45,60 +58,105 @@ SECURITY_HEADERS = {
 
 class _SessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+        return bool(app.config["SESSION_COOKIE_SECURE"] or _scheme() == "https")
 
 
 def init_app(app: Flask) -> None:
-    """Install the checks, the login routes, the rate limit and the security headers."""
+    """Install the checks, the login routes, the rate limit, the body limit and the security headers."""
     cfg = app.extensions["jarvis"].config
-    app.secret_key = cfg.secret_key or _instance_secret(app.instance_path)
+    app.secret_key = cfg.secret_key or private_secret(os.path.join(app.instance_path, "secret_key"))
+    app.extensions["jarvis.local_token"] = local_token(cfg)
     app.session_interface = _SessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME="jarvis_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=cfg.cookie_lifetime_s),
+        # under any WSGI host: no body is read past this (a prompt may spend 6 bytes a character)
+        MAX_CONTENT_LENGTH=cfg.max_prompt_chars * 6 + 65536,
     )
-    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
-    failed = lambda response: response.status_code == 401  # noqa: E731  only failures count
-    view = limiter.limit(LOGIN_LIMIT, key_func=_client_key, deduct_when=failed, methods=["POST"])(login)
-    view = limiter.limit(LOGIN_LIMIT, key_func=_account_key, deduct_when=failed, methods=["POST"])(view)
+    limiter = Limiter(client_address, app=app, storage_uri="memory://", headers_enabled=True)
+    view = limiter.limit(LOGIN_LIMIT, key_func=_attempt_key, methods=["POST"])(login)
     app.register_error_handler(RateLimitExceeded, _login_limited)
     app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     app.before_request(authenticate)
     app.after_request(_security_headers)
+    if cfg.insecure_no_auth:
+        log.event(
+            "INSECURE_NO_AUTH",
+            logging.WARNING,
+            note="with no account, anyone who reaches the port can read and drive Jarvis",
+        )
 
 
 def authenticate():
-    """Run before every request: protected mode, or who the caller is."""
-    g.user = None
+    """Run before every request: the Host check, then who the caller is."""
+    g.user, g.credential, g.signed_in = None, None, False
     j = current_app.extensions["jarvis"]
+    _require_allowed_host(j.config)
     if request.endpoint == "static":
         return None
     if not j.accounts.exist():
-        if not j.config.insecure_no_auth and not _is_local():
-            raise Forbidden(
-                f"Jarvis is in protected mode and answers only on this machine: {ADVICE}.",
-                code="protected_mode",
-            )
-        _require_same_origin(cookie=False)
-        return None
+        return _local_mode(j.config)
     token = _bearer()
-    if token is not None:
-        g.user = j.accounts.user_for_token(token)
+    if token is not None and not _is_local_token(token):
+        g.user, token_id = j.accounts.user_for_token(token)
         if g.user is None:
+            if request.endpoint in OPEN_ENDPOINTS:
+                return None
             raise Unauthorized("the bearer token is not valid (revoked or mistyped)")
+        g.credential, g.signed_in = f"token:{token_id}", True
         return None
     uid = session.get("uid")
-    g.user = j.accounts.user(uid) if uid is not None else None
+    if uid is not None:
+        g.user = j.accounts.user(uid, session.get("gen", -1))
+        if g.user is not None:
+            g.credential, g.signed_in = f"cookie:{uid}:{g.user.generation}", True
+    return _cookie_or_sign_in(
+        cookie_ok=g.user is not None, advice="sign in, or send Authorization: Bearer <token>"
+    )
+
+
+def _local_mode(cfg: Config):
+    if cfg.insecure_no_auth:
+        g.signed_in = True
+        _require_same_origin(cookie=False)
+        return None
+    if not _is_local():
+        raise Forbidden(
+            f"Jarvis has no account yet and answers only on this machine: {ADVICE}.", code="protected_mode"
+        )
+    token = _bearer()
+    if token is not None:
+        if _is_local_token(token):
+            g.signed_in = True
+        elif request.endpoint not in OPEN_ENDPOINTS:
+            raise Unauthorized(f"the bearer token is not the local token: {LOCAL_ADVICE}")
+        return None
+    offered = request.args.get("token")
+    if offered is not None and request.method == "GET" and _is_local_token(offered):
+        # trade the printed address for a cookie, and drop the token from the address bar
+        session.clear()
+        session["local"] = _fingerprint(_local())
+        session["csrf"] = secrets.token_urlsafe(24)
+        session.permanent = True
+        rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+        return redirect(request.path + ("?" + urlencode(rest) if rest else ""))
+    cookie_ok = hmac.compare_digest(session.get("local", ""), _fingerprint(_local()))
+    g.signed_in = cookie_ok
+    return _cookie_or_sign_in(cookie_ok, LOCAL_ADVICE)
+
+
+def _cookie_or_sign_in(cookie_ok: bool, advice: str):
     if request.endpoint in OPEN_ENDPOINTS:
         if request.endpoint == "login":
             _require_same_origin(cookie=False)
         return None
-    if g.user is None:
+    if not cookie_ok:
         if request.path.startswith("/api/") or request.endpoint == "api.metrics":
-            raise Unauthorized("sign in, or send Authorization: Bearer <token>")
+            raise Unauthorized(advice)
         return redirect(url_for("login"))
     _require_same_origin(cookie=True)
     return None
@@ -109,21 +167,36 @@ def owner() -> int | None:
     return g.user.id if g.get("user") is not None else None
 
 
+def credential() -> str | None:
+    """What signed this request (``token:<id>``, ``cookie:<uid>:<gen>``), for revocation; None locally."""
+    return g.get("credential")
+
+
+def signed_in() -> bool:
+    """True when the request carries a valid credential (or none is needed)."""
+    return bool(g.get("signed_in"))
+
+
 def login():
     j = current_app.extensions["jarvis"]
+    accounts = j.accounts.exist()
     if request.method == "GET":
-        return render_template("login.html", error=None, accounts=j.accounts.exist())
-    data = (request.get_json(silent=True) or {}) if request.is_json else request.form
+        return render_template("login.html", error=None, accounts=accounts)
+    if not accounts:
+        raise BadRequest(f"Jarvis has no account yet: {LOCAL_ADVICE}")
+    data = _body()
     name, password = str(data.get("name", "")), str(data.get("password", ""))
     user = j.accounts.authenticate(name, password)
     if user is None:
-        log.event("login_failed", address=request.remote_addr)
+        log.event("login_failed", address=client_address())
         if request.is_json:
             raise Unauthorized("wrong name or password")
         return render_template("login.html", error="Wrong name or password.", accounts=True), 401
     session.clear()
     session["uid"] = user.id
+    session["gen"] = user.generation
     session["csrf"] = secrets.token_urlsafe(24)
+    session.permanent = True  # the cookie lasts JARVIS_COOKIE_LIFETIME, and the signature says so too
     log.event("login", user=user.name)
     if request.is_json:
         return {"user": user.name, "csrf_token": session["csrf"]}
@@ -133,17 +206,85 @@ def login():
 def _login_limited(e: RateLimitExceeded):
     # a person at the form gets the page back; scripts get the JSON error
     if request.endpoint == "login" and not request.is_json:
-        message = "Too many failed sign-ins. Wait a minute, then try again."
+        message = "Too many sign-in attempts. Wait a minute, then try again."
         return render_template("login.html", error=message, accounts=True), 429
     return {"error": {"code": "too_many_requests", "message": e.description}}, 429
 
 
 def logout():
+    """Sign out: every cookie of this user ends, and so do the answers they started."""
     _require_same_origin(cookie=True)
+    j = current_app.extensions["jarvis"]
+    if g.user is not None and (g.credential or "").startswith("cookie:"):
+        j.accounts.end_cookies(g.user.id)
+        prefix = f"cookie:{g.user.id}:"
+        j.registry.cancel_where(lambda s: (s.credential or "").startswith(prefix), "revoked")
     session.clear()
     if request.is_json or request.accept_mimetypes.best == "application/json":
         return {"signed_out": True}
     return redirect(url_for("login"))
+
+
+def client_address() -> str:
+    """The client's address: the peer, or what a trusted proxy says it forwarded for."""
+    peer = request.remote_addr or "?"
+    trusted = _trusted_proxies()
+    if not trusted or not _within(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):  # the nearest hop a trusted proxy did not add
+        if not _within(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _scheme() -> str:
+    proto = request.headers.get("X-Forwarded-Proto", "")
+    trusted = _trusted_proxies()
+    if proto and trusted and _within(request.remote_addr or "", trusted):
+        return proto.split(",")[0].strip().lower()
+    return request.scheme
+
+
+def _trusted_proxies() -> list:
+    cfg = current_app.extensions["jarvis"].config
+    return [ipaddress.ip_network(p, strict=False) for p in split_list(cfg.trusted_proxies)]
+
+
+def _within(address: str, networks: list) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def _host_name() -> str:
+    try:
+        return (urlsplit("//" + request.host).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+def _is_loopback_name(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_allowed_host(cfg: Config) -> None:
+    host = _host_name()
+    allowed = {h.lower().rstrip(".") for h in split_list(cfg.allowed_hosts)}
+    if _is_loopback_name(host) or host in allowed or "*" in allowed:
+        return
+    shown = host if len(host) <= 64 else host[:64] + "…"
+    raise Forbidden(
+        f"this server does not answer to the name {shown!r}; list it in JARVIS_ALLOWED_HOSTS",
+        code="host_not_allowed",
+    )
 
 
 def _is_local() -> bool:
@@ -154,11 +295,7 @@ def _is_local() -> bool:
             return False
     except ValueError:
         return False
-    host = urlsplit("//" + request.host).hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a DNS name pointing here: a rebinding attack looks just like this
+    return _is_loopback_name(_host_name())
 
 
 def _require_same_origin(cookie: bool) -> None:
@@ -166,7 +303,12 @@ def _require_same_origin(cookie: bool) -> None:
         return
     origin = request.headers.get("Origin")
     if origin is not None and origin != "null":
-        if urlsplit(origin).netloc != request.host:
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            parts = None
+        # the scheme too: http://host is another origin than https://host
+        if parts is None or parts.scheme.lower() != _scheme() or parts.netloc.lower() != request.host.lower():
             raise Forbidden("cross-origin requests are refused", code="cross_origin")
         return
     site = request.headers.get("Sec-Fetch-Site")
@@ -186,13 +328,31 @@ def _bearer() -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _client_key() -> str:
-    return "addr:" + (request.remote_addr or "?")
+def _local() -> str:
+    return current_app.extensions["jarvis.local_token"]
 
 
-def _account_key() -> str:
-    data = (request.get_json(silent=True) or {}) if request.is_json else request.form
-    return "user:" + str(data.get("name", ""))[:64]
+def _is_local_token(token: str) -> bool:
+    return hmac.compare_digest(token.encode(), _local().encode())
+
+
+def _fingerprint(token: str) -> str:
+    # the cookie is signed, not encrypted: it names the token without holding it
+    return hashlib.sha256(b"jarvis-local:" + token.encode()).hexdigest()
+
+
+def _body() -> Mapping:
+    if not request.is_json:
+        return request.form
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # JSON nested deeper than Python recurses
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
+def _attempt_key() -> str:
+    return f"{client_address()}|{str(_body().get('name', ''))[:64]}"
 
 
 def _security_headers(response):
@@ -201,14 +361,38 @@ def _security_headers(response):
     return response
 
 
-def _instance_secret(instance_path: str) -> str:
-    path = os.path.join(instance_path, "secret_key")
+def local_token(cfg: Config) -> str:
+    """The local token: ``JARVIS_LOCAL_TOKEN``, or the one generated into the instance folder."""
+    return cfg.local_token or private_secret(os.path.join(cfg.instance_path(), "local_token"))
+
+
+def private_secret(path: str) -> str:
+    """Read a secret file, or make one: mode 0600, and never seen half-written."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         with open(path) as f:
-            return f.read().strip()
-    with os.fdopen(fd, "w") as f:
-        key = secrets.token_hex(32)
-        f.write(key)
-    return key
+            value = f.read().strip()
+        if len(value) >= MIN_SECRET_CHARS:
+            return value
+        log.event("secret_file_regenerated", logging.WARNING, file=os.path.basename(path), chars=len(value))
+    except FileNotFoundError:
+        value = None
+    made = secrets.token_urlsafe(32)  # 256 random bits
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(made)
+            f.flush()
+            os.fsync(f.fileno())
+        if value is not None:
+            os.replace(tmp, path)  # an empty or short file, say from a crash during its first write
+            return made
+        try:
+            os.link(tmp, path)  # appears whole, and only if no other process made it first
+        except FileExistsError:
+            with open(path) as f:
+                return f.read().strip()
+        return made
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

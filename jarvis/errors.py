@@ -13,10 +13,12 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   ├── Unauthorized           401 unauthorized (sign in, or send a bearer token)
     │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
+    ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
     ├── StoreError                 500 store_error (the database refused a write)
     └── UpstreamError              502, the model side failed; ends a stream as failed
         ├── UpstreamUnavailable    upstream_unavailable (retryable: start Ollama)
         ├── ModelNotFound          model_not_found
+        ├── UpstreamUnauthorized   upstream_unauthorized (the server refused the API key)
         ├── UpstreamHTTPError      upstream_http_error
         ├── UpstreamStreamError    upstream_error (an error line mid-answer)
         ├── UpstreamProtocolError  upstream_bad_response
@@ -91,11 +93,26 @@ class AtCapacity(JarvisError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyStreams(JarvisError):
+    """One account holds as many live streams as it may; retry when one ends."""
+
+    http_status = 429
+    code = "too_many_streams"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StoreError(JarvisError):
     """The history database refused a read or write (full disk, read-only file)."""
 
     http_status = 500
     code = "store_error"
+
+    def to_dict(self) -> dict:
+        # the message names the file: it is for the server log, not for clients
+        return {"code": self.code, "message": "the history database failed; the server log has the details"}
 
 
 class UpstreamError(JarvisError):
@@ -113,6 +130,12 @@ class UpstreamUnavailable(UpstreamError):
 
 class ModelNotFound(UpstreamError):
     code = "model_not_found"
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The model server refused the API key; retrying will not help until the key is fixed."""
+
+    code = "upstream_unauthorized"
 
 
 class UpstreamHTTPError(UpstreamError):

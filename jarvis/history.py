@@ -9,6 +9,7 @@ the write lock. A connection closes with its thread, or at ``close()``.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,6 +59,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 BUSY_TIMEOUT_S = 5.0
+TITLE_CHARS = 60
 
 
 class Store:
@@ -72,9 +75,16 @@ class Store:
         self._lock = threading.Lock()  # guards the set of open connections
         self._open: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._generation = 0  # bumped by close(): a thread's older connection is replaced
+        _create_private(path)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
+                # bumped to end every sign-in cookie of a user at once
+                db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+        for name in (path, path + "-wal", path + "-shm"):  # older installs made them 0644
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
 
     def close(self) -> None:
         """Close every thread's connection (idempotent); a later call opens a new one."""
@@ -156,7 +166,7 @@ class Store:
                 (session_id, owner),
             ).fetchone()
             if row is None:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
             rows = db.execute(
                 "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
@@ -166,13 +176,13 @@ class Store:
         with self.connect() as db:
             found = db.execute("SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             if found.fetchone() is None:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
 
     def delete_session(self, session_id: str, owner: int | None = None) -> None:
         with self.connect() as db:
             deleted = db.execute("DELETE FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             if deleted.rowcount == 0:
-                raise NotFound(f"no session {session_id!r}")
+                raise NotFound(f"no session {_shown(session_id)}")
 
     def context(self, session_id: str) -> list[dict]:
         """The conversation to send upstream: prompts and completed answers, oldest first."""
@@ -199,7 +209,7 @@ class Store:
                 " updated_at) VALUES (?, 'assistant', '', 'streaming', ?, ?, ?, ?)",
                 (session_id, trace_id, model, now, now),
             ).lastrowid
-            title = prompt.strip().splitlines()[0][:60] if prompt.strip() else ""
+            title = _title(prompt)
             db.execute(
                 "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END"
                 " WHERE id = ?",
@@ -235,6 +245,23 @@ class _Held:
     def __init__(self, db: sqlite3.Connection, generation: int):
         self.db = db
         self.generation = generation
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner alone; SQLite gives WAL and SHM the same mode."""
+    if path != ":memory:" and not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _shown(session_id: str) -> str:
+    # an error echoes a bounded id: a client cannot make the answer or the log grow with it
+    return repr(session_id if len(session_id) <= 40 else session_id[:40] + "…")
+
+
+def _title(prompt: str) -> str:
+    """A session's title: the prompt's first line, cut to TITLE_CHARS with an ellipsis."""
+    line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
 def _message(row: sqlite3.Row) -> dict:

@@ -19,7 +19,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None) or {}
         tail = "".join(f" {k}={_text(v)}" for k, v in fields.items())
-        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}{tail}"
+        message = _escape_controls(record.getMessage())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} {message}{tail}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -58,4 +59,10 @@ def setup(log_format: str) -> None:
 
 def _text(value) -> str:
     text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+    plain = text and text.isprintable() and not any(c in text for c in ' "=')
+    return text if plain else json.dumps(text)  # quoted and escaped: CR or ESC cannot forge a line
+
+
+def _escape_controls(text: str) -> str:
+    # a message may carry a client's path: no CR, LF or ESC of it reaches the log raw
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -45,8 +45,29 @@ class Metrics:
         self.upstream_errors = Counter(
             "jarvis_upstream_errors", "Upstream failures, by error code.", ["code"], registry=r
         )
+        # one label per model host, when JARVIS_UPSTREAMS names several
+        self.host_live = Gauge(
+            "jarvis_host_live_answers", "Answers streaming, by host.", ["host"], registry=r
+        )
+        self.host_failures = Counter(
+            "jarvis_host_failures", "Answers a host failed, by host and code.", ["host", "code"], registry=r
+        )
+        self.host_first_token = Histogram(
+            "jarvis_host_time_to_first_token_seconds",
+            "Time from sending a prompt to a host to its first token, by host.",
+            ["host"],
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
         self.rejected = Counter(
             "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
+        )
+
+    def unreachable(self) -> float:
+        """Prompts that found the model server refusing or not accepting connections, so far."""
+        return sum(
+            self.registry.get_sample_value("jarvis_upstream_errors_total", {"code": code}) or 0.0
+            for code in ("upstream_unavailable", "connect_timeout")
         )
 
     def render(self) -> bytes:

@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from . import log
-from .errors import AtCapacity, JarvisError
+from .errors import AtCapacity, JarvisError, TooManyStreams
 from .stream import Stream
 
 
 class Registry:
     """Live streams by session, with the supersede rule and the stream limit."""
 
-    def __init__(self, max_streams: int, disconnect_poll_s: float = 0.02):
+    def __init__(self, max_streams: int, disconnect_poll_s: float = 0.02, max_streams_per_user: int = 0):
         self.max_streams = max_streams
+        self.max_streams_per_user = max_streams_per_user
         self.disconnect_poll_s = disconnect_poll_s
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
@@ -43,6 +45,12 @@ class Registry:
             if prev is None and len(self._current) >= self.max_streams:
                 raise AtCapacity(
                     f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
+                )
+            owner = getattr(stream, "owner", None)
+            if prev is None and owner is not None and 0 < self.max_streams_per_user <= self._owned(owner):
+                raise TooManyStreams(
+                    f"this account already has {self.max_streams_per_user} answers streaming; "
+                    "stop one or wait for it to end"
                 )
             self._current[stream.key] = stream
             self._live.add(stream)
@@ -78,6 +86,20 @@ class Registry:
         with self._lock:
             stream = self._current.get(key)
         return stream.cancel(reason) if stream is not None else False
+
+    def count_owned(self, owner) -> int:
+        """How many sessions of ``owner`` have a live stream."""
+        with self._lock:
+            return self._owned(owner)
+
+    def _owned(self, owner) -> int:
+        return sum(1 for s in self._current.values() if getattr(s, "owner", None) == owner)
+
+    def cancel_where(self, predicate: Callable[[Stream], bool], reason: str) -> int:
+        """Cancel every live stream ``predicate`` accepts; returns how many this call cancelled."""
+        with self._lock:
+            chosen = [s for s in self._live if predicate(s)]
+        return sum(1 for s in chosen if s.cancel(reason))
 
     def active(self) -> int:
         with self._lock:

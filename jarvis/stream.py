@@ -44,6 +44,7 @@ class Reason(str, Enum):
     DISCONNECTED = "disconnected"
     SHUTDOWN = "shutdown"
     DELETED = "deleted"
+    REVOKED = "revoked"  # the credential that started it was revoked
 
     __str__ = str.__str__
 
@@ -69,6 +70,7 @@ REASON_STATUS = {
     Reason.DISCONNECTED: Status.DISCONNECTED,
     Reason.SHUTDOWN: Status.STOPPED,
     Reason.DELETED: Status.STOPPED,
+    Reason.REVOKED: Status.STOPPED,
 }
 REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import select
 import socket
 import subprocess
@@ -15,13 +16,17 @@ from dataclasses import dataclass
 import pytest
 import requests
 from flask import Flask
+from flask.testing import FlaskClient
 
 from jarvis import create_app, sse
 from jarvis.server import Server
 from tests.fake_ollama import FakeOllama
+from tests.fake_openai import FakeOpenAI
 
 # bounds every HTTP wait in the tests: a hang fails fast instead of at the test timeout
 HTTP_TIMEOUT = (2, 5)
+# the local token of every test server: no request is served without a credential
+LOCAL_TOKEN = "test-local-token-0123456789abcdefghijklmnopqrstuv"
 
 
 def pytest_addoption(parser):
@@ -41,12 +46,20 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str
         threading.Event().wait(interval)
 
 
+FAKES = {"ollama": FakeOllama, "openai": FakeOpenAI}
+# run a test against each fake upstream: Ollama's protocol and the OpenAI-compatible one
+both_upstreams = pytest.mark.parametrize("fake", list(FAKES), indirect=True)
+
+
 def test_config(fake: FakeOllama, tmp_path, **overrides) -> dict:
+    where = {"ollama_url": fake.url} if fake.kind == "ollama" else {"openai_url": fake.url + "/v1"}
     return {
-        "backend": "ollama",
-        "ollama_url": fake.url,
+        "backend": fake.kind,
+        **where,
         "model": "tiny",
         "database": str(tmp_path / "jarvis.sqlite3"),
+        "instance_dir": str(tmp_path / "instance"),
+        "local_token": LOCAL_TOKEN,
         "heartbeat_s": 0.2,
         "first_token_timeout_s": 10.0,
         "idle_timeout_s": 10.0,
@@ -58,6 +71,14 @@ test_config.__test__ = False  # a helper, not a test
 
 
 _apps: list[Flask] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_token_in_environment():
+    """Commands the tests run find the test servers' local token, as they find a real one's file."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JARVIS_LOCAL_TOKEN", LOCAL_TOKEN)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +97,9 @@ def no_leaks():
 
 
 @pytest.fixture
-def fake():
-    with FakeOllama() as f:
+def fake(request):
+    """The fake Ollama, or with ``both_upstreams`` each fake upstream in turn."""
+    with FAKES[getattr(request, "param", "ollama")]() as f:
         yield f
 
 
@@ -88,6 +110,7 @@ def make_app(fake, tmp_path):
 
     def make(**overrides) -> Flask:
         app = create_app(test_config(fake, tmp_path, **overrides))
+        app.test_client_class = LocalClient
         made.append(app)
         _apps.append(app)
         return app
@@ -100,6 +123,14 @@ def make_app(fake, tmp_path):
 @pytest.fixture
 def app(make_app) -> Flask:
     return make_app()
+
+
+class LocalClient(FlaskClient):
+    """A test client that sends the local token, as scripts on this machine do."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {LOCAL_TOKEN}"
 
 
 @pytest.fixture
@@ -135,9 +166,10 @@ def jarvis_server(fake, tmp_path, monkeypatch, make_server):
     """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
     for key, value in test_config(fake, tmp_path).items():
         monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
-    import wsgi
-
-    app = importlib.reload(wsgi).app
+    if "wsgi" in sys.modules:  # each app probes its upstream in a thread: build just one
+        app = importlib.reload(sys.modules["wsgi"]).app
+    else:
+        app = importlib.import_module("wsgi").app
     _apps.append(app)
     server = make_server(app)
     yield Live(server.url, fake, app, server)
@@ -151,11 +183,12 @@ def api(jarvis_server):
 class Api:
     """A small client of the Jarvis HTTP API with bounded waits."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str | None = LOCAL_TOKEN):
         self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def session(self) -> str:
-        r = requests.post(self.url + "/api/sessions", timeout=HTTP_TIMEOUT)
+        r = requests.post(self.url + "/api/sessions", headers=self.headers, timeout=HTTP_TIMEOUT)
         assert r.status_code == 201, r.text
         return r.json()["id"]
 
@@ -163,18 +196,21 @@ class Api:
         r = requests.post(
             f"{self.url}/api/sessions/{session}/messages",
             json={"content": content, **body},
+            headers=self.headers,
             stream=True,
             timeout=HTTP_TIMEOUT,
         )
         return SSE(r)
 
     def stop(self, session: str) -> dict:
-        r = requests.post(f"{self.url}/api/sessions/{session}/stop", timeout=HTTP_TIMEOUT)
+        r = requests.post(
+            f"{self.url}/api/sessions/{session}/stop", headers=self.headers, timeout=HTTP_TIMEOUT
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
     def messages(self, session: str) -> list[dict]:
-        r = requests.get(f"{self.url}/api/sessions/{session}", timeout=HTTP_TIMEOUT)
+        r = requests.get(f"{self.url}/api/sessions/{session}", headers=self.headers, timeout=HTTP_TIMEOUT)
         assert r.status_code == 200, r.text
         return r.json()["messages"]
 
@@ -242,6 +278,7 @@ def free_port() -> int:
 def clean_env(**settings) -> dict:
     """This process's environment without any JARVIS_* setting, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env["JARVIS_LOCAL_TOKEN"] = LOCAL_TOKEN
     env.update(settings)
     return env
 
@@ -261,7 +298,8 @@ def serve_process(
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
     line = read_line(proc, 20)
     assert "listening" in line and f"127.0.0.1:{port}" in line, line
-    return proc, Api(f"http://127.0.0.1:{port}")
+    token = re.search(r"\?token=(\S+)", line)  # the printed address signs in
+    return proc, Api(f"http://127.0.0.1:{port}", token.group(1) if token else None)
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -279,3 +317,67 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(15)
     if proc.stdout:
         proc.stdout.close()
+
+
+@dataclass
+class Served:
+    """A Jarvis server process on a free loopback port, and what a user of it knows."""
+
+    kind: str
+    url: str
+    token: str | None  # the local token, from the printed address or the token file
+    proc: subprocess.Popen
+    instance: str
+
+
+@pytest.fixture(params=["jarvis serve", "waitress"])
+def hosted(request, fake, tmp_path):
+    """Start Jarvis as ``jarvis serve`` and as plain ``python -m waitress … wsgi:app``: one test, both hosts.
+
+    Call with extra JARVIS_* settings; the local token is generated, as on a fresh machine.
+    """
+    procs: list[subprocess.Popen] = []
+
+    def start(**settings) -> Served:
+        instance = str(tmp_path / "instance")
+        env = clean_env(
+            JARVIS_OLLAMA_URL=fake.url,
+            JARVIS_MODEL="tiny",
+            JARVIS_BACKEND="ollama",
+            JARVIS_INSTANCE_DIR=instance,
+            JARVIS_HEARTBEAT="0.2",
+            **settings,
+        )
+        env.pop("JARVIS_LOCAL_TOKEN", None)
+        port = free_port()
+        if request.param == "jarvis serve":
+            cmd = jarvis_command("serve", "--port", str(port))
+        else:
+            cmd = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"]
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        token = None
+        if request.param == "jarvis serve":
+            line = proc.stdout.readline()
+            assert f"127.0.0.1:{port}" in line, line
+            found = re.search(r"\?token=(\S+)", line)
+            token = found.group(1) if found else None
+        else:
+
+            def up():
+                try:
+                    return requests.get(url + "/healthz", timeout=HTTP_TIMEOUT).ok
+                except requests.ConnectionError:
+                    return False
+
+            wait_for(up, timeout=20, what="waitress to answer")
+            if os.path.exists(os.path.join(instance, "local_token")):
+                token = open(os.path.join(instance, "local_token")).read().strip()
+        return Served(request.param, url, token, proc, instance)
+
+    yield start
+    for proc in procs:
+        stop_process(proc)

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 OK_MODELS = ("llama3.2", "tiny")
@@ -38,6 +39,7 @@ class Script:
     forever: bytes | None = None  # a body that never ends: this chunk again and again
     refuse: bool = False  # reset the connection instead of answering
     done_reason: str = "stop"  # "length": the answer was cut by a token limit
+    framing: str = "chunked"  # or "length" (Content-Length, as a buffering proxy sends) or "close"
 
     def texts(self) -> list[str]:
         if isinstance(self.tokens, int):
@@ -57,6 +59,7 @@ class Call:
     tokens_sent: int = 0
     closed: threading.Event = field(default_factory=threading.Event)
     sock: socket.socket | None = field(default=None, repr=False)
+    headers: dict = field(default_factory=dict, repr=False)  # names in lower case
 
     @property
     def prompt(self) -> str:
@@ -74,7 +77,10 @@ class _ClientGone(Exception):
 class FakeOllama:
     """Start with ``with FakeOllama() as fake:``; ``fake.url`` is its base URL."""
 
-    def __init__(self, models=OK_MODELS, key=None):
+    CHAT_PATH = "/api/chat"
+    kind = "ollama"  # the JARVIS_BACKEND that reads it
+
+    def __init__(self, models=OK_MODELS, key=None, port=0):
         self.models = list(models)
         self.key = key  # body -> session key; set to detect overlapping calls of one session
         self.overlaps: list[tuple[Call, Call]] = []
@@ -87,7 +93,7 @@ class FakeOllama:
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock = socket.create_server(("127.0.0.1", port))  # a port: a server back where it was
         self._sock.settimeout(0.05)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -107,12 +113,12 @@ class FakeOllama:
     # observation
     def chat_calls(self) -> list[Call]:
         with self._lock:
-            return [c for c in self.calls if c.path == "/api/chat"]
+            return [c for c in self.calls if c.path == self.CHAT_PATH]
 
     def wait_for_calls(self, n: int, timeout: float = 5.0) -> list[Call]:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while sum(c.path == "/api/chat" for c in self.calls) < n:
+            while sum(c.path == self.CHAT_PATH for c in self.calls) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"fake Ollama saw fewer than {n} chat calls in {timeout}s")
@@ -164,25 +170,20 @@ class FakeOllama:
         call = None
         try:
             conn.settimeout(5.0)
-            path, body = _read_request(conn)
-            call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn)
+            path, headers, body = _read_request(conn)
+            call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
             with self._lock:
-                if path == "/api/chat":
+                if path == self.CHAT_PATH:
                     self._check_overlap(call)
                 self.calls.append(call)
-                if path == "/api/chat":
+                if path == self.CHAT_PATH:
                     self.active += 1
                     self.max_active = max(self.max_active, self.active)
                 self._changed.notify_all()
-            if path == "/api/chat":
+            if path == self.CHAT_PATH:
                 self._chat(conn, call)
-            elif path == "/api/tags":
-                models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
-                _send_json(conn, 200, {"models": models})
-            elif path == "/api/version":
-                _send_json(conn, 200, {"version": "0.0.0-fake"})
             else:
-                _send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
+                self._get(conn, call)
             if call.closed_by is None:
                 call.closed_by = "server"
         except _ClientGone:
@@ -196,7 +197,7 @@ class FakeOllama:
             if call is not None:
                 call.closed_at = time.monotonic()
                 with self._lock:
-                    if call.path == "/api/chat":
+                    if call.path == self.CHAT_PATH:
                         self.active -= 1
                     self._changed.notify_all()
                 call.closed.set()
@@ -206,7 +207,7 @@ class FakeOllama:
         if self.key is None:
             return
         for old in self.calls:
-            if old.path != "/api/chat" or old.closed_at is not None:
+            if old.path != self.CHAT_PATH or old.closed_at is not None:
                 continue
             if self.key(old.body) != self.key(new.body):
                 continue
@@ -234,43 +235,97 @@ class FakeOllama:
             return  # closing with linger 0 sends a reset
         model = call.body.get("model", "")
         self._wait(conn, s.load_delay_s)
-        if s.status != 200:
-            return _send_json(conn, s.status, {"error": s.error})
-        if model.split(":")[0] not in self.models:
-            return _send_json(conn, 404, {"error": f'model "{model}" not found, try pulling it first'})
-        conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        )
+        refused = self._refusal(call, s, model)
+        if refused is not None:
+            return _send_json(conn, *refused)
+        body = _Body(conn, s.framing)
         if s.forever is not None:
+            body.head(self.CONTENT_TYPE)
             while not self._stop.is_set():
-                _chunk(conn, s.forever)
+                body.send(s.forever)
                 self._wait(conn, 0.001)
             return
         if s.raw is not None:
+            body.head(self.CONTENT_TYPE, sum(map(len, s.raw)))
             for chunk in s.raw:
-                _chunk(conn, chunk)
+                body.send(chunk)
                 if self._stop.is_set():
                     return
-            return conn.sendall(b"0\r\n\r\n")
+            return body.end()
+        length = None
+        if s.framing == "length":  # a second pass: a long answer is never held in memory whole
+            length = sum(len(data) for kind, data in self._steps(s, model) if kind in ("token", "send"))
+        body.head(self.CONTENT_TYPE, length)
+        for kind, data in self._steps(s, model):
+            if kind == "stall":
+                self._wait(conn, None)
+            elif kind == "wait":
+                self._wait(conn, data)
+            elif kind == "drop":
+                return
+            else:
+                body.send(data)
+                call.tokens_sent += kind == "token"
+        body.end()
+
+    def _steps(self, s: Script, model: str) -> Iterator[tuple[str, object]]:
+        """The answer as (what, data): "token" and "send" bytes, "wait", "stall", "drop"."""
+        for frame in self._opening(model):
+            yield "send", frame
+        sent = 0
         for i, text in enumerate(s.texts()):
             if i == s.stall_after:
-                self._wait(conn, None)
+                yield "stall", None
             if i == s.error_after:
-                _chunk(conn, _line({"error": s.error}))
-                return conn.sendall(b"0\r\n\r\n")
+                yield "send", self._error_frame(s.error)
+                return
             if i == s.drop_after:
+                yield "drop", None
+                yield "send", b"x" * 64  # what the Content-Length promised and never came
                 return
             if i and s.interval_s:
-                self._wait(conn, s.interval_s)
-            _chunk(conn, _line(_message(model, text, done=False)))
-            call.tokens_sent += 1
+                yield "wait", s.interval_s
+            yield "token", self._token_frame(model, text)
+            sent += 1
         if s.stall_after is not None and s.stall_after >= len(s.texts()):
-            self._wait(conn, None)
+            yield "stall", None
+        for frame in self._closing(model, s.done_reason, sent):
+            yield "send", frame
+
+    # Ollama's protocol; a fake of another server overrides these
+    CONTENT_TYPE = b"application/x-ndjson"
+
+    def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:
+        """The (status, JSON body) that answers instead of a stream, if any."""
+        if s.status != 200:
+            return s.status, {"error": s.error}
+        if model.split(":")[0] not in self.models:
+            return 404, {"error": f'model "{model}" not found, try pulling it first'}
+        return None
+
+    def _opening(self, model: str) -> list[bytes]:
+        return []
+
+    def _token_frame(self, model: str, text: str) -> bytes:
+        return _line(_message(model, text, done=False))
+
+    def _error_frame(self, error: str) -> bytes:
+        return _line({"error": error})
+
+    def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
         final = _message(model, "", done=True)
-        final.update(done_reason=s.done_reason, prompt_eval_count=7, eval_count=call.tokens_sent)
-        _chunk(conn, _line(final))
-        conn.sendall(b"0\r\n\r\n")
+        final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
+        return [_line(final)]
+
+    def _get(self, conn: socket.socket, call: Call) -> None:
+        path = call.path
+        if path == "/api/tags":
+            models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
+            _send_json(conn, 200, {"models": models})
+        elif path == "/api/version":
+            _send_json(conn, 200, {"version": "0.0.0-fake"})
+        else:
+            _send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
 
     def _wait(self, conn: socket.socket, seconds: float | None) -> None:
         """Sleep ``seconds`` (None: until shutdown) but raise at once if the client leaves."""
@@ -304,8 +359,32 @@ def _line(obj: dict) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
-def _chunk(conn: socket.socket, data: bytes) -> None:
-    conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+class _Body:
+    """Writes a response body framed as chunks, with a Content-Length, or ended by closing."""
+
+    def __init__(self, conn: socket.socket, framing: str):
+        assert framing in ("chunked", "length", "close"), framing
+        self.conn = conn
+        self.framing = framing
+
+    def head(self, content_type: bytes, length: int | None = None) -> None:
+        if self.framing == "chunked":
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self.framing == "length" and length is not None:
+            framing = b"Content-Length: %d\r\n" % length
+        else:
+            framing = b""  # the body ends when the connection closes
+        self.conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sConnection: close\r\n\r\n" % (content_type, framing)
+        )
+
+    def send(self, data: bytes) -> None:
+        # one sendall per frame: the bench stamps each as it leaves
+        self.conn.sendall(b"%x\r\n%s\r\n" % (len(data), data) if self.framing == "chunked" else data)
+
+    def end(self) -> None:
+        if self.framing == "chunked":
+            self.conn.sendall(b"0\r\n\r\n")
 
 
 def _send_json(conn: socket.socket, status: int, obj: dict) -> None:
@@ -316,7 +395,7 @@ def _send_json(conn: socket.socket, status: int, obj: dict) -> None:
     )
 
 
-def _read_request(conn: socket.socket) -> tuple[str, dict]:
+def _read_request(conn: socket.socket) -> tuple[str, dict, dict]:
     data = b""
     while b"\r\n\r\n" not in data:
         more = conn.recv(65536)
@@ -326,14 +405,14 @@ def _read_request(conn: socket.socket) -> tuple[str, dict]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     path = lines[0].split(" ")[1]
-    length = 0
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", 0))
     while len(body) < length:
         more = conn.recv(65536)
         if not more:
             raise _ClientGone()
         body += more
-    return path, json.loads(body) if body else {}
+    return path, headers, json.loads(body) if body else {}

@@ -58,7 +58,7 @@ MUTANTS = [
   ["tests/test_core.py", "tests/test_lifecycle.py", "tests/test_api.py"]),
  ("supersede: supersede stops cancelling the old stream", "jarvis/registry.py",
   '            prev.cancel("superseded")\n', "            pass\n", ["tests/test_registry_model.py"]),
- ("socket-close: cancel stops closing the upstream socket", "jarvis/upstream/ollama.py",
+ ("socket-close: cancel stops closing the upstream socket", "jarvis/upstream/http.py",
   "    try:\n        sock.shutdown(socket.SHUT_RDWR)\n", "    return\n    try:\n        sock.shutdown(socket.SHUT_RDWR)\n",
   ["tests/test_lifecycle.py", "tests/test_api.py"]),
  ("predecessor-wait: the worker no longer waits for its predecessor", "jarvis/stream.py",

@@ -10,7 +10,7 @@ import requests
 
 from jarvis.errors import StoreError
 from jarvis.stream import Stream
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, wait_for
 from tests.fake_ollama import Script
 
 
@@ -77,11 +77,14 @@ def test_delete_stops_a_running_answer_and_forgets_the_session(api, fake):
     sse = api.send(sid, "x")
     sse.until("start")
     call = fake.wait_for_calls(1)[0]
-    r = requests.delete(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT)
+    r = requests.delete(f"{api.url}/api/sessions/{sid}", headers=api.headers, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200 and r.json() == {"deleted": True}
     assert call.wait_closed(1)
     assert sse.end()["status"] == "stopped"
-    assert requests.get(f"{api.url}/api/sessions/{sid}", timeout=HTTP_TIMEOUT).status_code == 404
+    assert (
+        requests.get(f"{api.url}/api/sessions/{sid}", headers=api.headers, timeout=HTTP_TIMEOUT).status_code
+        == 404
+    )
 
 
 def _end_of(api, fake, script) -> dict:
@@ -102,11 +105,13 @@ def test_model_not_found_names_the_model(api, fake):
     assert "nonexistent" in end["error"]["message"] and "ollama pull" in end["error"]["message"]
 
 
+@both_upstreams
 def test_upstream_http_500_fails_the_stream(api, fake):
     end = _end_of(api, fake, Script(status=500, error="out of memory"))
     assert end["error"]["code"] == "upstream_http_error" and "out of memory" in end["error"]["message"]
 
 
+@both_upstreams
 def test_error_line_mid_stream_keeps_the_partial_answer(api, fake):
     fake.script(Script(tokens=5, error_after=3))
     sid = api.session()
@@ -117,6 +122,7 @@ def test_error_line_mid_stream_keeps_the_partial_answer(api, fake):
     assert api.messages(sid)[-1]["content"] == "tok0 tok1 tok2 "
 
 
+@both_upstreams
 def test_upstream_dropping_mid_body_fails_clearly(api, fake):
     end = _end_of(api, fake, Script(tokens=5, drop_after=2))
     assert end["status"] == "failed" and end["error"]["code"] == "upstream_disconnected"
@@ -134,10 +140,11 @@ def test_refused_connection_says_where_ollama_should_be(make_app, make_server, f
     end = api.send(sid, "x").end()
     assert end["status"] == "failed" and end["error"]["code"] == "upstream_unavailable"
     assert "127.0.0.1:9" in end["error"]["message"] and "ollama serve" in end["error"]["message"]
-    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert health["upstream_ok"] is False and health["active_streams"] == 0
 
 
+@both_upstreams
 def test_idle_timeout_ends_a_stalled_answer_as_timeout(make_app, make_server, fake):
     fake.script(Script(tokens=10, stall_after=2))
     api = Api(make_server(make_app(idle_timeout_s=0.3)).url)
@@ -151,6 +158,7 @@ def test_idle_timeout_ends_a_stalled_answer_as_timeout(make_app, make_server, fa
     assert fake.chat_calls()[0].wait_closed(1)
 
 
+@both_upstreams
 def test_first_token_timeout_while_the_model_loads(make_app, make_server, fake):
     fake.script(Script(load_delay_s=60))
     api = Api(make_server(make_app(first_token_timeout_s=0.3)).url)
@@ -159,16 +167,17 @@ def test_first_token_timeout_while_the_model_loads(make_app, make_server, fake):
 
 
 def test_healthz_reports_streams_and_upstream(api, fake):
-    health = requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()
+    health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
     assert health["upstream_ok"] is True and health["active_streams"] == 0
     assert health["backend"] == "ollama" and health["model"] == "tiny"
 
 
 def test_models_lists_ollama_tags(api):
-    r = requests.get(api.url + "/api/models", timeout=HTTP_TIMEOUT)
+    r = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200 and {"name": "tiny:latest"} in r.json()["models"]
 
 
+@both_upstreams
 def test_multi_turn_sends_earlier_messages(api, fake):
     fake.script(tokens=2)
     sid = api.session()
@@ -179,6 +188,7 @@ def test_multi_turn_sends_earlier_messages(api, fake):
     assert second[0]["content"] == "one" and second[1]["content"] == "tok0 tok1 "
 
 
+@both_upstreams
 def test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context(api, fake):
     fake.script(tokens=3, done_reason="length")
     sid = api.session()
@@ -192,6 +202,19 @@ def test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context(api,
     api.send(sid, "go on").end()
     sent = fake.chat_calls()[1].body["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"], "a cut answer is still context"
+
+
+def test_a_long_first_line_becomes_a_title_with_an_ellipsis(api, fake):
+    fake.script(tokens=1)
+    short, long = api.session(), api.session()
+    api.send(short, "Short question\nwith a second line").end()
+    api.send(long, "word " * 30).end()
+    listed = requests.get(api.url + "/api/sessions", headers=api.headers, timeout=HTTP_TIMEOUT).json()[
+        "sessions"
+    ]
+    titles = {s["id"]: s["title"] for s in listed}
+    assert titles[short] == "Short question"
+    assert len(titles[long]) == 60 and titles[long].endswith("word…")
 
 
 def test_lifecycle_events_are_logged_with_trace_id(api, fake, caplog):

@@ -13,6 +13,7 @@ sync_api = pytest.importorskip(
 )
 Page, expect, sync_playwright = sync_api.Page, sync_api.expect, sync_api.sync_playwright
 
+from tests.conftest import LOCAL_TOKEN  # noqa: E402
 from tests.fake_ollama import Script  # noqa: E402
 
 CHROMIUM = next(
@@ -117,6 +118,8 @@ def tab(browser, jarvis_server):
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(10000)  # a click on a missing control fails here, not at the test timeout
     context.add_init_script(WATCH_CSP)
+    # sign in as a person does: the address jarvis serve printed trades the local token for a cookie
+    assert context.request.get(f"{jarvis_server.url}/?token={LOCAL_TOKEN}").ok
     t = Tab(context.new_page(), jarvis_server.url)
     yield t
     try:
@@ -510,3 +513,31 @@ def test_without_accounts_there_is_nothing_to_sign_out_of(tab, jarvis_server):
     tab.page.get_by_role("link", name="Open Jarvis").click()
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
     assert console_errors(tab) == []
+
+
+def test_model_picker_shows_each_host_and_its_state(browser, make_app, make_server, fake):
+    import requests
+
+    from tests.conftest import wait_for
+    from tests.fake_ollama import FakeOllama
+
+    with FakeOllama(models=("tiny",)) as other:
+        app = make_app(upstreams=f"ollama={fake.url},ollama={other.url}", health_interval_s=0.05)
+        url = make_server(app).url
+        context = browser.new_context()
+        try:
+            assert context.request.get(f"{url}/?token={LOCAL_TOKEN}").ok  # signs the browser in
+            tab = Tab(context.new_page(), url).open()
+            options = tab.page.locator("#model option")
+            expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (2/2 hosts up)"])
+            other.close()  # the second host dies: the picker says so once the probe has seen it
+            auth = {"Authorization": f"Bearer {LOCAL_TOKEN}"}
+            models = lambda: requests.get(url + "/api/models", headers=auth, timeout=5).text  # noqa: E731
+            wait_for(lambda: "down" in models(), what="the picker's host down")
+            tab.open()
+            expect(options).to_have_text(["llama3.2:latest (1/1 host up)", "tiny:latest (1/2 hosts up)"])
+            assert f"{other.url}: down" in options.nth(1).get_attribute("title")
+            expect(tab.page.locator("#backend")).to_contain_text("Model hosts")
+            assert tab.errors == [] and tab.csp_violations() == []
+        finally:
+            context.close()

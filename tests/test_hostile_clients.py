@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, wait_for
 from tests.fake_ollama import Script
 
 
@@ -28,6 +28,7 @@ def test_a_client_that_stops_reading_holds_no_slot_and_blocks_no_one(make_app, m
         body = b'{"content": "never read"}'
         stuck.sendall(
             f"POST /api/sessions/{sid}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {LOCAL_TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

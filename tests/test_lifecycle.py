@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, ROOT, Api, clean_env, fd_count, free_port, wait_for
+from tests.conftest import HTTP_TIMEOUT, ROOT, Api, both_upstreams, clean_env, fd_count, free_port, wait_for
 from tests.fake_ollama import Script
 
 # the three states a live answer can be in when it is stopped, superseded or abandoned
@@ -26,6 +26,7 @@ STATES = {
 }
 
 
+@both_upstreams
 def test_normal_flow_streams_tokens_then_one_end(api, fake):
     fake.script(tokens=5, interval_s=0.01)
     sid = api.session()
@@ -40,6 +41,7 @@ def test_normal_flow_streams_tokens_then_one_end(api, fake):
     assert answer["trace_id"] == start["trace_id"]
 
 
+@both_upstreams
 def test_second_prompt_supersedes_first(api, fake):
     fake.push(Script(tokens=1000, interval_s=0.02), Script(tokens=3))
     sid = api.session()
@@ -60,6 +62,7 @@ def test_second_prompt_supersedes_first(api, fake):
     ]
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["loading", "stalled"])
 def test_supersede_while_upstream_silent_is_fast_and_closes_it(api, fake, state):
     # would hang (2 s per prompt, old socket left open) if cancel did not close the upstream
@@ -126,6 +129,7 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     assert prompts[-1] == winner  # the last call is the answer that completed
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     # stop while the model loads would leave the worker in recv forever without the socket close
@@ -145,6 +149,7 @@ def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     assert api.stop(sid) == {"stopped": False}  # harmless when nothing runs
 
 
+@both_upstreams
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
 def test_client_disconnect_cancels_upstream(jarvis_server, api, fake, state):
     # with no disconnect check the worker streams (or waits in recv) to the end
@@ -227,7 +232,10 @@ def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_
     assert third.status_code == 503 and int(third.response.headers["Retry-After"]) > 0
     assert third.json()["error"]["code"] == "at_capacity"
     # both would wait out the 60 s load for a free thread (past HTTP_TIMEOUT) without the reserve
-    assert requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["active_streams"] == 2
+    assert (
+        requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()["active_streams"]
+        == 2
+    )
     assert api.stop(sids[0]) == {"stopped": True}
     assert streams[0].end()["status"] == "stopped"
     # a session that holds a slot may still supersede its own stream

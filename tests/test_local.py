@@ -7,6 +7,7 @@ The real-model tests skip when llama-cpp-python or the model is missing.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -540,6 +541,19 @@ def test_real_stop_during_prompt_processing_ends_within_50ms(real):
     assert reader.ended_at - stopped < 0.05
     assert reader.items == [] and reader.error is None
     assert "".join(answer(real.up)).strip(), "the model answers again"
+
+
+@real_model
+@pytest.mark.timeout(30)
+def test_llama_cpp_lines_reach_the_log_at_debug_not_stderr(real, capfd, caplog):
+    caplog.set_level(logging.DEBUG, logger="jarvis.llama")
+    capfd.readouterr()
+    reader = _stop_in_prompt_processing(real)  # llama.cpp logs the aborted decode
+    reader.join()
+    assert "".join(answer(real.up)).strip()
+    assert "decode" not in capfd.readouterr().err, "llama.cpp wrote past the structured log"
+    lines = [r for r in caplog.records if r.name == "jarvis.llama"]
+    assert lines and all(r.levelno == logging.DEBUG for r in lines)
 
 
 @real_model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -75,6 +76,16 @@ def test_chat_streams_an_answer_to_stdout(make_app, make_server, fake):
     assert out.stderr.startswith("session ")
 
 
+def test_chat_says_when_an_answer_was_cut_off_by_its_length_limit(make_app, make_server, fake):
+    fake.script(Script(tokens=["Once upon", " a time"], done_reason="length"))
+    url = make_server(make_app()).url
+    out = subprocess.run(
+        _jarvis("chat", "--url", url, "a story"), capture_output=True, text=True, timeout=20, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Once upon a time\n" and "cut off" in out.stderr
+
+
 def test_chat_reads_the_prompt_from_stdin(make_app, make_server, fake):
     url = make_server(make_app()).url
     out = subprocess.run(
@@ -137,7 +148,7 @@ def test_check_passes_when_everything_answers(fake, tmp_path):
         _jarvis("check"), env=_env(fake, tmp_path), capture_output=True, text=True, timeout=20
     )
     assert out.returncode == 0, out.stdout
-    assert out.stdout.count("ok ") == 4
+    assert out.stdout.count("ok ") == 5
 
 
 @pytest.mark.parametrize(
@@ -164,7 +175,7 @@ def test_metrics_move_as_streams_run(api, fake):
     api.send(sid, "b").end()
     api.send(sid, "c").end()
     first.end()
-    text = requests.get(api.url + "/metrics", timeout=HTTP_TIMEOUT).text
+    text = requests.get(api.url + "/metrics", headers=api.headers, timeout=HTTP_TIMEOUT).text
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -181,6 +192,15 @@ def test_metrics_move_as_streams_run(api, fake):
     assert samples["jarvis_live_streams"] == 0
 
 
+def test_version_names_the_installed_package():
+    from importlib import metadata
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jarvis.cli", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"jarvis {metadata.version('jarvis')}"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["upstream", "local"])
 def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(tmp_path, backend):
@@ -189,6 +209,7 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
     # for, and would overrun if the model's close (or the event loop) waited outside the deadline
     env = clean_env(
         JARVIS_DATABASE=str(tmp_path / "stuck.sqlite3"),
+        JARVIS_INSTANCE_DIR=str(tmp_path / "instance"),
         JARVIS_SHUTDOWN_TIMEOUT="2",
         JARVIS_CANCEL_TIMEOUT="5",
     )

@@ -1,6 +1,7 @@
-"""The nginx directives of docs/deployment.md, run for real.
+"""The nginx directives of docs/deployment.md, and nginx's defaults, run for real.
 
-SSE passes unbuffered, a proxied request is not local, and a gone client is seen.
+SSE passes unbuffered, a proxied request is not local, a gone client is seen, and
+behind a proxy that hides who the client is nothing is served without the local token.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ LOCATION = """
     }}
 """
 
+# nginx's defaults: Host becomes the upstream address and no forwarding header is added,
+# so every client through it looks like a loopback client of Jarvis
+DEFAULT_LOCATION = """
+    location / {{
+        proxy_pass http://127.0.0.1:{port};
+    }}
+"""
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not shutil.which("nginx") and not shutil.which(NGINX), reason="nginx not installed"),
@@ -39,14 +48,14 @@ pytestmark = [
 
 @pytest.fixture
 def nginx(tmp_path):
-    def start(upstream_port: int) -> str:
+    def start(upstream_port: int, location: str = LOCATION) -> str:
         port = free_port()
         conf = tmp_path / "nginx.conf"
         conf.write_text(
             f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
             f"events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {tmp_path};\n"
             f" proxy_temp_path {tmp_path};\n server {{\n  listen 127.0.0.1:{port};\n"
-            + LOCATION.format(port=upstream_port)
+            + location.format(port=upstream_port)
             + " }\n}\n"
         )
         proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
@@ -111,3 +120,27 @@ def test_a_client_gone_behind_nginx_cancels_the_upstream(make_app, make_server, 
     call = fake.wait_for_calls(1)[0]
     sse.close()
     assert call.wait_closed(3) and call.closed_by == "client"
+
+
+def test_nothing_is_served_through_a_default_proxy_without_the_local_token(hosted, nginx):
+    # loopback trust alone let any client of such a proxy create sessions and read them
+    server = hosted()
+    url = nginx(int(server.url.rsplit(":", 1)[1]), DEFAULT_LOCATION)
+    import requests
+
+    for method, path in (
+        ("post", "/api/sessions"),
+        ("get", "/api/sessions"),
+        ("get", "/metrics"),
+        ("post", "/api/sessions/x/messages"),
+    ):
+        r = getattr(requests, method)(url + path, json={"content": "x"}, timeout=5)
+        assert r.status_code == 401, (path, r.text)
+    page = requests.get(url + "/", allow_redirects=False, timeout=5)
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+    assert (
+        requests.get(url + "/?token=guess", allow_redirects=False, timeout=5)
+        .headers["Location"]
+        .endswith("/login")
+    )
+    assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok", "upstream_ok": True}

@@ -198,6 +198,7 @@ function paint(li, msg) {
       cursor.className = "cursor";
       cursor.setAttribute("aria-hidden", "true");
     }
+    cursor.remove(); // answers are drawn incrementally: the old cursor may still be in place
     (content.lastElementChild && !content.lastElementChild.matches(".code-block, ul, ol, table")
       ? content.lastElementChild
       : content
@@ -753,22 +754,35 @@ async function loadModels() {
   const names = [...state.models];
   const fallback = names.find((n) => n === state.defaultModel) || names.find((n) => n === `${state.defaultModel}:latest`);
   if (state.defaultModel && !fallback) names.unshift(state.defaultModel);
-  el.model.replaceChildren(...names.map((name) => new Option(name, name)));
+  el.model.replaceChildren(...names.map((name) => modelOption(name, data)));
   const saved = localStorage.getItem(MODEL_KEY);
   el.model.value = names.includes(saved) ? saved : fallback || state.defaultModel || names[0] || "";
   el.model.title = "";
 }
 
+// with several model hosts, each option says which hosts have the model and whether they answer
+function modelOption(name, data) {
+  const option = new Option(name, name);
+  const where = (data.models || []).find((m) => m.name === name)?.hosts;
+  if (!data.hosts || !where) return option;
+  const hosts = data.hosts.filter((h) => where.includes(h.url));
+  const up = hosts.filter((h) => h.state === "up").length;
+  option.text = `${name} (${up}/${hosts.length} ${hosts.length === 1 ? "host" : "hosts"} up)`;
+  option.title = hosts.map((h) => `${h.url}: ${h.state}, ${plural(h.live, "answer")}`).join("\n");
+  return option;
+}
+
 async function refreshHealth() {
   try {
     const health = await api("/healthz");
-    const backend = health.backend === "local" ? "Local model" : "Ollama";
+    const backend = { local: "Local model", hosts: "Model hosts" }[health.backend] || "Ollama";
     const ok = Boolean(health.upstream_ok);
     el.backend.dataset.state = ok ? "ok" : "down";
     el.backendText.textContent = `${backend} · ${health.model || "no model"}${ok ? "" : " (unreachable)"}`;
     el.backend.title =
       `${backend} ${ok ? "is answering" : "is not reachable"}` +
-      (health.active_streams ? `; ${plural(health.active_streams, "answer")} streaming` : "");
+      (health.active_streams ? `; ${plural(health.active_streams, "answer")} streaming` : "") +
+      (health.hosts || []).map((h) => `\n${h.url}: ${h.state}, ${plural(h.live, "answer")}`).join("");
   } catch {
     el.backend.dataset.state = "down";
     el.backendText.textContent = "Server not reachable";
@@ -819,6 +833,8 @@ window.addEventListener("hashchange", () => {
 });
 
 async function start() {
+  // the server trades ?token= for a cookie before it serves this page; never keep one in the address bar
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname + location.hash);
   showAccount();
   el.prompt.focus();
   refreshControls();

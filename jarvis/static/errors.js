@@ -18,6 +18,8 @@ export function explainError(error) {
       const wait = error.retryAfter ? `Try again in ${plural(error.retryAfter, "second")}.` : "Try again shortly.";
       return { title: "The server is busy", detail: `Every answer slot is in use. ${wait}` };
     }
+    case "too_many_streams":
+      return { title: "Too many answers at once", detail: message };
     case "upstream_timeout":
     case "connect_timeout":
     case "first_token_timeout":

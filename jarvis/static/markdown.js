@@ -47,10 +47,107 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
-export function renderMarkdown(target, text) {
-  const html = DOMPurify.sanitize(markdown.parse(text), PURIFY);
-  target.innerHTML = html;
-  for (const head of target.querySelectorAll(".code-head")) head.append(copyButton());
+// What each element shows: the text it was given, the part of it (normalised) in finished
+// blocks, the nodes of the last block, which may still grow, and when that block was drawn.
+const shown = new WeakMap();
+// a link reference definition ("[x]: url") changes blocks before it: render all of it then
+const REFERENCE = /^ {0,3}\[[^\]]+\]:/m;
+// The growing block is parsed, sanitised and highlighted again at most every REDRAW_MS, and
+// less often when that takes longer, so that it keeps under REDRAW_SHARE of the main thread;
+// in between, new text is appended to it as plain text, which costs next to nothing.
+const REDRAW_MS = 150;
+const REDRAW_SHARE = 0.01;
+const CONTAINERS = new Set(["UL", "OL", "LI", "BLOCKQUOTE", "DIV", "PRE", "TABLE", "TBODY", "TR"]);
+
+// Render `text` into `target`. When `text` only extends what the element shows (an answer
+// streaming in), the blocks that are finished keep their nodes and only the last block is
+// drawn again, and nothing here reads the whole text, so a long answer costs time in
+// proportion to what arrives, not to its length.
+export function renderMarkdown(target, text, now = performance.now()) {
+  try {
+    renderInto(target, text, now);
+  } catch (err) {
+    // a pathological answer (thousands of nested quotes) overflows the parser's stack:
+    // show that one answer as plain text, and the rest of the conversation still renders
+    console.warn("Markdown rendering failed; the answer is shown as plain text:", err.message);
+    shown.delete(target);
+    target.classList.add("plain-text");
+    target.textContent = text;
+  }
+}
+
+function renderInto(target, text, now) {
+  const state = shown.get(target);
+  if (!state || text.length < state.given.length || !text.startsWith(state.given) || state.given.endsWith("\r")) {
+    renderWhole(target, text, now);
+    return;
+  }
+  const added = normalise(text.slice(state.given.length));
+  const source = state.source + added;
+  const rest = source.slice(state.done);
+  if (REFERENCE.test(rest)) {
+    renderWhole(target, text, now);
+    return;
+  }
+  const pause = Math.max(REDRAW_MS, state.cost / REDRAW_SHARE);
+  if (now - state.drawn < pause && state.tail.length) {
+    const end = openEnd(state.tail[state.tail.length - 1]);
+    const piece = document.createTextNode(added);
+    end.append(piece);
+    // the last text of an answer must not stay raw: draw it once the pause has passed
+    const pending =
+      state.pending ??
+      setTimeout(() => {
+        const latest = shown.get(target);
+        const now = Math.max(performance.now(), state.drawn + pause);
+        if (latest?.drawn === state.drawn) renderMarkdown(target, latest.given, now);
+      }, pause);
+    const tail = end === target ? [...state.tail, piece] : state.tail;
+    shown.set(target, { ...state, given: text, source, tail, pending });
+    return;
+  }
+  const began = performance.now();
+  const tokens = markdown.lexer(rest);
+  // every block before the last non-blank one is finished: later text cannot change it
+  let last = tokens.length - 1;
+  while (last > 0 && tokens[last].type === "space") last -= 1;
+  for (const node of state.tail) node.remove();
+  let done = state.done;
+  if (last > 0) {
+    const finished = tokens.slice(0, last);
+    target.append(fragment(markdown.parser(Object.assign(finished, { links: tokens.links }))));
+    done += finished.reduce((n, token) => n + token.raw.length, 0);
+  }
+  const growing = fragment(markdown.parser(Object.assign(tokens.slice(Math.max(last, 0)), { links: tokens.links })));
+  const tail = [...growing.childNodes];
+  target.append(growing);
+  shown.set(target, { given: text, source, done, tail, drawn: now, cost: performance.now() - began });
+}
+
+// where text typed at the end of a block goes: into its last paragraph, item or code
+function openEnd(node) {
+  while (node.lastElementChild && node.lastChild === node.lastElementChild && CONTAINERS.has(node.tagName)) {
+    node = node.lastElementChild;
+  }
+  return node.nodeType === Node.ELEMENT_NODE ? node : node.parentNode;
+}
+
+// Render `text` from scratch (as every frame was rendered before): a new element, text that
+// does not extend the old, or the benchmark's baseline.
+export function renderWhole(target, text, now = performance.now()) {
+  target.replaceChildren(fragment(markdown.parse(text)));
+  target.classList.remove("plain-text");
+  const tail = [...target.childNodes];
+  shown.set(target, { given: text, source: normalise(text), done: 0, tail, drawn: now, cost: 0 });
+}
+
+// as marked's lexer reads line ends, so that offsets into the text hold
+const normalise = (text) => text.replace(/\r\n?/g, "\n");
+
+function fragment(html) {
+  const out = DOMPurify.sanitize(html, { ...PURIFY, RETURN_DOM_FRAGMENT: true });
+  for (const head of out.querySelectorAll(".code-head")) head.append(copyButton());
+  return out;
 }
 
 function copyButton() {

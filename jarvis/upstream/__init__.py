@@ -54,7 +54,7 @@ class Options:
 
 
 class Upstream(Protocol):
-    name: str  # "ollama" or "local"
+    name: str  # "ollama", "openai" or "local"
     default_model: str
 
     def stream_chat(
@@ -81,13 +81,21 @@ class Upstream(Protocol):
         ...
 
 
-def select_upstream(config) -> Upstream:
-    """Pick the backend: JARVIS_BACKEND, or for auto, Ollama if it answers, else the local model."""
+def select_upstream(config, metrics=None) -> Upstream:
+    """Pick the backend: JARVIS_UPSTREAMS' hosts, else JARVIS_BACKEND (auto: Ollama if it answers)."""
     from .. import log
     from .ollama import OllamaUpstream
 
+    if config.upstreams:
+        from .hosts import Hosts
+
+        return Hosts.from_config(config, metrics)
     if config.backend == "ollama":
         return OllamaUpstream(config)
+    if config.backend == "openai":
+        from .openai import OpenAIUpstream
+
+        return OpenAIUpstream(config)
     if config.backend == "local":
         from .local import LocalUpstream
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import math
 import os
 import threading
@@ -272,6 +273,7 @@ class _Model:
             import llama_cpp
         except (ImportError, OSError, RuntimeError) as e:
             raise UpstreamUnavailable(f"llama-cpp-python is not usable ({e}): {INSTALL_HINT}") from e
+        _route_llama_logs(llama_cpp)
         threads = _threads()
         started = time.monotonic()
         try:
@@ -599,6 +601,26 @@ def _sampling(options: Options) -> dict:
     if options.seed is not None:
         sampling["seed"] = options.seed
     return sampling
+
+
+def _route_llama_logs(llama_cpp) -> None:
+    """Send llama.cpp's own lines (one on every aborted decode) to the log at debug, not to stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    llama_log = logging.getLogger("jarvis.llama")
+
+    def forward(_level, text, _data):
+        line = text.decode("utf-8", "replace").rstrip() if text else ""
+        if line:
+            llama_log.debug("%s", line)
+
+    # process-wide in llama.cpp; the reference keeps the callback alive as long as it is installed
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_log_callback, None)
+
+
+_log_callback = None
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

@@ -1,0 +1,268 @@
+"""Several model hosts behind one upstream: each prompt goes to a host that has its model.
+
+``Hosts`` is itself an ``Upstream``, over one upstream per host of
+``JARVIS_UPSTREAMS``. Each host is probed in its own thread (health, then its
+model list), so a host that hangs on a probe delays nothing but its own state.
+A prompt goes to a host that is up and lists its model, the least busy first;
+when every such host is at its ``;max=N`` limit the prompt queues, saying its
+place, until one is free. A host that refuses a connection or times out is
+skipped until a probe begun after the failure says it answers again. A prompt
+whose host fails before any text is retried once on another host with the
+model; once text has flowed the answer stays where it is. Every host stream
+gets the prompt's own ``CancelScope``, so a cancel closes whichever host's
+connection is open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import threading
+import time
+from collections.abc import Generator, Iterator, Sequence
+
+from .. import log
+from ..cancel import CancelScope
+from ..config import Config, ConfigError, HostSpec
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..metrics import Metrics
+from ..probe import FIRST_WAIT_S, Prober
+from . import Done, Message, Meta, Options, Queued, Upstream
+
+# kind -> (module, class, the Config field that holds its URL); imported when a host needs it
+KINDS = {
+    "ollama": ("jarvis.upstream.ollama", "OllamaUpstream", "ollama_url"),
+    "openai": ("jarvis.upstream.openai", "OpenAIUpstream", "openai_url"),
+}
+RETRY_CODES = {  # the host failed, not the prompt: another host may answer it
+    "upstream_unavailable",
+    "connect_timeout",
+    "upstream_disconnected",
+    "upstream_http_error",
+    "upstream_bad_response",
+}
+DOWN_CODES = {"upstream_unavailable", "connect_timeout"}  # skip the host until it answers a probe
+WAIT_SLICE_S = 0.25  # longest single wait for a free host; a cancel or a release wakes it sooner
+CLOSE_WAIT_S = 1.0
+
+
+def build(spec: HostSpec, config: Config) -> Upstream:
+    """The upstream for one host, from the kind table."""
+    module, cls, url_field = KINDS[spec.kind]
+    try:
+        kind = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"JARVIS_UPSTREAMS names a {spec.kind} host, but {module}.{cls} is missing") from e
+    if url_field not in Config.__dataclass_fields__:
+        raise ConfigError(f"JARVIS_UPSTREAMS names a {spec.kind} host, but Config has no {url_field}")
+    return kind(dataclasses.replace(config, **{url_field: spec.url}))
+
+
+def _base(name: str) -> str:
+    return name.removesuffix(":latest")
+
+
+class Host:
+    """One model server: its upstream, its live answers and what its last probe said."""
+
+    def __init__(self, spec: HostSpec, upstream: Upstream, interval_s: float):
+        self.spec = spec
+        self.url = spec.url
+        self.upstream = upstream
+        self.live = 0  # guarded by the router's lock
+        self.started = 0  # answers begun here; breaks ties so equal hosts take turns
+        self.failed_at = 0.0  # monotonic time of the last refused or timed-out connection
+        self.models: list[str] = []  # last list the host gave; kept while it is down
+        self.prober = Prober(self._probe, interval_s, name=spec.url)
+
+    def _probe(self) -> dict:
+        health = self.upstream.health()
+        if health.get("ok"):
+            try:
+                self.models = [m["name"] for m in self.upstream.models()]
+            except UpstreamError as e:
+                return {**health, "ok": False, "error": e.to_dict()}
+        return health
+
+    @property
+    def state(self) -> str:
+        answer, at = self.prober.latest()
+        if not at:
+            return "unknown"
+        return "up" if answer.get("ok") and at > self.failed_at else "down"
+
+    def has(self, model: str) -> bool:
+        return _base(model) in {_base(m) for m in self.models}
+
+    def free(self) -> bool:
+        return not self.spec.max_streams or self.live < self.spec.max_streams
+
+    def describe(self) -> dict:
+        answer, _ = self.prober.latest()
+        out = {
+            "url": self.url,
+            "kind": self.spec.kind,
+            "state": self.state,
+            "live": self.live,
+            "max_streams": self.spec.max_streams or None,
+            "models": list(self.models),
+        }
+        if self.state != "up" and answer.get("error"):
+            out["error"] = answer["error"]
+        return out
+
+
+class Hosts:
+    """An ``Upstream`` that routes each prompt to one of several hosts."""
+
+    name = "hosts"
+
+    def __init__(self, hosts: list[Host], config: Config, metrics: Metrics | None = None):
+        self.hosts = hosts
+        self.default_model = config.model
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._cond = threading.Condition()  # guards live, started and the waiting list
+        self._waiting: list[object] = []  # tickets of prompts waiting for a free host, oldest first
+        for host in hosts:
+            self.metrics.host_live.labels(host.url).set_function(lambda h=host: h.live)
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: Metrics | None = None) -> Hosts:
+        """Build a host per JARVIS_UPSTREAMS entry and start probing them all at once."""
+        hosts = [Host(spec, build(spec, config), config.health_interval_s) for spec in config.hosts()]
+        router = cls(hosts, config, metrics)
+        for host in hosts:
+            host.prober.start(first_wait_s=0)
+        deadline = time.monotonic() + FIRST_WAIT_S  # one hung host must not hold the start-up
+        for host in hosts:
+            host.prober.wait_first(deadline - time.monotonic())
+        return router
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        model: str,
+        cancel: CancelScope,
+        session: str | None = None,
+        options: Options | None = None,
+    ) -> Iterator[str | Queued | Meta | Done]:
+        """Stream from the least busy host with ``model``; retry once on another if it fails first."""
+        tried: list[Host] = []
+        while not cancel.cancelled:  # checkpoint: before a host is taken
+            host = yield from self._take(model, cancel, tried)
+            if host is None:
+                return
+            tried.append(host)
+            began = time.monotonic()
+            flowed = False
+            chunks = None
+            try:
+                chunks = host.upstream.stream_chat(messages, model, cancel, session=session, options=options)
+                for item in chunks:
+                    if isinstance(item, str) and not flowed:
+                        flowed = True
+                        self.metrics.host_first_token.labels(host.url).observe(time.monotonic() - began)
+                    yield item
+                return
+            except UpstreamError as e:
+                self._failed(host, e)
+                if flowed or cancel.cancelled or len(tried) > 1 or e.code not in RETRY_CODES:
+                    raise
+                if not self._candidates(model, tried, retry=True):
+                    raise
+                log.event("host_retry", host=host.url, code=e.code, session=session)
+            finally:
+                if chunks is not None:
+                    chunks.close()
+                with self._cond:
+                    host.live -= 1
+                    self._cond.notify_all()
+
+    def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
+        """Hosts this prompt may use: up with the model; else up; else any (a stale state is no excuse)."""
+        left = [h for h in self.hosts if h not in tried]
+        up = [h for h in left if h.state == "up"]
+        with_model = [h for h in up if h.has(model)]
+        if retry:
+            return with_model
+        return with_model or up or left
+
+    def _take(
+        self, model: str, cancel: CancelScope, tried: list[Host]
+    ) -> Generator[Queued, None, Host | None]:
+        """Reserve the least busy candidate host, queueing while all are full; None once cancelled."""
+        ticket = object()
+        deadline = time.monotonic() + self.config.first_token_timeout_s
+        unregister = cancel.on_cancel(self._wake)
+        shown = None
+        try:
+            while True:
+                with self._cond:
+                    if cancel.cancelled:  # checkpoint: cancelled while waiting for a host
+                        return None
+                    pool = self._candidates(model, tried)
+                    free = [h for h in pool if h.free()]
+                    if free:
+                        host = min(free, key=lambda h: (h.live, h.started))
+                        host.live += 1
+                        host.started += 1
+                        return host
+                    if ticket not in self._waiting:
+                        self._waiting.append(ticket)
+                    position = self._waiting.index(ticket) + 1
+                    if position == shown:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise UpstreamTimeout(
+                                f"every host with {model} stayed busy for "
+                                f"{self.config.first_token_timeout_s:g} s",
+                                code="first_token_timeout",
+                            )
+                        self._cond.wait(min(left, WAIT_SLICE_S))
+                        continue
+                shown = position
+                yield Queued(position)
+        finally:
+            unregister()
+            with self._cond:
+                if ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                self._cond.notify_all()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _failed(self, host: Host, e: UpstreamError) -> None:
+        self.metrics.host_failures.labels(host.url, e.code).inc()
+        if e.code in DOWN_CODES:
+            host.failed_at = time.monotonic()
+            host.prober.poke()  # find out soon when it is back
+            log.event("host_down", host=host.url, code=e.code)
+
+    def health(self) -> dict:
+        """Each host's state from its last probe; no I/O here."""
+        hosts = [h.describe() for h in self.hosts]
+        ok = any(h["state"] == "up" for h in hosts)
+        out = {"ok": ok, "backend": self.name, "model": self.default_model}
+        if not out["ok"]:
+            out["error"] = UpstreamUnavailable("no model host answers").to_dict()
+        return {**out, "hosts": hosts}
+
+    def models(self) -> list[dict]:
+        """The union of the hosts' models, each with the hosts that have it."""
+        where: dict[str, list[str]] = {}
+        for host in self.hosts:
+            for name in host.models:
+                where.setdefault(name, []).append(host.url)
+        return [{"name": name, "hosts": urls} for name, urls in where.items()]
+
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Stop every prober (bounded) and close every host's upstream."""
+        deadline = time.monotonic() + timeout_s
+        for host in self.hosts:
+            host.prober.stop()
+        for host in self.hosts:
+            host.prober.close(deadline - time.monotonic())
+            host.upstream.close()

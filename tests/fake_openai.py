@@ -1,0 +1,93 @@
+"""A fake OpenAI-compatible server: the fake Ollama's server, scripts and records, speaking OpenAI.
+
+``POST /v1/chat/completions`` answers as server-sent events (a role chunk,
+one chunk per token, a chunk with ``finish_reason``, a usage chunk, then
+``data: [DONE]``), ``GET /v1/models`` lists the models, and with ``api_key``
+set every request must carry it as a bearer token. Jarvis reads it with
+``JARVIS_OPENAI_URL`` set to ``fake.url + "/v1"``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from tests.fake_ollama import OK_MODELS, Call, FakeOllama, Script, _send_json
+
+__all__ = ["FakeOpenAI", "Script"]
+
+
+class FakeOpenAI(FakeOllama):
+    """Start with ``with FakeOpenAI() as fake:``; ``fake.api_url`` is what JARVIS_OPENAI_URL names."""
+
+    CHAT_PATH = "/v1/chat/completions"
+    CONTENT_TYPE = b"text/event-stream"
+    kind = "openai"
+
+    def __init__(self, models=OK_MODELS, key=None, api_key: str | None = None):
+        self.api_key = api_key
+        super().__init__(models, key)
+        self.api_url = self.url + "/v1"
+
+    def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:
+        if not self._authorised(call.headers):
+            return 401, _unauthorised(call.headers)
+        if s.status != 200:
+            return s.status, _error(s.error, "server_error", None)
+        if model not in self.models:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return 404, _error(message, "invalid_request_error", "model_not_found")
+        return None
+
+    def _opening(self, model: str) -> list[bytes]:
+        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
+
+    def _token_frame(self, model: str, text: str) -> bytes:
+        return _event(_chunk(model, {"content": text}, None))
+
+    def _error_frame(self, error: str) -> bytes:
+        return _event(_error(error, "server_error", None))
+
+    def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
+        usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+        return [
+            _event(_chunk(model, {}, done_reason)),
+            _event({**_chunk(model, {}, None), "choices": [], "usage": usage}),
+            b"data: [DONE]\n\n",
+        ]
+
+    def _get(self, conn: socket.socket, call: Call) -> None:
+        if not self._authorised(call.headers):
+            _send_json(conn, 401, _unauthorised(call.headers))
+        elif call.path == "/v1/models":
+            data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
+            _send_json(conn, 200, {"object": "list", "data": data})
+        else:
+            _send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
+
+    def _authorised(self, headers: dict) -> bool:
+        return self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}"
+
+
+def _unauthorised(headers: dict) -> dict:
+    # like some servers, it echoes the key it was given: Jarvis must not pass that on
+    presented = headers.get("authorization", "").removeprefix("Bearer ")
+    return _error(f"Incorrect API key provided: {presented}", "invalid_request_error", "invalid_api_key")
+
+
+def _chunk(model: str, delta: dict, finish_reason: str | None) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def _error(message: str, kind: str, code: str | None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"

@@ -1,0 +1,292 @@
+"""The upstream readers against their fakes, without the app: framing, errors, settings.
+
+Each fake is a real HTTP server on loopback; "arrived" means the reader
+yielded it while the fake was still holding the rest of the answer back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from jarvis import errors
+from jarvis.cancel import CancelScope
+from jarvis.config import Config, ConfigError
+from jarvis.upstream import Done, Options, select_upstream
+from jarvis.upstream.openai import OpenAIUpstream
+from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
+from tests.fake_ollama import FakeOllama, Script
+from tests.fake_openai import FakeOpenAI
+
+FRAMINGS = ["chunked", "length", "close"]
+KEY = "sk-test-0123456789abcdef"
+
+
+def make_upstream(fake, tmp_path, **overrides):
+    return select_upstream(Config.from_env({}, test_config(fake, tmp_path, **overrides)))
+
+
+@pytest.fixture
+def upstream(fake, tmp_path):
+    return make_upstream(fake, tmp_path)
+
+
+class Reader:
+    """Reads one answer in a thread, so a test can watch items arrive while the fake holds back."""
+
+    def __init__(self, upstream, prompt: str = "hi", model: str = "tiny", **kw):
+        self.cancel = CancelScope()
+        self.items: queue.Queue = queue.Queue()
+        self.error: Exception | None = None
+        self.rest_items: list = []
+        self._ended = False
+        messages = [{"role": "user", "content": prompt}]
+        self._gen = upstream.stream_chat(messages, model, self.cancel, **kw)
+        self._thread = threading.Thread(target=self._run, name="reader")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._gen:
+                self.items.put(item)
+        except Exception as e:  # handed to the test, which asserts on it
+            self.error = e
+        finally:
+            self.items.put(None)
+
+    def take(self, n: int, timeout: float = 2.0) -> list:
+        return [self.items.get(timeout=timeout) for _ in range(n)]
+
+    def rest(self, timeout: float = 5.0) -> list:
+        """Everything up to the end of the answer (also kept as ``rest_items``)."""
+        while not self._ended and (item := self.items.get(timeout=timeout)) is not None:
+            self.rest_items.append(item)
+        self._ended = True
+        return self.rest_items
+
+    def close(self) -> None:
+        self.cancel.cancel("stopped")
+        self._thread.join(5)
+        assert not self._thread.is_alive()
+
+
+@both_upstreams
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_tokens_arrive_as_they_are_sent_in_every_framing(fake: FakeOllama, upstream, framing):
+    # with reads that fill 64 KiB, nothing arrives while the fake holds the rest back
+    fake.script(Script(tokens=6, stall_after=2, framing=framing))
+    reader = Reader(upstream)
+    try:
+        assert reader.take(2) == ["tok0 ", "tok1 "]
+        assert fake.wait_for_calls(1)[0].tokens_sent == 2  # the fake is stalled: nothing more was sent
+    finally:
+        reader.close()
+
+
+@both_upstreams
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_complete_answer_ends_done_in_every_framing(fake: FakeOllama, upstream, framing):
+    fake.script(Script(tokens=3, interval_s=0.01, framing=framing))
+    reader = Reader(upstream)
+    try:
+        items = reader.rest()
+        assert reader.error is None, reader.error
+        assert items == ["tok0 ", "tok1 ", "tok2 ", Done("stop", 7, 3)]
+    finally:
+        reader.close()
+
+
+@both_upstreams
+def test_sampling_options_reach_the_server_in_its_own_names(fake, upstream):
+    fake.script(Script(tokens=1))
+    options = Options(temperature=0.2, top_p=0.9, max_tokens=5, stop=("\n\n",), seed=42)
+    reader = Reader(upstream, options=options)
+    reader.rest()
+    body = fake.wait_for_calls(1)[0].body
+    if fake.kind == "ollama":
+        assert body["options"] == {
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "num_predict": 5,
+            "seed": 42,
+            "stop": ["\n\n"],
+        }
+    else:
+        sent = {k: body[k] for k in ("temperature", "top_p", "max_tokens", "seed", "stop")}
+        assert sent == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 5, "seed": 42, "stop": ["\n\n"]}
+        assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+@both_upstreams
+def test_an_answer_cut_by_a_limit_ends_as_length_with_its_usage(fake, upstream):
+    fake.script(Script(tokens=2, done_reason="length"))
+    assert Reader(upstream).rest()[-1] == Done("length", 7, 2)
+
+
+@both_upstreams
+@pytest.mark.parametrize(
+    "script, error, code",
+    [
+        (Script(status=500), errors.UpstreamHTTPError, "upstream_http_error"),
+        (Script(tokens=5, error_after=2), errors.UpstreamStreamError, "upstream_error"),
+        (Script(tokens=5, drop_after=2), errors.UpstreamDisconnected, "upstream_disconnected"),
+        (
+            Script(tokens=5, drop_after=2, framing="length"),
+            errors.UpstreamDisconnected,
+            "upstream_disconnected",
+        ),
+        (
+            Script(tokens=5, drop_after=2, framing="close"),
+            errors.UpstreamDisconnected,
+            "upstream_disconnected",
+        ),
+    ],
+)
+def test_server_failures_become_clear_upstream_errors(fake, upstream, script, error, code):
+    fake.script(script)
+    reader = Reader(upstream)
+    reader.rest()
+    assert type(reader.error) is error and reader.error.code == code
+    assert "something broke upstream" not in "".join(i for i in reader.rest_items if isinstance(i, str))
+
+
+@both_upstreams
+def test_unknown_model_is_model_not_found(fake, upstream):
+    reader = Reader(upstream, model="no-such-model")
+    reader.rest()
+    assert isinstance(reader.error, errors.ModelNotFound) and "no-such-model" in reader.error.message
+
+
+@both_upstreams
+def test_models_lists_what_the_server_serves(fake, upstream):
+    names = [m["name"].split(":")[0] for m in upstream.models()]
+    assert names == ["llama3.2", "tiny"] and upstream.health()["ok"] is True
+
+
+def test_openai_key_is_sent_as_a_bearer_token_and_never_shown(tmp_path, caplog):
+    with FakeOpenAI(api_key=KEY) as fake:
+        upstream = make_upstream(fake, tmp_path, openai_api_key=KEY)
+        fake.script(Script(tokens=2))
+        with caplog.at_level(logging.DEBUG):
+            assert Reader(upstream).rest()[:2] == ["tok0 ", "tok1 "]
+            assert upstream.models() and upstream.health()["ok"]
+        assert fake.wait_for_calls(1)[0].headers["authorization"] == f"Bearer {KEY}"
+        shown = repr(upstream) + repr(upstream.config) + caplog.text
+        assert KEY not in shown
+
+
+def test_openai_key_from_a_file(tmp_path):
+    (tmp_path / "key").write_text(KEY + "\n")
+    with FakeOpenAI(api_key=KEY) as fake:
+        upstream = make_upstream(fake, tmp_path, openai_api_key_file=str(tmp_path / "key"))
+        assert Reader(upstream).rest()[-1] == Done("stop", 7, 5)
+    with pytest.raises(ConfigError, match="JARVIS_OPENAI_API_KEY_FILE"):
+        OpenAIUpstream(Config(openai_api_key_file=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="not both"):
+        Config.from_env({"JARVIS_OPENAI_API_KEY": "a", "JARVIS_OPENAI_API_KEY_FILE": "b"})
+
+
+def test_openai_wrong_key_is_unauthorized_and_the_key_is_not_echoed(tmp_path):
+    with FakeOpenAI(api_key=KEY) as fake:
+        upstream = make_upstream(fake, tmp_path, openai_api_key="sk-wrong")
+        reader = Reader(upstream)
+        reader.rest()
+        assert isinstance(reader.error, errors.UpstreamUnauthorized)
+        assert reader.error.code == "upstream_unauthorized" and "sk-wrong" not in reader.error.message
+        health = upstream.health()
+        assert health["ok"] is False and health["error"]["code"] == "upstream_unauthorized"
+        assert "sk-wrong" not in health["error"]["message"] and "[key]" in health["error"]["message"]
+
+
+def test_openai_error_event_with_its_own_event_name(tmp_path):
+    with FakeOpenAI() as fake:
+        raw = [
+            b'data: {"choices":[{"delta":{"content":"partial "}}]}\n\n',
+            b'event: error\ndata: {"message":"out of memory"}\n\n',
+        ]
+        fake.script(Script(raw=raw))
+        reader = Reader(make_upstream(fake, tmp_path))
+        assert reader.rest() == ["partial "]
+        assert (
+            isinstance(reader.error, errors.UpstreamStreamError) and "out of memory" in reader.error.message
+        )
+
+
+def test_openai_keepalive_comments_do_not_hold_off_the_first_token_timeout(tmp_path):
+    # sse-starlette sends ": ping" comments: a per-read timeout alone would wait forever
+    with FakeOpenAI() as fake:
+        fake.script(Script(forever=b": ping\n\n"))
+        reader = Reader(make_upstream(fake, tmp_path, first_token_timeout_s=0.3))
+        assert reader.rest() == []
+        assert isinstance(reader.error, errors.UpstreamTimeout) and reader.error.code == "first_token_timeout"
+
+
+@pytest.fixture
+def unanswered_port():
+    """A loopback port whose accept queue is full: a connect to it waits for the connect timeout."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = server.getsockname()[1]
+    held = []
+    while True:
+        probe = socket.socket()
+        probe.settimeout(0.2)
+        try:
+            probe.connect(("127.0.0.1", port))
+            held.append(probe)
+        except OSError:
+            probe.close()
+            break
+    yield port
+    for sock in held:
+        sock.close()
+    server.close()
+
+
+def _connecting_to(port: int) -> bool:
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(row[2].endswith(f":{port:04X}") and row[3] == "02" for row in rows)  # 02: SYN_SENT
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_cancel_while_connecting_breaks_the_connect_at_once(unanswered_port, backend):
+    # would hang for the whole connect timeout if the socket were registered only once connected
+    url = f"http://127.0.0.1:{unanswered_port}"
+    config = Config(backend=backend, ollama_url=url, openai_url=url + "/v1", connect_timeout_s=30.0)
+    reader = Reader(select_upstream(config))
+    wait_for(lambda: _connecting_to(unanswered_port), what="the reader to be connecting")
+    began = time.monotonic()
+    reader.cancel.cancel("stopped")
+    assert reader.rest() == [] and reader.error is None
+    reader.close()
+    assert time.monotonic() - began < 0.5
+
+
+@both_upstreams
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_every_framing_ends_completed_through_jarvis(api, fake, framing):
+    fake.script(Script(tokens=3, interval_s=0.01, framing=framing))
+    sid = api.session()
+    sse = api.send(sid, "hi")
+    assert sse.end() == {"status": "completed"} and sse.text() == "tok0 tok1 tok2 "
+    assert api.messages(sid)[-1]["status"] == "completed"
+
+
+def test_openai_backend_is_served_end_to_end_with_its_models(make_app, make_server, tmp_path):
+    with FakeOpenAI(api_key=KEY) as fake:
+        app = make_app(**test_config(fake, tmp_path, openai_api_key=KEY))
+        api = Api(make_server(app).url)
+        health = requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
+        assert health["upstream_ok"] is True and health["backend"] == "openai"
+        models = requests.get(api.url + "/api/models", headers=api.headers, timeout=HTTP_TIMEOUT).json()[
+            "models"
+        ]
+        assert {"name": "tiny"} in models
+        end = api.send(api.session(), "hi", model="no-such-model").end()
+        assert end["status"] == "failed" and end["error"]["code"] == "model_not_found"

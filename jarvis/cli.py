@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
@@ -125,9 +124,6 @@ def cmd_serve(args) -> int:
     if not j.accounts.exist() and not j.config.insecure_no_auth:
         address += "?token=" + app.extensions["jarvis.local_token"]  # open this to sign in
     print(f"Jarvis listening on {address} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
-    # what start-up built (Flask, waitress, the model) lives as long as the process: keep it out of
-    # full collections, which otherwise scan it all (a 30 ms pause as the pool's connections open)
-    gc.freeze()
     server.serve_forever()
     if stopper:
         stopper[0].join(j.config.shutdown_timeout_s + 2)

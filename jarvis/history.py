@@ -1,9 +1,8 @@
 """SQLite history: sessions and their messages.
 
-Each thread keeps one connection (waitress serves from a fixed pool of
-threads): opening a connection per call cost a prompt 1-3 ms more. WAL lets
-readers run beside the one writer, and the busy timeout bounds every wait for
-the write lock. A connection closes with its thread, or at ``close()``.
+One short-lived connection per call keeps threads apart (waitress serves from
+many); WAL lets readers run beside the one writer, and the busy timeout bounds
+every wait for the write lock.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ import json
 import os
 import secrets
 import sqlite3
-import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -71,10 +68,6 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
-        self._local = threading.local()
-        self._lock = threading.Lock()  # guards the set of open connections
-        self._open: weakref.WeakSet[_Held] = weakref.WeakSet()
-        self._generation = 0  # bumped by close(): a thread's older connection is replaced
         _create_private(path)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -82,47 +75,33 @@ class Store:
             if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
                 # bumped to end every sign-in cookie of a user at once
                 db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+        # held open for the store's life: when the last connection to a WAL database closes,
+        # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
+        self._keeper = sqlite3.connect(path, check_same_thread=False)
+        self._keeper.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
         for name in (path, path + "-wal", path + "-shm"):  # older installs made them 0644
             if os.path.exists(name):
                 os.chmod(name, 0o600)
 
     def close(self) -> None:
-        """Close every thread's connection (idempotent); a later call opens a new one."""
-        with self._lock:
-            self._generation += 1
-            held, self._open = list(self._open), weakref.WeakSet()
-        for h in held:
-            h.db.close()
+        """Close the long-lived connection (idempotent)."""
+        self._keeper.close()
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection; SQLite errors become StoreError."""
         try:
-            db = self._connection()
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the database {self.path}: {e}") from e
         try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         except sqlite3.Error as e:
-            if db.in_transaction:
-                db.rollback()  # the connection outlives this call: leave no transaction open
             raise StoreError(f"database error on {self.path}: {e}") from e
-
-    def _connection(self) -> sqlite3.Connection:
-        held = getattr(self._local, "held", None)
-        if held is not None and held.generation == self._generation:
-            return held.db
-        # check_same_thread off: close() closes it from another thread, its owner uses it alone
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA synchronous=NORMAL")
-        held = _Held(db, self._generation)
-        weakref.finalize(held, db.close)  # the thread ended: its connection goes with it
-        with self._lock:
-            self._open.add(held)
-        self._local.held = held
-        return db
+        finally:
+            db.close()
 
     def check_writable(self) -> None:
         """Raise StoreError unless a write transaction can be opened."""
@@ -235,16 +214,6 @@ class Store:
                     message_id,
                 ),
             )
-
-
-class _Held:
-    """One thread's connection, weakly tracked so close() can reach it and its thread's end closes it."""
-
-    __slots__ = ("db", "generation", "__weakref__")
-
-    def __init__(self, db: sqlite3.Connection, generation: int):
-        self.db = db
-        self.generation = generation
 
 
 def _create_private(path: str) -> None:

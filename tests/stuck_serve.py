@@ -69,9 +69,9 @@ def main(argv: list[str]) -> int:
     kind, rest = argv[0], argv[1:]
     if kind == "local":
         local._install_abort = lambda llama, check: None
-        jarvis.select_upstream = lambda config: local.LocalUpstream(llama=StuckLlama(), model_name="stuck")
+        jarvis.select_upstream = lambda *_: local.LocalUpstream(llama=StuckLlama(), model_name="stuck")
     else:
-        jarvis.select_upstream = lambda config: StuckUpstream()
+        jarvis.select_upstream = lambda *_: StuckUpstream()
     return cli.main(rest)
 
 

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import LOCAL_TOKEN
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, expect, sync_playwright
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 PASSWORD = "correct horse battery"
 
 pytestmark = [
+    pytest.mark.slow,  # a fresh, non-editable install
     pytest.mark.timeout(180),
     pytest.mark.skipif(os.geteuid() != 0, reason="acting as a service user needs root"),
     pytest.mark.skipif(not shutil.which("runuser"), reason="needs runuser (util-linux)"),

@@ -52,9 +52,11 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     metrics = Metrics(live_streams=registry.active)
     app.extensions["jarvis"] = Jarvis(cfg, store, registry, select_upstream(cfg), metrics, Accounts(store))
 
-    from . import api, auth, web
+    from . import api, auth, ollama_api, openai_api, web
 
     auth.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openai_api.bp)
+    app.register_blueprint(ollama_api.bp)
     app.register_blueprint(web.bp)
     return app

@@ -97,7 +97,7 @@ def authenticate():
             _require_same_origin(cookie=False)
         return None
     if g.user is None:
-        if request.path.startswith("/api/") or request.endpoint == "api.metrics":
+        if request.path.startswith(("/api/", "/v1/")) or request.endpoint == "api.metrics":
             raise Unauthorized("sign in, or send Authorization: Bearer <token>")
         return redirect(url_for("login"))
     _require_same_origin(cookie=True)

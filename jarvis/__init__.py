@@ -27,7 +27,6 @@ class Jarvis:
     upstream: Upstream
     metrics: Metrics
     accounts: Accounts
-    watch_disconnects: bool = False  # set by jarvis serve, which turns on waitress's lookahead
 
     def shutdown(self, timeout: float | None = None) -> list:
         """Cancel every live stream and wait (bounded); returns the streams left."""

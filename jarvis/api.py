@@ -58,7 +58,6 @@ def send_message(session_id: str):
     content, model = _read_prompt(j.config, j.upstream.default_model)
     j.store.require_session(session_id, owner())
     trace_id = secrets.token_hex(8)
-    probe = request.environ.get("waitress.client_disconnected") if j.watch_disconnects else None
     stream = Stream(
         session_id=session_id,
         trace_id=trace_id,
@@ -68,18 +67,27 @@ def send_message(session_id: str):
         store=j.store,
         config=j.config,
         release=j.registry.release,
-        client_gone=probe,
+        owner=owner(),
+        client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
     )
-    prev = j.registry.register(stream)  # supersedes the session's stream; 503 when full
-    try:
-        # the prompt is stored before the model is called
-        stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)
-    except JarvisError:
-        j.registry.release(stream)
-        raise
-    stream.start(prev)
+    # the prompt is stored first: a failed write must leave the session's running answer alone
+    stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)
+    hand_over(j.registry, stream)
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def hand_over(registry, stream: Stream) -> None:
+    """Register ``stream`` (superseding its key's stream) and start it; any failure ends it, stored."""
+    try:
+        prev = registry.register(stream)  # 503 when full
+        stream.start(prev)
+    except JarvisError as e:
+        stream.fail(e)
+        raise
+    except Exception as e:
+        stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
+        raise
 
 
 @bp.get("/api/models")

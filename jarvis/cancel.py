@@ -66,3 +66,38 @@ def _run(callback: Callable[[], object]) -> None:
         callback()
     except OSError:
         log.warning("cancel callback failed", exc_info=True)
+
+
+class Latch:
+    """A one-shot signal that also runs callbacks, so one wait can listen to several latches."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def then(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run ``callback`` when set (at once if already set); returns an unregister."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._discard(callback)
+        callback()
+        return lambda: None
+
+    def _discard(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)

@@ -1,4 +1,4 @@
-"""The live streams: at most one per session, and a bounded number in all.
+"""The live streams: at most one per session (per key), and a bounded number in all.
 
 A lock guards the maps and is never held across a wait. Registering a stream
 makes it the session's current one at once, under the lock, and cancels the
@@ -27,22 +27,24 @@ class Registry:
         self.disconnect_poll_s = disconnect_poll_s
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
-        self._current: dict[str, Stream] = {}  # session id -> its newest stream
+        self._current: dict[str, Stream] = {}  # key (session id) -> its newest stream
         self._live: set[Stream] = set()  # every stream not yet released
         self._closed = False
         self._watcher: threading.Thread | None = None
 
     def register(self, stream: Stream) -> Stream | None:
-        """Make ``stream`` its session's current stream; returns the one it supersedes."""
+        """Make ``stream`` its key's current stream; returns the one it supersedes.
+
+        Every admission check happens here, under the lock."""
         with self._lock:
             if self._closed:
                 raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
-            prev = self._current.get(stream.session_id)
+            prev = self._current.get(stream.key)
             if prev is None and len(self._current) >= self.max_streams:
                 raise AtCapacity(
                     f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
                 )
-            self._current[stream.session_id] = stream
+            self._current[stream.key] = stream
             self._live.add(stream)
             if stream.client_gone is not None and self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
@@ -55,19 +57,19 @@ class Registry:
         """Forget ``stream``; called once by its cleanup."""
         with self._lock:
             self._live.discard(stream)
-            if self._current.get(stream.session_id) is stream:
-                del self._current[stream.session_id]
+            if self._current.get(stream.key) is stream:
+                del self._current[stream.key]
             self._released.notify_all()
 
-    def stop(self, session_id: str, reason: str = "stopped") -> bool:
-        """Cancel the session's current stream; False when none runs."""
+    def stop(self, key: str, reason: str = "stopped") -> bool:
+        """Cancel the current stream of ``key`` (a session id); False when none runs."""
         with self._lock:
-            stream = self._current.get(session_id)
+            stream = self._current.get(key)
         return stream.cancel(reason) if stream is not None else False
 
-    def current(self, session_id: str) -> Stream | None:
+    def current(self, key: str) -> Stream | None:
         with self._lock:
-            return self._current.get(session_id)
+            return self._current.get(key)
 
     def active(self) -> int:
         with self._lock:
@@ -81,6 +83,7 @@ class Registry:
         """Refuse new streams, cancel every live one, wait up to ``timeout``; returns those left."""
         with self._lock:
             self._closed = True
+            self._released.notify_all()  # the watcher ends now
             streams = list(self._live)
         for stream in streams:
             stream.cancel("shutdown")
@@ -99,18 +102,15 @@ class Registry:
         return left_over
 
     def _watch(self) -> None:
-        """Cancel streams whose client has gone; runs only while such streams live."""
+        """Cancel streams whose client has gone; runs while such streams live, until shutdown."""
         while True:
             with self._lock:
                 watched = [s for s in self._live if s.client_gone is not None]
-                if not watched:
+                if not watched or self._closed:  # closed: shutdown cancelled them all already
                     self._watcher = None
                     return
             for stream in watched:
                 if not stream.scope.cancelled and stream.client_gone():
                     stream.cancel("disconnected")
             with self._lock:
-                if self._closed and not self._live:
-                    self._watcher = None
-                    return
                 self._released.wait(self.disconnect_poll_s)

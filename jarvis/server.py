@@ -3,7 +3,8 @@
 Every open SSE response holds one waitress thread for its whole life, so the
 pool gets ``max_streams`` threads plus a reserve for stop, health and history
 requests. Request lookahead lets waitress notice a client that has gone while
-its stream writes nothing; the registry polls for it.
+its stream writes nothing; the registry polls for it (it polls under any
+waitress, where only a failed write reveals a gone client without lookahead).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Server:
         adj.setdefault("ident", "jarvis")
         # waitress reads a whole body before the app runs: refuse a huge one from its length
         adj.setdefault("max_request_body_size", self.jarvis.config.max_prompt_chars * 6 + 65536)
-        self.jarvis.watch_disconnects = adj["channel_request_lookahead"] > 0
         self._waitress = create_server(app, host=host, port=port, threads=self.threads, **adj)
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()

@@ -1,12 +1,15 @@
-"""One answer's life: a worker that reads the upstream, and the SSE body that owns the end.
+"""One answer's life, split by owner: a worker, a set-once outcome, and the body that owns the end.
 
-The worker thread only reads the upstream and hands text over through a deque;
-it never touches the response or the database, so a worker that outlives its
-join timeout (detached) can do no harm. The response body (``Stream`` used as
-a WSGI iterable) writes every event and owns the end: in ``_finish``, run once,
-it cancels, closes, joins, stores the answer, releases the registry entry and
-logs ``stream_cleanup``. WSGI servers always call ``close()`` on a body, even
-one never iterated, so the end runs whatever the client does.
+- ``Worker`` (its own thread) waits for the session's previous worker, reads
+  the upstream and hands items over through ``Handoff``; it never touches the
+  response or the store, and once sealed nothing it does reaches the answer.
+- ``Outcome`` is decided once: by the first cancel, or by the worker's last word.
+- ``Stream`` is what the registry holds (cancel handle, owner, credential) and
+  the response body: it turns the worker's items into events (``events.py``),
+  frames them (default: SSE) and, in ``_finish``, run once, joins the worker,
+  stores the answer, releases the registry entry and logs ``stream_cleanup``.
+  WSGI servers always call ``close()`` on a body, even one never iterated, so
+  the end runs whatever the client does.
 """
 
 from __future__ import annotations
@@ -15,235 +18,352 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from enum import Enum
 
-from . import log, sse
-from .cancel import CancelScope
+from . import log
+from .cancel import CancelScope, Latch
 from .config import Config
 from .errors import AtCapacity, JarvisError, StoreError, UpstreamError
+from .events import HEARTBEAT, End, Event, Framer, Start, Text
+from .events import Status as StatusEvent
 from .history import Store
 from .metrics import Metrics
+from .sse import SSEFramer
 from .upstream import Done, Meta, Options, Queued, Upstream
 
-# cancel reason -> terminal status
+
+class Reason(str, Enum):
+    """Why a stream was cancelled."""
+
+    STOPPED = "stopped"
+    SUPERSEDED = "superseded"
+    DISCONNECTED = "disconnected"
+    SHUTDOWN = "shutdown"
+    DELETED = "deleted"
+
+    __str__ = str.__str__
+
+
+class Status(str, Enum):
+    """How an answer ended: the status it is stored with and the end event carries."""
+
+    COMPLETED = "completed"
+    LENGTH = "length"  # cut by a token limit: not a finished answer
+    STOPPED = "stopped"
+    SUPERSEDED = "superseded"
+    DISCONNECTED = "disconnected"
+    TIMEOUT = "timeout"
+    FAILED = "failed"
+
+    __str__ = str.__str__
+
+
+# cancel reason -> terminal status (a reason not listed ends as stopped)
 REASON_STATUS = {
-    "superseded": "superseded",
-    "stopped": "stopped",
-    "disconnected": "disconnected",
-    "shutdown": "stopped",
-    "deleted": "stopped",
+    Reason.SUPERSEDED: Status.SUPERSEDED,
+    Reason.STOPPED: Status.STOPPED,
+    Reason.DISCONNECTED: Status.DISCONNECTED,
+    Reason.SHUTDOWN: Status.STOPPED,
+    Reason.DELETED: Status.STOPPED,
 }
-REASON_EVENT = {"stopped": "stream_stopped", "disconnected": "stream_disconnected"}
+REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
+FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
+
+
+class Outcome:
+    """The stream's terminal status, reason and error: decided once, by whoever comes first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.status: Status | None = None
+        self.reason: str | None = None
+        self.error: JarvisError | None = None
+
+    def decide(self, status: Status, reason: str | None = None, error: JarvisError | None = None) -> bool:
+        """Record the end; True only for the first call."""
+        with self._lock:
+            if self.status is not None:
+                return False
+            self.status, self.reason, self.error = Status(status), reason, error
+            return True
+
+
+class Handoff:
+    """Items from the worker to the body; ``seal`` makes every later put a no-op."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque = deque()
+        self._open = True
+        self.wake = threading.Event()
+
+    def put(self, item) -> None:
+        with self._lock:
+            if self._open:
+                self._items.append(item)
+        self.wake.set()
+
+    def take(self, seal: bool = False) -> list:
+        with self._lock:
+            items, self._items = list(self._items), deque()
+            if seal:
+                self._open = False
+        return items
+
+
+class Worker:
+    """Reads the upstream in its own thread, after the session's previous worker is done."""
+
+    def __init__(self, stream: Stream, upstream: Upstream, messages: list[dict], options: Options | None):
+        self.s = stream
+        self.upstream = upstream
+        self.messages = messages
+        self.options = options
+        self.handoff = Handoff()
+        self.done = threading.Event()  # the thread has ended
+        # the upstream is free for the session's next worker: set when this one ends, or, if it
+        # never called the upstream, when the one before it is free
+        self.released = Latch()
+        self.cancelled_at: float | None = None
+        # daemon: cleanup joins it with a timeout, and one stuck in a blocking call must not keep
+        # the process alive once shutdown has given up on it
+        self.thread = threading.Thread(target=self._run, name=f"jarvis-worker-{stream.trace_id}", daemon=True)
+
+    def start(self, prev: Worker | None) -> None:
+        self._prev = prev
+        self.thread.start()
+
+    def abandon(self, prev: Worker | None) -> None:
+        """The thread never ran: pass the predecessor's release on to the successor."""
+        self._chain(prev)
+        self.done.set()
+
+    def _chain(self, prev: Worker | None) -> None:
+        if prev is None:
+            self.released.set()
+        else:
+            prev.released.then(self.released.set)
+
+    def _run(self) -> None:
+        s = self.s
+        called = False
+        try:
+            if self._prev is not None:
+                self._wait_for(self._prev)
+            if s.scope.cancelled:  # checkpoint: superseded before it began, never calls upstream
+                return
+            called = True
+            self._read()
+        except (UpstreamError, AtCapacity) as e:  # AtCapacity: the local model's queue is full
+            if s.outcome.decide(e.status, None, e):
+                s.metrics.upstream_errors.labels(e.code).inc()
+                log.event(
+                    "upstream_error", logging.WARNING, trace_id=s.trace_id, session=s.session_id,
+                    code=e.code, error=e.message,
+                )  # fmt: skip
+        except Exception as e:  # a bug: end the stream as failed, and say so loudly
+            log.log.exception("worker crashed trace_id=%s", s.trace_id)
+            s.outcome.decide(Status.FAILED, None, JarvisError(f"internal error: {type(e).__name__}"))
+        finally:
+            if self.cancelled_at is not None:
+                s.metrics.cancel_to_closed.observe(time.monotonic() - self.cancelled_at)
+            if called:
+                self.released.set()
+            else:
+                self._chain(self._prev)
+            self._prev = None
+            self.done.set()
+            self.handoff.wake.set()
+
+    def _wait_for(self, prev: Worker) -> None:
+        s = self.s
+        waited = time.monotonic()
+        # wake on either: the predecessor's upstream is free, or this stream is cancelled
+        gate = threading.Event()
+        undo = [prev.released.then(gate.set), s.scope.on_cancel(gate.set)]
+        gate.wait(s.config.supersede_timeout_s)
+        for u in undo:
+            u()
+        s.metrics.supersede_wait.observe(time.monotonic() - waited)
+        if s.scope.cancelled and not prev.released.is_set():
+            return  # cancelled while waiting: the successor takes over the wait
+        clean = prev.released.is_set()
+        log.event(
+            "prev_stream_finished_cleanly" if clean else "prev_stream_timeout_on_cancel",
+            logging.INFO if clean else logging.WARNING,
+            trace_id=s.trace_id, session=s.session_id, prev_trace_id=prev.s.trace_id,
+            waited_ms=round((time.monotonic() - waited) * 1000, 1),
+        )  # fmt: skip
+
+    def _read(self) -> None:
+        s, cfg = self.s, self.s.config
+        chunks = self.upstream.stream_chat(
+            self.messages, s.model, s.scope, session=s.session_id, options=self.options
+        )
+        ending, chars = Status.COMPLETED, 0
+        try:
+            for item in chunks:
+                if s.scope.cancelled:  # checkpoint: between chunks
+                    return
+                if isinstance(item, Done) and item.reason == "length":
+                    ending = Status.LENGTH
+                elif isinstance(item, str):
+                    if not chars:
+                        s.metrics.first_token.observe(time.monotonic() - s.started_at)
+                    chars += len(item)
+                    if chars > cfg.max_answer_chars:
+                        raise UpstreamError(
+                            f"the answer is longer than {cfg.max_answer_chars} characters",
+                            code="answer_too_long",
+                        )
+                self.handoff.put(item)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        s.outcome.decide(ending)
 
 
 class Stream:
-    """A live answer: cancel flag, worker thread, and the SSE body that relays it."""
+    """A live answer: the registry's cancel handle and the response body that relays it."""
 
     def __init__(
         self,
         *,
-        session_id: str,
+        session_id: str | None,
         trace_id: str,
         model: str,
         messages: list[dict],
         upstream: Upstream,
-        store: Store,
         config: Config,
         release: Callable[[Stream], None],
+        store: Store | None = None,
+        key: str | None = None,
+        owner: int | None = None,
+        credential: str | None = None,
         client_gone: Callable[[], bool] | None = None,
         metrics: Metrics | None = None,
         options: Options | None = None,
+        framer: Framer | None = None,
     ):
+        """``key`` names the registry slot (default: the session); a stateless call passes a unique one."""
         self.session_id = session_id
+        self.key = key if key is not None else session_id
         self.trace_id = trace_id
         self.model = model
-        self.messages = messages
-        self.options = options
-        self.upstream = upstream
+        self.owner = owner  # user id, or None
+        self.credential = credential  # names the credential that started it, or None
         self.store = store
         self.config = config
         self.client_gone = client_gone
         self.metrics = metrics or Metrics()
+        self.framer = framer or SSEFramer()
         self._release = release
         self.message_id: int | None = None
         self.user_message_id: int | None = None
         self.scope = CancelScope()
-        self.worker = threading.Thread(target=self._work, name=f"jarvis-worker-{trace_id}")
-        self.worker_done = threading.Event()
-        self.prev: Stream | None = None
+        self.outcome = Outcome()
+        self.worker = Worker(self, upstream, messages, options)
         self.started_at = time.monotonic()
-        self._items: deque = deque()  # str (text) or Queued, from the worker
-        self._wake = threading.Event()
-        self._settle_lock = threading.Lock()
-        self._outcome: tuple[str, JarvisError | None] | None = None
+        self.meta: dict = {}  # stored with the answer; written by the body alone
         self._parts: list[str] = []
-        self._chars = 0
-        self._seq = 0
-        self._sent_start = False
-        self._finished = False
+        self._events: Iterator[Event] | None = None
+        self._prev: Worker | None = None
+        self._ended = False
         self._last_flush = time.monotonic()
         self._dirty = False  # text not yet checkpointed
-        self._cancelled_at: float | None = None
-        self.meta: dict = {}  # stored with the answer
 
     def __repr__(self) -> str:
-        return f"<Stream {self.trace_id} session={self.session_id}>"
-
-    def cancel(self, reason: str) -> bool:
-        """Cancel with ``reason`` (stopped, superseded, disconnected, shutdown); True the first time."""
-        # settle before closing: the worker, woken by the close, must not settle first
-        settled = self._settle(REASON_STATUS.get(reason, "stopped"), None)
-        if self._cancelled_at is None:
-            self._cancelled_at = time.monotonic()  # before the close the worker wakes on
-        if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
-            return False
-        if settled and reason in REASON_EVENT:
-            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
-        self._wake.set()
-        return settled
+        return f"<Stream {self.trace_id} key={self.key}>"
 
     @property
-    def status(self) -> str | None:
-        return self._outcome[0] if self._outcome else None
+    def status(self) -> Status | None:
+        return self.outcome.status
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel with ``reason`` (a Reason); True the first time it decides the end."""
+        # decide before closing: the worker, woken by the close, must not decide first
+        decided = self.outcome.decide(REASON_STATUS.get(reason, Status.STOPPED), reason)
+        if self.worker.cancelled_at is None:
+            self.worker.cancelled_at = time.monotonic()  # before the close the worker wakes on
+        if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
+            return False
+        if decided and reason in REASON_EVENT:
+            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
+        self.worker.handoff.wake.set()
+        return decided
+
+    def fail(self, error: JarvisError) -> None:
+        """End a stream that could not be handed over (not admitted, not started): store, release."""
+        self.outcome.decide(Status(error.status), None, error)
+        self.close()
 
     def start(self, prev: Stream | None) -> None:
         """Start the worker; it first waits for ``prev``, the stream this one supersedes."""
-        self.prev = prev
         log.event("stream_start", trace_id=self.trace_id, session=self.session_id, model=self.model)
-        self.worker.start()
+        self._prev = prev.worker if prev is not None else None
+        self.worker.start(self._prev)
 
-    def _settle(self, status: str, error: JarvisError | None) -> bool:
-        with self._settle_lock:
-            if self._outcome is not None:
-                return False
-            self._outcome = (status, error)
-            return True
+    def events(self) -> Iterator[Event]:
+        """The events of this answer, for one reader; call ``close()`` when done with them."""
+        if self._events is None:
+            self._events = self._relay()
+        return self._events
 
-    # the worker thread
-    def _work(self) -> None:
-        cfg = self.config
-        try:
-            if self.prev is not None:
-                waited = time.monotonic()
-                clean = self.prev.worker_done.wait(cfg.supersede_timeout_s)
-                self.metrics.supersede_wait.observe(time.monotonic() - waited)
-                log.event(
-                    "prev_stream_finished_cleanly" if clean else "prev_stream_timeout_on_cancel",
-                    logging.INFO if clean else logging.WARNING,
-                    trace_id=self.trace_id,
-                    session=self.session_id,
-                    prev_trace_id=self.prev.trace_id,
-                    waited_ms=round((time.monotonic() - waited) * 1000, 1),
-                )
-                self.prev = None
-            if self.scope.cancelled:  # checkpoint: superseded before it began, never calls upstream
-                return
-            chunks = self.upstream.stream_chat(
-                self.messages, self.model, self.scope, session=self.session_id, options=self.options
-            )
-            ending = "completed"
-            try:
-                for item in chunks:
-                    if self.scope.cancelled:  # checkpoint: between chunks
-                        break
-                    if isinstance(item, Meta):
-                        self.meta.update(item.data)
-                        continue
-                    if isinstance(item, Done):
-                        if item.reason == "length":
-                            ending = "length"  # cut by a token limit: not a finished answer
-                        usage = {
-                            "prompt_tokens": item.prompt_tokens,
-                            "completion_tokens": item.completion_tokens,
-                        }
-                        self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
-                        continue
-                    if not isinstance(item, Queued):
-                        if not self._chars:
-                            self.metrics.first_token.observe(time.monotonic() - self.started_at)
-                        self._chars += len(item)
-                        if self._chars > cfg.max_answer_chars:
-                            raise UpstreamError(
-                                f"the answer is longer than {cfg.max_answer_chars} characters",
-                                code="answer_too_long",
-                            )
-                    self._items.append(item)
-                    self._wake.set()
-            finally:
-                getattr(chunks, "close", lambda: None)()
-            self._settle(ending, None)
-        except (UpstreamError, AtCapacity) as e:  # AtCapacity: the local model's queue is full
-            if self._settle(e.status, e):
-                self.metrics.upstream_errors.labels(e.code).inc()
-                log.event(
-                    "upstream_error",
-                    logging.WARNING,
-                    trace_id=self.trace_id,
-                    session=self.session_id,
-                    code=e.code,
-                    error=e.message,
-                )
-        except Exception as e:  # a bug: end the stream as failed, and say so loudly
-            log.log.exception("worker crashed trace_id=%s", self.trace_id)
-            self._settle("failed", JarvisError(f"internal error: {type(e).__name__}"))
-        finally:
-            if self._cancelled_at is not None:
-                self.metrics.cancel_to_closed.observe(time.monotonic() - self._cancelled_at)
-            self.worker_done.set()
-            self._wake.set()
-
-    # the response body, iterated by the WSGI server thread
     def __iter__(self) -> Stream:
+        self.events()
         return self
 
     def __next__(self) -> bytes:
-        if self._finished:
-            raise StopIteration
-        if not self._sent_start:
-            self._sent_start = True
-            return sse.event(
-                "start",
-                {
-                    "trace_id": self.trace_id,
-                    "message_id": self.message_id,
-                    "user_message_id": self.user_message_id,
-                    "model": self.model,
-                },
-            )
-        while True:
-            self._wake.clear()
-            out = self._drain()
-            if out:
-                self._checkpoint()
-                return out
-            if self.scope.cancelled or (self._outcome is not None and self.worker_done.is_set()):
-                return self._finish()
-            if not self._wake.wait(self._wait_s()):
-                self._checkpoint()  # text that arrived before a stall is saved too
-                return sse.HEARTBEAT  # a write is how a plain WSGI host notices a gone client
+        return self.framer.frame(next(self._events))
 
     def close(self) -> None:
-        """Called by the WSGI server when the body ends or the client is gone."""
-        if not self._finished:
-            self.cancel("disconnected")
-            self._finish()
+        """End the stream if nothing has (client gone, body never read); idempotent."""
+        if self._events is not None:
+            self._events.close()
+        self._end_once()
 
-    def _drain(self) -> bytes:
-        texts = []
-        out = b""
-        while self._items:
-            item = self._items.popleft()
-            if isinstance(item, Queued):
-                out += sse.event("status", {"state": "queued", "position": item.position})
-            else:
+    def _relay(self) -> Iterator[Event]:
+        try:
+            yield Start(self.trace_id, self.model, self.message_id, self.user_message_id)
+            handoff, follow_ups = self.worker.handoff, 0
+            while True:
+                handoff.wake.clear()
+                out = self._convert(handoff.take())
+                if out:
+                    follow_ups = 0
+                    self._checkpoint()
+                    yield from out
+                    continue
+                if self.scope.cancelled or (self.outcome.status is not None and self.worker.done.is_set()):
+                    break
+                wait = FOLLOW_UP_S if follow_ups else self._wait_s()
+                if not handoff.wake.wait(wait):
+                    self._checkpoint()  # text that arrived before a stall is saved too
+                    # a second write right after the first is refused once the first met a closed socket
+                    follow_ups = (follow_ups + 1) % 3
+                    yield HEARTBEAT
+            yield from self._finish()
+        finally:
+            self._end_once()
+
+    def _convert(self, items: list) -> list[Event]:
+        out, texts = [], []
+        for item in items:
+            if isinstance(item, str):
                 texts.append(item)
+            elif isinstance(item, Queued):
+                out.append(StatusEvent("queued", item.position))
+            elif isinstance(item, Meta):
+                self.meta.update(item.data)
+            elif isinstance(item, Done):
+                usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
+                self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
         if texts:
             self.metrics.tokens.inc(len(texts))
             text = "".join(texts)
             self._parts.append(text)
             self._dirty = True
-            self._seq += 1
-            out += sse.event("token", {"text": text}, id=self._seq)
+            out.append(Text(text, len(self._parts)))
         return out
 
     def _wait_s(self) -> float:
@@ -254,7 +374,7 @@ class Stream:
 
     def _checkpoint(self) -> None:
         now = time.monotonic()
-        if not self._dirty or now - self._last_flush < self.config.flush_interval_s:
+        if not self._dirty or now - self._last_flush < self.config.flush_interval_s or self.store is None:
             return
         self._last_flush = now
         self._dirty = False
@@ -263,46 +383,42 @@ class Stream:
         except StoreError:
             log.log.warning("checkpoint failed trace_id=%s", self.trace_id, exc_info=True)
 
-    def _finish(self) -> bytes:
-        """End the stream once: close upstream, join worker, store, release, log."""
-        self._finished = True
+    def _end_once(self) -> None:
+        if not self._ended:
+            self.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
+            for _ in self._finish():
+                pass
+
+    def _finish(self) -> list[Event]:
+        """End the stream once: join the worker, seal its handoff, store, release, log."""
+        self._ended = True
         try:
-            if not self.worker_done.is_set():
-                self.cancel("stopped")  # not settled yet and nothing else ended it: close upstream
-                if self.worker.ident is not None and not self.worker_done.wait(self.config.cancel_timeout_s):
-                    log.event(
-                        "worker_detached", logging.WARNING, trace_id=self.trace_id, session=self.session_id
-                    )
-            out = self._drain()
-            status, error = self._outcome
-            self.metrics.ended.labels(status).inc()
-            end = {"status": status}
-            if self.scope.reason and REASON_STATUS.get(self.scope.reason) == status:
-                end["reason"] = self.scope.reason
-            if error is not None:
-                end["error"] = error.to_dict()
-            if end.get("reason"):
-                self.meta["reason"] = end["reason"]
-            try:
-                self.store.save_answer(
-                    self.message_id,
-                    "".join(self._parts),
-                    status,
-                    error.to_dict() if error else None,
-                    self.meta or None,
-                )
-            except StoreError as e:
-                log.event("store_error", logging.ERROR, trace_id=self.trace_id, error=e.message)
-            return out + sse.event("end", end)
+            worker = self.worker
+            if not worker.thread.ident:
+                worker.abandon(self._prev)  # never started: release the chain
+            elif not worker.done.wait(self.config.cancel_timeout_s):
+                log.event("worker_detached", logging.WARNING, trace_id=self.trace_id, session=self.session_id)
+            out = self._convert(worker.handoff.take(seal=True))  # after this, the worker reaches nothing
+            o = self.outcome
+            self.metrics.ended.labels(o.status).inc()
+            reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None
+            if reason:
+                self.meta["reason"] = str(reason)
+            error = o.error.to_dict() if o.error else None
+            self._store_end(o.status, error)
+            return [*out, End(o.status, reason, error, dict(self.meta))]
         finally:
-            if self.worker.ident is None:
-                self.worker_done.set()  # never started: a later prompt must not wait for it
             self._release(self)
+            took_ms = round((time.monotonic() - self.started_at) * 1000, 1)
             log.event(
-                "stream_cleanup",
-                trace_id=self.trace_id,
-                session=self.session_id,
-                status=self.status,
-                chars=self._chars,
-                duration_ms=round((time.monotonic() - self.started_at) * 1000, 1),
-            )
+                "stream_cleanup", trace_id=self.trace_id, session=self.session_id, status=self.status,
+                chars=sum(map(len, self._parts)), duration_ms=took_ms,
+            )  # fmt: skip
+
+    def _store_end(self, status: Status, error: dict | None) -> None:
+        if self.store is None or self.message_id is None:
+            return
+        try:
+            self.store.save_answer(self.message_id, "".join(self._parts), status, error, self.meta or None)
+        except StoreError as e:
+            log.event("store_error", logging.ERROR, trace_id=self.trace_id, error=e.message)

@@ -8,6 +8,8 @@ import time
 import pytest
 import requests
 
+from jarvis.errors import StoreError
+from jarvis.stream import Stream
 from tests.conftest import HTTP_TIMEOUT, Api, wait_for
 from tests.fake_ollama import Script
 
@@ -20,10 +22,9 @@ def test_sessions_are_created_listed_newest_first_and_read(client):
     assert len(ida) >= 22 and ida != idb  # 144 random bits, URL-safe
     listed = [s["id"] for s in client.get("/api/sessions").get_json()["sessions"]]
     assert listed[:2] == [idb, ida]
-    assert client.get(f"/api/sessions/{ida}").get_json() | {} == {
-        **client.get(f"/api/sessions/{ida}").get_json()
-    }
-    assert client.get(f"/api/sessions/{ida}").get_json()["messages"] == []
+    read = client.get(f"/api/sessions/{ida}").get_json()
+    assert (read["id"], read["title"], read["messages"]) == (ida, "", [])
+    assert read["created_at"] == read["updated_at"] == a.get_json()["created_at"]
     missing = client.get("/api/sessions/nope")
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
 
@@ -261,3 +262,49 @@ def test_models_answers_502_with_a_clear_error_when_ollama_is_down(make_app):
     r = client.get("/api/models")
     assert r.status_code == 502 and r.get_json()["error"]["code"] == "upstream_unavailable"
     assert "127.0.0.1:9" in r.get_json()["error"]["message"]
+
+
+def test_a_failed_prompt_write_leaves_the_running_answer_alone(make_app, make_server, fake, monkeypatch):
+    # the old hand-over cancelled the running answer before the write that then failed
+    fake.script(tokens=1000, interval_s=0.01)
+    app = make_app()
+    api = Api(make_server(app).url)
+    sid = api.session()
+    first = api.send(sid, "first")
+    first.until("token")
+
+    def broken(*args, **kwargs):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(app.extensions["jarvis"].store, "add_exchange", broken)
+    second = api.send(sid, "second")
+    assert second.status_code == 500 and second.json()["error"]["code"] == "store_error"
+    seen = len(first.events)
+    first.until("token")
+    assert len(first.events) > seen  # still streaming
+    assert app.extensions["jarvis"].registry.active() == 1
+    api.stop(sid)
+    assert first.end() == {"status": "stopped", "reason": "stopped"}
+
+
+def test_a_failed_start_releases_the_stream_and_stores_it_failed(make_app, make_server, fake, monkeypatch):
+    # a stream left registered would make the session's next prompt wait the whole supersede timeout
+    fake.script(tokens=2)
+    app = make_app(supersede_timeout_s=5.0)
+    api = Api(make_server(app).url)
+    sid = api.session()
+    real_start = Stream.start
+
+    def no_thread(self, prev):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Stream, "start", no_thread)
+    refused = api.send(sid, "first")
+    assert refused.status_code == 500
+    assert app.extensions["jarvis"].registry.live() == []
+    answer = api.messages(sid)[-1]
+    assert answer["status"] == "failed" and answer["error"]["code"] == "internal_error"
+    monkeypatch.setattr(Stream, "start", real_start)
+    began = time.monotonic()
+    assert api.send(sid, "second").end() == {"status": "completed"}
+    assert time.monotonic() - began < 2.0  # not the 5 s supersede timeout

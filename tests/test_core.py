@@ -15,6 +15,7 @@ from jarvis.config import Config, ConfigError
 from jarvis.history import Store
 from jarvis.registry import Registry
 from jarvis.stream import Stream
+from jarvis.upstream import Done, Meta
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 
@@ -135,7 +136,7 @@ def test_worker_stuck_past_its_join_timeout_is_detached(tmp_path, caplog):
     assert b'"status":"stopped"' in frames and registry.live() == []
     assert any(r.getMessage() == "worker_detached" for r in caplog.records)
     upstream.release.set()
-    stream.worker.join(2)
+    stream.worker.thread.join(2)
     answer = store.get_session(sid)["messages"][-1]
     assert answer["content"] == "a" and answer["status"] == "stopped"  # the detached worker wrote nothing
 
@@ -265,3 +266,113 @@ def test_readme_documents_every_setting():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     missing = [name for name, _, _ in describe() if f"`{name}`" not in readme]
     assert missing == []
+
+
+def _waiting_pair(tmp_path, **overrides):
+    """Stream ``a`` streams from an upstream slow to stop; ``b`` supersedes it and waits for it."""
+    cfg = Config(
+        database=str(tmp_path / "w.sqlite3"),
+        heartbeat_s=5.0,
+        supersede_timeout_s=5.0,
+        cancel_timeout_s=1.0,
+        **overrides,
+    )
+    store, registry = Store(cfg.database), Registry(4)
+    upstream = _SlowToStopUpstream(wind_down_s=1.5)
+    sid = store.create_session()["id"]
+    streams = []
+    for trace in ("a", "b"):
+        stream = _stream(sid, trace, upstream, store, cfg, registry)
+        stream.user_message_id, stream.message_id = store.add_exchange(sid, trace, trace, "m")
+        stream.start(registry.register(stream))
+        streams.append(stream)
+        if trace == "a":
+            wait_for(lambda: upstream.calls == 1, what="the first call")
+    return streams, registry, upstream, store
+
+
+@pytest.mark.parametrize("reason", ["stopped", "disconnected", "shutdown"])
+def test_cancel_of_a_stream_waiting_for_its_predecessor_ends_it_at_once(tmp_path, caplog, reason):
+    # would wait out the predecessor's wind-down (then detach its own worker) if the wait on the
+    # previous worker ignored the waiting stream's own cancel
+    caplog.set_level(logging.INFO, logger="jarvis")
+    (a, b), registry, upstream, store = _waiting_pair(tmp_path)
+    body = iter(b)
+    next(body)  # start
+    began = time.monotonic()
+    if reason == "stopped":
+        assert registry.stop(b.session_id)
+    elif reason == "disconnected":
+        b.cancel("disconnected")
+    else:
+        threading.Thread(target=registry.shutdown, args=(3.0,), name="test-shutdown").start()
+    frames = b"".join(body)
+    took = time.monotonic() - began
+    assert b'"status":"' + (b"stopped" if reason != "disconnected" else b"disconnected") in frames
+    assert took < 0.5, f"the end took {took:.3f} s: the predecessor's wind-down, not the cancel"
+    assert not any(r.getMessage() == "worker_detached" for r in caplog.records)
+    assert upstream.calls == 1  # the waiting stream never called the upstream
+    b.close()
+    a.close()
+    wait_for(lambda: registry.live() == [], what="both released")
+
+
+class _LateMetaUpstream(_StuckUpstream):
+    """Stuck past the join timeout while it records metadata, then records more once detached."""
+
+    def stream_chat(self, messages, model, cancel, session=None, options=None):
+        upstream = self
+
+        class Late(dict):
+            def keys(self):
+                if threading.current_thread().name.startswith("jarvis-worker"):  # a worker merges it
+                    upstream.entered.set()
+                    upstream.release.wait(10)  # caught mid-write when it is detached
+                    self["late"] = True
+                return super().keys()
+
+            def __iter__(self):  # a plain dict would be merged without calling keys()
+                return iter(self.keys())
+
+        yield "a"
+        yield Meta(Late())
+        self.entered.set()
+        self.release.wait(10)  # blocks without looking at cancel
+        yield Meta({"late": True})
+        yield Done("stop", 1, 1)
+
+
+def test_a_detached_worker_cannot_reach_the_stored_answer(tmp_path):
+    cfg = Config(database=str(tmp_path / "d.sqlite3"), cancel_timeout_s=0.05, heartbeat_s=0.05)
+    store, registry, upstream = Store(cfg.database), Registry(4), _LateMetaUpstream()
+    sid = store.create_session()["id"]
+    stream = _stream(sid, "t", upstream, store, cfg, registry)
+    stream.user_message_id, stream.message_id = store.add_exchange(sid, "x", "t", "m")
+    stream.start(registry.register(stream))
+
+    class LetItWriteOnDetach(logging.Handler):
+        # the worker gets free right after the detach, before the answer is stored
+        def emit(self, record):
+            if record.getMessage() == "worker_detached":
+                upstream.release.set()
+                stream.worker.thread.join(2)
+
+    handler = LetItWriteOnDetach()
+    jarvis_log = logging.getLogger("jarvis")
+    jarvis_log.addHandler(handler)
+    level = jarvis_log.level
+    jarvis_log.setLevel(logging.INFO)
+    try:
+        body = iter(stream)
+        next(body)
+        assert upstream.entered.wait(2)
+        registry.stop(sid)
+        frames = b"".join(body)
+    finally:
+        jarvis_log.removeHandler(handler)
+        jarvis_log.setLevel(level)
+    assert upstream.release.is_set(), "the worker was never detached"
+    assert b'"status":"stopped"' in frames
+    answer = store.get_session(sid)["messages"][-1]
+    assert answer["status"] == "stopped" and answer["content"] == "a"
+    assert not (answer["meta"] or {}).get("late") and "usage" not in (answer["meta"] or {})

@@ -126,7 +126,7 @@ class RegistryModel(RuleBasedStateMachine):
 
         def settled():
             called = {c.trace for c in self.upstream.calls}
-            return all(s.worker_done.is_set() or s.trace_id in called for s, *_ in self.owners)
+            return all(s.worker.done.is_set() or s.trace_id in called for s, *_ in self.owners)
 
         wait_for(settled, timeout=5, what="workers to reach the upstream")
 
@@ -187,8 +187,8 @@ class RegistryModel(RuleBasedStateMachine):
             gone.set()
             owner.join(5)
             assert not owner.is_alive(), f"{stream} body never ended"
-            stream.worker.join(5)
-            assert not stream.worker.is_alive(), f"{stream} worker never ended"
+            stream.worker.thread.join(5)
+            assert not stream.worker.thread.is_alive(), f"{stream} worker never ended"
             if not gone.is_set() or any(f.startswith(b"event: end") for f in frames):
                 assert sum(f.startswith(b"event: end") for f in frames) <= 1
         wait_for(lambda: self.registry.live() == [], timeout=5, what="every stream released")

@@ -1,24 +1,33 @@
 """What the OpenAI and Ollama dialects share: a bounded JSON body, a checked conversation,
-the model check, and the error answer rewritten into the dialect's shape.
+the model check, one call through the core, and errors in the dialect's shape.
 
 The dialect modules only translate; every rule here is the native API's rule
-(body limits, prompt limit, model names), so a client gets the same answer
-whichever dialect it speaks.
+(body limits, prompt limit, model names), and every answer runs through the
+native lifecycle (registry, worker, cancel, cleanup once): a dialect is a
+framer and a parser, never a second code path.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Response, request
+from flask import Response, current_app, request
 
+from .api import hand_over
+from .auth import owner
 from .config import Config
-from .errors import BadRequest, NotFound, UpstreamError
+from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
+from .events import End, Framer, Text
+from .stream import Status, Stream
 from .upstream import Options, Upstream
+
+SESSION_HEADER = "X-Jarvis-Session"
+FINISHED = (Status.COMPLETED, Status.LENGTH)
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,68 @@ class ModelNames:
             with self._lock:
                 self._names, self._listed_at = names, time.monotonic()
         return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
+
+
+def start(call: Call, framer: Framer) -> Stream:
+    """Hand ``call`` to the core: stateless, or joining the caller's session named by X-Jarvis-Session."""
+    j = current_app.extensions["jarvis"]
+    session_id = request.headers.get(SESSION_HEADER) or None
+    if session_id is not None:
+        j.store.require_session(session_id, owner())  # another user's session is not found
+        if call.messages[-1]["role"] != "user":
+            raise bad(f"with {SESSION_HEADER} the last message must be the user's", "messages")
+    models = current_app.extensions.setdefault("jarvis.model_names", ModelNames(j.upstream))
+    models.check(call.model)
+    trace_id = secrets.token_hex(8)
+    stream = Stream(
+        session_id=session_id,
+        key=session_id or "call:" + trace_id,  # a stateless call supersedes nothing
+        trace_id=trace_id,
+        model=call.model,
+        messages=call.messages,
+        upstream=j.upstream,
+        config=j.config,
+        release=j.registry.release,
+        store=j.store if session_id else None,
+        owner=owner(),
+        client_gone=request.environ.get("waitress.client_disconnected"),
+        metrics=j.metrics,
+        options=call.options,
+        framer=framer,
+    )
+    if session_id is not None:
+        # the prompt is stored before the model is called, and before it supersedes anything
+        prompt = call.messages[-1]["content"]
+        stream.user_message_id, stream.message_id = j.store.add_exchange(
+            session_id, prompt, trace_id, call.model
+        )
+    hand_over(j.registry, stream)
+    return stream
+
+
+def collect(stream: Stream) -> tuple[str, End]:
+    """Read the whole answer in-process (a non-streaming call); the stream ends, once, either way."""
+    texts = []
+    try:
+        for event in stream.events():
+            if isinstance(event, Text):
+                texts.append(event.text)
+            elif isinstance(event, End):
+                return "".join(texts), event
+    finally:
+        stream.close()
+    raise JarvisError("the stream ended without an end event")  # a bug in the core, said loudly
+
+
+def end_error(end: End, error: JarvisError | None = None) -> JarvisError | None:
+    """Why the answer did not finish, as an error; None when the model finished it."""
+    if end.status in FINISHED:
+        return None
+    if error is not None:
+        return error
+    if end.error:
+        return UpstreamError(end.error.get("message", ""), code=end.error.get("code"))
+    return Interrupted(str(end.reason or end.status))
 
 
 def dialect_status(status: int, code: str | None) -> int:

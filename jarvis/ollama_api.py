@@ -7,10 +7,15 @@ stream as NDJSON unless ``"stream": false``.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+import json
+import time
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, current_app
 
 from . import api, compat
 from .errors import JarvisError
+from .events import End, Event, Heartbeat, Text
 from .upstream import Options
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
@@ -36,6 +41,32 @@ def tags():
 @bp.get("/version")
 def version():
     return {"version": API_VERSION}
+
+
+@bp.post("/chat")
+def chat():
+    j = jarvis()
+    return _answer(parse_chat(compat.read_json(j.config), j.config, j.upstream.default_model), generate=False)
+
+
+@bp.post("/generate")
+def generate():
+    j = jarvis()
+    return _answer(
+        parse_generate(compat.read_json(j.config), j.config, j.upstream.default_model), generate=True
+    )
+
+
+def _answer(call: compat.Call, generate: bool):
+    framer = NDJSONFramer(call.model, generate)
+    stream = compat.start(call, framer)
+    if call.stream:
+        return Response(stream, mimetype="application/x-ndjson", headers=api.SSE_HEADERS)
+    text, end = compat.collect(stream)
+    failure = compat.end_error(end, stream.outcome.error)
+    if failure is not None:
+        raise failure
+    return framer.final(text, end)
 
 
 def parse_chat(body: dict, config, default_model: str) -> compat.Call:
@@ -97,3 +128,68 @@ def error_body(status: int, error: dict) -> dict:
 def error(e: Exception):
     native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
     return compat.rewrite_error(native, e, error_body)
+
+
+class NDJSONFramer:
+    """Ollama's stream: one JSON object a line, the last with ``done`` and its statistics.
+
+    A failure or a cut answer ends with an ``{"error": ...}`` line, which Ollama's client raises.
+    The heartbeat is one space: JSON allows it before the next object, and the write is how a
+    plain WSGI host notices a gone client.
+    """
+
+    HEARTBEAT = b" "
+
+    def __init__(self, model: str, generate: bool = False):
+        self.model = model
+        self.generate = generate  # /api/generate answers in "response", /api/chat in "message"
+        self.started = time.monotonic()
+        self.first_text: float | None = None
+
+    def frame(self, ev: Event) -> bytes:
+        if isinstance(ev, Text):
+            if self.first_text is None:
+                self.first_text = time.monotonic()
+            return _line(self._part(ev.text) | {"done": False})
+        if isinstance(ev, Heartbeat):
+            return self.HEARTBEAT
+        if isinstance(ev, End):
+            failure = compat.end_error(ev)
+            if failure is not None:
+                return _line({"error": failure.message})
+            return _line(self.final("", ev))
+        return b""  # start and queued have no line in this dialect
+
+    def final(self, text: str, end: End) -> dict:
+        """The last object: the rest of the text (all of it when not streaming), done, statistics."""
+        now = time.monotonic()
+        first = self.first_text or now
+        counts = end.meta.get("usage") or {}
+        stats = {
+            "total_duration": _ns(now - self.started),
+            "load_duration": 0,
+            "prompt_eval_count": counts.get("prompt_tokens"),
+            "prompt_eval_duration": _ns(first - self.started),
+            "eval_count": counts.get("completion_tokens"),
+            "eval_duration": _ns(now - first),
+        }
+        done = {"done": True, "done_reason": "length" if str(end.status) == "length" else "stop"}
+        return self._part(text) | done | {k: v for k, v in stats.items() if v is not None}
+
+    def _part(self, text: str) -> dict:
+        head = {"model": self.model, "created_at": _now()}
+        if self.generate:
+            return head | {"response": text}
+        return head | {"message": {"role": "assistant", "content": text}}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

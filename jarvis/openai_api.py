@@ -6,14 +6,20 @@ The official ``openai`` client, an editor or an agent points ``base_url`` at
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+import json
+import secrets
+import time
 
-from . import api, compat
-from .errors import JarvisError
+from flask import Blueprint, Response, current_app
+
+from . import api, compat, sse
+from .errors import Interrupted, JarvisError
+from .events import End, Event, Heartbeat, Start, Text
 from .upstream import Options
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
+FINISH = {"completed": "stop", "length": "length"}
 ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -35,6 +41,21 @@ def models():
             for m in jarvis().upstream.models()
         ],
     }
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    j = jarvis()
+    call = parse_chat(compat.read_json(j.config), j.config, j.upstream.default_model)
+    framer = ChunkFramer(call.model, call.include_usage)
+    stream = compat.start(call, framer)
+    if call.stream:
+        return Response(stream, mimetype="text/event-stream", headers=api.SSE_HEADERS)
+    text, end = compat.collect(stream)
+    failure = compat.end_error(end, stream.outcome.error)
+    if failure is not None:
+        raise failure
+    return framer.completion(text, end)
 
 
 def parse_chat(body: dict, config, default_model: str) -> compat.Call:
@@ -98,4 +119,72 @@ def error_body(status: int, error: dict) -> dict:
 @bp.errorhandler(Exception)
 def error(e: Exception):
     native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
+    if isinstance(e, Interrupted):
+        native.headers["x-should-retry"] = "false"  # the client would retry a 409 into the newer answer
     return compat.rewrite_error(native, e, error_body)
+
+
+class ChunkFramer:
+    """OpenAI's stream: ``chat.completion.chunk`` events, a finish_reason, ``data: [DONE]``.
+
+    A failure after the stream began is an ``{"error": ...}`` event and no ``[DONE]``: the
+    official client raises it as an API error instead of taking the cut answer as finished.
+    """
+
+    def __init__(self, model: str, include_usage: bool = False):
+        self.model = model
+        self.include_usage = include_usage
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def frame(self, ev: Event) -> bytes:
+        if isinstance(ev, Text):
+            return self._chunk({"content": ev.text})
+        if isinstance(ev, Heartbeat):
+            return sse.HEARTBEAT
+        if isinstance(ev, Start):
+            return self._chunk({"role": "assistant", "content": ""})
+        if isinstance(ev, End):
+            failure = compat.end_error(ev)
+            if failure is not None:
+                status = compat.dialect_status(failure.http_status, failure.code)
+                return _data(error_body(status, failure.to_dict()))
+            out = self._chunk({}, FINISH[str(ev.status)])
+            if self.include_usage:
+                out += _data(self._object("chat.completion.chunk", [], usage(ev)))
+            return out + b"data: [DONE]\n\n"
+        return b""  # a queued status has no place in this dialect
+
+    def completion(self, text: str, end: End) -> dict:
+        """The non-streaming answer."""
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+        choice["finish_reason"] = FINISH[str(end.status)]
+        return self._object("chat.completion", [choice], usage(end))
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _data(self._object("chat.completion.chunk", [choice]))
+
+    def _object(self, kind: str, choices: list, usage: dict | None = None) -> dict:
+        out = {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+
+def usage(end: End) -> dict | None:
+    counts = end.meta.get("usage") or {}
+    if "prompt_tokens" not in counts and "completion_tokens" not in counts:
+        return None
+    prompt, completion = counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _data(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

@@ -12,6 +12,7 @@ import ollama
 import pytest
 import requests
 
+from jarvis.upstream import local
 from tests.conftest import HTTP_TIMEOUT, wait_for
 from tests.fake_ollama import Script
 
@@ -219,3 +220,16 @@ def test_session_header_stores_the_exchange_in_the_session(served):
     assert answer.message.content == "tok0 tok1 "
     stored = [(m["role"], m["content"], m["status"]) for m in served.messages(sid)]
     assert stored == [("user", "hello", "sent"), ("assistant", "tok0 tok1 ", "completed")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not local.available(), reason="needs llama-cpp-python and the embedded model")
+def test_the_embedded_model_answers_the_ollama_client(make_served):
+    served = make_served(backend="local", local_max_tokens=24)
+    client = client_of(served, timeout=60)
+    (model,) = [m.model for m in client.list().models]
+    answer = client.chat(model=model, messages=[{"role": "user", "content": "Say hi."}], stream=False)
+    assert answer.message.content and answer.done_reason in ("stop", "length") and answer.eval_count > 0
+    parts = list(client.generate(model=model, prompt="Say hi.", system="Be brief.", stream=True))
+    assert "".join(p.response for p in parts) and parts[-1].done and parts[-1].prompt_eval_count > 0
+    client.close()

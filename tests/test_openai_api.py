@@ -13,6 +13,7 @@ import openai
 import pytest
 import requests
 
+from jarvis.upstream import local
 from tests.conftest import HTTP_TIMEOUT, wait_for
 from tests.fake_ollama import Script
 
@@ -269,3 +270,29 @@ def test_concurrent_clients_are_independent(oai, served):
         t.join(10)
     assert errors == [] and list(results.values()) == ["".join(f"tok{i} " for i in range(20))] * 3
     wait_for(served.idle, what="slots released")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not local.available(), reason="needs llama-cpp-python and the embedded model")
+def test_the_embedded_model_answers_the_openai_client(make_served):
+    served = make_served(backend="local", local_max_tokens=24)
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=60)
+    (model,) = [m.id for m in client.models.list()]
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}])
+    assert answer.choices[0].message.content and answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 0 and 0 < answer.usage.completion_tokens <= 24
+    # closing a stream mid-answer gives the model back: the next call is answered
+    stream = client.chat.completions.create(model=model, messages=HELLO, stream=True, max_tokens=24)
+    next(iter(stream))
+    stream.close()
+    wait_for(served.idle, what="slot released")
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="llama3.2", messages=HELLO)
+    client.close()

@@ -71,9 +71,12 @@ def _answer(call: compat.Call, generate: bool):
 
 def parse_chat(body: dict, config, default_model: str) -> compat.Call:
     """An /api/chat request as a call to the core; 400 for anything Jarvis would not serve."""
+    raw = body.get("messages")
+    if isinstance(raw, list) and any(isinstance(m, dict) and m.get("images") for m in raw):
+        raise compat.bad("images are not supported", "messages")
     return compat.Call(
         model=compat.model_name(body.get("model"), default_model),
-        messages=compat.conversation(body.get("messages"), config, _content),
+        messages=compat.conversation(raw, config, _content),
         options=_options(body),
         stream=compat.flag(body, "stream", True),
     )

@@ -117,6 +117,7 @@ def test_unknown_model_is_404(oll, served):
         ("/api/chat", {"model": ["tiny"], "messages": HELLO}),
         ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x" * 101}]}),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "options": {"num_predict": "many"}}),
+        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "?", "images": ["aGk="]}]}),
         ("/api/generate", {"model": "tiny", "prompt": 5}),
         ("/api/generate", {"model": "tiny", "prompt": "hi", "system": ["x"]}),
     ],

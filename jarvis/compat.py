@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from .api import hand_over
 from .auth import owner
 from .config import Config
 from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
-from .events import End, Framer, Text
+from .events import End, Event, Framer, Text
+from .metrics import Metrics
 from .stream import Status, Stream
 from .upstream import Options, Upstream
 
@@ -164,7 +165,23 @@ class ModelNames:
         return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
 
 
-def start(call: Call, framer: Framer) -> Stream:
+class Metered:
+    """A framer that counts the tokens of each answer it ends, per dialect and user."""
+
+    def __init__(self, framer: Framer, metrics: Metrics, api: str, user: str):
+        self.framer, self.metrics, self.labels = framer, metrics, (api, user)
+
+    def frame(self, event: Event) -> bytes:
+        if isinstance(event, End):
+            self.count(event)
+        return self.framer.frame(event)
+
+    def count(self, end: End) -> None:
+        for kind, n in (end.meta.get("usage") or {}).items():
+            self.metrics.compat_tokens.labels(*self.labels, kind.removesuffix("_tokens")).inc(n)
+
+
+def start(call: Call, framer: Framer, api: str) -> Stream:
     """Hand ``call`` to the core: stateless, or joining the caller's session named by X-Jarvis-Session."""
     j = current_app.extensions["jarvis"]
     session_id = request.headers.get(SESSION_HEADER) or None
@@ -175,6 +192,7 @@ def start(call: Call, framer: Framer) -> Stream:
     models = current_app.extensions.setdefault("jarvis.model_names", ModelNames(j.upstream))
     models.check(call.model)
     trace_id = secrets.token_hex(8)
+    user = g.user.name if g.get("user") is not None else ""
     stream = Stream(
         session_id=session_id,
         key=session_id or "call:" + trace_id,  # a stateless call supersedes nothing
@@ -189,7 +207,7 @@ def start(call: Call, framer: Framer) -> Stream:
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
         options=call.options,
-        framer=framer,
+        framer=Metered(framer, j.metrics, api, user),
     )
     if session_id is not None:
         # the prompt is stored before the model is called, and before it supersedes anything
@@ -198,6 +216,7 @@ def start(call: Call, framer: Framer) -> Stream:
             session_id, prompt, trace_id, call.model
         )
     hand_over(j.registry, stream)
+    j.metrics.compat_calls.labels(api, user).inc()
     return stream
 
 
@@ -209,6 +228,7 @@ def collect(stream: Stream) -> tuple[str, End]:
             if isinstance(event, Text):
                 texts.append(event.text)
             elif isinstance(event, End):
+                stream.framer.count(event)
                 return "".join(texts), event
     finally:
         stream.close()

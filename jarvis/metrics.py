@@ -48,6 +48,18 @@ class Metrics:
         self.rejected = Counter(
             "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
         )
+        self.compat_calls = Counter(
+            "jarvis_compat_calls",
+            "Calls through the OpenAI and Ollama APIs that started an answer, by dialect and user.",
+            ["api", "user"],
+            registry=r,
+        )
+        self.compat_tokens = Counter(
+            "jarvis_compat_tokens",
+            "Model tokens of answers through the OpenAI and Ollama APIs, by dialect, user and kind.",
+            ["api", "user", "kind"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,7 +59,7 @@ def generate():
 
 def _answer(call: compat.Call, generate: bool):
     framer = NDJSONFramer(call.model, generate)
-    stream = compat.start(call, framer)
+    stream = compat.start(call, framer, "ollama")
     if call.stream:
         return Response(stream, mimetype="application/x-ndjson", headers=api.SSE_HEADERS)
     text, end = compat.collect(stream)

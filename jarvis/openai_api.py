@@ -48,7 +48,7 @@ def chat_completions():
     j = jarvis()
     call = parse_chat(compat.read_json(j.config), j.config, j.upstream.default_model)
     framer = ChunkFramer(call.model, call.include_usage)
-    stream = compat.start(call, framer)
+    stream = compat.start(call, framer, "openai")
     if call.stream:
         return Response(stream, mimetype="text/event-stream", headers=api.SSE_HEADERS)
     text, end = compat.collect(stream)

@@ -296,3 +296,22 @@ def test_the_embedded_model_answers_the_openai_client(make_served):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="llama3.2", messages=HELLO)
     client.close()
+
+
+def test_calls_count_in_the_metrics_per_dialect_and_user(oai, served):
+    served.fake.script(tokens=5)
+    oai.chat.completions.create(model="tiny", messages=HELLO)
+    list(oai.chat.completions.create(model="tiny", messages=HELLO, stream=True))
+    ollama_call = requests.post(
+        served.url + "/api/chat",
+        json={"model": "tiny", "messages": HELLO, "stream": False},
+        headers=served.auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert ollama_call.status_code == 200
+    metrics = requests.get(served.url + "/metrics", headers=served.auth, timeout=HTTP_TIMEOUT).text
+    assert 'jarvis_compat_calls_total{api="openai",user="ann"} 2.0' in metrics
+    assert 'jarvis_compat_calls_total{api="ollama",user="ann"} 1.0' in metrics
+    assert 'jarvis_compat_tokens_total{api="openai",kind="completion",user="ann"} 10.0' in metrics
+    assert 'jarvis_compat_tokens_total{api="openai",kind="prompt",user="ann"} 14.0' in metrics
+    assert 'jarvis_compat_tokens_total{api="ollama",kind="completion",user="ann"} 5.0' in metrics

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app
 
 from . import api, compat
 from .errors import JarvisError
-from .events import End, Event, Heartbeat, Text
+from .events import End, Event, Heartbeat, Start, Text
 from .upstream import Options
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
@@ -154,14 +154,14 @@ class NDJSONFramer:
             if self.first_text is None:
                 self.first_text = time.monotonic()
             return _line(self._part(ev.text) | {"done": False})
-        if isinstance(ev, Heartbeat):
-            return self.HEARTBEAT
+        if isinstance(ev, (Heartbeat, Start)):
+            return self.HEARTBEAT  # at the start too: the response head goes out at once
         if isinstance(ev, End):
             failure = compat.end_error(ev)
             if failure is not None:
                 return _line({"error": failure.message})
             return _line(self.final("", ev))
-        return b""  # start and queued have no line in this dialect
+        return b""  # a queued status has no line in this dialect
 
     def final(self, text: str, end: End) -> dict:
         """The last object: the rest of the text (all of it when not streaming), done, statistics."""

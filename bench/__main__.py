@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import endurance, latency, report, scale, servers, streaming
+from . import compat, endurance, latency, report, scale, servers, streaming
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
-    parser.add_argument("--sections", default="1,2,3,4,5,6,7", help="which sections to run (default: all)")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="which sections to run (default: all)")
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    default_out = not (args.quick or args.target or args.upstream or wanted != set("1234567"))
+    default_out = not (args.quick or args.target or args.upstream or wanted != set("12345678"))
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +189,7 @@ def _run(
     workers = {primary.name: 4, "reference": 16}
     section("6", lambda: endurance.endurance(subjects, cycles, workers, plan.bound_s * 2.5, plan.endurance_s))
     section("7", lambda: _embedded(workdir, args.quick))
+    section("8", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:

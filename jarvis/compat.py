@@ -96,7 +96,7 @@ def prompt_text(text: str, config: Config, param: str) -> str:
 def model_name(raw, default: str, param: str = "model") -> str:
     if raw is None or raw == "":
         return default
-    if not isinstance(raw, str) or len(raw) > 200:
+    if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
         raise bad('"model" must be a model name', param)
     return raw
 

@@ -136,10 +136,12 @@ class ChunkFramer:
         self.include_usage = include_usage
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
+        # a text chunk differs only in its text: frame the rest once (NUL stands for the text)
+        self._head, self._tail = self._chunk({"content": "\x00"}).split(b'"\\u0000"')
 
     def frame(self, ev: Event) -> bytes:
         if isinstance(ev, Text):
-            return self._chunk({"content": ev.text})
+            return self._head + json.dumps(ev.text, ensure_ascii=False).encode() + self._tail
         if isinstance(ev, Heartbeat):
             return sse.HEARTBEAT
         if isinstance(ev, Start):

@@ -118,6 +118,7 @@ def test_system_history_text_parts_and_sampling_reach_the_upstream(oai, served):
         ({"model": "tiny", "messages": [{"role": "user"}]}, "messages[0].content"),
         ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         ({"model": 7, "messages": HELLO}, "model"),
+        ({"model": "ti\x00ny", "messages": HELLO}, "model"),
         ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, None),
         ({"model": "tiny", "messages": [{"role": "user", "content": "x" * 101}]}, "messages[0].content"),
         ({"model": "tiny", "messages": HELLO, "temperature": "hot"}, "temperature"),

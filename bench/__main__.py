@@ -270,6 +270,11 @@ ABOUT = """
   Jarvis's response. With nothing else to write, that is two to three heartbeats; `jarvis serve`
   instead lets waitress read ahead and polls for the closed channel every `JARVIS_DISCONNECT_POLL`
   (20 ms).
+- **OpenAI and Ollama APIs** (section 8). The same fake, the same `jarvis serve`: each run of each
+  row sends the same script through the native API, `/v1/chat/completions` (`"stream": true`) and
+  `/api/chat`, interleaved. Time to first token is from sending the request to the arrival of the
+  bytes of the first token; client close is timed from the client's `close()` to the fake seeing its
+  connection close, with the answer streaming, stalled or loading.
 - **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
   `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
   the fake, which leaves only the rows that need no script.

@@ -221,18 +221,27 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
 
 
 def collect(stream: Stream) -> tuple[str, End]:
-    """Read the whole answer in-process (a non-streaming call); the stream ends, once, either way."""
-    texts = []
+    """Read the whole answer in-process (a non-streaming call); raises why it did not finish.
+
+    The stream ends once either way: a client that leaves meanwhile is seen by the registry.
+    """
+    texts, end = [], None
     try:
         for event in stream.events():
             if isinstance(event, Text):
                 texts.append(event.text)
             elif isinstance(event, End):
                 stream.framer.count(event)
-                return "".join(texts), event
+                end = event
+                break
     finally:
         stream.close()
-    raise JarvisError("the stream ended without an end event")  # a bug in the core, said loudly
+    if end is None:
+        raise JarvisError("the stream ended without an end event")  # a bug in the core, said loudly
+    failure = end_error(end, stream.outcome.error)
+    if failure is not None:
+        raise failure
+    return "".join(texts), end
 
 
 def end_error(end: End, error: JarvisError | None = None) -> JarvisError | None:

@@ -63,9 +63,6 @@ def _answer(call: compat.Call, generate: bool):
     if call.stream:
         return Response(stream, mimetype="application/x-ndjson", headers=api.SSE_HEADERS)
     text, end = compat.collect(stream)
-    failure = compat.end_error(end, stream.outcome.error)
-    if failure is not None:
-        raise failure
     return framer.final(text, end)
 
 

@@ -52,9 +52,6 @@ def chat_completions():
     if call.stream:
         return Response(stream, mimetype="text/event-stream", headers=api.SSE_HEADERS)
     text, end = compat.collect(stream)
-    failure = compat.end_error(end, stream.outcome.error)
-    if failure is not None:
-        raise failure
     return framer.completion(text, end)
 
 

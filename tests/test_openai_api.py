@@ -9,12 +9,15 @@ from __future__ import annotations
 import threading
 import time
 
+import ollama
 import openai
 import pytest
 import requests
 
+from jarvis.accounts import Accounts
+from jarvis.history import Store
 from jarvis.upstream import local
-from tests.conftest import HTTP_TIMEOUT, wait_for
+from tests.conftest import HTTP_TIMEOUT, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -316,3 +319,33 @@ def test_calls_count_in_the_metrics_per_dialect_and_user(oai, served):
     assert 'jarvis_compat_tokens_total{api="openai",kind="completion",user="ann"} 10.0' in metrics
     assert 'jarvis_compat_tokens_total{api="openai",kind="prompt",user="ann"} 14.0' in metrics
     assert 'jarvis_compat_tokens_total{api="ollama",kind="completion",user="ann"} 5.0' in metrics
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_jarvis_serve_serves_both_official_clients(fake, tmp_path):
+    database = str(tmp_path / "serve.sqlite3")
+    store = Store(database)
+    Accounts(store).add("ann", "correct horse battery")
+    token = Accounts(store).create_token("ann", "tests")
+    store.close()
+    env = clean_env(
+        JARVIS_BACKEND="ollama", JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_DATABASE=database
+    )
+    proc, api = serve_process(env)
+    try:
+        fake.script(tokens=1000, interval_s=0.01)
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key=token, max_retries=0, timeout=5)
+        stream = client.chat.completions.create(model="tiny", messages=HELLO, stream=True)
+        chunks = iter(stream)
+        next(chunks), next(chunks)
+        call = fake.wait_for_calls(1)[0]
+        began = time.monotonic()
+        stream.close()
+        assert call.wait_closed(2) and call.closed_by == "client" and call.closed_at - began < 0.5
+        client.close()
+        fake.script(tokens=2)
+        other = ollama.Client(host=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert other.chat(model="tiny", messages=HELLO, stream=False).message.content == "tok0 tok1 "
+        other.close()
+    finally:
+        stop_process(proc)

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compat, endurance, latency, report, scale, servers, streaming
+from . import compat, endurance, latency, report, scale, servers, streaming, waiting
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -73,7 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
-    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="which sections to run (default: all)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4,5,6,7,8,9", help="which sections to run (default: all)"
+    )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    default_out = not (args.quick or args.target or args.upstream or wanted != set("12345678"))
+    default_out = not (args.quick or args.target or args.upstream or wanted != set("123456789"))
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +191,8 @@ def _run(
     workers = {primary.name: 4, "reference": 16}
     section("6", lambda: endurance.endurance(subjects, cycles, workers, plan.bound_s * 2.5, plan.endurance_s))
     section("7", lambda: _embedded(workdir, args.quick))
-    section("8", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
+    section("8", lambda: waiting.run(plan.slow_trials * 3))
+    section("9", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -197,22 +200,24 @@ def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, start
     from jarvis.config import Config
 
     heartbeat = plan.plain_heartbeat_s or Config().heartbeat_s
-    plain = None
+    plains: list[tuple] = []  # (server, subject): without lookahead, then with it
     if fake is not None and not args.target:
         extra = {"JARVIS_HEARTBEAT": str(plan.plain_heartbeat_s)} if plan.plain_heartbeat_s else {}
-        server = servers.start_plain(workdir, upstream, args.model, THREADS, **extra)
-        started.append(server)
-        plain = Subject("plain waitress", server.url, server.pid, fake)
-        latency.warm_up(plain, plan.warm)
+        for lookahead in (0, 5):
+            server = servers.start_plain(workdir, upstream, args.model, THREADS, lookahead, **extra)
+            started.append(server)
+            plains.append((server, Subject(server.name, server.url, server.pid, fake)))
+            latency.warm_up(plains[-1][1], plan.warm)
     try:
+        plain, ahead = (plains[0][1], plains[1][1]) if plains else (None, None)
         return latency.disconnect(
-            subjects, plain, plan.trials_other, plan.slow_trials, heartbeat, plan.bound_s
+            subjects, plain, plan.trials_other, plan.slow_trials, heartbeat, plan.bound_s, ahead
         )
     finally:
-        if plain is not None:
+        for server, subject in plains:
             started.remove(server)
             server.stop()
-            plain.close()
+            subject.close()
 
 
 def _embedded(workdir: Path, quick: bool) -> Section:
@@ -270,7 +275,7 @@ ABOUT = """
   Jarvis's response. With nothing else to write, that is two to three heartbeats; `jarvis serve`
   instead lets waitress read ahead and polls for the closed channel every `JARVIS_DISCONNECT_POLL`
   (20 ms).
-- **OpenAI and Ollama APIs** (section 8). The same fake, the same `jarvis serve`: each run of each
+- **OpenAI and Ollama APIs** (section 9). The same fake, the same `jarvis serve`: each run of each
   row sends the same script through the native API, `/v1/chat/completions` (`"stream": true`) and
   `/api/chat`, interleaved. Time to first token is from sending the request to the arrival of the
   bytes of the first token; client close is timed from the client's `close()` to the fake seeing its

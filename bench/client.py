@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from jarvis import sse
+
 RECV = 65536
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -180,19 +182,15 @@ class Parser:
             if text:
                 self.texts.append(text)
             return Event("line", data, at)
-        name, data = "message", None
-        for line in frame.split(b"\n"):
-            if line.startswith(b":"):
+        event = None
+        for name, data in sse.parse([*frame.split(b"\n"), b""]):
+            if name is None:
                 self.heartbeats += 1
-            elif line.startswith(b"event: "):
-                name = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = json.loads(line[6:])
-        if data is None and name == "message":
-            return None  # a heartbeat frame
-        if name == "token":
-            self.texts.append(data["text"])
-        return Event(name, data, at)
+                continue
+            if name == "token":
+                self.texts.append(data["text"])
+            event = Event(name, data, at)
+        return event
 
 
 class EventStream:

@@ -1,4 +1,4 @@
-"""Section 8: the OpenAI and Ollama dialects beside the native API, in one run.
+"""Section 9: the OpenAI and Ollama dialects beside the native API, in one run.
 
 Each dialect's answer goes through the same stream as a native one, so what
 is measured here is the cost of its framing and parsing: throughput and CPU
@@ -82,7 +82,7 @@ class Raw:
 
 
 def compat(subject: Subject, direct: tuple[str, str] | None, tokens: int, runs: int, trials: int) -> Section:
-    section = Section("8", "OpenAI and Ollama APIs")
+    section = Section("9", "OpenAI and Ollama APIs")
     if subject.fake is None:
         section.notes.append("Needs the scripted upstream: token counts and closes are read from it.")
         return section

@@ -7,12 +7,12 @@ server may send several tokens in one event, and the answers differ a little bet
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import requests
 
+from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
 from jarvis.upstream import local
@@ -147,10 +147,6 @@ def _stop_served(url: str, kind: str) -> float | None:
 
 
 def _events(response: requests.Response):
-    name = None
-    for raw in response.iter_lines(chunk_size=None):
-        line = raw.decode()
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            yield name, json.loads(line[6:])
+    for name, data in sse.parse(response.iter_lines(chunk_size=None)):
+        if name is not None:
+            yield name, data

@@ -266,13 +266,20 @@ def stop(subjects: list[Subject], n: int, slow_n: int, bound_s: float) -> Sectio
 
 
 def disconnect(
-    subjects: list[Subject], plain: Subject | None, n: int, slow_n: int, heartbeat_s: float, bound_s: float
+    subjects: list[Subject],
+    plain: Subject | None,
+    n: int,
+    slow_n: int,
+    heartbeat_s: float,
+    bound_s: float,
+    ahead: Subject | None = None,
 ) -> Section:
-    """Section 3: the client closes its socket; timed to the upstream close."""
+    """Section 3: the client closes its socket; timed to the upstream close. ``plain`` is wsgi:app
+    under python -m waitress, ``ahead`` the same with request lookahead."""
     section = Section("3", "Disconnect")
     primary = subjects[0]
     per: dict[str, dict[str, tuple]] = {}
-    for subject in [*subjects, *([plain] if plain else [])]:
+    for subject in [*subjects, *(s for s in (plain, ahead) if s is not None)]:
         if subject.fake is None:
             continue
         per[subject.name] = {}
@@ -287,7 +294,8 @@ def disconnect(
                 call = subject.fake.calls(name, wait_closed_s=bound)[name]
                 return _ms(call and call["closed_at"], gone)
 
-            count = _share(subject, subjects, n) if subject is not plain else slow_n
+            count = slow_n if subject is plain else max(1, n // 2) if subject is ahead else None
+            count = count or _share(subject, subjects, n)
             results, fails, slow = _adaptive(subject, trial, count, slow_n)
             per[subject.name][state] = (results, _trial_counts(fails, slow, len(results)), bound)
     if primary.name not in per:
@@ -327,6 +335,21 @@ def disconnect(
                     target=f"p99 ≤ JARVIS_HEARTBEAT ({heartbeat_s * 1000:g} ms) + 25 ms",
                     holds=judge(cell, limit),
                     note="; ".join(filter(None, [_in_heartbeats(cell, heartbeat_s), note])),
+                )
+            )
+    if ahead is not None:
+        for state in ahead.states():
+            results, note, bound = per[ahead.name][state]
+            cell = Cell.of(results, bound=bound * 1000)
+            section.rows.append(
+                Row(
+                    section.title,
+                    f"disconnect → upstream closed, {state}, plain waitress + lookahead",
+                    "ms",
+                    {primary.name: cell},
+                    target="p99 ≤ 25 ms",
+                    holds=judge(cell, 25.0),
+                    note=note,
                 )
             )
     return section

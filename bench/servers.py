@@ -152,14 +152,18 @@ def start_jarvis(workdir: Path, upstream_url: str, model: str, max_streams: int)
     return ServerProcess("jarvis serve", [*jarvis_command(), "serve", "--port", "0"], env, workdir)
 
 
-def start_plain(workdir: Path, upstream_url: str, model: str, threads: int, **extra: str) -> ServerProcess:
-    """Jarvis's wsgi:app under a plain waitress: no lookahead, so only writes reveal a gone client."""
+def start_plain(
+    workdir: Path, upstream_url: str, model: str, threads: int, lookahead: int = 0, **extra: str
+) -> ServerProcess:
+    """Jarvis's wsgi:app under a plain waitress: without lookahead only writes reveal a gone client."""
     port = free_port()
-    env = jarvis_env(
-        upstream_url, model, workdir / "plain.sqlite3", JARVIS_MAX_STREAMS=str(threads - 4), **extra
-    )
-    cmd = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", f"--threads={threads}", "wsgi:app"]
-    return ServerProcess("plain waitress", cmd, env, workdir, port=port)
+    name = "plain waitress + lookahead" if lookahead else "plain waitress"
+    database = workdir / f"plain{lookahead}.sqlite3"
+    env = jarvis_env(upstream_url, model, database, JARVIS_MAX_STREAMS=str(threads - 4), **extra)
+    cmd = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", f"--threads={threads}"]
+    if lookahead:
+        cmd.append(f"--channel-request-lookahead={lookahead}")
+    return ServerProcess(name, [*cmd, "wsgi:app"], env, workdir, port=port)
 
 
 def start_reference(workdir: Path, upstream_url: str, model: str, threads: int) -> ServerProcess:

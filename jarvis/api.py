@@ -73,21 +73,8 @@ def send_message(session_id: str):
     )
     # the prompt is stored first: a failed write must leave the session's running answer alone
     stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)
-    hand_over(j.registry, stream)
+    j.registry.hand_over(stream)
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
-
-
-def hand_over(registry, stream: Stream) -> None:
-    """Register ``stream`` (superseding its key's stream) and start it; any failure ends it, stored."""
-    try:
-        prev = registry.register(stream)  # 503 when full
-        stream.start(prev)
-    except JarvisError as e:
-        stream.fail(e)
-        raise
-    except Exception as e:
-        stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
-        raise
 
 
 @bp.get("/api/models")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
+
+from . import sse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENDED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -318,18 +319,12 @@ def cmd_check(args) -> int:
 
 def _print_stream(response) -> dict | None:
     """Write token text to stdout as it arrives; return the end event's data."""
-    name = None
-    for raw in response.iter_lines(chunk_size=None, decode_unicode=False):
-        line = raw.decode("utf-8")
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data = json.loads(line[6:])
-            if name == "token":
-                sys.stdout.write(data["text"])
-                sys.stdout.flush()
-            elif name == "end":
-                return data
+    for name, data in sse.parse(response.iter_lines(chunk_size=None, decode_unicode=False)):
+        if name == "token":
+            sys.stdout.write(data["text"])
+            sys.stdout.flush()
+        elif name == "end":
+            return data
     return None
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 
-from .api import hand_over
 from .auth import owner
 from .config import Config
 from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
@@ -215,7 +214,7 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         stream.user_message_id, stream.message_id = j.store.add_exchange(
             session_id, prompt, trace_id, call.model
         )
-    hand_over(j.registry, stream)
+    j.registry.hand_over(stream)
     j.metrics.compat_calls.labels(api, user).inc()
     return stream
 

@@ -48,11 +48,11 @@ class Config:
     )
     heartbeat_s: float = _f(
         1.0,
-        "Seconds between SSE heartbeats; other WSGI hosts see a gone client within about 3 of them.",
+        "Seconds between SSE heartbeats; a host without lookahead sees a gone client within one of them.",
         minimum=0.01,
     )
     disconnect_poll_s: float = _f(
-        0.02, "Seconds between checks for gone clients (under jarvis serve).", minimum=0.001
+        0.02, "Seconds between checks for gone clients (waitress with request lookahead).", minimum=0.001
     )
     flush_interval_s: float = _f(1.0, "Seconds between saves of a streaming answer.", minimum=0.01)
     max_streams: int = _f(16, "Live streams allowed in the process; more get 503.", minimum=1)

@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import log
-from .errors import AtCapacity
+from .errors import AtCapacity, JarvisError
 from .stream import Stream
 
 
@@ -52,6 +52,18 @@ class Registry:
         if prev is not None:
             prev.cancel("superseded")
         return prev
+
+    def hand_over(self, stream: Stream) -> None:
+        """Register ``stream`` (superseding its key's stream) and start it; any failure ends it,
+        stored and released, and is raised again."""
+        try:
+            stream.start(self.register(stream))  # AtCapacity when full
+        except JarvisError as e:
+            stream.fail(e)
+            raise
+        except Exception as e:
+            stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
+            raise
 
     def release(self, stream: Stream) -> None:
         """Forget ``stream``; called once by its cleanup."""

@@ -64,24 +64,27 @@ class Server:
         return self
 
     def shutdown(self, timeout: float | None = None) -> list:
-        """Stop accepting, end every stream with its answer stored, stop waitress; bounded."""
+        """Stop accepting, end every stream with its answer stored, stop waitress: every wait
+        draws on one deadline."""
         timeout = self.jarvis.config.shutdown_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        self._call_in_loop(self._close_listener)
-        left = self.jarvis.shutdown(timeout * 0.8)
+
+        def left_s() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self._call_in_loop(self._close_listener, deadline)
+        left = self.jarvis.shutdown(left_s() * 0.8)  # the rest lets end events reach clients
         self._wait_flushed(deadline)
-        self._call_in_loop(self._close_all)
-        self._waitress.task_dispatcher.shutdown(
-            cancel_pending=True, timeout=max(0.1, deadline - time.monotonic())
-        )
+        self._call_in_loop(self._close_all, deadline)
+        self._waitress.task_dispatcher.shutdown(cancel_pending=True, timeout=left_s())
         if self._loop is not None:
-            self._loop.join(max(0.1, deadline - time.monotonic()))
+            self._loop.join(left_s())
             if self._loop.is_alive():
                 log.event("shutdown_loop_left", logging.WARNING)
         log.event("server_stopped", streams_left=len(left))
         return left
 
-    def _call_in_loop(self, fn) -> None:
+    def _call_in_loop(self, fn, deadline: float) -> None:
         done = threading.Event()
 
         def thunk():
@@ -93,7 +96,7 @@ class Server:
         if self._stopped.is_set():
             return
         self._waitress.trigger.pull_trigger(thunk)
-        if not done.wait(2.0):
+        if not done.wait(max(0.0, deadline - time.monotonic())):
             log.event("shutdown_loop_unresponsive", logging.WARNING)
 
     def _close_listener(self) -> None:

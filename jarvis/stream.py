@@ -393,12 +393,14 @@ class Stream:
         """End the stream once: join the worker, seal its handoff, store, release, log."""
         self._ended = True
         try:
-            worker = self.worker
+            worker, detached = self.worker, False
             if not worker.thread.ident:
                 worker.abandon(self._prev)  # never started: release the chain
-            elif not worker.done.wait(self.config.cancel_timeout_s):
-                log.event("worker_detached", logging.WARNING, trace_id=self.trace_id, session=self.session_id)
+            else:
+                detached = not worker.done.wait(self.config.cancel_timeout_s)
             out = self._convert(worker.handoff.take(seal=True))  # after this, the worker reaches nothing
+            if detached:
+                log.event("worker_detached", logging.WARNING, trace_id=self.trace_id, session=self.session_id)
             o = self.outcome
             self.metrics.ended.labels(o.status).inc()
             reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask import Flask
 
-from jarvis import create_app
+from jarvis import create_app, sse
 from jarvis.server import Server
 from tests.fake_ollama import FakeOllama
 
@@ -187,19 +187,14 @@ class SSE:
         self.status_code = response.status_code
         self.events: list[tuple[str, dict]] = []
         self.comments = 0
-        self._lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
+        lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
+        self._events = sse.parse(lines)
 
     def next(self) -> tuple[str, dict] | None:
-        name, data = None, None
-        for raw in self._lines:
-            line = raw.decode()
-            if line.startswith(":"):
+        for name, data in self._events:
+            if name is None:
                 self.comments += 1
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-            elif line == "" and name is not None:
+            else:
                 self.events.append((name, data))
                 return name, data
         return None
@@ -255,20 +250,27 @@ def jarvis_command(*args) -> list[str]:
     return [sys.executable, "-m", "jarvis.cli", *args]
 
 
-def serve_process(env: dict, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, Api]:
-    """Start ``jarvis serve`` on a free port; returns once it says it listens there."""
+def serve_process(
+    env: dict, stderr=subprocess.DEVNULL, launcher: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, Api]:
+    """Start ``jarvis serve`` (through ``launcher``, a ``python -m`` module and its arguments, if
+    given) on a free port; returns once it says it listens there."""
     port = free_port()
-    proc = subprocess.Popen(
-        jarvis_command("serve", "--port", str(port)),
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
-    line = proc.stdout.readline()
+    args = ("serve", "--port", str(port))
+    command = [sys.executable, "-m", *launcher, *args] if launcher else jarvis_command(*args)
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    line = read_line(proc, 20)
     assert "listening" in line and f"127.0.0.1:{port}" in line, line
     return proc, Api(f"http://127.0.0.1:{port}")
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of the process's stdout, waiting at most ``timeout`` seconds for it to start."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        proc.kill()
+        raise AssertionError(f"no output from {proc.args} within {timeout} s")
+    return proc.stdout.readline()  # the server prints and flushes whole lines
 
 
 def stop_process(proc: subprocess.Popen) -> None:

@@ -28,7 +28,7 @@ if CHROMIUM is None:
         "no Chromium found: apt-get install chromium (or set JARVIS_CHROMIUM)", allow_module_level=True
     )
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
 
 # without the networking switches Chromium stalls on connections this machine refuses
 CHROMIUM_ARGS = [

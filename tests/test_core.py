@@ -12,6 +12,7 @@ import pytest
 from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
+from jarvis.events import HEARTBEAT, End, Start, Text
 from jarvis.history import Store
 from jarvis.registry import Registry
 from jarvis.stream import Stream
@@ -36,6 +37,20 @@ def test_sse_frames_keep_newlines_inside_json():
     assert frame == b'id: 3\nevent: token\ndata: {"text":"a\\n\\nb"}\n\n'
     assert frame.count(b"\n\n") == 1
     assert json.loads(frame.split(b"data: ")[1]) == {"text": "a\n\nb"}
+
+
+def test_sse_parser_reads_back_what_the_framer_wrote():
+    framer = sse.SSEFramer()
+    wire = b"".join(
+        framer.frame(e)
+        for e in (Start("t", "m", 2, 1), Text("a\n\nb", 1), HEARTBEAT, End("stopped", "stopped"))
+    )
+    assert list(sse.parse(wire.split(b"\n"))) == [
+        ("start", {"trace_id": "t", "message_id": 2, "user_message_id": 1, "model": "m"}),
+        ("token", {"text": "a\n\nb"}),
+        (None, None),
+        ("end", {"status": "stopped", "reason": "stopped"}),
+    ]
 
 
 def test_config_reads_environment_and_names_the_bad_variable():
@@ -318,24 +333,35 @@ def test_cancel_of_a_stream_waiting_for_its_predecessor_ends_it_at_once(tmp_path
 
 
 class _LateMetaUpstream(_StuckUpstream):
-    """Stuck past the join timeout while it records metadata, then records more once detached."""
+    """Caught past its last checkpoint, mid-write, when it is detached; it writes once freed."""
 
     def stream_chat(self, messages, model, cancel, session=None, options=None):
         upstream = self
 
-        class Late(dict):
-            def keys(self):
-                if threading.current_thread().name.startswith("jarvis-worker"):  # a worker merges it
-                    upstream.entered.set()
-                    upstream.release.wait(10)  # caught mid-write when it is detached
+        def caught_mid_write():
+            if threading.current_thread().name.startswith("jarvis-worker"):
+                upstream.entered.set()
+                upstream.release.wait(10)  # freed by the detach, below
+                return True
+            return False
+
+        class LateMeta(dict):
+            def keys(self):  # read while a worker merges it into the answer's metadata
+                if caught_mid_write():
                     self["late"] = True
                 return super().keys()
 
             def __iter__(self):  # a plain dict would be merged without calling keys()
                 return iter(self.keys())
 
+        class LateText(str):
+            def __len__(self):  # measured by a worker after the checkpoint, before the hand-over
+                caught_mid_write()
+                return super().__len__()
+
         yield "a"
-        yield Meta(Late())
+        yield Meta(LateMeta())
+        yield LateText("late")
         self.entered.set()
         self.release.wait(10)  # blocks without looking at cancel
         yield Meta({"late": True})
@@ -376,3 +402,57 @@ def test_a_detached_worker_cannot_reach_the_stored_answer(tmp_path):
     answer = store.get_session(sid)["messages"][-1]
     assert answer["status"] == "stopped" and answer["content"] == "a"
     assert not (answer["meta"] or {}).get("late") and "usage" not in (answer["meta"] or {})
+
+
+def test_the_disconnect_watcher_ends_with_a_shutdown_that_leaves_a_stream(tmp_path):
+    # a watcher that polled while anything lived would run (and keep the process) for as long
+    # as the stuck stream below: its body is never read nor closed, like a wedged host thread
+    cfg = Config(database=str(tmp_path / "x.sqlite3"))
+    store, registry, upstream = Store(cfg.database), Registry(4, disconnect_poll_s=0.01), _StuckUpstream()
+    sid = store.create_session()["id"]
+    stream = Stream(
+        session_id=sid, trace_id="t", model="m", messages=[], upstream=upstream, store=store, config=cfg,
+        release=registry.release, client_gone=lambda: False,
+    )  # fmt: skip
+    stream.start(registry.register(stream))
+    assert upstream.entered.wait(2)
+    assert registry.shutdown(0.05) == [stream]
+
+    def watcher_gone():
+        return not any(t.name == "jarvis-disconnect-watch" for t in threading.enumerate())
+
+    wait_for(watcher_gone, timeout=2, what="the disconnect watcher to end")
+    upstream.release.set()
+    stream.close()
+    assert registry.live() == []
+
+
+def test_a_stream_superseded_while_it_waits_never_calls_the_upstream(tmp_path, fake):
+    # guards both "superseded before it began" checkpoints (the worker's and the Ollama
+    # client's): without them the waiting stream still calls the model once its turn comes
+    from jarvis.upstream.ollama import OllamaUpstream
+
+    fake.script(tokens=2)
+    cfg = Config(
+        database=str(tmp_path / "c.sqlite3"), ollama_url=fake.url, model="tiny",
+        heartbeat_s=5.0, supersede_timeout_s=5.0, cancel_timeout_s=2.0,
+    )  # fmt: skip
+    store, registry = Store(cfg.database), Registry(4)
+    slow, ollama = _SlowToStopUpstream(wind_down_s=0.3), OllamaUpstream(cfg)
+    sid = store.create_session()["id"]
+    streams = {}
+    for trace, upstream in (("a", slow), ("b", ollama), ("c", ollama)):
+        stream = Stream(
+            session_id=sid, trace_id=trace, model="tiny", messages=[{"role": "user", "content": trace}],
+            upstream=upstream, store=store, config=cfg, release=registry.release,
+        )  # fmt: skip
+        stream.user_message_id, stream.message_id = store.add_exchange(sid, trace, trace, "tiny")
+        stream.start(registry.register(stream))
+        streams[trace] = stream
+        if trace == "a":
+            wait_for(lambda: slow.calls == 1, what="the first call")
+    ends = {trace: b"".join(stream) for trace, stream in streams.items()}
+    assert b'"status":"superseded"' in ends["a"] and b'"status":"superseded"' in ends["b"]
+    assert b'"status":"completed"' in ends["c"]
+    assert [call.prompt for call in fake.chat_calls()] == ["c"]
+    assert registry.live() == []

@@ -6,6 +6,9 @@ Ollama's own record of the connection, so "closed" means the socket closed.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -98,24 +101,29 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     fake.script(tokens=200, interval_s=0.005)
     sid = api.session()
     barrier = threading.Barrier(8)
-    results = []
+    results = {}
 
     def send(i):
         barrier.wait(5)
         sse = api.send(sid, f"p{i}")
-        results.append(sse.end()["status"])
+        results[f"p{i}"] = sse.end()["status"]
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results).count("completed") == 1 and results.count("superseded") == 7
+    statuses = sorted(results.values())
+    assert statuses == ["completed"] + ["superseded"] * 7
     assert fake.max_active == 1
     calls = sorted(fake.chat_calls(), key=lambda c: c.opened_at)
     for earlier, later in zip(calls, calls[1:], strict=False):
         assert earlier.closed_at <= later.opened_at
-    assert len(calls) <= 8
+        assert earlier.closed_by == "client"  # cancelled by its supersede, not run to its end
+    prompts = [c.prompt for c in calls]
+    assert len(set(prompts)) == len(prompts)  # no prompt reached the model twice
+    winner = next(p for p, status in results.items() if status == "completed")
+    assert prompts[-1] == winner  # the last call is the answer that completed
 
 
 @pytest.mark.parametrize("state", ["streaming", "loading", "stalled"])
@@ -152,18 +160,60 @@ def test_client_disconnect_cancels_upstream(jarvis_server, api, fake, state):
     wait_for(lambda: jarvis_server.app.extensions["jarvis"].registry.active() == 0, what="slot released")
 
 
-def test_disconnect_seen_by_heartbeat_under_plain_waitress(make_app, make_server, fake):
-    # no lookahead: only a write reveals the gone client; the heartbeat bounds it
-    fake.script(load_delay_s=60)
-    app = make_app(heartbeat_s=0.05)
-    server = make_server(app, channel_request_lookahead=0)
-    api = Api(server.url)
-    sid = api.session()
-    sse = api.send(sid, "x")
-    sse.until("start")
-    call = fake.wait_for_calls(1)[0]
-    sse.close()
-    assert call.wait_closed(2) and call.closed_by == "client"
+@contextlib.contextmanager
+def plain_waitress(fake, tmp_path, *options, **settings):
+    """``python -m waitress [options] wsgi:app`` with JARVIS_* settings; yields an Api for it."""
+    port = free_port()
+    env = clean_env(
+        JARVIS_OLLAMA_URL=fake.url,
+        JARVIS_MODEL="tiny",
+        JARVIS_BACKEND="ollama",
+        JARVIS_DATABASE=str(tmp_path / "w.sqlite3"),
+        **settings,
+    )
+    command = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", *options]
+    proc = subprocess.Popen(
+        [*command, "wsgi:app"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        api = Api(f"http://127.0.0.1:{port}")
+
+        def up():
+            try:
+                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=15, what="waitress to answer")
+        yield api
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lookahead", [0, 5])
+def test_plain_waitress_notices_a_closed_tab_in_every_state(fake, tmp_path, lookahead):
+    # with lookahead the disconnect probe sees it at the next poll (20 ms); without, only a write
+    # reveals it: the heartbeat and the follow-up right after it, not three heartbeats
+    heartbeat = 0.4
+    bound = 0.25 if lookahead else heartbeat + 0.25  # ~25 ms and heartbeat + ~25 ms, with room for load
+    with plain_waitress(
+        fake, tmp_path, f"--channel-request-lookahead={lookahead}", JARVIS_HEARTBEAT=str(heartbeat)
+    ) as api:
+        for n, state in enumerate(STATES, start=1):
+            fake.script(STATES[state])
+            sid = api.session()
+            sse = api.send(sid, "x")
+            sse.until("start")
+            call = fake.wait_for_calls(n)[-1]
+            if state != "loading":
+                sse.until("token")
+            closed = time.monotonic()
+            sse.close()
+            assert call.wait_closed(3) and call.closed_by == "client"
+            took = call.closed_at - closed
+            assert took < bound, f"{state}: the upstream closed {took * 1000:.0f} ms after the tab"
 
 
 def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_server, fake):
@@ -214,36 +264,6 @@ def test_hundreds_of_cycles_leave_no_threads_or_descriptors(api, fake):
 
 
 def test_wsgi_app_runs_under_python_m_waitress_from_environment(fake, tmp_path):
-    import subprocess
-    import sys
-
-    port = free_port()
-    env = clean_env(
-        JARVIS_OLLAMA_URL=fake.url,
-        JARVIS_MODEL="tiny",
-        JARVIS_BACKEND="ollama",
-        JARVIS_DATABASE=str(tmp_path / "w.sqlite3"),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        api = Api(f"http://127.0.0.1:{port}")
-
-        def up():
-            try:
-                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).ok
-            except requests.ConnectionError:
-                return False
-
-        wait_for(up, timeout=15, what="waitress to answer")
+    with plain_waitress(fake, tmp_path) as api:
         sid = api.session()
         assert api.send(sid, "hi").end() == {"status": "completed"}
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stderr.close()

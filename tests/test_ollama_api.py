@@ -192,6 +192,7 @@ def test_a_client_that_gives_up_while_the_model_loads_closes_the_upstream(served
     wait_for(served.idle, what="slot released")
 
 
+@pytest.mark.slow
 def test_a_killed_client_process_closes_the_upstream_while_the_model_loads(served):
     # the streaming client waits for its first line; killing it is the only way it leaves
     served.fake.script(load_delay_s=60)
@@ -223,6 +224,7 @@ def test_session_header_stores_the_exchange_in_the_session(served):
     assert stored == [("user", "hello", "sent"), ("assistant", "tok0 tok1 ", "completed")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not local.available(), reason="needs llama-cpp-python and the embedded model")
 def test_the_embedded_model_answers_the_ollama_client(make_served):

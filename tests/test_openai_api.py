@@ -276,6 +276,7 @@ def test_concurrent_clients_are_independent(oai, served):
     wait_for(served.idle, what="slots released")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not local.available(), reason="needs llama-cpp-python and the embedded model")
 def test_the_embedded_model_answers_the_openai_client(make_served):
@@ -321,6 +322,7 @@ def test_calls_count_in_the_metrics_per_dialect_and_user(oai, served):
     assert 'jarvis_compat_tokens_total{api="ollama",kind="completion",user="ann"} 5.0' in metrics
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_plain_jarvis_serve_serves_both_official_clients(fake, tmp_path):
     database = str(tmp_path / "serve.sqlite3")

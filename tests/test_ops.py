@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 import requests
@@ -178,3 +179,32 @@ def test_metrics_move_as_streams_run(api, fake):
     assert samples["jarvis_time_to_first_token_seconds_count"] == 2
     assert samples["jarvis_tokens_streamed_total"] >= 4
     assert samples["jarvis_live_streams"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["upstream", "local"])
+def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(tmp_path, backend):
+    # the cleanup's join outlasts the shutdown deadline, so shutdown leaves the stream: the process
+    # would not exit if the disconnect watcher polled on for it or the stuck worker were waited
+    # for, and would overrun if the model's close (or the event loop) waited outside the deadline
+    env = clean_env(
+        JARVIS_DATABASE=str(tmp_path / "stuck.sqlite3"),
+        JARVIS_SHUTDOWN_TIMEOUT="2",
+        JARVIS_CANCEL_TIMEOUT="5",
+    )
+    proc, api = serve_process(env, launcher=("tests.stuck_serve", backend))
+    try:
+        sid = api.session()
+        sse = api.send(sid, "x")
+        sse.until("token")
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        took = time.monotonic() - began
+        assert proc.returncode == 0
+        assert took <= 2 + 1, f"exit took {took:.2f} s, past JARVIS_SHUTDOWN_TIMEOUT + 1 s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()

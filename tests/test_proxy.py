@@ -31,9 +31,10 @@ LOCATION = """
     }}
 """
 
-pytestmark = pytest.mark.skipif(
-    not shutil.which("nginx") and not shutil.which(NGINX), reason="nginx not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not shutil.which("nginx") and not shutil.which(NGINX), reason="nginx not installed"),
+]
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from jarvis.config import Config
-from jarvis.errors import UpstreamStreamError
+from jarvis.errors import AtCapacity, UpstreamStreamError
 from jarvis.history import Store
 from jarvis.registry import Registry
 from jarvis.stream import Stream
@@ -84,6 +84,7 @@ class RegistryModel(RuleBasedStateMachine):
         self.upstream = _ScriptedUpstream()
         self.sessions = {name: self.store.create_session()["id"] for name in SESSIONS}
         self.owners: list[tuple[Stream, threading.Thread, list, threading.Event]] = []
+        self.counts = dict.fromkeys(("prompts", "refused", "acts", "acts_on_live"), 0)
 
     def _own(self, stream: Stream, frames: list, gone: threading.Event) -> None:
         body = iter(stream)
@@ -93,8 +94,40 @@ class RegistryModel(RuleBasedStateMachine):
                 break
         stream.close()  # what a WSGI server does after the last write or a failed one
 
+    def _settle(self) -> None:
+        """Let every worker reach the upstream or its end, and every cancelled body end: each
+        rule then acts on a state that no longer moves by itself."""
+
+        def settled():
+            called = {c.trace for c in self.upstream.calls}
+            for stream, owner, _, _ in self.owners:
+                if not (stream.worker.done.is_set() or stream.trace_id in called):
+                    return False
+                if stream.scope.cancelled and owner.is_alive() and stream.worker.done.is_set():
+                    return False
+            return True
+
+        wait_for(settled, timeout=5, what="workers to reach the upstream and bodies to end")
+
+    def _acted(self, on_live: bool) -> None:
+        self.counts["acts"] += 1
+        self.counts["acts_on_live"] += on_live
+
+    def _something_live(self, index: int) -> None:
+        """Settle; if nothing lives, prompt (in the session ``index`` picks) so the action has a target."""
+        self._settle()
+        if not self.registry.live():
+            self.prompt(SESSIONS[index % len(SESSIONS)])
+            self._settle()
+
+    @initialize()
+    def five_prompts_over_three_sessions(self):
+        for session in (*SESSIONS, *SESSIONS[:2]):  # two supersedes, and a refusal while two slots are busy
+            self.prompt(session)
+
     @rule(session=st.sampled_from(SESSIONS))
     def prompt(self, session):
+        self._settle()
         sid = self.sessions[session]
         stream = Stream(
             session_id=sid,
@@ -106,60 +139,54 @@ class RegistryModel(RuleBasedStateMachine):
             config=self.config,
             release=self.registry.release,
         )
+        stream.user_message_id, stream.message_id = self.store.add_exchange(sid, "p", trace, "model")
+        self.counts["prompts"] += 1
         try:
-            prev = self.registry.register(stream)
-        except Exception as e:  # noqa: BLE001  only the capacity error is expected
-            assert type(e).__name__ == "AtCapacity"
+            self.registry.hand_over(stream)
+        except AtCapacity:
+            self.counts["refused"] += 1
             return
-        stream.user_message_id, stream.message_id = self.store.add_exchange(
-            sid, "p", stream.trace_id, "model"
-        )
-        stream.start(prev)
         frames, gone = [], threading.Event()
         owner = threading.Thread(target=self._own, args=(stream, frames, gone))
         owner.start()
         self.owners.append((stream, owner, frames, gone))
 
-    @rule()
-    def settle(self):
-        """Let every worker reach the upstream or its end (past any supersede wait)."""
+    # the rules below pick among what is live after settling, by index: hypothesis needs the same
+    # draws to mean the same rules when it replays a case, so no precondition reads thread state
+    @rule(index=st.integers(min_value=0))
+    def stop(self, index):
+        self._something_live(index)
+        live = sorted(self.registry.live(), key=lambda s: s.trace_id)
+        if live:
+            self.registry.stop(live[index % len(live)].session_id)
+        self._acted(bool(live))
 
-        def settled():
-            called = {c.trace for c in self.upstream.calls}
-            return all(s.worker.done.is_set() or s.trace_id in called for s, *_ in self.owners)
-
-        wait_for(settled, timeout=5, what="workers to reach the upstream")
-
-    @rule(session=st.sampled_from(SESSIONS))
-    def stop(self, session):
-        self.registry.stop(self.sessions[session])
-
-    @precondition(lambda self: self.owners)
     @rule(index=st.integers(min_value=0))
     def disconnect(self, index):
-        self.owners[index % len(self.owners)][3].set()
+        self._something_live(index)
+        open_ = [o for o in self.owners if o[1].is_alive() and not o[3].is_set()]
+        if open_:
+            open_[index % len(open_)][3].set()
+        self._acted(bool(open_))
 
-    # no preconditions on upstream state: which calls are live depends on thread timing, and
-    # hypothesis needs the same draws to mean the same rules when it replays a case
     @rule(
         index=st.integers(min_value=0),
-        command=st.sampled_from(["token", "token", "finish", "error", "stick"]),
+        command=st.sampled_from(["token", "token", "finish", "error", "stick", "unstick"]),
     )
     def upstream_acts(self, index, command):
-        live = self.upstream.live()
-        if not live:
-            return
-        call = live[index % len(live)]
-        if command == "stick":
-            call.stuck = True
-        else:
-            call.commands.put(command)
-
-    @rule()
-    def unstick(self):
-        for call in self.upstream.live():
-            if call.stuck:
-                call.commands.put("unstick")
+        self._something_live(index)
+        live = sorted(self.upstream.live(), key=lambda c: c.trace)
+        self._acted(bool(live))
+        if command == "unstick":
+            for call in live:
+                if call.stuck:
+                    call.commands.put("unstick")
+        elif live:
+            call = live[index % len(live)]
+            if command == "stick":
+                call.stuck = True  # from now on it ignores cancellation
+            else:
+                call.commands.put(command)
 
     @invariant()
     def one_uncancelled_upstream_call_per_session(self):
@@ -179,6 +206,10 @@ class RegistryModel(RuleBasedStateMachine):
                 assert len(ends) <= 1 and (not ends or frames[-1] is ends[0]), stream
 
     def teardown(self):
+        c = self.counts
+        event(f"prompts per example: {c['prompts']}")
+        share = round(10 * c["acts_on_live"] / c["acts"]) * 10 if c["acts"] else 0
+        event(f"actions that hit a live stream: {share}%")
         for session in SESSIONS:
             self.registry.stop(self.sessions[session])
         for call in self.upstream.calls:
@@ -204,7 +235,7 @@ class RegistryModel(RuleBasedStateMachine):
 TestRegistryModel = RegistryModel.TestCase
 TestRegistryModel.settings = settings(
     max_examples=60,
-    stateful_step_count=25,
+    stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

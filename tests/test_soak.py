@@ -52,6 +52,7 @@ def _upstream_behaviour(rng: random.Random, lock: threading.Lock):
     return choose
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_chaos_soak(request, tmp_path, make_app, make_server):
     seconds = request.config.getoption("--soak-seconds")

@@ -13,6 +13,10 @@ Cancellation checkpoints:
   flag it reads, so the decode returns within milliseconds;
 - between tokens: the cancel flag.
 
+The same abort callback enforces the deadlines, so a decode past one returns
+too: the first-token deadline covers the queue, loading the model and reading
+the prompt; the idle deadline each gap between tokens; the total the answer.
+
 The model is loaded on first use, by the request holding the slot, so loading
 is serialised like generation and start-up stays cheap.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import logging
+import math
 import os
 import threading
 import time
@@ -58,7 +62,6 @@ N_CTX = 2048
 ANSWER_RESERVE = 512  # tokens kept free for the answer when the history is trimmed
 CHARS_PER_TOKEN_MAX = 32
 WAIT_SLICE_S = 0.25  # longest single wait in the queue; cancel and close wake it sooner
-CLOSE_WAIT_S = 2.0  # how long close() waits for the holder to hand the model back
 TEMPERATURE = 0.2  # SmolLM2's recommended sampling
 TOP_P = 0.9
 # used when a GGUF carries no chat template
@@ -257,6 +260,7 @@ class LocalUpstream:
         n_ctx: int = N_CTX,
         max_answer_tokens: int | None = None,
         first_token_timeout_s: float = 300.0,
+        idle_timeout_s: float = 60.0,
         total_timeout_s: float = 900.0,
         on_trim: Callable[[str | None, Trim], None] | None = None,
     ):
@@ -266,14 +270,17 @@ class LocalUpstream:
         self.n_ctx = n_ctx
         self.max_answer_tokens = max_answer_tokens
         self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.total_timeout_s = total_timeout_s
+        # the holder's next deadline, read by the abort callback during every decode
+        self._due = math.inf
+        self._due_code = ""
         self.on_trim = on_trim
         self._slot = _Slot(max_waiting)
         self._llama = None
         self._template: _ChatTemplate | None = None
         self._abort_ref = None  # the ctypes callback: it must outlive the context
         self._load_error: UpstreamError | None = None
-        self._freed = threading.Event()
         if llama is not None:
             self._adopt(llama)
 
@@ -282,6 +289,7 @@ class LocalUpstream:
         """Build from config; nothing is loaded until the first prompt."""
         kwargs.setdefault("max_waiting", config.max_streams)
         kwargs.setdefault("first_token_timeout_s", config.first_token_timeout_s)
+        kwargs.setdefault("idle_timeout_s", config.idle_timeout_s)
         kwargs.setdefault("total_timeout_s", config.total_timeout_s)
         kwargs.setdefault("max_answer_tokens", config.local_max_tokens or None)
         return cls(find_model(config), **kwargs)
@@ -301,23 +309,24 @@ class LocalUpstream:
             raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
         if not messages:
             raise UpstreamStreamError("there is no message to answer")
+        started = time.monotonic()
         ticket = self._slot.join(session, cancel)
         unregister = cancel.on_cancel(lambda: self._slot.on_cancel(ticket))
         try:
-            yield from self._wait_turn(ticket)
+            yield from self._wait_turn(ticket, started)
             if cancel.cancelled:  # checkpoint: left the queue, or cancelled as the model came free
                 return
             if ticket.state != "holding" or self._slot.closed:
                 raise UpstreamUnavailable("the local model was shut down while the prompt waited")
-            yield from self._answer(messages, cancel, session, options or Options())
+            yield from self._answer(messages, cancel, session, options or Options(), started)
         finally:
             unregister()
             if self._slot.leave(ticket):
                 self._free()
 
-    def _wait_turn(self, ticket: _Ticket) -> Iterator[Queued]:
+    def _wait_turn(self, ticket: _Ticket, started: float) -> Iterator[Queued]:
         """Queue for the model, yielding ``Queued(position)`` whenever the position changes."""
-        deadline = time.monotonic() + self.first_token_timeout_s
+        deadline = started + self.first_token_timeout_s
         shown = None
         while ticket.state == "waiting":
             position = self._slot.position(ticket)
@@ -333,10 +342,33 @@ class LocalUpstream:
             self._slot.wait(ticket, min(WAIT_SLICE_S, left))  # checkpoint: woken by cancel and hand-off
 
     def _answer(
-        self, messages: Sequence[Message], cancel: CancelScope, session: str | None, options: Options
+        self,
+        messages: Sequence[Message],
+        cancel: CancelScope,
+        session: str | None,
+        options: Options,
+        started: float,
+    ) -> Iterator[str | Meta | Done]:
+        # the first-token deadline covers the queue, loading the model and reading the prompt
+        total_at = started + self.total_timeout_s
+        self._set_due(started + self.first_token_timeout_s, "first_token_timeout", total_at)
+        try:
+            yield from self._generate(messages, cancel, session, options, total_at)
+        finally:
+            self._due = math.inf
+
+    def _generate(
+        self,
+        messages: Sequence[Message],
+        cancel: CancelScope,
+        session: str | None,
+        options: Options,
+        total_at: float,
     ) -> Iterator[str | Meta | Done]:
         llama = self._load()
+        self._check_due()  # a load cannot be aborted: it counts once it returns
         tokens, trim = self._fit(llama, messages)
+        self._check_due()
         if trim.trimmed:
             log.event(
                 "prompt_trimmed",
@@ -352,7 +384,6 @@ class LocalUpstream:
         for limit in (self.max_answer_tokens, options.max_tokens):
             if limit:
                 max_tokens = min(max_tokens, limit)
-        deadline = time.monotonic() + self.total_timeout_s
         sampling = {
             "temperature": TEMPERATURE if options.temperature is None else options.temperature,
             "top_p": TOP_P if options.top_p is None else options.top_p,
@@ -372,19 +403,19 @@ class LocalUpstream:
                 if text:
                     produced += 1
                     yield text
+                    self._set_due(time.monotonic() + self.idle_timeout_s, "idle_timeout", total_at)
                 if choice.get("finish_reason"):
                     yield Done(
                         "length" if choice["finish_reason"] == "length" else "stop", len(tokens), produced
                     )
-                if time.monotonic() > deadline:
-                    raise UpstreamTimeout(
-                        f"the answer took longer than {self.total_timeout_s:g} s", code="total_timeout"
-                    )
+                self._check_due()  # checkpoint: a stand-in or a step that ignores the abort flag
         except (RuntimeError, ValueError) as e:
+            # our abort (cancel or a deadline): llama.cpp dropped the half-done batch and
+            # llama-cpp-python never counted it, so the cached prefix stays valid
             if cancel.cancelled:
-                # our abort: llama.cpp dropped the half-done batch and llama-cpp-python
-                # never counted it, so the cached prefix stays valid for the next prompt
                 return
+            if time.monotonic() > self._due:
+                raise self._timeout() from e
             llama.reset()  # a real failure: trust nothing the context holds
             if self._slot.closed:
                 raise UpstreamUnavailable("the local model was shut down mid-answer") from e
@@ -484,8 +515,24 @@ class LocalUpstream:
         self._llama = llama
 
     def _should_abort(self) -> bool:
-        # called by llama.cpp's compute threads many times per decode: keep it a read
-        return self._slot.abort
+        # called by llama.cpp's compute threads many times per decode: keep it cheap
+        return self._slot.abort or time.monotonic() > self._due
+
+    def _set_due(self, at: float, code: str, total_at: float) -> None:
+        self._due_code = code if at < total_at else "total_timeout"
+        self._due = min(at, total_at)
+
+    def _check_due(self) -> None:
+        if time.monotonic() > self._due:
+            raise self._timeout()
+
+    def _timeout(self) -> UpstreamTimeout:
+        message = {
+            "first_token_timeout": f"no answer from the local model within {self.first_token_timeout_s:g} s",
+            "idle_timeout": f"the local model was silent for more than {self.idle_timeout_s:g} s",
+            "total_timeout": f"the answer took longer than {self.total_timeout_s:g} s",
+        }[self._due_code]
+        return UpstreamTimeout(message, code=self._due_code)
 
     def health(self) -> dict:
         """Say whether a prompt could be answered, without loading the model."""
@@ -508,19 +555,19 @@ class LocalUpstream:
     def models(self) -> list[dict]:
         return [{"name": self.default_model}]
 
-    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
-        """Refuse new prompts, abort the running one, free the model (idempotent)."""
+    def close(self) -> None:
+        """Refuse new prompts, abort the running one, free the model (idempotent).
+
+        A holder frees the model as it leaves; waiting for it here would only spend the
+        shutdown deadline on a decode that ignores its abort flag."""
         if self._slot.close():
             self._free()
-        elif not self._freed.wait(timeout_s):  # the holder frees it as it leaves
-            log.event("local_model_busy_at_close", logging.WARNING, waited_s=timeout_s)
 
     def _free(self) -> None:
         llama, self._llama = self._llama, None
         if llama is not None:
             llama.close()
         self._abort_ref = None  # only now: the context that called it is gone
-        self._freed.set()
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

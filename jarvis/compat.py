@@ -203,6 +203,7 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         release=j.registry.release,
         store=j.store if session_id else None,
         owner=owner(),
+        credential=g.get("credential"),  # set by auth where credentials are named: revoking it ends this
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
         options=call.options,

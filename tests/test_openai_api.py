@@ -351,3 +351,36 @@ def test_a_plain_jarvis_serve_serves_both_official_clients(fake, tmp_path):
         other.close()
     finally:
         stop_process(proc)
+
+
+def test_a_non_streaming_call_superseded_in_its_session_is_a_conflict_not_retried(served):
+    # a retry would supersede the newer answer in turn
+    served.fake.push(Script(load_delay_s=60), Script(tokens=2))
+    sid = served.session()
+    retrying = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=2, timeout=5)
+    caught: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            retrying.chat.completions.create(
+                model="tiny", messages=HELLO, extra_headers={"X-Jarvis-Session": sid}
+            )
+        except openai.APIStatusError as e:
+            caught.append(e)
+
+    first = threading.Thread(target=ask)
+    first.start()
+    served.fake.wait_for_calls(1)
+    r = requests.post(
+        f"{served.url}/api/sessions/{sid}/messages",
+        json={"content": "newer"},
+        headers=served.auth,
+        stream=True,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert r.status_code == 200 and b'"status":"completed"' in r.content
+    first.join(10)
+    assert len(caught) == 1 and isinstance(caught[0], openai.ConflictError)
+    assert caught[0].body["code"] == "superseded"
+    assert len(served.fake.chat_calls()) == 2  # not retried
+    retrying.close()

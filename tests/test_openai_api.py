@@ -17,7 +17,7 @@ import requests
 from jarvis.accounts import Accounts
 from jarvis.history import Store
 from jarvis.upstream import local
-from tests.conftest import HTTP_TIMEOUT, clean_env, serve_process, stop_process, wait_for
+from tests.conftest import HTTP_TIMEOUT, clean_env, free_port, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -384,3 +384,21 @@ def test_a_non_streaming_call_superseded_in_its_session_is_a_conflict_not_retrie
     assert caught[0].body["code"] == "superseded"
     assert len(served.fake.chat_calls()) == 2  # not retried
     retrying.close()
+
+
+def test_a_model_server_that_is_down_is_a_502_for_both_dialects(make_served):
+    served = make_served(ollama_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="tiny", messages=HELLO)
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_unavailable"
+    with pytest.raises(openai.InternalServerError):
+        client.models.list()
+    client.close()
+    r = requests.post(
+        served.url + "/api/chat",
+        json={"model": "tiny", "messages": HELLO, "stream": False},
+        headers=served.auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert r.status_code == 502 and "not reachable" in r.json()["error"]

@@ -139,9 +139,7 @@ def jarvis_error(e: JarvisError):
 
 
 @bp.app_errorhandler(Exception)
-def internal_error(e: Exception):
-    if isinstance(e, HTTPException):
-        return http_error(e)
+def internal_error(e: Exception):  # Flask sends HTTPExceptions to http_error, the closer match
     current_app.logger.exception("unhandled error on %s", request.path)
     return jarvis_error(JarvisError("internal error; the server log has the details"))
 

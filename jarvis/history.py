@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 BUSY_TIMEOUT_S = 5.0
-LIVE_STATUSES = ("streaming", "queued")
 
 
 class Store:
@@ -102,12 +101,10 @@ class Store:
 
     def recover(self) -> int:
         """Mark answers left streaming by a crash as interrupted; returns how many."""
-        now = time.time()
-        marks = ",".join("?" * len(LIVE_STATUSES))
         with self.connect() as db:
             cur = db.execute(
-                f"UPDATE messages SET status='interrupted', updated_at=? WHERE status IN ({marks})",
-                (now, *LIVE_STATUSES),
+                "UPDATE messages SET status='interrupted', updated_at=? WHERE status='streaming'",
+                (time.time(),),
             )
             return cur.rowcount
 

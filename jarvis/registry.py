@@ -79,10 +79,6 @@ class Registry:
             stream = self._current.get(key)
         return stream.cancel(reason) if stream is not None else False
 
-    def current(self, key: str) -> Stream | None:
-        with self._lock:
-            return self._current.get(key)
-
     def active(self) -> int:
         with self._lock:
             return len(self._live)

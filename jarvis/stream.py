@@ -5,11 +5,13 @@
   response or the store, and once sealed nothing it does reaches the answer.
 - ``Outcome`` is decided once: by the first cancel, or by the worker's last word.
 - ``Stream`` is what the registry holds (cancel handle, owner, credential) and
-  the response body: it turns the worker's items into events (``events.py``),
-  frames them (default: SSE) and, in ``_finish``, run once, joins the worker,
-  stores the answer, releases the registry entry and logs ``stream_cleanup``.
-  WSGI servers always call ``close()`` on a body, even one never iterated, so
-  the end runs whatever the client does.
+  what a route returns: a WSGI body whose events are framed into bytes
+  (default: SSE), or read in process through ``events()``.
+- ``Body`` turns the worker's items into events (``events.py``) and owns the
+  end: in ``_finish``, run once, it joins the worker, stores the answer,
+  releases the registry entry and logs ``stream_cleanup``. WSGI servers always
+  call ``close()`` on a body, even one never iterated, so the end runs
+  whatever the client does.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class Worker:
         # never called the upstream, when the one before it is free
         self.released = Latch()
         self.cancelled_at: float | None = None
+        self._prev: Worker | None = None
         # daemon: cleanup joins it with a timeout, and one stuck in a blocking call must not keep
         # the process alive once shutdown has given up on it
         self.thread = threading.Thread(target=self._run, name=f"jarvis-worker-{stream.trace_id}", daemon=True)
@@ -224,7 +227,7 @@ class Worker:
 
 
 class Stream:
-    """A live answer: the registry's cancel handle and the response body that relays it."""
+    """A live answer: the registry's cancel handle, and (through its Body) the response."""
 
     def __init__(
         self,
@@ -257,20 +260,15 @@ class Stream:
         self.client_gone = client_gone
         self.metrics = metrics or Metrics()
         self.framer = framer or SSEFramer()
-        self._release = release
+        self.release = release
         self.message_id: int | None = None
         self.user_message_id: int | None = None
         self.scope = CancelScope()
         self.outcome = Outcome()
         self.worker = Worker(self, upstream, messages, options)
+        self.body = Body(self)
+        self.prev: Worker | None = None  # the worker this stream's worker waits for
         self.started_at = time.monotonic()
-        self.meta: dict = {}  # stored with the answer; written by the body alone
-        self._parts: list[str] = []
-        self._events: Iterator[Event] | None = None
-        self._prev: Worker | None = None
-        self._ended = False
-        self._last_flush = time.monotonic()
-        self._dirty = False  # text not yet checkpointed
 
     def __repr__(self) -> str:
         return f"<Stream {self.trace_id} key={self.key}>"
@@ -300,32 +298,54 @@ class Stream:
     def start(self, prev: Stream | None) -> None:
         """Start the worker; it first waits for ``prev``, the stream this one supersedes."""
         log.event("stream_start", trace_id=self.trace_id, session=self.session_id, model=self.model)
-        self._prev = prev.worker if prev is not None else None
-        self.worker.start(self._prev)
+        self.prev = prev.worker if prev is not None else None
+        self.worker.start(self.prev)
 
     def events(self) -> Iterator[Event]:
-        """The events of this answer, for one reader; call ``close()`` when done with them."""
+        """The events of this answer, for one reader in process; call ``close()`` when done."""
+        return self.body.events()
+
+    # the WSGI body: events framed into bytes by the framer
+    def __iter__(self) -> Stream:
+        self.body.events()
+        return self
+
+    def __next__(self) -> bytes:
+        return self.framer.frame(next(self.body.events()))
+
+    def close(self) -> None:
+        """End the stream if nothing has (client gone, body never read); idempotent. WSGI
+        servers call it on every body, even one never iterated."""
+        self.body.close()
+
+
+class Body:
+    """Relays the worker's items as events and owns the end: checkpoints, store, release, log."""
+
+    def __init__(self, stream: Stream):
+        self.s = stream
+        self.meta: dict = {}  # stored with the answer; written here alone
+        self._parts: list[str] = []
+        self._events: Iterator[Event] | None = None
+        self._ended = False
+        self._last_flush = time.monotonic()
+        self._dirty = False  # text not yet checkpointed
+
+    def events(self) -> Iterator[Event]:
         if self._events is None:
             self._events = self._relay()
         return self._events
 
-    def __iter__(self) -> Stream:
-        self.events()
-        return self
-
-    def __next__(self) -> bytes:
-        return self.framer.frame(next(self._events))
-
     def close(self) -> None:
-        """End the stream if nothing has (client gone, body never read); idempotent."""
         if self._events is not None:
             self._events.close()
         self._end_once()
 
     def _relay(self) -> Iterator[Event]:
+        s = self.s
         try:
-            yield Start(self.trace_id, self.model, self.message_id, self.user_message_id)
-            handoff, follow_ups = self.worker.handoff, 0
+            yield Start(s.trace_id, s.model, s.message_id, s.user_message_id)
+            handoff, follow_ups = s.worker.handoff, 0
             while True:
                 handoff.wake.clear()
                 out = self._convert(handoff.take())
@@ -334,7 +354,7 @@ class Stream:
                     self._checkpoint()
                     yield from out
                     continue
-                if self.scope.cancelled or (self.outcome.status is not None and self.worker.done.is_set()):
+                if s.scope.cancelled or (s.outcome.status is not None and s.worker.done.is_set()):
                     break
                 wait = FOLLOW_UP_S if follow_ups else self._wait_s()
                 if not handoff.wake.wait(wait):
@@ -359,7 +379,7 @@ class Stream:
                 usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
                 self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
         if texts:
-            self.metrics.tokens.inc(len(texts))
+            self.s.metrics.tokens.inc(len(texts))
             text = "".join(texts)
             self._parts.append(text)
             self._dirty = True
@@ -367,42 +387,44 @@ class Stream:
         return out
 
     def _wait_s(self) -> float:
+        cfg = self.s.config
         if not self._dirty:
-            return self.config.heartbeat_s
-        due = self._last_flush + self.config.flush_interval_s - time.monotonic()
-        return max(0.0, min(self.config.heartbeat_s, due))
+            return cfg.heartbeat_s
+        due = self._last_flush + cfg.flush_interval_s - time.monotonic()
+        return max(0.0, min(cfg.heartbeat_s, due))
 
     def _checkpoint(self) -> None:
-        now = time.monotonic()
-        if not self._dirty or now - self._last_flush < self.config.flush_interval_s or self.store is None:
+        s, now = self.s, time.monotonic()
+        if not self._dirty or now - self._last_flush < s.config.flush_interval_s or s.store is None:
             return
         self._last_flush = now
         self._dirty = False
         try:
-            self.store.save_answer(self.message_id, "".join(self._parts), "streaming")
+            s.store.save_answer(s.message_id, "".join(self._parts), "streaming")
         except StoreError:
-            log.log.warning("checkpoint failed trace_id=%s", self.trace_id, exc_info=True)
+            log.log.warning("checkpoint failed trace_id=%s", s.trace_id, exc_info=True)
 
     def _end_once(self) -> None:
         if not self._ended:
-            self.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
+            self.s.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
             for _ in self._finish():
                 pass
 
     def _finish(self) -> list[Event]:
         """End the stream once: join the worker, seal its handoff, store, release, log."""
         self._ended = True
+        s = self.s
         try:
-            worker, detached = self.worker, False
+            worker, detached = s.worker, False
             if not worker.thread.ident:
-                worker.abandon(self._prev)  # never started: release the chain
+                worker.abandon(s.prev)  # never started: release the chain
             else:
-                detached = not worker.done.wait(self.config.cancel_timeout_s)
+                detached = not worker.done.wait(s.config.cancel_timeout_s)
             out = self._convert(worker.handoff.take(seal=True))  # after this, the worker reaches nothing
             if detached:
-                log.event("worker_detached", logging.WARNING, trace_id=self.trace_id, session=self.session_id)
-            o = self.outcome
-            self.metrics.ended.labels(o.status).inc()
+                log.event("worker_detached", logging.WARNING, trace_id=s.trace_id, session=s.session_id)
+            o = s.outcome
+            s.metrics.ended.labels(o.status).inc()
             reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None
             if reason:
                 self.meta["reason"] = str(reason)
@@ -410,17 +432,18 @@ class Stream:
             self._store_end(o.status, error)
             return [*out, End(o.status, reason, error, dict(self.meta))]
         finally:
-            self._release(self)
-            took_ms = round((time.monotonic() - self.started_at) * 1000, 1)
+            s.release(s)
+            took_ms = round((time.monotonic() - s.started_at) * 1000, 1)
             log.event(
-                "stream_cleanup", trace_id=self.trace_id, session=self.session_id, status=self.status,
+                "stream_cleanup", trace_id=s.trace_id, session=s.session_id, status=s.status,
                 chars=sum(map(len, self._parts)), duration_ms=took_ms,
             )  # fmt: skip
 
     def _store_end(self, status: Status, error: dict | None) -> None:
-        if self.store is None or self.message_id is None:
+        s = self.s
+        if s.store is None or s.message_id is None:
             return
         try:
-            self.store.save_answer(self.message_id, "".join(self._parts), status, error, self.meta or None)
+            s.store.save_answer(s.message_id, "".join(self._parts), status, error, self.meta or None)
         except StoreError as e:
-            log.event("store_error", logging.ERROR, trace_id=self.trace_id, error=e.message)
+            log.event("store_error", logging.ERROR, trace_id=s.trace_id, error=e.message)

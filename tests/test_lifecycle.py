@@ -136,10 +136,9 @@ def test_stop_closes_upstream_and_ends_stream(api, fake, state):
     call = fake.wait_for_calls(1)[0]
     if state != "loading":
         sse.until("token")
-    began = time.monotonic()
     assert api.stop(sid) == {"stopped": True}
-    assert call.wait_closed(1) and call.closed_by == "client"
-    assert call.closed_at - began < 0.5
+    # the stream would run on for 10 s (streaming) or 60 s (loading, stalled) without the stop
+    assert call.wait_closed(2) and call.closed_by == "client"
     assert sse.end() == {"status": "stopped", "reason": "stopped"}
     answer = api.messages(sid)[-1]
     assert answer["status"] == "stopped" and answer["content"] == sse.text()
@@ -227,10 +226,9 @@ def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_
     third = api.send(sids[2], "x")
     assert third.status_code == 503 and int(third.response.headers["Retry-After"]) > 0
     assert third.json()["error"]["code"] == "at_capacity"
-    began = time.monotonic()
+    # both would wait out the 60 s load for a free thread (past HTTP_TIMEOUT) without the reserve
     assert requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["active_streams"] == 2
     assert api.stop(sids[0]) == {"stopped": True}
-    assert time.monotonic() - began < 0.5
     assert streams[0].end()["status"] == "stopped"
     # a session that holds a slot may still supersede its own stream
     again = api.send(sids[1], "y")

@@ -194,8 +194,9 @@ class RegistryModel(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_current_stream_per_session(self):
-        current = [s for s in self.registry.live() if self.registry.current(s.session_id) is s]
-        assert len({s.session_id for s in current}) == len(current)
+        current = list(self.registry._current.items())
+        assert all(stream.key == key for key, stream in current)
+        assert len({stream.session_id for _, stream in current}) == len(current)
         assert len(self.registry._current) <= self.registry.max_streams
 
     @invariant()

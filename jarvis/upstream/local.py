@@ -245,6 +245,114 @@ def _template_error(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+class _Model:
+    """The llama object: loaded on first use, with its chat template and the abort callback it polls."""
+
+    def __init__(self, path: str | None, n_ctx: int, should_abort: Callable[[], bool], llama=None):
+        self.path = path
+        self.n_ctx = n_ctx
+        self.should_abort = should_abort
+        self.llama = None
+        self.template: _ChatTemplate | None = None
+        self.load_error: UpstreamError | None = None
+        self._abort_ref = None  # the ctypes callback: it must outlive the context
+        if llama is not None:
+            self._adopt(llama)
+
+    def load(self):
+        """The model, loaded by the first holder of the slot (so never twice at once)."""
+        if self.llama is not None:
+            return self.llama
+        path = self.path
+        if not path:
+            raise UpstreamUnavailable(f"the local model is not installed: {INSTALL_HINT}")
+        if not os.path.isfile(path):
+            raise UpstreamUnavailable(f"the local model file {path} does not exist: {INSTALL_HINT}")
+        try:
+            import llama_cpp
+        except (ImportError, OSError, RuntimeError) as e:
+            raise UpstreamUnavailable(f"llama-cpp-python is not usable ({e}): {INSTALL_HINT}") from e
+        threads = _threads()
+        started = time.monotonic()
+        try:
+            llama = llama_cpp.Llama(
+                path, n_ctx=self.n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            self.load_error = UpstreamUnavailable(f"cannot load the local model {path}: {e}")
+            raise self.load_error from e
+        self.load_error = None
+        log.event("local_model_loaded", path=path, load_ms=round((time.monotonic() - started) * 1000, 1))
+        self._adopt(llama)
+        return llama
+
+    def _adopt(self, llama) -> None:
+        bos, eos = llama.token_bos(), llama.token_eos()
+        self.template = _ChatTemplate(
+            llama.metadata.get("tokenizer.chat_template") or CHATML,
+            _token_text(llama, bos),
+            _token_text(llama, eos),
+        )
+        self._abort_ref = _install_abort(llama, self.should_abort)
+        self.llama = llama
+
+    def unavailable(self) -> UpstreamError | None:
+        """Why a prompt could not load the model now, without loading it."""
+        if self.llama is not None:
+            return None
+        if not self.path or not os.path.isfile(self.path):
+            return UpstreamUnavailable(f"the local model is not installed: {INSTALL_HINT}")
+        if importlib.util.find_spec("llama_cpp") is None:
+            return UpstreamUnavailable(f"llama-cpp-python is not installed: {INSTALL_HINT}")
+        return self.load_error
+
+    def free(self) -> None:
+        """Close the model; called by the last holder, or by close() when nobody holds it."""
+        llama, self.llama = self.llama, None
+        if llama is not None:
+            llama.close()
+        self._abort_ref = None  # only now: the context that called it is gone
+
+
+class _Deadline:
+    """The holder's next deadline: the first token, then each gap between tokens, within the total."""
+
+    def __init__(self, first_token_s: float, idle_s: float, total_s: float):
+        self.first_token_s, self.idle_s, self.total_s = first_token_s, idle_s, total_s
+        self.at = math.inf  # read by the abort callback during every decode
+        self.code = ""
+        self._total_at = math.inf
+
+    def start(self, started: float) -> None:
+        self._total_at = started + self.total_s
+        self._set(started + self.first_token_s, "first_token_timeout")
+
+    def token(self) -> None:
+        self._set(time.monotonic() + self.idle_s, "idle_timeout")
+
+    def clear(self) -> None:
+        self.at = math.inf
+
+    def passed(self) -> bool:
+        return time.monotonic() > self.at
+
+    def check(self) -> None:
+        if self.passed():
+            raise self.error()
+
+    def error(self) -> UpstreamTimeout:
+        message = {
+            "first_token_timeout": f"no answer from the local model within {self.first_token_s:g} s",
+            "idle_timeout": f"the local model was silent for more than {self.idle_s:g} s",
+            "total_timeout": f"the answer took longer than {self.total_s:g} s",
+        }[self.code]
+        return UpstreamTimeout(message, code=self.code)
+
+    def _set(self, at: float, code: str) -> None:
+        self.code = code if at < self._total_at else "total_timeout"
+        self.at = min(at, self._total_at)
+
+
 class LocalUpstream:
     """Streams chat answers from a GGUF model loaded into this process."""
 
@@ -265,24 +373,13 @@ class LocalUpstream:
         on_trim: Callable[[str | None, Trim], None] | None = None,
     ):
         """``llama`` is an already built model object (tests pass a stand-in); else ``path`` is loaded."""
-        self.path = path
         self.default_model = model_name or _model_name(path)
         self.n_ctx = n_ctx
         self.max_answer_tokens = max_answer_tokens
-        self.first_token_timeout_s = first_token_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.total_timeout_s = total_timeout_s
-        # the holder's next deadline, read by the abort callback during every decode
-        self._due = math.inf
-        self._due_code = ""
         self.on_trim = on_trim
         self._slot = _Slot(max_waiting)
-        self._llama = None
-        self._template: _ChatTemplate | None = None
-        self._abort_ref = None  # the ctypes callback: it must outlive the context
-        self._load_error: UpstreamError | None = None
-        if llama is not None:
-            self._adopt(llama)
+        self._deadline = _Deadline(first_token_timeout_s, idle_timeout_s, total_timeout_s)
+        self._model = _Model(path, n_ctx, self._should_abort, llama)
 
     @classmethod
     def from_config(cls, config: Config, **kwargs) -> LocalUpstream:
@@ -322,11 +419,11 @@ class LocalUpstream:
         finally:
             unregister()
             if self._slot.leave(ticket):
-                self._free()
+                self._model.free()
 
     def _wait_turn(self, ticket: _Ticket, started: float) -> Iterator[Queued]:
         """Queue for the model, yielding ``Queued(position)`` whenever the position changes."""
-        deadline = started + self.first_token_timeout_s
+        deadline = started + self._deadline.first_token_s
         shown = None
         while ticket.state == "waiting":
             position = self._slot.position(ticket)
@@ -336,7 +433,7 @@ class LocalUpstream:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise UpstreamTimeout(
-                    f"waited {self.first_token_timeout_s:g} s for the local model to be free",
+                    f"waited {self._deadline.first_token_s:g} s for the local model to be free",
                     code="first_token_timeout",
                 )
             self._slot.wait(ticket, min(WAIT_SLICE_S, left))  # checkpoint: woken by cancel and hand-off
@@ -350,25 +447,19 @@ class LocalUpstream:
         started: float,
     ) -> Iterator[str | Meta | Done]:
         # the first-token deadline covers the queue, loading the model and reading the prompt
-        total_at = started + self.total_timeout_s
-        self._set_due(started + self.first_token_timeout_s, "first_token_timeout", total_at)
+        self._deadline.start(started)
         try:
-            yield from self._generate(messages, cancel, session, options, total_at)
+            yield from self._generate(messages, cancel, session, options)
         finally:
-            self._due = math.inf
+            self._deadline.clear()
 
     def _generate(
-        self,
-        messages: Sequence[Message],
-        cancel: CancelScope,
-        session: str | None,
-        options: Options,
-        total_at: float,
+        self, messages: Sequence[Message], cancel: CancelScope, session: str | None, options: Options
     ) -> Iterator[str | Meta | Done]:
-        llama = self._load()
-        self._check_due()  # a load cannot be aborted: it counts once it returns
-        tokens, trim = self._fit(llama, messages)
-        self._check_due()
+        llama = self._model.load()
+        self._deadline.check()  # a load cannot be aborted: it counts once it returns
+        tokens, trim = _fit(llama, self._model.template, messages, self.n_ctx)
+        self._deadline.check()
         if trim.trimmed:
             log.event(
                 "prompt_trimmed",
@@ -384,15 +475,7 @@ class LocalUpstream:
         for limit in (self.max_answer_tokens, options.max_tokens):
             if limit:
                 max_tokens = min(max_tokens, limit)
-        sampling = {
-            "temperature": TEMPERATURE if options.temperature is None else options.temperature,
-            "top_p": TOP_P if options.top_p is None else options.top_p,
-        }
-        if options.stop:
-            sampling["stop"] = list(options.stop)
-        if options.seed is not None:
-            sampling["seed"] = options.seed
-        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **sampling)
+        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **_sampling(options))
         produced = 0
         try:
             for chunk in chunks:  # each step is one llama_decode, which the abort flag breaks
@@ -403,19 +486,19 @@ class LocalUpstream:
                 if text:
                     produced += 1
                     yield text
-                    self._set_due(time.monotonic() + self.idle_timeout_s, "idle_timeout", total_at)
+                    self._deadline.token()
                 if choice.get("finish_reason"):
                     yield Done(
                         "length" if choice["finish_reason"] == "length" else "stop", len(tokens), produced
                     )
-                self._check_due()  # checkpoint: a stand-in or a step that ignores the abort flag
+                self._deadline.check()  # checkpoint: a stand-in or a step that ignores the abort flag
         except (RuntimeError, ValueError) as e:
             # our abort (cancel or a deadline): llama.cpp dropped the half-done batch and
             # llama-cpp-python never counted it, so the cached prefix stays valid
             if cancel.cancelled:
                 return
-            if time.monotonic() > self._due:
-                raise self._timeout() from e
+            if self._deadline.passed():
+                raise self._deadline.error() from e
             llama.reset()  # a real failure: trust nothing the context holds
             if self._slot.closed:
                 raise UpstreamUnavailable("the local model was shut down mid-answer") from e
@@ -423,131 +506,17 @@ class LocalUpstream:
         finally:
             chunks.close()
 
-    def _fit(self, llama, messages: Sequence[Message]) -> tuple[list[int], Trim]:
-        """Tokenise the prompt, dropping the oldest messages until it fits (the last one stays)."""
-        budget = max(self.n_ctx - ANSWER_RESERVE, self.n_ctx // 2)
-        head = [messages[0]] if messages[0]["role"] == "system" and len(messages) > 1 else []
-        body = list(messages[len(head) :])
-        # skip history that cannot fit before tokenising it: text averages 3-5 characters
-        # a token, so CHARS_PER_TOKEN_MAX characters a token is a generous bound
-        chars = 0
-        for first in range(len(body) - 1, 0, -1):
-            chars += len(body[first]["content"])
-            if chars > budget * CHARS_PER_TOKEN_MAX:
-                break
-        else:
-            first = 0
-        skipped, body = first, body[first:]
-
-        def tokens_for(kept: list[Message]) -> list[int]:
-            return self._tokenize(llama, self._template.render(kept))
-
-        # fewest dropped messages that fit: bisect, each try renders the whole prompt
-        low, high = 0, len(body) - 1
-        while low < high:
-            mid = (low + high) // 2
-            if len(tokens_for(head + body[mid:])) <= budget:
-                high = mid
-            else:
-                low = mid + 1
-        tokens = tokens_for(head + body[low:])
-        if len(tokens) <= budget:
-            return tokens, Trim(skipped + low, 0, len(tokens))
-        # the last message alone is too long: drop the system prompt, then cut its start
-        last = body[-1]
-        dropped = len(head) + skipped + len(body) - 1
-        content = last["content"]
-        keep_low, keep_high = 0, len(content)
-        while keep_low < keep_high:
-            mid = (keep_low + keep_high + 1) // 2
-            if len(tokens_for([{**last, "content": content[len(content) - mid :]}])) <= budget:
-                keep_low = mid
-            else:
-                keep_high = mid - 1
-        tokens = tokens_for([{**last, "content": content[len(content) - keep_low :]}])
-        if len(tokens) > budget:
-            raise UpstreamStreamError(f"the chat template alone does not fit in {self.n_ctx} tokens")
-        return tokens, Trim(dropped, len(content) - keep_low, len(tokens))
-
-    @staticmethod
-    def _tokenize(llama, prompt: str) -> list[int]:
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        bos = llama.token_bos()
-        if len(tokens) > 1 and tokens[0] == tokens[1] == bos:  # the template wrote its own BOS too
-            tokens = tokens[1:]
-        return tokens
-
-    def _load(self):
-        """The model, loaded by the first holder of the slot (so never twice at once)."""
-        if self._llama is not None:
-            return self._llama
-        path = self.path
-        if not path:
-            raise UpstreamUnavailable(f"the local model is not installed: {INSTALL_HINT}")
-        if not os.path.isfile(path):
-            raise UpstreamUnavailable(f"the local model file {path} does not exist: {INSTALL_HINT}")
-        try:
-            import llama_cpp
-        except (ImportError, OSError, RuntimeError) as e:
-            raise UpstreamUnavailable(f"llama-cpp-python is not usable ({e}): {INSTALL_HINT}") from e
-        threads = _threads()
-        started = time.monotonic()
-        try:
-            llama = llama_cpp.Llama(
-                path, n_ctx=self.n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
-        except (ValueError, RuntimeError, OSError) as e:
-            self._load_error = UpstreamUnavailable(f"cannot load the local model {path}: {e}")
-            raise self._load_error from e
-        self._load_error = None
-        log.event("local_model_loaded", path=path, load_ms=round((time.monotonic() - started) * 1000, 1))
-        self._adopt(llama)
-        return llama
-
-    def _adopt(self, llama) -> None:
-        bos, eos = llama.token_bos(), llama.token_eos()
-        self._template = _ChatTemplate(
-            llama.metadata.get("tokenizer.chat_template") or CHATML,
-            _token_text(llama, bos),
-            _token_text(llama, eos),
-        )
-        self._abort_ref = _install_abort(llama, self._should_abort)
-        self._llama = llama
-
     def _should_abort(self) -> bool:
         # called by llama.cpp's compute threads many times per decode: keep it cheap
-        return self._slot.abort or time.monotonic() > self._due
-
-    def _set_due(self, at: float, code: str, total_at: float) -> None:
-        self._due_code = code if at < total_at else "total_timeout"
-        self._due = min(at, total_at)
-
-    def _check_due(self) -> None:
-        if time.monotonic() > self._due:
-            raise self._timeout()
-
-    def _timeout(self) -> UpstreamTimeout:
-        message = {
-            "first_token_timeout": f"no answer from the local model within {self.first_token_timeout_s:g} s",
-            "idle_timeout": f"the local model was silent for more than {self.idle_timeout_s:g} s",
-            "total_timeout": f"the answer took longer than {self.total_timeout_s:g} s",
-        }[self._due_code]
-        return UpstreamTimeout(message, code=self._due_code)
+        return self._slot.abort or time.monotonic() > self._deadline.at
 
     def health(self) -> dict:
         """Say whether a prompt could be answered, without loading the model."""
-        loaded = self._llama is not None
+        loaded = self._model.llama is not None
         info = {"ok": True, "backend": self.name, "model": self.default_model, "loaded": loaded}
-        error = None
+        error = self._model.unavailable()
         if self._slot.closed:
             error = UpstreamUnavailable("the local model is shut down")
-        elif not loaded:
-            if not self.path or not os.path.isfile(self.path):
-                error = UpstreamUnavailable(f"the local model is not installed: {INSTALL_HINT}")
-            elif importlib.util.find_spec("llama_cpp") is None:
-                error = UpstreamUnavailable(f"llama-cpp-python is not installed: {INSTALL_HINT}")
-            else:
-                error = self._load_error
         if error is not None:
             info.update(ok=False, error=error.to_dict())
         return info
@@ -561,13 +530,75 @@ class LocalUpstream:
         A holder frees the model as it leaves; waiting for it here would only spend the
         shutdown deadline on a decode that ignores its abort flag."""
         if self._slot.close():
-            self._free()
+            self._model.free()
 
-    def _free(self) -> None:
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            llama.close()
-        self._abort_ref = None  # only now: the context that called it is gone
+
+
+def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int) -> tuple[list[int], Trim]:
+    """Tokenise the prompt, dropping the oldest messages until it fits (the last one stays)."""
+    budget = max(n_ctx - ANSWER_RESERVE, n_ctx // 2)
+    head = [messages[0]] if messages[0]["role"] == "system" and len(messages) > 1 else []
+    body = list(messages[len(head) :])
+    # skip history that cannot fit before tokenising it: text averages 3-5 characters
+    # a token, so CHARS_PER_TOKEN_MAX characters a token is a generous bound
+    chars = 0
+    for first in range(len(body) - 1, 0, -1):
+        chars += len(body[first]["content"])
+        if chars > budget * CHARS_PER_TOKEN_MAX:
+            break
+    else:
+        first = 0
+    skipped, body = first, body[first:]
+
+    def tokens_for(kept: list[Message]) -> list[int]:
+        return _tokenize(llama, template.render(kept))
+
+    # fewest dropped messages that fit: bisect, each try renders the whole prompt
+    low, high = 0, len(body) - 1
+    while low < high:
+        mid = (low + high) // 2
+        if len(tokens_for(head + body[mid:])) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    tokens = tokens_for(head + body[low:])
+    if len(tokens) <= budget:
+        return tokens, Trim(skipped + low, 0, len(tokens))
+    # the last message alone is too long: drop the system prompt, then cut its start
+    last = body[-1]
+    dropped = len(head) + skipped + len(body) - 1
+    content = last["content"]
+    keep_low, keep_high = 0, len(content)
+    while keep_low < keep_high:
+        mid = (keep_low + keep_high + 1) // 2
+        if len(tokens_for([{**last, "content": content[len(content) - mid :]}])) <= budget:
+            keep_low = mid
+        else:
+            keep_high = mid - 1
+    tokens = tokens_for([{**last, "content": content[len(content) - keep_low :]}])
+    if len(tokens) > budget:
+        raise UpstreamStreamError(f"the chat template alone does not fit in {n_ctx} tokens")
+    return tokens, Trim(dropped, len(content) - keep_low, len(tokens))
+
+def _tokenize(llama, prompt: str) -> list[int]:
+    tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    bos = llama.token_bos()
+    if len(tokens) > 1 and tokens[0] == tokens[1] == bos:  # the template wrote its own BOS too
+        tokens = tokens[1:]
+    return tokens
+
+
+def _sampling(options: Options) -> dict:
+    """llama-cpp-python's sampling arguments: the request's, else SmolLM2's recommended ones."""
+    sampling = {
+        "temperature": TEMPERATURE if options.temperature is None else options.temperature,
+        "top_p": TOP_P if options.top_p is None else options.top_p,
+    }
+    if options.stop:
+        sampling["stop"] = list(options.stop)
+    if options.seed is not None:
+        sampling["seed"] = options.seed
+    return sampling
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

@@ -1,8 +1,9 @@
 """SQLite history: sessions and their messages.
 
-One short-lived connection per call keeps threads apart (waitress serves from
-many); WAL lets readers run beside the one writer, and the busy timeout bounds
-every wait for the write lock.
+Each thread keeps one connection (waitress serves from a fixed pool of
+threads): opening a connection per call cost a prompt 1-3 ms more. WAL lets
+readers run beside the one writer, and the busy timeout bounds every wait for
+the write lock. A connection closes with its thread, or at ``close()``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,33 +68,51 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards the set of open connections
+        self._open: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._generation = 0  # bumped by close(): a thread's older connection is replaced
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-        # held open for the store's life: when the last connection to a WAL database closes,
-        # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
-        self._keeper = sqlite3.connect(path, check_same_thread=False)
-        self._keeper.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
 
     def close(self) -> None:
-        """Close the long-lived connection (idempotent)."""
-        self._keeper.close()
+        """Close every thread's connection (idempotent); a later call opens a new one."""
+        with self._lock:
+            self._generation += 1
+            held, self._open = list(self._open), weakref.WeakSet()
+        for h in held:
+            h.db.close()
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; SQLite errors become StoreError."""
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            db = self._connection()
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the database {self.path}: {e}") from e
         try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         except sqlite3.Error as e:
+            if db.in_transaction:
+                db.rollback()  # the connection outlives this call: leave no transaction open
             raise StoreError(f"database error on {self.path}: {e}") from e
-        finally:
-            db.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        held = getattr(self._local, "held", None)
+        if held is not None and held.generation == self._generation:
+            return held.db
+        # check_same_thread off: close() closes it from another thread, its owner uses it alone
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA synchronous=NORMAL")
+        held = _Held(db, self._generation)
+        weakref.finalize(held, db.close)  # the thread ended: its connection goes with it
+        with self._lock:
+            self._open.add(held)
+        self._local.held = held
+        return db
 
     def check_writable(self) -> None:
         """Raise StoreError unless a write transaction can be opened."""
@@ -204,6 +225,16 @@ class Store:
                     message_id,
                 ),
             )
+
+
+class _Held:
+    """One thread's connection, weakly tracked so close() can reach it and its thread's end closes it."""
+
+    __slots__ = ("db", "generation", "__weakref__")
+
+    def __init__(self, db: sqlite3.Connection, generation: int):
+        self.db = db
+        self.generation = generation
 
 
 def _message(row: sqlite3.Row) -> dict:

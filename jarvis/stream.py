@@ -2,7 +2,8 @@
 
 - ``Worker`` (its own thread) waits for the session's previous worker, reads
   the upstream and hands items over through ``Handoff``; it never touches the
-  response or the store, and once sealed nothing it does reaches the answer.
+  response or the store, and after the body's last take nothing it does
+  reaches the answer.
 - ``Outcome`` is decided once: by the first cancel, or by the worker's last word.
 - ``Stream`` is what the registry holds (cancel handle, owner, credential) and
   what a route returns: a WSGI body whose events are framed into bytes
@@ -92,25 +93,21 @@ class Outcome:
 
 
 class Handoff:
-    """Items from the worker to the body; ``seal`` makes every later put a no-op."""
+    """Items from the worker to the body, which takes them for the last time as the stream ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: deque = deque()
-        self._open = True
         self.wake = threading.Event()
 
     def put(self, item) -> None:
         with self._lock:
-            if self._open:
-                self._items.append(item)
+            self._items.append(item)
         self.wake.set()
 
-    def take(self, seal: bool = False) -> list:
+    def take(self) -> list:
         with self._lock:
             items, self._items = list(self._items), deque()
-            if seal:
-                self._open = False
         return items
 
 
@@ -411,7 +408,7 @@ class Body:
                 pass
 
     def _finish(self) -> list[Event]:
-        """End the stream once: join the worker, seal its handoff, store, release, log."""
+        """End the stream once: join the worker, take its last items, store, release, log."""
         self._ended = True
         s = self.s
         try:
@@ -420,7 +417,8 @@ class Body:
                 worker.abandon(s.prev)  # never started: release the chain
             else:
                 detached = not worker.done.wait(s.config.cancel_timeout_s)
-            out = self._convert(worker.handoff.take(seal=True))  # after this, the worker reaches nothing
+            # the last take, before anything can free a detached worker: what it puts later is never read
+            out = self._convert(worker.handoff.take())
             if detached:
                 log.event("worker_detached", logging.WARNING, trace_id=s.trace_id, session=s.session_id)
             o = s.outcome

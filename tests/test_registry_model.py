@@ -95,15 +95,16 @@ class RegistryModel(RuleBasedStateMachine):
         stream.close()  # what a WSGI server does after the last write or a failed one
 
     def _settle(self) -> None:
-        """Let every worker reach the upstream or its end, and every cancelled body end: each
-        rule then acts on a state that no longer moves by itself."""
+        """Let every worker reach the upstream or its end, and every abandoned or cancelled body
+        end: each rule then acts on a state that no longer moves by itself."""
 
         def settled():
             called = {c.trace for c in self.upstream.calls}
-            for stream, owner, _, _ in self.owners:
+            for stream, owner, _, gone in self.owners:
                 if not (stream.worker.done.is_set() or stream.trace_id in called):
                     return False
-                if stream.scope.cancelled and owner.is_alive() and stream.worker.done.is_set():
+                ending = gone.is_set() or (stream.scope.cancelled and stream.worker.done.is_set())
+                if ending and owner.is_alive():
                     return False
             return True
 
@@ -209,8 +210,10 @@ class RegistryModel(RuleBasedStateMachine):
     def teardown(self):
         c = self.counts
         event(f"prompts per example: {c['prompts']}")
-        share = round(10 * c["acts_on_live"] / c["acts"]) * 10 if c["acts"] else 0
-        event(f"actions that hit a live stream: {share}%")
+        if c["acts"]:
+            event(f"actions that hit a live stream: {round(10 * c['acts_on_live'] / c['acts']) * 10}%")
+        else:
+            event("actions that hit a live stream: no action drawn")
         for session in SESSIONS:
             self.registry.stop(self.sessions[session])
         for call in self.upstream.calls:
@@ -236,7 +239,7 @@ class RegistryModel(RuleBasedStateMachine):
 TestRegistryModel = RegistryModel.TestCase
 TestRegistryModel.settings = settings(
     max_examples=60,
-    stateful_step_count=30,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import endurance, hosts, latency, openai, report, scale, servers, streaming, waiting
+from . import compat, endurance, hosts, latency, openai, report, scale, servers, streaming, waiting
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10", help="which sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10,11", help="which sections to run (default: all)"
     )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    every = {str(n) for n in range(1, 11)}
+    every = {str(n) for n in range(1, 12)}
     default_out = not (args.quick or args.target or args.upstream or wanted != every)
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -196,6 +196,7 @@ def _run(
         section("8", lambda: openai.run(workdir, args.model, MAX_STREAMS, plan))
     section("9", lambda: hosts.run(fake.url if fake else None, workdir, args.quick))
     section("10", lambda: waiting.run(plan.slow_trials * 3))
+    section("11", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -282,11 +283,16 @@ ABOUT = """
 - **Cancel while waiting** (section 10) runs in process: over HTTP a superseded stream's worker ends
   within milliseconds of its cancel, too soon to catch its successor waiting, so a stand-in upstream
   winds down for 500 ms after its cancel.
-- **Model hosts (section 8).** Routing overhead is measured in the benchmark process, with no HTTP
+- **Model hosts (section 9).** Routing overhead is measured in the benchmark process, with no HTTP
   server between: `Hosts` (two URLs of the same fake) against `OllamaUpstream` on the same fake,
   alternating. The stop rows run `jarvis serve` once against the fake (scripted to load for 30 s) and
   once against a listener that accepts connections and never answers, each stopped idle and while 40
   clients request `/healthz` without pause; the hung/healthy ratio is what a hung model server adds.
+- **OpenAI and Ollama APIs** (section 11). The same fake, the same `jarvis serve`: each run of each
+  row sends the same script through the native API, `/v1/chat/completions` (`"stream": true`) and
+  `/api/chat`, interleaved. Time to first token is from sending the request to the arrival of the
+  bytes of the first token; client close is timed from the client's `close()` to the fake seeing its
+  connection close, with the answer streaming, stalled or loading.
 - **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
   `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
   the fake, which leaves only the rows that need no script.

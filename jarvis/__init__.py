@@ -66,10 +66,12 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         cfg, store, registry, upstream, metrics, accounts, revocations, health=health
     )
 
-    from . import api, auth, web
+    from . import api, auth, ollama_api, openai_api, web
 
     auth.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openai_api.bp)
+    app.register_blueprint(ollama_api.bp)
     app.register_blueprint(web.bp)
     return app
 

@@ -155,7 +155,7 @@ def _cookie_or_sign_in(cookie_ok: bool, advice: str):
             _require_same_origin(cookie=False)
         return None
     if not cookie_ok:
-        if request.path.startswith("/api/") or request.endpoint == "api.metrics":
+        if request.path.startswith(("/api/", "/v1/")) or request.endpoint == "api.metrics":
             raise Unauthorized(advice)
         return redirect(url_for("login"))
     _require_same_origin(cookie=True)

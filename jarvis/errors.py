@@ -14,6 +14,7 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
     ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
+    ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
     ├── StoreError                 500 store_error (the database refused a write)
     └── UpstreamError              502, the model side failed; ends a stream as failed
         ├── UpstreamUnavailable    upstream_unavailable (retryable: start Ollama)
@@ -102,6 +103,22 @@ class TooManyStreams(JarvisError):
     def __init__(self, message: str, *, retry_after_s: int = 2):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Interrupted(JarvisError):
+    """An answer ended by a newer prompt in its session, a stop or a shutdown, not by the model.
+
+    Only the compatible APIs raise it: their clients know no such ending, and a cut answer must
+    not look finished. ``code`` is the reason; a shutdown is retryable elsewhere, so 503.
+    """
+
+    http_status = 409
+    code = "stopped"
+
+    def __init__(self, reason: str):
+        super().__init__(f"the answer was cut short: {reason}", code=reason)
+        if reason == "shutdown":
+            self.http_status = 503
 
 
 class StoreError(JarvisError):

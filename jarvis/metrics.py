@@ -62,6 +62,18 @@ class Metrics:
         self.rejected = Counter(
             "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
         )
+        self.compat_calls = Counter(
+            "jarvis_compat_calls",
+            "Calls through the OpenAI and Ollama APIs that started an answer, by dialect and user.",
+            ["api", "user"],
+            registry=r,
+        )
+        self.compat_tokens = Counter(
+            "jarvis_compat_tokens",
+            "Model tokens of answers through the OpenAI and Ollama APIs, by dialect, user and kind.",
+            ["api", "user", "kind"],
+            registry=r,
+        )
 
     def unreachable(self) -> float:
         """Prompts that found the model server refusing or not accepting connections, so far."""

@@ -381,3 +381,51 @@ def hosted(request, fake, tmp_path):
     yield start
     for proc in procs:
         stop_process(proc)
+
+
+@dataclass
+class WithAccount:
+    """Jarvis under ``jarvis serve``'s server, with one account whose bearer token is ``token``."""
+
+    url: str
+    token: str
+    app: Flask
+    fake: FakeOllama
+
+    @property
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def session(self) -> str:
+        r = requests.post(self.url + "/api/sessions", headers=self.auth, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def messages(self, session: str) -> list[dict]:
+        r = requests.get(f"{self.url}/api/sessions/{session}", headers=self.auth, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, r.text
+        return r.json()["messages"]
+
+    def sessions(self) -> list[dict]:
+        r = requests.get(self.url + "/api/sessions", headers=self.auth, timeout=HTTP_TIMEOUT)
+        return r.json()["sessions"]
+
+    def idle(self) -> bool:
+        return self.app.extensions["jarvis"].registry.active() == 0
+
+
+@pytest.fixture
+def make_served(make_app, make_server, fake):
+    def make(**overrides) -> WithAccount:
+        app = make_app(**overrides)
+        accounts = app.extensions["jarvis"].accounts
+        accounts.add("ann", "correct horse battery")
+        token = accounts.create_token("ann", "tests")
+        return WithAccount(make_server(app).url, token, app, fake)
+
+    return make
+
+
+@pytest.fixture
+def served(make_served) -> WithAccount:
+    return make_served()

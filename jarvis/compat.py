@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 
-from .auth import owner
+from .auth import credential, owner
 from .config import Config
 from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
 from .events import End, Event, Framer, Text
@@ -203,7 +203,7 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         release=j.registry.release,
         store=j.store if session_id else None,
         owner=owner(),
-        credential=g.get("credential"),  # set by auth where credentials are named: revoking it ends this
+        credential=credential(),
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
         options=call.options,
@@ -216,6 +216,8 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
             session_id, prompt, trace_id, call.model
         )
     j.registry.hand_over(stream)
+    if stream.credential:
+        j.revocations.watch()  # revoking the credential ends this call too
     j.metrics.compat_calls.labels(api, user).inc()
     return stream
 

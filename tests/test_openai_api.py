@@ -217,6 +217,20 @@ def test_closing_the_stream_closes_the_upstream(oai, served, state, script):
     wait_for(served.idle, what="slot released")
 
 
+def test_revoking_the_token_ends_its_live_call(oai, served):
+    # without the revocation check the call would stream on to the end of its 1000 tokens
+    served.fake.script(tokens=1000, interval_s=0.02)
+    chunks = iter(oai.chat.completions.create(model="tiny", messages=HELLO, stream=True))
+    next(chunks)
+    accounts = served.app.extensions["jarvis"].accounts
+    accounts.revoke(accounts.tokens()[0]["id"])
+    with pytest.raises(openai.APIError):
+        for _ in chunks:
+            pass
+    assert served.fake.wait_for_calls(1)[0].wait_closed(2)
+    wait_for(served.idle, what="slot released")
+
+
 def test_a_non_streaming_client_that_gives_up_closes_the_upstream(oai, served):
     # the client's timeout closes its connection while the model loads: nobody reads the answer
     served.fake.script(load_delay_s=60)

@@ -24,6 +24,7 @@ def _serve(fake, db: str) -> tuple[subprocess.Popen, Api]:
     )
 
 
+@pytest.mark.slow  # a server process of its own
 @pytest.mark.timeout(60)
 def test_kill_9_mid_answer_keeps_the_prompt_and_all_but_the_last_second(fake, tmp_path):
     fake.script(Script(tokens=400, interval_s=0.01))

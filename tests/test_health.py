@@ -28,6 +28,7 @@ def _stop_latency(api: Api, sid: str) -> float:
     return time.monotonic() - began
 
 
+@pytest.mark.slow  # the hung server's probes take seconds to wind down
 def test_stop_is_not_delayed_by_healthz_against_a_hung_model_server(hung, make_app, make_server):
     # would hang: each /healthz probing the hung server in the request holds a waitress thread
     # for the probe's read timeout (2 s), and 40 of them queue the Stop behind them
@@ -61,6 +62,7 @@ def test_stop_is_not_delayed_by_healthz_against_a_hung_model_server(hung, make_a
     assert hammered < max(0.5, baseline * 10), (baseline, hammered)
 
 
+@pytest.mark.slow  # the hung server's probes take seconds to wind down
 def test_healthz_answers_at_once_while_the_model_server_hangs(hung, make_app, make_server):
     app = make_app(ollama_url=hung.url)
     api = Api(make_server(app).url)

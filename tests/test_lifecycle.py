@@ -247,6 +247,7 @@ def test_at_capacity_answers_503_while_stop_and_health_stay_fast(make_app, make_
     again.end()
 
 
+@pytest.mark.slow  # 200 cycles
 def test_hundreds_of_cycles_leave_no_threads_or_descriptors(api, fake):
     fake.script(tokens=3)
     sid = api.session()

@@ -31,6 +31,7 @@ def _env(fake, tmp_path, **extra) -> dict:
 _jarvis = jarvis_command
 
 
+@pytest.mark.slow  # a server process of its own
 @pytest.mark.timeout(60)
 def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
     # a shutdown that waited for streams to end by themselves would hang here for 100 s
@@ -201,6 +202,7 @@ def test_version_names_the_installed_package():
     assert out.returncode == 0 and out.stdout.strip() == f"jarvis {metadata.version('jarvis')}"
 
 
+@pytest.mark.slow  # a server process of its own
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["upstream", "local"])
 def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(tmp_path, backend):

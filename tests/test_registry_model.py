@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -236,7 +237,7 @@ class RegistryModel(RuleBasedStateMachine):
         self.tmp.cleanup()
 
 
-TestRegistryModel = RegistryModel.TestCase
+TestRegistryModel = pytest.mark.slow(RegistryModel.TestCase)  # 60 examples of 20 steps: seconds
 TestRegistryModel.settings = settings(
     max_examples=60,
     stateful_step_count=20,

@@ -9,7 +9,7 @@ from tests import test_browser
 
 browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # a real Chromium
 
 ANSWER = (
     "# Title\n\nSome *text* with `code`, **bold** and a [link](https://example.org).\n"

@@ -15,7 +15,7 @@ from tests.conftest import HTTP_TIMEOUT, ROOT, SSE, Served, clean_env, jarvis_co
 from tests.fake_ollama import Script
 
 PASSWORD = "correct horse battery"
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # server processes of their own
 
 
 def _bearer(token: str) -> dict:

@@ -84,7 +84,10 @@ def test_tokens_arrive_as_they_are_sent_in_every_framing(fake: FakeOllama, upstr
     reader = Reader(upstream)
     try:
         assert reader.take(2) == ["tok0 ", "tok1 "]
-        assert fake.wait_for_calls(1)[0].tokens_sent == 2  # the fake is stalled: nothing more was sent
+        call = fake.wait_for_calls(1)[0]
+        # the fake counts a token once its write returns, which may come after the reader has it
+        wait_for(lambda: call.tokens_sent >= 2, timeout=2, what="the fake to count its second token")
+        assert call.tokens_sent == 2  # the fake is stalled: nothing more was sent
     finally:
         reader.close()
 

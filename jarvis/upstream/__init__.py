@@ -52,6 +52,29 @@ class Options:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    def named(self, max_tokens: str = "max_tokens") -> dict:
+        """The settings that are set, as request fields (servers name the answer limit differently)."""
+        fields = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            max_tokens: self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop) or None,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def probe(upstream, check) -> dict:
+    """``upstream``'s health: ok unless ``check()`` raises an UpstreamError (then its code and message)."""
+    from ..errors import UpstreamError
+
+    info = {"ok": True, "backend": upstream.name, "model": upstream.default_model}
+    try:
+        check()
+    except UpstreamError as e:
+        info.update(ok=False, error=e.to_dict())
+    return info
+
 
 class Upstream(Protocol):
     name: str  # "ollama", "openai" or "local"

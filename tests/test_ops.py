@@ -152,6 +152,17 @@ def test_check_passes_when_everything_answers(fake, tmp_path):
     assert out.stdout.count("ok ") == 5
 
 
+def test_check_says_the_embedded_model_runs_in_this_process(fake, tmp_path):
+    from jarvis.upstream import local
+
+    if not local.available():
+        pytest.skip("the embedded model is not installed")
+    env = _env(fake, tmp_path, JARVIS_BACKEND="local", JARVIS_MODEL="")
+    out = subprocess.run(_jarvis("check"), env=env, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stdout
+    assert "ok   the embedded model (in this process) answers" in out.stdout, out.stdout
+
+
 @pytest.mark.parametrize(
     "extra, expect",
     [

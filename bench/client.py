@@ -14,6 +14,7 @@ import json
 import selectors
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -475,3 +476,10 @@ class Mux:
 
     def close(self) -> None:
         self.selector.close()
+
+
+def sse_events(response) -> Iterator[tuple[str, dict]]:
+    """The named events of a streamed ``requests`` response, read by Jarvis's own SSE parser."""
+    for name, data in sse.parse(response.iter_lines(chunk_size=None)):
+        if name is not None:
+            yield name, data

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import requests
 
-from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
 from jarvis.upstream import local
 
-from .client import AUTH
+from .client import AUTH, sse_events
 from .servers import ServerProcess, base_env, jarvis_command
 from .stats import Cell, Row, Section, judge, ratio
 
@@ -123,7 +122,7 @@ def _answer_served(url: str, prompt: str) -> tuple[float, int, float]:
         stream=True,
         timeout=(5, 60),
     ) as r:
-        for name, data in _events(r):
+        for name, data in sse_events(r):
             if name == "token":
                 first = first or time.monotonic() - began
                 chars += len(data["text"])
@@ -141,7 +140,7 @@ def _stop_served(url: str, kind: str) -> float | None:
         stream=True,
         timeout=(5, 30),
     ) as r:
-        events = _events(r)
+        events = sse_events(r)
         for name, _ in events:
             if name == ("start" if kind == "prompt" else "token"):
                 break
@@ -153,9 +152,3 @@ def _stop_served(url: str, kind: str) -> float | None:
             if name == "end":
                 return (time.monotonic() - began) * 1000
     return None
-
-
-def _events(response: requests.Response):
-    for name, data in sse.parse(response.iter_lines(chunk_size=None)):
-        if name is not None:
-            yield name, data

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import threading
@@ -23,6 +22,7 @@ from jarvis.config import Config
 from jarvis.upstream.hosts import Hosts
 from jarvis.upstream.ollama import OllamaUpstream
 
+from .client import AUTH, sse_events
 from .servers import ServerProcess, jarvis_command, jarvis_env
 from .stats import Cell, Row, Section, judge, ratio
 from .upstream import directive
@@ -169,6 +169,7 @@ class _Hammer:
     def _run(self) -> None:
         deadline = time.monotonic() + 30
         with requests.Session() as http:
+            http.headers.update(AUTH)  # the full /healthz, as a monitor with a credential sees it
             http.get(self.url, timeout=(2, 10))  # connected before the measured stop
             self._running.wait(15)
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -195,31 +196,27 @@ class _Hammer:
 
 def _stop_ms(url: str, tag: str) -> float | None:
     """Milliseconds from POST stop to the end event of a stream waiting for its first token."""
-    sid = requests.post(url + "/api/sessions", timeout=5).json()["id"]
+    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
     prompt = directive(tag, load_delay_s=30)  # the bench fake loads for 30 s; the hung server never answers
     with requests.post(
-        f"{url}/api/sessions/{sid}/messages", json={"content": prompt}, stream=True, timeout=(5, 10)
+        f"{url}/api/sessions/{sid}/messages",
+        json={"content": prompt},
+        headers=AUTH,
+        stream=True,
+        timeout=(5, 10),
     ) as r:
-        events = _events(r)
+        events = sse_events(r)
         for name, _ in events:
             if name == "start":
                 break
         began = time.monotonic()
-        requests.post(f"{url}/api/sessions/{sid}/stop", timeout=(5, 10))
+        requests.post(f"{url}/api/sessions/{sid}/stop", headers=AUTH, timeout=(5, 10))
         for name, _ in events:
             if name == "end":
                 return (time.monotonic() - began) * 1000
     return None
 
 
-def _events(response: requests.Response):
-    name = None
-    for raw in response.iter_lines(chunk_size=None):
-        line = raw.decode()
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            yield name, json.loads(line[6:])
 
 
 class _Hung:

@@ -73,7 +73,8 @@ class ServerProcess:
     def _url_from_output(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = re.search(rb"listening on (http://\S+)", self.out_path.read_bytes())
+            # the address without the ?token= that follows it while no account exists
+            found = re.search(rb"listening on (http://[^/\s]+)", self.out_path.read_bytes())
             if found:
                 return found.group(1).decode()
             self._check_alive()

@@ -294,7 +294,7 @@ def _waiting_pair(tmp_path, **overrides):
         **overrides,
     )
     store, registry = Store(cfg.database), Registry(4)
-    upstream = _SlowToStopUpstream(wind_down_s=1.5)
+    upstream = _SlowToStopUpstream(wind_down_s=0.5)
     sid = store.create_session()["id"]
     streams = []
     for trace in ("a", "b"):

@@ -66,13 +66,12 @@ CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
 WHEN old.status NOT IN ('pending', 'queued', 'streaming') BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
 END;
-CREATE TRIGGER messages_fts_unindex AFTER UPDATE ON messages
-WHEN old.status NOT IN ('pending', 'queued', 'streaming') BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-END;
-CREATE TRIGGER messages_fts_index AFTER UPDATE ON messages
-WHEN new.status NOT IN ('pending', 'queued', 'streaming') BEGIN
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status ON messages BEGIN
+    -- one trigger, in this order: SQLite runs separate triggers newest first
+    INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content
+        WHERE old.status NOT IN ('pending', 'queued', 'streaming');
+    INSERT INTO messages_fts (rowid, content) SELECT new.id, new.content
+        WHERE new.status NOT IN ('pending', 'queued', 'streaming');
 END;
 INSERT INTO messages_fts (rowid, content)
     SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
@@ -344,4 +343,3 @@ def _message(row: sqlite3.Row) -> dict:
     out["error"] = json.loads(out["error"]) if out["error"] else None
     out["meta"] = json.loads(out["meta"]) if out["meta"] else None
     return out
-

@@ -110,8 +110,16 @@ def test_an_answer_is_searchable_once_it_ends_and_gone_with_its_chat(app, client
     assert client.get("/api/search?q=zebra").get_json()["sessions"] == []
     store_of(app).save_answer(answer, "whole zebra answer", "stopped")
     assert [s["id"] for s in client.get("/api/search?q=zebra").get_json()["sessions"]] == [sid]
+    store_of(app).save_answer(answer, "whole zebra answer, edited", "stopped")  # an ended answer rewritten
+    with store_of(app).connect() as db:
+        db.execute("UPDATE messages SET created_at = 5")
+        db.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
+    found = client.get("/api/search?q=edited").get_json()["sessions"]
+    assert found[0]["snippet"] == "whole zebra answer, edited"
     assert client.delete(f"/api/sessions/{sid}").status_code == 200
     assert client.get("/api/search?q=zebra").get_json()["sessions"] == []
+    with store_of(app).connect() as db:
+        db.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
 
 
 def test_a_database_from_before_search_is_indexed_at_start(tmp_path):
@@ -122,7 +130,7 @@ def test_a_database_from_before_search_is_indexed_at_start(tmp_path):
     store.save_answer(answer, "otters hold hands", "completed")
     store.close()
     with sqlite3.connect(path) as db:  # as an older Jarvis left it: no index, no triggers
-        for name in ("messages_fts_insert", "messages_fts_delete", "messages_fts_unindex", "messages_fts_index"):
+        for name in ("messages_fts_insert", "messages_fts_delete", "messages_fts_update"):
             db.execute(f"DROP TRIGGER {name}")
         db.execute("DROP TABLE messages_fts")
     assert "messages_fts" in SEARCH_SCHEMA
@@ -156,7 +164,8 @@ def test_import_of_another_users_export_belongs_to_the_caller(app, client):
     assert client.get(f"/api/sessions/{sid}/export", headers=bob).status_code == 404
     r = client.post("/api/sessions/import", json=exported, headers=bob)
     assert r.status_code == 201
-    assert [s["id"] for s in client.get("/api/sessions", headers=bob).get_json()["sessions"]] == [r.get_json()["id"]]
+    listed = client.get("/api/sessions", headers=bob).get_json()["sessions"]
+    assert [s["id"] for s in listed] == [r.get_json()["id"]]
 
 
 def test_an_answer_live_when_exported_is_imported_as_interrupted(app, client):
@@ -169,7 +178,8 @@ def test_an_answer_live_when_exported_is_imported_as_interrupted(app, client):
         ],
     }
     sid = client.post("/api/sessions/import", json=body).get_json()["id"]
-    assert [m["status"] for m in client.get(f"/api/sessions/{sid}").get_json()["messages"]] == ["sent", "interrupted"]
+    stored = client.get(f"/api/sessions/{sid}").get_json()["messages"]
+    assert [m["status"] for m in stored] == ["sent", "interrupted"]
     assert app.extensions["jarvis"].registry.live() == []
 
 
@@ -182,7 +192,7 @@ def test_an_answer_live_when_exported_is_imported_as_interrupted(app, client):
         {"format": "jarvis.chat", "messages": [{"role": "system", "content": "x", "status": "completed"}]},
         {"format": "jarvis.chat", "messages": [{"role": "user", "content": 5}]},
         {"format": "jarvis.chat", "messages": [{"role": "assistant", "content": "x", "status": "great"}]},
-        {"format": "jarvis.chat", "messages": [{"role": "assistant", "content": "x" * 200_001, "status": "completed"}]},
+        {"format": "jarvis.chat", "messages": [{"role": "user", "content": "x" * 200_001}]},
         {"format": "jarvis.chat", "title": "x" * 201, "messages": []},
     ],
 )

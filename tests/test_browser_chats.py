@@ -94,6 +94,8 @@ def test_copy_puts_the_whole_message_on_the_clipboard(tab, jarvis_server):
     tab.page.locator(".msg-user .copy-message").click()
     assert tab.page.evaluate("navigator.clipboard.readText()") == "a prompt\nwith two lines"
     expect(tab.answer().locator(".copy-message")).to_have_accessible_name("Copy message")
+    tab.answer().locator(".code-block .copy").click()  # a code block's Copy takes the code alone
+    assert tab.page.evaluate("navigator.clipboard.readText()") == "print(1)"
 
 
 def test_a_streaming_answer_has_no_copy_until_it_ends(tab, jarvis_server):

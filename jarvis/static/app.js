@@ -4,8 +4,8 @@
 
 import { ApiError, api, errorOf, request, sessionPath } from "./api.js";
 import { errorParts, explainError, plural, withCode } from "./errors.js";
-import { copyCode, icon, renderMarkdown } from "./markdown.js";
-import { copyMessageButton, copyText, stamp } from "./message-tools.js";
+import { icon, renderMarkdown } from "./markdown.js";
+import { copyCode, copyMessageButton, copyText, stamp } from "./message-tools.js";
 import { setupSearch } from "./search.js";
 import { readEvents } from "./sse.js";
 import { renameField, withGroups } from "./sidebar.js";

@@ -1,4 +1,4 @@
-// What sits under each message: when it was written, and a Copy of its whole text.
+// What sits under each message: when it was written, and a Copy of its whole text (or of a code block).
 
 import { icon } from "./markdown.js";
 
@@ -23,6 +23,11 @@ export function copyMessageButton() {
   button.setAttribute("aria-label", "Copy message");
   button.append(icon("M9 9h10v10H9zM5 15V5h10"), document.createTextNode("Copy"));
   return button;
+}
+
+export function copyCode(button) {
+  const code = button.closest(".code-block")?.querySelector("code");
+  if (code) copyText(button, code.textContent, code);
 }
 
 // Copies `text`, saying so on the button; where the clipboard is refused, selects `fallback` instead.

@@ -161,3 +161,14 @@ def test_a_missing_page_is_a_page_with_a_way_back(tab, jarvis_server):
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
     api = tab.page.request.get(jarvis_server.url + "/api/nope", headers={"Accept": "text/html"})
     assert api.status == 404 and api.headers["content-type"].startswith("application/json")
+
+
+def test_new_chat_reuses_an_empty_chat_instead_of_making_another(tab, jarvis_server):
+    tab.open()
+    tab.page.locator("#new-chat").click()
+    expect(tab.page.locator(".session")).to_have_count(1)  # made, and now on screen
+    tab.page.locator("#new-chat").click()
+    tab.page.locator("#new-chat").click()
+    expect(tab.page.locator("#prompt")).to_be_focused()
+    expect(tab.page.locator(".session")).to_have_count(1)
+    assert len(store_of(jarvis_server).list_sessions()) == 1

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import transcript
 from .auth import credential, owner, signed_in
 from .errors import (
     AtCapacity,
@@ -19,6 +20,7 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
+from .history import TITLE_MAX_CHARS
 from .stream import Stream
 
 bp = Blueprint("api", __name__)
@@ -45,6 +47,50 @@ def list_sessions():
 @bp.get("/api/sessions/<session_id>")
 def get_session(session_id: str):
     return jarvis().store.get_session(session_id, owner())
+
+
+@bp.patch("/api/sessions/<session_id>")
+def rename_session(session_id: str):
+    body = _json_body(64 * 1024)
+    title = body.get("title")
+    if not isinstance(title, str) or not title.split():
+        raise BadRequest('"title" must be a non-empty string')
+    title = " ".join(title.split())  # one line: a title is shown in a list
+    if len(title) > TITLE_MAX_CHARS:
+        raise BadRequest(f'"title" must be at most {TITLE_MAX_CHARS} characters')
+    return jarvis().store.rename_session(session_id, title, owner())
+
+
+@bp.get("/api/search")
+def search():
+    query = request.args.get("q", "")
+    if len(query) > 200:
+        raise BadRequest("a search is at most 200 characters")
+    return {"sessions": jarvis().store.search(query, owner())}
+
+
+@bp.get("/api/sessions/<session_id>/export")
+def export_session(session_id: str):
+    session = jarvis().store.get_session(session_id, owner())
+    fmt = request.args.get("format", "json")
+    if fmt == "md":
+        response = Response(transcript.to_markdown(session), mimetype="text/markdown")
+    elif fmt == "json":
+        response = jsonify(transcript.to_json(session))
+    else:
+        raise BadRequest('"format" must be md or json')
+    name = transcript.filename(session, fmt)
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@bp.post("/api/sessions/import")
+def import_session():
+    j = jarvis()
+    body = _json_body(transcript.MAX_IMPORT_BYTES)
+    limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
+    title, messages = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
+    return jsonify(j.store.import_session(title, messages, owner())), 201
 
 
 @bp.delete("/api/sessions/<session_id>")
@@ -122,6 +168,22 @@ def healthz():
     }
 
 
+def _json_body(limit: int) -> dict:
+    """The request's JSON object, its size bounded before it is read."""
+    if not request.is_json:
+        raise UnsupportedMediaType("send application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise PromptTooLarge(f"the request body is larger than {limit} bytes")
+    request.max_content_length = limit  # bounds a chunked body too
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
 def _read_prompt(config, default_model: str) -> tuple[str, str]:
     if not request.is_json:
         raise UnsupportedMediaType("send the prompt as application/json")
@@ -145,6 +207,14 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
     if model is not default_model and (not isinstance(model, str) or not MODEL_NAME.fullmatch(model)):
         raise BadRequest('"model" must be a model name (letters, digits and . _ : / @ + -)')
     return content, model
+
+
+def _wants_page() -> bool:
+    """A browser asking for a page gets one; the APIs answer JSON whatever the client accepts."""
+    if request.path.startswith(("/api/", "/v1/")) or request.path in ("/api", "/v1"):
+        return False
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) == "text/html" and accept["text/html"] > 0
 
 
 @bp.app_errorhandler(JarvisError)
@@ -172,6 +242,8 @@ def internal_error(e: Exception):  # Flask sends HTTPExceptions to http_error, t
 def http_error(e: HTTPException):
     if isinstance(e, RequestEntityTooLarge):
         return jarvis_error(PromptTooLarge("the request body is too large"))
+    if e.code == 404 and _wants_page():
+        return render_template("404.html"), 404
     response = jsonify(
         {"error": {"code": (e.name or "error").lower().replace(" ", "_"), "message": e.description}}
     )

@@ -55,8 +55,35 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 """
 
+# answers are indexed for search once they end: a checkpoint of a growing answer costs no re-index
+SEARCH_SCHEMA = """
+CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id');
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+WHEN new.status NOT IN ('pending', 'queued', 'streaming') BEGIN
+    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+WHEN old.status NOT IN ('pending', 'queued', 'streaming') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status ON messages BEGIN
+    -- one trigger, in this order: SQLite runs separate triggers newest first
+    INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content
+        WHERE old.status NOT IN ('pending', 'queued', 'streaming');
+    INSERT INTO messages_fts (rowid, content) SELECT new.id, new.content
+        WHERE new.status NOT IN ('pending', 'queued', 'streaming');
+END;
+INSERT INTO messages_fts (rowid, content)
+    SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
+"""
+
 BUSY_TIMEOUT_S = 5.0
 TITLE_CHARS = 60
+TITLE_MAX_CHARS = 200  # a title someone typed
+# a chat nobody wrote in is left out of the list after this long: "New chat" clicks do not pile up
+EMPTY_CHAT_S = 300.0
+SEARCH_LIMIT = 50
+LIVE_STATUSES = ("pending", "queued", "streaming")
 
 
 class Store:
@@ -75,6 +102,9 @@ class Store:
             if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
                 # bumped to end every sign-in cookie of a user at once
                 db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is None:
+                # one transaction: an older database gets the index and its existing answers at once
+                db.executescript("BEGIN IMMEDIATE;" + SEARCH_SCHEMA + "COMMIT;")
         # held open for the store's life: when the last connection to a WAL database closes,
         # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
         self._keeper = sqlite3.connect(path, check_same_thread=False)
@@ -128,14 +158,30 @@ class Store:
             )
         return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
-    def list_sessions(self, owner: int | None = None) -> list[dict]:
+    def list_sessions(self, owner: int | None = None, now: float | None = None) -> list[dict]:
+        """The owner's sessions, newest first, without those left empty for EMPTY_CHAT_S."""
+        cutoff = (time.time() if now is None else now) - EMPTY_CHAT_S
         with self.connect() as db:
             rows = db.execute(
-                "SELECT id, title, created_at, updated_at FROM sessions WHERE owner IS ?"
+                "SELECT id, title, created_at, updated_at FROM sessions s WHERE owner IS ?"
+                " AND (created_at > ? OR EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id))"
                 " ORDER BY updated_at DESC, rowid DESC",
-                (owner,),
+                (owner, cutoff),
             ).fetchall()
         return [dict(r) for r in rows]
+
+    def rename_session(self, session_id: str, title: str, owner: int | None = None) -> dict:
+        """Give the session a title of the caller's; NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            renamed = db.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            if renamed.rowcount == 0:
+                raise NotFound(f"no session {_shown(session_id)}")
+            row = db.execute(
+                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return dict(row)
 
     def get_session(self, session_id: str, owner: int | None = None) -> dict:
         """The session with its messages, oldest first; NotFound if unknown or not the owner's."""
@@ -150,6 +196,65 @@ class Store:
                 "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
         return {**dict(row), "messages": [_message(r) for r in rows]}
+
+    def search(self, query: str, owner: int | None = None) -> list[dict]:
+        """The owner's sessions whose title or messages hold every word of ``query``, best first."""
+        words = query.split()
+        if not words:
+            return []
+        # each word a quoted prefix: the query language of FTS5 is not the user's to speak
+        match = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
+        found: dict[str, dict] = {}
+        with self.connect() as db:
+            rows = db.execute(
+                "SELECT s.id, s.title, s.created_at, s.updated_at,"
+                " snippet(messages_fts, 0, '', '', '…', 16) AS snippet"
+                " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+                " JOIN sessions s ON s.id = m.session_id"
+                " WHERE messages_fts MATCH ? AND s.owner IS ? ORDER BY rank LIMIT ?",
+                (match, owner, SEARCH_LIMIT * 4),
+            ).fetchall()
+            for r in rows:
+                found.setdefault(r["id"], dict(r))
+            # titles are short and few per owner: every word as a substring, case-blind
+            where = " AND ".join(["instr(lower(title), ?) > 0"] * len(words))
+            titled = db.execute(
+                "SELECT id, title, created_at, updated_at, '' AS snippet FROM sessions"
+                f" WHERE owner IS ? AND {where} ORDER BY updated_at DESC LIMIT ?",
+                (owner, *[w.lower() for w in words], SEARCH_LIMIT),
+            ).fetchall()
+        for r in titled:
+            found.setdefault(r["id"], dict(r))
+        return list(found.values())[:SEARCH_LIMIT]
+
+    def import_session(self, title: str, messages: list[dict], owner: int | None = None) -> dict:
+        """Store a whole chat read from an export, in one transaction; returns the new session."""
+        now = time.time()
+        sid = secrets.token_urlsafe(18)
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (sid, owner, title, messages[0]["created_at"] if messages else now, now),
+            )
+            for m in messages:
+                db.execute(
+                    "INSERT INTO messages (session_id, role, content, status, model, error, meta,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        m["role"],
+                        m["content"],
+                        m["status"],
+                        m.get("model"),
+                        json.dumps(m["error"]) if m.get("error") else None,
+                        json.dumps(m["meta"]) if m.get("meta") else None,
+                        m["created_at"],
+                        m["created_at"],
+                    ),
+                )
+            db.execute("COMMIT")
+        return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
     def require_session(self, session_id: str, owner: int | None = None) -> None:
         with self.connect() as db:

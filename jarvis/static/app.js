@@ -4,8 +4,11 @@
 
 import { ApiError, api, errorOf, request, sessionPath } from "./api.js";
 import { errorParts, explainError, plural, withCode } from "./errors.js";
-import { copyCode, icon, renderMarkdown } from "./markdown.js";
+import { icon, renderMarkdown } from "./markdown.js";
+import { copyCode, copyMessageButton, copyText, stamp } from "./message-tools.js";
+import { setupSearch } from "./search.js";
 import { readEvents } from "./sse.js";
+import { renameField, withGroups } from "./sidebar.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,6 +20,13 @@ const el = {
   closeSidebar: $("close-sidebar"),
   newChat: $("new-chat"),
   sessionList: $("session-list"),
+  search: $("search"),
+  searchResults: $("search-results"),
+  chatMenu: $("chat-menu"),
+  renameChat: $("rename-chat"),
+  exportMd: $("export-md"),
+  exportJson: $("export-json"),
+  importChat: $("import-chat"),
   backend: $("backend"),
   backendText: $("backend-text"),
   account: $("account"),
@@ -73,6 +83,7 @@ const state = {
   sessions: [], // as GET /api/sessions lists them, newest first
   currentId: null,
   confirming: null, // the session whose delete waits for a second click
+  renaming: null, // the session whose title is being edited
   views: new Map(), // session id -> {messages: [...]}
   live: new Map(), // session id -> Set of running streams
   rendered: new Map(), // message key -> <li>, for the session on screen only
@@ -118,7 +129,9 @@ function messageElement(msg) {
   if (msg.role === "user") {
     const bubble = document.createElement("div");
     bubble.className = "bubble";
-    li.append(bubble);
+    const foot = document.createElement("div");
+    foot.className = "msg-foot";
+    li.append(bubble, foot);
   } else {
     const avatar = document.createElement("div");
     avatar.className = "avatar";
@@ -132,13 +145,28 @@ function messageElement(msg) {
     meta.className = "msg-meta";
     const content = document.createElement("div");
     content.className = "msg-content markdown";
-    body.append(meta, content);
+    const foot = document.createElement("div");
+    foot.className = "msg-foot";
+    body.append(meta, content, foot);
     li.append(avatar, body);
   }
   return li;
 }
 
 const renderedText = new WeakMap(); // content element -> the text its HTML was made from
+const messageText = new WeakMap(); // message <li> -> its text as written, for Copy
+
+// The time and a Copy button, once the message has a time and (for an answer) is over.
+function paintFoot(li, msg, live) {
+  const foot = li.querySelector(".msg-foot");
+  const wanted = live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}`;
+  if (foot.dataset.painted === wanted) return;
+  foot.dataset.painted = wanted;
+  const parts = [];
+  if (msg.created_at && !live) parts.push(stamp(msg.created_at));
+  if (msg.content && !live) parts.push(copyMessageButton());
+  foot.replaceChildren(...parts);
+}
 
 function shownStatus(msg) {
   if (msg.supersededLocally && LIVE.has(msg.status)) return "superseded";
@@ -149,9 +177,11 @@ function paint(li, msg) {
   const status = shownStatus(msg);
   li.dataset.status = status;
   if (msg.id != null) li.dataset.id = String(msg.id);
+  messageText.set(li, msg.content);
   if (msg.role === "user") {
     const bubble = li.querySelector(".bubble");
     if (bubble.textContent !== msg.content) bubble.textContent = msg.content;
+    paintFoot(li, msg, false);
     return;
   }
   const meta = li.querySelector(".msg-meta");
@@ -207,6 +237,7 @@ function paint(li, msg) {
     cursor.remove();
   }
 
+  paintFoot(li, msg, LIVE.has(msg.status) && !msg.supersededLocally);
   li.querySelector(".msg-nothing")?.remove();
   li.querySelector(".msg-error")?.remove();
   const body = li.querySelector(".msg-body");
@@ -214,7 +245,7 @@ function paint(li, msg) {
     const nothing = document.createElement("p");
     nothing.className = "msg-nothing";
     nothing.textContent = "No text was received.";
-    body.append(nothing);
+    body.querySelector(".msg-foot").before(nothing);
   }
   if (msg.error && !LIVE.has(msg.status)) {
     const { title, detail } = errorParts(msg.error);
@@ -232,7 +263,7 @@ function paint(li, msg) {
       trace.textContent = `trace ${msg.trace_id}`;
       box.append(trace);
     }
-    body.append(box);
+    body.querySelector(".msg-foot").before(box);
   }
 }
 
@@ -307,12 +338,16 @@ function sessionTitle(session) {
 
 function renderSessions() {
   const hadFocus = el.sessionList.contains(document.activeElement);
-  const items = state.sessions.map((session) => {
+  let items = state.sessions.map((session) => {
     const li = document.createElement("li");
     li.className = "session";
     li.dataset.id = session.id;
     if (session.id === state.confirming) {
       li.append(confirmBox(session));
+      return li;
+    }
+    if (session.id === state.renaming) {
+      li.append(renameBox(session));
       return li;
     }
     const active = session.id === state.currentId;
@@ -333,10 +368,20 @@ function renderSessions() {
       open.append(dot);
     }
     open.addEventListener("click", () => openSession(session.id));
+    open.addEventListener("dblclick", () => startRename(session.id));
+    open.title = "Double-click to rename";
+
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "session-action session-rename-button";
+    rename.setAttribute("aria-label", `Rename chat: ${sessionTitle(session)}`);
+    rename.title = "Rename chat";
+    rename.append(icon("M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4"));
+    rename.addEventListener("click", () => startRename(session.id));
 
     const del = document.createElement("button");
     del.type = "button";
-    del.className = "session-delete";
+    del.className = "session-action session-delete";
     del.setAttribute("aria-label", `Delete chat: ${sessionTitle(session)}`);
     del.title = "Delete chat";
     del.append(icon("M4 7h16M10 11v6M14 11v6M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3"));
@@ -346,9 +391,10 @@ function renderSessions() {
       el.sessionList.querySelector(".confirm-delete")?.focus();
     });
 
-    li.append(open, del);
+    li.append(open, rename, del);
     return li;
   });
+  if (items.length) items = withGroups(state.sessions, items);
   if (!items.length) {
     const li = document.createElement("li");
     li.className = "session-empty";
@@ -357,9 +403,37 @@ function renderSessions() {
   }
   el.sessionList.replaceChildren(...items);
   if (hadFocus) el.sessionList.querySelector(".confirm-delete")?.focus();
+  el.sessionList.querySelector(".session-rename")?.focus();
   const current = state.sessions.find((s) => s.id === state.currentId);
+  el.chatMenu.hidden = !current;
+  if (current) {
+    el.exportMd.href = sessionPath(current.id, "/export?format=md");
+    el.exportJson.href = sessionPath(current.id, "/export?format=json");
+  }
   el.title.textContent = sessionTitle(current);
   document.title = current && current.title ? `${current.title} · Jarvis` : "Jarvis";
+}
+
+function startRename(id) {
+  state.confirming = null;
+  state.renaming = id;
+  renderSessions();
+  el.sessionList.querySelector(".session-rename")?.select();
+}
+
+function renameBox(session) {
+  const end = (renamed) => {
+    state.renaming = null;
+    if (renamed) {
+      session.title = renamed.title;
+      announce("Chat renamed.");
+    }
+    renderSessions();
+  };
+  return renameField(session, end, (err) => {
+    end(null);
+    showNotice(err);
+  });
 }
 
 function confirmBox(session) {
@@ -538,8 +612,13 @@ async function send() {
     repaint(stream.message);
   }
   const model = el.model.value || undefined;
-  const user = { key: newKey(), role: "user", content: text, status: "sending" };
-  const answer = { key: newKey(), role: "assistant", content: "", status: "pending", model, error: null };
+  const now = Date.now() / 1000;
+  if (session) {
+    session.updated_at = now;
+    state.sessions = [session, ...state.sessions.filter((s) => s !== session)];
+  }
+  const user = { key: newKey(), role: "user", content: text, status: "sending", created_at: now };
+  const answer = { key: newKey(), role: "assistant", content: "", status: "pending", model, error: null, created_at: now };
   appendMessage(sessionId, user);
   appendMessage(sessionId, answer);
   scrollToEnd(true);
@@ -825,8 +904,49 @@ el.closeSidebar.addEventListener("click", closeSidebar);
 el.scrim.addEventListener("click", closeSidebar);
 el.messages.addEventListener("click", (e) => {
   const button = e.target.closest("button.copy");
-  if (button) copyCode(button);
+  if (!button) return;
+  if (button.classList.contains("copy-message")) {
+    const li = button.closest(".msg");
+    copyText(button, messageText.get(li) || "", li.querySelector(".bubble, .msg-content"));
+  } else {
+    copyCode(button);
+  }
 });
+setupSearch({
+  input: el.search,
+  results: el.searchResults,
+  list: el.sessionList,
+  open: (id) => openSession(id),
+  failed: showNotice,
+});
+// a chosen action closes the menu, a download included (it leaves the page where it is)
+el.chatMenu.querySelector(".chat-menu-items").addEventListener("click", () => (el.chatMenu.open = false));
+el.renameChat.addEventListener("click", () => {
+  if (!state.currentId) return;
+  openSidebarPanel();
+  startRename(state.currentId);
+});
+el.importChat.addEventListener("change", importChat);
+
+async function importChat() {
+  const file = el.importChat.files[0];
+  el.importChat.value = "";
+  if (!file) return;
+  try {
+    let body;
+    try {
+      body = JSON.parse(await file.text());
+    } catch {
+      throw new ApiError(400, "bad_request", "That file is not JSON: import a chat exported as JSON.");
+    }
+    const session = await api("/api/sessions/import", { method: "POST", body });
+    await loadSessions();
+    announce("Chat imported.");
+    await openSession(session.id);
+  } catch (err) {
+    showNotice(err);
+  }
+}
 window.addEventListener("hashchange", () => {
   const id = decodeURIComponent(location.hash.slice(1));
   if (id && id !== state.currentId && state.sessions.some((s) => s.id === id)) openSession(id);

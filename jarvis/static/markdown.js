@@ -168,19 +168,3 @@ export function icon(d) {
   svg.append(path);
   return svg;
 }
-
-export async function copyCode(button) {
-  const code = button.closest(".code-block")?.querySelector("code");
-  if (!code) return;
-  try {
-    await navigator.clipboard.writeText(code.textContent);
-    button.lastChild.textContent = "Copied";
-  } catch {
-    const range = document.createRange();
-    range.selectNodeContents(code);
-    getSelection().removeAllRanges();
-    getSelection().addRange(range);
-    button.lastChild.textContent = "Press Ctrl+C";
-  }
-  setTimeout(() => (button.lastChild.textContent = "Copy"), 1500);
-}

@@ -78,3 +78,17 @@ def test_the_last_words_of_an_answer_are_drawn_after_a_pause(tab):
     )
     assert done["raw"], "a quick second call appends plain text"
     assert "<strong>world</strong>" in done["after"], "the pending text was drawn as Markdown"
+
+
+def test_a_text_that_does_not_extend_the_shown_one_is_drawn_whole(tab):
+    tab.open()
+    html = tab.page.evaluate(
+        """async () => {
+          const md = await import("/static/markdown.js");
+          const el = document.createElement("div");
+          md.renderMarkdown(el, "First **answer** here", 0);
+          md.renderMarkdown(el, "Other *answer* here, longer", 1);  // 1 ms later, but not an extension
+          return el.innerHTML;
+        }"""
+    )
+    assert html.strip() == "<p>Other <em>answer</em> here, longer</p>"

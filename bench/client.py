@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import requests
+
 from jarvis import sse
 
 # the local token every Jarvis the benchmarks start is given (no request is served without one);
@@ -483,3 +485,30 @@ def sse_events(response) -> Iterator[tuple[str, dict]]:
     for name, data in sse.parse(response.iter_lines(chunk_size=None)):
         if name is not None:
             yield name, data
+
+
+def stop_to_end_ms(
+    url: str, prompt: str, after: str = "start", settle_s: float = 0.0, read_s: float = 10.0
+) -> float | None:
+    """Milliseconds from POST stop to the end event of a new prompt's stream, stopped once
+    ``after`` has arrived (and ``settle_s`` more); None when no end came."""
+    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
+    with requests.post(
+        f"{url}/api/sessions/{sid}/messages",
+        json={"content": prompt},
+        headers=AUTH,
+        stream=True,
+        timeout=(5, read_s),
+    ) as r:
+        events = sse_events(r)
+        for name, _ in events:
+            if name == after:
+                break
+        if settle_s:
+            time.sleep(settle_s)
+        began = time.monotonic()
+        requests.post(f"{url}/api/sessions/{sid}/stop", headers=AUTH, timeout=(5, 10))
+        for name, _ in events:
+            if name == "end":
+                return (time.monotonic() - began) * 1000
+    return None

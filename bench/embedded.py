@@ -16,7 +16,7 @@ from jarvis.cancel import CancelScope
 from jarvis.config import Config
 from jarvis.upstream import local
 
-from .client import AUTH, sse_events
+from .client import AUTH, sse_events, stop_to_end_ms
 from .servers import ServerProcess, base_env, jarvis_command
 from .stats import Cell, Row, Section, judge, ratio
 
@@ -130,25 +130,7 @@ def _answer_served(url: str, prompt: str) -> tuple[float, int, float]:
 
 
 def _stop_served(url: str, kind: str) -> float | None:
-    """Milliseconds from POST stop to the end event, or None if it did not come within 5 s."""
-    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
-    prompt = f"{LONG_PROMPT} {time.monotonic()}" if kind == "prompt" else "Write a long story about the sea."
-    with requests.post(
-        f"{url}/api/sessions/{sid}/messages",
-        json={"content": prompt},
-        headers=AUTH,
-        stream=True,
-        timeout=(5, 30),
-    ) as r:
-        events = sse_events(r)
-        for name, _ in events:
-            if name == ("start" if kind == "prompt" else "token"):
-                break
-        if kind == "prompt":
-            time.sleep(0.3)  # into prompt processing, which takes seconds for this prompt
-        began = time.monotonic()
-        requests.post(f"{url}/api/sessions/{sid}/stop", headers=AUTH, timeout=5)
-        for name, _ in events:
-            if name == "end":
-                return (time.monotonic() - began) * 1000
-    return None
+    """Milliseconds from POST stop to the end event, or None if it did not come."""
+    if kind == "prompt":  # 0.3 s into prompt processing, which takes seconds for this prompt
+        return stop_to_end_ms(url, f"{LONG_PROMPT} {time.monotonic()}", "start", 0.3, read_s=30)
+    return stop_to_end_ms(url, "Write a long story about the sea.", "token", read_s=30)

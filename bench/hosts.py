@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import select
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,8 +19,9 @@ from jarvis.cancel import CancelScope
 from jarvis.config import Config
 from jarvis.upstream.hosts import Hosts
 from jarvis.upstream.ollama import OllamaUpstream
+from tests.hung_server import HungServer
 
-from .client import AUTH, sse_events
+from .client import AUTH, stop_to_end_ms
 from .servers import ServerProcess, jarvis_command, jarvis_env
 from .stats import Cell, Row, Section, judge, ratio
 from .upstream import directive
@@ -58,7 +57,7 @@ def run(fake_url: str | None, workdir: Path, quick: bool) -> Section:
             digits=3,
         ),
     ]
-    with _Hung() as hung:
+    with HungServer() as hung:
         healthy = _stop_under_health_load("healthy", fake_url, workdir, stop_trials)
         stuck = _stop_under_health_load("hung", hung.url, workdir, stop_trials)
     slowdown = Cell(value=stuck["hammered"].p50 / healthy["hammered"].p50)
@@ -196,51 +195,6 @@ class _Hammer:
 
 def _stop_ms(url: str, tag: str) -> float | None:
     """Milliseconds from POST stop to the end event of a stream waiting for its first token."""
-    sid = requests.post(url + "/api/sessions", headers=AUTH, timeout=5).json()["id"]
-    prompt = directive(tag, load_delay_s=30)  # the bench fake loads for 30 s; the hung server never answers
-    with requests.post(
-        f"{url}/api/sessions/{sid}/messages",
-        json={"content": prompt},
-        headers=AUTH,
-        stream=True,
-        timeout=(5, 10),
-    ) as r:
-        events = sse_events(r)
-        for name, _ in events:
-            if name == "start":
-                break
-        began = time.monotonic()
-        requests.post(f"{url}/api/sessions/{sid}/stop", headers=AUTH, timeout=(5, 10))
-        for name, _ in events:
-            if name == "end":
-                return (time.monotonic() - began) * 1000
-    return None
+    # the bench fake loads for 30 s; the hung server never answers
+    return stop_to_end_ms(url, directive(tag, load_delay_s=30))
 
-
-
-
-class _Hung:
-    """A model server that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="bench-hung-accept")
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            if select.select([self._sock], [], [], 0.05)[0]:
-                self._held.append(self._sock.accept()[0])
-
-    def __enter__(self) -> _Hung:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for conn in self._held:
-            conn.close()
-        self._sock.close()

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import transcript
 from .auth import credential, owner, signed_in
+from .bodies import json_object
 from .errors import (
     AtCapacity,
     BadRequest,
@@ -175,11 +176,8 @@ def _json_body(limit: int) -> dict:
     if request.content_length is not None and request.content_length > limit:
         raise PromptTooLarge(f"the request body is larger than {limit} bytes")
     request.max_content_length = limit  # bounds a chunked body too
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        body = None
-    if not isinstance(body, dict):
+    body = json_object()
+    if body is None:
         raise BadRequest("the body must be a JSON object")
     return body
 
@@ -192,11 +190,8 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
     if request.content_length is not None and request.content_length > limit:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
     request.max_content_length = limit  # bounds a chunked body too
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nested deeper than Python recurses: a bad request, not a crash
-        body = None
-    if not isinstance(body, dict):
+    body = json_object()
+    if body is None:
         raise BadRequest('the body must be a JSON object like {"content": "..."}')
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():

@@ -32,6 +32,7 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from . import log
+from .bodies import json_object
 from .config import MIN_SECRET_CHARS, Config, split_list
 from .errors import BadRequest, Forbidden, Unauthorized
 
@@ -344,11 +345,7 @@ def _fingerprint(token: str) -> str:
 def _body() -> Mapping:
     if not request.is_json:
         return request.form
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:  # JSON nested deeper than Python recurses
-        data = None
-    return data if isinstance(data, dict) else {}
+    return json_object() or {}
 
 
 def _attempt_key() -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from flask import Response, current_app, g, request
 
 from .auth import credential, owner
+from .bodies import json_object
 from .config import Config
 from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
 from .events import End, Event, Framer, Text
@@ -58,8 +59,8 @@ def read_json(config: Config) -> dict:
     if request.content_length is not None and request.content_length > limit:
         raise bad("the request body is too large", code="prompt_too_large")
     request.max_content_length = limit  # bounds a chunked body too
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
+    body = json_object(force=True)
+    if body is None:
         raise bad("the body must be a JSON object")
     return body
 

@@ -111,6 +111,7 @@ def test_unknown_model_is_404(oll, served):
     "path, body",
     [
         ("/api/chat", "{not json"),
+        ("/api/chat", '{"model": "tiny", "messages": ' + "[" * 5000 + "]" * 5000 + "}"),  # past recursion
         ("/api/chat", {"model": "tiny", "messages": "hello"}),
         ("/api/chat", {"model": "tiny", "messages": []}),
         ("/api/chat", {"model": "tiny", "messages": [{"role": "user"}]}),

@@ -143,6 +143,14 @@ def test_bad_input_is_a_400_in_openai_shape_and_never_reaches_the_model(make_ser
     client.close()
 
 
+def test_a_body_nested_deeper_than_the_parser_recurses_is_a_400(served):
+    nested = '{"model": "tiny", "messages": ' + "[" * 5000 + "]" * 5000 + "}"
+    url = served.url + "/v1/chat/completions"
+    r = requests.post(url, data=nested, headers=served.auth, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert served.fake.chat_calls() == []
+
+
 def test_a_body_that_is_not_json_is_a_400(served):
     r = requests.post(
         served.url + "/v1/chat/completions", data="{nope", headers=served.auth, timeout=HTTP_TIMEOUT

@@ -40,6 +40,8 @@ class SSEFramer:
                 end["reason"] = str(ev.reason)
             if ev.error:
                 end["error"] = ev.error
+            if ev.meta:
+                end["meta"] = ev.meta  # usage and timing: the page shows the speed
             return event("end", end)
         raise TypeError(f"not a stream event: {ev!r}")
 

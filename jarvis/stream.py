@@ -334,6 +334,7 @@ class Body:
         self._ended = False
         self._last_flush = time.monotonic()
         self._dirty = False  # text not yet checkpointed
+        self._first_text_at: float | None = None
 
     def events(self) -> Iterator[Event]:
         if self._events is None:
@@ -383,6 +384,8 @@ class Body:
                 usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
                 self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
         if texts:
+            if self._first_text_at is None:
+                self._first_text_at = time.monotonic()
             self.s.metrics.tokens.inc(len(texts))
             text = "".join(texts)
             self._parts.append(text)
@@ -434,6 +437,7 @@ class Body:
             if reason:
                 self.meta["reason"] = str(reason)
             error = o.error.to_dict() if o.error else None
+            self.meta["timing"] = self._timing()
             self._store_end(o.status, error)
             return [*out, End(o.status, reason, error, dict(self.meta))]
         finally:
@@ -444,6 +448,15 @@ class Body:
                 chars=sum(map(len, self._parts)), duration_ms=took_ms,
             )  # fmt: skip
             self.s = None
+
+    def _timing(self) -> dict:
+        """Milliseconds from the prompt to the first text and to the end: with the usage, the speed."""
+        started = self.s.started_at
+        first = self._first_text_at
+        timing = {"duration_ms": round((time.monotonic() - started) * 1000, 1)}
+        if first is not None:
+            timing["first_token_ms"] = round((first - started) * 1000, 1)
+        return timing
 
     def _store_end(self, status: Status, error: dict | None) -> None:
         s = self.s

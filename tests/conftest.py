@@ -250,7 +250,11 @@ class SSE:
         events = self.rest()
         ends = [e for e in events if e[0] == "end"]
         assert len(ends) == 1 and events[-1][0] == "end", f"not exactly one end, last: {events}"
-        return ends[0][1]
+        return {k: v for k, v in ends[0][1].items() if k != "meta"}  # meta (usage, timing): end_meta()
+
+    def end_meta(self) -> dict:
+        self.end()
+        return next(d for n, d in self.events if n == "end").get("meta", {})
 
     def text(self) -> str:
         return "".join(d["text"] for n, d in self.events if n == "token")

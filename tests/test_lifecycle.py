@@ -42,6 +42,17 @@ def test_normal_flow_streams_tokens_then_one_end(api, fake):
 
 
 @both_upstreams
+def test_the_end_carries_usage_and_timing_for_the_speed_shown(api, fake):
+    fake.script(tokens=5, interval_s=0.01)
+    sid = api.session()
+    meta = api.send(sid, "hi").end_meta()
+    timing = meta["timing"]
+    assert meta["usage"]["completion_tokens"] == 5
+    assert 0 < timing["first_token_ms"] <= timing["duration_ms"]
+    assert api.messages(sid)[1]["meta"]["timing"] == timing  # stored: a reload shows the same speed
+
+
+@both_upstreams
 def test_second_prompt_supersedes_first(api, fake):
     fake.push(Script(tokens=1000, interval_s=0.02), Script(tokens=3))
     sid = api.session()

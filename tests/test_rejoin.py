@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from jarvis.stream import MAX_WATCHERS
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 
@@ -80,6 +81,31 @@ def test_attach_answers_204_when_nothing_is_live(api, fake):
     api.send(sid, "hi").end()
     assert api.attach(sid).status_code == 204  # over
     assert api.attach("no-such-session").status_code == 404
+
+
+def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
+    # each reader holds a server thread: without a bound one account could take them all
+    fake.script(tokens=10, stall_after=1)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    watchers = [api.attach(sid) for _ in range(MAX_WATCHERS)]
+    assert [w.status_code for w in watchers] == [200] * MAX_WATCHERS
+    one_more = api.attach(sid)
+    assert one_more.status_code == 429 and one_more.json()["error"]["code"] == "too_many_streams"
+    watchers.pop().close()  # seen at its next heartbeat, when the write fails
+
+    def attached() -> bool:
+        r = api.attach(sid)
+        if r.status_code == 200:
+            watchers.append(r)
+        return r.status_code == 200
+
+    wait_for(attached, interval=0.05, what="the place the watcher left")
+    api.stop(sid)
+    for w in watchers:
+        assert w.end() == {"status": "stopped", "reason": "stopped"}
+    first.end()
 
 
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):

@@ -15,6 +15,11 @@ SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leav
 FULL = "".join(f"tok{i} " for i in range(40))
 
 
+def keeping() -> bool:
+    """A keeper thread drives a detached answer."""
+    return any(t.name.startswith("jarvis-keeper") for t in threading.enumerate())
+
+
 @pytest.fixture
 def graced(make_app, make_server):
     """Jarvis under waitress with a detach grace; returns (Api, app) for a given grace."""
@@ -143,6 +148,7 @@ def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, f
     first = api.send(sid, "hi")
     first.until("token")
     first.close()
+    wait_for(keeping, what="the answer to be detached")
     rejoined = api.attach(sid)  # a reload
     assert rejoined.status_code == 200
     assert rejoined.end() == {"status": "completed"}
@@ -176,6 +182,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     first = api.send(sid, "hi")
     first.until("token")
     first.close()
+    wait_for(keeping, what="the answer to be detached")
     second = api.attach(sid)
     second.until("token")
     call = fake.wait_for_calls(1)[0]
@@ -208,7 +215,7 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     first.until("token")
     first.close()
     call = fake.wait_for_calls(1)[0]
-    wait_for(lambda: any(t.name.startswith("jarvis-keeper") for t in threading.enumerate()), what="a keeper")
+    wait_for(keeping, what="the answer to be detached")
     began = time.monotonic()
     if how == "stop":
         assert api.stop(sid) == {"stopped": True}

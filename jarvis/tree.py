@@ -32,12 +32,19 @@ def path(rows: Sequence[Mapping], leaf: int | None) -> list[Mapping]:
 
 
 def newest_leaf(rows: Sequence[Mapping], start: int) -> int:
-    """The leaf reached from ``start`` by following the newest child at every step."""
+    """The newest message under ``start`` (or ``start`` itself): where that branch was last written.
+
+    A child is always newer than its parent, so the newest message of a subtree is a leaf."""
     kids = children(rows)
-    node, steps = start, 0
-    while kids.get(node) and steps <= len(rows):
-        node, steps = kids[node][-1], steps + 1
-    return node
+    newest, todo, seen = start, [start], set()
+    while todo:
+        node = todo.pop()
+        if node in seen:  # a damaged parent link cannot loop
+            continue
+        seen.add(node)
+        newest = max(newest, node)
+        todo.extend(kids.get(node, ()))
+    return newest
 
 
 def with_versions(rows: Sequence[Mapping], leaf: int | None) -> list[dict]:

@@ -84,6 +84,19 @@ def test_context_follows_the_versions_shown_not_every_row(app, client):
     assert store.context(sid, None) == []
 
 
+def test_showing_a_version_shows_where_its_branch_was_last_written(app, client):
+    sid = chat(app, client, ("one", "ONE", "completed"), ("dogs", "DOGS", "completed"))
+    store = store_of(app)
+    one, first_answer, dogs, _ = (m["id"] for m in store.get_session(sid)["messages"])
+    birds, _ = store.add_exchange(sid, "birds", "t" * 16, "tiny", parent_id=first_answer)
+    store.show_version(sid, dogs)
+    store.add_exchange(sid, "more about dogs", "t" * 16, "tiny")  # written in the older branch
+    store.show_version(sid, birds)
+    assert shown(store.get_session(sid)["messages"])[2] == "birds"
+    # not the newest child at each step (birds): the branch written last
+    assert shown(store.show_version(sid, one)["messages"])[2:5] == ["dogs", "DOGS", "more about dogs"]
+
+
 # over HTTP, with a model answering
 
 

@@ -83,6 +83,7 @@ function editPrompt(li, msg, page) {
   form.className = "edit-form";
   const text = document.createElement("textarea");
   text.className = "edit-text";
+  text.rows = 1; // grown to its text by size()
   text.value = msg.content;
   text.setAttribute("aria-label", "Edit your message");
   const cancel = document.createElement("button");

@@ -16,7 +16,8 @@ from tests.test_chats import PASSWORD, chat, store_of
 pytestmark = pytest.mark.timeout(30)
 
 
-def regenerate(api, sid: str, answer_id: int, **body) -> SSE:
+def regenerate(api, sid: str, answer_id: int, body: dict | None = None) -> SSE:
+    """Regenerate; without ``body`` the request has none, as from curl."""
     r = requests.post(
         f"{api.url}/api/sessions/{sid}/messages/{answer_id}/regenerate",
         json=body,
@@ -106,8 +107,9 @@ def test_regenerate_keeps_the_old_answer_as_a_version(api, fake):
     api.send(sid, "earlier").end()
     api.send(sid, "question").end()
     old = api.messages(sid)[-1]
-    again = regenerate(api, sid, old["id"])
+    again = regenerate(api, sid, old["id"], {"model": "llama3.2"})
     start = again.until("start")
+    assert start["model"] == "llama3.2"
     assert start["user_message_id"] == old["parent_id"] and start["message_id"] != old["id"]
     assert again.end() == {"status": "completed"}
     # the model saw the conversation up to the prompt, without the old answer

@@ -30,6 +30,7 @@ bp = Blueprint("api", __name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # what model names are made of (Ollama's name:tag, paths of GGUF files): nothing that could steer a log
 MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 
 def jarvis():
@@ -126,7 +127,7 @@ def send_message(session_id: str):
     )
 
 
-@bp.post("/api/sessions/<session_id>/messages/<int:answer_id>/regenerate")
+@bp.post(f"/api/sessions/<session_id>/messages/<int(max={MAX_ID}):answer_id>/regenerate")
 def regenerate(session_id: str, answer_id: int):
     j = jarvis()
     body = _json_body(64 * 1024) if request.content_length or request.is_json else {}
@@ -145,7 +146,7 @@ def regenerate(session_id: str, answer_id: int):
 @bp.post("/api/sessions/<session_id>/leaf")
 def show_version(session_id: str):
     message_id = _json_body(64 * 1024).get("message_id")
-    if not isinstance(message_id, int) or isinstance(message_id, bool):
+    if not _is_id(message_id):
         raise BadRequest('"message_id" must be the id of a message of this session')
     return jarvis().store.show_version(session_id, message_id, owner())
 
@@ -255,9 +256,14 @@ def _parent_id(body: dict) -> int | None | str:
     if "parent_id" not in body:
         return LEAF
     parent = body["parent_id"]
-    if parent is not None and (not isinstance(parent, int) or isinstance(parent, bool)):
+    if parent is not None and not _is_id(parent):
         raise BadRequest('"parent_id" must be the id of an answer of this session, or null')
     return parent
+
+
+def _is_id(value: object) -> bool:
+    """A message id: an integer SQLite can hold (a bigger one would fail the query, not miss)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _wants_page() -> bool:

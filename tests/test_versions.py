@@ -205,6 +205,7 @@ def test_versions_are_the_owners_alone(app, client):
         client.post(f"/api/sessions/{sid}/messages/{prompt}/regenerate", json={}, headers=ann),
         client.post(f"/api/sessions/{sid}/messages", json={"content": "x", "parent_id": prompt}, headers=ann),
     ]
+    refused.append(client.post(f"/api/sessions/{sid}/messages/{2**64}/regenerate", json={}, headers=ann))
     assert [r.status_code for r in refused] == [404] * len(refused), [r.get_json() for r in refused]
     assert client.get(f"/api/sessions/{bobs}", headers=bob).get_json()["messages"][1]["id"] == his_answer
     assert shown(client.get(f"/api/sessions/{sid}", headers=ann).get_json()["messages"]) == ["mine", "yes"]
@@ -218,6 +219,8 @@ def test_versions_are_the_owners_alone(app, client):
         ("/messages", {"content": "x", "parent_id": True}),
         ("/leaf", {}),
         ("/leaf", {"message_id": "1"}),
+        ("/leaf", {"message_id": 2**63}),  # more than SQLite holds: refused, not a crash
+        ("/messages", {"content": "x", "parent_id": -(2**63) - 1}),
         ("/messages/1/regenerate", {"model": 7}),
     ],
 )

@@ -99,3 +99,26 @@ def test_edit_and_resend_keeps_the_old_prompt_and_answer_reachable(tab, jarvis_s
     page.locator(".msg-user").first.locator(".version-prev").click()  # where it was last written
     expect(page.locator(".msg-user .bubble")).to_have_text(["cats", "birds"])
     expect(tab.answer().locator(".msg-content")).to_have_text("Re: birds")
+
+
+def test_editing_a_prompt_while_it_is_answered_supersedes_that_answer(tab, jarvis_server):
+    fake = jarvis_server.fake
+    fake.push(Script(tokens=test_browser.words("w", 400), interval_s=0.03), Script(tokens=["Short."]))
+    tab.open()
+    page = tab.page
+    tab.send("Tell me everything")
+    expect(tab.answer().locator(".msg-content")).to_contain_text("w3")
+    prompt = page.locator(".msg-user").last
+    prompt.locator(".edit-prompt").click()
+    prompt.locator(".edit-text").fill("Tell me briefly")
+    prompt.locator(".edit-send").click()
+    expect(tab.answer().locator(".msg-content")).to_have_text("Short.")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    expect(page.locator(".msg")).to_have_count(2)
+    expect(page.locator("#stop")).to_be_hidden()  # nothing left streaming
+    assert fake.chat_calls()[0].wait_closed(2.0)  # the first answer's upstream is closed
+
+    page.locator(".msg-user .version-prev").click()
+    expect(page.locator(".msg-user .bubble")).to_have_text(["Tell me everything"])
+    expect(tab.answer()).to_have_attribute("data-status", "superseded")
+    expect(tab.answer().locator(".msg-content")).to_contain_text("w3")  # its text so far, kept

@@ -112,6 +112,18 @@ def stop(session_id: str):
     return {"stopped": j.registry.stop(session_id)}
 
 
+@bp.get("/api/sessions/<session_id>/stream")
+def attach(session_id: str):
+    """The session's live answer: what was streamed so far (after Last-Event-ID), then live; 204 if none."""
+    j = jarvis()
+    j.store.require_session(session_id, owner())
+    last = request.headers.get("Last-Event-ID")
+    tap = j.registry.attach(session_id, last, request.environ.get("waitress.client_disconnected"))
+    if tap is None:
+        return Response(status=204)
+    return Response(tap, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
 @bp.post("/api/sessions/<session_id>/messages")
 def send_message(session_id: str):
     j = jarvis()
@@ -171,6 +183,7 @@ def _answer(
         credential=credential(),
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
+        detach_grace_s=j.config.detach_grace_s,
     )
     # the rows are stored first: a failed write must leave the session's running answer alone
     stream.user_message_id, stream.message_id = store_rows(trace_id)

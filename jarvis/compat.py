@@ -171,10 +171,10 @@ class Metered:
     def __init__(self, framer: Framer, metrics: Metrics, api: str, user: str):
         self.framer, self.metrics, self.labels = framer, metrics, (api, user)
 
-    def frame(self, event: Event) -> bytes:
+    def frame(self, event: Event, id: str | None = None) -> bytes:
         if isinstance(event, End):
             self.count(event)
-        return self.framer.frame(event)
+        return self.framer.frame(event, id)
 
     def count(self, end: End) -> None:
         for kind, n in (end.meta.get("usage") or {}).items():

@@ -77,6 +77,11 @@ class Config:
         0.02, "Seconds between checks for gone clients (waitress with request lookahead).", minimum=0.001
     )
     flush_interval_s: float = _f(1.0, "Seconds between saves of a streaming answer.", minimum=0.01)
+    detach_grace_s: float = _f(
+        0.0,
+        "Seconds an answer goes on after its page leaves, for a reload or a tab to rejoin (0: it ends).",
+        minimum=0.0,
+    )
     max_streams: int = _f(16, "Live streams allowed in the process; more get 503.", minimum=1)
     max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)

@@ -22,7 +22,6 @@ class Start:
 @dataclass(frozen=True)
 class Text:
     text: str
-    seq: int  # 1, 2, ... in the order sent
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ HEARTBEAT = Heartbeat()
 class Framer(Protocol):
     """Turns events into the bytes of one response dialect."""
 
-    def frame(self, event: Event) -> bytes:
-        """Bytes for ``event``; for a Heartbeat, whatever keeps the dialect valid (b"" is allowed)."""
+    def frame(self, event: Event, id: str | None = None) -> bytes:
+        """Bytes for ``event``; for a Heartbeat, whatever keeps the dialect valid (b"" is allowed).
+        ``id`` names the event within its answer, for a dialect that can carry it."""
         ...

@@ -146,7 +146,7 @@ class NDJSONFramer:
         self.started = time.monotonic()
         self.first_text: float | None = None
 
-    def frame(self, ev: Event) -> bytes:
+    def frame(self, ev: Event, id: str | None = None) -> bytes:
         if isinstance(ev, Text):
             if self.first_text is None:
                 self.first_text = time.monotonic()

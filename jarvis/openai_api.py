@@ -136,7 +136,7 @@ class ChunkFramer:
         # a text chunk differs only in its text: frame the rest once (NUL stands for the text)
         self._head, self._tail = self._chunk({"content": "\x00"}).split(b'"\\u0000"')
 
-    def frame(self, ev: Event) -> bytes:
+    def frame(self, ev: Event, id: str | None = None) -> bytes:
         if isinstance(ev, Text):
             return self._head + json.dumps(ev.text, ensure_ascii=False).encode() + self._tail
         if isinstance(ev, Heartbeat):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from . import log
 from .errors import AtCapacity, JarvisError, TooManyStreams
-from .stream import Stream
+from .stream import Stream, Tap
 
 
 class Registry:
@@ -54,9 +54,8 @@ class Registry:
                 )
             self._current[stream.key] = stream
             self._live.add(stream)
-            if stream.client_gone is not None and self._watcher is None:
-                self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
-                self._watcher.start()
+            if stream.client_gone is not None:
+                self._watch_clients()
         if prev is not None:
             prev.cancel("superseded")
         return prev
@@ -72,6 +71,22 @@ class Registry:
         except Exception as e:
             stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
             raise
+
+    def attach(self, key: str, last_event_id: str | None = None, client_gone=None) -> Tap | None:
+        """A reader of ``key``'s live answer (from after ``last_event_id``); None when none is live."""
+        with self._lock:
+            stream = self._current.get(key)
+        tap = stream.attach(last_event_id, client_gone) if stream is not None else None
+        if tap is not None and client_gone is not None:
+            with self._lock:
+                if not self._closed:
+                    self._watch_clients()
+        return tap
+
+    def _watch_clients(self) -> None:
+        if self._watcher is None:  # under the lock
+            self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
+            self._watcher.start()
 
     def release(self, stream: Stream) -> None:
         """Forget ``stream``; called once by its cleanup."""
@@ -140,7 +155,8 @@ class Registry:
                     self._watcher = None
                     return
             for stream in watched:
-                if not stream.scope.cancelled and stream.client_gone():
-                    stream.cancel("disconnected")
+                gone = stream.client_gone  # the holder's: another reader may take over
+                if not stream.scope.cancelled and gone is not None and gone():
+                    stream.client_left()
             with self._lock:
                 self._released.wait(self.disconnect_poll_s)

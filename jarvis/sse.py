@@ -15,7 +15,7 @@ from .events import End, Event, Heartbeat, Start, Status, Text
 HEARTBEAT = b": hb\n\n"
 
 
-def event(name: str, data: dict, id: int | None = None) -> bytes:
+def event(name: str, data: dict, id: str | int | None = None) -> bytes:
     """Frame one SSE event."""
     head = f"id: {id}\nevent: {name}\n" if id is not None else f"event: {name}\n"
     return (head + "data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n\n").encode()
@@ -24,16 +24,17 @@ def event(name: str, data: dict, id: int | None = None) -> bytes:
 class SSEFramer:
     """Jarvis's own stream dialect: start, token, status and end events; comments as heartbeats."""
 
-    def frame(self, ev: Event) -> bytes:
+    def frame(self, ev: Event, id: str | None = None) -> bytes:
+        """Every event of an answer carries its id: a reader that reconnects sends it as Last-Event-ID."""
         if isinstance(ev, Text):
-            return event("token", {"text": ev.text}, id=ev.seq)
+            return event("token", {"text": ev.text}, id)
         if isinstance(ev, Heartbeat):
             return HEARTBEAT
         if isinstance(ev, Status):
-            return event("status", {"state": ev.state, "position": ev.position})
+            return event("status", {"state": ev.state, "position": ev.position}, id)
         if isinstance(ev, Start):
             data = {"trace_id": ev.trace_id, "message_id": ev.message_id}
-            return event("start", data | {"user_message_id": ev.user_message_id, "model": ev.model})
+            return event("start", data | {"user_message_id": ev.user_message_id, "model": ev.model}, id)
         if isinstance(ev, End):
             end = {"status": str(ev.status)}
             if ev.reason:
@@ -42,7 +43,7 @@ class SSEFramer:
                 end["error"] = ev.error
             if ev.meta:
                 end["meta"] = ev.meta  # usage and timing: the page shows the speed
-            return event("end", end)
+            return event("end", end, id)
         raise TypeError(f"not a stream event: {ev!r}")
 
 

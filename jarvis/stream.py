@@ -251,8 +251,10 @@ class Stream:
         metrics: Metrics | None = None,
         options: Options | None = None,
         framer: Framer | None = None,
+        detach_grace_s: float = 0.0,
     ):
-        """``key`` names the registry slot (default: the session); a stateless call passes a unique one."""
+        """``key`` names the registry slot (default: the session); a stateless call passes a unique one.
+        ``detach_grace_s``: how long the answer goes on once its reader leaves, for another to attach."""
         self.session_id = session_id
         self.key = key if key is not None else session_id
         self.trace_id = trace_id
@@ -265,12 +267,14 @@ class Stream:
         self.metrics = metrics or Metrics()
         self.framer = framer or SSEFramer()
         self.release = release
+        self.detach_grace_s = detach_grace_s
         self.message_id: int | None = None
         self.user_message_id: int | None = None
         self.scope = CancelScope()
         self.outcome = Outcome()
         self.worker = Worker(self, upstream, messages, options)
         self.body = Body(self)
+        self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
         self.started_at = time.monotonic()
 
@@ -297,79 +301,284 @@ class Stream:
     def fail(self, error: JarvisError) -> None:
         """End a stream that could not be handed over (not admitted, not started): store, release."""
         self.outcome.decide(Status(error.status), None, error)
-        self.close()
+        self.body.abort()
 
     def start(self, prev: Stream | None) -> None:
         """Start the worker; it first waits for ``prev``, the stream this one supersedes."""
         log.event("stream_start", trace_id=self.trace_id, session=self.session_id, model=self.model)
         self.prev = prev.worker if prev is not None else None
+        self.body.begin(Start(self.trace_id, self.model, self.message_id, self.user_message_id))
         self.worker.start(self.prev)
+
+    def attach(self, last_event_id: str | None, client_gone: Callable[[], bool] | None = None) -> Tap | None:
+        """Another reader of this answer (Jarvis's SSE); None once it has ended."""
+        return self.body.attach(last_event_id, client_gone)
+
+    def client_left(self) -> None:
+        """The client holding this answer is gone: end it, or with a grace wait for another."""
+        self.body.client_left()
 
     def events(self) -> Iterator[Event]:
         """The events of this answer, for one reader in process; call ``close()`` when done."""
-        return self.body.events()
+        return (ev for _, ev in self.tap.events())
 
-    # the WSGI body: events framed into bytes by the framer
+    # the WSGI body of the prompt's response: its reader's events framed into bytes
     def __iter__(self) -> Stream:
-        self.body.events()
+        self.tap.events()
         return self
 
     def __next__(self) -> bytes:
-        return self.framer.frame(next(self.body.events()))
+        return next(self.tap)
 
     def close(self) -> None:
-        """End the stream if nothing has (client gone, body never read); idempotent. WSGI
-        servers call it on every body, even one never iterated."""
-        self.body.close()
+        """The prompt's client is done reading; its leaving ends the answer (at once, or once the
+        grace runs out). Idempotent. WSGI servers call it on every body, even one never iterated."""
+        self.tap.close()
 
 
-class Body:
-    """Relays the worker's items as events and owns the end: checkpoints, store, release, log."""
+class Tap:
+    """One reader of an answer: the client that sent the prompt, or one that attached later.
 
-    def __init__(self, stream: Stream):
-        self.s: Stream | None = stream  # dropped at the end, as the worker does
-        self.meta: dict = {}  # stored with the answer; written here alone
-        self._parts: list[str] = []
-        self._events: Iterator[Event] | None = None
-        self._ended = False
-        self._last_flush = time.monotonic()
-        self._dirty = False  # text not yet checkpointed
-        self._first_text_at: float | None = None
+    A WSGI body of its own: the answer's events after ``cursor`` (replayed, then
+    live), framed into bytes; ``close()`` tells the body this reader left."""
 
-    def events(self) -> Iterator[Event]:
+    def __init__(
+        self, body: Body, framer: Framer, cursor: int = 0, client_gone: Callable[[], bool] | None = None
+    ):
+        self.body = body
+        self.framer = framer
+        self.cursor = cursor  # how many of the body's events this reader has had
+        self.client_gone = client_gone
+        self._events: Iterator[tuple[str | None, Event]] | None = None
+
+    def events(self) -> Iterator[tuple[str | None, Event]]:
+        """(id, event) pairs; heartbeats have no id."""
         if self._events is None:
-            self._events = self._relay()
+            self._events = self.body.read(self)
         return self._events
+
+    def __iter__(self) -> Tap:
+        self.events()
+        return self
+
+    def __next__(self) -> bytes:
+        ident, ev = next(self.events())
+        return self.framer.frame(ev, ident)
 
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
-        self._end_once()
+        self.body.leave(self)
 
-    def _relay(self) -> Iterator[Event]:
-        s = self.s
+
+class Body:
+    """Turns the worker's items into the answer's events, kept in order for every reader,
+    and owns the end: checkpoints, store, release, log.
+
+    Whoever reads drives: a reader with nothing new takes the drive lock (never held
+    across a yield) and moves the worker's items into the event log. The reader that
+    holds the answer (the prompt's client, or one that took over) decides what its
+    leaving means: the end, at once, or with ``JARVIS_DETACH_GRACE`` a keeper thread
+    that drives the answer until someone attaches or the grace runs out.
+    """
+
+    def __init__(self, stream: Stream):
+        self.s: Stream | None = stream  # dropped at the end, as the worker does
+        self.trace_id = stream.trace_id
+        self.config = stream.config
+        self.grace = stream.detach_grace_s
+        self.meta: dict = {}  # stored with the answer; written here alone
+        self._parts: list[str] = []
+        self._log: list[Event] = []  # every event but heartbeats, in order: event n has id "<trace>.<n>"
+        self._logged = threading.Condition()  # guards the log and the readers; notified as they change
+        self._drive = threading.Lock()  # held while moving items into the log; never across a yield
+        self._ended = False
+        self.holder: Tap | None = Tap(self, stream.framer, client_gone=stream.client_gone)
+        self._watchers: list[Tap] = []  # readers whose leaving changes nothing
+        self._detached_at: float | None = None
+        self._keeping = False  # a keeper thread drives the answer while nobody reads it
+        self._last_flush = time.monotonic()
+        self._dirty = False  # text not yet checkpointed
+        self._first_text_at: float | None = None
+
+    # readers
+
+    def read(self, tap: Tap) -> Iterator[tuple[str | None, Event]]:
+        """The events ``tap`` has not had, then the live ones, up to the end; heartbeats while quiet."""
+        follow_ups = 0
+        while True:
+            with self._logged:
+                first, batch = tap.cursor, self._log[tap.cursor :]
+                tap.cursor = len(self._log)
+            if batch:
+                follow_ups = 0
+                for n, ev in enumerate(batch, first + 1):
+                    yield f"{self.trace_id}.{n}", ev
+                if isinstance(batch[-1], End):
+                    return
+                continue
+            if not self._advance(FOLLOW_UP_S if follow_ups else self._wait_s()):
+                # a second write right after the first is refused once the first met a closed socket
+                follow_ups = (follow_ups + 1) % 3
+                yield None, HEARTBEAT
+
+    def attach(self, last_event_id: str | None, client_gone: Callable[[], bool] | None) -> Tap | None:
+        """A new reader, from after ``last_event_id`` (an id this answer sent) or from the start;
+        it holds the answer if nobody does. None once the answer has ended."""
+        trace, _, n = (last_event_id or "").rpartition(".")
+        with self._logged:
+            if self._ended:
+                return None
+            cursor = min(int(n), len(self._log)) if trace == self.trace_id and n.isdigit() else 0
+            tap = Tap(self, SSEFramer(), cursor, client_gone)
+            if self.holder is None:
+                self._hold(tap)
+                took_over = True
+            else:
+                self._watchers.append(tap)
+                took_over = False
+            s = self.s
+        log.event("stream_attached", trace_id=self.trace_id, session=s.session_id, took_over=took_over)
+        s.worker.handoff.wake.set()  # a keeper waiting for the worker looks again, and sees the holder
+        return tap
+
+    def leave(self, tap: Tap) -> None:
+        """``tap`` stopped reading: a watcher just goes; the holder's leaving ends the answer,
+        or, with a grace, hands it to another reader or to a keeper."""
+        grace = self.grace
+        with self._logged:
+            self._logged.notify_all()  # a reader waiting on this one's drive takes it over
+            if tap in self._watchers:
+                self._watchers.remove(tap)
+                return
+            if tap is not self.holder or self._ended:
+                return
+            self.holder = None
+            if grace > 0 and self._watchers:
+                self._hold(self._watchers.pop(0))
+                return
+            s = self.s
+            s.client_gone = None
+            keeper = None
+            if grace > 0:
+                self._detached_at = time.monotonic()
+                if not self._keeping:  # one keeper at a time; a running one sees the new grace
+                    self._keeping = True
+                    # not a daemon: it ends within the grace and one bounded cleanup
+                    keeper = threading.Thread(target=self._keep, name=f"jarvis-keeper-{self.trace_id}")
+        if grace > 0:
+            log.event("stream_detached", trace_id=self.trace_id, session=s.session_id, grace_s=grace)
+            if keeper is not None:
+                keeper.start()
+            return
+        s.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
+        self._end_here()
+
+    def client_left(self) -> None:
+        """The holder's client is gone (seen by the registry's watcher before any write fails)."""
+        with self._logged:
+            holder, s = self.holder, self.s
+        if holder is None or s is None:
+            return
+        if self.grace > 0:
+            self.leave(holder)
+        else:
+            s.cancel(Reason.DISCONNECTED)  # its reader, woken, ends the answer
+
+    def begin(self, start: Start) -> None:
+        self._publish([start])
+
+    def abort(self) -> None:
+        """End a stream nobody will read (not admitted, or not started)."""
+        with self._logged:
+            self.holder = None
+        self._end_here()
+
+    def _hold(self, tap: Tap) -> None:
+        self.holder, self._detached_at = tap, None
+        self.s.client_gone = tap.client_gone  # the registry's watcher now watches this client
+
+    def _keep(self) -> None:
+        """Drive the answer while nobody reads it, until someone attaches or the grace runs out."""
+        grace = self.grace
+        while True:
+            with self._logged:
+                if self._ended or self.holder is not None:
+                    self._keeping = False
+                    return
+                left = self._detached_at + grace - time.monotonic()
+                s = self.s
+            if left <= 0:
+                log.event("detach_grace_expired", trace_id=self.trace_id, session=s.session_id)
+                s.cancel(Reason.DISCONNECTED)
+                self._end_here()
+                return
+            if self._drive.acquire(timeout=left):
+                try:
+                    if not self._ended:
+                        self._pump(min(left, self.config.heartbeat_s), until=lambda: self.holder is not None)
+                finally:
+                    self._let_go()
+
+    # driving
+
+    def _advance(self, wait: float) -> bool:
+        """Wait up to ``wait`` for the log to grow, driving if nobody else is; True if it grew."""
+        with self._logged:
+            seen = len(self._log)
+            # tried under the condition's lock: a driver lets go under it too, so its notify is never missed
+            if not self._drive.acquire(blocking=False):
+                self._logged.wait(wait)  # woken by new events, or by the driver letting go
+                return len(self._log) > seen
         try:
-            yield Start(s.trace_id, s.model, s.message_id, s.user_message_id)
-            handoff, follow_ups = s.worker.handoff, 0
-            while True:
-                handoff.wake.clear()
-                out = self._convert(handoff.take())
-                if out:
-                    follow_ups = 0
-                    self._checkpoint()
-                    yield from out
-                    continue
-                if s.scope.cancelled or (s.outcome.status is not None and s.worker.done.is_set()):
-                    break
-                wait = FOLLOW_UP_S if follow_ups else self._wait_s()
-                if not handoff.wake.wait(wait):
-                    self._checkpoint()  # text that arrived before a stall is saved too
-                    # a second write right after the first is refused once the first met a closed socket
-                    follow_ups = (follow_ups + 1) % 3
-                    yield HEARTBEAT
-            yield from self._finish()
+            if not self._ended:
+                self._pump(wait)
         finally:
-            self._end_once()
+            self._let_go()
+        with self._logged:
+            return len(self._log) > seen
+
+    def _let_go(self) -> None:
+        with self._logged:
+            self._drive.release()
+            self._logged.notify_all()
+
+    def _pump(self, wait: float, until: Callable[[], bool] | None = None) -> None:
+        """Move the worker's items into the log, waiting up to ``wait`` for some; end the answer
+        once the worker is done or the stream is cancelled. Runs under the drive lock."""
+        s = self.s
+        handoff, deadline = s.worker.handoff, time.monotonic() + wait
+        while True:
+            handoff.wake.clear()
+            out = self._convert(handoff.take())
+            if out:
+                self._checkpoint()
+                self._publish(out)
+                return
+            if s.scope.cancelled or (s.outcome.status is not None and s.worker.done.is_set()):
+                self._publish(self._finish())
+                return
+            left = deadline - time.monotonic()
+            if left <= 0 or (until is not None and until()):
+                self._checkpoint()  # text that arrived before a stall is saved too
+                return
+            handoff.wake.wait(left)
+
+    def _publish(self, events: list[Event]) -> None:
+        with self._logged:
+            self._log.extend(events)
+            self._logged.notify_all()
+
+    def _end_here(self) -> None:
+        """Run the end now if no reader has: the stream is cancelled, so a driver ends it at once."""
+        if not self._drive.acquire(timeout=self.config.cancel_timeout_s + self.config.heartbeat_s):
+            log.event("stream_end_waited", logging.WARNING, trace_id=self.trace_id)
+            return
+        try:
+            if not self._ended:
+                self._publish(self._finish())
+        finally:
+            self._let_go()
 
     def _convert(self, items: list) -> list[Event]:
         out, texts = [], []
@@ -390,11 +599,11 @@ class Body:
             text = "".join(texts)
             self._parts.append(text)
             self._dirty = True
-            out.append(Text(text, len(self._parts)))
+            out.append(Text(text))
         return out
 
     def _wait_s(self) -> float:
-        cfg = self.s.config
+        cfg = self.config
         if not self._dirty:
             return cfg.heartbeat_s
         due = self._last_flush + cfg.flush_interval_s - time.monotonic()
@@ -411,15 +620,10 @@ class Body:
         except StoreError:
             log.log.warning("checkpoint failed trace_id=%s", s.trace_id, exc_info=True)
 
-    def _end_once(self) -> None:
-        if not self._ended:
-            self.s.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
-            for _ in self._finish():
-                pass
-
     def _finish(self) -> list[Event]:
         """End the stream once: join the worker, take its last items, store, release, log."""
-        self._ended = True
+        with self._logged:
+            self._ended = True
         s = self.s
         try:
             worker, detached = s.worker, False

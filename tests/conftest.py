@@ -202,6 +202,14 @@ class Api:
         )
         return SSE(r)
 
+    def attach(self, session: str, last_event_id: str | None = None) -> SSE:
+        """GET the session's live answer (status 204 when none is live)."""
+        headers = {**self.headers, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        r = requests.get(
+            f"{self.url}/api/sessions/{session}/stream", headers=headers, stream=True, timeout=HTTP_TIMEOUT
+        )
+        return SSE(r)
+
     def stop(self, session: str) -> dict:
         r = requests.post(
             f"{self.url}/api/sessions/{session}/stop", headers=self.headers, timeout=HTTP_TIMEOUT
@@ -222,9 +230,17 @@ class SSE:
         self.response = response
         self.status_code = response.status_code
         self.events: list[tuple[str, dict]] = []
+        self.ids: list[str | None] = []  # each event's SSE id, beside self.events
         self.comments = 0
+        self._id: str | None = None
         lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
-        self._events = sse.parse(lines)
+        self._events = sse.parse(self._noting_ids(lines))
+
+    def _noting_ids(self, lines):
+        for line in lines:
+            if line.startswith(b"id: "):
+                self._id = line[4:].decode()
+            yield line
 
     def next(self) -> tuple[str, dict] | None:
         for name, data in self._events:
@@ -232,6 +248,8 @@ class SSE:
                 self.comments += 1
             else:
                 self.events.append((name, data))
+                self.ids.append(self._id)
+                self._id = None
                 return name, data
         return None
 

@@ -44,7 +44,7 @@ def test_sse_parser_reads_back_what_the_framer_wrote():
     framer = sse.SSEFramer()
     wire = b"".join(
         framer.frame(e)
-        for e in (Start("t", "m", 2, 1), Text("a\n\nb", 1), HEARTBEAT, End("stopped", "stopped"))
+        for e in (Start("t", "m", 2, 1), Text("a\n\nb"), HEARTBEAT, End("stopped", "stopped"))
     )
     assert list(sse.parse(wire.split(b"\n"))) == [
         ("start", {"trace_id": "t", "message_id": 2, "user_message_id": 1, "model": "m"}),
@@ -501,7 +501,7 @@ class _ScriptedUpstream:
 class _LinesFramer:
     """A dialect without comments: one JSON line per event, nothing for a heartbeat."""
 
-    def frame(self, event):
+    def frame(self, event, id=None):
         if isinstance(event, Heartbeat):
             return b""
         return (json.dumps({"type": type(event).__name__, **vars(event)}) + "\n").encode()

@@ -1,0 +1,196 @@
+"""Rejoining a live answer: ids on every event, attach with Last-Event-ID, the detach grace."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import Api, wait_for
+from tests.fake_ollama import Script
+
+SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
+FULL = "".join(f"tok{i} " for i in range(40))
+
+
+@pytest.fixture
+def graced(make_app, make_server):
+    """Jarvis under waitress with a detach grace; returns (Api, app) for a given grace."""
+
+    def make(grace: float, **adj) -> tuple[Api, object]:
+        app = make_app(detach_grace_s=grace)
+        return Api(make_server(app, **adj).url), app
+
+    return make
+
+
+def test_every_event_of_an_answer_carries_an_id_in_order(api, fake):
+    fake.script(tokens=5)
+    sid = api.session()
+    sse = api.send(sid, "hi")
+    sse.end()
+    trace = sse.events[0][1]["trace_id"]
+    assert sse.ids == [f"{trace}.{n}" for n in range(1, len(sse.events) + 1)]
+
+
+def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    second = api.attach(sid)
+    assert second.status_code == 200
+    assert first.end() == second.end() == {"status": "completed"}
+    assert first.text() == second.text() == FULL
+    assert second.events == first.events and second.ids == first.ids  # the same events, the same ids
+
+
+def test_last_event_id_sends_only_what_came_after_it(api, fake):
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    for _ in range(3):
+        first.until("token")
+    seen = len(first.events)
+    rejoined = api.attach(sid, first.ids[-1])
+    rejoined.end()
+    first.end()
+    assert rejoined.events == first.events[seen:]  # no gap, no duplicate
+    assert first.text()[: len(first.text()) - len(rejoined.text())] + rejoined.text() == FULL
+
+
+def test_an_id_from_another_answer_replays_the_live_one_from_its_start(api, fake):
+    fake.push(Script(tokens=2), SLOW)
+    sid = api.session()
+    old = api.send(sid, "one")
+    old.end()
+    live = api.send(sid, "two")
+    live.until("token")
+    rejoined = api.attach(sid, old.ids[-1])
+    assert rejoined.until("start")["trace_id"] == live.events[0][1]["trace_id"]
+    rejoined.end()
+    assert rejoined.text() == FULL
+
+
+def test_attach_answers_204_when_nothing_is_live(api, fake):
+    fake.script(tokens=2)
+    sid = api.session()
+    assert api.attach(sid).status_code == 204  # nothing asked yet
+    api.send(sid, "hi").end()
+    assert api.attach(sid).status_code == 204  # over
+    assert api.attach("no-such-session").status_code == 404
+
+
+def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    watcher = api.attach(sid)
+    watcher.until("token")
+    watcher.close()
+    assert first.end() == {"status": "completed"} and first.text() == FULL
+    assert fake.chat_calls()[0].closed_by != "client"
+
+
+def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):
+    # the default: a watcher being there changes nothing when the prompt's client leaves
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    watcher = api.attach(sid)
+    watcher.until("token")
+    first.close()
+    call = fake.wait_for_calls(1)[0]
+    assert call.wait_closed(2) and call.closed_by == "client"
+    assert watcher.end() == {"status": "disconnected", "reason": "disconnected"}
+
+
+@pytest.mark.parametrize("lookahead", [5, 0])
+def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, fake, lookahead):
+    # without the grace the closed tab would end the answer as disconnected
+    api, _ = graced(10.0, channel_request_lookahead=lookahead)
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    first.close()
+    rejoined = api.attach(sid)  # a reload
+    assert rejoined.status_code == 200
+    assert rejoined.end() == {"status": "completed"}
+    assert rejoined.text() == FULL
+    assert api.messages(sid)[-1]["content"] == FULL
+
+
+def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
+    # the keeper's deadline: without it the detached answer would stream (or stall) on forever
+    grace = 0.5
+    api, app = graced(grace)
+    fake.script(tokens=10, stall_after=2)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    call = fake.wait_for_calls(1)[0]
+    left = time.monotonic()
+    first.close()
+    assert call.wait_closed(grace + 3) and call.closed_by == "client"
+    assert grace <= call.closed_at - left < grace + 1.0
+    wait_for(lambda: api.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
+    assert api.messages(sid)[-1]["content"] == "tok0 tok1 "  # what was streamed is kept
+    assert app.extensions["jarvis"].registry.active() == 0
+
+
+def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
+    grace = 0.5
+    api, _ = graced(grace)
+    fake.script(tokens=10, stall_after=2)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    first.close()
+    second = api.attach(sid)
+    second.until("token")
+    call = fake.wait_for_calls(1)[0]
+    assert not call.wait_closed(grace * 1.5)  # held by the second reader: no grace runs out
+    left = time.monotonic()
+    second.close()
+    assert call.wait_closed(grace + 3) and call.closed_by == "client"
+    assert call.closed_at - left >= grace
+
+
+def test_when_the_holder_leaves_a_watcher_takes_over_at_once(graced, fake):
+    api, _ = graced(0.3)
+    fake.script(SLOW)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    watcher = api.attach(sid)
+    watcher.until("token")
+    first.close()
+    assert watcher.end() == {"status": "completed"} and watcher.text() == FULL
+
+
+@pytest.mark.parametrize("how", ["stop", "supersede", "shutdown"])
+def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, fake, how):
+    # the keeper waits for the worker in bounded slices: a cancel must reach it at once
+    api, app = graced(30.0)
+    fake.push(Script(tokens=10, stall_after=1), Script(tokens=2))
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    first.close()
+    call = fake.wait_for_calls(1)[0]
+    wait_for(lambda: any(t.name.startswith("jarvis-keeper") for t in threading.enumerate()), what="a keeper")
+    began = time.monotonic()
+    if how == "stop":
+        assert api.stop(sid) == {"stopped": True}
+    elif how == "supersede":
+        assert api.send(sid, "again").end() == {"status": "completed"}
+    else:
+        assert app.extensions["jarvis"].shutdown(5.0) == []
+    assert call.wait_closed(2) and call.closed_at - began < 0.5
+    status = {"stop": "stopped", "supersede": "superseded", "shutdown": "stopped"}[how]
+    if how != "shutdown":
+        wait_for(lambda: api.messages(sid)[1]["status"] == status, what=status)

@@ -40,6 +40,7 @@ def test_regenerate_keeps_the_old_answer_reachable_with_the_arrows(tab, jarvis_s
     versions.locator(".version-prev").click()
     expect(tab.answer().locator(".msg-content")).to_have_text("First answer")
     expect(tab.answer().locator(".version-index")).to_have_text("1/2")
+    expect(tab.answer().locator(".version-next")).to_be_focused()  # a keyboard can step back at once
     page.reload()  # the version shown is the server's, not the page's
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     expect(tab.answer().locator(".msg-content")).to_have_text("First answer")

@@ -61,12 +61,18 @@ function switcher({ index, count, ids }) {
 // Wires the tools of the messages in `list`; `page` starts and shows versions:
 // messageOf(li), show(messageId), regenerate(answer), resend(prompt, text).
 export function setupVersions(list, page) {
-  list.addEventListener("click", (e) => {
+  list.addEventListener("click", async (e) => {
     const button = e.target.closest("button");
     const li = button?.closest(".msg");
     if (!li) return;
-    if (button.matches(".version-step")) page.show(Number(button.dataset.target));
-    else if (button.matches(".regenerate")) page.regenerate(page.messageOf(li));
+    if (button.matches(".version-step")) {
+      const target = button.dataset.target;
+      await page.show(Number(target));
+      // the conversation was drawn anew: keep the focus on the arrows, for the next step
+      const steps = [...list.querySelectorAll(`.msg[data-id="${target}"] .version-step`)];
+      const same = steps.find((s) => s.matches(button.matches(".version-prev") ? ".version-prev" : ".version-next"));
+      (same && !same.disabled ? same : steps.find((s) => !s.disabled))?.focus();
+    } else if (button.matches(".regenerate")) page.regenerate(page.messageOf(li));
     else if (button.matches(".edit-prompt")) editPrompt(li, page.messageOf(li), page);
   });
 }

@@ -27,7 +27,7 @@ from enum import Enum
 from . import log
 from .cancel import CancelScope, Latch
 from .config import Config
-from .errors import AtCapacity, JarvisError, StoreError, UpstreamError
+from .errors import AtCapacity, JarvisError, StoreError, TooManyStreams, UpstreamError
 from .events import HEARTBEAT, End, Event, Framer, Start, Text
 from .events import Status as StatusEvent
 from .history import Store
@@ -73,6 +73,7 @@ REASON_STATUS = {
     Reason.REVOKED: Status.STOPPED,
 }
 REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
+MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
 
 
@@ -429,6 +430,8 @@ class Body:
         with self._logged:
             if self._ended:
                 return None
+            if self.holder is not None and len(self._watchers) >= MAX_WATCHERS:
+                raise TooManyStreams(f"this answer already has {MAX_WATCHERS} readers; close one")
             cursor = min(int(n), len(self._log)) if trace == self.trace_id and n.isdigit() else 0
             tap = Tap(self, SSEFramer(), cursor, client_gone)
             if self.holder is None:

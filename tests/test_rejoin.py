@@ -7,11 +7,17 @@ import time
 
 import pytest
 
+from jarvis.stream import MAX_WATCHERS
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
 FULL = "".join(f"tok{i} " for i in range(40))
+
+
+def keeping() -> bool:
+    """A keeper thread drives a detached answer."""
+    return any(t.name.startswith("jarvis-keeper") for t in threading.enumerate())
 
 
 @pytest.fixture
@@ -82,6 +88,31 @@ def test_attach_answers_204_when_nothing_is_live(api, fake):
     assert api.attach("no-such-session").status_code == 404
 
 
+def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
+    # each reader holds a server thread: without a bound one account could take them all
+    fake.script(tokens=10, stall_after=1)
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    watchers = [api.attach(sid) for _ in range(MAX_WATCHERS)]
+    assert [w.status_code for w in watchers] == [200] * MAX_WATCHERS
+    one_more = api.attach(sid)
+    assert one_more.status_code == 429 and one_more.json()["error"]["code"] == "too_many_streams"
+    watchers.pop().close()  # seen at its next heartbeat, when the write fails
+
+    def attached() -> bool:
+        r = api.attach(sid)
+        if r.status_code == 200:
+            watchers.append(r)
+        return r.status_code == 200
+
+    wait_for(attached, interval=0.05, what="the place the watcher left")
+    api.stop(sid)
+    for w in watchers:
+        assert w.end() == {"status": "stopped", "reason": "stopped"}
+    first.end()
+
+
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
     fake.script(SLOW)
     sid = api.session()
@@ -117,6 +148,7 @@ def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, f
     first = api.send(sid, "hi")
     first.until("token")
     first.close()
+    wait_for(keeping, what="the answer to be detached")
     rejoined = api.attach(sid)  # a reload
     assert rejoined.status_code == 200
     assert rejoined.end() == {"status": "completed"}
@@ -150,6 +182,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     first = api.send(sid, "hi")
     first.until("token")
     first.close()
+    wait_for(keeping, what="the answer to be detached")
     second = api.attach(sid)
     second.until("token")
     call = fake.wait_for_calls(1)[0]
@@ -182,7 +215,7 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     first.until("token")
     first.close()
     call = fake.wait_for_calls(1)[0]
-    wait_for(lambda: any(t.name.startswith("jarvis-keeper") for t in threading.enumerate()), what="a keeper")
+    wait_for(keeping, what="the answer to be detached")
     began = time.monotonic()
     if how == "stop":
         assert api.stop(sid) == {"stopped": True}

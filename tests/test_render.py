@@ -92,3 +92,19 @@ def test_a_text_that_does_not_extend_the_shown_one_is_drawn_whole(tab):
         }"""
     )
     assert html.strip() == "<p>Other <em>answer</em> here, longer</p>"
+
+
+def test_words_typed_between_redraws_go_into_the_paragraph_being_written(tab):
+    # the parser writes a line break after each block: text appended after it stood outside the
+    # paragraph, on a line of its own, until the next redraw
+    tab.open()
+    html = tab.page.evaluate(
+        """async () => {
+          const md = await import("/static/markdown.js");
+          const el = document.createElement("div");
+          md.renderMarkdown(el, "t0 ", 0);
+          md.renderMarkdown(el, "t0 t1 ", 1);  // 1 ms later: appended, not redrawn
+          return el.innerHTML;
+        }"""
+    )
+    assert html.strip() == "<p>t0 t1 </p>"

@@ -9,8 +9,8 @@ export class ApiError extends Error {
   }
 }
 
-export function request(path, { method = "GET", body, signal } = {}) {
-  const headers = { Accept: "application/json" };
+export function request(path, { method = "GET", body, signal, headers: extra = {} } = {}) {
+  const headers = { Accept: "application/json", ...extra };
   if (method !== "GET") headers["X-Requested-With"] = "jarvis";
   if (body !== undefined) headers["Content-Type"] = "application/json";
   return fetch(path, {

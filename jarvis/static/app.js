@@ -91,6 +91,7 @@ const state = {
   models: [],
   defaultModel: "",
   pollTimer: null,
+  attached: new Set(), // message ids this tab has rejoined (or found over), so it asks once
   nextKey: 1,
 };
 
@@ -534,7 +535,77 @@ async function loadHistory(id, fetched = null) {
   viewOf(id).messages = merged;
   if (id !== state.currentId) return;
   renderConversation();
+  rejoin(id);
   schedulePoll(id);
+}
+
+// An answer another tab (or this one, before a reload) started: attach to it and show it live.
+function rejoin(sessionId) {
+  const answer = viewOf(sessionId).messages.find(
+    (m) => m.role === "assistant" && LIVE.has(m.status) && m.id != null && !state.attached.has(m.id),
+  );
+  if (!answer || liveOf(sessionId).some((s) => s.message === answer)) return;
+  state.attached.add(answer.id);
+  const messages = viewOf(sessionId).messages;
+  const user = messages[messages.indexOf(answer) - 1] || null;
+  const run = newRun(sessionId, answer, user);
+  follow(run, null).finally(() => {
+    endRun(run);
+    if (!run.abandoned) loadHistory(sessionId);
+  });
+}
+
+// Reads the session's live answer into run.message, from after lastId (or from its start);
+// false when the server has no live answer (204) or will not say.
+async function follow(run, lastId) {
+  let response;
+  try {
+    response = await request(sessionPath(run.sessionId, "/stream"), {
+      signal: run.controller.signal,
+      headers: lastId ? { "Last-Event-ID": lastId } : {},
+    });
+  } catch {
+    return false;
+  }
+  if (response.status !== 200) return false;
+  if (!lastId) run.replay = true; // the answer comes again from its first token
+  try {
+    await readRun(run, response);
+  } catch {
+    // the connection broke again: what was read stays
+  }
+  return true;
+}
+
+function newRun(sessionId, message, user) {
+  const run = { sessionId, message, user, controller: new AbortController(), ended: false, abandoned: false, lastId: null };
+  if (!state.live.has(sessionId)) state.live.set(sessionId, new Set());
+  state.live.get(sessionId).add(run);
+  run.lastBytes = Date.now();
+  run.watchdog = setInterval(() => {
+    if (Date.now() - run.lastBytes > SILENCE_MS) run.controller.abort();
+  }, 1000);
+  refreshControls();
+  renderSessions();
+  return run;
+}
+
+function endRun(run) {
+  clearInterval(run.watchdog);
+  state.live.get(run.sessionId)?.delete(run);
+  clearTimeout(run.stopTimer);
+  refreshControls();
+}
+
+async function readRun(run, response) {
+  const seen = () => (run.lastBytes = Date.now());
+  for await (const event of readEvents(response.body, seen)) {
+    if (event.id) run.lastId = event.id;
+    if (handleEvent(run, event) === "other") {
+      run.controller.abort(); // a newer answer of this session: the history shows it
+      return;
+    }
+  }
 }
 
 // Another tab (or a stream from before a reload) may be writing into this session.
@@ -630,15 +701,7 @@ async function send() {
 }
 
 async function streamAnswer(sessionId, user, answer, body, previous, path = "/messages") {
-  const run = { sessionId, message: answer, controller: new AbortController(), ended: false, abandoned: false };
-  if (!state.live.has(sessionId)) state.live.set(sessionId, new Set());
-  state.live.get(sessionId).add(run);
-  refreshControls();
-  renderSessions();
-  run.lastBytes = Date.now();
-  const watchdog = setInterval(() => {
-    if (Date.now() - run.lastBytes > SILENCE_MS) run.controller.abort();
-  }, 1000);
+  const run = newRun(sessionId, answer, user);
   try {
     const response = await request(sessionPath(sessionId, path), {
       method: "POST",
@@ -649,8 +712,17 @@ async function streamAnswer(sessionId, user, answer, body, previous, path = "/me
       await refused(sessionId, user, answer, body.content, previous, await errorOf(response));
       return;
     }
-    const seen = () => (run.lastBytes = Date.now());
-    for await (const event of readEvents(response.body, seen)) handleEvent(run, user, event);
+    try {
+      await readRun(run, response);
+    } catch (err) {
+      if (run.abandoned || !run.lastId) throw err;
+    }
+    // the connection broke mid-answer: rejoin where it broke off, if the server still streams it
+    if (!run.ended && run.lastId && !run.abandoned) {
+      run.controller = new AbortController();
+      run.lastBytes = Date.now();
+      await follow(run, run.lastId);
+    }
     if (!run.ended) throw new ApiError(0, "connection_lost", "");
   } catch (err) {
     if (run.abandoned) return;
@@ -660,10 +732,7 @@ async function streamAnswer(sessionId, user, answer, body, previous, path = "/me
     }
     if (!run.ended) finish(run, "disconnected", { code: "connection_lost", message: "" });
   } finally {
-    clearInterval(watchdog);
-    state.live.get(sessionId)?.delete(run);
-    clearTimeout(run.stopTimer);
-    refreshControls();
+    endRun(run);
     if (!run.abandoned) {
       refreshSessions();
       refreshHealth();
@@ -729,7 +798,7 @@ async function refused(sessionId, user, answer, text, previous, error) {
   if (error.code === "not_found") await loadHistory(sessionId);
 }
 
-function handleEvent(run, user, { event, data }) {
+function handleEvent(run, { event, data }) {
   let payload;
   try {
     payload = JSON.parse(data);
@@ -737,14 +806,22 @@ function handleEvent(run, user, { event, data }) {
     return; // every payload is JSON; anything else is not ours
   }
   const answer = run.message;
+  const user = run.user;
   if (event === "start") {
+    if (answer.id != null && payload.message_id !== answer.id) return "other";
     answer.id = payload.message_id;
     answer.trace_id = payload.trace_id;
     if (payload.model) answer.model = payload.model;
     answer.status = "streaming";
-    user.id = payload.user_message_id;
-    user.status = "completed";
-    repaint(user);
+    if (run.replay) {
+      answer.content = ""; // a rejoin sends the answer again from its first token
+      run.replay = false;
+    }
+    if (user) {
+      user.id = payload.user_message_id;
+      user.status = "completed";
+      repaint(user);
+    }
     refreshSessions(); // the title comes from the first prompt
   } else if (event === "status") {
     if (payload.state === "queued") {

@@ -90,7 +90,9 @@ function renderInto(target, text, now) {
   }
   const pause = Math.max(REDRAW_MS, state.cost / REDRAW_SHARE);
   if (now - state.drawn < pause && state.tail.length) {
-    const end = openEnd(state.tail[state.tail.length - 1]);
+    // the last element drawn, not the line break the parser writes after it
+    const last = state.tail.findLast((node) => node.nodeType === Node.ELEMENT_NODE);
+    const end = last ? openEnd(last) : target;
     const piece = document.createTextNode(added);
     end.append(piece);
     // the last text of an answer must not stay raw: draw it once the pause has passed

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests import test_browser
+from tests import test_browser, test_browser_rejoin
 from tests.fake_ollama import Script
 
 browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
 expect = test_browser.expect
+detach_grace = test_browser_rejoin.detach_grace  # JARVIS_DETACH_GRACE=10, for a reload to rejoin
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # a real Chromium
 
@@ -123,3 +124,23 @@ def test_editing_a_prompt_while_it_is_answered_supersedes_that_answer(tab, jarvi
     expect(page.locator(".msg-user .bubble")).to_have_text(["Tell me everything"])
     expect(tab.answer()).to_have_attribute("data-status", "superseded")
     expect(tab.answer().locator(".msg-content")).to_contain_text("w3")  # its text so far, kept
+
+
+def test_a_reload_mid_regenerate_rejoins_the_new_version_and_keeps_the_old(
+    detach_grace, tab, jarvis_server
+):  # detach_grace first: the app is built from the environment it sets
+    tokens = test_browser.words("n", 60)
+    jarvis_server.fake.push(Script(tokens=["Old answer"]), Script(tokens=tokens, interval_s=0.05))
+    tab.open()
+    tab.send("Count for me")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.answer().locator(".regenerate").click()
+    expect(tab.answer().locator(".msg-content")).to_contain_text("n3")
+    tab.page.reload()
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(tab.answer()).to_have_attribute("data-status", "streaming")  # the new version, live again
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    expect(tab.answer().locator(".msg-content")).to_have_text("".join(tokens).strip())
+    expect(tab.answer().locator(".version-index")).to_have_text("2/2")
+    tab.answer().locator(".version-prev").click()
+    expect(tab.answer().locator(".msg-content")).to_have_text("Old answer")

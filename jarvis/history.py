@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     owner INTEGER REFERENCES users(id) ON DELETE CASCADE,
     title TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    settings TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +103,8 @@ class Store:
             if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
                 # bumped to end every sign-in cookie of a user at once
                 db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+            if "settings" not in {r["name"] for r in db.execute("PRAGMA table_info(sessions)")}:
+                db.execute("ALTER TABLE sessions ADD COLUMN settings TEXT")  # a chat's own settings (JSON)
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is None:
                 # one transaction: an older database gets the index and its existing answers at once
                 db.executescript("BEGIN IMMEDIATE;" + SEARCH_SCHEMA + "COMMIT;")
@@ -179,15 +182,16 @@ class Store:
             if renamed.rowcount == 0:
                 raise NotFound(f"no session {_shown(session_id)}")
             row = db.execute(
-                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ?", (session_id,)
+                "SELECT id, title, created_at, updated_at, settings FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
-        return dict(row)
+        return _session(row)
 
     def get_session(self, session_id: str, owner: int | None = None) -> dict:
         """The session with its messages, oldest first; NotFound if unknown or not the owner's."""
         with self.connect() as db:
             row = db.execute(
-                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ? AND owner IS ?",
+                "SELECT id, title, created_at, updated_at, settings FROM sessions"
+                " WHERE id = ? AND owner IS ?",
                 (session_id, owner),
             ).fetchone()
             if row is None:
@@ -195,7 +199,31 @@ class Store:
             rows = db.execute(
                 "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
-        return {**dict(row), "messages": [_message(r) for r in rows]}
+        return {**_session(row), "messages": [_message(r) for r in rows]}
+
+    def settings(self, session_id: str, owner: int | None = None) -> dict:
+        """The session's settings ({} when it has none); NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            row = db.execute(
+                "SELECT settings FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no session {_shown(session_id)}")
+        return json.loads(row["settings"]) if row["settings"] else {}
+
+    def set_settings(self, session_id: str, settings: dict, owner: int | None = None) -> dict:
+        """Replace the session's settings (already checked); NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            changed = db.execute(
+                "UPDATE sessions SET settings = ? WHERE id = ? AND owner IS ?",
+                (json.dumps(settings) if settings else None, session_id, owner),
+            )
+            if changed.rowcount == 0:
+                raise NotFound(f"no session {_shown(session_id)}")
+            row = db.execute(
+                "SELECT id, title, created_at, updated_at, settings FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return _session(row)
 
     def search(self, query: str, owner: int | None = None) -> list[dict]:
         """The owner's sessions whose title or messages hold every word of ``query``, best first."""
@@ -227,15 +255,25 @@ class Store:
             found.setdefault(r["id"], dict(r))
         return list(found.values())[:SEARCH_LIMIT]
 
-    def import_session(self, title: str, messages: list[dict], owner: int | None = None) -> dict:
+    def import_session(
+        self, title: str, messages: list[dict], owner: int | None = None, settings: dict | None = None
+    ) -> dict:
         """Store a whole chat read from an export, in one transaction; returns the new session."""
         now = time.time()
         sid = secrets.token_urlsafe(18)
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (sid, owner, title, messages[0]["created_at"] if messages else now, now),
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    owner,
+                    title,
+                    messages[0]["created_at"] if messages else now,
+                    now,
+                    json.dumps(settings) if settings else None,
+                ),
             )
             for m in messages:
                 db.execute(
@@ -336,6 +374,12 @@ def _title(prompt: str) -> str:
     """A session's title: the prompt's first line, cut to TITLE_CHARS with an ellipsis."""
     line = prompt.strip().splitlines()[0] if prompt.strip() else ""
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def _session(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    out["settings"] = json.loads(out["settings"]) if out["settings"] else {}
+    return out
 
 
 def _message(row: sqlite3.Row) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from .events import End, Event, Heartbeat, Start, Status, Text
+from .events import End, Event, Heartbeat, Progress, Start, Text
 
 HEARTBEAT = b": hb\n\n"
 
@@ -22,15 +22,16 @@ def event(name: str, data: dict, id: int | None = None) -> bytes:
 
 
 class SSEFramer:
-    """Jarvis's own stream dialect: start, token, status and end events; comments as heartbeats."""
+    """Jarvis's own stream dialect: start, token, status (progress) and end events; comments as heartbeats."""
 
     def frame(self, ev: Event) -> bytes:
         if isinstance(ev, Text):
             return event("token", {"text": ev.text}, id=ev.seq)
         if isinstance(ev, Heartbeat):
             return HEARTBEAT
-        if isinstance(ev, Status):
-            return event("status", {"state": ev.state, "position": ev.position})
+        if isinstance(ev, Progress):  # named "status" on the wire, as before "loading" and "reading" came
+            fields = {"position": ev.position, "tokens": ev.tokens}
+            return event("status", {"state": ev.state} | {k: v for k, v in fields.items() if v is not None})
         if isinstance(ev, Start):
             data = {"trace_id": ev.trace_id, "message_id": ev.message_id}
             return event("start", data | {"user_message_id": ev.user_message_id, "model": ev.model})

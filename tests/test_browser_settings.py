@@ -1,0 +1,147 @@
+"""Chat settings, answers cut by their length, progress before the first token and the speed
+under an answer, in a real Chromium against the real app and the fake model server."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests import test_browser
+from tests.conftest import ROOT
+from tests.fake_ollama import Script
+
+browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
+expect = test_browser.expect
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # a real Chromium
+
+DOCS = os.path.join(ROOT, "docs")
+
+
+def shoot(tab, name: str) -> None:
+    """With SCREENSHOTS=1, a picture of the state for docs/ (the test's viewport)."""
+    if os.environ.get("SCREENSHOTS") == "1":
+        png = tab.page.screenshot()  # bytes: a path would write from an executor thread
+        with open(os.path.join(DOCS, name), "wb") as f:
+            f.write(png)
+
+
+def open_settings(page):
+    page.locator("#chat-menu summary").click()
+    page.locator("#chat-settings").click()
+    expect(page.locator("#settings-dialog")).to_be_visible()
+
+
+def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_server):
+    fake = jarvis_server.fake
+    fake.script(tokens=["Arr, ", "matey."])
+    tab.open()
+    tab.send("hello")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    page = tab.page
+    open_settings(page)
+    expect(page.locator("#settings-system")).to_be_focused()
+    page.locator("#settings-system").fill("You are a pirate. Answer in one line.")
+    page.locator("#settings-temperature").fill("0.3")
+    page.locator("#settings-max-tokens").fill("64")
+    shoot(tab, "settings.png")
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+
+    tab.send("who are you?")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    body = fake.wait_for_calls(2)[1].body
+    assert body["messages"][0] == {"role": "system", "content": "You are a pirate. Answer in one line."}
+    assert body["options"] == {"temperature": 0.3, "num_predict": 64}
+
+    page.reload()  # stored with the chat: the dialog reads them back
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    open_settings(page)
+    expect(page.locator("#settings-system")).to_have_value("You are a pirate. Answer in one line.")
+    expect(page.locator("#settings-max-tokens")).to_have_value("64")
+    page.locator("#settings-reset").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+    tab.send("and now?")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    body = fake.wait_for_calls(3)[2].body
+    assert body["messages"][0]["role"] == "user" and "options" not in body
+
+
+def test_a_setting_the_server_refuses_is_shown_in_the_dialog(tab, jarvis_server):
+    jarvis_server.fake.script(tokens=["Hi"])
+    tab.open()
+    tab.send("hello")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    page = tab.page
+    open_settings(page)
+    page.locator("#settings-system").fill("x" * 8000)
+    # past what the form allows: sent as typed by a script, the server still says no
+    page.evaluate("document.getElementById('settings-system').removeAttribute('maxlength')")
+    page.locator("#settings-system").fill("x" * 8001)
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-error")).to_contain_text("at most 8000 characters")
+    expect(page.locator("#settings-dialog")).to_be_visible()
+    page.locator("#settings-cancel").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+
+
+def test_an_answer_cut_by_its_length_says_so_and_continue_carries_on(tab, jarvis_server):
+    fake = jarvis_server.fake
+    fake.push(Script(tokens=["Once upon a time, a dragon ", "lived in a cave by the"], done_reason="length"))
+    fake.script(tokens=[" sea, and guarded it well.", " The end."])
+    tab.open()
+    tab.send("Tell me a long story about a dragon.")
+    cut = tab.answer()
+    expect(cut).to_have_attribute("data-status", "length")
+    badge = cut.locator(".badge")
+    expect(badge).to_have_text("Cut off")
+    assert "length limit" in badge.get_attribute("title")
+    expect(cut.locator(".continue")).to_be_visible()
+    shoot(tab, "length.png")
+
+    cut.locator(".continue").click()
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    expect(tab.page.locator(".msg-user .bubble").last).to_have_text("Continue")
+    sent = fake.wait_for_calls(2)[1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"].endswith("lived in a cave by the") and sent[2]["content"] == "Continue"
+    expect(tab.answer(0).locator(".continue")).to_be_hidden()  # only the last answer carries on
+    expect(tab.answer(0).locator(".badge")).to_have_text("Cut off")
+
+    tab.page.reload()  # from history: the badge and the last answer's state stay
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(tab.answer(0)).to_have_attribute("data-status", "length")
+    expect(tab.answer(0).locator(".badge")).to_have_text("Cut off")
+
+
+def test_progress_is_shown_before_the_first_token(tab, jarvis_server):
+    # the fake says nothing for 1.5 s, as a model server loading a model does
+    jarvis_server.fake.script(tokens=["Ready."], load_delay_s=1.5)
+    tab.open()
+    tab.send("hello")
+    badge = tab.answer().locator(".badge")
+    expect(badge).to_have_text("Waiting for the model…", timeout=1400)
+    shoot(tab, "progress.png")
+    assert jarvis_server.fake.wait_for_calls(1)[0].tokens_sent == 0  # before any text
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    expect(tab.answer().locator(".msg-content")).to_have_text("Ready.")
+    # one token at once: the counts, and no speed made up from a span of microseconds
+    expect(tab.answer().locator(".msg-speed")).to_have_text("1 token")
+
+
+def test_speed_and_token_counts_are_shown_under_a_finished_answer(tab, jarvis_server):
+    jarvis_server.fake.script(tokens=test_browser.words("w", 5), interval_s=0.05)
+    tab.open()
+    tab.send("count")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    speed = tab.answer().locator(".msg-speed")
+    expect(speed).to_have_text(re.compile(r"^\d+\.\d tokens/s · 5 tokens$"))
+    assert "7 prompt tokens, 5 answer tokens, first token after" in speed.get_attribute("title")
+    rate = float(speed.inner_text().split()[0])
+    assert 10 < rate < 200  # 5 tokens over about 0.2 s of streaming
+    shoot(tab, "speed.png")
+    tab.page.reload()  # the same, from history
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(tab.answer().locator(".msg-speed")).to_have_text(f"{rate:.1f} tokens/s · 5 tokens")

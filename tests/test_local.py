@@ -484,6 +484,30 @@ def test_from_config_takes_the_queue_size_and_names_the_model(tmp_path):
     assert not local.available(Config(local_model=str(gguf)))
 
 
+class _Counting(FakeLlama):
+    """Records the answer limit each generation is given."""
+
+    def create_completion(self, tokens, max_tokens, stream, **sampling):
+        self.limits = [*getattr(self, "limits", []), max_tokens]
+        return super().create_completion(tokens, max_tokens, stream, **sampling)
+
+
+def test_answers_are_capped_by_default_and_a_chat_may_set_its_own_length(fake_abort):
+    # before: no cap, and SmolLM2 rambled until its 2048-token window was full
+    fake = _Counting()
+    up = LocalUpstream.from_config(Config(), llama=fake)
+    assert up.max_answer_tokens == Config().local_max_tokens == 512
+    list(up.stream_chat(HELLO, "", CancelScope()))
+    list(up.stream_chat(HELLO, "", CancelScope(), options=Options(max_tokens=900)))  # longer, on request
+    list(
+        LocalUpstream.from_config(Config(local_max_tokens=0), llama=fake).stream_chat(
+            HELLO, "", CancelScope()
+        )
+    )
+    window = local.N_CTX - len("<user>hello<assistant>")
+    assert fake.limits == [512, 900, window]
+
+
 class _SilentAfterFirstToken(FakeLlama):
     """The decode after the first token runs on until aborted, like a model stuck mid-answer."""
 

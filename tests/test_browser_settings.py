@@ -49,6 +49,9 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
     shoot(tab, "settings.png")
     page.locator("#settings-save").click()
     expect(page.locator("#settings-dialog")).to_be_hidden()
+    chip = page.locator("#settings-chip")  # the chat says it has settings of its own
+    expect(chip).to_be_visible()
+    expect(chip).to_have_attribute("title", re.compile("system prompt, temperature 0.3, answer length 64"))
 
     tab.send("who are you?")
     expect(tab.answer()).to_have_attribute("data-status", "completed")
@@ -58,11 +61,17 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
 
     page.reload()  # stored with the chat: the dialog reads them back
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(chip).to_be_visible()
+    page.locator("#new-chat").click()
+    expect(chip).to_be_hidden()  # another chat, without settings
+    page.locator(".session-open").last.click()
+    expect(chip).to_be_visible()
     open_settings(page)
     expect(page.locator("#settings-system")).to_have_value("You are a pirate. Answer in one line.")
     expect(page.locator("#settings-max-tokens")).to_have_value("64")
     page.locator("#settings-reset").click()
     expect(page.locator("#settings-dialog")).to_be_hidden()
+    expect(chip).to_be_hidden()
     tab.send("and now?")
     expect(tab.answer()).to_have_attribute("data-status", "completed")
     body = fake.wait_for_calls(3)[2].body

@@ -453,6 +453,7 @@ function renderSessions() {
   el.sessionList.querySelector(".session-rename")?.focus();
   const current = state.sessions.find((s) => s.id === state.currentId);
   el.chatMenu.hidden = !current;
+  if (!current) showSettings();
   if (current) {
     el.exportMd.href = sessionPath(current.id, "/export?format=md");
     el.exportJson.href = sessionPath(current.id, "/export?format=json");
@@ -578,6 +579,7 @@ async function loadHistory(id) {
   for (const m of old) if (m.id == null && !seen.has(m.key)) merged.push(m); // sent, not yet started
   viewOf(id).messages = merged;
   if (id !== state.currentId) return;
+  showSettings(data.settings);
   renderConversation();
   schedulePoll(id);
 }
@@ -983,7 +985,7 @@ el.renameChat.addEventListener("click", () => {
   startRename(state.currentId);
 });
 el.importChat.addEventListener("change", importChat);
-setupSettings({
+const showSettings = setupSettings({
   button: el.chatSettings,
   current: () => state.currentId,
   saved: () => announce("Chat settings saved; they apply from the next prompt."),

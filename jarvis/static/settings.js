@@ -5,8 +5,11 @@ import { api, sessionPath } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 
-// Wires the dialog to `button`; `current()` names the chat on screen, `saved(settings)` is told after a save.
+// Wires the dialog to `button` and to the chip that says a chat has settings of its own;
+// `current()` names the chat on screen, `saved()` is told after a save. Returns `show(settings)`,
+// for the page to call with the settings of the chat it opens.
 export function setupSettings({ button, current, saved }) {
+  const chip = $("settings-chip");
   const f = {
     dialog: $("settings-dialog"),
     form: $("settings-form"),
@@ -31,7 +34,13 @@ export function setupSettings({ button, current, saved }) {
     f.error.hidden = !message;
   };
 
-  button.addEventListener("click", async () => {
+  const show = (settings = {}) => {
+    const said = describe(settings);
+    chip.hidden = !said;
+    chip.title = said ? `This chat's own settings: ${said}. Click to change them.` : "";
+  };
+
+  const open = async () => {
     sessionId = current();
     if (!sessionId) return;
     showError("");
@@ -43,7 +52,9 @@ export function setupSettings({ button, current, saved }) {
     } catch (err) {
       showError(err.message);
     }
-  });
+  };
+  button.addEventListener("click", open);
+  chip.addEventListener("click", open);
 
   f.form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -63,11 +74,23 @@ export function setupSettings({ button, current, saved }) {
       const session = await api(sessionPath(sessionId), { method: "PATCH", body: { settings } });
       fill(session.settings || {});
       f.dialog.close();
-      saved(session.settings || {});
+      if (sessionId === current()) show(session.settings);
+      saved();
     } catch (err) {
       showError(err.message); // the server names the field it refused
     } finally {
       f.save.disabled = f.reset.disabled = false;
     }
   }
+
+  return show;
+}
+
+// "system prompt, temperature 0.3, answer length 64": what a chat sets, or "" when nothing
+function describe(settings) {
+  const parts = [];
+  if (settings.system) parts.push("system prompt");
+  if (settings.temperature != null) parts.push(`temperature ${settings.temperature}`);
+  if (settings.max_tokens != null) parts.push(`answer length ${settings.max_tokens}`);
+  return parts.join(", ");
 }

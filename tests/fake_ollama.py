@@ -203,23 +203,20 @@ class FakeOllama:
                 call.closed.set()
 
     def _check_overlap(self, new: Call) -> None:
-        """Record a still-open call of the same session: one whose client has not sent EOF."""
-        if self.key is None:
+        """Record a still-open call of the same session, while both clients are still there.
+
+        A call whose client has already left is not judged: its request may be read here after
+        a later call's (one thread per connection, and a loaded machine runs them in any order),
+        so seeing the later call open says nothing about when this client closed.
+        """
+        if self.key is None or _client_left(new.sock):
             return
         for old in self.calls:
             if old.path != self.CHAT_PATH or old.closed_at is not None:
                 continue
             if self.key(old.body) != self.key(new.body):
                 continue
-            try:
-                # select first: a peek on a socket with a timeout would wait it out, under our lock
-                readable, _, _ = select.select([old.sock], [], [], 0)
-                eof = bool(readable) and old.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                eof = False
-            except (OSError, ValueError):
-                eof = True
-            if not eof:
+            if not _client_left(old.sock):
                 self.overlaps.append((old, new))
 
     def _next_script(self, body: dict) -> Script:
@@ -344,6 +341,18 @@ class FakeOllama:
                     raise _ClientGone()
         if deadline is None or time.monotonic() < deadline:
             raise _ClientGone()  # shutting down: end the call
+
+
+def _client_left(sock: socket.socket) -> bool:
+    """True once the client has closed its side (EOF waits to be read), without blocking."""
+    try:
+        # select first: a peek on a socket with a timeout would wait it out, under the fake's lock
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 def _message(model: str, text: str, *, done: bool) -> dict:

@@ -78,6 +78,38 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
     assert body["messages"][0]["role"] == "user" and "options" not in body
 
 
+def test_what_is_typed_in_the_dialog_is_not_wiped_by_a_slow_read(tab, jarvis_server):
+    # before: the dialog opened empty and filled itself when the chat's read came back, over the typing
+    jarvis_server.fake.script(tokens=["Hi"])
+    tab.open()
+    tab.send("hello")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    page = tab.page
+    reads = {"sent": 0, "done": 0}
+    chat = re.compile(r".*/api/sessions/[^/]+$")
+
+    def slow(route):
+        if route.request.method == "GET":
+            reads["sent"] += 1
+            page.wait_for_timeout(800)  # the fake's slow link: the read arrives after the typing
+        route.continue_()
+
+    page.on(
+        "requestfinished",
+        lambda r: chat.match(r.url) and r.method == "GET" and reads.update(done=reads["done"] + 1),
+    )
+    page.route(chat, slow)
+    open_settings(page)
+    page.locator("#settings-system").fill("Typed at once.")
+    while reads["done"] < reads["sent"]:  # a read still on its way: let it land before saving
+        page.wait_for_event("requestfinished", timeout=5000)
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(done))")  # the page acts on it
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+    sid = page.evaluate("decodeURIComponent(location.hash.slice(1))")
+    assert jarvis_server.app.extensions["jarvis"].store.settings(sid) == {"system": "Typed at once."}
+
+
 def test_a_setting_the_server_refuses_is_shown_in_the_dialog(tab, jarvis_server):
     jarvis_server.fake.script(tokens=["Hi"])
     tab.open()

@@ -579,7 +579,7 @@ async function loadHistory(id) {
   for (const m of old) if (m.id == null && !seen.has(m.key)) merged.push(m); // sent, not yet started
   viewOf(id).messages = merged;
   if (id !== state.currentId) return;
-  showSettings(data.settings);
+  showSettings(data.settings, id);
   renderConversation();
   schedulePoll(id);
 }

@@ -6,8 +6,8 @@ import { api, sessionPath } from "./api.js";
 const $ = (id) => document.getElementById(id);
 
 // Wires the dialog to `button` and to the chip that says a chat has settings of its own;
-// `current()` names the chat on screen, `saved()` is told after a save. Returns `show(settings)`,
-// for the page to call with the settings of the chat it opens.
+// `current()` names the chat on screen, `saved()` is told after a save. Returns `show(settings, id)`,
+// for the page to call with the settings of the chat `id` it opens: the dialog starts from them.
 export function setupSettings({ button, current, saved }) {
   const chip = $("settings-chip");
   const f = {
@@ -22,6 +22,7 @@ export function setupSettings({ button, current, saved }) {
     save: $("settings-save"),
   };
   let sessionId = null;
+  let known = { id: null, settings: {} }; // the chat on screen's settings, as last read or saved
 
   const fill = (settings) => {
     f.system.value = settings.system || "";
@@ -34,24 +35,30 @@ export function setupSettings({ button, current, saved }) {
     f.error.hidden = !message;
   };
 
-  const show = (settings = {}) => {
+  const show = (settings = {}, id = null) => {
+    known = { id, settings };
     const said = describe(settings);
     chip.hidden = !said;
     chip.title = said ? `This chat's own settings: ${said}. Click to change them.` : "";
   };
 
+  // filled before it opens: a fill that lands later would wipe what someone has started to type
   const open = async () => {
     sessionId = current();
     if (!sessionId) return;
     showError("");
-    fill({});
+    let settings = known.id === sessionId ? known.settings : null;
+    if (!settings) {
+      try {
+        settings = (await api(sessionPath(sessionId))).settings || {};
+      } catch (err) {
+        settings = {};
+        showError(err.message);
+      }
+    }
+    fill(settings);
     f.dialog.showModal();
     f.system.focus();
-    try {
-      fill((await api(sessionPath(sessionId))).settings || {});
-    } catch (err) {
-      showError(err.message);
-    }
   };
   button.addEventListener("click", open);
   chip.addEventListener("click", open);
@@ -74,7 +81,7 @@ export function setupSettings({ button, current, saved }) {
       const session = await api(sessionPath(sessionId), { method: "PATCH", body: { settings } });
       fill(session.settings || {});
       f.dialog.close();
-      if (sessionId === current()) show(session.settings);
+      if (sessionId === current()) show(session.settings, sessionId);
       saved();
     } catch (err) {
       showError(err.message); // the server names the field it refused

@@ -621,9 +621,8 @@ def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int
 
 
 def _shortens(message: Message) -> bool:
-    return message["role"] == "assistant" and len(message["content"]) > SHORTENED_ANSWER_CHARS + len(
-        SHORTENED_MARK
-    )
+    long = len(message["content"]) > SHORTENED_ANSWER_CHARS + len(SHORTENED_MARK)
+    return message["role"] == "assistant" and long
 
 
 def _shorten(text: str) -> str:

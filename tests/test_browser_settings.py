@@ -8,8 +8,9 @@ import re
 
 import pytest
 
+from jarvis.upstream import local
 from tests import test_browser
-from tests.conftest import ROOT
+from tests.conftest import LOCAL_TOKEN, ROOT
 from tests.fake_ollama import Script
 
 browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
@@ -186,3 +187,23 @@ def test_speed_and_token_counts_are_shown_under_a_finished_answer(tab, jarvis_se
     tab.page.reload()  # the same, from history
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
     expect(tab.answer().locator(".msg-speed")).to_have_text(f"{rate:.1f} tokens/s · 5 tokens")
+
+
+@pytest.mark.skipif(not local.available(), reason="needs llama-cpp-python and the embedded model")
+def test_the_embedded_model_shows_it_reads_the_prompt_before_the_first_token(browser, make_app, make_server):
+    app = make_app(backend="local", first_token_timeout_s=45)
+    url = make_server(app).url
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        assert context.request.get(f"{url}/?token={LOCAL_TOKEN}").ok
+        t = test_browser.Tab(context.new_page(), url).open()
+        # about 930 tokens: seconds of reading on two cores, and nothing cached yet
+        t.send("Tell me everything about dragons and their caves. " * 100)
+        badge = t.answer().locator(".badge")
+        expect(badge).to_have_text(re.compile(r"^Reading your prompt \(\d{3,4} tokens\)…$"), timeout=20000)
+        shoot(t, "reading.png")
+        t.page.locator("#stop").click()  # the rest of the answer is not what this is about
+        expect(t.answer()).to_have_attribute("data-status", "stopped")
+        assert t.errors == [] and t.csp_violations() == []
+    finally:
+        context.close()

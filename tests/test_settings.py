@@ -185,3 +185,19 @@ def test_the_stored_answer_and_the_end_say_why_an_answer_was_cut(api, fake):
         meta["usage"] == {"prompt_tokens": 7, "completion_tokens": 3} and "first_token_ms" in meta["timing"]
     )
     assert api.messages(sid)[-1]["meta"] == meta
+
+
+def test_a_regenerated_or_edited_answer_is_asked_with_the_chats_settings(api, fake):
+    # every route that starts an answer builds it in one place: none may skip the settings
+    from tests.test_versions import regenerate
+
+    fake.script(tokens=["Arr"])
+    sid = api.session()
+    patch(api, sid, {"settings": SETTINGS})
+    api.send(sid, "hello").end()
+    answer = api.messages(sid)[-1]
+    assert regenerate(api, sid, answer["id"]).end()["status"] == "completed"
+    assert api.send(sid, "hello, edited", parent_id=None).end()["status"] == "completed"
+    for call in fake.wait_for_calls(3)[1:]:
+        assert call.body["messages"][0] == {"role": "system", "content": SETTINGS["system"]}
+        assert call.body["options"] == {"temperature": 0.3, "num_predict": 64}

@@ -16,7 +16,11 @@ from .history import Store
 from .metrics import Metrics
 from .probe import Prober
 from .registry import Registry
+from .server import CONTROL_THREADS
 from .upstream import Upstream, select_upstream
+
+# connections beyond the server's threads: the revocation watch and start-up work
+POOL_RESERVE = 2
 
 
 @dataclass
@@ -52,7 +56,12 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     log.setup(cfg.log_format)
     app = Flask(__name__, instance_path=cfg.instance_path(), instance_relative_config=True)
     private_dir(app.instance_path)
-    store = Store(cfg.database_path())
+    store = Store(
+        cfg.database_path(),
+        pool_size=cfg.max_streams + CONTROL_THREADS + POOL_RESERVE,
+        timeout_s=cfg.database_timeout_s,
+        final_retry_s=cfg.database_retry_s,
+    )
     recovered = store.recover()
     if recovered:
         log.event("recovered_interrupted", count=recovered)

@@ -1,4 +1,4 @@
-"""Accounts and API tokens, in the history database.
+"""Accounts and API tokens, in the history database (SQLite or PostgreSQL).
 
 Passwords are kept only as werkzeug's salted scrypt hashes. A token is shown
 once; the database keeps its SHA-256, which is enough for a random 256-bit
@@ -57,18 +57,18 @@ class Accounts:
             raise BadRequest("a user name is 1 to 64 characters without spaces")
         _check_password(password)
         with self.store.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                db.execute("ROLLBACK")
+                db.rollback()
                 raise BadRequest(f"user {name!r} exists already")
             first = db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None
             uid = db.execute(
-                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
                 (name, generate_password_hash(password), time.time()),
-            ).lastrowid
+            ).fetchall()[0]["id"]
             if first:
                 db.execute("UPDATE sessions SET owner = ? WHERE owner IS NULL", (uid,))
-            db.execute("COMMIT")
+            db.commit()
         return User(uid, name)
 
     def list(self) -> list[dict]:

@@ -57,7 +57,17 @@ class Config:
         minimum=0,
     )
     database: str = _f(
-        "", "SQLite file for sessions and messages (default: jarvis.sqlite3 in the instance folder)."
+        "",
+        "SQLite file for history, accounts and tokens (default: jarvis.sqlite3 in the instance folder), "
+        "or a postgresql:// URL (needs the scale extra).",
+    )
+    database_timeout_s: float = _f(
+        5.0, "Seconds to wait for a PostgreSQL connection from the pool before answering 503.", minimum=0.01
+    )
+    database_retry_s: float = _f(
+        10.0,
+        "Seconds an answer's final write is retried while the database is unavailable, then logged as lost.",
+        minimum=0.0,
     )
     connect_timeout_s: float = _f(3.0, "Seconds to open a connection to the model server.", minimum=0.01)
     first_token_timeout_s: float = _f(

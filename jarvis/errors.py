@@ -16,6 +16,7 @@ that end a stream, the terminal ``status`` the answer is stored with::
     ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
     ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
     ├── StoreError                 500 store_error (the database refused a write)
+    │   └── DatabaseUnavailable    503 database_unavailable (retryable: PostgreSQL is down)
     └── UpstreamError              502, the model side failed; ends a stream as failed
         ├── UpstreamUnavailable    upstream_unavailable (retryable: start Ollama)
         ├── ModelNotFound          model_not_found
@@ -130,6 +131,20 @@ class StoreError(JarvisError):
     def to_dict(self) -> dict:
         # the message names the file: it is for the server log, not for clients
         return {"code": self.code, "message": "the history database failed; the server log has the details"}
+
+
+class DatabaseUnavailable(StoreError):
+    """The database server cannot be reached; retry once it is back."""
+
+    http_status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": "the history database is unavailable; try again shortly"}
 
 
 class UpstreamError(JarvisError):

@@ -1,170 +1,61 @@
-"""SQLite history: sessions and their messages.
+"""History: sessions and their messages, in SQLite or PostgreSQL.
 
-One short-lived connection per call keeps threads apart (waitress serves from
-many); WAL lets readers run beside the one writer, and the busy timeout bounds
-every wait for the write lock.
+The SQL is written once, in what both engines agree on; ``jarvis.engines``
+holds what differs (connections, locks, column types, search).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import tree
-from .errors import NotFound, StoreError
+from . import log, tree
+from .engines import like, open_engine
+from .errors import DatabaseUnavailable, NotFound
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    owner INTEGER REFERENCES users(id) ON DELETE CASCADE,
-    title TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    leaf_id INTEGER,  -- the last message of the versions shown
-    settings TEXT  -- a chat's own settings (JSON)
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    parent_id INTEGER,  -- the message this one follows; NULL for a first prompt
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    status TEXT NOT NULL,
-    trace_id TEXT,
-    model TEXT,
-    error TEXT,
-    meta TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    name TEXT NOT NULL DEFAULT '',
-    token_hash TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
-);
-"""
-
-# answers are indexed for search once they end: a checkpoint of a growing answer costs no re-index
-SEARCH_SCHEMA = """
-CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id');
-CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
-WHEN new.status NOT IN ('pending', 'queued', 'streaming') BEGIN
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
-END;
-CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
-WHEN old.status NOT IN ('pending', 'queued', 'streaming') BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-END;
-CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status ON messages BEGIN
-    -- one trigger, in this order: SQLite runs separate triggers newest first
-    INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content
-        WHERE old.status NOT IN ('pending', 'queued', 'streaming');
-    INSERT INTO messages_fts (rowid, content) SELECT new.id, new.content
-        WHERE new.status NOT IN ('pending', 'queued', 'streaming');
-END;
-INSERT INTO messages_fts (rowid, content)
-    SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
-"""
-
-# an older database's chats become trees: each message follows the one stored before it,
-# and each chat shows its last message (each table's column checked apart: either may be new)
-TREE_MIGRATION = {
-    ("messages", "parent_id"): (
-        "ALTER TABLE messages ADD COLUMN parent_id INTEGER",
-        "UPDATE messages SET parent_id = (SELECT MAX(p.id) FROM messages p"
-        " WHERE p.session_id = messages.session_id AND p.id < messages.id)",
-    ),
-    ("sessions", "leaf_id"): (
-        "ALTER TABLE sessions ADD COLUMN leaf_id INTEGER",
-        "UPDATE sessions SET leaf_id = (SELECT MAX(m.id) FROM messages m WHERE m.session_id = sessions.id)",
-    ),
-}
 LEAF = "leaf"  # a new prompt's parent: the session's current leaf
 
-BUSY_TIMEOUT_S = 5.0
 TITLE_CHARS = 60
 TITLE_MAX_CHARS = 200  # a title someone typed
 # a chat nobody wrote in is left out of the list after this long: "New chat" clicks do not pile up
 EMPTY_CHAT_S = 300.0
 SEARCH_LIMIT = 50
 LIVE_STATUSES = ("pending", "queued", "streaming")
+RETRY_INTERVAL_S = 0.25
 
 
 class Store:
-    """Sessions and messages in one SQLite file.
+    """Sessions and messages in a SQLite file or a PostgreSQL database (``database`` is a path or a URL).
 
     Every session call takes ``owner``: a user id, or None when no account exists.
     A session of another owner is reported exactly like an unknown one.
     """
 
-    def __init__(self, path: str):
-        self.path = path
-        _create_private(path)
-        with self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
-                # bumped to end every sign-in cookie of a user at once
-                db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
-            if "settings" not in {r["name"] for r in db.execute("PRAGMA table_info(sessions)")}:
-                db.execute("ALTER TABLE sessions ADD COLUMN settings TEXT")  # a chat's own settings (JSON)
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is None:
-                # one transaction: an older database gets the index and its existing answers at once
-                db.executescript("BEGIN IMMEDIATE;" + SEARCH_SCHEMA + "COMMIT;")
-            db.execute("BEGIN IMMEDIATE")  # one transaction, checked inside it: two starting processes agree
-            for (table, column), statements in TREE_MIGRATION.items():
-                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
-                    for statement in statements:
-                        db.execute(statement)
-            db.execute("COMMIT")
-        # held open for the store's life: when the last connection to a WAL database closes,
-        # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
-        self._keeper = sqlite3.connect(path, check_same_thread=False)
-        self._keeper.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
-        for name in (path, path + "-wal", path + "-shm"):  # older installs made them 0644
-            if os.path.exists(name):
-                os.chmod(name, 0o600)
+    def __init__(
+        self, database: str, *, pool_size: int = 8, timeout_s: float = 5.0, final_retry_s: float = 10.0
+    ):
+        self.engine = open_engine(database, pool_size=pool_size, timeout_s=timeout_s)
+        self.final_retry_s = final_retry_s
 
     def close(self) -> None:
-        """Close the long-lived connection (idempotent)."""
-        self._keeper.close()
+        """Close the engine's long-lived connections (idempotent)."""
+        self.engine.close()
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open the database {self.path}: {e}") from e
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=NORMAL")
+    def connect(self) -> Iterator:
+        """A connection that takes ``?`` placeholders and opens write transactions with ``begin()``."""
+        with self.engine.connect() as db:
             yield db
-        except sqlite3.Error as e:
-            raise StoreError(f"database error on {self.path}: {e}") from e
-        finally:
-            db.close()
 
     def check_writable(self) -> None:
         """Raise StoreError unless a write transaction can be opened."""
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            db.begin()
+            db.rollback()
 
     def recover(self) -> int:
         """Mark answers left streaming by a crash as interrupted; returns how many."""
@@ -192,7 +83,7 @@ class Store:
             rows = db.execute(
                 "SELECT id, title, created_at, updated_at FROM sessions s WHERE owner IS ?"
                 " AND (created_at > ? OR EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id))"
-                " ORDER BY updated_at DESC, rowid DESC",
+                " ORDER BY updated_at DESC, created_at DESC",
                 (owner, cutoff),
             ).fetchall()
         return [dict(r) for r in rows]
@@ -230,7 +121,7 @@ class Store:
 
         Returns the session as ``get_session`` does; NotFound for a message of another session."""
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             found = db.execute("SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             if found.fetchone() is None:
                 raise NotFound(f"no session {_shown(session_id)}")
@@ -239,7 +130,7 @@ class Store:
                 raise NotFound(f"no message {message_id} in this session")
             leaf = tree.newest_leaf(rows, message_id)
             db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (leaf, session_id))
-            db.execute("COMMIT")
+            db.commit()
         return self.get_session(session_id, owner)
 
     def settings(self, session_id: str, owner: int | None = None) -> dict:
@@ -271,26 +162,16 @@ class Store:
         words = query.split()
         if not words:
             return []
-        # each word a quoted prefix: the query language of FTS5 is not the user's to speak
-        match = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
         found: dict[str, dict] = {}
         with self.connect() as db:
-            rows = db.execute(
-                "SELECT s.id, s.title, s.created_at, s.updated_at,"
-                " snippet(messages_fts, 0, '', '', '…', 16) AS snippet"
-                " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-                " JOIN sessions s ON s.id = m.session_id"
-                " WHERE messages_fts MATCH ? AND s.owner IS ? ORDER BY rank LIMIT ?",
-                (match, owner, SEARCH_LIMIT * 4),
-            ).fetchall()
-            for r in rows:
-                found.setdefault(r["id"], dict(r))
+            for r in self.engine.search(db, words, owner, SEARCH_LIMIT * 4):
+                found.setdefault(r["id"], r)
             # titles are short and few per owner: every word as a substring, case-blind
-            where = " AND ".join(["instr(lower(title), ?) > 0"] * len(words))
+            where = " AND ".join(["lower(title) LIKE ? ESCAPE '\\'"] * len(words))
             titled = db.execute(
                 "SELECT id, title, created_at, updated_at, '' AS snippet FROM sessions"
                 f" WHERE owner IS ? AND {where} ORDER BY updated_at DESC LIMIT ?",
-                (owner, *[w.lower() for w in words], SEARCH_LIMIT),
+                (owner, *[like(w.lower()) for w in words], SEARCH_LIMIT),
             ).fetchall()
         for r in titled:
             found.setdefault(r["id"], dict(r))
@@ -303,7 +184,7 @@ class Store:
         now = time.time()
         sid = secrets.token_urlsafe(18)
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             db.execute(
                 "INSERT INTO sessions (id, owner, title, created_at, updated_at, settings)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -320,7 +201,7 @@ class Store:
             for m in messages:
                 parent = db.execute(
                     "INSERT INTO messages (session_id, parent_id, role, content, status, model, error, meta,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         sid,
                         parent,
@@ -333,9 +214,9 @@ class Store:
                         m["created_at"],
                         m["created_at"],
                     ),
-                ).lastrowid
+                ).fetchall()[0]["id"]
             db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (parent, sid))
-            db.execute("COMMIT")
+            db.commit()
         return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
     def require_session(self, session_id: str, owner: int | None = None) -> None:
@@ -376,7 +257,7 @@ class Store:
         LEAF (the versions shown). A prompt under an earlier answer is an edit: a new version."""
         now = time.time()
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             if parent_id == LEAF:
                 parent_id = _leaf(db, session_id)
             elif parent_id is not None:
@@ -389,7 +270,7 @@ class Store:
                 " title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
                 (now, answer, title, session_id),
             )
-            db.execute("COMMIT")
+            db.commit()
         return user, answer
 
     def add_answer(self, session_id: str, prompt_id: int, trace_id: str, model: str) -> int:
@@ -397,13 +278,13 @@ class Store:
         has (a regenerated version), and show it."""
         now = time.time()
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             _require_message(db, session_id, prompt_id, "user")
             answer = _insert(db, session_id, prompt_id, "assistant", "streaming", trace_id, model, now)
             db.execute(
                 "UPDATE sessions SET updated_at = ?, leaf_id = ? WHERE id = ?", (now, answer, session_id)
             )
-            db.execute("COMMIT")
+            db.commit()
         return answer
 
     def prompt_of(self, session_id: str, answer_id: int) -> int:
@@ -414,7 +295,25 @@ class Store:
     def save_answer(
         self, message_id: int, content: str, status: str, error: dict | None = None, meta: dict | None = None
     ) -> None:
-        """Write the answer's text so far and its status (a checkpoint, or the final state)."""
+        """Write the answer's text so far and its status (a checkpoint, or the final state).
+
+        A checkpoint fails at once when the database is unavailable (the next one carries its text);
+        the final state is retried until ``final_retry_s`` has passed, then the error is raised."""
+        deadline = time.monotonic() + (self.final_retry_s if status not in LIVE_STATUSES else 0.0)
+        while True:
+            try:
+                return self._save_answer(message_id, content, status, error, meta)
+            except DatabaseUnavailable as e:
+                if time.monotonic() + RETRY_INTERVAL_S > deadline:
+                    if status not in LIVE_STATUSES:
+                        log.event(
+                            "answer_lost", logging.CRITICAL, message_id=message_id, status=status,
+                            chars=len(content), error=e.message,
+                        )  # fmt: skip
+                    raise
+            time.sleep(RETRY_INTERVAL_S)  # bounded by the deadline above
+
+    def _save_answer(self, message_id, content, status, error, meta) -> None:
         with self.connect() as db:
             db.execute(
                 "UPDATE messages SET content = ?, status = ?, error = ?, meta = COALESCE(?, meta),"
@@ -430,18 +329,18 @@ class Store:
             )
 
 
-def _tree_rows(db: sqlite3.Connection, session_id: str, content: bool = False) -> list[dict]:
+def _tree_rows(db, session_id: str, content: bool = False) -> list[dict]:
     columns = "id, parent_id, role, status" + (", content" if content else "")
     rows = db.execute(f"SELECT {columns} FROM messages WHERE session_id = ?", (session_id,))
     return [dict(r) for r in rows]
 
 
-def _leaf(db: sqlite3.Connection, session_id: str) -> int | None:
+def _leaf(db, session_id: str) -> int | None:
     row = db.execute("SELECT leaf_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
     return row["leaf_id"] if row else None
 
 
-def _require_message(db: sqlite3.Connection, session_id: str, message_id: int, role: str) -> int | None:
+def _require_message(db, session_id: str, message_id: int, role: str) -> int | None:
     """The parent of the session's message ``message_id``, which must be written by ``role``."""
     row = db.execute(
         "SELECT parent_id FROM messages WHERE id = ? AND session_id = ? AND role = ?",
@@ -456,15 +355,9 @@ def _require_message(db: sqlite3.Connection, session_id: str, message_id: int, r
 def _insert(db, session_id, parent_id, role, status, trace_id, model, now, content="") -> int:
     return db.execute(
         "INSERT INTO messages (session_id, parent_id, role, content, status, trace_id, model, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (session_id, parent_id, role, content, status, trace_id, model, now, now),
-    ).lastrowid
-
-
-def _create_private(path: str) -> None:
-    """Create the database file readable by its owner alone; SQLite gives WAL and SHM the same mode."""
-    if path != ":memory:" and not os.path.exists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    ).fetchall()[0]["id"]
 
 
 def _shown(session_id: str) -> str:
@@ -478,13 +371,13 @@ def _title(prompt: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def _session(row: sqlite3.Row) -> dict:
+def _session(row) -> dict:
     out = dict(row)
     out["settings"] = json.loads(out["settings"]) if out["settings"] else {}
     return out
 
 
-def _message(row: sqlite3.Row) -> dict:
+def _message(row) -> dict:
     out = dict(row)
     out["error"] = json.loads(out["error"]) if out["error"] else None
     out["meta"] = json.loads(out["meta"]) if out["meta"] else None

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 
 from jarvis import create_app, sse
 from jarvis.server import Server
+from tests import postgres
 from tests.fake_ollama import FakeOllama
 from tests.fake_openai import FakeOpenAI
 
@@ -104,12 +105,38 @@ def fake(request):
 
 
 @pytest.fixture
-def make_app(fake, tmp_path):
+def database(tmp_path) -> str:
+    """Where the apps of a test keep their history: a SQLite file, or a PostgreSQL URL where overridden."""
+    return str(tmp_path / "jarvis.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole run, started on first use; skips when it cannot run here."""
+    why = postgres.missing()
+    if why:
+        pytest.skip(why)
+    server = postgres.PostgresServer().start()
+    yield server
+    server.stop("immediate")
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh empty database on the shared server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture
+def make_app(fake, tmp_path, database):
     """Build apps against the fake; each is shut down after the test."""
     made = []
 
     def make(**overrides) -> Flask:
-        app = create_app(test_config(fake, tmp_path, **overrides))
+        app = create_app(test_config(fake, tmp_path, **{"database": database, **overrides}))
         app.test_client_class = LocalClient
         made.append(app)
         _apps.append(app)
@@ -162,9 +189,9 @@ class Live:
 
 
 @pytest.fixture
-def jarvis_server(fake, tmp_path, monkeypatch, make_server):
+def jarvis_server(fake, tmp_path, monkeypatch, make_server, database):
     """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
-    for key, value in test_config(fake, tmp_path).items():
+    for key, value in test_config(fake, tmp_path, database=database).items():
         monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
     if "wsgi" in sys.modules:  # each app probes its upstream in a thread: build just one
         app = importlib.reload(sys.modules["wsgi"]).app

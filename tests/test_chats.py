@@ -9,7 +9,8 @@ import time
 import pytest
 import requests
 
-from jarvis.history import EMPTY_CHAT_S, SEARCH_SCHEMA, Store
+from jarvis.engines.sqlite import SEARCH_SCHEMA
+from jarvis.history import EMPTY_CHAT_S, Store
 from tests.conftest import HTTP_TIMEOUT
 
 pytestmark = pytest.mark.timeout(30)

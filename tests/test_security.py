@@ -490,7 +490,7 @@ def test_a_database_error_names_no_path(make_app, tmp_path, caplog):
     app = make_app()
     store = app.extensions["jarvis"].store
     hidden = str(tmp_path / "nowhere" / "secret-place.sqlite3")
-    store.path = hidden  # the folder does not exist: every open fails
+    store.engine.path = hidden  # the folder does not exist: every open fails
     r = app.test_client().get("/api/sessions")
     assert r.status_code == 500 and r.get_json()["error"]["code"] == "store_error"
     assert "secret-place" not in r.get_data(as_text=True)
@@ -558,7 +558,7 @@ def test_the_instance_folder_follows_systemd_and_the_setting(monkeypatch, tmp_pa
 def test_secrets_are_stored_only_as_hashes(app, accounts):
     accounts.add("ann", PASSWORD)
     token = accounts.create_token("ann")
-    path = app.extensions["jarvis"].store.path
+    path = app.extensions["jarvis"].store.engine.path
     data = b"".join(open(p, "rb").read() for p in (path, path + "-wal") if os.path.exists(p))
     assert PASSWORD.encode() not in data and token.encode() not in data
 

@@ -53,7 +53,9 @@ class PostgresServer:
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", log, "-w", "start")
         return self
 
-    def stop(self, mode: str = "fast") -> None:
+    def stop(self, mode: str = "fast", missing_ok: bool = False) -> None:
+        if missing_ok and not os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            return
         self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
 
     def remove(self) -> None:

@@ -7,10 +7,16 @@ they are skipped, saying why, where PostgreSQL or psycopg is missing.
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 
 import pytest
+import requests
 
-from tests import test_chats, test_settings, test_versions
+from tests import postgres, test_api, test_chats, test_lifecycle, test_security, test_settings, test_versions
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api
+from tests.fake_ollama import Script
+from tests.test_security import accounts, bare  # noqa: F401  (fixtures of the tests run again)
 
 pytestmark = pytest.mark.slow  # each test creates a database: a few hundred milliseconds
 
@@ -31,3 +37,109 @@ for _module in (test_chats, test_versions, test_settings):
     for _name, _test in vars(_module).items():
         if _name.startswith("test_") and _engine_blind(_test):
             globals()[_name] = _test
+
+# the lifecycle through the real app under waitress, and accounts and tokens, on PostgreSQL
+_AGAIN = {
+    test_lifecycle: (
+        "test_normal_flow_streams_tokens_then_one_end",
+        "test_second_prompt_supersedes_first",
+        "test_stop_closes_upstream_and_ends_stream",
+        "test_client_disconnect_cancels_upstream",
+        "test_burst_of_simultaneous_prompts_never_overlaps_upstream",
+    ),
+    test_api: (
+        "test_delete_stops_a_running_answer_and_forgets_the_session",
+        "test_multi_turn_sends_earlier_messages",
+        "test_an_answer_cut_by_a_token_limit_ends_as_length_and_stays_in_context",
+    ),
+    test_security: (
+        "test_the_local_token_means_nothing_once_an_account_exists",
+        "test_first_account_adopts_the_sessions_made_before",
+        "test_bearer_token_works_and_revoking_it_takes_effect_at_once",
+        "test_sign_out_ends_a_copied_cookie",
+        "test_a_new_password_or_removing_the_user_ends_every_cookie",
+        "test_another_users_session_is_not_found_on_every_route",
+        "test_stop_never_crosses_users",
+        "test_revoking_a_token_or_removing_a_user_stops_their_live_answers",
+    ),
+}
+for _module, _names in _AGAIN.items():
+    for _name in _names:
+        globals()[_name] = getattr(_module, _name)
+
+
+def test_secrets_are_stored_only_as_hashes_in_postgres(app):
+    users = app.extensions["jarvis"].accounts
+    users.add("ann", test_security.PASSWORD)
+    token = users.create_token("ann")
+    with app.extensions["jarvis"].store.connect() as db:
+        rows = [*db.execute("SELECT * FROM users").fetchall(), *db.execute("SELECT * FROM tokens").fetchall()]
+    stored = repr(rows)
+    assert "ann" in stored and test_security.PASSWORD not in stored and token not in stored
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own, which it may stop and start."""
+    why = postgres.missing()
+    if why:
+        pytest.skip(why)
+    server = postgres.PostgresServer().start()
+    yield server
+    server.stop("immediate", missing_ok=True)
+    server.remove()
+
+
+def _send(served, session: str, content: str) -> requests.Response:
+    return requests.post(
+        f"{served.url}/api/sessions/{session}/messages",
+        json={"content": content},
+        headers={"Authorization": f"Bearer {LOCAL_TOKEN}"},
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+def test_postgres_stopped_mid_answer_refuses_new_prompts_and_stores_the_answer_once_back(
+    own_postgres, make_app, make_server, fake
+):
+    # without the down-state, a new prompt would wait the pool's timeout (5 s), and without the
+    # retry the answer's final write would be lost
+    app = make_app(database=own_postgres.url(), database_retry_s=20.0)
+    live = make_server(app)
+    api = Api(live.url)
+    fake.push(Script(tokens=60, interval_s=0.02))
+    sid, other = api.session(), api.session()
+    sse = api.send(sid, "long")
+    sse.until("token")
+    own_postgres.stop("fast")
+    started = time.monotonic()
+    refused = _send(live, other, "while the database is down")
+    took = time.monotonic() - started
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "database_unavailable"
+    assert refused.headers["Retry-After"] and took < 1.0, took
+    for _ in range(10):  # more than the pool holds: none waits for a connection
+        again = time.monotonic()
+        assert _send(live, other, "again").status_code == 503 and time.monotonic() - again < 0.5
+    call = fake.wait_for_calls(1)[0]
+    assert call.wait_closed(10)  # the answer streamed to its end with the database down
+    own_postgres.start()
+    assert sse.end() == {"status": "completed"}
+    answer = api.messages(sid)[-1]
+    assert answer["status"] == "completed" and answer["content"] == sse.text() and len(sse.text()) > 0
+    assert api.send(other, "after the restart").end() == {"status": "completed"}  # writes resume
+
+
+def test_an_answer_whose_final_write_cannot_be_stored_is_logged_as_lost(
+    own_postgres, make_app, make_server, fake, caplog
+):
+    app = make_app(database=own_postgres.url(), database_retry_s=0.5)
+    api = Api(make_server(app).url)
+    fake.push(Script(tokens=20, interval_s=0.02))
+    sid = api.session()
+    sse = api.send(sid, "long")
+    sse.until("token")
+    own_postgres.stop("fast")
+    # the retry is bounded: the end reaches the client once it gives up
+    assert sse.end() == {"status": "completed"}
+    lost = [r for r in caplog.records if r.getMessage() == "answer_lost"]
+    assert lost and lost[0].levelno == logging.CRITICAL

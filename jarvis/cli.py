@@ -55,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         "--backend", choices=("auto", "ollama", "local", "openai"), help="overrides JARVIS_BACKEND"
     )
 
+    db = sub.add_parser("db", help="move the history to another database")
+    db.add_argument("action", choices=("copy",))
+    db.add_argument(
+        "--to", required=True, metavar="URL", help="the target: a postgresql:// URL or a SQLite file"
+    )
+    db.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="the source (default: JARVIS_DATABASE, or the SQLite file)",
+    )
+    db.add_argument("--replace", action="store_true", help="empty a target that holds anything first")
+
     args = parser.parse_args(argv)
     commands = {
         "serve": cmd_serve,
@@ -62,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "check": cmd_check,
         "user": cmd_user,
         "token": cmd_token,
+        "db": cmd_db,
     }
     return commands[args.command](args)
 
@@ -216,8 +230,22 @@ def _accounts():
 
     cfg = Config.from_env()
     private_dir(cfg.instance_path())
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.database_path())), exist_ok=True)
-    return Accounts(Store(cfg.database_path()))
+    _make_folder(cfg.database_path())
+    return Accounts(Store(cfg.database_path(), pool_size=2))
+
+
+def _shown(database: str) -> str:
+    from .engines import shown
+
+    return shown(database)
+
+
+def _make_folder(database: str) -> None:
+    """Create the folder of a SQLite file (a PostgreSQL URL needs none)."""
+    from .engines import is_postgres
+
+    if not is_postgres(database):
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
 
 
 def _local_token() -> str | None:
@@ -296,6 +324,35 @@ def cmd_token(args) -> int:
     return EXIT_OK
 
 
+def cmd_db(args) -> int:
+    """Copy the whole history into another database, and say what was copied."""
+    from . import dbcopy
+    from .config import Config
+    from .engines import is_postgres
+    from .errors import JarvisError
+    from .history import Store
+
+    source_url = args.source or Config.from_env().database_path()
+    if not is_postgres(source_url) and not os.path.exists(source_url):
+        return _fail(f"no database at {source_url}: set JARVIS_DATABASE or --from")
+    try:
+        _make_folder(args.to)
+        source = Store(source_url, pool_size=1)
+        try:
+            target = Store(args.to, pool_size=1)
+            try:
+                copied = dbcopy.copy(source, target, replace=args.replace)
+            finally:
+                target.close()
+        finally:
+            source.close()
+    except (JarvisError, OSError) as e:
+        return _fail(getattr(e, "message", str(e)))
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    print(f"copied {counts} from {_shown(source_url)} to {_shown(args.to)}")
+    return EXIT_OK
+
+
 def cmd_check(args) -> int:
     """Print one line per check with what to do about a failure; exit 1 if any failed."""
     from . import private_dir
@@ -317,15 +374,20 @@ def cmd_check(args) -> int:
         report(False, f"configuration: {e}", "correct the variable named above")
         return EXIT_FAILED
     database = cfg.database_path()
+    shown = _shown(database)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-        Store(database).check_writable()
-        report(True, f"database {database} is writable")
+        _make_folder(database)
+        store = Store(database, pool_size=1, timeout_s=cfg.database_timeout_s)
+        try:
+            store.check_writable()
+        finally:
+            store.close()
+        report(True, f"database {shown} is writable")
     except (JarvisError, OSError) as e:
         report(
             False,
-            f"database {database}: {e}",
-            "set JARVIS_DATABASE to a writable file, or fix its permissions",
+            f"database {shown}: {getattr(e, 'message', e)}",
+            "set JARVIS_DATABASE to a writable file or a reachable postgresql:// URL, or fix its permissions",
         )
     folder = cfg.instance_path()
     try:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import subprocess
 import time
 
 import pytest
 import requests
 
 from tests import postgres, test_api, test_chats, test_lifecycle, test_security, test_settings, test_versions
-from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, jarvis_command
 from tests.fake_ollama import Script
 from tests.test_security import accounts, bare  # noqa: F401  (fixtures of the tests run again)
 
@@ -143,3 +144,70 @@ def test_an_answer_whose_final_write_cannot_be_stored_is_logged_as_lost(
     assert sse.end() == {"status": "completed"}
     lost = [r for r in caplog.records if r.getMessage() == "answer_lost"]
     assert lost and lost[0].levelno == logging.CRITICAL
+
+
+def _fill(store, users) -> list[str]:
+    """A history with what a copy must keep: accounts, a token, versions, settings, statuses, meta."""
+    ann = users.add("ann", test_security.PASSWORD)
+    sid = store.create_session(ann.id)["id"]
+    _, first = store.add_exchange(sid, "first question", "t" * 16, "tiny")
+    store.save_answer(first, "first answer", "completed", meta={"usage": {"output_tokens": 2}})
+    again = store.add_answer(sid, store.prompt_of(sid, first), "u" * 16, "tiny")
+    store.save_answer(again, "cut short", "stopped", meta={"reason": "stopped"})
+    store.show_version(sid, first, ann.id)  # the leaf is the first version again
+    store.set_settings(sid, {"temperature": 0.5}, ann.id)
+    other = store.create_session(ann.id, title="empty")["id"]
+    return [sid, other]
+
+
+def _jarvis(*args: str, database: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        jarvis_command(*args),
+        env=clean_env(JARVIS_DATABASE=database),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_db_copy_moves_a_sqlite_history_to_postgres_and_back(make_app, tmp_path, postgres_url):
+    old = make_app(database=str(tmp_path / "old.sqlite3")).extensions["jarvis"]
+    sids = _fill(old.store, old.accounts)
+    token = old.accounts.create_token("ann", "ci")
+    ann = old.accounts.authenticate("ann", test_security.PASSWORD)
+
+    done = _jarvis("db", "copy", "--to", postgres_url, database=str(tmp_path / "old.sqlite3"))
+    assert done.returncode == 0, done.stderr
+    assert "copied 1 users, 1 tokens, 2 sessions, 3 messages" in done.stdout
+
+    new = make_app(database=postgres_url).extensions["jarvis"]
+    for sid in sids:
+        assert new.store.get_session(sid, ann.id) == old.store.get_session(sid, ann.id)
+    assert new.store.settings(sids[0], ann.id) == {"temperature": 0.5}
+    assert new.accounts.authenticate("ann", test_security.PASSWORD) == ann
+    assert new.accounts.user_for_token(token)[0] == ann
+    user, answer = new.store.add_exchange(sids[0], "a new question", "v" * 16, "tiny")  # no id collides
+    assert user > 3 and answer == user + 1
+    new.store.save_answer(answer, "a new answer", "completed")
+
+    refused = _jarvis("db", "copy", "--to", postgres_url, database=str(tmp_path / "old.sqlite3"))
+    assert refused.returncode == 1 and "already holds" in refused.stderr
+
+    back = str(tmp_path / "back.sqlite3")
+    done = _jarvis(
+        "db", "copy", "--from", postgres_url, "--to", back, database=str(tmp_path / "unused.sqlite3")
+    )
+    assert done.returncode == 0 and "2 sessions, 5 messages" in done.stdout, done.stderr
+    restored = make_app(database=back).extensions["jarvis"].store
+    assert restored.get_session(sids[0], ann.id) == new.store.get_session(sids[0], ann.id)
+
+    done = _jarvis("db", "copy", "--to", postgres_url, "--replace", database=str(tmp_path / "old.sqlite3"))
+    assert done.returncode == 0 and "3 messages" in done.stdout, done.stderr
+    assert new.store.get_session(sids[0], ann.id) == old.store.get_session(sids[0], ann.id)
+
+
+def test_jarvis_check_opens_a_postgres_database_and_hides_its_password(postgres_url):
+    url = postgres_url.replace("postgres@", "postgres:not-checked@")  # trust: the password is ignored
+    out = _jarvis("check", database=url).stdout
+    assert f"ok   database {url.replace(':not-checked@', ':***@')} is writable" in out
+    assert "not-checked" not in out

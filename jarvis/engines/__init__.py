@@ -8,6 +8,8 @@ module per engine. psycopg is imported only when the URL names PostgreSQL.
 
 from __future__ import annotations
 
+import re
+
 # {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -58,6 +60,11 @@ SNIPPET_WORDS = 16
 
 def is_postgres(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
+
+
+def shown(database: str) -> str:
+    """The database as logs and messages show it: a URL's password is not."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
 
 
 def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0):

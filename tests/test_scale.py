@@ -1,0 +1,270 @@
+"""Several Jarvis processes sharing one Redis (JARVIS_REDIS_URL) and one SQLite file.
+
+Two ``jarvis serve`` processes, A and B, answer from one fake Ollama; requests for one
+session go to either. The fake records when each upstream call opened and closed and
+whether a call arrived while an older one of the session was still open (``overlaps``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from tests.conftest import HTTP_TIMEOUT, Api, clean_env, free_port, serve_process, stop_process, wait_for
+from tests.fake_ollama import Script
+
+redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+two_processes = pytest.mark.slow  # each starts server processes of its own
+
+LEASE_TTL_S = 1.0  # short, so that a dead owner's lease expires within a test
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence, in a temporary folder."""
+
+    port: int
+    folder: str
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", self.folder]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._pings, timeout=5, what="redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+    def client(self):
+        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+    def commands(self) -> dict[str, int]:
+        """Calls per command so far (INFO commandstats), without the INFO calls themselves."""
+        with self.client() as r:
+            stats = r.info("commandstats")
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
+
+    def _pings(self) -> bool:
+        try:
+            with self.client() as r:
+                return r.ping()
+        except redis.ConnectionError:
+            return False
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(free_port(), str(folder)).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Pair:
+    a: Api
+    b: Api
+    proc_a: subprocess.Popen
+    proc_b: subprocess.Popen
+
+
+@pytest.fixture
+def pair(fake, redis_server, tmp_path):
+    """Two ``jarvis serve`` processes sharing one SQLite file, one Redis and the fake Ollama."""
+    procs = []
+
+    def start(name: str):
+        env = clean_env(
+            JARVIS_OLLAMA_URL=fake.url,
+            JARVIS_BACKEND="ollama",
+            JARVIS_MODEL="tiny",
+            JARVIS_DATABASE=str(tmp_path / "shared.sqlite3"),
+            JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
+            JARVIS_REDIS_URL=redis_server.url,
+            JARVIS_LEASE_TTL=str(LEASE_TTL_S),
+            JARVIS_HEARTBEAT="0.2",
+            JARVIS_FIRST_TOKEN_TIMEOUT="30",
+            JARVIS_IDLE_TIMEOUT="30",
+        )
+        log = open(tmp_path / f"serve-{name}.log", "w")
+        proc, api = serve_process(env, stderr=log)
+        log.close()
+        procs.append(proc)
+        return proc, Api(api.url)
+
+    proc_a, a = start("a")
+    proc_b, b = start("b")
+    fake.key = lambda body: "the session"  # every test here uses one session at a time
+    for api in (a, b):  # both hear the control channel before the test begins
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    yield Pair(a, b, proc_a, proc_b)
+    for proc in procs:
+        stop_process(proc)
+
+
+def health(api: Api) -> dict:
+    return requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
+
+
+def assert_one_call_at_a_time(fake, n: int) -> None:
+    """The session's upstream calls never overlapped: each opened after the one before had closed."""
+    calls = fake.wait_for_calls(n)
+    fake.wait_idle()
+    assert fake.overlaps == [], [(old.prompt, new.prompt) for old, new in fake.overlaps]
+    for old, new in zip(calls[:-1], calls[1:], strict=True):
+        assert old.closed_at <= new.opened_at, (old.prompt, new.prompt)
+
+
+@two_processes
+@pytest.mark.parametrize(
+    "state, script",
+    [
+        ("streaming", Script(tokens=400, interval_s=0.02)),
+        ("stalled", Script(tokens=5, stall_after=2)),
+        ("loading", Script(load_delay_s=60)),
+    ],
+)
+def test_prompt_at_b_supersedes_a_answer_at_a(pair, fake, state, script):
+    # would hang: A's upstream left open while it stalls or loads, B waiting on it
+    fake.push(script, Script(tokens=3))
+    session = pair.a.session()
+    first = pair.a.send(session, "first")
+    if state == "loading":
+        fake.wait_for_calls(1)
+    else:
+        first.until("token")
+    started = time.monotonic()
+    second = pair.b.send(session, "second")
+    assert first.end()["status"] == "superseded"
+    assert second.end()["status"] == "completed"
+    assert second.text() == "tok0 tok1 tok2 "
+    assert time.monotonic() - started < 2.0
+    assert_one_call_at_a_time(fake, 2)
+    assert [c.prompt for c in fake.chat_calls()] == ["first", "second"]
+    statuses = [m.get("status") for m in pair.b.messages(session) if m["role"] == "assistant"]
+    assert statuses == ["superseded", "completed"]
+
+
+@two_processes
+def test_stop_at_b_ends_a_answer_and_closes_its_upstream(pair, fake):
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    answer = pair.a.send(session, "hello")
+    answer.until("token")
+    assert pair.b.stop(session) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+@two_processes
+def test_delete_at_b_ends_a_answer(pair, fake):
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    answer = pair.a.send(session, "hello")
+    answer.until("token")
+    r = requests.delete(f"{pair.b.url}/api/sessions/{session}", headers=pair.b.headers, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+@two_processes
+def test_prompts_alternating_between_processes_never_overlap_upstream(pair, fake):
+    fake.script(tokens=50, interval_s=0.01)
+    session = pair.a.session()
+    answers = []
+    for i in range(6):
+        api = (pair.a, pair.b)[i % 2]
+        answers.append(api.send(session, f"prompt {i}"))
+        answers[-1].until("start")
+    ends = [a.end()["status"] for a in answers]
+    assert ends[-1] == "completed"
+    assert set(ends[:-1]) <= {"superseded"}, ends
+    assert fake.overlaps == []
+
+
+@two_processes
+def test_dead_owner_lease_expires_and_the_next_prompt_proceeds(pair, fake):
+    fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
+    session = pair.a.session()
+    answer = pair.a.send(session, "first")
+    answer.until("token")
+    pair.proc_a.send_signal(signal.SIGKILL)
+    pair.proc_a.wait(5)
+    killed = time.monotonic()
+    second = pair.b.send(session, "second")
+    assert second.end()["status"] == "completed"
+    opened = fake.chat_calls()[1].opened_at
+    assert opened - killed <= LEASE_TTL_S + 1.0
+    answer.close()
+
+
+@two_processes
+def test_redis_down_refuses_new_prompts_at_once_while_a_live_answer_completes(pair, fake, redis_server):
+    fake.push(Script(tokens=30, interval_s=0.05), Script(tokens=3))
+    session, other = pair.a.session(), pair.b.session()
+    answer = pair.a.send(session, "live")
+    answer.until("token")
+    redis_server.stop()
+    started = time.monotonic()
+    refused = pair.b.send(other, "new")
+    took = time.monotonic() - started
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "coordination_unavailable"
+    assert refused.response.headers["Retry-After"]
+    assert took < 0.5
+    assert answer.end()["status"] == "completed"
+    assert answer.text() == "".join(f"tok{i} " for i in range(30))
+    wait_for(lambda: health(pair.a)["coordination_ok"] is False, timeout=2, what="healthz to say so")
+    assert health(pair.a)["coordination"]["error"]
+    redis_server.start()  # back on its port: the processes resubscribe and serve again
+    wait_for(lambda: health(pair.b)["coordination_ok"], timeout=5, what="B to resubscribe")
+    assert pair.b.send(other, "again").end()["status"] == "completed"
+
+
+@two_processes
+def test_an_answer_costs_a_few_redis_commands_not_one_per_token(pair, fake, redis_server):
+    fake.script(tokens=200)
+    session = pair.a.session()
+    for api in (pair.a, pair.b):  # scripts loaded, connections opened
+        assert api.send(session, "warm up").end()["status"] == "completed"
+    before = redis_server.commands()
+    assert pair.a.send(session, "counted").end()["status"] == "completed"
+    after = redis_server.commands()
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    print("redis commands for one answer of 200 tokens:", spent)
+    # three round trips: the claim (a script), the lease (SET NX), the release (a script);
+    # the scripts' own commands (time, get, set, del, publish) count in the stats too
+    assert spent.get("evalsha") == 2, spent
+    assert sum(n for k, n in spent.items() if k != "hello") <= 10, spent
+
+
+@two_processes
+def test_without_redis_url_redis_is_never_imported(fake, tmp_path):
+    env = clean_env(JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_INSTANCE_DIR=str(tmp_path))
+    code = (
+        "import sys, jarvis; jarvis.create_app().extensions['jarvis'].shutdown(2); "
+        "print('redis' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -133,8 +133,10 @@ class Coordinator:
         self._subscribed = threading.Event()  # the listener hears the channel
         self.error: str | None = None  # the last failure, while it lasts
         self._pubsub = None
-        self._listener = threading.Thread(target=self._listen, name="jarvis-coord-listen")
-        self._renewer = threading.Thread(target=self._renew_loop, name="jarvis-coord-renew")
+        # daemons only so that a host that never calls shutdown (plain waitress) can still exit;
+        # close() joins them
+        self._listener = threading.Thread(target=self._listen, name="jarvis-coord-listen", daemon=True)
+        self._renewer = threading.Thread(target=self._renew_loop, name="jarvis-coord-renew", daemon=True)
         self._listener.start()
         self._renewer.start()
 
@@ -228,17 +230,20 @@ class Coordinator:
         return not alive
 
     def _renew_loop(self) -> None:
-        """Renew this process's leases every third of the TTL; cancel a stream whose lease another holds."""
+        """Renew the leases of this process's live streams every third of the TTL; cancel a stream
+        whose lease another owner holds."""
         while not self._closed.wait(self.ttl_ms / 3000):
             with self._lock:
                 held = list(self._held)
             for lease in held:
+                stream = lease._stream()
+                if stream is None or stream.scope.cancelled:
+                    continue  # a worker stuck past its cancel must not hold the session forever
                 try:
                     kept = self._call(self._renew, [lease_key(lease.key)], [lease.value, self.ttl_ms])
                 except CoordinationUnavailable:
                     continue  # Redis away: the answer goes on; the lease is put back when it returns
-                stream = lease._stream()
-                if not kept and lease.held and stream is not None:
+                if not kept and lease.held:
                     log.event("lease_lost", logging.WARNING, session=lease.key)
                     stream.cancel("superseded")
 
@@ -270,15 +275,18 @@ class Coordinator:
             self._pubsub = None
 
     def _handle(self, data: str) -> None:
-        op, key, *rest = data.split("\t")
-        if op == "released":
+        op, _, rest = data.partition("\t")
+        fields = rest.split("\t")
+        if op == "released" and len(fields) == 1:
             with self._lock:
-                waiters = list(self._waiting.get(key, ()))
+                waiters = list(self._waiting.get(fields[0], ()))
             for woken in waiters:
                 woken.set()
-        elif op in ("cancel", "stop") and len(rest) == 3:
-            reason, _, ticket = rest
+        elif op in ("cancel", "stop") and len(fields) == 4 and fields[3].isdigit():
+            key, reason, _, ticket = fields
             self.cancel(key, int(ticket), reason)
+        else:  # another program on the channel: not ours to act on
+            log.event("coord_message_ignored", logging.WARNING, message=data[:200])
 
     def _message(self, op: str, key: str, reason: str) -> list:
         # the script appends the ticket: "op key reason process ticket"

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -268,3 +269,122 @@ def test_without_redis_url_redis_is_never_imported(fake, tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+# Two apps in this process, each with its own registry and coordinator, stand for two processes:
+# the same protocol over the same Redis, without the cost of starting servers.
+
+
+@pytest.fixture
+def two_apps(make_app, make_server, redis_server):
+    apps = [make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S) for _ in range(2)]
+    apis = [Api(make_server(app).url) for app in apps]
+    for api in apis:
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    return apps, apis
+
+
+@pytest.mark.parametrize("script", [Script(tokens=400, interval_s=0.02), Script(tokens=5, stall_after=2)])
+def test_a_prompt_in_one_app_supersedes_the_answer_in_the_other(two_apps, fake, script):
+    # would hang: the first answer's upstream left open while it stalls, the second waiting on it
+    (_, _), (a, b) = two_apps
+    fake.key = lambda body: "the session"
+    fake.push(script, Script(tokens=3))
+    session = a.session()
+    first = a.send(session, "first")
+    first.until("token")
+    second = b.send(session, "second")
+    assert first.end()["status"] == "superseded"
+    assert second.end()["status"] == "completed"
+    assert_one_call_at_a_time(fake, 2)
+
+
+def test_stop_in_one_app_reaches_the_answer_in_the_other(two_apps, fake):
+    (_, _), (a, b) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    assert b.stop(session) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+def test_a_late_cancel_never_ends_a_newer_prompt(two_apps, fake, redis_server):
+    (app, _), (a, _) = two_apps
+    fake.script(tokens=30, interval_s=0.02)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    (stream,) = app.extensions["jarvis"].registry.live()
+    with redis_server.client() as r:  # a cancel sent by a prompt that came before this one
+        r.publish("jarvis:control", f"cancel\t{session}\tsuperseded\tother\t{stream.lease.ticket - 1}")
+    assert answer.end()["status"] == "completed"
+
+
+def test_an_answer_whose_lease_another_owner_took_ends(two_apps, fake, redis_server):
+    (_, _), (a, _) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=60_000)
+    assert answer.end()["status"] == "superseded"  # at the next renewal, a third of the TTL
+
+
+def test_a_live_answer_keeps_its_lease_past_the_ttl(two_apps, fake, redis_server):
+    (app, _), (a, _) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    (stream,) = app.extensions["jarvis"].registry.live()
+    with redis_server.client() as r:
+        deadline = time.monotonic() + 3 * LEASE_TTL_S
+        while time.monotonic() < deadline:  # renewed every third of the TTL, never let lapse
+            assert r.get(f"jarvis:lease:{session}") == stream.lease.value
+            threading.Event().wait(0.05)
+        a.stop(session)
+        assert answer.end()["status"] == "stopped"
+        wait_for(lambda: r.get(f"jarvis:lease:{session}") is None, timeout=1, what="the lease released")
+
+
+def test_unreachable_redis_refuses_prompts_at_once(make_app, make_server, fake):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    api = Api(make_server(app).url)
+    session = api.session()
+    started = time.monotonic()
+    refused = api.send(session, "hello")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "coordination_unavailable"
+    assert time.monotonic() - started < 0.5
+    assert health(api)["coordination_ok"] is False
+    assert fake.chat_calls() == []
+
+
+def test_a_prompt_waits_for_a_lease_held_elsewhere_until_it_expires(two_apps, fake, redis_server):
+    # an owner that cannot hear the cancel (a process that died): its lease runs out on its own
+    (_, _), (a, _) = two_apps
+    session = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=500)
+    sent = time.monotonic()
+    answer = a.send(session, "hello")
+    assert answer.end()["status"] == "completed"
+    assert fake.chat_calls()[0].opened_at - sent >= 0.4  # not before the lease expired
+
+
+def test_a_prompt_that_cannot_get_the_lease_in_time_never_calls_the_model(
+    make_app, make_server, fake, redis_server
+):
+    app = make_app(redis_url=redis_server.url, supersede_timeout_s=0.3)
+    api = Api(make_server(app).url)
+    wait_for(lambda: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    session = api.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=60_000)
+    end = api.send(session, "hello").end()
+    assert end["status"] == "failed"
+    assert end["error"]["code"] == "supersede_timeout"
+    assert fake.chat_calls() == []

@@ -41,8 +41,9 @@ WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends
 RETRY_S = 0.5  # the listener resubscribes this often while Redis is away
 TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than any answer
 
-# a ticket from Redis's clock in microseconds, above the session's last: survives a restart of Redis.
-# ARGV[3] "cancel" publishes that older streams of the session end; "stop" stops them all.
+# a ticket from Redis's clock in microseconds, above the session's last (so it survives a restart of
+# Redis), published with the message: every stream of the session with a lower ticket ends. A prompt
+# ("cancel") keeps it as the session's last; a Stop needs only the ordering.
 TICKET = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -147,7 +148,8 @@ class Coordinator:
         Raises CoordinationUnavailable at once while Redis cannot be reached."""
         if not self._subscribed.is_set():
             raise CoordinationUnavailable(f"Redis cannot be reached: {self.error or 'not connected yet'}")
-        ticket = int(self._call(self._ticket, [ticket_key(key)], self._message("cancel", key, "superseded")))
+        message = self._message("cancel", key, "superseded")
+        ticket = int(self._call(self._ticket, keys=[ticket_key(key)], args=message))
         return Lease(self, key, trace_id, ticket)
 
     def stop(self, key: str, reason: str) -> bool:
@@ -155,7 +157,7 @@ class Coordinator:
         A failure is logged, not raised: the local stop has happened already."""
         try:
             holder = self._call(self.redis.get, lease_key(key))
-            self._call(self._ticket, [ticket_key(key)], self._message("stop", key, reason))
+            self._call(self._ticket, keys=[ticket_key(key)], args=self._message("stop", key, reason))
         except CoordinationUnavailable as e:
             log.event("coord_stop_failed", logging.WARNING, session=key, error=e.message)
             return False
@@ -211,7 +213,7 @@ class Coordinator:
             self._held.discard(lease)
         try:
             released = f"released\t{lease.key}"
-            self._call(self._release, [lease_key(lease.key)], [lease.value, CHANNEL, released])
+            self._call(self._release, keys=[lease_key(lease.key)], args=[lease.value, CHANNEL, released])
         except CoordinationUnavailable as e:  # the lease expires on its own within the TTL
             log.event("coord_release_failed", logging.WARNING, session=lease.key, error=e.message)
 
@@ -240,7 +242,9 @@ class Coordinator:
                 if stream is None or stream.scope.cancelled:
                     continue  # a worker stuck past its cancel must not hold the session forever
                 try:
-                    kept = self._call(self._renew, [lease_key(lease.key)], [lease.value, self.ttl_ms])
+                    kept = self._call(
+                        self._renew, keys=[lease_key(lease.key)], args=[lease.value, self.ttl_ms]
+                    )
                 except CoordinationUnavailable:
                     continue  # Redis away: the answer goes on; the lease is put back when it returns
                 if not kept and lease.held:
@@ -295,10 +299,7 @@ class Coordinator:
     def _call(self, fn, *args, **kwargs):
         """One Redis call; a lost or slow Redis becomes CoordinationUnavailable."""
         try:
-            if fn in (self._ticket, self._renew, self._release):
-                result = fn(keys=args[0], args=args[1])
-            else:
-                result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except self._errors as e:
             self.error = f"{type(e).__name__}: {e}"
             raise CoordinationUnavailable(f"Redis cannot be reached: {e}") from e

@@ -7,7 +7,6 @@ whether a call arrived while an older one of the session was still open (``overl
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,54 +19,13 @@ import requests
 
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, free_port, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 two_processes = pytest.mark.slow  # each starts server processes of its own
 
 LEASE_TTL_S = 1.0  # short, so that a dead owner's lease expires within a test
-
-
-@dataclass
-class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence, in a temporary folder."""
-
-    port: int
-    folder: str
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", self.folder]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._pings, timeout=5, what="redis-server to answer")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
-    def client(self):
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
-
-    def commands(self) -> dict[str, int]:
-        """Calls per command so far (INFO commandstats), without the INFO calls themselves."""
-        with self.client() as r:
-            stats = r.info("commandstats")
-        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
-
-    def _pings(self) -> bool:
-        try:
-            with self.client() as r:
-                return r.ping()
-        except redis.ConnectionError:
-            return False
 
 
 @pytest.fixture

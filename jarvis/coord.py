@@ -154,7 +154,10 @@ class Coordinator:
 
     def stop(self, key: str, reason: str) -> bool:
         """Tell every process to stop ``key``'s live streams; True if another process holds its lease.
-        A failure is logged, not raised: the local stop has happened already."""
+        A failure is logged, not raised: a Stop must answer even while Redis is away."""
+        if not self._subscribed.is_set():
+            log.event("coord_stop_failed", logging.WARNING, session=key, error=self.error)
+            return False
         try:
             holder = self._call(self.redis.get, lease_key(key))
             self._call(self._ticket, keys=[ticket_key(key)], args=self._message("stop", key, reason))

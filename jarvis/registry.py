@@ -107,8 +107,9 @@ class Registry:
         with self._lock:
             stream = self._current.get(key)
         stopped = stream.cancel(reason) if stream is not None else False
-        elsewhere = self.coord.stop(key, reason) if self.coord is not None else False
-        return stopped or elsewhere
+        if stopped or self.coord is None:  # the session's current answer ran here
+            return stopped
+        return self.coord.stop(key, reason)
 
     def cancel_older(self, key: str, ticket: int, reason: str) -> int:
         """Cancel ``key``'s streams that arrived before ``ticket`` (a message from another process)."""

@@ -346,3 +346,58 @@ def test_a_prompt_that_cannot_get_the_lease_in_time_never_calls_the_model(
     assert end["status"] == "failed"
     assert end["error"]["code"] == "supersede_timeout"
     assert fake.chat_calls() == []
+
+
+def test_prompts_sent_at_once_to_both_apps_leave_one_answer(two_apps, fake):
+    (_, _), (a, b) = two_apps
+    fake.key = lambda body: "the session"
+    fake.script(tokens=20, interval_s=0.01)
+    session = a.session()
+    ends: list[dict] = []
+
+    def send(api: Api, n: int) -> None:
+        ends.append(api.send(session, f"prompt {n}").end())
+
+    threads = [threading.Thread(target=send, args=((a, b)[n % 2], n)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    statuses = sorted(e["status"] for e in ends)
+    assert statuses == ["completed"] + ["superseded"] * 5, ends
+    fake.wait_idle()
+    assert fake.overlaps == []
+
+
+def test_a_hung_redis_refuses_new_prompts_within_its_timeout_while_a_live_answer_completes(
+    two_apps, fake, redis_server
+):
+    # would hang: a prompt, or the live answer's renewal and release, waiting on a Redis that never replies
+    (_, _), (a, b) = two_apps
+    fake.push(Script(tokens=30, interval_s=0.05))
+    session, other = a.session(), b.session()
+    answer = a.send(session, "live")
+    answer.until("token")
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        refused = b.send(other, "new")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "coordination_unavailable"
+        assert time.monotonic() - started < 1.5  # JARVIS_REDIS_TIMEOUT is 0.5 s
+        assert answer.end()["status"] == "completed"
+        assert answer.text() == "".join(f"tok{i} " for i in range(30))
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_prompt_older_than_the_lease_holder_ends_superseded_without_calling_the_model(
+    two_apps, fake, redis_server
+):
+    # the newer prompt's cancel reached this process before the older stream was registered
+    (_, _), (a, _) = two_apps
+    session = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", f"elsewhere trace {10**17}", px=60_000)  # a ticket from the future
+    assert a.send(session, "hello").end()["status"] == "superseded"
+    assert fake.chat_calls() == []

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from . import log
 from .cancel import CancelScope
 from .config import ConfigError
-from .errors import CoordinationUnavailable
+from .errors import CoordinationUnavailable, JarvisError
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
@@ -109,9 +109,17 @@ class Lease:
 class Coordinator:
     """Leases and the control channel of one process; ``close()`` joins its two threads."""
 
-    def __init__(self, url: str, cancel: Callable, lease_ttl_s: float = 10.0, timeout_s: float = 0.5):
+    def __init__(
+        self,
+        url: str,
+        cancel: Callable,
+        lease_ttl_s: float = 10.0,
+        timeout_s: float = 0.5,
+        interrupt: Callable[[str], object] | None = None,
+    ):
         """``cancel(key, before_ticket, reason)`` cancels this process's streams of ``key`` whose ticket
-        is below ``before_ticket``."""
+        is below ``before_ticket``; ``interrupt(trace_id)`` marks the stored answer of another
+        process's stream, whose lease this process took over, as interrupted."""
         try:
             import redis  # the scale extra: only a process with JARVIS_REDIS_URL imports it
         except ImportError:
@@ -122,6 +130,7 @@ class Coordinator:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
         )
         self.cancel = cancel
+        self.interrupt = interrupt
         self.ttl_ms = max(1, int(lease_ttl_s * 1000))
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._ticket = self.redis.register_script(TICKET)
@@ -177,7 +186,7 @@ class Coordinator:
         with self._lock:
             self._waiting.setdefault(lease.key, set()).add(woken)
         undo = scope.on_cancel(woken.set)
-        looks = 0
+        looks, displaced = 0, None
         try:
             while not scope.cancelled:
                 woken.clear()
@@ -188,9 +197,12 @@ class Coordinator:
                     with self._lock:
                         self._held.add(lease)
                     lease.held = True
+                    self._took_over(displaced)
                     return True
                 if _ticket_of(holder) > lease.ticket:
                     return False  # a newer prompt holds it: this one is superseded
+                if not holder.startswith(self.process_id + " "):
+                    displaced = holder
                 looks += 1
                 if looks == 2:  # an older holder still: its process may have missed the claim's cancel
                     message = self._message("cancel", lease.key, "superseded")[1] + str(lease.ticket)
@@ -210,6 +222,16 @@ class Coordinator:
                 waiters.discard(woken)
                 if not waiters:
                     del self._waiting[lease.key]
+
+    def _took_over(self, holder: str | None) -> None:
+        """An answer of another process held the lease before: if that process died, its answer is
+        still marked streaming; say it was interrupted (a live process's final save overwrites it)."""
+        if holder is None or self.interrupt is None:
+            return
+        try:
+            self.interrupt(holder.split(" ")[1])
+        except (IndexError, JarvisError) as e:  # a foreign value, or the database refused
+            log.event("coord_interrupt_failed", logging.WARNING, holder=holder[:200], error=str(e))
 
     def release(self, lease: Lease) -> None:
         with self._lock:

@@ -166,6 +166,11 @@ def test_dead_owner_lease_expires_and_the_next_prompt_proceeds(pair, fake):
     session = pair.a.session()
     answer = pair.a.send(session, "first")
     answer.until("token")
+
+    def checkpointed():
+        return [m for m in pair.b.messages(session) if m["role"] == "assistant" and m["content"]]
+
+    wait_for(checkpointed, timeout=5, what="A to save the text so far")
     pair.proc_a.send_signal(signal.SIGKILL)
     pair.proc_a.wait(5)
     killed = time.monotonic()
@@ -174,6 +179,8 @@ def test_dead_owner_lease_expires_and_the_next_prompt_proceeds(pair, fake):
     opened = fake.chat_calls()[1].opened_at
     assert opened - killed <= LEASE_TTL_S + 1.0
     answer.close()
+    first_answer = [m for m in pair.b.messages(session) if m["role"] == "assistant"][0]
+    assert (first_answer["status"], first_answer["content"]) == ("interrupted", "tok0 tok1 ")
 
 
 @two_processes

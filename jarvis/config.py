@@ -122,6 +122,7 @@ class Config:
         "",
         "Redis that coordinates several Jarvis processes, e.g. redis://127.0.0.1:6379/0 "
         "(needs the scale extra; unset: one process, no Redis).",
+        secret=True,  # it may hold a password
     )
     lease_ttl_s: float = _f(
         10.0,

@@ -126,9 +126,12 @@ class Coordinator:
             raise ConfigError("JARVIS_REDIS_URL needs the redis client: pip install jarvis[scale]") from None
 
         self._errors = (redis.ConnectionError, redis.TimeoutError)
-        self.redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+        try:
+            self.redis = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+            )
+        except ValueError as e:  # the message names the part, never the password
+            raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
         self.cancel = cancel
         self.interrupt = interrupt
         self.ttl_ms = max(1, int(lease_ttl_s * 1000))
@@ -289,6 +292,10 @@ class Coordinator:
                 if message is not None:
                     self._handle(message["data"])
             except self._errors as e:
+                self._lost(e)
+                self._closed.wait(RETRY_S)
+            except Exception as e:  # a refused SUBSCRIBE, or a bug: say so, and do not spin
+                log.log.exception("coordination listener failed")
                 self._lost(e)
                 self._closed.wait(RETRY_S)
         self._lost(None)

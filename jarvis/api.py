@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,7 +22,7 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
-from .history import TITLE_MAX_CHARS
+from .history import LEAF, TITLE_MAX_CHARS
 from .stream import Stream
 
 bp = Blueprint("api", __name__)
@@ -29,6 +30,7 @@ bp = Blueprint("api", __name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # what model names are made of (Ollama's name:tag, paths of GGUF files): nothing that could steer a log
 MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 
 def jarvis():
@@ -126,13 +128,53 @@ def attach(session_id: str):
 def send_message(session_id: str):
     j = jarvis()
     content, model = _read_prompt(j.config, j.upstream.default_model)
+    parent_id = _parent_id(json_object())
     j.store.require_session(session_id, owner())
+    messages = [*j.store.context(session_id, parent_id), {"role": "user", "content": content}]
+    return _answer(
+        session_id,
+        model,
+        messages,
+        lambda trace_id: j.store.add_exchange(session_id, content, trace_id, model, parent_id),
+    )
+
+
+@bp.post(f"/api/sessions/<session_id>/messages/<int(max={MAX_ID}):answer_id>/regenerate")
+def regenerate(session_id: str, answer_id: int):
+    j = jarvis()
+    body = _json_body(64 * 1024) if request.content_length or request.is_json else {}
+    model = _model(body, j.upstream.default_model)
+    j.store.require_session(session_id, owner())
+    prompt_id = j.store.prompt_of(session_id, answer_id)
+    messages = j.store.context(session_id, prompt_id)
+    return _answer(
+        session_id,
+        model,
+        messages,
+        lambda trace_id: (prompt_id, j.store.add_answer(session_id, prompt_id, trace_id, model)),
+    )
+
+
+@bp.post("/api/sessions/<session_id>/leaf")
+def show_version(session_id: str):
+    message_id = _json_body(64 * 1024).get("message_id")
+    if not _is_id(message_id):
+        raise BadRequest('"message_id" must be the id of a message of this session')
+    return jarvis().store.show_version(session_id, message_id, owner())
+
+
+def _answer(
+    session_id: str, model: str, messages: list[dict], store_rows: Callable[[str], tuple[int, int]]
+) -> Response:
+    """Start an answer to ``messages`` and stream it: build its Stream, store its rows
+    (``store_rows(trace_id)`` returns the prompt's id and the answer's), then hand it over."""
+    j = jarvis()
     trace_id = secrets.token_hex(8)
     stream = Stream(
         session_id=session_id,
         trace_id=trace_id,
         model=model,
-        messages=[*j.store.context(session_id), {"role": "user", "content": content}],
+        messages=messages,
         upstream=j.upstream,
         store=j.store,
         config=j.config,
@@ -143,8 +185,8 @@ def send_message(session_id: str):
         metrics=j.metrics,
         detach_grace_s=j.config.detach_grace_s,
     )
-    # the prompt is stored first: a failed write must leave the session's running answer alone
-    stream.user_message_id, stream.message_id = j.store.add_exchange(session_id, content, trace_id, model)
+    # the rows are stored first: a failed write must leave the session's running answer alone
+    stream.user_message_id, stream.message_id = store_rows(trace_id)
     j.registry.hand_over(stream)  # supersedes the session's stream; 503 when full
     if stream.credential:
         j.revocations.watch()
@@ -215,10 +257,30 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
         raise BadRequest('"content" must be a non-empty string')
     if len(content) > config.max_prompt_chars:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
+    return content, _model(body, default_model)
+
+
+def _model(body: dict, default_model: str) -> str:
     model = body.get("model") or default_model
     if model is not default_model and (not isinstance(model, str) or not MODEL_NAME.fullmatch(model)):
         raise BadRequest('"model" must be a model name (letters, digits and . _ : / @ + -)')
-    return content, model
+    return model
+
+
+def _parent_id(body: dict) -> int | None | str:
+    """What a new prompt follows: the answer named by "parent_id" (null: none, an edited first
+    prompt), or without it the versions shown."""
+    if "parent_id" not in body:
+        return LEAF
+    parent = body["parent_id"]
+    if parent is not None and not _is_id(parent):
+        raise BadRequest('"parent_id" must be the id of an answer of this session, or null')
+    return parent
+
+
+def _is_id(value: object) -> bool:
+    """A message id: an integer SQLite can hold (a bigger one would fail the query, not miss)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _wants_page() -> bool:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import tree
 from .errors import NotFound, StoreError
 
 SCHEMA = """
@@ -23,11 +24,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     owner INTEGER REFERENCES users(id) ON DELETE CASCADE,
     title TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    leaf_id INTEGER  -- the last message of the versions shown
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    parent_id INTEGER,  -- the message this one follows; NULL for a first prompt
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -77,6 +80,16 @@ INSERT INTO messages_fts (rowid, content)
     SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
 """
 
+# an older database's chats become trees: each message follows the one stored before it
+TREE_MIGRATION = (
+    "ALTER TABLE messages ADD COLUMN parent_id INTEGER",
+    "ALTER TABLE sessions ADD COLUMN leaf_id INTEGER",
+    "UPDATE messages SET parent_id = (SELECT MAX(p.id) FROM messages p"
+    " WHERE p.session_id = messages.session_id AND p.id < messages.id)",
+    "UPDATE sessions SET leaf_id = (SELECT MAX(m.id) FROM messages m WHERE m.session_id = sessions.id)",
+)
+LEAF = "leaf"  # a new prompt's parent: the session's current leaf
+
 BUSY_TIMEOUT_S = 5.0
 TITLE_CHARS = 60
 TITLE_MAX_CHARS = 200  # a title someone typed
@@ -105,6 +118,11 @@ class Store:
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is None:
                 # one transaction: an older database gets the index and its existing answers at once
                 db.executescript("BEGIN IMMEDIATE;" + SEARCH_SCHEMA + "COMMIT;")
+            db.execute("BEGIN IMMEDIATE")  # one transaction, checked inside it: two starting processes agree
+            if "parent_id" not in {r["name"] for r in db.execute("PRAGMA table_info(messages)")}:
+                for statement in TREE_MIGRATION:
+                    db.execute(statement)
+            db.execute("COMMIT")
         # held open for the store's life: when the last connection to a WAL database closes,
         # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
         self._keeper = sqlite3.connect(path, check_same_thread=False)
@@ -195,18 +213,35 @@ class Store:
         return dict(row)
 
     def get_session(self, session_id: str, owner: int | None = None) -> dict:
-        """The session with its messages, oldest first; NotFound if unknown or not the owner's."""
+        """The session with the messages of the versions shown, oldest first; NotFound if unknown
+        or not the owner's."""
         with self.connect() as db:
             row = db.execute(
-                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ? AND owner IS ?",
+                "SELECT id, title, created_at, updated_at, leaf_id FROM sessions WHERE id = ? AND owner IS ?",
                 (session_id, owner),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no session {_shown(session_id)}")
-            rows = db.execute(
-                "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
-            ).fetchall()
-        return {**dict(row), "messages": [_message(r) for r in rows]}
+            rows = db.execute("SELECT * FROM messages WHERE session_id = ?", (session_id,)).fetchall()
+        rows = [_message(r) for r in rows]
+        return {**dict(row), "messages": tree.with_versions(rows, row["leaf_id"])}
+
+    def show_version(self, session_id: str, message_id: int, owner: int | None = None) -> dict:
+        """Show the versions through ``message_id``: the leaf becomes the newest one under it.
+
+        Returns the session as ``get_session`` does; NotFound for a message of another session."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            found = db.execute("SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
+            if found.fetchone() is None:
+                raise NotFound(f"no session {_shown(session_id)}")
+            rows = _tree_rows(db, session_id)
+            if not any(r["id"] == message_id for r in rows):
+                raise NotFound(f"no message {message_id} in this session")
+            leaf = tree.newest_leaf(rows, message_id)
+            db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (leaf, session_id))
+            db.execute("COMMIT")
+        return self.get_session(session_id, owner)
 
     def search(self, query: str, owner: int | None = None) -> list[dict]:
         """The owner's sessions whose title or messages hold every word of ``query``, best first."""
@@ -248,12 +283,14 @@ class Store:
                 "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                 (sid, owner, title, messages[0]["created_at"] if messages else now, now),
             )
+            parent = None  # an import is one line of messages
             for m in messages:
-                db.execute(
-                    "INSERT INTO messages (session_id, role, content, status, model, error, meta,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                parent = db.execute(
+                    "INSERT INTO messages (session_id, parent_id, role, content, status, model, error, meta,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         sid,
+                        parent,
                         m["role"],
                         m["content"],
                         m["status"],
@@ -263,7 +300,8 @@ class Store:
                         m["created_at"],
                         m["created_at"],
                     ),
-                )
+                ).lastrowid
+            db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (parent, sid))
             db.execute("COMMIT")
         return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
@@ -279,39 +317,66 @@ class Store:
             if deleted.rowcount == 0:
                 raise NotFound(f"no session {_shown(session_id)}")
 
-    def context(self, session_id: str) -> list[dict]:
-        """The conversation to send upstream: prompts and completed answers, oldest first."""
+    def context(self, session_id: str, upto: int | None | str = LEAF) -> list[dict]:
+        """The conversation to send upstream: the prompts and completed answers on the path to
+        ``upto`` (a message of the session, None for nothing, LEAF for the versions shown)."""
+        if upto is None:
+            return []
         with self.connect() as db:
-            rows = db.execute(
-                "SELECT role, content FROM messages WHERE session_id = ? AND "
-                "(role = 'user' OR status IN ('completed', 'length')) ORDER BY id",
-                (session_id,),
-            ).fetchall()
-        return [{"role": r["role"], "content": r["content"]} for r in rows]
+            rows = _tree_rows(db, session_id, content=True)
+            if upto == LEAF:
+                upto = _leaf(db, session_id)
+            elif not any(r["id"] == upto for r in rows):
+                raise NotFound(f"no message {upto} in this session")
+        return [
+            {"role": r["role"], "content": r["content"]}
+            for r in tree.path(rows, upto)
+            if r["role"] == "user" or r["status"] in ("completed", "length")
+        ]
 
-    def add_exchange(self, session_id: str, prompt: str, trace_id: str, model: str) -> tuple[int, int]:
-        """Store the prompt and an empty streaming answer in one transaction."""
+    def add_exchange(
+        self, session_id: str, prompt: str, trace_id: str, model: str, parent_id: int | None | str = LEAF
+    ) -> tuple[int, int]:
+        """Store the prompt and an empty streaming answer in one transaction, and show them.
+
+        The prompt follows ``parent_id``: an answer of the session, None for a first prompt, or
+        LEAF (the versions shown). A prompt under an earlier answer is an edit: a new version."""
         now = time.time()
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            user = db.execute(
-                "INSERT INTO messages (session_id, role, content, status, trace_id, model, created_at,"
-                " updated_at) VALUES (?, 'user', ?, 'sent', ?, ?, ?, ?)",
-                (session_id, prompt, trace_id, model, now, now),
-            ).lastrowid
-            answer = db.execute(
-                "INSERT INTO messages (session_id, role, content, status, trace_id, model, created_at,"
-                " updated_at) VALUES (?, 'assistant', '', 'streaming', ?, ?, ?, ?)",
-                (session_id, trace_id, model, now, now),
-            ).lastrowid
+            if parent_id == LEAF:
+                parent_id = _leaf(db, session_id)
+            elif parent_id is not None:
+                _require_message(db, session_id, parent_id, "assistant")
+            user = _insert(db, session_id, parent_id, "user", "sent", trace_id, model, now, prompt)
+            answer = _insert(db, session_id, user, "assistant", "streaming", trace_id, model, now)
             title = _title(prompt)
             db.execute(
-                "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END"
-                " WHERE id = ?",
-                (now, title, session_id),
+                "UPDATE sessions SET updated_at = ?, leaf_id = ?,"
+                " title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
+                (now, answer, title, session_id),
             )
             db.execute("COMMIT")
         return user, answer
+
+    def add_answer(self, session_id: str, prompt_id: int, trace_id: str, model: str) -> int:
+        """Store an empty streaming answer to the stored prompt ``prompt_id``, beside the answers it
+        has (a regenerated version), and show it."""
+        now = time.time()
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            _require_message(db, session_id, prompt_id, "user")
+            answer = _insert(db, session_id, prompt_id, "assistant", "streaming", trace_id, model, now)
+            db.execute(
+                "UPDATE sessions SET updated_at = ?, leaf_id = ? WHERE id = ?", (now, answer, session_id)
+            )
+            db.execute("COMMIT")
+        return answer
+
+    def prompt_of(self, session_id: str, answer_id: int) -> int:
+        """The prompt that the answer ``answer_id`` of the session answers; NotFound for anything else."""
+        with self.connect() as db:
+            return _require_message(db, session_id, answer_id, "assistant")
 
     def save_answer(
         self, message_id: int, content: str, status: str, error: dict | None = None, meta: dict | None = None
@@ -330,6 +395,37 @@ class Store:
                     message_id,
                 ),
             )
+
+
+def _tree_rows(db: sqlite3.Connection, session_id: str, content: bool = False) -> list[dict]:
+    columns = "id, parent_id, role, status" + (", content" if content else "")
+    rows = db.execute(f"SELECT {columns} FROM messages WHERE session_id = ?", (session_id,))
+    return [dict(r) for r in rows]
+
+
+def _leaf(db: sqlite3.Connection, session_id: str) -> int | None:
+    row = db.execute("SELECT leaf_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return row["leaf_id"] if row else None
+
+
+def _require_message(db: sqlite3.Connection, session_id: str, message_id: int, role: str) -> int | None:
+    """The parent of the session's message ``message_id``, which must be written by ``role``."""
+    row = db.execute(
+        "SELECT parent_id FROM messages WHERE id = ? AND session_id = ? AND role = ?",
+        (message_id, session_id, role),
+    ).fetchone()
+    if row is None:
+        who = "prompt" if role == "user" else "answer"
+        raise NotFound(f"no {who} {message_id} in this session")
+    return row["parent_id"]
+
+
+def _insert(db, session_id, parent_id, role, status, trace_id, model, now, content="") -> int:
+    return db.execute(
+        "INSERT INTO messages (session_id, parent_id, role, content, status, trace_id, model, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, parent_id, role, content, status, trace_id, model, now, now),
+    ).lastrowid
 
 
 def _create_private(path: str) -> None:

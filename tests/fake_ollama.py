@@ -203,23 +203,18 @@ class FakeOllama:
                 call.closed.set()
 
     def _check_overlap(self, new: Call) -> None:
-        """Record a still-open call of the same session: one whose client has not sent EOF."""
-        if self.key is None:
+        """Record a still-open call of the same session: one whose client has not sent EOF.
+
+        A call the client had already closed when this thread read it (a loaded machine runs the
+        fake's threads late) overlaps nothing: its client left before any later call opened."""
+        if self.key is None or _at_eof(new.sock):
             return
         for old in self.calls:
             if old.path != self.CHAT_PATH or old.closed_at is not None:
                 continue
             if self.key(old.body) != self.key(new.body):
                 continue
-            try:
-                # select first: a peek on a socket with a timeout would wait it out, under our lock
-                readable, _, _ = select.select([old.sock], [], [], 0)
-                eof = bool(readable) and old.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                eof = False
-            except (OSError, ValueError):
-                eof = True
-            if not eof:
+            if not _at_eof(old.sock):
                 self.overlaps.append((old, new))
 
     def _next_script(self, body: dict) -> Script:
@@ -385,6 +380,18 @@ class _Body:
     def end(self) -> None:
         if self.framing == "chunked":
             self.conn.sendall(b"0\r\n\r\n")
+
+
+def _at_eof(sock: socket.socket) -> bool:
+    """Whether the client has closed its side (without waiting: called under the fake's lock)."""
+    try:
+        # select first: a peek on a socket with a timeout would wait it out
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 def _send_json(conn: socket.socket, status: int, obj: dict) -> None:

@@ -205,7 +205,7 @@ class RegistryModel(RuleBasedStateMachine):
     def every_finished_body_has_exactly_one_end_last(self):
         for stream, owner, frames, _ in self.owners:
             if not owner.is_alive():
-                ends = [f for f in frames if f.startswith(b"event: end")]
+                ends = [f for f in frames if b"event: end\n" in f]
                 assert len(ends) <= 1 and (not ends or frames[-1] is ends[0]), stream
 
     def teardown(self):
@@ -225,8 +225,8 @@ class RegistryModel(RuleBasedStateMachine):
             assert not owner.is_alive(), f"{stream} body never ended"
             stream.worker.thread.join(5)
             assert not stream.worker.thread.is_alive(), f"{stream} worker never ended"
-            if not gone.is_set() or any(f.startswith(b"event: end") for f in frames):
-                assert sum(f.startswith(b"event: end") for f in frames) <= 1
+            if not gone.is_set() or any(b"event: end\n" in f for f in frames):
+                assert sum(b"event: end\n" in f for f in frames) <= 1
         wait_for(lambda: self.registry.live() == [], timeout=5, what="every stream released")
         for sid in self.sessions.values():
             statuses = [

@@ -9,6 +9,7 @@ import { copyCode, copyMessageButton, copyText, stamp } from "./message-tools.js
 import { setupSearch } from "./search.js";
 import { readEvents } from "./sse.js";
 import { renameField, withGroups } from "./sidebar.js";
+import { setupVersions, versionTools, versionsKey } from "./versions.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -157,15 +158,16 @@ function messageElement(msg) {
 const renderedText = new WeakMap(); // content element -> the text its HTML was made from
 const messageText = new WeakMap(); // message <li> -> its text as written, for Copy
 
-// The time and a Copy button, once the message has a time and (for an answer) is over.
+// The time, Copy and the versions' tools, once the message has a time and (for an answer) is over.
 function paintFoot(li, msg, live) {
   const foot = li.querySelector(".msg-foot");
-  const wanted = live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}`;
+  const wanted = live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}|${versionsKey(msg)}`;
   if (foot.dataset.painted === wanted) return;
   foot.dataset.painted = wanted;
   const parts = [];
   if (msg.created_at && !live) parts.push(stamp(msg.created_at));
   if (msg.content && !live) parts.push(copyMessageButton());
+  if (wanted) parts.push(...versionTools(msg));
   foot.replaceChildren(...parts);
 }
 
@@ -503,11 +505,11 @@ async function openSession(id) {
   await loadHistory(id);
 }
 
-// Fetches a session's messages and merges in the answers this tab is still streaming.
-async function loadHistory(id) {
-  let data;
+// Fetches a session's messages (unless given) and merges in the answers this tab is still streaming.
+async function loadHistory(id, fetched = null) {
+  let data = fetched;
   try {
-    data = await api(sessionPath(id));
+    data ??= await api(sessionPath(id));
   } catch (err) {
     if (id !== state.currentId) return;
     if (err.code === "not_found") {
@@ -698,10 +700,10 @@ async function send() {
   await streamAnswer(sessionId, user, answer, { content: text, model }, previous);
 }
 
-async function streamAnswer(sessionId, user, answer, body, previous) {
+async function streamAnswer(sessionId, user, answer, body, previous, path = "/messages") {
   const run = newRun(sessionId, answer, user);
   try {
-    const response = await request(sessionPath(sessionId, "/messages"), {
+    const response = await request(sessionPath(sessionId, path), {
       method: "POST",
       body,
       signal: run.controller.signal,
@@ -738,6 +740,46 @@ async function streamAnswer(sessionId, user, answer, body, previous) {
   }
 }
 
+// A new version in place of the messages from `msg` on: its answer regenerated, or the prompt
+// edited to `text` and answered. The old versions stay on the server, behind ‹ i/n ›.
+async function newVersion(msg, text = null) {
+  const sessionId = state.currentId;
+  const view = viewOf(sessionId);
+  const at = view.messages.indexOf(msg);
+  const parent = view.messages[at - 1];
+  if (at < 0 || (parent && parent.id == null)) return;
+  hideNotice();
+  const previous = liveOf(sessionId); // the server supersedes the running answer; show it at once
+  for (const stream of previous) {
+    stream.message.supersededLocally = true;
+    repaint(stream.message);
+  }
+  const model = el.model.value || undefined;
+  const now = Date.now() / 1000;
+  const user = text === null ? parent : { key: newKey(), role: "user", content: text, status: "sending", created_at: now };
+  const answer = { key: newKey(), role: "assistant", content: "", status: "pending", model, error: null, created_at: now };
+  view.messages = [...view.messages.slice(0, at), ...(text === null ? [] : [user]), answer];
+  renderConversation();
+  const [path, body] =
+    text === null
+      ? [`/messages/${msg.id}/regenerate`, { model }]
+      : ["/messages", { content: text, model, parent_id: parent ? parent.id : null }];
+  await streamAnswer(sessionId, user, answer, body, previous, path);
+  if (sessionId === state.currentId) await loadHistory(sessionId); // the versions, as stored
+}
+
+async function showVersion(messageId) {
+  const sessionId = state.currentId;
+  const top = el.conversation.scrollTop; // the reader stays where they were
+  try {
+    const data = await api(sessionPath(sessionId, "/leaf"), { method: "POST", body: { message_id: messageId } });
+    await loadHistory(sessionId, data);
+    el.conversation.scrollTop = top;
+  } catch (err) {
+    showNotice(err);
+  }
+}
+
 // The server turned the prompt away before streaming: nothing was stored.
 async function refused(sessionId, user, answer, text, previous, error) {
   removeMessage(sessionId, user);
@@ -747,7 +789,7 @@ async function refused(sessionId, user, answer, text, previous, error) {
     repaint(stream.message);
   }
   if (sessionId === state.currentId) {
-    if (!el.prompt.value) {
+    if (text && !el.prompt.value) {
       el.prompt.value = text;
       autosize();
     }
@@ -988,6 +1030,12 @@ el.messages.addEventListener("click", (e) => {
   } else {
     copyCode(button);
   }
+});
+setupVersions(el.messages, {
+  messageOf: (li) => viewOf(state.currentId).messages.find((m) => state.rendered.get(m.key) === li),
+  show: showVersion,
+  regenerate: (answer) => newVersion(answer),
+  resend: (prompt, text) => newVersion(prompt, text),
 });
 setupSearch({
   input: el.search,

@@ -7,6 +7,8 @@ whether a call arrived while an older one of the session was still open (``overl
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,18 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT, Api, clean_env, free_port, serve_process, stop_process, wait_for
+from jarvis.accounts import Accounts
+from jarvis.history import Store
+from tests.conftest import (
+    HTTP_TIMEOUT,
+    ROOT,
+    Api,
+    clean_env,
+    free_port,
+    serve_process,
+    stop_process,
+    wait_for,
+)
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER, RedisServer
 
@@ -408,3 +421,73 @@ def test_a_prompt_older_than_the_lease_holder_ends_superseded_without_calling_th
         r.set(f"jarvis:lease:{session}", f"elsewhere trace {10**17}", px=60_000)  # a ticket from the future
     assert a.send(session, "hello").end()["status"] == "superseded"
     assert fake.chat_calls() == []
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_config_of_the_docs(listen: int, backends: list[int]) -> str:
+    """The nginx block of docs/scaling.md, verbatim but for the ports and TLS."""
+    doc = open(os.path.join(ROOT, "docs", "scaling.md")).read()
+    block = doc.split("```nginx\n", 1)[1].split("```", 1)[0]
+    for documented, port in zip(("8001", "8002"), backends, strict=True):
+        block = block.replace(f"127.0.0.1:{documented}", f"127.0.0.1:{port}")
+    return block.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen};")
+
+
+@two_processes
+@pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+def test_two_processes_behind_the_documented_nginx_block(fake, redis_server, tmp_path):
+    database = str(tmp_path / "shared.sqlite3")
+    store = Store(database)
+    accounts = Accounts(store)
+    accounts.add("ann", "correct horse battery")
+    token = accounts.create_token("ann", "tests")
+    store.close()
+    procs, ports = [], []
+    try:
+        for name in "ab":
+            env = clean_env(
+                JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_MODEL="tiny",
+                JARVIS_DATABASE=database, JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
+                JARVIS_REDIS_URL=redis_server.url, JARVIS_TRUSTED_PROXIES="127.0.0.1",
+                JARVIS_SECRET_KEY="k" * 32, JARVIS_HEARTBEAT="0.2",
+            )  # fmt: skip
+            with open(tmp_path / f"serve-{name}.log", "w") as log:
+                proc, api = serve_process(env, stderr=log)
+            procs.append(proc)
+            ports.append(int(api.url.rsplit(":", 1)[1]))
+        listen = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/nginx.log;\n"
+            f"events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {tmp_path};\n"
+            f" proxy_temp_path {tmp_path};\n{nginx_config_of_the_docs(listen, ports)}}}\n"
+        )
+        procs.append(
+            subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
+        )
+        api = Api(f"http://127.0.0.1:{listen}", token)
+
+        def up() -> bool:
+            try:
+                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["coordination_ok"]
+            except (requests.ConnectionError, ValueError):
+                return False
+
+        wait_for(up, timeout=10, what="nginx and both processes")
+        fake.key = lambda body: "the session"
+        fake.script(tokens=5, stall_after=2)
+        session = api.session()
+        answers = []
+        for n in range(4):  # round robin: each prompt lands on the other process than the one before
+            answers.append(api.send(session, f"prompt {n}"))
+            answers[-1].until("token")
+        assert api.stop(session) == {"stopped": True}
+        assert [a.end()["status"] for a in answers] == ["superseded"] * 3 + ["stopped"]
+        assert_one_call_at_a_time(fake, 4)
+        for name in "ab":  # both processes answered some of them
+            assert "stream_start" in (tmp_path / f"serve-{name}.log").read_text()
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import transcript
+from . import chat_settings, transcript
 from .auth import credential, owner, signed_in
 from .bodies import json_object
 from .errors import (
@@ -53,15 +53,26 @@ def get_session(session_id: str):
 
 
 @bp.patch("/api/sessions/<session_id>")
-def rename_session(session_id: str):
+def change_session(session_id: str):
+    store = jarvis().store
     body = _json_body(64 * 1024)
-    title = body.get("title")
-    if not isinstance(title, str) or not title.split():
-        raise BadRequest('"title" must be a non-empty string')
-    title = " ".join(title.split())  # one line: a title is shown in a list
-    if len(title) > TITLE_MAX_CHARS:
-        raise BadRequest(f'"title" must be at most {TITLE_MAX_CHARS} characters')
-    return jarvis().store.rename_session(session_id, title, owner())
+    if "title" not in body and "settings" not in body:
+        raise BadRequest('send "title", "settings" or both')
+    settings = None
+    if "settings" in body:  # checked before anything is written: a bad field changes nothing
+        settings = chat_settings.merge(store.settings(session_id, owner()), body["settings"])
+    session = None
+    if "title" in body:
+        title = body["title"]
+        if not isinstance(title, str) or not title.split():
+            raise BadRequest('"title" must be a non-empty string')
+        title = " ".join(title.split())  # one line: a title is shown in a list
+        if len(title) > TITLE_MAX_CHARS:
+            raise BadRequest(f'"title" must be at most {TITLE_MAX_CHARS} characters')
+        session = store.rename_session(session_id, title, owner())
+    if settings is not None:
+        session = store.set_settings(session_id, settings, owner())
+    return session
 
 
 @bp.get("/api/search")
@@ -92,8 +103,8 @@ def import_session():
     j = jarvis()
     body = _json_body(transcript.MAX_IMPORT_BYTES)
     limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
-    title, messages = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
-    return jsonify(j.store.import_session(title, messages, owner())), 201
+    title, messages, settings = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
+    return jsonify(j.store.import_session(title, messages, owner(), settings)), 201
 
 
 @bp.delete("/api/sessions/<session_id>")
@@ -129,13 +140,14 @@ def send_message(session_id: str):
     j = jarvis()
     content, model = _read_prompt(j.config, j.upstream.default_model)
     parent_id = _parent_id(json_object())
-    j.store.require_session(session_id, owner())
+    settings = j.store.settings(session_id, owner())  # 404 for another user's session, as unknown ones
     messages = [*j.store.context(session_id, parent_id), {"role": "user", "content": content}]
     return _answer(
         session_id,
         model,
         messages,
         lambda trace_id: j.store.add_exchange(session_id, content, trace_id, model, parent_id),
+        settings,
     )
 
 
@@ -144,7 +156,7 @@ def regenerate(session_id: str, answer_id: int):
     j = jarvis()
     body = _json_body(64 * 1024) if request.content_length or request.is_json else {}
     model = _model(body, j.upstream.default_model)
-    j.store.require_session(session_id, owner())
+    settings = j.store.settings(session_id, owner())
     prompt_id = j.store.prompt_of(session_id, answer_id)
     messages = j.store.context(session_id, prompt_id)
     return _answer(
@@ -152,6 +164,7 @@ def regenerate(session_id: str, answer_id: int):
         model,
         messages,
         lambda trace_id: (prompt_id, j.store.add_answer(session_id, prompt_id, trace_id, model)),
+        settings,
     )
 
 
@@ -164,17 +177,22 @@ def show_version(session_id: str):
 
 
 def _answer(
-    session_id: str, model: str, messages: list[dict], store_rows: Callable[[str], tuple[int, int]]
+    session_id: str,
+    model: str,
+    messages: list[dict],
+    store_rows: Callable[[str], tuple[int, int]],
+    settings: dict,
 ) -> Response:
-    """Start an answer to ``messages`` and stream it: build its Stream, store its rows
-    (``store_rows(trace_id)`` returns the prompt's id and the answer's), then hand it over."""
+    """Start an answer to ``messages`` with the chat's ``settings`` and stream it: build its Stream,
+    store its rows (``store_rows(trace_id)`` returns the prompt's id and the answer's), hand it over."""
     j = jarvis()
     trace_id = secrets.token_hex(8)
     stream = Stream(
         session_id=session_id,
         trace_id=trace_id,
         model=model,
-        messages=messages,
+        messages=chat_settings.conversation(settings, messages),
+        options=chat_settings.options(settings),
         upstream=j.upstream,
         store=j.store,
         config=j.config,

@@ -51,7 +51,10 @@ class Config:
     )
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
     local_max_tokens: int = _f(
-        0, "Longest answer of the local model, in tokens (0: up to its window).", minimum=0
+        512,
+        "Longest answer of the local model, in tokens, unless a chat or a request sets its own (0: up to its "
+        "window); past it the answer ends as length, with a Continue button on the page.",
+        minimum=0,
     )
     database: str = _f(
         "", "SQLite file for sessions and messages (default: jarvis.sqlite3 in the instance folder)."

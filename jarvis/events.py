@@ -1,4 +1,4 @@
-"""What a stream tells its client, before any wire format: start, text, status, heartbeat, end.
+"""What a stream tells its client, before any wire format: start, progress, text, heartbeat, end.
 
 A response body turns these into bytes through a framer (Jarvis's SSE in
 ``sse.py``; other dialects bring their own), and an in-process caller can read
@@ -25,11 +25,13 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Status:
-    """The answer waits: ``state`` is "queued" with its ``position`` in line."""
+class Progress:
+    """Before the first text, what the answer waits for: "queued" at ``position`` in line, "loading"
+    the model, "reading" a prompt of ``tokens`` tokens, or "waiting" for a server that says no more."""
 
     state: str
     position: int | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class End:
     meta: dict = field(default_factory=dict)  # usage, trims: what is stored with the answer
 
 
-Event = Start | Text | Status | Heartbeat | End
+Event = Start | Text | Progress | Heartbeat | End
 
 HEARTBEAT = Heartbeat()
 

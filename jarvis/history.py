@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     title TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    leaf_id INTEGER  -- the last message of the versions shown
+    leaf_id INTEGER,  -- the last message of the versions shown
+    settings TEXT  -- a chat's own settings (JSON)
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,14 +81,19 @@ INSERT INTO messages_fts (rowid, content)
     SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
 """
 
-# an older database's chats become trees: each message follows the one stored before it
-TREE_MIGRATION = (
-    "ALTER TABLE messages ADD COLUMN parent_id INTEGER",
-    "ALTER TABLE sessions ADD COLUMN leaf_id INTEGER",
-    "UPDATE messages SET parent_id = (SELECT MAX(p.id) FROM messages p"
-    " WHERE p.session_id = messages.session_id AND p.id < messages.id)",
-    "UPDATE sessions SET leaf_id = (SELECT MAX(m.id) FROM messages m WHERE m.session_id = sessions.id)",
-)
+# an older database's chats become trees: each message follows the one stored before it,
+# and each chat shows its last message (each table's column checked apart: either may be new)
+TREE_MIGRATION = {
+    ("messages", "parent_id"): (
+        "ALTER TABLE messages ADD COLUMN parent_id INTEGER",
+        "UPDATE messages SET parent_id = (SELECT MAX(p.id) FROM messages p"
+        " WHERE p.session_id = messages.session_id AND p.id < messages.id)",
+    ),
+    ("sessions", "leaf_id"): (
+        "ALTER TABLE sessions ADD COLUMN leaf_id INTEGER",
+        "UPDATE sessions SET leaf_id = (SELECT MAX(m.id) FROM messages m WHERE m.session_id = sessions.id)",
+    ),
+}
 LEAF = "leaf"  # a new prompt's parent: the session's current leaf
 
 BUSY_TIMEOUT_S = 5.0
@@ -115,13 +121,16 @@ class Store:
             if "generation" not in {r["name"] for r in db.execute("PRAGMA table_info(users)")}:
                 # bumped to end every sign-in cookie of a user at once
                 db.execute("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+            if "settings" not in {r["name"] for r in db.execute("PRAGMA table_info(sessions)")}:
+                db.execute("ALTER TABLE sessions ADD COLUMN settings TEXT")  # a chat's own settings (JSON)
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone() is None:
                 # one transaction: an older database gets the index and its existing answers at once
                 db.executescript("BEGIN IMMEDIATE;" + SEARCH_SCHEMA + "COMMIT;")
             db.execute("BEGIN IMMEDIATE")  # one transaction, checked inside it: two starting processes agree
-            if "parent_id" not in {r["name"] for r in db.execute("PRAGMA table_info(messages)")}:
-                for statement in TREE_MIGRATION:
-                    db.execute(statement)
+            for (table, column), statements in TREE_MIGRATION.items():
+                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    for statement in statements:
+                        db.execute(statement)
             db.execute("COMMIT")
         # held open for the store's life: when the last connection to a WAL database closes,
         # SQLite checkpoints with fsyncs, which cost every short-lived connection milliseconds
@@ -208,23 +217,24 @@ class Store:
             if renamed.rowcount == 0:
                 raise NotFound(f"no session {_shown(session_id)}")
             row = db.execute(
-                "SELECT id, title, created_at, updated_at FROM sessions WHERE id = ?", (session_id,)
+                "SELECT id, title, created_at, updated_at, settings FROM sessions WHERE id = ?", (session_id,)
             ).fetchone()
-        return dict(row)
+        return _session(row)
 
     def get_session(self, session_id: str, owner: int | None = None) -> dict:
         """The session with the messages of the versions shown, oldest first; NotFound if unknown
         or not the owner's."""
         with self.connect() as db:
             row = db.execute(
-                "SELECT id, title, created_at, updated_at, leaf_id FROM sessions WHERE id = ? AND owner IS ?",
+                "SELECT id, title, created_at, updated_at, leaf_id, settings FROM sessions"
+                " WHERE id = ? AND owner IS ?",
                 (session_id, owner),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no session {_shown(session_id)}")
             rows = db.execute("SELECT * FROM messages WHERE session_id = ?", (session_id,)).fetchall()
         rows = [_message(r) for r in rows]
-        return {**dict(row), "messages": tree.with_versions(rows, row["leaf_id"])}
+        return {**_session(row), "messages": tree.with_versions(rows, row["leaf_id"])}
 
     def show_version(self, session_id: str, message_id: int, owner: int | None = None) -> dict:
         """Show the versions through ``message_id``: the leaf becomes the newest one under it.
@@ -242,6 +252,30 @@ class Store:
             db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (leaf, session_id))
             db.execute("COMMIT")
         return self.get_session(session_id, owner)
+
+    def settings(self, session_id: str, owner: int | None = None) -> dict:
+        """The session's settings ({} when it has none); NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            row = db.execute(
+                "SELECT settings FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no session {_shown(session_id)}")
+        return json.loads(row["settings"]) if row["settings"] else {}
+
+    def set_settings(self, session_id: str, settings: dict, owner: int | None = None) -> dict:
+        """Replace the session's settings (already checked); NotFound if unknown or not the owner's."""
+        with self.connect() as db:
+            changed = db.execute(
+                "UPDATE sessions SET settings = ? WHERE id = ? AND owner IS ?",
+                (json.dumps(settings) if settings else None, session_id, owner),
+            )
+            if changed.rowcount == 0:
+                raise NotFound(f"no session {_shown(session_id)}")
+            row = db.execute(
+                "SELECT id, title, created_at, updated_at, settings FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return _session(row)
 
     def search(self, query: str, owner: int | None = None) -> list[dict]:
         """The owner's sessions whose title or messages hold every word of ``query``, best first."""
@@ -273,15 +307,25 @@ class Store:
             found.setdefault(r["id"], dict(r))
         return list(found.values())[:SEARCH_LIMIT]
 
-    def import_session(self, title: str, messages: list[dict], owner: int | None = None) -> dict:
+    def import_session(
+        self, title: str, messages: list[dict], owner: int | None = None, settings: dict | None = None
+    ) -> dict:
         """Store a whole chat read from an export, in one transaction; returns the new session."""
         now = time.time()
         sid = secrets.token_urlsafe(18)
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (sid, owner, title, messages[0]["created_at"] if messages else now, now),
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    owner,
+                    title,
+                    messages[0]["created_at"] if messages else now,
+                    now,
+                    json.dumps(settings) if settings else None,
+                ),
             )
             parent = None  # an import is one line of messages
             for m in messages:
@@ -443,6 +487,12 @@ def _title(prompt: str) -> str:
     """A session's title: the prompt's first line, cut to TITLE_CHARS with an ellipsis."""
     line = prompt.strip().splitlines()[0] if prompt.strip() else ""
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def _session(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    out["settings"] = json.loads(out["settings"]) if out["settings"] else {}
+    return out
 
 
 def _message(row: sqlite3.Row) -> dict:

@@ -158,7 +158,7 @@ class NDJSONFramer:
             if failure is not None:
                 return _line({"error": failure.message})
             return _line(self.final("", ev))
-        return b""  # a queued status has no line in this dialect
+        return b""  # progress (queued, loading) has no line in this dialect
 
     def final(self, text: str, end: End) -> dict:
         """The last object: the rest of the text (all of it when not streaming), done, statistics."""

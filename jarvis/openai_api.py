@@ -152,7 +152,7 @@ class ChunkFramer:
             if self.include_usage:
                 out += _data(self._object("chat.completion.chunk", [], usage(ev)))
             return out + b"data: [DONE]\n\n"
-        return b""  # a queued status has no place in this dialect
+        return b""  # progress (queued, loading) has no place in this dialect
 
     def completion(self, text: str, end: End) -> dict:
         """The non-streaming answer."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from .events import End, Event, Heartbeat, Start, Status, Text
+from .events import End, Event, Heartbeat, Progress, Start, Text
 
 HEARTBEAT = b": hb\n\n"
 
@@ -22,7 +22,7 @@ def event(name: str, data: dict, id: str | int | None = None) -> bytes:
 
 
 class SSEFramer:
-    """Jarvis's own stream dialect: start, token, status and end events; comments as heartbeats."""
+    """Jarvis's own dialect: start, token, status (progress) and end events; comments as heartbeats."""
 
     def frame(self, ev: Event, id: str | None = None) -> bytes:
         """Every event of an answer carries its id: a reader that reconnects sends it as Last-Event-ID."""
@@ -30,8 +30,9 @@ class SSEFramer:
             return event("token", {"text": ev.text}, id)
         if isinstance(ev, Heartbeat):
             return HEARTBEAT
-        if isinstance(ev, Status):
-            return event("status", {"state": ev.state, "position": ev.position}, id)
+        if isinstance(ev, Progress):  # named "status" on the wire, as before "loading" and "reading" came
+            fields = {"state": ev.state, "position": ev.position, "tokens": ev.tokens}
+            return event("status", {k: v for k, v in fields.items() if v is not None}, id)
         if isinstance(ev, Start):
             data = {"trace_id": ev.trace_id, "message_id": ev.message_id}
             return event("start", data | {"user_message_id": ev.user_message_id, "model": ev.model}, id)

@@ -36,11 +36,11 @@ from .errors import (
     UpstreamError,
 )
 from .events import HEARTBEAT, End, Event, Framer, Start, Text
-from .events import Status as StatusEvent
+from .events import Progress as ProgressEvent
 from .history import Store
 from .metrics import Metrics
 from .sse import SSEFramer
-from .upstream import Done, Meta, Options, Queued, Upstream
+from .upstream import Done, Meta, Options, Progress, Upstream
 
 
 class Reason(str, Enum):
@@ -602,8 +602,8 @@ class Body:
         for item in items:
             if isinstance(item, str):
                 texts.append(item)
-            elif isinstance(item, Queued):
-                out.append(StatusEvent("queued", item.position))
+            elif isinstance(item, Progress):
+                out.append(ProgressEvent(item.state, item.position, item.tokens))
             elif isinstance(item, Meta):
                 self.meta.update(item.data)
             elif isinstance(item, Done):

@@ -10,6 +10,7 @@ import re
 import time
 from datetime import datetime, timezone
 
+from . import chat_settings
 from .errors import BadRequest
 from .stream import Status
 
@@ -30,6 +31,7 @@ def to_json(session: dict) -> dict:
         "version": VERSION,
         "title": session["title"],
         "created_at": session["created_at"],
+        "settings": session.get("settings") or {},
         "messages": [{k: m.get(k) for k in FIELDS} for m in session["messages"]],
     }
 
@@ -37,6 +39,12 @@ def to_json(session: dict) -> dict:
 def to_markdown(session: dict) -> str:
     """The chat for people to read: a heading per message with who wrote it, when, and how it ended."""
     out = [f"# {session['title'] or 'New chat'}", ""]
+    settings = session.get("settings") or {}
+    if settings.get("system"):
+        out += ["System prompt:", "", *("> " + line for line in settings["system"].splitlines()), ""]
+    shown = [f"{k} {settings[k]}" for k in ("temperature", "max_tokens") if k in settings]
+    if shown:
+        out += ["Settings: " + ", ".join(shown), ""]
     for m in session["messages"]:
         who = "You" if m["role"] == "user" else "Jarvis"
         when = _utc(m["created_at"])
@@ -51,8 +59,8 @@ def filename(session: dict, ext: str) -> str:
     return f"{stem}.{ext}"
 
 
-def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, list[dict]]:
-    """Check an uploaded export and return its title and messages; BadRequest names the first flaw.
+def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, list[dict], dict]:
+    """Check an uploaded export and return its title, messages and settings; BadRequest names the first flaw.
 
     A status that was live when exported (the answer was still being written) comes back
     as ``interrupted``: nothing is writing it here.
@@ -62,6 +70,10 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > title_max:
         raise BadRequest(f'"title" must be a string of at most {title_max} characters')
+    settings = body.get("settings") or {}  # exports before settings existed have none
+    if not isinstance(settings, dict):
+        raise BadRequest('"settings" must be an object')
+    settings = chat_settings.merge({}, settings)
     raw = body.get("messages")
     if not isinstance(raw, list) or len(raw) > MAX_IMPORT_MESSAGES:
         raise BadRequest(f'"messages" must be a list of at most {MAX_IMPORT_MESSAGES} messages')
@@ -90,7 +102,7 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
         if not isinstance(when, (int, float)) or isinstance(when, bool) or not 0 <= when <= now + 86400:
             when = now
         messages.append({**{k: m.get(k) for k in FIELDS}, "status": status, "created_at": float(when)})
-    return title, messages
+    return title, messages, settings
 
 
 def _utc(ts: float) -> str:

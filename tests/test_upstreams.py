@@ -18,7 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.upstream import Done, Options, select_upstream
+from jarvis.upstream import WAITING, Done, Options, Progress, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
 from tests.fake_ollama import FakeOllama, Script
@@ -45,6 +45,7 @@ class Reader:
         self.items: queue.Queue = queue.Queue()
         self.error: Exception | None = None
         self.rest_items: list = []
+        self.progress: list[Progress] = []  # what it said before its text, kept apart
         self._ended = False
         messages = [{"role": "user", "content": prompt}]
         self._gen = upstream.stream_chat(messages, model, self.cancel, **kw)
@@ -54,7 +55,10 @@ class Reader:
     def _run(self) -> None:
         try:
             for item in self._gen:
-                self.items.put(item)
+                if isinstance(item, Progress):
+                    self.progress.append(item)
+                else:
+                    self.items.put(item)
         except Exception as e:  # handed to the test, which asserts on it
             self.error = e
         finally:
@@ -101,6 +105,19 @@ def test_a_complete_answer_ends_done_in_every_framing(fake: FakeOllama, upstream
         items = reader.rest()
         assert reader.error is None, reader.error
         assert items == ["tok0 ", "tok1 ", "tok2 ", Done("stop", 7, 3)]
+    finally:
+        reader.close()
+
+
+@both_upstreams
+def test_a_model_server_is_waited_for_in_silence_before_its_first_token(fake, upstream):
+    # neither protocol says it loads a model or reads the prompt: "waiting" is all that is known
+    fake.script(Script(tokens=2, load_delay_s=0.3))
+    reader = Reader(upstream)
+    try:
+        wait_for(lambda: reader.progress, timeout=2, what="a progress report")
+        assert reader.progress == [WAITING] and reader.items.empty()  # before the fake answered
+        assert reader.rest()[:2] == ["tok0 ", "tok1 "] and reader.progress == [WAITING]
     finally:
         reader.close()
 

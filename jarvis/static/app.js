@@ -7,6 +7,7 @@ import { errorParts, explainError, plural, withCode } from "./errors.js";
 import { icon, renderMarkdown } from "./markdown.js";
 import { copyCode, copyMessageButton, copyText, stamp } from "./message-tools.js";
 import { setupSearch } from "./search.js";
+import { setupSettings } from "./settings.js";
 import { readEvents } from "./sse.js";
 import { renameField, withGroups } from "./sidebar.js";
 import { setupVersions, versionTools, versionsKey } from "./versions.js";
@@ -25,6 +26,7 @@ const el = {
   searchResults: $("search-results"),
   chatMenu: $("chat-menu"),
   renameChat: $("rename-chat"),
+  chatSettings: $("chat-settings"),
   exportMd: $("export-md"),
   exportJson: $("export-json"),
   importChat: $("import-chat"),
@@ -55,12 +57,14 @@ const MODEL_KEY = "jarvis.model";
 const STOP_GRACE_MS = 8000; // a stop the server never confirms is ended here
 const POLL_MS = 1000; // refresh a session another tab is streaming into
 const HEALTH_MS = 30000;
+const MIN_SPEED_SPAN_S = 0.1; // the shortest streaming time a speed is shown for
 const SILENCE_MS = 45000; // the server writes a heartbeat every few seconds; this long silent is a dead link
 
 const LABELS = {
   pending: "Connecting…",
   queued: "Waiting for the model",
   streaming: "Answering",
+  length: "Cut off",
   stopped: "Stopped",
   superseded: "Superseded",
   failed: "Failed",
@@ -69,7 +73,15 @@ const LABELS = {
   interrupted: "Interrupted",
 };
 
+// what the model does before its first token, as far as the backend can tell
+const PROGRESS = {
+  loading: () => "Loading the model…",
+  reading: (p) => (p.tokens ? `Reading your prompt (${plural(p.tokens, "token")})…` : "Reading your prompt…"),
+  waiting: () => "Waiting for the model…",
+};
+
 const EXPLAIN = {
+  length: "The answer reached its length limit (this chat's answer length, or the model's) before it finished. Continue asks the model to carry on.",
   stopped: "You stopped this answer; the text so far is kept.",
   superseded: "A newer prompt replaced this answer before it finished.",
   failed: "The answer failed before it finished.",
@@ -158,17 +170,52 @@ function messageElement(msg) {
 const renderedText = new WeakMap(); // content element -> the text its HTML was made from
 const messageText = new WeakMap(); // message <li> -> its text as written, for Copy
 
-// The time, Copy and the versions' tools, once the message has a time and (for an answer) is over.
+// The time, Copy, the versions' tools and the speed, once the message has a time and (for an answer)
+// is over; Continue under an answer cut by its length limit.
 function paintFoot(li, msg, live) {
   const foot = li.querySelector(".msg-foot");
-  const wanted = live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}|${versionsKey(msg)}`;
+  const wanted =
+    live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}|${versionsKey(msg)}|${msg.status}|${msg.meta ? 1 : 0}`;
   if (foot.dataset.painted === wanted) return;
   foot.dataset.painted = wanted;
   const parts = [];
   if (msg.created_at && !live) parts.push(stamp(msg.created_at));
   if (msg.content && !live) parts.push(copyMessageButton());
   if (wanted) parts.push(...versionTools(msg));
+  if (msg.status === "length" && !live) parts.push(continueButton());
+  const speed = !live && msg.role === "assistant" && speedOf(msg.meta);
+  if (speed) parts.push(speed);
   foot.replaceChildren(...parts);
+}
+
+function continueButton() {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "continue";
+  button.title = "Ask the model to carry on where the answer was cut";
+  button.append(icon("M5 12h12M13 6l6 6-6 6"), document.createTextNode("Continue"));
+  return button;
+}
+
+// "42.0 tokens/s · 128 tokens": answer tokens over the time from the first token to the end
+function speedOf(meta) {
+  const usage = meta?.usage || {};
+  const timing = meta?.timing || {};
+  const tokens = usage.completion_tokens;
+  if (!tokens) return null;
+  const span = document.createElement("span");
+  span.className = "msg-speed";
+  const parts = [];
+  const streamed = (timing.duration_ms - timing.first_token_ms) / 1000;
+  // an answer that came in one piece has no speed worth the name
+  if (streamed >= MIN_SPEED_SPAN_S) parts.push(`${(tokens / streamed).toFixed(1)} tokens/s`);
+  parts.push(plural(tokens, "token"));
+  span.textContent = parts.join(" · ");
+  const about = [`${plural(tokens, "answer token")}`];
+  if (usage.prompt_tokens != null) about.unshift(plural(usage.prompt_tokens, "prompt token"));
+  if (timing.first_token_ms != null) about.push(`first token after ${(timing.first_token_ms / 1000).toFixed(2)} s`);
+  span.title = about.join(", ");
+  return span;
 }
 
 function shownStatus(msg) {
@@ -204,6 +251,7 @@ function paint(li, msg) {
     badge.dataset.status = status;
     let label = LABELS[status] || status;
     if (status === "queued" && msg.position) label += ` (position ${msg.position})`;
+    if (status === "streaming" && !msg.content && PROGRESS[msg.progress?.state]) label = PROGRESS[msg.progress.state](msg.progress);
     badge.textContent = label;
     if (EXPLAIN[status]) badge.title = EXPLAIN[status];
     parts.push(badge);
@@ -409,6 +457,7 @@ function renderSessions() {
   el.sessionList.querySelector(".session-rename")?.focus();
   const current = state.sessions.find((s) => s.id === state.currentId);
   el.chatMenu.hidden = !current;
+  if (!current) showSettings();
   if (current) {
     el.exportMd.href = sessionPath(current.id, "/export?format=md");
     el.exportJson.href = sessionPath(current.id, "/export?format=json");
@@ -534,6 +583,7 @@ async function loadHistory(id, fetched = null) {
   for (const m of old) if (m.id == null && !seen.has(m.key)) merged.push(m); // sent, not yet started
   viewOf(id).messages = merged;
   if (id !== state.currentId) return;
+  showSettings(data.settings, id);
   renderConversation();
   rejoin(id);
   schedulePoll(id);
@@ -655,8 +705,9 @@ async function deleteSession(id) {
   else renderSessions();
 }
 
-async function send() {
-  const text = el.prompt.value;
+// Sends `text` (the composer's, unless given) as the next prompt of the chat on screen.
+async function send(text = el.prompt.value) {
+  const typed = text === el.prompt.value;
   if (!text.trim()) return;
   hideNotice();
   let sessionId = state.currentId;
@@ -695,8 +746,10 @@ async function send() {
   appendMessage(sessionId, user);
   appendMessage(sessionId, answer);
   scrollToEnd(true);
-  el.prompt.value = "";
-  autosize();
+  if (typed) {
+    el.prompt.value = "";
+    autosize();
+  }
   await streamAnswer(sessionId, user, answer, { content: text, model }, previous);
 }
 
@@ -824,25 +877,27 @@ function handleEvent(run, { event, data }) {
     }
     refreshSessions(); // the title comes from the first prompt
   } else if (event === "status") {
-    if (payload.state === "queued") {
-      answer.status = "queued";
-      answer.position = payload.position;
-    }
+    answer.progress = payload;
+    answer.status = payload.state === "queued" ? "queued" : "streaming";
+    answer.position = payload.position;
   } else if (event === "token") {
     if (answer.status !== "streaming") answer.status = "streaming";
+    answer.progress = null;
     answer.content += payload.text || "";
   } else if (event === "end") {
-    finish(run, payload.status || "completed", payload.error || null);
+    finish(run, payload.status || "completed", payload.error || null, payload.meta || null);
     return;
   }
   repaint(answer);
 }
 
-function finish(run, status, error) {
+function finish(run, status, error, meta = null) {
   const answer = run.message;
   run.ended = true;
   answer.status = status;
   answer.error = error;
+  answer.progress = null;
+  if (meta) answer.meta = meta;
   answer.supersededLocally = false;
   answer.keepLive = run.sessionId === state.currentId && status !== "superseded";
   repaint(answer);
@@ -1022,6 +1077,10 @@ el.openSidebar.addEventListener("click", openSidebarPanel);
 el.closeSidebar.addEventListener("click", closeSidebar);
 el.scrim.addEventListener("click", closeSidebar);
 el.messages.addEventListener("click", (e) => {
+  if (e.target.closest("button.continue")) {
+    send("Continue"); // the cut answer is in the context the server sends
+    return;
+  }
   const button = e.target.closest("button.copy");
   if (!button) return;
   if (button.classList.contains("copy-message")) {
@@ -1052,6 +1111,11 @@ el.renameChat.addEventListener("click", () => {
   startRename(state.currentId);
 });
 el.importChat.addEventListener("change", importChat);
+const showSettings = setupSettings({
+  button: el.chatSettings,
+  current: () => state.currentId,
+  saved: () => announce("Chat settings saved; they apply from the next prompt."),
+});
 
 async function importChat() {
   const file = el.importChat.files[0];

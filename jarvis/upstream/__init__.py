@@ -20,10 +20,20 @@ Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
 
 @dataclass(frozen=True)
-class Queued:
-    """Yielded before any text while the request waits for a busy model."""
+class Progress:
+    """Yielded before any text to say what the answer waits for, as far as the backend can tell.
 
-    position: int
+    ``state``: "queued" (``position`` in line for a busy model), "loading" (the model is
+    being loaded), "reading" (the model reads the prompt of ``tokens`` tokens) or
+    "waiting" (the request is sent; the server says nothing more until it answers).
+    """
+
+    state: str
+    position: int | None = None
+    tokens: int | None = None
+
+
+WAITING = Progress("waiting")
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ class Upstream(Protocol):
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
-    ) -> Iterator[str | Queued | Meta | Done]:
+    ) -> Iterator[str | Progress | Meta | Done]:
         """Yield the answer's text chunks until it is done or cancelled, then ``Done`` if known."""
         ...
 

@@ -27,7 +27,7 @@ from ..config import Config, ConfigError, HostSpec
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
 from ..probe import FIRST_WAIT_S, Prober
-from . import Done, Message, Meta, Options, Queued, Upstream
+from . import Done, Message, Meta, Options, Progress, Upstream
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
 KINDS = {
@@ -146,7 +146,7 @@ class Hosts:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
-    ) -> Iterator[str | Queued | Meta | Done]:
+    ) -> Iterator[str | Progress | Meta | Done]:
         """Stream from the least busy host with ``model``; retry once on another if it fails first."""
         tried: list[Host] = []
         while not cancel.cancelled:  # checkpoint: before a host is taken
@@ -190,7 +190,7 @@ class Hosts:
 
     def _take(
         self, model: str, cancel: CancelScope, tried: list[Host]
-    ) -> Generator[Queued, None, Host | None]:
+    ) -> Generator[Progress, None, Host | None]:
         """Reserve the least busy candidate host, queueing while all are full; None once cancelled."""
         ticket = object()
         deadline = time.monotonic() + self.config.first_token_timeout_s
@@ -222,7 +222,7 @@ class Hosts:
                         self._cond.wait(min(left, WAIT_SLICE_S))
                         continue
                 shown = position
-                yield Queued(position)
+                yield Progress("queued", position=position)
         finally:
             unregister()
             with self._cond:

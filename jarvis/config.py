@@ -131,6 +131,20 @@ class Config:
     max_streams_per_user: int = _f(
         0, "Live streams one account may hold at once (0: up to JARVIS_MAX_STREAMS).", minimum=0
     )
+    redis_url: str = _f(
+        "",
+        "Redis that coordinates several Jarvis processes, e.g. redis://127.0.0.1:6379/0 "
+        "(needs the scale extra; unset: one process, no Redis).",
+        secret=True,  # it may hold a password
+    )
+    lease_ttl_s: float = _f(
+        10.0,
+        "Seconds a session's lease outlives a process that died holding it (with JARVIS_REDIS_URL).",
+        minimum=0.1,
+    )
+    redis_timeout_s: float = _f(
+        0.5, "Seconds any one Redis call may take before it counts as unreachable.", minimum=0.01
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping | None = None) -> Config:
@@ -171,6 +185,10 @@ class Config:
             url = getattr(self, name)
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{env_name(name)} must start with http:// or https://, not {url!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"JARVIS_REDIS_URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}"
+            )
         if self.openai_api_key and self.openai_api_key_file:
             raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
         self.hosts()  # raises on a malformed JARVIS_UPSTREAMS

@@ -14,6 +14,8 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
     ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
+    ├── CoordinationUnavailable    503 coordination_unavailable, supersede_timeout (several processes:
+    │                              Redis unreachable, or the answer elsewhere did not end; Retry-After)
     ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
     ├── StoreError                 500 store_error (the database refused a write)
     │   └── DatabaseUnavailable    503 database_unavailable (retryable: PostgreSQL is down)
@@ -104,6 +106,15 @@ class TooManyStreams(JarvisError):
     def __init__(self, message: str, *, retry_after_s: int = 2):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class CoordinationUnavailable(JarvisError):
+    """Redis, which several Jarvis processes share, cannot be reached, or the session's answer in
+    another process did not end in time; retry after ``retry_after_s`` seconds."""
+
+    http_status = 503
+    code = "coordination_unavailable"
+    retry_after_s = 2
 
 
 class Interrupted(JarvisError):

@@ -66,6 +66,17 @@ class Store:
             )
             return cur.rowcount
 
+    def interrupt(self, trace_id: str) -> int:
+        """Mark the answer ``trace_id`` interrupted if it is still streaming (its process died);
+        returns how many. A live process's final save overwrites it."""
+        with self.connect() as db:
+            cur = db.execute(
+                "UPDATE messages SET status='interrupted', updated_at=?"
+                " WHERE trace_id=? AND role='assistant' AND status='streaming'",
+                (time.time(), trace_id),
+            )
+            return cur.rowcount
+
     def create_session(self, owner: int | None = None, title: str = "") -> dict:
         now = time.time()
         sid = secrets.token_urlsafe(18)  # 144 random bits

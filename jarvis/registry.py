@@ -33,6 +33,7 @@ class Registry:
         self._live: set[Stream] = set()  # every stream not yet released
         self._closed = False
         self._watcher: threading.Thread | None = None
+        self.coord = None  # a Coordinator when several processes share Redis: see coord.py
 
     def register(self, stream: Stream) -> Stream | None:
         """Make ``stream`` its key's current stream; returns the one it supersedes.
@@ -64,6 +65,10 @@ class Registry:
         """Register ``stream`` (superseding its key's stream) and start it; any failure ends it,
         stored and released, and is raised again."""
         try:
+            if self.coord is not None and stream.key == stream.session_id is not None:
+                # other processes cancel the session's older streams; CoordinationUnavailable without Redis
+                stream.lease = self.coord.claim(stream.key, stream.trace_id)
+                stream.lease.bind(stream)
             stream.start(self.register(stream))  # AtCapacity when full
         except JarvisError as e:
             stream.fail(e)
@@ -97,10 +102,20 @@ class Registry:
             self._released.notify_all()
 
     def stop(self, key: str, reason: str = "stopped") -> bool:
-        """Cancel the current stream of ``key`` (a session id); False when none runs."""
+        """Cancel the current stream of ``key`` (a session id), here and in every process sharing Redis;
+        False when none runs."""
         with self._lock:
             stream = self._current.get(key)
-        return stream.cancel(reason) if stream is not None else False
+        stopped = stream.cancel(reason) if stream is not None else False
+        if stopped or self.coord is None:  # the session's current answer ran here
+            return stopped
+        return self.coord.stop(key, reason)
+
+    def cancel_older(self, key: str, ticket: int, reason: str) -> int:
+        """Cancel ``key``'s streams that arrived before ``ticket`` (a message from another process)."""
+        return self.cancel_where(
+            lambda s: s.key == key and s.lease is not None and s.lease.ticket < ticket, reason
+        )
 
     def count_owned(self, owner) -> int:
         """How many sessions of ``owner`` have a live stream."""

@@ -27,7 +27,14 @@ from enum import Enum
 from . import log
 from .cancel import CancelScope, Latch
 from .config import Config
-from .errors import AtCapacity, JarvisError, StoreError, TooManyStreams, UpstreamError
+from .errors import (
+    AtCapacity,
+    CoordinationUnavailable,
+    JarvisError,
+    StoreError,
+    TooManyStreams,
+    UpstreamError,
+)
 from .events import HEARTBEAT, End, Event, Framer, Start, Text
 from .events import Progress as ProgressEvent
 from .history import Store
@@ -154,15 +161,19 @@ class Worker:
 
     def _run(self) -> None:
         s = self.s
+        lease = s.lease  # the session's lease across processes (coord.py), or None
         called = False
         try:
             if self._prev is not None:
                 self._wait_for(self._prev)
             if s.scope.cancelled:  # checkpoint: superseded before it began, never calls upstream
                 return
+            if lease is not None and not lease.acquire(s.scope, s.config.supersede_timeout_s):
+                s.cancel(Reason.SUPERSEDED)  # a newer prompt holds the lease, or this one was cancelled
+                return
             called = True
             self._read()
-        except (UpstreamError, AtCapacity) as e:  # AtCapacity: the local model's queue is full
+        except (UpstreamError, AtCapacity, CoordinationUnavailable) as e:  # AtCapacity: a full local queue
             if s.outcome.decide(e.status, None, e):
                 s.metrics.upstream_errors.labels(e.code).inc()
                 log.event(
@@ -175,6 +186,8 @@ class Worker:
         finally:
             if self.cancelled_at is not None:
                 s.metrics.cancel_to_closed.observe(time.monotonic() - self.cancelled_at)
+            if lease is not None:
+                lease.release()  # before the local successor looks: it finds the lease free
             if called:
                 self.released.set()
             else:
@@ -277,6 +290,7 @@ class Stream:
         self.body = Body(self)
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
+        self.lease = None  # set by the registry when processes share Redis (coord.Lease)
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:

@@ -172,3 +172,37 @@ def test_new_chat_reuses_an_empty_chat_instead_of_making_another(tab, jarvis_ser
     expect(tab.page.locator("#prompt")).to_be_focused()
     expect(tab.page.locator(".session")).to_have_count(1)
     assert len(store_of(jarvis_server).list_sessions()) == 1
+
+
+FILE_ANSWER = [
+    "Iterate over the file object itself: Python reads it lazily, one line at a time, ",
+    "so memory stays flat even for a file of many gigabytes.\n\n",
+    "```python\nfrom pathlib import Path\n\n\ndef count_errors(path: Path) -> int:\n",
+    "    errors = 0\n    with path.open(encoding=\"utf-8\") as f:\n",
+    "        for line in f:  # one line in memory at a time\n",
+    "            if \"ERROR\" in line:\n                errors += 1\n    return errors\n```\n\n",
+    "A few things worth knowing:\n\n",
+    "- `with` closes the file even if the loop raises.\n",
+    "- Each `line` keeps its trailing newline; use `line.rstrip(\"\\n\")` to drop it.\n",
+    "- For binary data, open with `\"rb\"` and read fixed-size chunks instead.",
+]
+
+
+def test_an_answer_with_code_and_a_list_reads_as_written(tab, jarvis_server):
+    # the page as the README shows it: with SCREENSHOTS=1 this writes docs/screenshot.png
+    from tests.test_browser_settings import shoot
+
+    for title, days in (("Plan a weekend in Lisbon", 9), ("SQL: find duplicate rows", 1.2)):
+        past_chat(jarvis_server, title, days)
+    jarvis_server.fake.script(tokens=FILE_ANSWER, interval_s=0.01)
+    tab.open()
+    tab.page.locator("#new-chat").click()
+    tab.send("How do I read a large file line by line in Python?")
+    answer = tab.answer()
+    expect(answer).to_have_attribute("data-status", "completed")
+    expect(answer.locator("pre code")).to_contain_text("def count_errors(path: Path) -> int:")
+    expect(answer.locator("li")).to_have_count(3)
+    expect(answer.locator(".code-head")).to_contain_text("python")
+    expect(answer.locator(".msg-speed")).to_be_visible()
+    expect(tab.page.locator(".session")).to_have_count(3)
+    shoot(tab, "screenshot.png")

@@ -1,0 +1,343 @@
+"""Coordination of several Jarvis processes through Redis (``JARVIS_REDIS_URL``).
+
+Each process keeps its own registry for the streams it runs; Redis adds what
+one process cannot see alone:
+
+- a **lease** per session (``SET key owner NX PX ttl``): a worker holds it
+  for the whole of its upstream call, renews it while it lives and releases
+  it with a compare-and-delete script, so one session's upstream calls never
+  overlap, whichever processes serve them. A dead owner's lease expires.
+- a **control channel** (pub/sub): a prompt tells every process to cancel the
+  session's older streams; a Stop or delete tells them to stop it; a release
+  wakes the processes waiting for that lease.
+
+Prompts are ordered by a **ticket** taken from Redis's clock when they arrive
+(strictly increasing per session). A cancel carries the ticket it applies
+below, so a late message never cancels a newer prompt, and a waiter that finds
+a newer prompt holding the lease ends as superseded.
+
+Every call has a socket timeout; when Redis cannot be reached a new prompt is
+refused at once (``CoordinationUnavailable``) while live answers go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from . import log
+from .cancel import CancelScope
+from .config import ConfigError
+from .errors import CoordinationUnavailable, JarvisError
+
+CHANNEL = "jarvis:control"
+WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
+RETRY_S = 0.5  # the listener resubscribes this often while Redis is away
+TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than any answer
+
+# a ticket from Redis's clock in microseconds, above the session's last (so it survives a restart of
+# Redis), published with the message: every stream of the session with a lower ticket ends. A prompt
+# ("cancel") keeps it as the session's last; a Stop needs only the ordering.
+TICKET = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('get', KEYS[1]) or '0')
+if now <= last then now = last + 1 end
+local ticket = string.format('%.0f', now)
+if ARGV[3] == 'cancel' then redis.call('set', KEYS[1], ticket, 'PX', ARGV[4]) end
+redis.call('publish', ARGV[1], ARGV[2] .. ticket)
+return ticket
+"""
+# extend our lease; put it back if Redis lost it (a restart); 0 when another owner holds it
+RENEW = """
+local v = redis.call('get', KEYS[1])
+if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+# delete the lease only if it is still ours, and wake the waiters
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  redis.call('publish', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def lease_key(key: str) -> str:
+    return "jarvis:lease:" + key
+
+
+def ticket_key(key: str) -> str:
+    return "jarvis:ticket:" + key
+
+
+class Lease:
+    """One stream's claim on its session: a ticket now, the Redis lease while its worker calls upstream."""
+
+    def __init__(self, coord: Coordinator, key: str, trace_id: str, ticket: int):
+        self.coord = coord
+        self.key = key
+        self.ticket = ticket
+        self.value = f"{coord.process_id} {trace_id} {ticket}"
+        self.held = False
+        self._stream = lambda: None
+
+    def bind(self, stream) -> None:
+        """The stream a lost lease cancels (weakly held: a lease must not keep its stream alive)."""
+        self._stream = weakref.ref(stream)
+
+    def acquire(self, scope: CancelScope, timeout: float) -> bool:
+        """Wait (bounded) until this stream holds the lease; False if cancelled or superseded meanwhile."""
+        return self.coord.acquire(self, scope, timeout)
+
+    def release(self) -> None:
+        """Give the lease back, if held; idempotent."""
+        if self.held:
+            self.held = False
+            self.coord.release(self)
+
+
+class Coordinator:
+    """Leases and the control channel of one process; ``close()`` joins its two threads."""
+
+    def __init__(
+        self,
+        url: str,
+        cancel: Callable,
+        lease_ttl_s: float = 10.0,
+        timeout_s: float = 0.5,
+        interrupt: Callable[[str], object] | None = None,
+    ):
+        """``cancel(key, before_ticket, reason)`` cancels this process's streams of ``key`` whose ticket
+        is below ``before_ticket``; ``interrupt(trace_id)`` marks the stored answer of another
+        process's stream, whose lease this process took over, as interrupted."""
+        try:
+            import redis  # the scale extra: only a process with JARVIS_REDIS_URL imports it
+        except ImportError:
+            raise ConfigError("JARVIS_REDIS_URL needs the redis client: pip install jarvis[scale]") from None
+
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        try:
+            self.redis = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+            )
+        except ValueError as e:  # the message names the part, never the password
+            raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
+        self.cancel = cancel
+        self.interrupt = interrupt
+        self.ttl_ms = max(1, int(lease_ttl_s * 1000))
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._ticket = self.redis.register_script(TICKET)
+        self._renew = self.redis.register_script(RENEW)
+        self._release = self.redis.register_script(RELEASE)
+        self._lock = threading.Lock()
+        self._held: set[Lease] = set()
+        self._waiting: dict[str, set[threading.Event]] = {}  # key -> events of its waiters
+        self._closed = threading.Event()
+        self._subscribed = threading.Event()  # the listener hears the channel
+        self.error: str | None = None  # the last failure, while it lasts
+        self._pubsub = None
+        # daemons only so that a host that never calls shutdown (plain waitress) can still exit;
+        # close() joins them
+        self._listener = threading.Thread(target=self._listen, name="jarvis-coord-listen", daemon=True)
+        self._renewer = threading.Thread(target=self._renew_loop, name="jarvis-coord-renew", daemon=True)
+        self._listener.start()
+        self._renewer.start()
+
+    # the request side
+
+    def claim(self, key: str, trace_id: str) -> Lease:
+        """A ticket for a new prompt of ``key``; every process cancels the session's older streams.
+        Raises CoordinationUnavailable at once while Redis cannot be reached."""
+        if not self._subscribed.is_set():
+            raise CoordinationUnavailable(f"Redis cannot be reached: {self.error or 'not connected yet'}")
+        message = self._message("cancel", key, "superseded")
+        ticket = int(self._call(self._ticket, keys=[ticket_key(key)], args=message))
+        return Lease(self, key, trace_id, ticket)
+
+    def stop(self, key: str, reason: str) -> bool:
+        """Tell every process to stop ``key``'s live streams; True if another process holds its lease.
+        A failure is logged, not raised: a Stop must answer even while Redis is away."""
+        if not self._subscribed.is_set():
+            log.event("coord_stop_failed", logging.WARNING, session=key, error=self.error)
+            return False
+        try:
+            holder = self._call(self.redis.get, lease_key(key))
+            self._call(self._ticket, keys=[ticket_key(key)], args=self._message("stop", key, reason))
+        except CoordinationUnavailable as e:
+            log.event("coord_stop_failed", logging.WARNING, session=key, error=e.message)
+            return False
+        return holder is not None and not holder.startswith(self.process_id + " ")
+
+    def health(self) -> dict:
+        return {"ok": self._subscribed.is_set() and self.error is None, "error": self.error}
+
+    # the worker side
+
+    def acquire(self, lease: Lease, scope: CancelScope, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        woken = threading.Event()
+        with self._lock:
+            self._waiting.setdefault(lease.key, set()).add(woken)
+        undo = scope.on_cancel(woken.set)
+        looks, displaced = 0, None
+        try:
+            while not scope.cancelled:
+                woken.clear()
+                holder = self._call(
+                    self.redis.set, lease_key(lease.key), lease.value, nx=True, px=self.ttl_ms, get=True
+                )
+                if holder is None:  # it was free: ours now
+                    with self._lock:
+                        self._held.add(lease)
+                    lease.held = True
+                    self._took_over(displaced)
+                    return True
+                if _ticket_of(holder) > lease.ticket:
+                    return False  # a newer prompt holds it: this one is superseded
+                if not holder.startswith(self.process_id + " "):
+                    displaced = holder
+                looks += 1
+                if looks == 2:  # an older holder still: its process may have missed the claim's cancel
+                    message = self._message("cancel", lease.key, "superseded")[1] + str(lease.ticket)
+                    self._call(self.redis.publish, CHANNEL, message)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CoordinationUnavailable(
+                        f"the session's previous answer did not end within {timeout} s",
+                        code="supersede_timeout",
+                    )
+                woken.wait(min(WAIT_POLL_S, left))  # a release, a cancel, or a look at an expired lease
+            return False
+        finally:
+            undo()
+            with self._lock:
+                waiters = self._waiting.get(lease.key)
+                waiters.discard(woken)
+                if not waiters:
+                    del self._waiting[lease.key]
+
+    def _took_over(self, holder: str | None) -> None:
+        """An answer of another process held the lease before: if that process died, its answer is
+        still marked streaming; say it was interrupted (a live process's final save overwrites it)."""
+        if holder is None or self.interrupt is None:
+            return
+        try:
+            self.interrupt(holder.split(" ")[1])
+        except (IndexError, JarvisError) as e:  # a foreign value, or the database refused
+            log.event("coord_interrupt_failed", logging.WARNING, holder=holder[:200], error=str(e))
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.discard(lease)
+        try:
+            released = f"released\t{lease.key}"
+            self._call(self._release, keys=[lease_key(lease.key)], args=[lease.value, CHANNEL, released])
+        except CoordinationUnavailable as e:  # the lease expires on its own within the TTL
+            log.event("coord_release_failed", logging.WARNING, session=lease.key, error=e.message)
+
+    # threads
+
+    def close(self, timeout: float) -> bool:
+        """Stop both threads, waiting up to ``timeout``; True if they ended."""
+        self._closed.set()
+        deadline = time.monotonic() + timeout
+        for thread in (self._renewer, self._listener):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.redis.close()
+        alive = [t.name for t in (self._renewer, self._listener) if t.is_alive()]
+        if alive:
+            log.event("coord_threads_left", logging.WARNING, threads=",".join(alive))
+        return not alive
+
+    def _renew_loop(self) -> None:
+        """Renew the leases of this process's live streams every third of the TTL; cancel a stream
+        whose lease another owner holds."""
+        while not self._closed.wait(self.ttl_ms / 3000):
+            with self._lock:
+                held = list(self._held)
+            for lease in held:
+                stream = lease._stream()
+                if stream is None or stream.scope.cancelled:
+                    continue  # a worker stuck past its cancel must not hold the session forever
+                try:
+                    kept = self._call(
+                        self._renew, keys=[lease_key(lease.key)], args=[lease.value, self.ttl_ms]
+                    )
+                except CoordinationUnavailable:
+                    continue  # Redis away: the answer goes on; the lease is put back when it returns
+                if not kept and lease.held:
+                    log.event("lease_lost", logging.WARNING, session=lease.key)
+                    stream.cancel("superseded")
+
+    def _listen(self) -> None:
+        """Hear the control channel until closed; resubscribe while Redis is away."""
+        while not self._closed.is_set():
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    self._pubsub.subscribe(CHANNEL)
+                    self._subscribed.set()
+                    self.error = None
+                message = self._pubsub.get_message(timeout=0.2)
+                if message is not None:
+                    self._handle(message["data"])
+            except self._errors as e:
+                self._lost(e)
+                self._closed.wait(RETRY_S)
+            except Exception as e:  # a refused SUBSCRIBE, or a bug: say so, and do not spin
+                log.log.exception("coordination listener failed")
+                self._lost(e)
+                self._closed.wait(RETRY_S)
+        self._lost(None)
+
+    def _lost(self, error: Exception | None) -> None:
+        self._subscribed.clear()
+        if error is not None:
+            if self.error is None:
+                log.event("coord_unavailable", logging.WARNING, error=str(error))
+            self.error = f"{type(error).__name__}: {error}"
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    def _handle(self, data: str) -> None:
+        op, _, rest = data.partition("\t")
+        fields = rest.split("\t")
+        if op == "released" and len(fields) == 1:
+            with self._lock:
+                waiters = list(self._waiting.get(fields[0], ()))
+            for woken in waiters:
+                woken.set()
+        elif op in ("cancel", "stop") and len(fields) == 4 and fields[3].isdigit():
+            key, reason, _, ticket = fields
+            self.cancel(key, int(ticket), reason)
+        else:  # another program on the channel: not ours to act on
+            log.event("coord_message_ignored", logging.WARNING, message=data[:200])
+
+    def _message(self, op: str, key: str, reason: str) -> list:
+        # the script appends the ticket: "op key reason process ticket"
+        return [CHANNEL, f"{op}\t{key}\t{reason}\t{self.process_id}\t", op, TICKET_TTL_MS]
+
+    def _call(self, fn, *args, **kwargs):
+        """One Redis call; a lost or slow Redis becomes CoordinationUnavailable."""
+        try:
+            result = fn(*args, **kwargs)
+        except self._errors as e:
+            self.error = f"{type(e).__name__}: {e}"
+            raise CoordinationUnavailable(f"Redis cannot be reached: {e}") from e
+        self.error = None
+        return result
+
+
+def _ticket_of(holder: str) -> int:
+    return int(holder.rsplit(" ", 1)[-1])

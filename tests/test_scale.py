@@ -1,0 +1,493 @@
+"""Several Jarvis processes sharing one Redis (JARVIS_REDIS_URL) and one SQLite file.
+
+Two ``jarvis serve`` processes, A and B, answer from one fake Ollama; requests for one
+session go to either. The fake records when each upstream call opened and closed and
+whether a call arrived while an older one of the session was still open (``overlaps``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from jarvis.accounts import Accounts
+from jarvis.history import Store
+from tests.conftest import (
+    HTTP_TIMEOUT,
+    ROOT,
+    Api,
+    clean_env,
+    free_port,
+    serve_process,
+    stop_process,
+    wait_for,
+)
+from tests.fake_ollama import Script
+from tests.redis_server import REDIS_SERVER, RedisServer
+
+redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+two_processes = pytest.mark.slow  # each starts server processes of its own
+
+LEASE_TTL_S = 1.0  # short, so that a dead owner's lease expires within a test
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(free_port(), str(folder)).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Pair:
+    a: Api
+    b: Api
+    proc_a: subprocess.Popen
+    proc_b: subprocess.Popen
+
+
+@pytest.fixture
+def pair(fake, redis_server, tmp_path):
+    """Two ``jarvis serve`` processes sharing one SQLite file, one Redis and the fake Ollama."""
+    procs = []
+
+    def start(name: str):
+        env = clean_env(
+            JARVIS_OLLAMA_URL=fake.url,
+            JARVIS_BACKEND="ollama",
+            JARVIS_MODEL="tiny",
+            JARVIS_DATABASE=str(tmp_path / "shared.sqlite3"),
+            JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
+            JARVIS_REDIS_URL=redis_server.url,
+            JARVIS_LEASE_TTL=str(LEASE_TTL_S),
+            JARVIS_HEARTBEAT="0.2",
+            JARVIS_FIRST_TOKEN_TIMEOUT="30",
+            JARVIS_IDLE_TIMEOUT="30",
+        )
+        log = open(tmp_path / f"serve-{name}.log", "w")
+        proc, api = serve_process(env, stderr=log)
+        log.close()
+        procs.append(proc)
+        return proc, Api(api.url)
+
+    proc_a, a = start("a")
+    proc_b, b = start("b")
+    fake.key = lambda body: "the session"  # every test here uses one session at a time
+    for api in (a, b):  # both hear the control channel before the test begins
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    yield Pair(a, b, proc_a, proc_b)
+    for proc in procs:
+        stop_process(proc)
+
+
+def health(api: Api) -> dict:
+    return requests.get(api.url + "/healthz", headers=api.headers, timeout=HTTP_TIMEOUT).json()
+
+
+def assert_one_call_at_a_time(fake, n: int) -> None:
+    """The session's upstream calls never overlapped: each opened after the one before had closed."""
+    calls = fake.wait_for_calls(n)
+    fake.wait_idle()
+    assert fake.overlaps == [], [(old.prompt, new.prompt) for old, new in fake.overlaps]
+    for old, new in zip(calls[:-1], calls[1:], strict=True):
+        assert old.closed_at <= new.opened_at, (old.prompt, new.prompt)
+
+
+@two_processes
+@pytest.mark.parametrize(
+    "state, script",
+    [
+        ("streaming", Script(tokens=400, interval_s=0.02)),
+        ("stalled", Script(tokens=5, stall_after=2)),
+        ("loading", Script(load_delay_s=60)),
+    ],
+)
+def test_prompt_at_b_supersedes_a_answer_at_a(pair, fake, state, script):
+    # would hang: A's upstream left open while it stalls or loads, B waiting on it
+    fake.push(script, Script(tokens=3))
+    session = pair.a.session()
+    first = pair.a.send(session, "first")
+    if state == "loading":
+        fake.wait_for_calls(1)
+    else:
+        first.until("token")
+    started = time.monotonic()
+    second = pair.b.send(session, "second")
+    assert first.end()["status"] == "superseded"
+    assert second.end()["status"] == "completed"
+    assert second.text() == "tok0 tok1 tok2 "
+    assert time.monotonic() - started < 2.0
+    assert_one_call_at_a_time(fake, 2)
+    assert [c.prompt for c in fake.chat_calls()] == ["first", "second"]
+    statuses = [m.get("status") for m in pair.b.messages(session) if m["role"] == "assistant"]
+    assert statuses == ["superseded", "completed"]
+
+
+@two_processes
+def test_stop_at_b_ends_a_answer_and_closes_its_upstream(pair, fake):
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    answer = pair.a.send(session, "hello")
+    answer.until("token")
+    assert pair.b.stop(session) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+@two_processes
+def test_delete_at_b_ends_a_answer(pair, fake):
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    answer = pair.a.send(session, "hello")
+    answer.until("token")
+    r = requests.delete(f"{pair.b.url}/api/sessions/{session}", headers=pair.b.headers, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+@two_processes
+def test_prompts_alternating_between_processes_never_overlap_upstream(pair, fake):
+    fake.script(tokens=50, interval_s=0.01)
+    session = pair.a.session()
+    answers = []
+    for i in range(6):
+        api = (pair.a, pair.b)[i % 2]
+        answers.append(api.send(session, f"prompt {i}"))
+        answers[-1].until("start")
+    ends = [a.end()["status"] for a in answers]
+    assert ends[-1] == "completed"
+    assert set(ends[:-1]) <= {"superseded"}, ends
+    assert fake.overlaps == []
+
+
+@two_processes
+def test_dead_owner_lease_expires_and_the_next_prompt_proceeds(pair, fake):
+    fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
+    session = pair.a.session()
+    answer = pair.a.send(session, "first")
+    answer.until("token")
+
+    def checkpointed():
+        return [m for m in pair.b.messages(session) if m["role"] == "assistant" and m["content"]]
+
+    wait_for(checkpointed, timeout=5, what="A to save the text so far")
+    pair.proc_a.send_signal(signal.SIGKILL)
+    pair.proc_a.wait(5)
+    killed = time.monotonic()
+    second = pair.b.send(session, "second")
+    assert second.end()["status"] == "completed"
+    opened = fake.chat_calls()[1].opened_at
+    assert opened - killed <= LEASE_TTL_S + 1.0
+    answer.close()
+    first_answer = [m for m in pair.b.messages(session) if m["role"] == "assistant"][0]
+    assert (first_answer["status"], first_answer["content"]) == ("interrupted", "tok0 tok1 ")
+
+
+@two_processes
+def test_redis_down_refuses_new_prompts_at_once_while_a_live_answer_completes(pair, fake, redis_server):
+    fake.push(Script(tokens=30, interval_s=0.05), Script(tokens=3))
+    session, other = pair.a.session(), pair.b.session()
+    answer = pair.a.send(session, "live")
+    answer.until("token")
+    redis_server.stop()
+    started = time.monotonic()
+    refused = pair.b.send(other, "new")
+    took = time.monotonic() - started
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "coordination_unavailable"
+    assert refused.response.headers["Retry-After"]
+    assert took < 0.5
+    assert answer.end()["status"] == "completed"
+    assert answer.text() == "".join(f"tok{i} " for i in range(30))
+    wait_for(lambda: health(pair.a)["coordination_ok"] is False, timeout=2, what="healthz to say so")
+    assert health(pair.a)["coordination"]["error"]
+    redis_server.start()  # back on its port: the processes resubscribe and serve again
+    wait_for(lambda: health(pair.b)["coordination_ok"], timeout=5, what="B to resubscribe")
+    assert pair.b.send(other, "again").end()["status"] == "completed"
+
+
+@two_processes
+def test_an_answer_costs_a_few_redis_commands_not_one_per_token(pair, fake, redis_server):
+    fake.script(tokens=200)
+    session = pair.a.session()
+    for api in (pair.a, pair.b):  # scripts loaded, connections opened
+        assert api.send(session, "warm up").end()["status"] == "completed"
+    before = redis_server.commands()
+    assert pair.a.send(session, "counted").end()["status"] == "completed"
+    after = redis_server.commands()
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    print("redis commands for one answer of 200 tokens:", spent)
+    # three round trips: the claim (a script), the lease (SET NX), the release (a script);
+    # the scripts' own commands (time, get, set, del, publish) count in the stats too
+    assert spent.get("evalsha") == 2, spent
+    assert sum(n for k, n in spent.items() if k != "hello") <= 10, spent
+
+
+@two_processes
+def test_without_redis_url_redis_is_never_imported(fake, tmp_path):
+    env = clean_env(JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_INSTANCE_DIR=str(tmp_path))
+    code = (
+        "import sys, jarvis; jarvis.create_app().extensions['jarvis'].shutdown(2); "
+        "print('redis' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+# Two apps in this process, each with its own registry and coordinator, stand for two processes:
+# the same protocol over the same Redis, without the cost of starting servers.
+
+
+@pytest.fixture
+def two_apps(make_app, make_server, redis_server):
+    apps = [make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S) for _ in range(2)]
+    apis = [Api(make_server(app).url) for app in apps]
+    for api in apis:
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    return apps, apis
+
+
+@pytest.mark.parametrize("script", [Script(tokens=400, interval_s=0.02), Script(tokens=5, stall_after=2)])
+def test_a_prompt_in_one_app_supersedes_the_answer_in_the_other(two_apps, fake, script):
+    # would hang: the first answer's upstream left open while it stalls, the second waiting on it
+    (_, _), (a, b) = two_apps
+    fake.key = lambda body: "the session"
+    fake.push(script, Script(tokens=3))
+    session = a.session()
+    first = a.send(session, "first")
+    first.until("token")
+    second = b.send(session, "second")
+    assert first.end()["status"] == "superseded"
+    assert second.end()["status"] == "completed"
+    assert_one_call_at_a_time(fake, 2)
+
+
+def test_stop_in_one_app_reaches_the_answer_in_the_other(two_apps, fake):
+    (_, _), (a, b) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    assert b.stop(session) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+def test_a_late_cancel_never_ends_a_newer_prompt(two_apps, fake, redis_server):
+    (app, _), (a, _) = two_apps
+    fake.script(tokens=30, interval_s=0.02)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    (stream,) = app.extensions["jarvis"].registry.live()
+    with redis_server.client() as r:  # a cancel sent by a prompt that came before this one
+        r.publish("jarvis:control", f"cancel\t{session}\tsuperseded\tother\t{stream.lease.ticket - 1}")
+    assert answer.end()["status"] == "completed"
+
+
+def test_an_answer_whose_lease_another_owner_took_ends(two_apps, fake, redis_server):
+    (_, _), (a, _) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=60_000)
+    assert answer.end()["status"] == "superseded"  # at the next renewal, a third of the TTL
+
+
+def test_a_live_answer_keeps_its_lease_past_the_ttl(two_apps, fake, redis_server):
+    (app, _), (a, _) = two_apps
+    fake.script(tokens=5, stall_after=2)
+    session = a.session()
+    answer = a.send(session, "hello")
+    answer.until("token")
+    (stream,) = app.extensions["jarvis"].registry.live()
+    with redis_server.client() as r:
+        deadline = time.monotonic() + 3 * LEASE_TTL_S
+        while time.monotonic() < deadline:  # renewed every third of the TTL, never let lapse
+            assert r.get(f"jarvis:lease:{session}") == stream.lease.value
+            threading.Event().wait(0.05)
+        a.stop(session)
+        assert answer.end()["status"] == "stopped"
+        wait_for(lambda: r.get(f"jarvis:lease:{session}") is None, timeout=1, what="the lease released")
+
+
+def test_unreachable_redis_refuses_prompts_at_once(make_app, make_server, fake):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    api = Api(make_server(app).url)
+    session = api.session()
+    started = time.monotonic()
+    refused = api.send(session, "hello")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "coordination_unavailable"
+    assert time.monotonic() - started < 0.5
+    assert health(api)["coordination_ok"] is False
+    assert fake.chat_calls() == []
+
+
+def test_a_prompt_waits_for_a_lease_held_elsewhere_until_it_expires(two_apps, fake, redis_server):
+    # an owner that cannot hear the cancel (a process that died): its lease runs out on its own
+    (_, _), (a, _) = two_apps
+    session = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=500)
+    sent = time.monotonic()
+    answer = a.send(session, "hello")
+    assert answer.end()["status"] == "completed"
+    assert fake.chat_calls()[0].opened_at - sent >= 0.4  # not before the lease expired
+
+
+def test_a_prompt_that_cannot_get_the_lease_in_time_never_calls_the_model(
+    make_app, make_server, fake, redis_server
+):
+    app = make_app(redis_url=redis_server.url, supersede_timeout_s=0.3)
+    api = Api(make_server(app).url)
+    wait_for(lambda: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    session = api.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=60_000)
+    end = api.send(session, "hello").end()
+    assert end["status"] == "failed"
+    assert end["error"]["code"] == "supersede_timeout"
+    assert fake.chat_calls() == []
+
+
+def test_prompts_sent_at_once_to_both_apps_leave_one_answer(two_apps, fake):
+    (_, _), (a, b) = two_apps
+    fake.key = lambda body: "the session"
+    fake.script(tokens=20, interval_s=0.01)
+    session = a.session()
+    ends: list[dict] = []
+
+    def send(api: Api, n: int) -> None:
+        ends.append(api.send(session, f"prompt {n}").end())
+
+    threads = [threading.Thread(target=send, args=((a, b)[n % 2], n)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    statuses = sorted(e["status"] for e in ends)
+    assert statuses == ["completed"] + ["superseded"] * 5, ends
+    fake.wait_idle()
+    assert fake.overlaps == []
+
+
+def test_a_hung_redis_refuses_new_prompts_within_its_timeout_while_a_live_answer_completes(
+    two_apps, fake, redis_server
+):
+    # would hang: a prompt, or the live answer's renewal and release, waiting on a Redis that never replies
+    (_, _), (a, b) = two_apps
+    fake.push(Script(tokens=30, interval_s=0.05))
+    session, other = a.session(), b.session()
+    answer = a.send(session, "live")
+    answer.until("token")
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        refused = b.send(other, "new")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "coordination_unavailable"
+        assert time.monotonic() - started < 1.5  # JARVIS_REDIS_TIMEOUT is 0.5 s
+        assert answer.end()["status"] == "completed"
+        assert answer.text() == "".join(f"tok{i} " for i in range(30))
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_prompt_older_than_the_lease_holder_ends_superseded_without_calling_the_model(
+    two_apps, fake, redis_server
+):
+    # the newer prompt's cancel reached this process before the older stream was registered
+    (_, _), (a, _) = two_apps
+    session = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{session}", f"elsewhere trace {10**17}", px=60_000)  # a ticket from the future
+    assert a.send(session, "hello").end()["status"] == "superseded"
+    assert fake.chat_calls() == []
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_config_of_the_docs(listen: int, backends: list[int]) -> str:
+    """The nginx block of docs/scaling.md, verbatim but for the ports and TLS."""
+    doc = open(os.path.join(ROOT, "docs", "scaling.md")).read()
+    block = doc.split("```nginx\n", 1)[1].split("```", 1)[0]
+    for documented, port in zip(("8001", "8002"), backends, strict=True):
+        block = block.replace(f"127.0.0.1:{documented}", f"127.0.0.1:{port}")
+    return block.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen};")
+
+
+@two_processes
+@pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+def test_two_processes_behind_the_documented_nginx_block(fake, redis_server, tmp_path):
+    database = str(tmp_path / "shared.sqlite3")
+    store = Store(database)
+    accounts = Accounts(store)
+    accounts.add("ann", "correct horse battery")
+    token = accounts.create_token("ann", "tests")
+    store.close()
+    procs, ports = [], []
+    try:
+        for name in "ab":
+            env = clean_env(
+                JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_MODEL="tiny",
+                JARVIS_DATABASE=database, JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
+                JARVIS_REDIS_URL=redis_server.url, JARVIS_TRUSTED_PROXIES="127.0.0.1",
+                JARVIS_SECRET_KEY="k" * 32, JARVIS_HEARTBEAT="0.2",
+            )  # fmt: skip
+            with open(tmp_path / f"serve-{name}.log", "w") as log:
+                proc, api = serve_process(env, stderr=log)
+            procs.append(proc)
+            ports.append(int(api.url.rsplit(":", 1)[1]))
+        listen = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/nginx.log;\n"
+            f"events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {tmp_path};\n"
+            f" proxy_temp_path {tmp_path};\n{nginx_config_of_the_docs(listen, ports)}}}\n"
+        )
+        procs.append(
+            subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
+        )
+        api = Api(f"http://127.0.0.1:{listen}", token)
+
+        def up() -> bool:
+            try:
+                return requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).json()["coordination_ok"]
+            except (requests.ConnectionError, ValueError):
+                return False
+
+        wait_for(up, timeout=10, what="nginx and both processes")
+        fake.key = lambda body: "the session"
+        fake.script(tokens=5, stall_after=2)
+        session = api.session()
+        answers = []
+        for n in range(4):  # round robin: each prompt lands on the other process than the one before
+            answers.append(api.send(session, f"prompt {n}"))
+            answers[-1].until("token")
+        assert api.stop(session) == {"stopped": True}
+        assert [a.end()["status"] for a in answers] == ["superseded"] * 3 + ["stopped"]
+        assert_one_call_at_a_time(fake, 4)
+        for name in "ab":  # both processes answered some of them
+            assert "stream_start" in (tmp_path / f"serve-{name}.log").read_text()
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)

@@ -14,10 +14,20 @@ import time
 import pytest
 import requests
 
-from tests import postgres, test_api, test_chats, test_lifecycle, test_security, test_settings, test_versions
+from tests import (
+    postgres,
+    test_api,
+    test_chats,
+    test_lifecycle,
+    test_scale,
+    test_security,
+    test_settings,
+    test_versions,
+)
 from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, jarvis_command
 from tests.fake_ollama import Script
-from tests.test_security import accounts, bare  # noqa: F401  (fixtures of the tests run again)
+from tests.test_scale import pair, redis_server, two_apps  # noqa: F401  (fixtures of the tests run again)
+from tests.test_security import accounts, bare  # noqa: F401
 
 pytestmark = pytest.mark.slow  # each test creates a database: a few hundred milliseconds
 
@@ -64,6 +74,17 @@ _AGAIN = {
         "test_revoking_a_token_or_removing_a_user_stops_their_live_answers",
     ),
 }
+# two processes (and two apps in one process) sharing one Redis and one PostgreSQL
+_AGAIN[test_scale] = (
+    "test_prompt_at_b_supersedes_a_answer_at_a",
+    "test_stop_at_b_ends_a_answer_and_closes_its_upstream",
+    "test_delete_at_b_ends_a_answer",
+    "test_prompts_alternating_between_processes_never_overlap_upstream",
+    "test_dead_owner_lease_expires_and_the_next_prompt_proceeds",
+    "test_a_prompt_in_one_app_supersedes_the_answer_in_the_other",
+    "test_stop_in_one_app_reaches_the_answer_in_the_other",
+    "test_prompts_sent_at_once_to_both_apps_leave_one_answer",
+)
 for _module, _names in _AGAIN.items():
     for _name in _names:
         globals()[_name] = getattr(_module, _name)
@@ -211,3 +232,17 @@ def test_jarvis_check_opens_a_postgres_database_and_hides_its_password(postgres_
     out = _jarvis("check", database=url).stdout
     assert f"ok   database {url.replace(':not-checked@', ':***@')} is writable" in out
     assert "not-checked" not in out
+
+
+def test_two_apps_on_one_database_share_accounts_tokens_and_sessions(make_app):
+    one, two = (make_app().extensions["jarvis"] for _ in range(2))
+    one.accounts.add("ann", test_security.PASSWORD)
+    token = one.accounts.create_token("ann")
+    ann, _ = two.accounts.user_for_token(token)
+    assert ann is not None and ann.name == "ann"
+    sid = two.store.create_session(ann.id)["id"]
+    one.store.add_exchange(sid, "hello from one", "t" * 16, "tiny")
+    assert [s["id"] for s in one.store.list_sessions(ann.id)] == [sid]
+    assert two.store.get_session(sid, ann.id)["title"] == "hello from one"
+    two.accounts.revoke(two.accounts.tokens()[0]["id"])
+    assert one.accounts.user_for_token(token) == (None, None)

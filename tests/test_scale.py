@@ -59,8 +59,8 @@ class Pair:
 
 
 @pytest.fixture
-def pair(fake, redis_server, tmp_path):
-    """Two ``jarvis serve`` processes sharing one SQLite file, one Redis and the fake Ollama."""
+def pair(fake, redis_server, tmp_path, database):
+    """Two ``jarvis serve`` processes sharing one database, one Redis and the fake Ollama."""
     procs = []
 
     def start(name: str):
@@ -68,7 +68,7 @@ def pair(fake, redis_server, tmp_path):
             JARVIS_OLLAMA_URL=fake.url,
             JARVIS_BACKEND="ollama",
             JARVIS_MODEL="tiny",
-            JARVIS_DATABASE=str(tmp_path / "shared.sqlite3"),
+            JARVIS_DATABASE=database,
             JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
             JARVIS_REDIS_URL=redis_server.url,
             JARVIS_LEASE_TTL=str(LEASE_TTL_S),

@@ -88,6 +88,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 def cmd_serve(args) -> int:
     from . import create_app, log
     from .config import ConfigError
+    from .errors import StoreError
     from .server import Server
 
     overrides = {"backend": args.backend} if args.backend else {}
@@ -102,6 +103,8 @@ def cmd_serve(args) -> int:
         app = create_app(overrides)
     except ConfigError as e:
         return _fail(str(e), EXIT_USAGE)
+    except StoreError as e:  # PostgreSQL unreachable, say: the message names it without its password
+        return _fail(e.message)
     j = app.extensions["jarvis"]
     if not _is_loopback(args.host) and not j.accounts.exist():
         if not j.config.insecure_no_auth:

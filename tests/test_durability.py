@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -138,3 +139,12 @@ def test_a_failing_final_save_still_ends_the_stream_and_frees_the_slot(
     wait_for(lambda: jarvis_server.app.extensions["jarvis"].registry.live() == [], what="slot released")
     assert any(r.getMessage() == "store_error" for r in caplog.records)
     assert requests.get(api.url + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+
+
+def test_the_sqlite_default_never_imports_psycopg(tmp_path):
+    code = (
+        "import sys; from jarvis.history import Store; "
+        f"Store({str(tmp_path / 'h.sqlite3')!r}).close(); print('psycopg' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,7 @@ from tests import (
     test_settings,
     test_versions,
 )
-from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, jarvis_command
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, free_port, jarvis_command
 from tests.fake_ollama import Script
 from tests.test_scale import pair, redis_server, two_apps  # noqa: F401  (fixtures of the tests run again)
 from tests.test_security import accounts, bare  # noqa: F401
@@ -246,3 +246,14 @@ def test_two_apps_on_one_database_share_accounts_tokens_and_sessions(make_app):
     assert two.store.get_session(sid, ann.id)["title"] == "hello from one"
     two.accounts.revoke(two.accounts.tokens()[0]["id"])
     assert one.accounts.user_for_token(token) == (None, None)
+
+
+def test_serve_with_postgres_unreachable_exits_saying_so_without_the_password(tmp_path):
+    url = f"postgresql://jarvis:hidden@127.0.0.1:{free_port()}/jarvis"  # nothing listens there
+    env = clean_env(JARVIS_DATABASE=url, JARVIS_DATABASE_TIMEOUT="1", JARVIS_INSTANCE_DIR=str(tmp_path / "i"))
+    started = time.monotonic()
+    # would hang without the pool's timeout: the pool retries a refused server for minutes
+    serve = jarvis_command("serve", "--port", str(free_port()))
+    done = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and time.monotonic() - started < 15
+    assert "jarvis:***@127.0.0.1" in done.stderr and "hidden" not in done.stderr

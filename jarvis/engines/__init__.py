@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from ..config import ConfigError
+
 # {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -70,8 +72,10 @@ def shown(database: str) -> str:
 def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0):
     """The engine for ``database``: a postgresql:// URL, else a SQLite file."""
     if is_postgres(database):
-        from .postgres import PostgresEngine  # psycopg is needed only here
-
+        try:
+            from .postgres import PostgresEngine  # the scale extra: psycopg is needed only here
+        except ImportError:
+            raise ConfigError("JARVIS_DATABASE in PostgreSQL needs: pip install jarvis[scale]") from None
         return PostgresEngine(database, pool_size=pool_size, timeout_s=timeout_s)
     from .sqlite import SqliteEngine
 

@@ -173,7 +173,7 @@ class PostgresEngine:
             self._down = self._probing = False
         log.event("database_reconnected", database=self.where)
         if old is not None:
-            old.close(timeout=0)  # connections still lent out close when they come back
+            old.close(timeout=1.0)  # its workers end at once; connections lent out close on return
         return fresh
 
     def _mark_down(self, error: Exception) -> None:

@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
+from functools import lru_cache
 
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from .. import log
 from ..errors import DatabaseUnavailable, StoreError
@@ -79,6 +79,7 @@ class PostgresEngine:
         self._down = False
         self._probing = False
         self._next_probe = 0.0
+        _probe(url)  # a wrong password or database is said now, not after the pool's timeout
         self._pool = self._open_pool()
         try:
             with self.connect() as db:
@@ -98,9 +99,9 @@ class PostgresEngine:
         pool = self._pool_or_fail()
         try:
             conn = pool.getconn(timeout=self.timeout_s)
-        except PoolTimeout as e:
+        except psycopg.OperationalError as e:  # PoolTimeout, or PoolClosed: replaced by a recovery
             self._mark_down(e)
-            raise DatabaseUnavailable(f"no connection to {self.where} within {self.timeout_s}s") from e
+            raise DatabaseUnavailable(f"no connection to {self.where}: {e}") from e
         try:
             yield Connection(conn)
         except psycopg.OperationalError as e:
@@ -161,16 +162,19 @@ class PostgresEngine:
                 raise DatabaseUnavailable(f"the database {self.where} is unavailable")
             self._probing = True
         try:
-            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S).close()
-        except psycopg.Error as e:
+            _probe(self.url)
+        except DatabaseUnavailable:
             with self._lock:
                 self._probing = False
                 self._next_probe = time.monotonic() + PROBE_INTERVAL_S
-            raise DatabaseUnavailable(f"the database {self.where} is unavailable: {e}") from e
+            raise
         fresh = self._open_pool()
         with self._lock:
-            old, self._pool = self._pool, fresh
+            old, self._pool = self._pool, (fresh if self._pool is not None else None)
             self._down = self._probing = False
+        if old is None:  # closed while the probe ran
+            fresh.close(timeout=1.0)
+            raise StoreError("the database is closed")
         log.event("database_reconnected", database=self.where)
         if old is not None:
             old.close(timeout=1.0)  # its workers end at once; connections lent out close on return
@@ -183,6 +187,14 @@ class PostgresEngine:
             self._down = True
             self._next_probe = time.monotonic() + PROBE_INTERVAL_S
         log.event("database_unavailable", logging.ERROR, database=self.where, error=str(error))
+
+
+def _probe(url: str) -> None:
+    """Open and close one connection outside the pool; DatabaseUnavailable with libpq's reason if not."""
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as e:
+        raise DatabaseUnavailable(f"cannot connect to {shown(url)}: {e}") from e
 
 
 def _end_transaction(conn: psycopg.Connection) -> None:
@@ -202,7 +214,7 @@ def _migrate(db: Connection) -> None:
     db.commit()
 
 
-@cache
+@lru_cache(maxsize=512)  # the store's statements, and IN lists of a few lengths
 def _translate(sql: str) -> str:
     """The store's SQL in psycopg's dialect: %s placeholders, and NULL-safe ``IS ?`` comparisons."""
     sql = sql.replace("%", "%%")

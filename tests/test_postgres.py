@@ -14,20 +14,28 @@ import time
 import pytest
 import requests
 
+from jarvis.errors import DatabaseUnavailable
 from tests import (
     postgres,
     test_api,
     test_chats,
     test_lifecycle,
-    test_scale,
     test_security,
     test_settings,
     test_versions,
 )
 from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, free_port, jarvis_command
 from tests.fake_ollama import Script
-from tests.test_scale import pair, redis_server, two_apps  # noqa: F401  (fixtures of the tests run again)
-from tests.test_security import accounts, bare  # noqa: F401
+from tests.redis_server import REDIS_SERVER
+from tests.test_security import accounts, bare  # noqa: F401  (fixtures of the tests run again)
+
+try:
+    from tests import test_scale
+    from tests.test_scale import pair, redis_server, two_apps  # noqa: F401
+except pytest.skip.Exception as e:  # no redis client
+    test_scale, SCALE_MISSING = None, str(e)
+else:
+    SCALE_MISSING = None if REDIS_SERVER else "redis-server is not installed"
 
 pytestmark = pytest.mark.slow  # each test creates a database: a few hundred milliseconds
 
@@ -75,7 +83,7 @@ _AGAIN = {
     ),
 }
 # two processes (and two apps in one process) sharing one Redis and one PostgreSQL
-_AGAIN[test_scale] = (
+_SEVERAL = (
     "test_prompt_at_b_supersedes_a_answer_at_a",
     "test_stop_at_b_ends_a_answer_and_closes_its_upstream",
     "test_delete_at_b_ends_a_answer",
@@ -85,6 +93,14 @@ _AGAIN[test_scale] = (
     "test_stop_in_one_app_reaches_the_answer_in_the_other",
     "test_prompts_sent_at_once_to_both_apps_leave_one_answer",
 )
+if SCALE_MISSING is None:
+    _AGAIN[test_scale] = _SEVERAL
+else:
+
+    def test_several_processes_on_postgres():
+        pytest.skip(SCALE_MISSING)
+
+
 for _module, _names in _AGAIN.items():
     for _name in _names:
         globals()[_name] = getattr(_module, _name)
@@ -257,3 +273,18 @@ def test_serve_with_postgres_unreachable_exits_saying_so_without_the_password(tm
     done = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and time.monotonic() - started < 15
     assert "jarvis:***@127.0.0.1" in done.stderr and "hidden" not in done.stderr
+
+
+def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url):
+    from jarvis.engines.postgres import PostgresEngine  # psycopg is there: the fixture checked
+
+    engine = PostgresEngine(postgres_url, pool_size=1, timeout_s=0.2)
+    try:
+        with engine.connect():  # the one connection, held
+            with pytest.raises(DatabaseUnavailable, match="busy"):
+                with engine.connect():
+                    pass
+        with engine.connect() as db:  # at once: the database was never down
+            assert db.execute("SELECT 1 AS one").fetchone()["one"] == 1
+    finally:
+        engine.close()

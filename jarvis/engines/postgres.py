@@ -21,7 +21,7 @@ from functools import lru_cache
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import log
 from ..errors import DatabaseUnavailable, StoreError
@@ -99,8 +99,11 @@ class PostgresEngine:
         pool = self._pool_or_fail()
         try:
             conn = pool.getconn(timeout=self.timeout_s)
-        except psycopg.OperationalError as e:  # PoolTimeout, or PoolClosed: replaced by a recovery
-            self._mark_down(e)
+        except PoolTimeout as e:
+            # every connection busy is not a server down: only a failed probe makes it one
+            _probe(self.url, on_failure=self._mark_down)
+            raise DatabaseUnavailable(f"all {self.pool_size} connections to {self.where} stayed busy") from e
+        except psycopg.OperationalError as e:  # PoolClosed: replaced by a recovery, or closing
             raise DatabaseUnavailable(f"no connection to {self.where}: {e}") from e
         try:
             yield Connection(conn)
@@ -189,11 +192,14 @@ class PostgresEngine:
         log.event("database_unavailable", logging.ERROR, database=self.where, error=str(error))
 
 
-def _probe(url: str) -> None:
-    """Open and close one connection outside the pool; DatabaseUnavailable with libpq's reason if not."""
+def _probe(url: str, on_failure=None) -> None:
+    """Open and close one connection outside the pool; DatabaseUnavailable with libpq's reason if not
+    (after ``on_failure(error)``)."""
     try:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
     except psycopg.Error as e:
+        if on_failure is not None:
+            on_failure(e)
         raise DatabaseUnavailable(f"cannot connect to {shown(url)}: {e}") from e
 
 

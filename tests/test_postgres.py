@@ -9,12 +9,13 @@ from __future__ import annotations
 import inspect
 import logging
 import subprocess
+import threading
 import time
 
 import pytest
 import requests
 
-from jarvis.errors import DatabaseUnavailable
+from jarvis.errors import DatabaseUnavailable, JarvisError
 from tests import (
     postgres,
     test_api,
@@ -288,3 +289,29 @@ def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url
             assert db.execute("SELECT 1 AS one").fetchone()["one"] == 1
     finally:
         engine.close()
+
+
+def test_processes_starting_at_once_create_the_schema_once(postgres_url):
+    # without the advisory lock, CREATE TABLE IF NOT EXISTS run at once by several sessions
+    # fails in all but one with a unique violation in PostgreSQL's catalog
+    from jarvis.engines.postgres import PostgresEngine
+
+    starters = 6
+    gate = threading.Barrier(starters, timeout=10)
+    engines, errors = [], []
+
+    def start():
+        gate.wait()
+        try:
+            engines.append(PostgresEngine(postgres_url, pool_size=1))
+        except JarvisError as e:  # a StoreError: fails the test below, with its text
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for engine in engines:
+        engine.close()
+    assert errors == [] and len(engines) == starters

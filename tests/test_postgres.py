@@ -315,3 +315,26 @@ def test_processes_starting_at_once_create_the_schema_once(postgres_url):
     for engine in engines:
         engine.close()
     assert errors == [] and len(engines) == starters
+
+
+def test_prompts_stored_at_once_in_one_chat_form_one_line(app):
+    # without the write lock two prompts read the same leaf and fork the chat
+    store = app.extensions["jarvis"].store
+    sid = store.create_session()["id"]
+    writers = 8
+    gate = threading.Barrier(writers, timeout=10)
+
+    def write(i: int):
+        gate.wait()
+        store.add_exchange(sid, f"prompt {i}", f"{i:016d}", "tiny")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with store.connect() as db:
+        prompts = db.execute("SELECT parent_id FROM messages WHERE role = 'user'").fetchall()
+    parents = [p["parent_id"] for p in prompts]
+    assert len(parents) == writers and len(set(parents)) == writers  # each follows a different answer
+    assert len(store.get_session(sid)["messages"]) == 2 * writers

@@ -79,6 +79,21 @@ MUTANTS = [
  ("lease-wait: the worker calls the model without the session's lease", "jarvis/stream.py",
   "            if lease is not None and not lease.acquire(s.scope, s.config.supersede_timeout_s):\n",
   "            if False:\n", ["tests/test_scale.py"]),
+    ("pg-down: a broken PostgreSQL connection does not make the database down (each prompt waits for the pool)", "jarvis/engines/postgres.py",
+     "            if not self._down:\n                return self._pool", "            if True:\n                return self._pool",
+     ["tests/test_postgres.py::test_postgres_stopped_mid_answer_refuses_new_prompts_and_stores_the_answer_once_back"]),
+    ("pg-final-retry: an answer's final write is not retried while the database is unavailable", "jarvis/history.py",
+     "deadline = time.monotonic() + (self.final_retry_s if status not in LIVE_STATUSES else 0.0)", "deadline = time.monotonic()",
+     ["tests/test_postgres.py::test_postgres_stopped_mid_answer_refuses_new_prompts_and_stores_the_answer_once_back"]),
+    ("pg-busy: a busy pool counts the database as down", "jarvis/engines/postgres.py",
+     "            _probe(self.url, on_failure=self._mark_down)", "            self._mark_down(e)",
+     ["tests/test_postgres.py::test_a_busy_pool_answers_503_without_counting_the_database_down"]),
+    ("pg-migrate-lock: the schema is created without the advisory lock", "jarvis/engines/postgres.py",
+     '    db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATE_LOCK,))', "    pass",
+     ["tests/test_postgres.py::test_processes_starting_at_once_create_the_schema_once"]),
+    ("pg-write-lock: PostgreSQL write transactions take no lock", "jarvis/engines/postgres.py",
+     '        self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))', "        pass",
+     ["tests/test_postgres.py::test_prompts_stored_at_once_in_one_chat_form_one_line"]),
 ]
 
 

@@ -62,10 +62,10 @@ class Accounts:
                 db.rollback()
                 raise BadRequest(f"user {name!r} exists already")
             first = db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None
-            uid = db.execute(
-                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+            uid = db.insert(
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
                 (name, generate_password_hash(password), time.time()),
-            ).fetchall()[0]["id"]
+            )
             if first:
                 db.execute("UPDATE sessions SET owner = ? WHERE owner IS NULL", (uid,))
             db.commit()

@@ -210,9 +210,9 @@ class Store:
             )
             parent = None  # an import is one line of messages
             for m in messages:
-                parent = db.execute(
+                parent = db.insert(
                     "INSERT INTO messages (session_id, parent_id, role, content, status, model, error, meta,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         sid,
                         parent,
@@ -225,7 +225,7 @@ class Store:
                         m["created_at"],
                         m["created_at"],
                     ),
-                ).fetchall()[0]["id"]
+                )
             db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (parent, sid))
             db.commit()
         return {"id": sid, "title": title, "created_at": now, "updated_at": now}
@@ -364,11 +364,11 @@ def _require_message(db, session_id: str, message_id: int, role: str) -> int | N
 
 
 def _insert(db, session_id, parent_id, role, status, trace_id, model, now, content="") -> int:
-    return db.execute(
+    return db.insert(
         "INSERT INTO messages (session_id, parent_id, role, content, status, trace_id, model, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (session_id, parent_id, role, content, status, trace_id, model, now, now),
-    ).fetchall()[0]["id"]
+    )
 
 
 def _shown(session_id: str) -> str:

@@ -1,9 +1,10 @@
 """The two database engines behind the history store: SQLite (the default) and PostgreSQL.
 
 The store writes its SQL once, in the dialect both engines agree on: ``?``
-placeholders, ``RETURNING id``, ``db.begin()`` for a write transaction. What
-differs (column types, placeholders, locks, search, connections) sits in one
-module per engine. psycopg is imported only when the URL names PostgreSQL.
+placeholders, ``db.insert()`` for a new row's id, ``db.begin()`` for a write
+transaction. What differs (column types, placeholders, identities, locks,
+search, connections) sits in one module per engine. psycopg is imported only
+when the URL names PostgreSQL.
 """
 
 from __future__ import annotations

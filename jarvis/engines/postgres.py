@@ -41,13 +41,17 @@ CONNECT_TIMEOUT_S = 3  # libpq counts whole seconds
 
 
 class Connection:
-    """A pooled connection speaking the store's dialect: ``?`` placeholders, ``begin()``."""
+    """A pooled connection speaking the store's dialect: ``?`` placeholders, ``insert()``, ``begin()``."""
 
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
 
     def execute(self, sql: str, params=()) -> psycopg.Cursor:
         return self._conn.execute(_translate(sql), tuple(params))
+
+    def insert(self, sql: str, params=()) -> int:
+        """Run an INSERT; returns the new row's id."""
+        return self.execute(sql + " RETURNING id", params).fetchone()["id"]
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         self._conn.cursor().executemany(_translate(sql), rows)

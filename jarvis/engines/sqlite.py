@@ -58,6 +58,10 @@ TREE_MIGRATION = {
 class Connection(sqlite3.Connection):
     """A SQLite connection that opens write transactions the way the store asks for them."""
 
+    def insert(self, sql: str, params=()) -> int:
+        """Run an INSERT; returns the new row's id."""
+        return self.execute(sql, params).lastrowid
+
     def begin(self) -> None:
         self.execute("BEGIN IMMEDIATE")  # the write lock now: a read then a write cannot be overtaken
 

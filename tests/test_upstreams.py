@@ -18,7 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.upstream import Done, Options, select_upstream
+from jarvis.upstream import Done, Options, http, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
 from tests.fake_ollama import FakeOllama, Script
@@ -103,6 +103,54 @@ def test_a_complete_answer_ends_done_in_every_framing(fake: FakeOllama, upstream
         assert items == ["tok0 ", "tok1 ", "tok2 ", Done("stop", 7, 3)]
     finally:
         reader.close()
+
+
+@both_upstreams
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("read_size", [1, 2, 3, 4, 5, 7, 11, 64])
+def test_an_answer_split_across_receives_anywhere_reads_the_same(
+    fake, upstream, monkeypatch, framing, read_size
+):
+    # receives of at most read_size bytes put a receive boundary inside every part of the
+    # framing, chunk size lines and CRLFs included, as a slow network may
+    monkeypatch.setattr(http, "READ_SIZE", read_size)
+    fake.script(Script(tokens=12, interval_s=0.001, framing=framing))
+    reader = Reader(upstream)
+    assert reader.rest() == [f"tok{i} " for i in range(12)] + [Done("stop", 7, 12)]
+    assert reader.error is None, reader.error
+
+
+# server-sent events as servers write them: comments, other fields, CRLF line ends, one
+# event's data over two lines, an empty event, usage in its own event, [DONE], then noise
+SSE_BODY = (
+    b": keep-alive\n\n"
+    b"event: message\r\nid: 1\r\n"
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}\r\n\r\n'
+    b'data: {"choices":[{"index":0,\ndata: "delta":{"content":"b\\nc"}}]}\n\n'
+    b"data:\n\n"
+    b'data:{"choices":[{"index":0,"delta":{"content":"d"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
+    b"data: [DONE]\n\n"
+    b'data: {"choices":[{"index":0,"delta":{"content":"after the end"}}]}\n\n'
+)
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_server_sent_events_split_at_every_byte_read_the_same(fake, upstream, framing):
+    # every byte its own chunk (or write): each event, line and "data:" is split everywhere
+    fake.script(Script(raw=[bytes([b]) for b in SSE_BODY], framing=framing))
+    reader = Reader(upstream)
+    assert reader.rest() == ["a", "b\nc", "d", Done("stop", 4, 3)]
+    assert reader.error is None, reader.error
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+def test_an_event_longer_than_a_receive_reads_whole(fake, upstream):
+    text = "x" * 200_000  # several 64 KiB receives for one data line
+    fake.script(Script(tokens=[text, "y"]))
+    reader = Reader(upstream)
+    assert reader.rest() == [text, "y", Done("stop", 7, 2)]
 
 
 @both_upstreams

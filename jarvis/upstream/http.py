@@ -250,9 +250,10 @@ class Response:
 
     def _until_close(self) -> Iterator[bytes]:
         data, self._buffer = self._buffer, b""
-        while data:
+        if data:
             yield data
-            data = self._sock.recv(READ_SIZE)
+        while data := self._sock.recv(READ_SIZE):
+            yield data
 
     def _sized(self, length: int) -> Iterator[bytes]:
         data, self._buffer = self._buffer[:length], b""

@@ -216,7 +216,8 @@ class _Events:
             if not line:
                 if data:
                     joined = data[0] if len(data) == 1 else b"\n".join(data)
-                    done.append(_error_event(joined) if self.name == b"error" else joined)
+                    if joined:  # a lone "data:" makes no event
+                        done.append(_error_event(joined) if self.name == b"error" else joined)
                     data = self.data = []
                 self.name = b""
             elif line.startswith(b"data:"):

@@ -232,6 +232,13 @@ def test_openai_key_is_sent_as_a_bearer_token_and_never_shown(tmp_path, caplog):
         assert KEY not in shown
 
 
+@both_upstreams
+def test_requests_name_their_client(fake, upstream):
+    fake.script(Script(tokens=1))
+    Reader(upstream).rest()
+    assert fake.wait_for_calls(1)[0].headers["user-agent"] == "Jarvis"
+
+
 def test_openai_key_from_a_file(tmp_path):
     (tmp_path / "key").write_text(KEY + "\n")
     with FakeOpenAI(api_key=KEY) as fake:

@@ -38,6 +38,7 @@ READ_SIZE = 65536  # an upper bound per receive: it returns whatever has arrived
 HEAD_LIMIT = 65536  # the status line and headers
 CHUNK_LINE_LIMIT = 1024  # a chunk's size line, extensions included
 ERROR_BODY_LIMIT = 65536
+USER_AGENT = "Jarvis"  # some hosted APIs and their proxies refuse a request that names no client
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
@@ -187,7 +188,7 @@ class Response:
         self._conn = http.client.HTTPConnection(parts.hostname, port)
         self._conn.sock = self._sock  # it writes the request on our socket; we read the answer
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._conn.request(method, target, body=body, headers=dict(headers))
+        self._conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
         self.status, self.headers = self._read_head()
         self._body = self._framed_body()
 

@@ -106,9 +106,8 @@ class Response:
             self._check_deadlines()
 
     def line_groups(self, max_line: int) -> Iterator[list[bytes]]:
-        """The body's lines as they arrive, those completed by one receive together; stop
-        quietly once cancelled. One list per receive, not one call per line: a fast server
-        sends many lines at a time."""
+        """The body's lines as they arrive, a list per receive (a fast server sends many at a
+        time, and one call per line cost more than parsing them); stop quietly once cancelled."""
         pending = b""
         for data in self.chunks():
             if b"\n" in data:
@@ -235,6 +234,7 @@ class Response:
             buf += more
 
     def _framed_body(self) -> Iterator[bytes]:
+        """The body's bytes, by the framing the headers name (RFC 9112, section 6.3)."""
         headers = self.headers
         if self.status in (204, 304):
             return iter(())

@@ -121,7 +121,8 @@ def test_an_answer_split_across_receives_anywhere_reads_the_same(
 
 
 # server-sent events as servers write them: comments, other fields, CRLF line ends, one
-# event's data over two lines, an empty event, usage in its own event, [DONE], then noise
+# event's data over two lines, an empty event, usage in its own event, [DONE] (with a stray
+# space), then noise
 SSE_BODY = (
     b": keep-alive\n\n"
     b"event: message\r\nid: 1\r\n"
@@ -130,7 +131,7 @@ SSE_BODY = (
     b"data:\n\n"
     b'data:{"choices":[{"index":0,"delta":{"content":"d"},"finish_reason":"stop"}]}\n\n'
     b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
-    b"data: [DONE]\n\n"
+    b"data: [DONE] \n\n"
     b'data: {"choices":[{"index":0,"delta":{"content":"after the end"}}]}\n\n'
 )
 

@@ -163,12 +163,12 @@ class _Answer:
 
     def feed(self, data: bytes) -> str:
         """The text of one event's data (often ""), noting its finish reason and usage."""
-        if data.endswith(b"]") and data.strip() == b"[DONE]":
-            self.ended = True
-            return ""
         try:
             obj = http.parse_json(data)
         except ValueError:
+            if data.strip() == b"[DONE]":  # not JSON: tested only when the parse fails, once an answer
+                self.ended = True
+                return ""
             raise UpstreamProtocolError(
                 "the OpenAI-compatible server sent an event that is not JSON"
             ) from None

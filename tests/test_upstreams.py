@@ -147,6 +147,17 @@ def test_server_sent_events_split_at_every_byte_read_the_same(fake, upstream, fr
 
 
 @pytest.mark.parametrize("fake", ["openai"], indirect=True)
+@pytest.mark.parametrize("last", [b"data:", b'data: {"choices":[{"delta":{"content":"z"}}]}'])
+def test_a_body_closed_within_its_last_event_still_ends(fake, upstream, last):
+    # a close-delimited body may end without the last event's blank line, even in a lone "data:"
+    head = b'data: {"choices":[{"delta":{"content":"y"},"finish_reason":"stop"}]}\n\n'
+    fake.script(Script(raw=[head, last], framing="close"))
+    reader = Reader(upstream)
+    assert reader.rest() == (["y", Done("stop")] if last == b"data:" else ["y", "z", Done("stop")])
+    assert reader.error is None, reader.error
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
 def test_an_event_longer_than_a_receive_reads_whole(fake, upstream):
     text = "x" * 200_000  # several 64 KiB receives for one data line
     fake.script(Script(tokens=[text, "y"]))

@@ -229,7 +229,8 @@ class _Events:
 
     def end(self) -> list[bytes]:
         """The last event of a body closed without its blank line."""
-        return [b"\n".join(self.data)] if self.data else []
+        joined = b"\n".join(self.data)
+        return [joined] if joined else []
 
 
 def _error_event(data: bytes) -> bytes:

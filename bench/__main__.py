@@ -334,10 +334,10 @@ number looked high:
   2.2 → 1.9 ms, loading 2.0 → 1.8 ms; throughput 28,654 → 37,811 tok/s (×0.40 → ×1.08 of the
   direct read, which itself moved with the load); server CPU per token 8.5 → 8.0 µs. No regression.
   Reading with `read1` alone cost about 30% of in-process throughput (urllib3's per-call
-  buffering); chunked bodies are therefore read chunk by chunk (`read_chunked`, what each chunk
-  brings) and only other bodies with `read1`. A first version of the fake that held a 100,000-token
-  answer in memory paused for garbage collection and made Stop look 20 ms slower; the fake now
-  builds its answer as it sends it.
+  buffering); chunked bodies were therefore read chunk by chunk (`read_chunked`), and since
+  section 8's rewrite every body is read from one buffer, a whole receive decoded at a time.
+  A first version of the fake that held a 100,000-token answer in memory paused for garbage
+  collection and made Stop look 20 ms slower; the fake now builds its answer as it sends it.
 - **Section 8, throughput against the direct read.** Three runs at load averages 4 to 9.5 gave
   ×0.71, ×0.81 and ×0.47 for the OpenAI-compatible upstream; the Ollama upstream's ratio moved
   between ×0.40 and ×1.08 in the same hour. Run together (`--sections 4,8`, load average 5.8 to

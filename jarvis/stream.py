@@ -113,7 +113,10 @@ class Handoff:
     def put(self, item) -> None:
         with self._lock:
             self._items.append(item)
-        self.wake.set()
+        # set only if clear: the body clears it before it takes, so a set flag means a take is
+        # still to come, and setting it again (a lock and a notify per token) would only cost time
+        if not self.wake.is_set():
+            self.wake.set()
 
     def take(self) -> list:
         with self._lock:

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import log
 from .cancel import CancelScope
@@ -39,6 +39,7 @@ from .errors import CoordinationUnavailable, JarvisError
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
 RETRY_S = 0.5  # the listener resubscribes this often while Redis is away
+HELD_BATCH = 500  # lease keys per MGET when a starting process looks for live answers
 TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than any answer
 
 # a ticket from Redis's clock in microseconds, above the session's last (so it survives a restart of
@@ -177,6 +178,16 @@ class Coordinator:
             log.event("coord_stop_failed", logging.WARNING, session=key, error=e.message)
             return False
         return holder is not None and not holder.startswith(self.process_id + " ")
+
+    def held(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` (session ids) whose lease a live stream holds, in any process."""
+        keys = list(keys)
+        found = set()
+        for i in range(0, len(keys), HELD_BATCH):
+            batch = keys[i : i + HELD_BATCH]
+            values = self._call(self.redis.mget, [lease_key(k) for k in batch])
+            found.update(k for k, v in zip(batch, values, strict=True) if v is not None)
+        return found
 
     def health(self) -> dict:
         return {"ok": self._subscribed.is_set() and self.error is None, "error": self.error}

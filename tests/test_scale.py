@@ -491,3 +491,75 @@ def test_two_processes_behind_the_documented_nginx_block(fake, redis_server, tmp
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+
+
+def assistant_statuses(store: Store, session: str) -> list[str]:
+    return [m["status"] for m in store.get_session(session)["messages"] if m["role"] == "assistant"]
+
+
+def test_an_app_starting_spares_the_answer_another_app_streams(make_app, make_server, fake, redis_server):
+    # the second app starts on the same database while the first app's answer streams
+    first = make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, flush_interval_s=30)
+    a = Api(make_server(first).url)
+    wait_for(lambda: health(a).get("coordination_ok"), timeout=5, what="subscribed")
+    fake.script(tokens=5, stall_after=2)
+    live, crashed = a.session(), a.session()
+    store = first.extensions["jarvis"].store
+    _, left = store.add_exchange(crashed, "hi", "a dead process's answer", "tiny")  # no lease: its owner died
+    answer = a.send(live, "hello")
+    answer.until("token")
+    second = make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, flush_interval_s=30)
+    assert assistant_statuses(store, live) == ["streaming"]
+    assert assistant_statuses(store, crashed) == ["interrupted"]
+    assert a.stop(live) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert assistant_statuses(second.extensions["jarvis"].store, live) == ["stopped"]
+
+
+def test_an_app_starting_while_redis_is_down_marks_nothing(make_app, fake, tmp_path):
+    store = Store(str(tmp_path / "jarvis.sqlite3"))
+    session = store.create_session()["id"]
+    store.add_exchange(session, "hi", "t1", "tiny")  # live elsewhere, or not: without Redis nobody can tell
+    make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert assistant_statuses(store, session) == ["streaming"]
+    store.close()
+
+
+@two_processes
+def test_a_process_starting_spares_the_answer_another_process_streams(fake, redis_server, tmp_path):
+    procs = []
+
+    def start(name: str):
+        env = clean_env(
+            JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_MODEL="tiny",
+            JARVIS_DATABASE=str(tmp_path / "shared.sqlite3"), JARVIS_INSTANCE_DIR=str(tmp_path / f"i-{name}"),
+            JARVIS_REDIS_URL=redis_server.url, JARVIS_LEASE_TTL=str(LEASE_TTL_S), JARVIS_HEARTBEAT="0.2",
+            JARVIS_FLUSH_INTERVAL="60",  # no checkpoint mid-answer puts back a status recovery changed
+        )  # fmt: skip
+        with open(tmp_path / f"serve-{name}.log", "w") as log:
+            proc, api = serve_process(env, stderr=log)
+        procs.append(proc)
+        return Api(api.url)
+
+    try:
+        a = start("a")
+        wait_for(lambda: health(a).get("coordination_ok"), timeout=5, what="A subscribed")
+        fake.script(tokens=120, interval_s=0.04)  # about 5 s: B starts meanwhile
+        session = a.session()
+        answer = a.send(session, "hello")
+        answer.until("token")
+        b = start("b")  # B starts while A streams
+        store = Store(str(tmp_path / "shared.sqlite3"))
+        try:
+            assert assistant_statuses(store, session) == ["streaming"]
+            assert answer.end()["status"] == "completed"
+            assert assistant_statuses(store, session) == ["completed"]
+        finally:
+            store.close()
+        assert answer.text() == "".join(f"tok{i} " for i in range(120))
+        assert b.messages(session)[-1]["status"] == "completed"
+        log_b = (tmp_path / "serve-b.log").read_text()
+        assert "recovered_interrupted" in log_b and "skipped_live=1" in log_b, log_b
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compat, endurance, hosts, latency, openai, report, scale, servers, streaming, waiting
+from . import compat, endurance, hosts, latency, openai, processes, report, scale, servers, streaming, waiting
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -79,6 +79,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the rows of several processes sharing Redis, beside one process alone (printed)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the server logs (kept anyway when a target misses)"
     )
     return parser.parse_args(argv)
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.scale:
+        return _scale(args.quick)
     wanted = {s.strip() for s in args.sections.split(",")}
     workdir = Path(tempfile.mkdtemp(prefix="jarvis-bench-"))
     meta = Meta(
@@ -128,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _scale(quick: bool) -> int:
+    """Several processes sharing Redis (bench/processes.py), each row beside one process alone."""
+    began = time.monotonic()
+    print(processes.measure(10 if quick else 100))
+    load = (2_000, 2, 16, 2.0) if quick else (processes.LOAD_TOKENS, processes.LOAD_RUNS, MAX_STREAMS, 6.0)
+    print(processes.load(*load))
+    print(f"\n({time.monotonic() - began:.0f} s; machine: {report.machine()}; load: {report.load()})")
     return 0
 
 

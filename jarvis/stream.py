@@ -294,6 +294,7 @@ class Stream:
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
         self.lease = None  # set by the registry when processes share Redis (coord.Lease)
+        self.slot = None  # and its count among its owner's streams (coord.Slot)
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:

@@ -79,6 +79,14 @@ MUTANTS = [
  ("lease-wait: the worker calls the model without the session's lease", "jarvis/stream.py",
   "            if lease is not None and not lease.acquire(s.scope, s.config.supersede_timeout_s):\n",
   "            if False:\n", ["tests/test_scale.py"]),
+ ("recovery-spare: a starting process marks every streaming answer, live elsewhere or not", "jarvis/__init__.py",
+  "            spared = coord.held(sessions)\n", "            spared = set()\n", ["tests/test_scale.py"]),
+ ("user-slots: an account's streams are counted in each process alone", "jarvis/registry.py",
+  "            if self.coord is not None and stream.owner is not None and self.max_streams_per_user > 0:\n",
+  "            if False:\n", ["tests/test_scale.py"]),
+ ("sign-in-count: sign-in attempts are counted in each process alone", "jarvis/auth.py",
+  "    if not cfg.redis_url:\n        return {\"storage_uri\": \"memory://\"}\n",
+  "    if True:\n        return {\"storage_uri\": \"memory://\"}\n", ["tests/test_scale.py"]),
 ]
 
 

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compat, endurance, hosts, latency, openai, report, scale, servers, streaming, waiting
+from . import compat, endurance, hosts, latency, openai, processes, report, scale, servers, streaming, waiting
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -79,6 +79,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the rows of several processes sharing Redis, beside one process alone (printed)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the server logs (kept anyway when a target misses)"
     )
     return parser.parse_args(argv)
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.scale:
+        return _scale(args.quick)
     wanted = {s.strip() for s in args.sections.split(",")}
     workdir = Path(tempfile.mkdtemp(prefix="jarvis-bench-"))
     meta = Meta(
@@ -128,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _scale(quick: bool) -> int:
+    """Several processes sharing Redis (bench/processes.py), each row beside one process alone."""
+    began = time.monotonic()
+    print(processes.measure(10 if quick else 100))
+    load = (2_000, 2, 16, 2.0) if quick else (processes.LOAD_TOKENS, processes.LOAD_RUNS, MAX_STREAMS, 6.0)
+    print(processes.load(*load))
+    print(f"\n({time.monotonic() - began:.0f} s; machine: {report.machine()}; load: {report.load()})")
     return 0
 
 
@@ -334,10 +351,10 @@ number looked high:
   2.2 → 1.9 ms, loading 2.0 → 1.8 ms; throughput 28,654 → 37,811 tok/s (×0.40 → ×1.08 of the
   direct read, which itself moved with the load); server CPU per token 8.5 → 8.0 µs. No regression.
   Reading with `read1` alone cost about 30% of in-process throughput (urllib3's per-call
-  buffering); chunked bodies are therefore read chunk by chunk (`read_chunked`, what each chunk
-  brings) and only other bodies with `read1`. A first version of the fake that held a 100,000-token
-  answer in memory paused for garbage collection and made Stop look 20 ms slower; the fake now
-  builds its answer as it sends it.
+  buffering); chunked bodies were therefore read chunk by chunk (`read_chunked`), and since
+  section 8's rewrite every body is read from one buffer, a whole receive decoded at a time.
+  A first version of the fake that held a 100,000-token answer in memory paused for garbage
+  collection and made Stop look 20 ms slower; the fake now builds its answer as it sends it.
 - **Section 8, throughput against the direct read.** Three runs at load averages 4 to 9.5 gave
   ×0.71, ×0.81 and ×0.47 for the OpenAI-compatible upstream; the Ollama upstream's ratio moved
   between ×0.40 and ×1.08 in the same hour. Run together (`--sections 4,8`, load average 5.8 to

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import latency, servers
 from .client import BulkStream
+from .servers import proc_stat
 from .stats import Cell, Row, Section, ratio
 from .streaming import expected_text
 from .trials import Subject, tag
@@ -33,7 +34,7 @@ def run(workdir: Path, model: str, max_streams: int, plan) -> Section:
         started.append(jarvis)
         subject = Subject(NAME, jarvis.url, jarvis.pid, fake)
         latency.warm_up(subject, plan.warm)
-        section.rows.append(_throughput(subject, fake.url, model, plan.tokens, plan.runs))
+        section.rows.extend(_throughput(subject, fake.url, model, plan.tokens, plan.runs))
         fake.forget()
         stops = latency.stop([subject], plan.trials_other, plan.slow_trials, plan.bound_s)
         for row in stops.rows:
@@ -50,18 +51,22 @@ def run(workdir: Path, model: str, max_streams: int, plan) -> Section:
     return section
 
 
-def _throughput(subject: Subject, fake_url: str, model: str, tokens: int, runs: int) -> Row:
+def _throughput(subject: Subject, fake_url: str, model: str, tokens: int, runs: int) -> list[Row]:
+    """Throughput through Jarvis and directly, and what each token cost Jarvis's process."""
     want = expected_text(tokens)
     rates: dict[str, list[float]] = {NAME: [], "direct": []}
+    cpus: list[float] = []
     wrong = 0
     for _ in range(runs):  # interleaved, so drift hits both alike
         content = directive(tag("t"), tokens=tokens)
         body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": True}
         direct = BulkStream(fake_url, "/v1/chat/completions", body, kind="openai")
         sid = subject.session()
+        before = proc_stat(subject.pid).cpu_s
         through = BulkStream(
             subject.url, f"/api/sessions/{sid}/messages", {"content": directive(tag("t"), tokens=tokens)}
         )
+        cpus.append((proc_stat(subject.pid).cpu_s - before) / tokens * 1e6)
         for name, stream in ((NAME, through), ("direct", direct)):
             wrong += stream.text() != want
             rates[name].append(tokens / (stream.done_at - stream.sent_at))
@@ -70,7 +75,7 @@ def _throughput(subject: Subject, fake_url: str, model: str, tokens: int, runs: 
     note = f"median of {runs} runs of {tokens:,} tokens each"
     if wrong:
         note += f"; {wrong} runs delivered text other than sent"
-    return Row(
+    throughput = Row(
         "OpenAI-compatible upstream",
         "throughput, one stream at full speed",
         "tok/s",
@@ -81,3 +86,11 @@ def _throughput(subject: Subject, fake_url: str, model: str, tokens: int, runs: 
         note=note,
         digits=0,
     )
+    cpu = Row(
+        "OpenAI-compatible upstream",
+        "server CPU per token at full speed",
+        "µs",
+        {NAME: Cell(value=statistics.median(cpus))},
+        note="utime+stime of the Jarvis process over the stream, /proc/<pid>/stat (10 ms ticks)",
+    )
+    return [throughput, cpu]

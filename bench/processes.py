@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import requests
 
@@ -24,8 +27,18 @@ from tests.conftest import Api, clean_env, free_port, serve_process, stop_proces
 from tests.fake_ollama import FakeOllama, Script
 from tests.redis_server import RedisServer
 
+from . import servers
+from .client import BulkStream, EventStream, Mux
+from .latency import warm_up
 from .stats import Cell
+from .streaming import expected_text
+from .trials import Subject, directive, tag
+from .upstream import Fake
 
+LOAD_TOKENS = 20_000  # a full-speed answer
+LOAD_RUNS = 5
+LOAD_STREAMS = 128  # per process
+LOAD_SECONDS = 6.0  # how long each of them streams
 BOUND_S = 2.0  # a close or an open not seen within this counts as "> bound"
 
 
@@ -123,6 +136,123 @@ def measure(trials: int) -> str:
     return "\n".join(lines)
 
 
+def load(tokens: int, runs: int, streams: int, stream_s: float) -> str:
+    """Throughput per process, alone and as one of two sharing Redis, and ``streams`` streams at
+    20 tokens/s in each of two processes at once; against the fake in its own process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fake = Fake(str(servers.REPO), str(work / "upstream.log"))
+        redis = RedisServer(free_port(), tmp).start()
+        started: list = []
+        try:
+            for name in ("C", "A", "B"):  # C: one process alone, without Redis
+                extra = {"JARVIS_MAX_STREAMS": str(streams)}
+                if name != "C":
+                    extra["JARVIS_REDIS_URL"] = redis.url
+                env = servers.jarvis_env(
+                    fake.url, "tiny", work / f"{'alone' if name == 'C' else 'shared'}.sqlite3", **extra
+                )
+                cmd = [*servers.jarvis_command(), "serve", "--port", "0"]
+                started.append(servers.ServerProcess(f"jarvis {name}", cmd, env, work))
+            c, a, b = (Subject(p.name, p.url, p.pid, fake) for p in started)
+            for subject in (c, a, b):
+                warm_up(subject, 5)
+            lines = _throughput(c, a, b, tokens, runs)
+            lines += _many(a, b, streams, stream_s)
+        finally:
+            for server in reversed(started):
+                server.stop()
+            redis.stop()
+            fake.close()
+    return "\n".join(lines)
+
+
+def _rate(subject: Subject, tokens: int) -> tuple[float, bool]:
+    stream = BulkStream(
+        subject.url,
+        f"/api/sessions/{subject.session()}/messages",
+        {"content": directive(tag("t"), tokens=tokens)},
+    )
+    return tokens / (stream.done_at - stream.sent_at), stream.text() == expected_text(tokens)
+
+
+def _throughput(c: Subject, a: Subject, b: Subject, tokens: int, runs: int) -> list[str]:
+    """One full-speed answer at a time at C, at A, and at A and B together, interleaved."""
+    rates: dict[str, list[float]] = {"C": [], "A": [], "A+B": []}
+    wrong = 0
+    for _ in range(runs):
+        for name, subject in (("C", c), ("A", a)):
+            rate, right = _rate(subject, tokens)
+            rates[name].append(rate)
+            wrong += not right
+        both: list = [None, None]
+
+        def one(i: int, subject: Subject, both=both) -> None:
+            both[i] = _rate(subject, tokens)
+
+        threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for got in both:
+            if got is None:
+                wrong += 1
+            else:
+                rates["A+B"].append(got[0])
+                wrong += not got[1]
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+
+    def row(what: str, key: str, target: str = "") -> str:
+        return f"| {what} | {med[key]:,.0f} | ×{med[key] / med['C']:.2f} | {target} |"
+
+    return [
+        "",
+        f"| full speed, {tokens:,} tokens, median of {runs} | tok/s per process | ratio to C | target |",
+        "|---|---|---|---|",
+        row("one process alone, no Redis (C)", "C"),
+        row("one of two processes sharing Redis, the other idle (A)", "A", "≥ 0.95"),
+        row("each of two processes sharing Redis, both streaming at once (A+B)", "A+B"),
+        f"| answers whose text differed from what was sent | {wrong} of {runs * 4} | | none |",
+    ]
+
+
+def _many(a: Subject, b: Subject, streams: int, seconds: float) -> list[str]:
+    """``streams`` sessions streaming at 20 tokens/s in each of two processes at once, read by one
+    thread; every answer must arrive whole and in order."""
+    tokens = int(seconds / 0.05)
+    opened: list[EventStream] = []
+    refused = 0
+    began = time.monotonic()
+    for i in range(streams * 2):
+        subject = (a, b)[i % 2]
+        stream = subject.send(subject.session(), tag("s"), tokens=tokens, interval_s=0.05)
+        if stream.status != 200:
+            refused += 1
+            stream.close()
+            continue
+        opened.append(stream)
+    ramp = time.monotonic() - began
+    mux = Mux()
+    for stream in opened:
+        mux.add(stream)
+    try:
+        mux.run(time.monotonic() + seconds + 30, lambda stream, events: None)
+    finally:
+        mux.close()
+        for stream in opened:
+            stream.close()
+    want = expected_text(tokens)
+    whole = sum(1 for s in opened if s.text() == want and (s.end() or {}).get("status") == "completed")
+    return [
+        "",
+        f"- {streams * 2} sessions, {streams} in each of two processes, {tokens} tokens each at 20 tokens/s,"
+        f" read by one client thread: {whole} of {streams * 2} delivered every token in order and ended"
+        f" `completed`; {refused} refused, {len(mux.failed)} read failures;"
+        f" opening them all took {ramp:.1f} s.",
+    ]
+
+
 def _subscribed(api: Api) -> bool:
     return bool(
         requests.get(api.url + "/healthz", headers=api.headers, timeout=2).json().get("coordination_ok")
@@ -133,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench.processes", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100, help="trials per row (default: 100)")
+    parser.add_argument("--load", action="store_true", help="also throughput per process and 2 × 128 streams")
     args = parser.parse_args(argv)
     began = time.monotonic()
     print(measure(args.trials))
+    if args.load:
+        print(load(LOAD_TOKENS, LOAD_RUNS, LOAD_STREAMS, LOAD_SECONDS))
     command = " ".join(["python -m bench.processes", *map(shlex.quote, argv)])
     print(f"\n({command}: {time.monotonic() - began:.0f} s)")
     return 0

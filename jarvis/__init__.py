@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from . import log
 from .accounts import Accounts, RevocationWatch
 from .config import Config
 from .coord import Coordinator
+from .errors import CoordinationUnavailable
 from .history import Store
 from .metrics import Metrics
 from .probe import Prober
@@ -66,9 +68,6 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         timeout_s=cfg.database_timeout_s,
         final_retry_s=cfg.database_retry_s,
     )
-    recovered = store.recover()
-    if recovered:
-        log.event("recovered_interrupted", count=recovered)
     registry = Registry(cfg.max_streams, cfg.disconnect_poll_s, cfg.max_streams_per_user)
     metrics = Metrics(live_streams=registry.active)
     upstream = select_upstream(cfg, metrics)
@@ -77,6 +76,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         registry.coord = Coordinator(
             cfg.redis_url, registry.cancel_older, cfg.lease_ttl_s, cfg.redis_timeout_s, store.interrupt
         )
+    recover(store, registry.coord)
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
     app.extensions["jarvis"] = Jarvis(
@@ -91,6 +91,24 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     app.register_blueprint(ollama_api.bp)
     app.register_blueprint(web.bp)
     return app
+
+
+def recover(store: Store, coord: Coordinator | None) -> None:
+    """Mark the answers a crash left streaming as interrupted; with Redis, spare the sessions whose
+    lease is held: another process is streaming them."""
+    spared: set[str] = set()
+    sessions = None  # all of them
+    if coord is not None:
+        try:
+            sessions = store.streaming_sessions()
+            spared = coord.held(sessions)
+        except CoordinationUnavailable as e:  # nobody can tell a dead answer from a live one now
+            log.event("recovery_skipped", logging.WARNING, error=e.message)
+            return
+        sessions -= spared
+    recovered = store.recover(sessions)
+    if recovered or spared:
+        log.event("recovered_interrupted", count=recovered, skipped_live=len(spared))
 
 
 def private_dir(path: str) -> None:

@@ -77,7 +77,7 @@ def init_app(app: Flask) -> None:
         # under any WSGI host: no body is read past this (a prompt may spend 6 bytes a character)
         MAX_CONTENT_LENGTH=cfg.max_prompt_chars * 6 + 65536,
     )
-    limiter = Limiter(client_address, app=app, storage_uri="memory://", headers_enabled=True)
+    limiter = Limiter(client_address, app=app, headers_enabled=True, **_limit_storage(cfg))
     view = limiter.limit(LOGIN_LIMIT, key_func=_attempt_key, methods=["POST"])(login)
     app.register_error_handler(RateLimitExceeded, _login_limited)
     app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
@@ -346,6 +346,22 @@ def _body() -> Mapping:
     if not request.is_json:
         return request.form
     return json_object() or {}
+
+
+def _limit_storage(cfg: Config) -> dict:
+    """Where sign-in attempts are counted: in Redis when processes share one (so N processes do not
+    allow N times the attempts), falling back to this process's memory while Redis is away."""
+    if not cfg.redis_url:
+        return {"storage_uri": "memory://"}
+    timeout = {"socket_timeout": cfg.redis_timeout_s, "socket_connect_timeout": cfg.redis_timeout_s}
+    return {
+        "storage_uri": "redis+unix://" + cfg.redis_url.removeprefix("unix://")
+        if cfg.redis_url.startswith("unix://")
+        else cfg.redis_url,
+        "storage_options": timeout,
+        "in_memory_fallback_enabled": True,
+        "key_prefix": "jarvis",
+    }
 
 
 def _attempt_key() -> str:

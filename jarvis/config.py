@@ -129,7 +129,10 @@ class Config:
     )
     cookie_lifetime_s: float = _f(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
     max_streams_per_user: int = _f(
-        0, "Live streams one account may hold at once (0: up to JARVIS_MAX_STREAMS).", minimum=0
+        0,
+        "Live streams one account may hold at once, counted in every process sharing JARVIS_REDIS_URL"
+        " (0: up to JARVIS_MAX_STREAMS).",
+        minimum=0,
     )
     redis_url: str = _f(
         "",

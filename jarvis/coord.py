@@ -7,6 +7,8 @@ one process cannot see alone:
   for the whole of its upstream call, renews it while it lives and releases
   it with a compare-and-delete script, so one session's upstream calls never
   overlap, whichever processes serve them. A dead owner's lease expires.
+- a **slot** per stream of an account (a sorted set per user whose members expire), so
+  ``JARVIS_MAX_STREAMS_PER_USER`` counts the account's streams in every process.
 - a **control channel** (pub/sub): a prompt tells every process to cancel the
   session's older streams; a Stop or delete tells them to stop it; a release
   wakes the processes waiting for that lease.
@@ -29,16 +31,17 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import log
 from .cancel import CancelScope
 from .config import ConfigError
-from .errors import CoordinationUnavailable, JarvisError
+from .errors import CoordinationUnavailable, JarvisError, TooManyStreams
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
 RETRY_S = 0.5  # the listener resubscribes this often while Redis is away
+HELD_BATCH = 500  # lease keys per MGET when a starting process looks for live answers
 TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than any answer
 
 # a ticket from Redis's clock in microseconds, above the session's last (so it survives a restart of
@@ -69,6 +72,31 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+# one user's streams across processes: a sorted set of "session<TAB>owner trace" scored by when
+# each expires (Redis's clock, ms). Expired members go first, so a dead process's streams stop
+# counting within the TTL. A session already streaming is admitted: its new prompt supersedes.
+# Returns -1 when admitted, else the count of the user's streaming sessions.
+SLOT = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+local sessions, n = {}, 0
+for _, m in ipairs(redis.call('zrange', KEYS[1], 0, -1)) do
+  local s = string.match(m, '^[^\t]*')
+  if not sessions[s] then sessions[s] = true n = n + 1 end
+end
+if not sessions[ARGV[2]] and n >= tonumber(ARGV[3]) then return n end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[4])
+return -1
+"""
+# push a live stream's expiry on (only while its member is there: a freed slot stays freed)
+SLOT_RENEW = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[2])
 """
 
 
@@ -106,6 +134,15 @@ class Lease:
             self.coord.release(self)
 
 
+class Slot:
+    """One of a user's streams, counted across processes while its stream lives."""
+
+    def __init__(self, owner, key: str, value: str, stream):
+        self.redis_key = f"jarvis:streams:{owner}"
+        self.member = f"{key}\t{value}"
+        self._stream = weakref.ref(stream)
+
+
 class Coordinator:
     """Leases and the control channel of one process; ``close()`` joins its two threads."""
 
@@ -139,8 +176,11 @@ class Coordinator:
         self._ticket = self.redis.register_script(TICKET)
         self._renew = self.redis.register_script(RENEW)
         self._release = self.redis.register_script(RELEASE)
+        self._slot = self.redis.register_script(SLOT)
+        self._slot_renew = self.redis.register_script(SLOT_RENEW)
         self._lock = threading.Lock()
         self._held: set[Lease] = set()
+        self._slots: set[Slot] = set()
         self._waiting: dict[str, set[threading.Event]] = {}  # key -> events of its waiters
         self._closed = threading.Event()
         self._subscribed = threading.Event()  # the listener hears the channel
@@ -164,6 +204,32 @@ class Coordinator:
         ticket = int(self._call(self._ticket, keys=[ticket_key(key)], args=message))
         return Lease(self, key, trace_id, ticket)
 
+    def take_slot(self, stream, limit: int) -> Slot:
+        """Count ``stream`` among its owner's streams in every process; TooManyStreams when the owner
+        already has ``limit`` sessions streaming (a prompt to one of them supersedes, and is let in)."""
+        if not self._subscribed.is_set():
+            raise CoordinationUnavailable(f"Redis cannot be reached: {self.error or 'not connected yet'}")
+        slot = Slot(stream.owner, stream.key, f"{self.process_id} {stream.trace_id}", stream)
+        count = int(
+            self._call(self._slot, keys=[slot.redis_key], args=[slot.member, stream.key, limit, self.ttl_ms])
+        )
+        if count >= 0:
+            raise TooManyStreams(
+                f"this account already has {count} answers streaming; stop one or wait for it to end"
+            )
+        with self._lock:
+            self._slots.add(slot)
+        return slot
+
+    def free_slot(self, slot: Slot) -> None:
+        """The slot's stream has ended: it counts no more."""
+        with self._lock:
+            self._slots.discard(slot)
+        try:
+            self._call(self.redis.zrem, slot.redis_key, slot.member)
+        except CoordinationUnavailable as e:  # the member expires on its own within the TTL
+            log.event("coord_slot_free_failed", logging.WARNING, error=e.message)
+
     def stop(self, key: str, reason: str) -> bool:
         """Tell every process to stop ``key``'s live streams; True if another process holds its lease.
         A failure is logged, not raised: a Stop must answer even while Redis is away."""
@@ -177,6 +243,16 @@ class Coordinator:
             log.event("coord_stop_failed", logging.WARNING, session=key, error=e.message)
             return False
         return holder is not None and not holder.startswith(self.process_id + " ")
+
+    def held(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` (session ids) whose lease a live stream holds, in any process."""
+        keys = list(keys)
+        found = set()
+        for i in range(0, len(keys), HELD_BATCH):
+            batch = keys[i : i + HELD_BATCH]
+            values = self._call(self.redis.mget, [lease_key(k) for k in batch])
+            found.update(k for k, v in zip(batch, values, strict=True) if v is not None)
+        return found
 
     def health(self) -> dict:
         return {"ok": self._subscribed.is_set() and self.error is None, "error": self.error}
@@ -265,6 +341,15 @@ class Coordinator:
         while not self._closed.wait(self.ttl_ms / 3000):
             with self._lock:
                 held = list(self._held)
+                slots = list(self._slots)
+            for slot in slots:
+                stream = slot._stream()
+                if stream is None or stream.scope.cancelled:
+                    continue  # a cancelled stream stops counting within the TTL, even if stuck
+                try:
+                    self._call(self._slot_renew, keys=[slot.redis_key], args=[slot.member, self.ttl_ms])
+                except CoordinationUnavailable:
+                    continue
             for lease in held:
                 stream = lease._stream()
                 if stream is None or stream.scope.cancelled:

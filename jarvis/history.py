@@ -10,7 +10,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from . import log, tree
@@ -57,14 +57,30 @@ class Store:
             db.begin()
             db.rollback()
 
-    def recover(self) -> int:
-        """Mark answers left streaming by a crash as interrupted; returns how many."""
+    def recover(self, sessions: Iterable[str] | None = None) -> int:
+        """Mark answers left streaming by a crash as interrupted (only those of ``sessions``, if given:
+        the others may be live in another process); returns how many."""
+        now = time.time()
         with self.connect() as db:
-            cur = db.execute(
-                "UPDATE messages SET status='interrupted', updated_at=? WHERE status='streaming'",
-                (time.time(),),
-            )
-            return cur.rowcount
+            if sessions is None:
+                cur = db.execute(
+                    "UPDATE messages SET status='interrupted', updated_at=? WHERE status='streaming'", (now,)
+                )
+                return cur.rowcount
+            marked = 0
+            for sid in sessions:
+                marked += db.execute(
+                    "UPDATE messages SET status='interrupted', updated_at=? WHERE status='streaming'"
+                    " AND session_id=?",
+                    (now, sid),
+                ).rowcount
+            return marked
+
+    def streaming_sessions(self) -> set[str]:
+        """The sessions that have an answer marked streaming."""
+        with self.connect() as db:
+            rows = db.execute("SELECT DISTINCT session_id FROM messages WHERE status='streaming'")
+            return {r["session_id"] for r in rows}
 
     def interrupt(self, trace_id: str) -> int:
         """Mark the answer ``trace_id`` interrupted if it is still streaming (its process died);

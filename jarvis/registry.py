@@ -65,6 +65,8 @@ class Registry:
         """Register ``stream`` (superseding its key's stream) and start it; any failure ends it,
         stored and released, and is raised again."""
         try:
+            if self.coord is not None and stream.owner is not None and self.max_streams_per_user > 0:
+                stream.slot = self.coord.take_slot(stream, self.max_streams_per_user)  # TooManyStreams
             if self.coord is not None and stream.key == stream.session_id is not None:
                 # other processes cancel the session's older streams; CoordinationUnavailable without Redis
                 stream.lease = self.coord.claim(stream.key, stream.trace_id)
@@ -100,6 +102,8 @@ class Registry:
             if self._current.get(stream.key) is stream:
                 del self._current[stream.key]
             self._released.notify_all()
+        if getattr(stream, "slot", None) is not None:
+            self.coord.free_slot(stream.slot)
 
     def stop(self, key: str, reason: str = "stopped") -> bool:
         """Cancel the current stream of ``key`` (a session id), here and in every process sharing Redis;

@@ -113,7 +113,10 @@ class Handoff:
     def put(self, item) -> None:
         with self._lock:
             self._items.append(item)
-        self.wake.set()
+        # set only if clear: the body clears it before it takes, so a set flag means a take is
+        # still to come, and setting it again (a lock and a notify per token) would only cost time
+        if not self.wake.is_set():
+            self.wake.set()
 
     def take(self) -> list:
         with self._lock:
@@ -291,6 +294,7 @@ class Stream:
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
         self.lease = None  # set by the registry when processes share Redis (coord.Lease)
+        self.slot = None  # and its count among its owner's streams (coord.Slot)
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:

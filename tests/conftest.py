@@ -315,16 +315,16 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def fds_outside_sqlite() -> tuple[int, int]:
-    """(descriptors not on a SQLite file, descriptors on one).
+def fds_outside_sqlite(pid: int | str = "self") -> tuple[int, int]:
+    """(descriptors not on a SQLite file, descriptors on one), of this process or ``pid``.
 
     While one connection to a WAL database is open, SQLite keeps the files of closed connections
     open for reuse: closing them would drop that connection's POSIX locks. Their number is
     bounded by how many connections were open at once, so tests bound them apart."""
     other = database = 0
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:  # closed meanwhile
             continue
         if target.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm")):

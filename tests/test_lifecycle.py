@@ -112,6 +112,7 @@ def test_two_sessions_supersede_without_touching_each_other(api, fake):
 
 def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
     # without the chain of waits, two upstream calls of one session run at once
+    fake.key = lambda body: "one session"  # every call here is of one session
     fake.script(tokens=200, interval_s=0.005)
     sid = api.session()
     barrier = threading.Barrier(8)
@@ -129,10 +130,10 @@ def test_burst_of_simultaneous_prompts_never_overlaps_upstream(api, fake):
         t.join(30)
     statuses = sorted(results.values())
     assert statuses == ["completed"] + ["superseded"] * 7
-    assert fake.max_active == 1
+    # judged by the sockets, not by when the fake's threads ran: a loaded machine runs them late
+    assert fake.overlaps == []
     calls = sorted(fake.chat_calls(), key=lambda c: c.opened_at)
-    for earlier, later in zip(calls, calls[1:], strict=False):
-        assert earlier.closed_at <= later.opened_at
+    for earlier in calls[:-1]:
         assert earlier.closed_by == "client"  # cancelled by its supersede, not run to its end
     prompts = [c.prompt for c in calls]
     assert len(set(prompts)) == len(prompts)  # no prompt reached the model twice

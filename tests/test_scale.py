@@ -491,3 +491,218 @@ def test_two_processes_behind_the_documented_nginx_block(fake, redis_server, tmp
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+
+
+def assistant_statuses(store: Store, session: str) -> list[str]:
+    return [m["status"] for m in store.get_session(session)["messages"] if m["role"] == "assistant"]
+
+
+def test_an_app_starting_spares_the_answer_another_app_streams(make_app, make_server, fake, redis_server):
+    # the second app starts on the same database while the first app's answer streams
+    first = make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, flush_interval_s=30)
+    a = Api(make_server(first).url)
+    wait_for(lambda: health(a).get("coordination_ok"), timeout=5, what="subscribed")
+    fake.script(tokens=5, stall_after=2)
+    live, crashed = a.session(), a.session()
+    store = first.extensions["jarvis"].store
+    _, left = store.add_exchange(crashed, "hi", "a dead process's answer", "tiny")  # no lease: its owner died
+    answer = a.send(live, "hello")
+    answer.until("token")
+    second = make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, flush_interval_s=30)
+    assert assistant_statuses(store, live) == ["streaming"]
+    assert assistant_statuses(store, crashed) == ["interrupted"]
+    assert a.stop(live) == {"stopped": True}
+    assert answer.end()["status"] == "stopped"
+    assert assistant_statuses(second.extensions["jarvis"].store, live) == ["stopped"]
+
+
+def test_an_app_starting_while_redis_is_down_marks_nothing(make_app, fake, tmp_path):
+    store = Store(str(tmp_path / "jarvis.sqlite3"))
+    session = store.create_session()["id"]
+    store.add_exchange(session, "hi", "t1", "tiny")  # live elsewhere, or not: without Redis nobody can tell
+    make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert assistant_statuses(store, session) == ["streaming"]
+    store.close()
+
+
+def serve(name: str, fake, redis_server, tmp_path, **env) -> tuple[subprocess.Popen, Api]:
+    """One ``jarvis serve`` process on the shared SQLite file and Redis; its log in serve-NAME.log."""
+    env = clean_env(
+        JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_MODEL="tiny",
+        JARVIS_DATABASE=str(tmp_path / "shared.sqlite3"), JARVIS_INSTANCE_DIR=str(tmp_path / f"i-{name}"),
+        JARVIS_REDIS_URL=redis_server.url, JARVIS_LEASE_TTL=str(LEASE_TTL_S), JARVIS_HEARTBEAT="0.2", **env,
+    )  # fmt: skip
+    with open(tmp_path / f"serve-{name}.log", "w") as log:
+        proc, api = serve_process(env, stderr=log)
+    wait_for(lambda: health(api).get("coordination_ok"), timeout=5, what=f"{name} subscribed")
+    return proc, api
+
+
+@two_processes
+def test_a_process_starting_spares_the_answer_another_process_streams(fake, redis_server, tmp_path):
+    procs = []
+
+    def start(name: str):
+        # no checkpoint mid-answer puts back a status that recovery changed
+        proc, api = serve(name, fake, redis_server, tmp_path, JARVIS_FLUSH_INTERVAL="60")
+        procs.append(proc)
+        return Api(api.url)
+
+    try:
+        a = start("a")
+        fake.script(tokens=120, interval_s=0.04)  # about 5 s: B starts meanwhile
+        session = a.session()
+        answer = a.send(session, "hello")
+        answer.until("token")
+        b = start("b")  # B starts while A streams
+        store = Store(str(tmp_path / "shared.sqlite3"))
+        try:
+            assert assistant_statuses(store, session) == ["streaming"]
+            assert answer.end()["status"] == "completed"
+            assert assistant_statuses(store, session) == ["completed"]
+        finally:
+            store.close()
+        assert answer.text() == "".join(f"tok{i} " for i in range(120))
+        assert b.messages(session)[-1]["status"] == "completed"
+        log_b = (tmp_path / "serve-b.log").read_text()
+        assert "recovered_interrupted" in log_b and "skipped_live=1" in log_b, log_b
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
+# limits counted in Redis: an account's streams and its sign-in attempts, the same at every process
+
+PASSWORD = "correct horse battery"
+
+
+def start_answer(api: Api, headers: dict, session: str | None = None) -> tuple[str, requests.Response]:
+    session = (
+        session
+        or requests.post(api.url + "/api/sessions", headers=headers, timeout=HTTP_TIMEOUT).json()["id"]
+    )
+    r = requests.post(
+        f"{api.url}/api/sessions/{session}/messages",
+        json={"content": "x"}, headers=headers, stream=True, timeout=HTTP_TIMEOUT,
+    )  # fmt: skip
+    return session, r
+
+
+def test_an_account_stream_limit_counts_its_answers_in_every_app(make_app, make_server, fake, redis_server):
+    fake.script(Script(load_delay_s=60))
+    apps = [
+        make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, max_streams_per_user=1) for _ in "ab"
+    ]
+    a, b = (Api(make_server(app).url, token=None) for app in apps)
+    for api in (a, b):
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    accounts = apps[0].extensions["jarvis"].accounts
+    accounts.add("ann", PASSWORD)
+    accounts.add("bob", PASSWORD)
+    ann = {"Authorization": "Bearer " + accounts.create_token("ann")}
+    bob = {"Authorization": "Bearer " + accounts.create_token("bob")}
+    session, first = start_answer(a, ann)
+    assert first.status_code == 200
+    _, second = start_answer(b, ann)  # another session of the same account, at the other app
+    assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_streams"
+    _, bobs = start_answer(b, bob)
+    assert bobs.status_code == 200  # another account is not held up
+    _, again = start_answer(b, ann, session)  # a prompt in the streaming session supersedes: no new slot
+    assert again.status_code == 200
+    stop = requests.post(f"{b.url}/api/sessions/{session}/stop", headers=ann, timeout=HTTP_TIMEOUT)
+    assert stop.json() == {"stopped": True}
+    wait_for(lambda: all(app.extensions["jarvis"].registry.count_owned(1) == 0 for app in apps), timeout=5,
+             what="ann's answers to end")  # fmt: skip
+    _, third = start_answer(a, ann)  # freed everywhere once the answers ended
+    assert third.status_code == 200
+    for r in (first, second, bobs, again, third):
+        r.close()
+
+
+def test_a_stream_counted_by_a_process_that_died_stops_counting_within_the_ttl(
+    make_app, make_server, fake, redis_server
+):
+    app = make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S, max_streams_per_user=1)
+    api = Api(make_server(app).url, token=None)
+    wait_for(lambda: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+    accounts = app.extensions["jarvis"].accounts
+    accounts.add("ann", PASSWORD)
+    ann = {"Authorization": "Bearer " + accounts.create_token("ann")}
+    with redis_server.client() as r:  # what a process killed mid-answer leaves: a member nobody renews
+        seconds, micros = r.time()
+        r.zadd("jarvis:streams:1", {"elsewhere\tdead:1 trace": seconds * 1000 + micros // 1000 + 500})
+    _, refused = start_answer(api, ann)
+    assert refused.status_code == 429
+    refused.close()
+
+    def admitted() -> bool:
+        _, r = start_answer(api, ann)
+        r.close()
+        return r.status_code == 200
+
+    wait_for(admitted, timeout=3, what="the dead member to expire")
+
+
+def test_sign_in_attempts_count_across_apps(make_app, redis_server):
+    apps = [make_app(redis_url=redis_server.url) for _ in "ab"]
+    apps[0].extensions["jarvis"].accounts.add("ann", PASSWORD)
+    clients = [app.test_client() for app in apps]
+    attacker = {"REMOTE_ADDR": "192.0.2.66"}
+    wrong = {"name": "ann", "password": "wrong-password"}
+    for i in range(10):  # five at each
+        assert clients[i % 2].post("/login", json=wrong, environ_base=attacker).status_code == 401
+    for client in clients:
+        r = client.post("/login", json={"name": "ann", "password": PASSWORD}, environ_base=attacker)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert clients[1].post("/login", json={"name": "ann", "password": PASSWORD}).status_code == 200
+
+
+def test_sign_in_goes_on_while_redis_is_away(make_app):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    app.extensions["jarvis"].accounts.add("ann", PASSWORD)
+    client = app.test_client()
+    started = time.monotonic()
+    assert client.post("/login", json={"name": "ann", "password": PASSWORD}).status_code == 200
+    assert time.monotonic() - started < 2.0
+    attacker = {"REMOTE_ADDR": "192.0.2.66"}
+    for _ in range(10):  # counted in this process's memory meanwhile
+        client.post("/login", json={"name": "ann", "password": "wrong-password"}, environ_base=attacker)
+    r = client.post("/login", json={"name": "ann", "password": PASSWORD}, environ_base=attacker)
+    assert r.status_code == 429
+
+
+@two_processes
+def test_an_account_stream_limit_holds_across_two_processes(fake, redis_server, tmp_path):
+    store = Store(str(tmp_path / "shared.sqlite3"))
+    accounts = Accounts(store)
+    accounts.add("ann", PASSWORD)
+    ann = {"Authorization": "Bearer " + accounts.create_token("ann", "tests")}
+    store.close()
+    fake.script(Script(load_delay_s=60))
+    procs = []
+    try:
+        apis = []
+        for name in "ab":
+            proc, api = serve(name, fake, redis_server, tmp_path, JARVIS_MAX_STREAMS_PER_USER="1")
+            procs.append(proc)
+            apis.append(Api(api.url, token=None))
+        a, b = apis
+        session, first = start_answer(a, ann)
+        assert first.status_code == 200
+        _, second = start_answer(b, ann)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_streams"
+        stop = requests.post(f"{a.url}/api/sessions/{session}/stop", headers=ann, timeout=HTTP_TIMEOUT)
+        assert stop.json() == {"stopped": True}
+        first.close()
+
+        def admitted() -> bool:
+            _, r = start_answer(b, ann)
+            r.close()
+            return r.status_code == 200
+
+        wait_for(admitted, timeout=3, what="ann's slot freed")
+        for r in (first, second):
+            r.close()
+    finally:
+        for proc in procs:
+            stop_process(proc)

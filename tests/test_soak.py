@@ -6,15 +6,27 @@ On failure the seed and the event log are printed, which is what a replay needs.
 
 from __future__ import annotations
 
+import itertools
 import random
+import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import Api, fds_outside_sqlite, wait_for
+from jarvis.history import Store
+from tests.conftest import (
+    Api,
+    clean_env,
+    fds_outside_sqlite,
+    free_port,
+    serve_process,
+    stop_process,
+    wait_for,
+)
 from tests.fake_ollama import FakeOllama, Script
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 USERS = 10
 
@@ -52,131 +64,157 @@ def _upstream_behaviour(rng: random.Random, lock: threading.Lock):
     return choose
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_chaos_soak(request, tmp_path, make_app, make_server):
-    seconds = request.config.getoption("--soak-seconds")
-    seed = request.config.getoption("--soak-seed") or random.randrange(1 << 30)
-    rng, rng_lock = random.Random(seed), threading.Lock()
-    log: list[tuple] = []
-    failures: list[str] = []
-    began = time.monotonic()
+class Soak:
+    """USERS users, each with one session, doing random things until ``seconds`` have passed.
 
-    def note(*event):
-        log.append((round(time.monotonic() - began, 3), *event))
+    Each request goes to the next of ``apis`` in turn, so with two servers the requests for one
+    session alternate between them. ``failures`` collects what broke an invariant on the way."""
 
-    with FakeOllama(key=_tag) as fake:
-        fake.script(_upstream_behaviour(rng, rng_lock))
-        app = make_app(
-            ollama_url=fake.url, max_streams=8, idle_timeout_s=0.5, first_token_timeout_s=1.0, heartbeat_s=0.1
+    def __init__(self, apis: list[Api], seconds: float, seed: int):
+        self.apis, self.seconds, self.seed = apis, seconds, seed
+        self.rng, self.rng_lock = random.Random(seed), threading.Lock()
+        self.log: list[tuple] = []
+        self.failures: list[str] = []
+        self.accepted: dict[str, list[str]] = {}
+        self._accepted_lock = threading.Lock()
+        self._turn = itertools.count()
+        self._stop_all = threading.Event()
+        self.began = time.monotonic()
+
+    def api(self) -> Api:
+        return self.apis[next(self._turn) % len(self.apis)]
+
+    def note(self, *event) -> None:
+        self.log.append((round(time.monotonic() - self.began, 3), *event))
+
+    def run(self) -> None:
+        self.began = time.monotonic()
+        watcher = threading.Thread(target=self._monitor)
+        watcher.start()
+        users = [threading.Thread(target=self._user, args=(i,)) for i in range(USERS)]
+        for t in users:
+            t.start()
+        for t in users:
+            t.join(self.seconds + 60)
+        self._stop_all.set()
+        watcher.join(5)
+        assert not any(t.is_alive() for t in users), self.report()
+        assert self.failures == [], self.report()
+
+    def report(self) -> str:
+        tail = "\n".join(map(str, self.log[-60:]))
+        return (
+            f"seed={self.seed} (replay: --soak-seed {self.seed})\n"
+            + "\n".join(self.failures[:10])
+            + "\nlast events:\n"
+            + tail
         )
-        server = make_server(app)
-        api = Api(server.url)
-        store = app.extensions["jarvis"].store
-        api.send(api.session(), "[warm] up").rest()
-        threads_before, (fds_before, db_fds_before) = threading.active_count(), fds_outside_sqlite()
-        accepted: dict[str, list[str]] = {}
-        accepted_lock = threading.Lock()
-        stop_all = threading.Event()
 
-        def check_stream(sse, who) -> None:
-            events = sse.rest()
-            ends = [e for e in events if e[0] == "end"]
-            if len(ends) != 1 or events[-1][0] != "end":
-                failures.append(f"{who}: not exactly one end, last: {events[-3:]}")
+    def check_stored(self, store) -> None:
+        """Every accepted prompt is stored, and no answer is left streaming."""
+        for sid, prompts in self.accepted.items():
+            messages = store.get_session(sid)["messages"]
+            stored = [m["content"] for m in messages if m["role"] == "user"]
+            assert set(prompts) <= set(stored), self.report()
+            assert "streaming" not in {m["status"] for m in messages}, self.report()
 
-        def send(sid, who):
-            with rng_lock:
-                n = rng.randrange(10**6)
-            prompt = f"[{sid}] {who} {n}"
-            sse = api.send(sid, prompt)
-            if sse.status_code == 200:
-                with accepted_lock:
-                    accepted.setdefault(sid, []).append(prompt)
-            elif sse.status_code != 503:
-                failures.append(f"{who}: HTTP {sse.status_code}")
-            note(who, "send", sid[:6], sse.status_code)
-            return sse if sse.status_code == 200 else None
+    def _check_stream(self, sse, who) -> None:
+        events = sse.rest()
+        ends = [e for e in events if e[0] == "end"]
+        if len(ends) != 1 or events[-1][0] != "end":
+            self.failures.append(f"{who}: not exactly one end, last: {events[-3:]}")
 
-        def user(i: int) -> None:
-            sid = api.session()
-            who = f"u{i}"
-            while time.monotonic() - began < seconds and not failures:
-                with rng_lock:
-                    action = rng.choice(["complete", "supersede", "stop", "disconnect", "slow", "idle"])
-                    pause = rng.uniform(0, 0.05)
-                note(who, action)
-                try:
-                    sse = send(sid, who)
-                    if sse is None:
-                        stop_all.wait(0.2)  # at capacity: back off like a polite client
-                        continue
-                    if action == "complete":
-                        check_stream(sse, who)
-                    elif action == "supersede":
-                        sse.next()
-                        newer = send(sid, who)
-                        check_stream(sse, who)
-                        if newer is not None:
-                            check_stream(newer, who)
-                    elif action == "stop":
-                        sse.next()
-                        api.stop(sid)
-                        check_stream(sse, who)
-                    elif action == "disconnect":
-                        sse.next()
-                        sse.close()
-                    elif action == "slow":
-                        while sse.next() is not None:
-                            stop_all.wait(pause)  # a reader slower than the tokens
-                        ends = [e for e in sse.events if e[0] == "end"]
-                        if len(ends) != 1 or sse.events[-1][0] != "end":
-                            failures.append(f"{who}: slow reader saw {sse.events[-3:]}")
-                    else:
-                        stop_all.wait(pause)  # sent, never read: the response waits in buffers
-                        sse.close()
-                except requests.RequestException as e:
-                    failures.append(f"{who}: {action} exceeded its bound: {type(e).__name__}")
+    def _send(self, sid, who):
+        with self.rng_lock:
+            n = self.rng.randrange(10**6)
+        prompt = f"[{sid}] {who} {n}"
+        sse = self.api().send(sid, prompt)
+        if sse.status_code == 200:
+            with self._accepted_lock:
+                self.accepted.setdefault(sid, []).append(prompt)
+        elif sse.status_code != 503:
+            self.failures.append(f"{who}: HTTP {sse.status_code}")
+        self.note(who, "send", sid[:6], sse.status_code)
+        return sse if sse.status_code == 200 else None
 
-        def monitor() -> None:
-            while not stop_all.is_set():
+    def _user(self, i: int) -> None:
+        rng, pause_for = self.rng, self._stop_all.wait
+        sid = self.api().session()
+        who = f"u{i}"
+        while time.monotonic() - self.began < self.seconds and not self.failures:
+            with self.rng_lock:
+                action = rng.choice(["complete", "supersede", "stop", "disconnect", "slow", "idle"])
+                pause = rng.uniform(0, 0.05)
+            self.note(who, action)
+            try:
+                sse = self._send(sid, who)
+                if sse is None:
+                    pause_for(0.2)  # at capacity: back off like a polite client
+                    continue
+                if action == "complete":
+                    self._check_stream(sse, who)
+                elif action == "supersede":
+                    sse.next()
+                    newer = self._send(sid, who)
+                    self._check_stream(sse, who)
+                    if newer is not None:
+                        self._check_stream(newer, who)
+                elif action == "stop":
+                    sse.next()
+                    self.api().stop(sid)
+                    self._check_stream(sse, who)
+                elif action == "disconnect":
+                    sse.next()
+                    sse.close()
+                elif action == "slow":
+                    while sse.next() is not None:
+                        pause_for(pause)  # a reader slower than the tokens
+                    ends = [e for e in sse.events if e[0] == "end"]
+                    if len(ends) != 1 or sse.events[-1][0] != "end":
+                        self.failures.append(f"{who}: slow reader saw {sse.events[-3:]}")
+                else:
+                    pause_for(pause)  # sent, never read: the response waits in buffers
+                    sse.close()
+            except requests.RequestException as e:
+                self.failures.append(f"{who}: {action} exceeded its bound: {type(e).__name__}")
+
+    def _monitor(self) -> None:
+        while not self._stop_all.is_set():
+            for api in self.apis:
                 t = time.monotonic()
                 try:
                     ok = requests.get(api.url + "/healthz", timeout=2).status_code == 200
                 except requests.RequestException:
                     ok = False
                 if not ok or time.monotonic() - t > 1.0:
-                    failures.append(f"/healthz slow or failing at {t - began:.2f}s")
-                stop_all.wait(0.1)
+                    self.failures.append(f"/healthz of {api.url} slow or failing at {t - self.began:.2f}s")
+            self._stop_all.wait(0.1)
 
-        watcher = threading.Thread(target=monitor)
-        watcher.start()
-        users = [threading.Thread(target=user, args=(i,)) for i in range(USERS)]
-        for t in users:
-            t.start()
-        for t in users:
-            t.join(seconds + 60)
-        stop_all.set()
-        watcher.join(5)
 
-        def report() -> str:
-            tail = "\n".join(map(str, log[-60:]))
-            return (
-                f"seed={seed} (replay: --soak-seed {seed})\n"
-                + "\n".join(failures[:10])
-                + "\nlast events:\n"
-                + tail
-            )
+def _seed(request) -> int:
+    return request.config.getoption("--soak-seed") or random.randrange(1 << 30)
 
-        assert not any(t.is_alive() for t in users), report()
-        assert failures == [], report()
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_chaos_soak(request, tmp_path, make_app, make_server):
+    soak = Soak([], request.config.getoption("--soak-seconds"), _seed(request))
+    with FakeOllama(key=_tag) as fake:
+        fake.script(_upstream_behaviour(soak.rng, soak.rng_lock))
+        app = make_app(
+            ollama_url=fake.url, max_streams=8, idle_timeout_s=0.5, first_token_timeout_s=1.0, heartbeat_s=0.1
+        )
+        server = make_server(app)
+        api = Api(server.url)
+        soak.apis.append(api)
+        store = app.extensions["jarvis"].store
+        api.send(api.session(), "[warm] up").rest()
+        threads_before, (fds_before, db_fds_before) = threading.active_count(), fds_outside_sqlite()
+        soak.run()
+        report = soak.report
         assert fake.overlaps == [], report() + f"\noverlapping upstream calls: {fake.overlaps[:3]}"
         wait_for(lambda: app.extensions["jarvis"].registry.live() == [], timeout=10, what="registry to drain")
-        for sid, prompts in accepted.items():
-            messages = store.get_session(sid)["messages"]
-            stored = [m["content"] for m in messages if m["role"] == "user"]
-            assert set(prompts) <= set(stored), report()
-            assert "streaming" not in {m["status"] for m in messages}, report()
+        soak.check_stored(store)
         wait_for(lambda: fake.active == 0, timeout=10, what="upstream calls to close")
         wait_for(
             lambda: threading.active_count() <= threads_before, timeout=10, what="threads back to baseline"
@@ -187,4 +225,72 @@ def test_chaos_soak(request, tmp_path, make_app, make_server):
         # SQLite's kept files: at most one per connection that was open at once, one per thread
         held = fds_outside_sqlite()[1] - db_fds_before
         assert held <= server.threads * 2, f"{held} more SQLite descriptors than waitress has threads"
-        print(f"soak: seed={seed} {len(log)} events, {sum(map(len, accepted.values()))} accepted prompts")
+        print(
+            f"soak: seed={soak.seed} {len(soak.log)} events, {sum(map(len, soak.accepted.values()))} accepted"
+        )
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_chaos_soak_across_two_processes(request, tmp_path):
+    # two jarvis serve processes share one Redis and one SQLite file; each request of a session goes
+    # to the other process than the one before, so supersede, Stop and disconnect cross processes
+    pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
+    soak = Soak([], min(request.config.getoption("--soak-seconds"), 15.0), _seed(request))  # ≤ 30 s in all
+    database = str(tmp_path / "shared.sqlite3")
+    (tmp_path / "redis").mkdir()
+    procs: list[subprocess.Popen] = []
+    with FakeOllama(key=_tag) as fake:
+        redis = RedisServer(free_port(), str(tmp_path / "redis")).start()
+        try:
+            for name in "ab":
+                env = clean_env(
+                    JARVIS_OLLAMA_URL=fake.url, JARVIS_BACKEND="ollama", JARVIS_MODEL="tiny",
+                    JARVIS_DATABASE=database, JARVIS_INSTANCE_DIR=str(tmp_path / f"instance-{name}"),
+                    JARVIS_REDIS_URL=redis.url, JARVIS_MAX_STREAMS="8", JARVIS_IDLE_TIMEOUT="0.5",
+                    JARVIS_FIRST_TOKEN_TIMEOUT="1.0", JARVIS_HEARTBEAT="0.1",
+                )  # fmt: skip
+                with open(tmp_path / f"serve-{name}.log", "w") as log:
+                    proc, api = serve_process(env, stderr=log)
+                procs.append(proc)
+                soak.apis.append(Api(api.url))
+            for api in soak.apis:
+                wait_for(lambda api=api: _health(api).get("coordination_ok"), timeout=5, what="subscribed")
+                api.send(api.session(), "[warm] up").rest()
+            before = {p.pid: (_threads(p.pid), fds_outside_sqlite(p.pid)[0]) for p in procs}
+            fake.script(_upstream_behaviour(soak.rng, soak.rng_lock))
+            soak.run()
+            report = soak.report
+            assert fake.overlaps == [], report() + f"\noverlapping upstream calls: {fake.overlaps[:3]}"
+            for api in soak.apis:
+                wait_for(
+                    lambda api=api: _health(api)["active_streams"] == 0, timeout=10, what="streams to end"
+                )
+            store = Store(database)
+            try:
+                soak.check_stored(store)
+            finally:
+                store.close()
+            wait_for(lambda: fake.active == 0, timeout=10, what="upstream calls to close")
+            for pid, (threads, fds) in before.items():
+                wait_for(lambda pid=pid, threads=threads: _threads(pid) <= threads, timeout=10,
+                         what=f"threads of {pid} back to baseline")  # fmt: skip
+                wait_for(lambda pid=pid, fds=fds: fds_outside_sqlite(pid)[0] <= fds + 5, timeout=10,
+                         what=f"descriptors of {pid} back to baseline")  # fmt: skip
+            for proc in procs:
+                assert proc.poll() is None, "a server process died"
+            print(f"soak across two processes: seed={soak.seed} {len(soak.log)} events")
+        finally:
+            for proc in procs:
+                stop_process(proc)
+            redis.stop()
+
+
+def _health(api: Api) -> dict:
+    return requests.get(api.url + "/healthz", headers=api.headers, timeout=2).json()

@@ -18,7 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.upstream import WAITING, Done, Options, Progress, select_upstream
+from jarvis.upstream import WAITING, Done, Options, Progress, http, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
 from tests.fake_ollama import FakeOllama, Script
@@ -123,6 +123,66 @@ def test_a_model_server_is_waited_for_in_silence_before_its_first_token(fake, up
 
 
 @both_upstreams
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("read_size", [1, 2, 3, 4, 5, 7, 11, 64])
+def test_an_answer_split_across_receives_anywhere_reads_the_same(
+    fake, upstream, monkeypatch, framing, read_size
+):
+    # receives of at most read_size bytes put a receive boundary inside every part of the
+    # framing, chunk size lines and CRLFs included, as a slow network may
+    monkeypatch.setattr(http, "READ_SIZE", read_size)
+    fake.script(Script(tokens=12, interval_s=0.001, framing=framing))
+    reader = Reader(upstream)
+    assert reader.rest() == [f"tok{i} " for i in range(12)] + [Done("stop", 7, 12)]
+    assert reader.error is None, reader.error
+
+
+# server-sent events as servers write them: comments, other fields, CRLF line ends, one
+# event's data over two lines, an empty event, usage in its own event, [DONE] (with a stray
+# space), then noise
+SSE_BODY = (
+    b": keep-alive\n\n"
+    b"event: message\r\nid: 1\r\n"
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}\r\n\r\n'
+    b'data: {"choices":[{"index":0,\ndata: "delta":{"content":"b\\nc"}}]}\n\n'
+    b"data:\n\n"
+    b'data:{"choices":[{"index":0,"delta":{"content":"d"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
+    b"data: [DONE] \n\n"
+    b'data: {"choices":[{"index":0,"delta":{"content":"after the end"}}]}\n\n'
+)
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_server_sent_events_split_at_every_byte_read_the_same(fake, upstream, framing):
+    # every byte its own chunk (or write): each event, line and "data:" is split everywhere
+    fake.script(Script(raw=[bytes([b]) for b in SSE_BODY], framing=framing))
+    reader = Reader(upstream)
+    assert reader.rest() == ["a", "b\nc", "d", Done("stop", 4, 3)]
+    assert reader.error is None, reader.error
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+@pytest.mark.parametrize("last", [b"data:", b'data: {"choices":[{"delta":{"content":"z"}}]}'])
+def test_a_body_closed_within_its_last_event_still_ends(fake, upstream, last):
+    # a close-delimited body may end without the last event's blank line, even in a lone "data:"
+    head = b'data: {"choices":[{"delta":{"content":"y"},"finish_reason":"stop"}]}\n\n'
+    fake.script(Script(raw=[head, last], framing="close"))
+    reader = Reader(upstream)
+    assert reader.rest() == (["y", Done("stop")] if last == b"data:" else ["y", "z", Done("stop")])
+    assert reader.error is None, reader.error
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+def test_an_event_longer_than_a_receive_reads_whole(fake, upstream):
+    text = "x" * 200_000  # several 64 KiB receives for one data line
+    fake.script(Script(tokens=[text, "y"]))
+    reader = Reader(upstream)
+    assert reader.rest() == [text, "y", Done("stop", 7, 2)]
+
+
+@both_upstreams
 def test_sampling_options_reach_the_server_in_its_own_names(fake, upstream):
     fake.script(Script(tokens=1))
     options = Options(temperature=0.2, top_p=0.9, max_tokens=5, stop=("\n\n",), seed=42)
@@ -199,6 +259,13 @@ def test_openai_key_is_sent_as_a_bearer_token_and_never_shown(tmp_path, caplog):
         assert fake.wait_for_calls(1)[0].headers["authorization"] == f"Bearer {KEY}"
         shown = repr(upstream) + repr(upstream.config) + caplog.text
         assert KEY not in shown
+
+
+@both_upstreams
+def test_requests_name_their_client(fake, upstream):
+    fake.script(Script(tokens=1))
+    Reader(upstream).rest()
+    assert fake.wait_for_calls(1)[0].headers["user-agent"] == "Jarvis"
 
 
 def test_openai_key_from_a_file(tmp_path):

@@ -1,14 +1,15 @@
-"""Streaming HTTP to a model server: one urllib3 connection per answer.
+"""Streaming HTTP to a model server: one connection per answer, on a socket we own.
 
 A flag checked between chunks is never seen while the model server is silent
 (a model loading, a stalled answer): the worker sits in ``connect`` or
-``recv``. So we open the socket ourselves, register its shutdown on the
-stream's ``CancelScope`` before it even connects, and hand it to urllib3's
-public ``HTTPConnection``; ``cancel()`` from another thread then breaks
-whatever call the worker blocks in. Reads return what each receive returns
-(``read1``), so a ``Content-Length`` or close-delimited body streams exactly
-like a chunked one. Transport exceptions become ``jarvis.errors`` here and
-nowhere else.
+``recv``. So we open the socket ourselves and register its shutdown on the
+stream's ``CancelScope`` before it even connects; ``cancel()`` from another
+thread then breaks whatever call the worker blocks in. The standard
+library's ``HTTPConnection`` writes the request; the response is read here,
+from one buffer: each receive is decoded whole (chunked, ``Content-Length``
+or close-delimited alike), so the many small chunks a fast model server sends
+come out as one block, not one read call each. Transport exceptions become
+``jarvis.errors`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection
-
 from ..cancel import CancelScope
 from ..errors import (
     UpstreamDisconnected,
@@ -36,9 +34,12 @@ from ..errors import (
     UpstreamUnavailable,
 )
 
-READ_SIZE = 65536  # an upper bound per read; read1 returns whatever one receive brings
+READ_SIZE = 65536  # an upper bound per receive: it returns whatever has arrived
+HEAD_LIMIT = 65536  # the status line and headers
+CHUNK_LINE_LIMIT = 1024  # a chunk's size line, extensions included
 ERROR_BODY_LIMIT = 65536
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+USER_AGENT = "Jarvis"  # some hosted APIs and their proxies refuse a request that names no client
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class Response:
         self.status = 0
         self.headers: Mapping[str, str] = {}
         self._sock: socket.socket | None = None
-        self._conn: HTTPConnection | None = None
-        self._raw: urllib3.BaseHTTPResponse | None = None  # None: cancelled before a response came
+        self._conn: http.client.HTTPConnection | None = None
+        self._body: Iterator[bytes] | None = None  # None: cancelled before a response came
+        self._buffer = b""  # received, not yet parsed
         self._undo: list = []
         self._opened = time.monotonic()
         self._progress = self._opened
@@ -95,35 +97,32 @@ class Response:
                 self._sock.settimeout(self.timeouts.idle_s)
 
     def chunks(self) -> Iterator[bytes]:
-        """The body as it arrives, one receive (or one HTTP chunk) at a time, within the deadlines."""
-        if self._raw is None:
+        """The body as it arrives, what one receive brings at a time, within the deadlines."""
+        if self._body is None:
             return
-        raw = self._raw
-        # read_chunked yields each chunk whole, without read1's per-call buffering; other bodies
-        # get read1, which returns what one receive brings and never waits to fill a buffer
-        source = (
-            raw.read_chunked(decode_content=False) if raw.chunked else iter(lambda: raw.read1(READ_SIZE), b"")
-        )
         self._check_deadlines()
-        for data in source:
+        for data in self._body:
             yield data
             self._check_deadlines()
 
-    def lines(self, max_line: int) -> Iterator[bytes]:
-        """Yield the body's lines as they arrive; stop quietly once cancelled."""
+    def line_groups(self, max_line: int) -> Iterator[list[bytes]]:
+        """The body's lines as they arrive, a list per receive (a fast server sends many at a
+        time, and one call per line cost more than parsing them); stop quietly once cancelled."""
         pending = b""
         for data in self.chunks():
-            pending += data
             if b"\n" in data:
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
-                    yield line.rstrip(b"\r")
+                block = pending + data
+                lines = block.split(b"\n")
+                pending = lines.pop()
+                yield [line.rstrip(b"\r") for line in lines] if b"\r" in block else lines
+            else:
+                pending += data
             if len(pending) > max_line:
                 raise UpstreamProtocolError(f"{self.peer.name} sent a line longer than {max_line} bytes")
             if self.cancel.cancelled:  # checkpoint: between receives
                 return
         if pending.strip():  # a close-delimited body may end without a newline
-            yield pending
+            yield [pending.rstrip(b"\r")]
 
     def body(self, limit: int = ERROR_BODY_LIMIT) -> bytes:
         """Up to ``limit`` bytes of a short body (an error, a JSON answer)."""
@@ -184,20 +183,135 @@ class Response:
             self._undo.append(self.cancel.on_cancel(lambda sock=self._sock: _shutdown(sock)))
             self._sock.do_handshake()
         self.phase = "first_token"  # connected: a failure from now on is not "unreachable"
-        self._conn = HTTPConnection(parts.hostname, port, timeout=self.timeouts.first_token_s)
-        self._conn.sock = self._sock
+        self._sock.settimeout(self.timeouts.first_token_s)
+        self._conn = http.client.HTTPConnection(parts.hostname, port)
+        self._conn.sock = self._sock  # it writes the request on our socket; we read the answer
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._conn.request(method, target, body=body, headers=dict(headers), preload_content=False)
-        raw = self._conn.getresponse()
-        self._raw = raw
-        self.status = raw.status
-        self.headers = raw.headers
+        self._conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
+        self.status, self.headers = self._read_head()
+        self._body = self._framed_body()
+
+    def _read_head(self) -> tuple[int, dict[str, str]]:
+        """The status and headers (names in lower case) of the final response."""
+        while True:
+            head = self._until_blank_line().split(b"\n")
+            status_line = head[0].rstrip(b"\r")
+            version, _, rest = status_line.partition(b" ")
+            code = rest[:3]
+            if not (version.startswith(b"HTTP/") and len(code) == 3 and code.isdigit()):
+                raise http.client.BadStatusLine(repr(status_line[:100]))
+            if not 100 <= int(code) < 200:  # an interim answer (100 Continue) comes before the real one
+                break
+        headers: dict[str, str] = {}
+        name = ""
+        for line in head[1:]:
+            line = line.rstrip(b"\r")
+            if line[:1] in (b" ", b"\t") and name:  # an obsolete folded continuation
+                headers[name] += " " + line.strip().decode("latin-1")
+                continue
+            field, colon, value = line.partition(b":")
+            if not colon:
+                continue
+            name, text = field.strip().decode("latin-1").lower(), value.strip().decode("latin-1")
+            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+        return int(code), headers
+
+    def _until_blank_line(self) -> bytes:
+        buf = self._buffer
+        while True:
+            ends = [(i, n) for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\n"), 2)) if i >= 0]
+            if ends:
+                end, size = min(ends)
+                self._buffer = buf[end + size :]
+                return buf[:end]
+            if len(buf) > HEAD_LIMIT:
+                raise http.client.LineTooLong("response headers")
+            more = self._sock.recv(READ_SIZE)
+            if not more:
+                if buf:
+                    raise http.client.IncompleteRead(buf)
+                raise http.client.RemoteDisconnected("the server closed the connection without answering")
+            buf += more
+
+    def _framed_body(self) -> Iterator[bytes]:
+        """The body's bytes, by the framing the headers name (RFC 9112, section 6.3)."""
+        headers = self.headers
+        if self.status in (204, 304):
+            return iter(())
+        coding = headers.get("transfer-encoding")
+        if coding is not None:  # chunked when it is the last coding; any other ends with the connection
+            chunked = coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
+            return self._chunked() if chunked else self._until_close()
+        if "content-length" in headers:
+            length = headers["content-length"]
+            if not length.isdigit():
+                raise http.client.HTTPException(f"an invalid Content-Length: {length[:40]!r}")
+            return self._sized(int(length))
+        return self._until_close()
+
+    def _until_close(self) -> Iterator[bytes]:
+        data, self._buffer = self._buffer, b""
+        if data:
+            yield data
+        while data := self._sock.recv(READ_SIZE):
+            yield data
+
+    def _sized(self, length: int) -> Iterator[bytes]:
+        data, self._buffer = self._buffer[:length], b""
+        left = length
+        while True:
+            if data:
+                left -= len(data)
+                yield data
+            if left <= 0:
+                return
+            data = self._sock.recv(min(left, READ_SIZE))
+            if not data:
+                raise http.client.IncompleteRead(b"", left)
+
+    def _chunked(self) -> Iterator[bytes]:
+        """The chunked body, decoded a receive at a time: what one receive brings, in one block."""
+        buf, pos, self._buffer = self._buffer, 0, b""
+        left = 0  # bytes of the current chunk yet to come, its closing CRLF included
+        while True:
+            out = []
+            while True:
+                if left:
+                    end = min(len(buf), pos + left)
+                    if left > 2:  # not only the CRLF is left: take the data
+                        out.append(buf[pos : min(end, pos + left - 2)])
+                    left -= end - pos
+                    pos = end
+                    if left:
+                        break  # the rest of this chunk is still on its way
+                eol = buf.find(b"\n", pos)
+                if eol < 0:
+                    if len(buf) - pos > CHUNK_LINE_LIMIT:
+                        raise http.client.LineTooLong("chunk size")
+                    break
+                try:
+                    size = int(buf[pos:eol], 16)  # int() ignores the surrounding whitespace and CR
+                except ValueError:
+                    size = _chunk_size(buf[pos:eol])
+                pos = eol + 1
+                if size <= 0:  # the last chunk: what follows are trailers, and we close
+                    if size:
+                        raise http.client.IncompleteRead(b"", None)  # a negative size: a broken body
+                    if data := b"".join(out):
+                        yield data
+                    return
+                left = size + 2
+            if data := b"".join(out):
+                yield data
+            more = self._sock.recv(READ_SIZE)
+            if not more:
+                raise http.client.IncompleteRead(b"", left or None)
+            buf = buf[pos:] + more
+            pos = 0
 
     def _close(self) -> None:
         for undo in self._undo:
             undo()
-        if self._raw is not None:
-            self._raw.close()
         if self._conn is not None:
             self._conn.close()
         if self._sock is not None:
@@ -279,6 +393,24 @@ def get_json(
             raise UpstreamProtocolError(f"{peer.name} sent something that is not JSON for {url}") from None
 
 
+_scan = json.JSONDecoder().scan_once
+_JSON_SPACE = " \t\r\n"
+
+
+def parse_json(data: bytes):
+    """One JSON value (a line, an event's data), as ``json.loads`` reads it but for UTF-8 alone:
+    straight to the decoder, without ``loads``'s per-call detours, which cost more than the
+    parse of a small event. Raises ``ValueError``."""
+    text = data.decode().strip(_JSON_SPACE)
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("more than one JSON value")
+    return value
+
+
 def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: list) -> socket.socket:
     """A connected socket whose shutdown is registered on ``cancel`` before it connects."""
     error: OSError = OSError(f"no address for {host}")
@@ -300,6 +432,14 @@ def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: li
     raise error
 
 
+def _chunk_size(line: bytes) -> int:
+    """A chunk size with extensions (``1a;name=value``); anything else is a broken body."""
+    try:
+        return int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        raise http.client.IncompleteRead(b"", None) from None  # the connection broke mid-body
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -309,7 +449,7 @@ def _shutdown(sock: socket.socket) -> None:
 
 def _is_timeout(e: BaseException | None) -> bool:
     while e is not None:
-        if isinstance(e, (TimeoutError, urllib3.exceptions.TimeoutError)):
+        if isinstance(e, TimeoutError):
             return True
         e = e.__cause__ or e.__context__
     return False

@@ -67,12 +67,20 @@ class OllamaUpstream:
                 return
             if response.status != 200:
                 raise self._http_error(response, model)
-            for line in response.lines(self.config.max_line_bytes):
-                for item in _parse_line(line):
-                    if isinstance(item, str):
-                        response.progress()
-                    yield item
-                    if isinstance(item, Done):
+            # a fast server sends many lines a receive: they come as one group
+            for lines in response.line_groups(self.config.max_line_bytes):
+                fresh = True
+                for line in lines:
+                    if not line or line.isspace():
+                        continue
+                    text, done = _parse_line(line)
+                    if text:
+                        if fresh:  # text restarts the idle clock; once per receive is enough
+                            response.progress()
+                            fresh = False
+                        yield text
+                    if done is not None:
+                        yield done
                         return
             if not cancel.cancelled:
                 raise UpstreamDisconnected("Ollama ended the answer before it was done")
@@ -104,12 +112,10 @@ class OllamaUpstream:
         """Nothing is shared between streams, so nothing to release."""
 
 
-def _parse_line(line: bytes) -> Iterator[str | Done]:
-    """One NDJSON line of Ollama's answer: its text, and ``Done`` on the last."""
-    if not line.strip():
-        return
+def _parse_line(line: bytes) -> tuple[str, Done | None]:
+    """One NDJSON line of Ollama's answer: its text (often ""), and ``Done`` on the last."""
     try:
-        obj = json.loads(line)
+        obj = http.parse_json(line)
     except ValueError:
         raise UpstreamProtocolError("Ollama sent a line that is not JSON") from None
     if not isinstance(obj, dict):
@@ -118,14 +124,15 @@ def _parse_line(line: bytes) -> Iterator[str | Done]:
         raise UpstreamStreamError(f"Ollama reported an error: {obj['error']}")
     message = obj.get("message")
     text = message.get("content") if isinstance(message, dict) else None
-    if text:
-        yield text
-    if obj.get("done"):
-        yield Done(
-            "length" if obj.get("done_reason") == "length" else "stop",
-            _count(obj.get("prompt_eval_count")),
-            _count(obj.get("eval_count")),
-        )
+    if not isinstance(text, str):
+        text = ""
+    if not obj.get("done"):
+        return text, None
+    return text, Done(
+        "length" if obj.get("done_reason") == "length" else "stop",
+        _count(obj.get("prompt_eval_count")),
+        _count(obj.get("eval_count")),
+    )
 
 
 def _count(value) -> int | None:

@@ -81,18 +81,26 @@ class OpenAIUpstream:
                 return
             if response.status != 200:
                 raise self._http_error(response, model)
-            answer = _Answer(self._redact)
-            for data in _sse_data(response.lines(self.config.max_line_bytes)):
-                text = answer.feed(data)
-                if text:
-                    response.progress()
-                    yield text
-                if answer.ended:
-                    yield answer.done()
-                    return
+            answer, events = _Answer(self._redact), _Events()
+            # a fast server sends many events a receive: the lines of each come as one group
+            for lines in response.line_groups(self.config.max_line_bytes):
+                fresh = True
+                for data in events.feed(lines):
+                    text = answer.feed(data)
+                    if text:
+                        if fresh:  # text restarts the idle clock; once per receive is enough
+                            response.progress()
+                            fresh = False
+                        yield text
+                    if answer.ended:
+                        yield answer.done()
+                        return
             if cancel.cancelled:
                 return
-            if answer.finish is None:
+            for data in events.end():
+                if text := answer.feed(data):
+                    yield text
+            if answer.finish is None and not answer.ended:
                 raise UpstreamDisconnected("the OpenAI-compatible server ended the answer before it was done")
             yield answer.done()  # a server that sends no [DONE] after the last choice
 
@@ -157,12 +165,12 @@ class _Answer:
 
     def feed(self, data: bytes) -> str:
         """The text of one event's data (often ""), noting its finish reason and usage."""
-        if data.strip() == b"[DONE]":
-            self.ended = True
-            return ""
         try:
-            obj = json.loads(data)
+            obj = http.parse_json(data)
         except ValueError:
+            if data.strip() == b"[DONE]":  # not JSON: tested only when the parse fails, once an answer
+                self.ended = True
+                return ""
             raise UpstreamProtocolError(
                 "the OpenAI-compatible server sent an event that is not JSON"
             ) from None
@@ -196,23 +204,39 @@ class _Answer:
         )
 
 
-def _sse_data(lines: Iterator[bytes]) -> Iterator[bytes]:
-    """The data of each server-sent event; an ``event: error`` comes back as an error object."""
-    data: list[bytes] = []
-    event = b""
-    for line in lines:
-        if not line:
-            if data:
-                joined = b"\n".join(data)
-                yield json.dumps({"error": _error_of(joined)}).encode() if event == b"error" else joined
-            data, event = [], b""
-        elif line.startswith(b"data:"):
-            data.append(line[5:])  # JSON ignores the space after the colon
-        elif line.startswith(b"event:"):
-            event = line[6:].strip()
-        # comments (": ping") and other fields keep a connection alive; they carry no text
-    if data:
-        yield b"\n".join(data)  # the last event of a body closed without its blank line
+class _Events:
+    """Server-sent events, fed a group of lines at a time: the data of each event completed."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.name = b""
+
+    def feed(self, lines: list[bytes]) -> list[bytes]:
+        """The data of the events these lines complete; an ``event: error`` as an error object."""
+        done, data = [], self.data
+        for line in lines:
+            if not line:
+                if data:
+                    joined = data[0] if len(data) == 1 else b"\n".join(data)
+                    if joined:  # a lone "data:" makes no event
+                        done.append(_error_event(joined) if self.name == b"error" else joined)
+                    data = self.data = []
+                self.name = b""
+            elif line.startswith(b"data:"):
+                data.append(line[5:])  # JSON ignores the space after the colon
+            elif line.startswith(b"event:"):
+                self.name = line[6:].strip()
+            # comments (": ping") and other fields keep a connection alive; they carry no text
+        return done
+
+    def end(self) -> list[bytes]:
+        """The last event of a body closed without its blank line."""
+        joined = b"\n".join(self.data)
+        return [joined] if joined else []
+
+
+def _error_event(data: bytes) -> bytes:
+    return json.dumps({"error": _error_of(data)}).encode()
 
 
 def _error_of(data: bytes):

@@ -93,6 +93,9 @@ _SEVERAL = (
     "test_a_prompt_in_one_app_supersedes_the_answer_in_the_other",
     "test_stop_in_one_app_reaches_the_answer_in_the_other",
     "test_prompts_sent_at_once_to_both_apps_leave_one_answer",
+    "test_redis_down_refuses_new_prompts_at_once_while_a_live_answer_completes",
+    "test_an_app_starting_spares_the_answer_another_app_streams",
+    "test_an_account_stream_limit_counts_its_answers_in_every_app",
 )
 if SCALE_MISSING is None:
     _AGAIN[test_scale] = _SEVERAL

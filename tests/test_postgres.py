@@ -142,11 +142,11 @@ def _send(served, session: str, content: str) -> requests.Response:
 
 
 def test_postgres_stopped_mid_answer_refuses_new_prompts_and_stores_the_answer_once_back(
-    own_postgres, make_app, make_server, fake
+    own_postgres, make_app, make_server, fake, caplog
 ):
     # without the down-state, a new prompt would wait the pool's timeout (5 s), and without the
     # retry the answer's final write would be lost
-    app = make_app(database=own_postgres.url(), database_retry_s=20.0)
+    app = make_app(database=own_postgres.url(), database_retry_s=20.0, flush_interval_s=0.1)
     live = make_server(app)
     api = Api(live.url)
     fake.push(Script(tokens=60, interval_s=0.02))
@@ -164,6 +164,7 @@ def test_postgres_stopped_mid_answer_refuses_new_prompts_and_stores_the_answer_o
         assert _send(live, other, "again").status_code == 503 and time.monotonic() - again < 0.5
     call = fake.wait_for_calls(1)[0]
     assert call.wait_closed(10)  # the answer streamed to its end with the database down
+    assert any(r.getMessage().startswith("checkpoint failed") for r in caplog.records)  # logged, not fatal
     own_postgres.start()
     assert sse.end() == {"status": "completed"}
     answer = api.messages(sid)[-1]
@@ -341,3 +342,15 @@ def test_prompts_stored_at_once_in_one_chat_form_one_line(app):
     parents = [p["parent_id"] for p in prompts]
     assert len(parents) == writers and len(set(parents)) == writers  # each follows a different answer
     assert len(store.get_session(sid)["messages"]) == 2 * writers
+
+
+def test_user_and_token_commands_on_postgres(postgres_url):
+    added = subprocess.run(
+        jarvis_command("user", "add", "ann"), env=clean_env(JARVIS_DATABASE=postgres_url),
+        input=test_security.PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    created = _jarvis("token", "create", "--user", "ann", "--name", "ci", database=postgres_url)
+    assert created.returncode == 0 and created.stdout.strip().startswith("jv_")
+    assert _jarvis("user", "list", database=postgres_url).stdout == "ann\t1 token(s)\n"
+    assert "\tann\tci" in _jarvis("token", "list", database=postgres_url).stdout

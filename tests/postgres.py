@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import pwd
@@ -10,7 +11,16 @@ import socket
 import subprocess
 import tempfile
 
-BIN = "/usr/lib/postgresql/15/bin"
+
+def _bin() -> str:
+    """Debian's folder of the newest PostgreSQL installed (15 on bookworm)."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")
+    version = lambda path: tuple(int(n) for n in path.split("/")[4].split(".") if n.isdigit())  # noqa: E731
+    newest = max(found, key=version, default="/usr/lib/postgresql/15/bin/pg_ctl")
+    return os.path.dirname(newest)
+
+
+BIN = _bin()
 START_TIMEOUT_S = 30
 
 

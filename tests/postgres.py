@@ -15,9 +15,12 @@ import tempfile
 def _bin() -> str:
     """Debian's folder of the newest PostgreSQL installed (15 on bookworm)."""
     found = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")
-    version = lambda path: tuple(int(n) for n in path.split("/")[4].split(".") if n.isdigit())  # noqa: E731
-    newest = max(found, key=version, default="/usr/lib/postgresql/15/bin/pg_ctl")
+    newest = max(found, key=_version, default="/usr/lib/postgresql/15/bin/pg_ctl")
     return os.path.dirname(newest)
+
+
+def _version(pg_ctl: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in pg_ctl.split("/")[4].split(".") if n.isdigit())
 
 
 BIN = _bin()

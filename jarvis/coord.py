@@ -309,6 +309,10 @@ class Coordinator:
         except CoordinationUnavailable as e:  # the owner sees the reader's key expire
             log.event("mirror_detach_failed", logging.WARNING, reader=reader, error=e.message)
 
+    def closing(self) -> bool:
+        """This process is shutting down: its remote readers end."""
+        return self._closed.is_set()
+
     # rejoining across processes: the owner's side
 
     def _serve(self, key: str, reader: str, last_event_id: str | None) -> None:

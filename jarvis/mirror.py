@@ -31,7 +31,7 @@ from .events import End
 from .sse import HEARTBEAT
 
 ANSWER_WAIT_S = 1.0  # the owner answers an attach within this, or the reader answers 204
-READER_TTL_MS = 3000  # a reader's key lives this long unless renewed: a dead reader is seen
+READER_TTL_MS = 5000  # a reader's key lives this long unless renewed: a dead reader is seen
 RENEW_S = 1.0  # the reader renews its key, and the owner looks at it, this often
 MIRROR_TTL_MS = 60_000  # an abandoned mirror stream expires
 MIRROR_MAXLEN = 1000  # batches kept per mirror stream: a reader that falls this far behind loses the oldest
@@ -78,7 +78,7 @@ class Pump:
                         if ended:
                             return
                         self.gone.wait(BATCH_S)  # what comes meanwhile goes in the next batch
-                elif time.monotonic() - looked >= RENEW_S:  # a heartbeat: is the reader still there?
+                if time.monotonic() - looked >= RENEW_S:  # a reader that died sends no detach
                     looked = time.monotonic()
                     if not self.coord.reader_alive(self.reader):
                         log.event("mirror_reader_gone", reader=self.reader)
@@ -126,7 +126,7 @@ def _frames(coord, reader, session, holder, entries, heartbeat_s: float, client_
                     yield fields["d"].encode()
                 if fields.get("end"):
                     return
-            if client_gone is not None and client_gone():
+            if coord.closing() or (client_gone is not None and client_gone()):
                 return
             if time.monotonic() - renewed >= RENEW_S:
                 renewed = time.monotonic()

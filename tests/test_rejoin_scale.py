@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jarvis.mirror import BATCH_S
+from jarvis.mirror import ANSWER_WAIT_S, BATCH_S
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER
@@ -126,6 +126,26 @@ def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
     wait_for(lambda: a.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
 
 
+def test_a_remote_holder_whose_key_expires_is_seen_gone(apps, fake, redis_server):  # noqa: F811
+    # a reader whose process died sends no detach: without the look at its key the remote
+    # holder would hold the answer (and its upstream) until the model stops on its own
+    grace = 0.5
+    a, b = apps(grace=grace)
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    remote = b.attach(sid)
+    remote.until("token")
+    with redis_server.client() as r:
+        assert r.delete(*r.keys("jarvis:reader:*")) == 1  # as if it had expired
+    call = fake.wait_for_calls(1)[0]
+    assert call.wait_closed(grace + 3) and call.closed_by == "client"
+    remote.close()
+
+
 def test_attach_answers_204_at_once_when_nothing_is_live_in_any_app(apps, fake):
     a, b = apps()
     fake.script(tokens=2)
@@ -135,6 +155,31 @@ def test_attach_answers_204_at_once_when_nothing_is_live_in_any_app(apps, fake):
     assert time.monotonic() - began < 0.5
     a.send(sid, "hi").end()
     assert b.attach(sid).status_code == 204  # over
+
+
+def test_attach_answers_204_when_the_lease_holder_never_answers(apps, fake, redis_server):  # noqa: F811
+    # a process that died holds its lease until it expires: without the bounded first read the
+    # reader would wait for frames that never come
+    a, b = apps()
+    sid = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{sid}", "ghost:1:dead trace 1", px=5000)
+    began = time.monotonic()
+    assert b.attach(sid).status_code == 204
+    assert ANSWER_WAIT_S <= time.monotonic() - began < ANSWER_WAIT_S + 1.0
+
+
+def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
+    a, b = apps()
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    remote = b.attach(sid)
+    remote.until("token")
+    assert b.stop(sid) == {"stopped": True}
+    assert first.end() == remote.end() == {"status": "stopped", "reason": "stopped"}
+    assert fake.chat_calls()[0].wait_closed(1.0)
 
 
 def test_a_remote_attach_answers_503_while_redis_is_away(apps, fake, redis_server):  # noqa: F811

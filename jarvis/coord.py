@@ -292,12 +292,13 @@ class Coordinator:
         found = self._call(self.blocking.xread, {mirror_key(reader): after}, count=READ_COUNT, block=block_ms)
         return found[0][1] if found else []
 
-    def reader_renew(self, reader: str, key: str, holder: str) -> bool:
-        """Keep the reader's key alive; False when ``holder`` holds ``key``'s lease no more."""
+    def reader_renew(self, reader: str, key: str, owner: str) -> bool:
+        """Keep the reader's key alive; False when process ``owner`` holds ``key``'s lease no more."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.pexpire(reader_key(reader), READER_TTL_MS)
         pipe.get(lease_key(key))
-        return self._call(pipe.execute)[1] == holder
+        holder = self._call(pipe.execute)[1]
+        return holder is not None and holder.startswith(owner + " ")
 
     def mirror_detach(self, reader: str) -> None:
         """The reader left: its owner stops mirroring; its keys go. Logged, not raised."""

@@ -99,8 +99,8 @@ def remote_attach(
     holder = coord.lease_holder(session)
     if holder is None or holder.startswith(coord.process_id + " "):
         return None  # nothing live, or ours and just ended
-    reader = secrets.token_hex(8)
-    coord.mirror_attach(session, holder.split(" ")[0], reader, last_event_id or "")
+    reader, owner = secrets.token_hex(8), holder.split(" ")[0]
+    coord.mirror_attach(session, owner, reader, last_event_id or "")
     try:
         first = coord.mirror_read(reader, "0-0", ANSWER_WAIT_S)
     except CoordinationUnavailable:
@@ -112,10 +112,10 @@ def remote_attach(
     if first[0][1].get("error") == TooManyStreams.code:
         coord.mirror_detach(reader)
         raise TooManyStreams(first[0][1].get("message", "this answer has too many readers"))
-    return _frames(coord, reader, session, holder, first, heartbeat_s, client_gone)
+    return _frames(coord, reader, session, owner, first, heartbeat_s, client_gone)
 
 
-def _frames(coord, reader, session, holder, entries, heartbeat_s: float, client_gone) -> Iterator[bytes]:
+def _frames(coord, reader, session, owner, entries, heartbeat_s: float, client_gone) -> Iterator[bytes]:
     """Yield the mirrored batches, a heartbeat after each empty read; tell the owner when we leave."""
     renewed, lost, cursor = time.monotonic(), 0, "0-0"
     try:
@@ -130,8 +130,8 @@ def _frames(coord, reader, session, holder, entries, heartbeat_s: float, client_
                 return
             if time.monotonic() - renewed >= RENEW_S:
                 renewed = time.monotonic()
-                # an owner that died sends no end: give up once its lease has gone for two looks
-                lost = 0 if coord.reader_renew(reader, session, holder) else lost + 1
+                # an owner that died sends no end: give up once it has held no lease for two looks
+                lost = 0 if coord.reader_renew(reader, session, owner) else lost + 1
                 if lost >= 2:
                     log.event("mirror_owner_gone", logging.WARNING, reader=reader)
                     return

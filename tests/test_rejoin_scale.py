@@ -6,6 +6,7 @@ SQLite file, and stand for two processes; one test runs two ``jarvis serve`` pro
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -239,3 +240,21 @@ def test_a_reload_at_another_process_rejoins_the_live_answer(pair, fake):  # noq
     assert remote.status_code == 200
     assert first.end() == remote.end() == {"status": "completed"}
     assert remote.events == first.events and remote.ids == first.ids
+
+
+@two_processes
+def test_a_remote_reader_ends_when_the_owner_process_dies(pair, fake):  # noqa: F811
+    # a killed owner sends no end: without the look at its lease the reader's response would
+    # stay open, heartbeating, for as long as the page kept it
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    first = pair.a.send(session, "hi")
+    first.until("token")
+    remote = pair.b.attach(session)
+    remote.until("token")
+    pair.proc_a.send_signal(signal.SIGKILL)
+    pair.proc_a.wait(5)
+    killed = time.monotonic()
+    assert [name for name, _ in remote.rest()].count("end") == 0  # no end: the page reconnects
+    assert time.monotonic() - killed < LEASE_TTL_S + 4.0
+    first.close()

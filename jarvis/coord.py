@@ -321,18 +321,18 @@ class Coordinator:
         gone = threading.Event()
         try:
             tap = self.attach(key, last_event_id, gone.is_set) if self.attach else None
-            if tap is None or self._closed.is_set():
-                if tap is not None:
-                    tap.close()
-                self._refuse(reader, none="1")  # the reader answers 204 now
-                return
         except TooManyStreams as e:
             self._refuse(reader, error=e.code, message=e.message)
             return
-        pump = Pump(self, reader, tap, gone, self._forget)
-        with self._lock:
-            self._pumps[reader] = pump
-        pump.thread.start()
+        if tap is not None:
+            pump = Pump(self, reader, tap, gone, self._forget)
+            with self._lock:  # close() joins every pump started before it set _closed
+                if not self._closed.is_set():
+                    self._pumps[reader] = pump
+                    pump.thread.start()
+                    return
+            tap.close()
+        self._refuse(reader, none="1")  # the reader answers 204 now
 
     def _refuse(self, reader: str, **fields) -> None:
         try:

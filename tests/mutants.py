@@ -87,6 +87,11 @@ MUTANTS = [
  ("sign-in-count: sign-in attempts are counted in each process alone", "jarvis/auth.py",
   "    if not cfg.redis_url:\n        return {\"storage_uri\": \"memory://\"}\n",
   "    if True:\n        return {\"storage_uri\": \"memory://\"}\n", ["tests/test_scale.py"]),
+ ("mirror-expiry: the owner never looks whether a remote reader's key is still there", "jarvis/mirror.py",
+  "                    if not self.coord.reader_alive(self.reader):\n", "                    if False:\n",
+  ["tests/test_rejoin_scale.py"]),
+ ("mirror-owner: a remote reader never gives up on an owner that holds no lease", "jarvis/mirror.py",
+  "                if lost >= 2:\n", "                if False:\n", ["tests/test_rejoin_scale.py"]),
 ]
 
 

@@ -28,8 +28,8 @@ def test_a_reload_on_another_process_rejoins_the_answer_and_it_finishes(
     browser,
     make_app,
     make_server,
-    redis_server,
-    fake,  # noqa: F811
+    redis_server,  # noqa: F811
+    fake,
 ):
     # without the remote attach the page at B would get 204, and A's grace (1 s of a 3 s answer)
     # would run out and end the answer as disconnected

@@ -4,8 +4,10 @@ Two processes, A and B, share one SQLite file, one redis-server and one fake Oll
 starts an answer at A that stalls after two tokens, then sends the Stop or the next prompt either
 to A itself or to B; a third process, C, without Redis, gives the single-process numbers of the
 same run (answers started, stopped and superseded at C). Times are from just before the request
-to the moment the fake saw the upstream socket close (or the next call open). Redis commands per
-answer come from ``INFO commandstats`` around uncontended answers.
+to the moment the fake saw the upstream socket close (or the next call open). A second reader
+attaches to a live answer at the same process or at the other one (through Redis): the time to its
+first event, and its lag behind the prompt's reader per token. Redis commands per answer come from
+``INFO commandstats`` around uncontended answers.
 
     python -m bench.processes [--trials N]
 """
@@ -78,6 +80,36 @@ def _supersede(fake: FakeOllama, owner: Api, via: Api) -> tuple[float | None, fl
     return _ms(old.closed_at, started), _ms(new.opened_at if new else None, started)
 
 
+def _attach(fake: FakeOllama, owner: Api, via: Api) -> tuple[float | None, list[float]]:
+    """A reader attaching at ``via`` to an answer at ``owner``: ms to its first event, and how much
+    later than the answer's own reader it got each token (ms)."""
+    session = owner.session()
+    fake.script(tokens=12, interval_s=0.03)
+    answer = owner.send(session, "rejoined")
+    answer.until("token")
+    already = set(answer.ids)  # the reader gets these replayed: no live lag to compare
+    started = time.monotonic()
+    reader = via.attach(session)
+    reader.until("start")
+    first = _ms(time.monotonic(), started)
+    seen: dict[str, dict[str, float]] = {"answer": {}, "reader": {}}
+
+    def read(sse, name: str) -> None:
+        while (event := sse.next()) is not None:
+            if event[0] == "token":
+                seen[name][sse.ids[-1]] = time.monotonic()
+
+    pairs = ((answer, "answer"), (reader, "reader"))
+    threads = [threading.Thread(target=read, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BOUND_S + 2)
+    live = seen["answer"].keys() & seen["reader"].keys() - already
+    lag = [(seen["reader"][i] - seen["answer"][i]) * 1000 for i in live]
+    return first, lag
+
+
 def _commands(fake: FakeOllama, redis: RedisServer, api: Api, runs: int) -> dict[str, float]:
     fake.script(tokens=200)
     session = api.session()
@@ -117,6 +149,17 @@ def measure(trials: int) -> str:
             for i, what in enumerate(("prompt → old upstream closed", "prompt → new upstream opened")):
                 rows.append((what, *(Cell.of([t[i] for t in sups[col]], BOUND_S) for col in "CAB")))
             overlaps = len(fake.overlaps)
+            joins = {
+                col: [_attach(fake, owner, via) for _ in range(max(1, trials // 5))]
+                for col, owner, via in ways
+            }
+            rows.append(
+                ("attach → first event", *(Cell.of([j[0] for j in joins[col]], BOUND_S) for col in "CAB"))
+            )
+            rows.append((
+                "token at the attached reader − at the prompt's reader",
+                *(Cell.of([x for j in joins[col] for x in j[1]], BOUND_S * 1000) for col in "CAB"),
+            ))  # fmt: skip
             commands = _commands(fake, redis, a, 10)
         finally:
             for proc in procs:

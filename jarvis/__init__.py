@@ -74,7 +74,12 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
     if cfg.redis_url:
         registry.coord = Coordinator(
-            cfg.redis_url, registry.cancel_older, cfg.lease_ttl_s, cfg.redis_timeout_s, store.interrupt
+            cfg.redis_url,
+            registry.cancel_older,
+            cfg.lease_ttl_s,
+            cfg.redis_timeout_s,
+            store.interrupt,
+            attach=registry.attach,
         )
     recover(store, registry.coord)
     accounts = Accounts(store)

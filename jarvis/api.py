@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import chat_settings, transcript
+from . import chat_settings, mirror, transcript
 from .auth import credential, owner, signed_in
 from .bodies import json_object
 from .errors import (
@@ -129,7 +129,10 @@ def attach(session_id: str):
     j = jarvis()
     j.store.require_session(session_id, owner())
     last = request.headers.get("Last-Event-ID")
-    tap = j.registry.attach(session_id, last, request.environ.get("waitress.client_disconnected"))
+    gone = request.environ.get("waitress.client_disconnected")
+    tap = j.registry.attach(session_id, last, gone)
+    if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis
+        tap = mirror.remote_attach(j.coord, session_id, last, j.config.heartbeat_s, gone)
     if tap is None:
         return Response(status=204)
     return Response(tap, mimetype="text/event-stream", headers=SSE_HEADERS)

@@ -11,7 +11,8 @@ one process cannot see alone:
   ``JARVIS_MAX_STREAMS_PER_USER`` counts the account's streams in every process.
 - a **control channel** (pub/sub): a prompt tells every process to cancel the
   session's older streams; a Stop or delete tells them to stop it; a release
-  wakes the processes waiting for that lease.
+  wakes the processes waiting for that lease; a reader in another process
+  attaches to a live answer (``mirror.py``) and detaches.
 
 Prompts are ordered by a **ticket** taken from Redis's clock when they arrive
 (strictly increasing per session). A cancel carries the ticket it applies
@@ -37,6 +38,7 @@ from . import log
 from .cancel import CancelScope
 from .config import ConfigError
 from .errors import CoordinationUnavailable, JarvisError, TooManyStreams
+from .mirror import MIRROR_MAXLEN, MIRROR_TTL_MS, READ_COUNT, READER_TTL_MS, Pump, mirror_key, reader_key
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
@@ -153,10 +155,12 @@ class Coordinator:
         lease_ttl_s: float = 10.0,
         timeout_s: float = 0.5,
         interrupt: Callable[[str], object] | None = None,
+        attach: Callable | None = None,
     ):
         """``cancel(key, before_ticket, reason)`` cancels this process's streams of ``key`` whose ticket
         is below ``before_ticket``; ``interrupt(trace_id)`` marks the stored answer of another
-        process's stream, whose lease this process took over, as interrupted."""
+        process's stream, whose lease this process took over, as interrupted; ``attach(key,
+        last_event_id, client_gone)`` gives a Tap of this process's live answer for a remote reader."""
         try:
             import redis  # the scale extra: only a process with JARVIS_REDIS_URL imports it
         except ImportError:
@@ -169,8 +173,16 @@ class Coordinator:
             )
         except ValueError as e:  # the message names the part, never the password
             raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
+        try:  # for XREAD BLOCK: its socket waits out the block, and no longer
+            self.blocking = redis.Redis.from_url(
+                url, socket_timeout=timeout_s + 1.0, socket_connect_timeout=timeout_s, decode_responses=True
+            )
+        except ValueError as e:
+            raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
         self.cancel = cancel
         self.interrupt = interrupt
+        self.attach = attach
+        self._pumps: dict[str, Pump] = {}  # remote reader -> the thread mirroring its answer
         self.ttl_ms = max(1, int(lease_ttl_s * 1000))
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._ticket = self.redis.register_script(TICKET)
@@ -257,6 +269,92 @@ class Coordinator:
     def health(self) -> dict:
         return {"ok": self._subscribed.is_set() and self.error is None, "error": self.error}
 
+    # rejoining across processes (mirror.py): the reader's side
+
+    def lease_holder(self, key: str) -> str | None:
+        """The lease's value ("process stream ticket") while an answer of ``key`` holds it."""
+        if not self._subscribed.is_set():
+            raise CoordinationUnavailable(f"Redis cannot be reached: {self.error or 'not connected yet'}")
+        return self._call(self.redis.get, lease_key(key))
+
+    def mirror_attach(self, key: str, owner: str, reader: str, last_event_id: str) -> None:
+        """Ask ``owner`` (a process id) to mirror ``key``'s answer to ``reader``'s stream."""
+        if "\t" in last_event_id or len(last_event_id) > 200:
+            last_event_id = ""  # not an id Jarvis sent: replay from the start
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(reader_key(reader), "1", px=READER_TTL_MS)
+        pipe.publish(CHANNEL, f"attach\t{key}\t{owner}\t{reader}\t{last_event_id}")
+        self._call(pipe.execute)
+
+    def mirror_read(self, reader: str, after: str, wait_s: float) -> list:
+        """Up to READ_COUNT batches after ``after``, waiting up to ``wait_s`` for the first."""
+        block_ms = max(1, int(wait_s * 1000))
+        found = self._call(self.blocking.xread, {mirror_key(reader): after}, count=READ_COUNT, block=block_ms)
+        return found[0][1] if found else []
+
+    def reader_renew(self, reader: str, key: str, owner: str) -> bool:
+        """Keep the reader's key alive; False when process ``owner`` holds ``key``'s lease no more."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.pexpire(reader_key(reader), READER_TTL_MS)
+        pipe.get(lease_key(key))
+        holder = self._call(pipe.execute)[1]
+        return holder is not None and holder.startswith(owner + " ")
+
+    def mirror_detach(self, reader: str) -> None:
+        """The reader left: its owner stops mirroring; its keys go. Logged, not raised."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.publish(CHANNEL, f"detach\t{reader}")
+        pipe.delete(reader_key(reader), mirror_key(reader))
+        try:
+            self._call(pipe.execute)
+        except CoordinationUnavailable as e:  # the owner sees the reader's key expire
+            log.event("mirror_detach_failed", logging.WARNING, reader=reader, error=e.message)
+
+    def closing(self) -> bool:
+        """This process is shutting down: its remote readers end."""
+        return self._closed.is_set()
+
+    # rejoining across processes: the owner's side
+
+    def _serve(self, key: str, reader: str, last_event_id: str | None) -> None:
+        """A reader elsewhere attaches to ``key``'s answer here: a Tap, and a pump to its stream."""
+        gone = threading.Event()
+        try:
+            tap = self.attach(key, last_event_id, gone.is_set) if self.attach else None
+        except TooManyStreams as e:
+            self._refuse(reader, error=e.code, message=e.message)
+            return
+        if tap is not None:
+            pump = Pump(self, reader, tap, gone, self._forget)
+            with self._lock:  # close() joins every pump started before it set _closed
+                if not self._closed.is_set():
+                    self._pumps[reader] = pump
+                    pump.thread.start()
+                    return
+            tap.close()
+        self._refuse(reader, none="1")  # the reader answers 204 now
+
+    def _refuse(self, reader: str, **fields) -> None:
+        try:
+            self.mirror_add(mirror_key(reader), "", True, **fields)
+        except CoordinationUnavailable as e:  # the reader gives up after its wait
+            log.event("mirror_failed", logging.WARNING, reader=reader, error=e.message)
+
+    def _forget(self, pump: Pump) -> None:
+        with self._lock:
+            self._pumps.pop(pump.reader, None)
+
+    def mirror_add(self, key: str, data: str, ended: bool, **fields) -> None:
+        """One batch of frames for a remote reader: one round trip."""
+        fields = {"d": data, **({"end": "1"} if ended else {}), **fields}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, fields, maxlen=MIRROR_MAXLEN, approximate=True)
+        pipe.pexpire(key, MIRROR_TTL_MS)
+        self._call(pipe.execute)
+
+    def reader_alive(self, reader: str) -> bool:
+        return bool(self._call(self.redis.exists, reader_key(reader)))
+
     # the worker side
 
     def acquire(self, lease: Lease, scope: CancelScope, timeout: float) -> bool:
@@ -327,10 +425,16 @@ class Coordinator:
         """Stop both threads, waiting up to ``timeout``; True if they ended."""
         self._closed.set()
         deadline = time.monotonic() + timeout
-        for thread in (self._renewer, self._listener):
+        with self._lock:
+            pumps = list(self._pumps.values())
+        for pump in pumps:
+            pump.gone.set()
+        threads = [p.thread for p in pumps] + [self._renewer, self._listener]
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.redis.close()
-        alive = [t.name for t in (self._renewer, self._listener) if t.is_alive()]
+        self.blocking.close()
+        alive = [t.name for t in threads if t.is_alive()]
         if alive:
             log.event("coord_threads_left", logging.WARNING, threads=",".join(alive))
         return not alive
@@ -406,6 +510,15 @@ class Coordinator:
         elif op in ("cancel", "stop") and len(fields) == 4 and fields[3].isdigit():
             key, reason, _, ticket = fields
             self.cancel(key, int(ticket), reason)
+        elif op == "attach" and len(fields) == 4:
+            key, owner, reader, last = fields
+            if owner == self.process_id:
+                self._serve(key, reader, last or None)
+        elif op == "detach" and len(fields) == 1:
+            with self._lock:
+                pump = self._pumps.get(fields[0])
+            if pump is not None:
+                pump.gone.set()
         else:  # another program on the channel: not ours to act on
             log.event("coord_message_ignored", logging.WARNING, message=data[:200])
 

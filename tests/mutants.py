@@ -102,6 +102,11 @@ MUTANTS = [
  ("pg-write-lock: PostgreSQL write transactions take no lock", "jarvis/engines/postgres.py",
   '        self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))', "        pass",
   ["tests/test_postgres.py::test_prompts_stored_at_once_in_one_chat_form_one_line"]),
+ ("mirror-expiry: the owner never looks whether a remote reader's key is still there", "jarvis/mirror.py",
+  "                    if not self.coord.reader_alive(self.reader):\n", "                    if False:\n",
+  ["tests/test_rejoin_scale.py"]),
+ ("mirror-owner: a remote reader never gives up on an owner that holds no lease", "jarvis/mirror.py",
+  "                if lost >= 2:\n", "                if False:\n", ["tests/test_rejoin_scale.py"]),
 ]
 
 

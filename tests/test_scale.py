@@ -483,8 +483,14 @@ def test_two_processes_behind_the_documented_nginx_block(fake, redis_server, tmp
         for n in range(4):  # round robin: each prompt lands on the other process than the one before
             answers.append(api.send(session, f"prompt {n}"))
             answers[-1].until("token")
+        readers = [api.attach(session) for _ in range(2)]  # a reload at each process
+        assert [r.status_code for r in readers] == [200, 200]
+        for r in readers:
+            r.until("token")
         assert api.stop(session) == {"stopped": True}
         assert [a.end()["status"] for a in answers] == ["superseded"] * 3 + ["stopped"]
+        assert [r.end()["status"] for r in readers] == ["stopped"] * 2
+        assert [r.events for r in readers] == [answers[-1].events] * 2  # the same answer at both
         assert_one_call_at_a_time(fake, 4)
         for name in "ab":  # both processes answered some of them
             assert "stream_start" in (tmp_path / f"serve-{name}.log").read_text()

@@ -1,0 +1,260 @@
+"""Rejoining a live answer that runs in another process: the reader's process mirrors it through Redis.
+
+Two apps in this process, each with its own registry and coordinator, share one Redis and one
+SQLite file, and stand for two processes; one test runs two ``jarvis serve`` processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from jarvis.mirror import ANSWER_WAIT_S, BATCH_S
+from tests.conftest import Api, wait_for
+from tests.fake_ollama import Script
+from tests.redis_server import REDIS_SERVER
+from tests.test_scale import LEASE_TTL_S, health, pair, redis_server, two_processes  # noqa: F401
+
+pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer
+FULL = "".join(f"tok{i} " for i in range(40))
+
+
+def keeping() -> bool:
+    """A keeper thread drives a detached answer."""
+    return any(t.name.startswith("jarvis-keeper") for t in threading.enumerate())
+
+
+def mirroring() -> bool:
+    return any(t.name.startswith("jarvis-mirror") for t in threading.enumerate())
+
+
+@pytest.fixture
+def apps(make_app, make_server, redis_server):  # noqa: F811
+    """(a, b): two apps on one Redis and one SQLite file, with the given detach grace."""
+
+    def make(grace: float = 0.0, ttl: float = LEASE_TTL_S) -> tuple[Api, Api]:
+        made = [make_app(redis_url=redis_server.url, lease_ttl_s=ttl, detach_grace_s=grace) for _ in "ab"]
+        apis = [Api(make_server(app).url) for app in made]
+        for api in apis:
+            wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+        return apis[0], apis[1]
+
+    return make
+
+
+def test_attach_in_another_app_replays_then_follows_to_the_same_end(apps, fake):
+    a, b = apps()
+    fake.script(SLOW)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    remote = b.attach(sid)
+    assert remote.status_code == 200
+    assert first.end() == remote.end() == {"status": "completed"}
+    assert first.text() == remote.text() == FULL
+    assert remote.events == first.events and remote.ids == first.ids  # the same events, the same ids
+
+
+def test_last_event_id_in_another_app_sends_only_what_came_after(apps, fake):
+    a, b = apps()
+    fake.script(SLOW)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    for _ in range(3):
+        first.until("token")
+    seen = len(first.events)
+    remote = b.attach(sid, first.ids[-1])
+    remote.end()
+    first.end()
+    assert remote.events == first.events[seen:]  # no gap, no duplicate
+    assert remote.ids == first.ids[seen:]
+
+
+def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_finishes(apps, fake):
+    # without the remote takeover the keeper's grace would run out and end the answer as disconnected
+    a, b = apps(grace=1.0)
+    fake.script(tokens=60, interval_s=0.03)  # about 1.8 s: longer than the grace
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    rejoined = b.attach(sid)
+    assert rejoined.status_code == 200
+    assert rejoined.end() == {"status": "completed"}
+    assert rejoined.text() == "".join(f"tok{i} " for i in range(60))
+    wait_for(lambda: b.messages(sid)[-1]["status"] == "completed", what="stored as completed")
+
+
+def test_a_remote_watcher_that_leaves_never_ends_the_answer(apps, fake):
+    a, b = apps()
+    fake.script(SLOW)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    watcher = b.attach(sid)
+    watcher.until("token")
+    watcher.close()
+    assert first.end() == {"status": "completed"} and first.text() == FULL
+    assert fake.chat_calls()[0].closed_by != "client"
+    wait_for(lambda: not mirroring(), what="the mirror to end")
+
+
+def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
+    # the pump must see its reader go: else the remote holder would hold the answer forever
+    grace = 0.5
+    a, b = apps(grace=grace)
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    remote = b.attach(sid)
+    remote.until("token")
+    call = fake.wait_for_calls(1)[0]
+    assert not call.wait_closed(grace * 1.5)  # held by the remote reader: no grace runs out
+    left = time.monotonic()
+    remote.close()
+    assert call.wait_closed(grace + 4) and call.closed_by == "client"
+    assert call.closed_at - left >= grace
+    wait_for(lambda: a.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
+
+
+def test_a_remote_holder_whose_key_expires_is_seen_gone(apps, fake, redis_server):  # noqa: F811
+    # a reader whose process died sends no detach: without the look at its key the remote
+    # holder would hold the answer (and its upstream) until the model stops on its own
+    grace = 0.5
+    a, b = apps(grace=grace)
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    remote = b.attach(sid)
+    remote.until("token")
+    with redis_server.client() as r:
+        assert r.delete(*r.keys("jarvis:reader:*")) == 1  # as if it had expired
+    call = fake.wait_for_calls(1)[0]
+    assert call.wait_closed(grace + 3) and call.closed_by == "client"
+    remote.close()
+
+
+def test_attach_answers_204_at_once_when_nothing_is_live_in_any_app(apps, fake):
+    a, b = apps()
+    fake.script(tokens=2)
+    sid = a.session()
+    began = time.monotonic()
+    assert b.attach(sid).status_code == 204  # nothing asked yet: no lease, no wait for an owner
+    assert time.monotonic() - began < 0.5
+    a.send(sid, "hi").end()
+    assert b.attach(sid).status_code == 204  # over
+
+
+def test_attach_answers_204_when_the_lease_holder_never_answers(apps, fake, redis_server):  # noqa: F811
+    # a process that died holds its lease until it expires: without the bounded first read the
+    # reader would wait for frames that never come
+    a, b = apps()
+    sid = a.session()
+    with redis_server.client() as r:
+        r.set(f"jarvis:lease:{sid}", "ghost:1:dead trace 1", px=5000)
+    began = time.monotonic()
+    assert b.attach(sid).status_code == 204
+    assert ANSWER_WAIT_S <= time.monotonic() - began < ANSWER_WAIT_S + 1.0
+
+
+def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
+    a, b = apps()
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    remote = b.attach(sid)
+    remote.until("token")
+    assert b.stop(sid) == {"stopped": True}
+    assert first.end() == remote.end() == {"status": "stopped", "reason": "stopped"}
+    assert fake.chat_calls()[0].wait_closed(1.0)
+
+
+def test_a_remote_attach_answers_503_while_redis_is_away(apps, fake, redis_server):  # noqa: F811
+    a, b = apps()
+    fake.script(tokens=10, stall_after=2)
+    sid = a.session()
+    first = a.send(sid, "hi")
+    first.until("token")
+    redis_server.stop()
+    remote = b.attach(sid)
+    assert remote.status_code == 503 and remote.json()["error"]["code"] == "coordination_unavailable"
+    local = a.attach(sid)  # a reader in the owner's process needs no Redis
+    assert local.status_code == 200 and local.until("token")
+    a.stop(sid)
+    assert first.end()["status"] == "stopped" and local.end()["status"] == "stopped"
+
+
+def spent(redis_server, before: dict) -> dict:  # noqa: F811
+    after = redis_server.commands()
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def test_redis_commands_of_an_answer_nobody_rejoins_and_of_one_remote_attach(apps, fake, redis_server):  # noqa: F811
+    a, b = apps(ttl=30.0)  # no lease renewal within the answers: they count alike
+    fake.script(Script(tokens=200, interval_s=0.002))
+    sid = a.session()
+    assert a.send(sid, "warm up").end()["status"] == "completed"
+    before = redis_server.commands()
+    assert a.send(sid, "nobody rejoins").end()["status"] == "completed"
+    alone = spent(redis_server, before)
+    print("redis commands, an answer nobody rejoins:", alone)
+    assert alone.get("evalsha") == 2 and not {"xadd", "xread", "exists", "pexpire"} & set(alone), alone
+
+    before = redis_server.commands()
+    first = a.send(sid, "rejoined")
+    first.until("token")
+    began = time.monotonic()
+    remote = b.attach(sid)
+    assert remote.end()["status"] == "completed"
+    took = time.monotonic() - began
+    first.end()
+    wait_for(lambda: not mirroring(), what="the mirror to end")
+    rejoined = spent(redis_server, before)
+    events = len(remote.events)
+    print(f"redis commands, one remote reader ({events} events, {took:.2f} s):", rejoined)
+    assert rejoined["xadd"] <= took / BATCH_S + 3 < events  # a round trip per batch, not per token
+    assert rejoined["publish"] - alone.get("publish", 0) <= 2  # attach, detach
+
+
+@two_processes
+def test_a_reload_at_another_process_rejoins_the_live_answer(pair, fake):  # noqa: F811
+    fake.script(Script(tokens=60, interval_s=0.02))
+    session = pair.a.session()
+    first = pair.a.send(session, "hi")
+    first.until("token")
+    remote = pair.b.attach(session)
+    assert remote.status_code == 200
+    assert first.end() == remote.end() == {"status": "completed"}
+    assert remote.events == first.events and remote.ids == first.ids
+
+
+@two_processes
+def test_a_remote_reader_ends_when_the_owner_process_dies(pair, fake):  # noqa: F811
+    # a killed owner sends no end: without the look at its lease the reader's response would
+    # stay open, heartbeating, for as long as the page kept it
+    fake.script(tokens=5, stall_after=2)
+    session = pair.a.session()
+    first = pair.a.send(session, "hi")
+    first.until("token")
+    remote = pair.b.attach(session)
+    remote.until("token")
+    pair.proc_a.send_signal(signal.SIGKILL)
+    pair.proc_a.wait(5)
+    killed = time.monotonic()
+    assert [name for name, _ in remote.rest()].count("end") == 0  # no end: the page reconnects
+    assert time.monotonic() - killed < LEASE_TTL_S + 4.0
+    first.close()

@@ -66,8 +66,10 @@ if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
-# delete the lease only if it is still ours, and wake the waiters
+# delete the lease only if it is still ours, and wake the waiters; clear the record of who took it
+# last if that is us (even when the lease expired under a stuck worker: this answer did end)
 RELEASE = """
+if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
 if redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('del', KEYS[1])
   redis.call('publish', ARGV[2], ARGV[3])
@@ -104,6 +106,12 @@ redis.call('pexpire', KEYS[1], ARGV[2])
 
 def lease_key(key: str) -> str:
     return "jarvis:lease:" + key
+
+
+def owner_key(key: str) -> str:
+    """Who took the session's lease last; a clean release deletes it, so one still there when the
+    lease is free names an answer whose process died (or stopped renewing) before it ended."""
+    return "jarvis:owner:" + key
 
 
 def ticket_key(key: str) -> str:
@@ -374,7 +382,7 @@ class Coordinator:
                     with self._lock:
                         self._held.add(lease)
                     lease.held = True
-                    self._took_over(displaced)
+                    self._took_over(displaced or self._left_behind(lease))
                     return True
                 if _ticket_of(holder) > lease.ticket:
                     return False  # a newer prompt holds it: this one is superseded
@@ -400,6 +408,20 @@ class Coordinator:
                 if not waiters:
                     del self._waiting[lease.key]
 
+    def _left_behind(self, lease: Lease) -> str | None:
+        """Record this lease as the session's last; return the one before it if it was never given
+        back by another process (its lease expired before this prompt came: that process died)."""
+        try:
+            previous = self._call(
+                self.redis.set, owner_key(lease.key), lease.value, px=TICKET_TTL_MS, get=True
+            )
+        except CoordinationUnavailable as e:  # the answer goes on; only the old answer's mark waits
+            log.event("coord_owner_record_failed", logging.WARNING, session=lease.key, error=e.message)
+            return None
+        if previous is None or previous.startswith(self.process_id + " "):
+            return None
+        return previous
+
     def _took_over(self, holder: str | None) -> None:
         """An answer of another process held the lease before: if that process died, its answer is
         still marked streaming; say it was interrupted (a live process's final save overwrites it)."""
@@ -415,7 +437,8 @@ class Coordinator:
             self._held.discard(lease)
         try:
             released = f"released\t{lease.key}"
-            self._call(self._release, keys=[lease_key(lease.key)], args=[lease.value, CHANNEL, released])
+            keys = [lease_key(lease.key), owner_key(lease.key)]
+            self._call(self._release, keys=keys, args=[lease.value, CHANNEL, released])
         except CoordinationUnavailable as e:  # the lease expires on its own within the TTL
             log.event("coord_release_failed", logging.WARNING, session=lease.key, error=e.message)
 

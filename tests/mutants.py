@@ -107,6 +107,9 @@ MUTANTS = [
   ["tests/test_rejoin_scale.py"]),
  ("mirror-owner: a remote reader never gives up on an owner that holds no lease", "jarvis/mirror.py",
   "                if lost >= 2:\n", "                if False:\n", ["tests/test_rejoin_scale.py"]),
+ ("owner-record: a free lease never names an answer left behind by a dead process", "jarvis/coord.py",
+  "self._took_over(displaced or self._left_behind(lease))", "self._took_over(displaced)",
+  ["tests/test_scale.py::test_a_prompt_after_a_dead_owners_lease_expired_marks_its_answer_interrupted"]),
 ]
 
 

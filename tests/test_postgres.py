@@ -23,6 +23,7 @@ from tests import (
     test_lifecycle,
     test_security,
     test_settings,
+    test_soak,
     test_versions,
 )
 from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, free_port, jarvis_command
@@ -99,6 +100,7 @@ _SEVERAL = (
 )
 if SCALE_MISSING is None:
     _AGAIN[test_scale] = _SEVERAL
+    _AGAIN[test_soak] = ("test_chaos_soak_across_two_processes",)
 else:
 
     def test_several_processes_on_postgres():

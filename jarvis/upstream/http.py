@@ -34,7 +34,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 
-READ_SIZE = 65536  # an upper bound per receive: it returns whatever has arrived
+READ_SIZE = 8192  # an upper bound per receive (each waiting receive holds a buffer this size)
 HEAD_LIMIT = 65536  # the status line and headers
 CHUNK_LINE_LIMIT = 1024  # a chunk's size line, extensions included
 ERROR_BODY_LIMIT = 65536

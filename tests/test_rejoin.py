@@ -8,11 +8,19 @@ import time
 import pytest
 
 from jarvis.stream import MAX_WATCHERS
-from tests.conftest import Api, wait_for
+from tests.conftest import SSE, Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
 FULL = "".join(f"tok{i} " for i in range(40))
+
+
+def answering(api: Api) -> tuple[str, SSE]:
+    """A new session whose answer is streaming: its id, and the prompt's response past a token."""
+    sid = api.session()
+    first = api.send(sid, "hi")
+    first.until("token")
+    return sid, first
 
 
 def keeping() -> bool:
@@ -42,9 +50,7 @@ def test_every_event_of_an_answer_carries_an_id_in_order(api, fake):
 
 def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     second = api.attach(sid)
     assert second.status_code == 200
     assert first.end() == second.end() == {"status": "completed"}
@@ -91,9 +97,7 @@ def test_attach_answers_204_when_nothing_is_live(api, fake):
 def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
     # each reader holds a server thread: without a bound one account could take them all
     fake.script(tokens=10, stall_after=1)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     watchers = [api.attach(sid) for _ in range(MAX_WATCHERS)]
     assert [w.status_code for w in watchers] == [200] * MAX_WATCHERS
     one_more = api.attach(sid)
@@ -115,9 +119,7 @@ def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
 
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     watcher = api.attach(sid)
     watcher.until("token")
     watcher.close()
@@ -128,9 +130,7 @@ def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
 def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):
     # the default: a watcher being there changes nothing when the prompt's client leaves
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     watcher = api.attach(sid)
     watcher.until("token")
     first.close()
@@ -144,9 +144,7 @@ def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, f
     # without the grace the closed tab would end the answer as disconnected
     api, _ = graced(10.0, channel_request_lookahead=lookahead)
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     first.close()
     wait_for(keeping, what="the answer to be detached")
     rejoined = api.attach(sid)  # a reload
@@ -161,9 +159,7 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     grace = 0.5
     api, app = graced(grace)
     fake.script(tokens=10, stall_after=2)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     call = fake.wait_for_calls(1)[0]
     left = time.monotonic()
     first.close()
@@ -178,9 +174,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     grace = 0.5
     api, _ = graced(grace)
     fake.script(tokens=10, stall_after=2)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     first.close()
     wait_for(keeping, what="the answer to be detached")
     second = api.attach(sid)
@@ -196,9 +190,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
 def test_when_the_holder_leaves_a_watcher_takes_over_at_once(graced, fake):
     api, _ = graced(0.3)
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     watcher = api.attach(sid)
     watcher.until("token")
     first.close()
@@ -210,9 +202,7 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     # the keeper waits for the worker in bounded slices: a cancel must reach it at once
     api, app = graced(30.0)
     fake.push(Script(tokens=10, stall_after=1), Script(tokens=2))
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
+    sid, first = answering(api)
     first.close()
     call = fake.wait_for_calls(1)[0]
     wait_for(keeping, what="the answer to be detached")

@@ -305,6 +305,37 @@ def test_deleting_a_chat_stops_its_answer(tab, jarvis_server):
     assert tab.page.request.get(f"{jarvis_server.url}/api/sessions/{session_id}").status == 404
 
 
+def test_a_chat_list_that_left_the_server_before_a_delete_does_not_bring_the_chat_back(tab, jarvis_server):
+    # Deleting a streaming chat stops its answer, and the answer's end refreshes the chat list. That
+    # list can leave the server before the delete lands and reach the page after it: the page held
+    # the stale list as the truth and showed the deleted chat again (seen once in a full run).
+    fake = jarvis_server.fake
+    fake.script(tokens=words("d", 400), interval_s=0.03)
+    tab.open()
+    tab.send("Doomed")
+    expect(tab.answer().locator(".msg-content")).to_contain_text("d2")
+    session_id = tab.page.locator(".session.is-active").get_attribute("data-id")
+    stale = tab.page.request.get(f"{jarvis_server.url}/api/sessions").json()
+    held = []
+
+    def hold_lists(route):
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.fallback()
+
+    tab.page.route("**/api/sessions", hold_lists)
+    tab.page.get_by_role("button", name="Delete chat: Doomed").click()
+    with tab.page.expect_request(lambda r: r.method == "GET" and r.url.endswith("/api/sessions")):
+        with tab.page.expect_response(lambda r: r.request.method == "DELETE"):
+            tab.page.get_by_role("button", name="Confirm delete: Doomed").click()
+    expect(tab.page.locator(f".session[data-id='{session_id}']")).to_have_count(0)
+    for route in held:
+        route.fulfill(json=stale)
+    tab.page.unroute("**/api/sessions")
+    expect(tab.page.locator(".session")).to_have_count(0)
+
+
 def test_busy_server_says_when_to_retry(tab, jarvis_server):
     busy = {"error": {"code": "at_capacity", "message": "every stream slot is taken"}}
     tab.page.route(

@@ -96,6 +96,7 @@ const state = {
   sessions: [], // as GET /api/sessions lists them, newest first
   currentId: null,
   confirming: null, // the session whose delete waits for a second click
+  deleted: new Set(), // a chat list fetched before a delete may arrive after it
   renaming: null, // the session whose title is being edited
   views: new Map(), // session id -> {messages: [...]}
   live: new Map(), // session id -> Set of running streams
@@ -512,7 +513,7 @@ function confirmBox(session) {
 
 async function loadSessions() {
   const data = await api("/api/sessions");
-  state.sessions = data.sessions || [];
+  state.sessions = (data.sessions || []).filter((s) => !state.deleted.has(s.id));
   renderSessions();
 }
 
@@ -562,6 +563,7 @@ async function loadHistory(id, fetched = null) {
   } catch (err) {
     if (id !== state.currentId) return;
     if (err.code === "not_found") {
+      state.deleted.add(id);
       state.sessions = state.sessions.filter((s) => s.id !== id);
       state.views.delete(id);
       await openFallback();
@@ -697,6 +699,7 @@ async function deleteSession(id) {
     stream.abandoned = true;
     stream.controller.abort();
   }
+  state.deleted.add(id);
   state.live.delete(id);
   state.views.delete(id);
   state.sessions = state.sessions.filter((s) => s.id !== id);

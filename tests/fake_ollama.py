@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 
 OK_MODELS = ("llama3.2", "tiny")
 
+# Every fake's chat calls whose connection is still open, so that calls to two fakes (two hosts) are
+# judged as well as calls to one.
+_open_calls: dict[int, Call] = {}
+_open_lock = threading.Lock()
+
 
 @dataclass
 class Script:
@@ -60,6 +65,7 @@ class Call:
     closed: threading.Event = field(default_factory=threading.Event)
     sock: socket.socket | None = field(default=None, repr=False)
     headers: dict = field(default_factory=dict, repr=False)  # names in lower case
+    alongside: list[Call] = field(default_factory=list, repr=False)  # see overlapped()
 
     @property
     def prompt(self) -> str:
@@ -172,6 +178,8 @@ class FakeOllama:
             conn.settimeout(5.0)
             path, headers, body = _read_request(conn)
             call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
+            if path == self.CHAT_PATH:
+                _note_open(call)
             with self._lock:
                 if path == self.CHAT_PATH:
                     self._check_overlap(call)
@@ -193,6 +201,9 @@ class FakeOllama:
             if call is not None and call.closed_by is None:
                 call.closed_by = "client"
         finally:
+            if call is not None:
+                with _open_lock:
+                    _open_calls.pop(id(call), None)
             conn.close()
             if call is not None:
                 call.closed_at = time.monotonic()
@@ -203,20 +214,12 @@ class FakeOllama:
                 call.closed.set()
 
     def _check_overlap(self, new: Call) -> None:
-        """Record a still-open call of the same session, while both clients are still there.
-
-        A call whose client has already left is not judged: its request may be read here after
-        a later call's (one thread per connection, and a loaded machine runs them in any order),
-        so seeing the later call open says nothing about when this client closed.
-        """
-        if self.key is None or _client_left(new.sock):
+        """Record the calls of new's session that were still open beside it (see overlapped())."""
+        if self.key is None:
             return
-        for old in self.calls:
-            if old.path != self.CHAT_PATH or old.closed_at is not None:
-                continue
-            if self.key(old.body) != self.key(new.body):
-                continue
-            if not _client_left(old.sock):
+        mine = {id(c) for c in self.calls}
+        for old in new.alongside:
+            if id(old) in mine and self.key(old.body) == self.key(new.body):
                 self.overlaps.append((old, new))
 
     def _next_script(self, body: dict) -> Script:
@@ -341,6 +344,25 @@ class FakeOllama:
                     raise _ClientGone()
         if deadline is None or time.monotonic() < deadline:
             raise _ClientGone()  # shutting down: end the call
+
+
+def overlapped(a: Call, b: Call) -> bool:
+    """True when chat calls ``a`` and ``b`` were open at once, both clients still connected.
+
+    Judged by the sockets when each call opened, not by the times the fakes' threads wrote down: a
+    loaded machine runs a thread that sees a client leave after the thread that reads the next
+    call's request, though the client closed the one before it opened the other.
+    """
+    return any(c is a for c in b.alongside) or any(c is b for c in a.alongside)
+
+
+def _note_open(new: Call) -> None:
+    """Note the open calls whose clients are still there as new opens (unless new's has left too:
+    its request may be read here after a later call's, which says nothing about the order)."""
+    with _open_lock:
+        if not _client_left(new.sock):
+            new.alongside = [c for c in _open_calls.values() if not _client_left(c.sock)]
+        _open_calls[id(new)] = new
 
 
 def _client_left(sock: socket.socket) -> bool:

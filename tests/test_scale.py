@@ -31,7 +31,7 @@ from tests.conftest import (
     stop_process,
     wait_for,
 )
-from tests.fake_ollama import Script
+from tests.fake_ollama import Script, overlapped
 from tests.redis_server import REDIS_SERVER, RedisServer
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
@@ -102,7 +102,7 @@ def assert_one_call_at_a_time(fake, n: int) -> None:
     fake.wait_idle()
     assert fake.overlaps == [], [(old.prompt, new.prompt) for old, new in fake.overlaps]
     for old, new in zip(calls[:-1], calls[1:], strict=True):
-        assert old.closed_at <= new.opened_at, (old.prompt, new.prompt)
+        assert not overlapped(old, new), (old.prompt, new.prompt)
 
 
 @two_processes

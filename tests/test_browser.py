@@ -305,6 +305,33 @@ def test_deleting_a_chat_stops_its_answer(tab, jarvis_server):
     assert tab.page.request.get(f"{jarvis_server.url}/api/sessions/{session_id}").status == 404
 
 
+class HeldLists:
+    """Holds the page's GET /api/sessions until released with a list taken earlier, to show what the
+    page makes of a chat list that left the server before a change and arrives after it."""
+
+    def __init__(self, page: Page):
+        self.page, self.routes = page, []
+        page.route("**/api/sessions", self._hold)
+
+    def _hold(self, route) -> None:
+        if route.request.method == "GET":
+            self.routes.append(route)
+        else:
+            route.fallback()
+
+    def asked(self):
+        return self.page.expect_request(lambda r: r.method == "GET" and r.url.endswith("/api/sessions"))
+
+    def release(self, sessions: list[dict]) -> None:
+        """Answer the held requests with ``sessions``, whose last entry, titled "Listed later",
+        shows on the page once it has taken the list in."""
+        marker = {**sessions[-1], "id": "listed-later", "title": "Listed later"}
+        for route in self.routes:
+            route.fulfill(json={"sessions": [*sessions, marker]})
+        self.page.unroute("**/api/sessions")
+        expect(self.page.locator(".session", has_text="Listed later")).to_have_count(1)
+
+
 def test_a_chat_list_that_left_the_server_before_a_delete_does_not_bring_the_chat_back(tab, jarvis_server):
     # Deleting a streaming chat stops its answer, and the answer's end refreshes the chat list. That
     # list can leave the server before the delete lands and reach the page after it: the page held
@@ -315,25 +342,31 @@ def test_a_chat_list_that_left_the_server_before_a_delete_does_not_bring_the_cha
     tab.send("Doomed")
     expect(tab.answer().locator(".msg-content")).to_contain_text("d2")
     session_id = tab.page.locator(".session.is-active").get_attribute("data-id")
-    stale = tab.page.request.get(f"{jarvis_server.url}/api/sessions").json()
-    held = []
-
-    def hold_lists(route):
-        if route.request.method == "GET":
-            held.append(route)
-        else:
-            route.fallback()
-
-    tab.page.route("**/api/sessions", hold_lists)
+    stale = tab.page.request.get(f"{jarvis_server.url}/api/sessions").json()["sessions"]
+    held = HeldLists(tab.page)
     tab.page.get_by_role("button", name="Delete chat: Doomed").click()
-    with tab.page.expect_request(lambda r: r.method == "GET" and r.url.endswith("/api/sessions")):
-        with tab.page.expect_response(lambda r: r.request.method == "DELETE"):
-            tab.page.get_by_role("button", name="Confirm delete: Doomed").click()
+    with held.asked(), tab.page.expect_response(lambda r: r.request.method == "DELETE"):
+        tab.page.get_by_role("button", name="Confirm delete: Doomed").click()
     expect(tab.page.locator(f".session[data-id='{session_id}']")).to_have_count(0)
-    for route in held:
-        route.fulfill(json=stale)
-    tab.page.unroute("**/api/sessions")
-    expect(tab.page.locator(".session")).to_have_count(0)
+    held.release(stale)
+    expect(tab.page.locator(f".session[data-id='{session_id}']")).to_have_count(0)
+
+
+def test_a_chat_list_that_left_the_server_before_a_new_chat_keeps_the_new_chat(tab, jarvis_server):
+    # An answer's end refreshes the chat list; a chat made while that list is on its way is not in
+    # it, and the page dropped the new chat from the sidebar until the next answer ended.
+    jarvis_server.fake.script(tokens=words("f", 3))
+    tab.open()
+    held = HeldLists(tab.page)
+    with held.asked():
+        tab.send("First")
+    stale = tab.page.request.get(f"{jarvis_server.url}/api/sessions").json()["sessions"]
+    tab.page.get_by_role("button", name="New chat").click()
+    expect(tab.page.locator(".session")).to_have_count(2)
+    new_id = tab.page.locator(".session.is-active").get_attribute("data-id")
+    held.release(stale)
+    expect(tab.page.locator(f".session.is-active[data-id='{new_id}']")).to_have_count(1)
+    expect(tab.page.locator(".session")).to_have_count(3)  # the new chat, First and the marker
 
 
 def test_busy_server_says_when_to_retry(tab, jarvis_server):

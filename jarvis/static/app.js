@@ -96,7 +96,9 @@ const state = {
   sessions: [], // as GET /api/sessions lists them, newest first
   currentId: null,
   confirming: null, // the session whose delete waits for a second click
-  deleted: new Set(), // a chat list fetched before a delete may arrive after it
+  // a chat list fetched before a delete or a new chat may arrive after it
+  deleted: new Set(),
+  unlisted: new Set(), // chats made here that no list has shown yet
   renaming: null, // the session whose title is being edited
   views: new Map(), // session id -> {messages: [...]}
   live: new Map(), // session id -> Set of running streams
@@ -513,7 +515,9 @@ function confirmBox(session) {
 
 async function loadSessions() {
   const data = await api("/api/sessions");
-  state.sessions = (data.sessions || []).filter((s) => !state.deleted.has(s.id));
+  const listed = (data.sessions || []).filter((s) => !state.deleted.has(s.id));
+  for (const s of listed) state.unlisted.delete(s.id);
+  state.sessions = [...state.sessions.filter((s) => state.unlisted.has(s.id)), ...listed];
   renderSessions();
 }
 
@@ -536,6 +540,7 @@ async function newChat() {
   try {
     const session = await api("/api/sessions", { method: "POST" });
     state.sessions.unshift(session);
+    state.unlisted.add(session.id);
     state.views.set(session.id, { messages: [] });
     await openSession(session.id);
   } catch (err) {
@@ -563,9 +568,7 @@ async function loadHistory(id, fetched = null) {
   } catch (err) {
     if (id !== state.currentId) return;
     if (err.code === "not_found") {
-      state.deleted.add(id);
-      state.sessions = state.sessions.filter((s) => s.id !== id);
-      state.views.delete(id);
+      forgetSession(id);
       await openFallback();
     }
     showNotice(err);
@@ -682,6 +685,14 @@ async function openFallback() {
   refreshControls();
 }
 
+// A chat deleted here or elsewhere: gone from the list for good, whatever list arrives later.
+function forgetSession(id) {
+  state.deleted.add(id);
+  state.unlisted.delete(id);
+  state.views.delete(id);
+  state.sessions = state.sessions.filter((s) => s.id !== id);
+}
+
 async function deleteSession(id) {
   state.confirming = null;
   try {
@@ -699,10 +710,8 @@ async function deleteSession(id) {
     stream.abandoned = true;
     stream.controller.abort();
   }
-  state.deleted.add(id);
   state.live.delete(id);
-  state.views.delete(id);
-  state.sessions = state.sessions.filter((s) => s.id !== id);
+  forgetSession(id);
   announce("Chat deleted.");
   if (id === state.currentId) await openFallback();
   else renderSessions();
@@ -718,6 +727,7 @@ async function send(text = el.prompt.value) {
     try {
       const session = await api("/api/sessions", { method: "POST" });
       state.sessions.unshift(session);
+      state.unlisted.add(session.id);
       sessionId = session.id;
       state.currentId = session.id;
       history.replaceState(null, "", `#${encodeURIComponent(session.id)}`);

@@ -290,13 +290,18 @@ def test_switching_chats_while_one_streams_leaves_both_intact(tab, jarvis_server
     expect(tab.answer().locator(".msg-content")).to_contain_text("a59")
 
 
-def test_deleting_a_chat_stops_its_answer(tab, jarvis_server):
-    fake = jarvis_server.fake
+def doomed_chat(tab: Tab, fake) -> str:
+    """Open the page and start a long answer in a new chat, "Doomed"; return the chat's id."""
     fake.script(tokens=words("d", 400), interval_s=0.03)
     tab.open()
     tab.send("Doomed")
     expect(tab.answer().locator(".msg-content")).to_contain_text("d2")
-    session_id = tab.page.locator(".session.is-active").get_attribute("data-id")
+    return tab.page.locator(".session.is-active").get_attribute("data-id")
+
+
+def test_deleting_a_chat_stops_its_answer(tab, jarvis_server):
+    fake = jarvis_server.fake
+    session_id = doomed_chat(tab, fake)
     tab.page.get_by_role("button", name="Delete chat: Doomed").click()
     tab.page.get_by_role("button", name="Confirm delete: Doomed").click()
     expect(tab.page.locator(f".session[data-id='{session_id}']")).to_have_count(0)
@@ -336,12 +341,7 @@ def test_a_chat_list_that_left_the_server_before_a_delete_does_not_bring_the_cha
     # Deleting a streaming chat stops its answer, and the answer's end refreshes the chat list. That
     # list can leave the server before the delete lands and reach the page after it: the page held
     # the stale list as the truth and showed the deleted chat again (seen once in a full run).
-    fake = jarvis_server.fake
-    fake.script(tokens=words("d", 400), interval_s=0.03)
-    tab.open()
-    tab.send("Doomed")
-    expect(tab.answer().locator(".msg-content")).to_contain_text("d2")
-    session_id = tab.page.locator(".session.is-active").get_attribute("data-id")
+    session_id = doomed_chat(tab, jarvis_server.fake)
     stale = tab.page.request.get(f"{jarvis_server.url}/api/sessions").json()["sessions"]
     held = HeldLists(tab.page)
     tab.page.get_by_role("button", name="Delete chat: Doomed").click()

@@ -174,6 +174,61 @@ def test_new_chat_reuses_an_empty_chat_instead_of_making_another(tab, jarvis_ser
     assert len(store_of(jarvis_server).list_sessions()) == 1
 
 
+def test_a_prompt_sent_while_a_new_chat_is_being_made_goes_into_it(tab, jarvis_server):
+    # New chat asks the server for a chat. A prompt sent before that answer came made a chat of its
+    # own and was answered there, then the page switched to the new, empty chat (seen in CI).
+    jarvis_server.fake.script(tokens=["Here ", "it is"])
+    tab.open()
+    held = []
+
+    def hold_first_create(route):
+        if route.request.method == "POST" and not held:
+            held.append(route)
+        else:
+            route.fallback()
+
+    tab.page.route("**/api/sessions", hold_first_create)
+    with tab.page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/sessions")):
+        tab.page.locator("#new-chat").click()
+    tab.send("Quick question")  # the page takes the key at once; the chat is not made yet
+    held[0].fallback()
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    expect(tab.page.locator(".msg-user .bubble")).to_have_text(["Quick question"])
+    expect(tab.answer().locator(".msg-content")).to_have_text("Here it is")
+    expect(tab.page.locator(".session")).to_have_count(1)
+    assert len(store_of(jarvis_server).list_sessions()) == 1
+
+
+def test_a_history_that_left_the_server_before_a_prompt_keeps_the_prompt_and_its_answer(tab, jarvis_server):
+    # Opening a chat fetches its history. A prompt sent and answered while that copy was on its way
+    # is not in it, and the page took the copy as the truth: the prompt and its answer vanished
+    # from the screen (seen in CI, as an empty chat after New chat and a prompt).
+    sid = past_chat(jarvis_server, "With settings", 2)
+    past_chat(jarvis_server, "Newest", 0.5)  # the chat the page opens first
+    store_of(jarvis_server).set_settings(sid, {"temperature": 0.3})
+    page = tab.page
+    jarvis_server.fake.script(tokens=["Fresh ", "answer"])
+    tab.open()
+    stale = page.request.get(f"{jarvis_server.url}/api/sessions/{sid}").json()
+    held = []
+
+    def hold_first_read(route):
+        if route.request.method == "GET" and not held:
+            held.append(route)
+        else:
+            route.fallback()
+
+    page.route(f"**/api/sessions/{sid}", hold_first_read)
+    with page.expect_request(lambda r: r.method == "GET" and r.url.endswith(f"/api/sessions/{sid}")):
+        page.locator(".session-open", has_text="With settings").click()
+    tab.send("Fresh prompt")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    held[0].fulfill(json=stale)
+    expect(page.locator("#settings-chip")).to_be_visible()  # a history has been taken in
+    expect(page.locator(".msg-user .bubble")).to_have_text(["With settings", "Fresh prompt"])
+    expect(tab.answer().locator(".msg-content")).to_have_text("Fresh answer")
+
+
 FILE_ANSWER = [
     "Iterate over the file object itself: Python reads it lazily, one line at a time, ",
     "so memory stays flat even for a file of many gigabytes.\n\n",

@@ -99,6 +99,7 @@ const state = {
   // a chat list fetched before a delete or a new chat may arrive after it
   deleted: new Set(),
   unlisted: new Set(), // chats made here that no list has shown yet
+  making: null, // the chat New chat asked for, until the server answers
   renaming: null, // the session whose title is being edited
   views: new Map(), // session id -> {messages: [...]}
   live: new Map(), // session id -> Set of running streams
@@ -533,17 +534,22 @@ async function newChat() {
   closeSidebar();
   hideNotice();
   const view = state.currentId && state.views.get(state.currentId);
-  if (view && view.messages.length === 0) {
+  if (state.making || (view && view.messages.length === 0)) {
     el.prompt.focus();
     return;
   }
-  try {
-    const session = await api("/api/sessions", { method: "POST" });
+  // a prompt sent before the server answers waits for this chat and goes into it
+  state.making = api("/api/sessions", { method: "POST" }).then((session) => {
     state.sessions.unshift(session);
     state.unlisted.add(session.id);
     state.views.set(session.id, { messages: [] });
-    await openSession(session.id);
+    state.making = null;
+    openSession(session.id); // shows it at once; its (empty) history follows
+  });
+  try {
+    await state.making;
   } catch (err) {
+    state.making = null;
     showNotice(err);
   }
 }
@@ -564,7 +570,12 @@ async function openSession(id) {
 async function loadHistory(id, fetched = null) {
   let data = fetched;
   try {
-    data ??= await api(sessionPath(id));
+    // an answer that started while the copy was on its way may be missing from it: ask again
+    for (let tries = 1; !data; tries++) {
+      const started = viewOf(id).started;
+      data = await api(sessionPath(id));
+      if (viewOf(id).started !== started && tries < 3) data = null;
+    }
   } catch (err) {
     if (id !== state.currentId) return;
     if (err.code === "not_found") {
@@ -722,6 +733,7 @@ async function send(text = el.prompt.value) {
   const typed = text === el.prompt.value;
   if (!text.trim()) return;
   hideNotice();
+  if (state.making) await state.making.catch(() => null); // New chat was pressed: the prompt goes there
   let sessionId = state.currentId;
   if (!sessionId) {
     try {
@@ -877,6 +889,7 @@ function handleEvent(run, { event, data }) {
     if (answer.id != null && payload.message_id !== answer.id) return "other";
     answer.id = payload.message_id;
     answer.trace_id = payload.trace_id;
+    viewOf(run.sessionId).started = (viewOf(run.sessionId).started || 0) + 1; // see loadHistory
     if (payload.model) answer.model = payload.model;
     answer.status = "streaming";
     if (run.replay) {

@@ -174,20 +174,26 @@ def test_new_chat_reuses_an_empty_chat_instead_of_making_another(tab, jarvis_ser
     assert len(store_of(jarvis_server).list_sessions()) == 1
 
 
+def hold_first(page, pattern: str, method: str) -> list:
+    """Hold the first ``method`` request to ``pattern`` until the test releases it; pass the rest."""
+    held = []
+
+    def hold(route):
+        if route.request.method == method and not held:
+            held.append(route)
+        else:
+            route.fallback()
+
+    page.route(pattern, hold)
+    return held
+
+
 def test_a_prompt_sent_while_a_new_chat_is_being_made_goes_into_it(tab, jarvis_server):
     # New chat asks the server for a chat. A prompt sent before that answer came made a chat of its
     # own and was answered there, then the page switched to the new, empty chat (seen in CI).
     jarvis_server.fake.script(tokens=["Here ", "it is"])
     tab.open()
-    held = []
-
-    def hold_first_create(route):
-        if route.request.method == "POST" and not held:
-            held.append(route)
-        else:
-            route.fallback()
-
-    tab.page.route("**/api/sessions", hold_first_create)
+    held = hold_first(tab.page, "**/api/sessions", "POST")
     with tab.page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/sessions")):
         tab.page.locator("#new-chat").click()
     tab.send("Quick question")  # the page takes the key at once; the chat is not made yet
@@ -210,15 +216,7 @@ def test_a_history_that_left_the_server_before_a_prompt_keeps_the_prompt_and_its
     jarvis_server.fake.script(tokens=["Fresh ", "answer"])
     tab.open()
     stale = page.request.get(f"{jarvis_server.url}/api/sessions/{sid}").json()
-    held = []
-
-    def hold_first_read(route):
-        if route.request.method == "GET" and not held:
-            held.append(route)
-        else:
-            route.fallback()
-
-    page.route(f"**/api/sessions/{sid}", hold_first_read)
+    held = hold_first(page, f"**/api/sessions/{sid}", "GET")
     with page.expect_request(lambda r: r.method == "GET" and r.url.endswith(f"/api/sessions/{sid}")):
         page.locator(".session-open", has_text="With settings").click()
     tab.send("Fresh prompt")

@@ -11,6 +11,7 @@ import random
 import subprocess
 import threading
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -19,6 +20,7 @@ from jarvis.history import Store
 from tests.conftest import (
     Api,
     clean_env,
+    fd_targets,
     fds_outside_sqlite,
     free_port,
     serve_process,
@@ -263,7 +265,8 @@ def test_chaos_soak_across_two_processes(request, tmp_path, database):
             for api in soak.apis:
                 wait_for(lambda api=api: _health(api).get("coordination_ok"), timeout=5, what="subscribed")
                 api.send(api.session(), "[warm] up").rest()
-            before = {p.pid: (_threads(p.pid), fds_outside_sqlite(p.pid)[0]) for p in procs}
+            port = redis.port
+            before = {p.pid: (_threads(p.pid), _fds_but_redis(p.pid, port), fd_targets(p.pid)) for p in procs}
             fake.script(_upstream_behaviour(soak.rng, soak.rng_lock))
             soak.run()
             report = soak.report
@@ -280,11 +283,19 @@ def test_chaos_soak_across_two_processes(request, tmp_path, database):
             wait_for(lambda: fake.active == 0, timeout=10, what="upstream calls to close")
             # a PostgreSQL pool keeps the connections it opened: at most its size (8 + 4 + 2) more
             slack = 5 if "://" not in database else 5 + 14
-            for pid, (threads, fds) in before.items():
+            for pid, (threads, fds, targets) in before.items():
                 wait_for(lambda pid=pid, threads=threads: _threads(pid) <= threads, timeout=10,
                          what=f"threads of {pid} back to baseline")  # fmt: skip
-                wait_for(lambda pid=pid, fds=fds: fds_outside_sqlite(pid)[0] <= fds + slack, timeout=10,
-                         what=f"descriptors of {pid} back to baseline")  # fmt: skip
+                try:
+                    wait_for(lambda pid=pid, fds=fds: _fds_but_redis(pid, port) <= fds + slack, timeout=10,
+                             what=f"descriptors of {pid} back to baseline")  # fmt: skip
+                except AssertionError as e:
+                    kept = Counter(fd_targets(pid)) - Counter(targets)
+                    raise AssertionError(f"{e}; kept: {dict(kept)}") from None
+                # the Redis client's pool keeps the connections it opened, at most one per thread
+                # that used Redis at once (those of the baseline, and a worker per live answer):
+                # bounded by the threads, not by the answers
+                assert _redis_connections(pid, port) <= threads + 8
             for proc in procs:
                 assert proc.poll() is None, "a server process died"
             print(f"soak across two processes: seed={soak.seed} {len(soak.log)} events")
@@ -292,6 +303,15 @@ def test_chaos_soak_across_two_processes(request, tmp_path, database):
             for proc in procs:
                 stop_process(proc)
             redis.stop()
+
+
+def _redis_connections(pid: int, port: int) -> int:
+    return sum(t.endswith(f"->{port}") for t in fd_targets(pid))
+
+
+def _fds_but_redis(pid: int, port: int) -> int:
+    """Descriptors of ``pid`` on neither a SQLite file nor a connection to Redis on ``port``."""
+    return fds_outside_sqlite(pid)[0] - _redis_connections(pid, port)
 
 
 def _health(api: Api) -> dict:

@@ -321,17 +321,20 @@ def fds_outside_sqlite(pid: int | str = "self") -> tuple[int, int]:
     While one connection to a WAL database is open, SQLite keeps the files of closed connections
     open for reuse: closing them would drop that connection's POSIX locks. Their number is
     bounded by how many connections were open at once, so tests bound them apart."""
-    other = database = 0
+    targets = _fd_links(pid)
+    database = sum(t.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm")) for t in targets)
+    return len(targets) - database, database
+
+
+def _fd_links(pid: int | str) -> list[str]:
+    """What each open descriptor of ``pid`` points at, as /proc shows it."""
+    targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:  # closed meanwhile
             continue
-        if target.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm")):
-            database += 1
-        else:
-            other += 1
-    return other, database
+    return targets
 
 
 def _tcp_sockets(pid: int | str) -> dict[str, tuple[int, int]]:
@@ -355,11 +358,7 @@ def fd_targets(pid: int | str = "self") -> list[str]:
     to name what a process kept when its count stays up."""
     sockets = _tcp_sockets(pid)
     out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:  # closed meanwhile
-            continue
+    for target in _fd_links(pid):
         ports = sockets.get(target[len("socket:[") : -1]) if target.startswith("socket:[") else None
         out.append(f"tcp {ports[0]}->{ports[1]}" if ports else target)
     return sorted(out)

@@ -106,9 +106,9 @@ def test_a_remote_watcher_that_leaves_never_ends_the_answer(apps, fake):
     wait_for(lambda: not mirroring(), what="the mirror to end")
 
 
-def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
-    # the pump must see its reader go: else the remote holder would hold the answer forever
-    grace = 0.5
+def held_from_b(apps, fake, grace: float):
+    """An answer at A whose client left within the grace, now held by a reader attached at B:
+    (A, the session, B's reader)."""
     a, b = apps(grace=grace)
     fake.script(tokens=10, stall_after=2)
     sid = a.session()
@@ -118,6 +118,13 @@ def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
     wait_for(keeping, what="the answer to be detached")
     remote = b.attach(sid)
     remote.until("token")
+    return a, sid, remote
+
+
+def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
+    # the pump must see its reader go: else the remote holder would hold the answer forever
+    grace = 0.5
+    a, sid, remote = held_from_b(apps, fake, grace)
     call = fake.wait_for_calls(1)[0]
     assert not call.wait_closed(grace * 1.5)  # held by the remote reader: no grace runs out
     left = time.monotonic()
@@ -131,15 +138,7 @@ def test_a_remote_holder_whose_key_expires_is_seen_gone(apps, fake, redis_server
     # a reader whose process died sends no detach: without the look at its key the remote
     # holder would hold the answer (and its upstream) until the model stops on its own
     grace = 0.5
-    a, b = apps(grace=grace)
-    fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
-    first.close()
-    wait_for(keeping, what="the answer to be detached")
-    remote = b.attach(sid)
-    remote.until("token")
+    _, _, remote = held_from_b(apps, fake, grace)
     with redis_server.client() as r:
         assert r.delete(*r.keys("jarvis:reader:*")) == 1  # as if it had expired
     call = fake.wait_for_calls(1)[0]

@@ -606,6 +606,13 @@ def test_a_process_starting_spares_the_answer_another_process_streams(fake, redi
 PASSWORD = "correct horse battery"
 
 
+def admitted(api: Api, headers: dict) -> bool:
+    """Whether a new answer of this account starts (it is closed at once)."""
+    _, r = start_answer(api, headers)
+    r.close()
+    return r.status_code == 200
+
+
 def start_answer(api: Api, headers: dict, session: str | None = None) -> tuple[str, requests.Response]:
     session = (
         session
@@ -664,13 +671,7 @@ def test_a_stream_counted_by_a_process_that_died_stops_counting_within_the_ttl(
     _, refused = start_answer(api, ann)
     assert refused.status_code == 429
     refused.close()
-
-    def admitted() -> bool:
-        _, r = start_answer(api, ann)
-        r.close()
-        return r.status_code == 200
-
-    wait_for(admitted, timeout=3, what="the dead member to expire")
+    wait_for(lambda: admitted(api, ann), timeout=3, what="the dead member to expire")
 
 
 def test_sign_in_attempts_count_across_apps(make_app, redis_server):
@@ -724,13 +725,7 @@ def test_an_account_stream_limit_holds_across_two_processes(fake, redis_server, 
         stop = requests.post(f"{a.url}/api/sessions/{session}/stop", headers=ann, timeout=HTTP_TIMEOUT)
         assert stop.json() == {"stopped": True}
         first.close()
-
-        def admitted() -> bool:
-            _, r = start_answer(b, ann)
-            r.close()
-            return r.status_code == 200
-
-        wait_for(admitted, timeout=3, what="ann's slot freed")
+        wait_for(lambda: admitted(b, ann), timeout=3, what="ann's slot freed")
         for r in (first, second):
             r.close()
     finally:

@@ -205,6 +205,7 @@ def _answer(
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
         detach_grace_s=j.config.detach_grace_s,
+        keepers=j.registry.keepers,
     )
     # the rows are stored first: a failed write must leave the session's running answer alone
     stream.user_message_id, stream.message_id = store_rows(trace_id)

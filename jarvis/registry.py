@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from . import log
 from .errors import AtCapacity, JarvisError, TooManyStreams
+from .keepers import Keepers
 from .stream import Stream, Tap
 
 
@@ -33,6 +34,7 @@ class Registry:
         self._live: set[Stream] = set()  # every stream not yet released
         self._closed = False
         self._watcher: threading.Thread | None = None
+        self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
         self.coord = None  # a Coordinator when several processes share Redis: see coord.py
 
     def register(self, stream: Stream) -> Stream | None:
@@ -159,6 +161,8 @@ class Registry:
             watcher = self._watcher
         if watcher is not None:
             watcher.join(max(0.0, deadline - time.monotonic()) + self.disconnect_poll_s * 5)
+        for name in self.keepers.close(max(0.0, deadline - time.monotonic())):
+            log.event("shutdown_keeper_left", logging.WARNING, thread=name)
         for stream in left_over:
             log.event(
                 "shutdown_stream_left", logging.WARNING, trace_id=stream.trace_id, session=stream.session_id

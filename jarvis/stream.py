@@ -38,6 +38,7 @@ from .errors import (
 from .events import HEARTBEAT, End, Event, Framer, Start, Text
 from .events import Progress as ProgressEvent
 from .history import Store
+from .keepers import Keepers
 from .metrics import Metrics
 from .sse import SSEFramer
 from .upstream import Done, Meta, Options, Progress, Upstream
@@ -269,6 +270,7 @@ class Stream:
         options: Options | None = None,
         framer: Framer | None = None,
         detach_grace_s: float = 0.0,
+        keepers: Keepers | None = None,
     ):
         """``key`` names the registry slot (default: the session); a stateless call passes a unique one.
         ``detach_grace_s``: how long the answer goes on once its reader leaves, for another to attach."""
@@ -285,6 +287,7 @@ class Stream:
         self.framer = framer or SSEFramer()
         self.release = release
         self.detach_grace_s = detach_grace_s
+        self.keepers = keepers if keepers is not None else Keepers()  # the registry's, to join at shutdown
         self.message_id: int | None = None
         self.user_message_id: int | None = None
         self.scope = CancelScope()
@@ -480,18 +483,17 @@ class Body:
                 return
             s = self.s
             s.client_gone = None
-            keeper = None
+            start_keeper = False
             if grace > 0:
                 self._detached_at = time.monotonic()
-                if not self._keeping:  # one keeper at a time; a running one sees the new grace
-                    self._keeping = True
-                    # not a daemon: it ends within the grace and one bounded cleanup
-                    keeper = threading.Thread(target=self._keep, name=f"jarvis-keeper-{self.trace_id}")
+                # one keeper at a time; a running one sees the new grace
+                start_keeper, self._keeping = not self._keeping, True
         if grace > 0:
             log.event("stream_detached", trace_id=self.trace_id, session=s.session_id, grace_s=grace)
-            if keeper is not None:
-                keeper.start()
-            return
+            if not start_keeper or s.keepers.start(f"jarvis-keeper-{self.trace_id}", self._keep):
+                return
+            with self._logged:
+                self._keeping = False  # shutting down: no keeper, the answer ends now
         s.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
         self._end_here()
 

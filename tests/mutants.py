@@ -110,6 +110,10 @@ MUTANTS = [
  ("owner-record: a free lease never names an answer left behind by a dead process", "jarvis/coord.py",
   "self._took_over(displaced or self._left_behind(lease))", "self._took_over(displaced)",
   ["tests/test_scale.py::test_a_prompt_after_a_dead_owners_lease_expired_marks_its_answer_interrupted"]),
+ ("keeper-daemon: a keeper inherits the daemon flag of the thread that starts it", "jarvis/keepers.py",
+  "name=name, daemon=False)", "name=name)", ["tests/test_rejoin.py"]),
+ ("keeper-refused: a keeper starts after shutdown closed the keepers", "jarvis/keepers.py",
+  "            if self._closed:\n                return False\n", "", ["tests/test_rejoin.py"]),
 ]
 
 

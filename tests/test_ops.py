@@ -242,3 +242,41 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
             proc.kill()
             proc.wait(5)
         proc.stdout.close()
+
+
+@pytest.mark.slow  # a server process of its own
+@pytest.mark.timeout(60)
+def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path):
+    # a keeper that shutdown did not end would hold the process for the whole grace (30 s), or
+    # die with it mid-write and leave the answer "streaming" until the next start
+    fake.script(Script(tokens=10, stall_after=2))
+    grace = {"JARVIS_DETACH_GRACE": "30", "JARVIS_SHUTDOWN_TIMEOUT": "5"}
+    env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", **grace)
+    proc, api = serve_process(env, stderr=subprocess.PIPE)
+    try:
+        sid = api.session()
+        first = api.send(sid, "keep me")
+        first.until("token")
+        first.close()  # the tab closes: a keeper drives the answer for the grace
+        call = fake.wait_for_calls(1)[0]
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert call.wait_closed(2) and call.closed_at - began < 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    err = proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    cleanups = [e for e in events if e["event"] == "stream_cleanup"]
+    assert [e["status"] for e in cleanups] == ["stopped"]
+    stopped = next(i for i, e in enumerate(events) if e["event"] == "server_stopped")
+    assert stopped > events.index(cleanups[0]), "the server stopped before the kept answer ended"
+    assert not [e for e in events if e["event"] == "shutdown_keeper_left"]
+
+    from jarvis.history import Store
+
+    answer = Store(env["JARVIS_DATABASE"]).get_session(sid)["messages"][-1]
+    assert (answer["status"], answer["content"]) == ("stopped", "tok0 tok1 ")

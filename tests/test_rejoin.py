@@ -217,3 +217,37 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     status = {"stop": "stopped", "supersede": "superseded", "shutdown": "stopped"}[how]
     if how != "shutdown":
         wait_for(lambda: api.messages(sid)[1]["status"] == status, what=status)
+
+
+@pytest.mark.parametrize("lookahead", [5, 0])
+def test_the_registry_owns_every_keeper_and_shutdown_joins_them(graced, fake, lookahead):
+    # a keeper started by one of waitress's threads (no lookahead: a failed write) inherited its
+    # daemon flag, and nothing held it: the interpreter's exit killed it mid-write, the answer
+    # left "streaming"
+    api, app = graced(30.0, channel_request_lookahead=lookahead)
+    fake.script(tokens=10, stall_after=1)
+    sid, first = answering(api)
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    registry = app.extensions["jarvis"].registry
+    keepers = [t for t in threading.enumerate() if t.name.startswith("jarvis-keeper")]
+    assert [t.daemon for t in keepers] == [False]
+    assert registry.keepers.alive() == [keepers[0].name]
+    assert app.extensions["jarvis"].shutdown(5.0) == []
+    assert not keepers[0].is_alive() and registry.keepers.alive() == []  # joined, not left running
+    answer = app.extensions["jarvis"].store.get_session(sid)["messages"][-1]
+    assert (answer["status"], answer["content"]) == ("stopped", "tok0 ")
+
+
+def test_a_client_leaving_during_shutdown_ends_its_answer_without_a_keeper(graced, fake):
+    # a keeper started after shutdown joined the others would run on, unowned, for the whole grace
+    api, app = graced(30.0)
+    fake.script(tokens=10, stall_after=1)
+    sid, first = answering(api)
+    registry = app.extensions["jarvis"].registry
+    registry.keepers.close(0.0)  # as shutdown does before the holder's client goes
+    first.close()
+    call = fake.wait_for_calls(1)[0]
+    assert call.wait_closed(2) and call.closed_by == "client"
+    assert not keeping()
+    wait_for(lambda: api.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")

@@ -68,7 +68,9 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         timeout_s=cfg.database_timeout_s,
         final_retry_s=cfg.database_retry_s,
     )
-    registry = Registry(cfg.max_streams, cfg.disconnect_poll_s, cfg.max_streams_per_user)
+    registry = Registry(
+        cfg.max_streams, cfg.disconnect_poll_s, cfg.max_streams_per_user, cfg.max_readers_per_user
+    )
     metrics = Metrics(live_streams=registry.active)
     upstream = select_upstream(cfg, metrics)
     health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()

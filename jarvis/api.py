@@ -130,12 +130,20 @@ def attach(session_id: str):
     j.store.require_session(session_id, owner())
     last = request.headers.get("Last-Event-ID")
     gone = request.environ.get("waitress.client_disconnected")
-    tap = j.registry.attach(session_id, last, gone)
-    if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis
-        tap = mirror.remote_attach(j.coord, session_id, last, j.config.heartbeat_s, gone)
+    release = j.registry.admit_reader(owner())  # 429 when the slots or the account's readers are full
+    try:
+        tap = j.registry.attach(session_id, last, gone)
+        if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis
+            tap = mirror.remote_attach(j.coord, session_id, last, j.config.heartbeat_s, gone)
+    except BaseException:
+        release()
+        raise
     if tap is None:
+        release()
         return Response(status=204)
-    return Response(tap, mimetype="text/event-stream", headers=SSE_HEADERS)
+    response = Response(tap, mimetype="text/event-stream", headers=SSE_HEADERS)
+    response.call_on_close(release)  # the server closes every body it was given, read or not
+    return response
 
 
 @bp.post("/api/sessions/<session_id>/messages")

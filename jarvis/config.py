@@ -134,6 +134,12 @@ class Config:
         " (0: up to JARVIS_MAX_STREAMS).",
         minimum=0,
     )
+    max_readers_per_user: int = _f(
+        8,
+        "Readers one account may attach to its live answers at once (each holds a server thread;"
+        " 0: up to the free stream slots).",
+        minimum=0,
+    )
     redis_url: str = _f(
         "",
         "Redis that coordinates several Jarvis processes, e.g. redis://127.0.0.1:6379/0 "

@@ -24,9 +24,20 @@ from .stream import Stream, Tap
 class Registry:
     """Live streams by session, with the supersede rule and the stream limit."""
 
-    def __init__(self, max_streams: int, disconnect_poll_s: float = 0.02, max_streams_per_user: int = 0):
+    def __init__(
+        self,
+        max_streams: int,
+        disconnect_poll_s: float = 0.02,
+        max_streams_per_user: int = 0,
+        max_readers_per_user: int = 0,
+    ):
         self.max_streams = max_streams
         self.max_streams_per_user = max_streams_per_user
+        self.max_readers_per_user = max_readers_per_user
+        # attached readers (each holds a server thread), in all and by account: they share the stream
+        # slots with the answers, so the server's control threads stay free for Stop, health, history
+        self._readers = 0
+        self._readers_by_owner: dict[object, int] = {}
         self.disconnect_poll_s = disconnect_poll_s
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
@@ -45,7 +56,7 @@ class Registry:
             if self._closed:
                 raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
             prev = self._current.get(stream.key)
-            if prev is None and len(self._current) >= self.max_streams:
+            if prev is None and len(self._current) + self._readers >= self.max_streams:
                 raise AtCapacity(
                     f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
                 )
@@ -91,6 +102,36 @@ class Registry:
                 if not self._closed:
                     self._watch_clients()
         return tap
+
+    def admit_reader(self, owner) -> Callable[[], None]:
+        """Count one more attached reader of ``owner`` against the stream slots and the account's
+        readers; returns its release (idempotent). TooManyStreams when either is full."""
+        with self._lock:
+            if len(self._current) + self._readers >= self.max_streams:
+                raise TooManyStreams(
+                    f"all {self.max_streams} stream slots are busy with answers and their readers; "
+                    "close a tab that shows an answer"
+                )
+            mine = self._readers_by_owner.get(owner, 0)
+            if owner is not None and 0 < self.max_readers_per_user <= mine:
+                raise TooManyStreams(
+                    f"this account already has {self.max_readers_per_user} readers of live answers; close one"
+                )
+            self._readers += 1
+            self._readers_by_owner[owner] = mine + 1
+        released = []
+
+        def release() -> None:
+            with self._lock:
+                if released:
+                    return
+                released.append(True)
+                self._readers -= 1
+                left = self._readers_by_owner.pop(owner) - 1
+                if left:
+                    self._readers_by_owner[owner] = left
+
+        return release
 
     def _watch_clients(self) -> None:
         if self._watcher is None:  # under the lock

@@ -114,6 +114,9 @@ MUTANTS = [
   "name=name, daemon=False)", "name=name)", ["tests/test_rejoin.py"]),
  ("keeper-refused: a keeper starts after shutdown closed the keepers", "jarvis/keepers.py",
   "            if self._closed:\n                return False\n", "", ["tests/test_rejoin.py"]),
+ ("reader-slots: attached readers take no stream slot (they can hold every server thread)", "jarvis/registry.py",
+  "            if len(self._current) + self._readers >= self.max_streams:\n                raise TooManyStreams(",
+  "            if False:\n                raise TooManyStreams(", ["tests/test_rejoin.py"]),
 ]
 
 

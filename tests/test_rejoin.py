@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
+import requests
 
 from jarvis.stream import MAX_WATCHERS
-from tests.conftest import SSE, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
@@ -251,3 +252,44 @@ def test_a_client_leaving_during_shutdown_ends_its_answer_without_a_keeper(grace
     assert call.wait_closed(2) and call.closed_by == "client"
     assert not keeping()
     wait_for(lambda: api.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
+
+
+def test_readers_leave_the_threads_that_stop_health_and_history_need(make_app, make_server, fake):
+    # every reader holds a server thread: two answers and six attaches took all eight threads
+    # (4 stream slots + 4 for control), and /healthz, the history and the account's own Stop
+    # queued behind them for as long as the answers ran
+    app = make_app(max_streams=4)
+    api = Api(make_server(app).url)
+    fake.script(tokens=10, stall_after=1)
+    answers = [answering(api) for _ in range(2)]
+    readers = [api.attach(answers[i % 2][0]) for i in range(6)]
+    assert [r.status_code for r in readers] == [200, 200, 429, 429, 429, 429]  # two slots were left
+    readers[0].close()  # seen at its next heartbeat: its slot is free again
+    wait_for(lambda: api.attach(answers[0][0]).status_code == 200, interval=0.05, what="the freed slot")
+    for path in ("/healthz", f"/api/sessions/{answers[0][0]}"):
+        assert requests.get(api.url + path, headers=api.headers, timeout=HTTP_TIMEOUT).status_code == 200
+    for sid, first in answers:
+        assert api.stop(sid) == {"stopped": True}
+        assert first.end() == {"status": "stopped", "reason": "stopped"}
+
+
+def test_an_account_has_a_bounded_number_of_readers_across_its_answers(make_app, make_server, fake):
+    # without a count per account one user's attaches could take every slot the others need
+    app = make_app(max_readers_per_user=2)
+    accounts = app.extensions["jarvis"].accounts
+    url = make_server(app).url
+    users = {}
+    for name in ("ann", "bob"):
+        accounts.add(name, "correct horse battery")
+        users[name] = Api(url, accounts.create_token(name, "tests"))
+    fake.script(tokens=10, stall_after=1)
+    ann = [answering(users["ann"]) for _ in range(2)]
+    bob = answering(users["bob"])
+    codes = [users["ann"].attach(ann[i % 2][0]).status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+    refused = users["ann"].attach(ann[0][0])
+    assert refused.json()["error"]["code"] == "too_many_streams"
+    assert users["bob"].attach(bob[0]).status_code == 200  # another account's readers are its own
+    for api, (sid, first) in [(users["ann"], ann[0]), (users["ann"], ann[1]), (users["bob"], bob)]:
+        api.stop(sid)
+        first.end()

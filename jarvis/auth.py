@@ -32,7 +32,7 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from . import log
-from .bodies import json_object
+from .bodies import check_request, json_object
 from .config import MIN_SECRET_CHARS, Config, split_list
 from .errors import BadRequest, Forbidden, Unauthorized
 
@@ -83,6 +83,7 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     app.before_request(authenticate)
+    app.before_request(check_request)  # after who the caller is: a stranger learns nothing more
     app.after_request(_security_headers)
     if cfg.insecure_no_auth:
         log.event(

@@ -134,6 +134,11 @@ class Config:
         " (0: up to JARVIS_MAX_STREAMS).",
         minimum=0,
     )
+    max_imports: int = _f(
+        2,
+        "Chat imports parsed at once in the process (one at a time per account); more get 503 import_busy.",
+        minimum=1,
+    )
     redis_url: str = _f(
         "",
         "Redis that coordinates several Jarvis processes, e.g. redis://127.0.0.1:6379/0 "

@@ -1,4 +1,5 @@
-"""Bad input at the boundary: NUL bytes, control characters in titles, imports built to balloon.
+"""Bad input at the boundary: NUL bytes, control characters in titles, imports built to balloon,
+sign-in hashing on demand, and the local sign-in cookie after sign-out.
 
 The tests that need no file of their own run again on PostgreSQL (tests/test_postgres.py), where
 a NUL byte in any text used to reach the database and fail as a 500.
@@ -13,7 +14,8 @@ import threading
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT
+import jarvis.accounts
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD = "correct horse battery"
@@ -180,3 +182,93 @@ def test_one_import_at_a_time_per_user_and_a_few_in_the_process(make_app, make_s
             release.set()
         assert [f.result(10).status_code for f in first] == [201, 201]
     assert send("ann").status_code == 201 and send("cat").status_code == 201
+
+
+# password hashing on demand is bounded
+
+
+def test_one_address_rotating_names_gets_a_bounded_number_of_hashes(app):
+    app.extensions["jarvis"].accounts.add("ann", PASSWORD)
+    client = app.test_client()
+    codes = [
+        client.post("/login", json={"name": f"user{i}", "password": "wrong-password"}).status_code
+        for i in range(40)
+    ]
+    assert codes.count(401) == 30 and codes.count(429) == 10, codes
+    # another address is not refused for it
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "127.0.0.2"
+    assert other.post("/login", json={"name": "ann", "password": PASSWORD}).status_code == 200
+
+
+def test_sign_ins_from_many_addresses_hash_a_few_at_a_time(make_app, make_server, monkeypatch):
+    app = make_app(trusted_proxies="127.0.0.1", login_hashes=2, login_wait_s=0.3)
+    app.extensions["jarvis"].accounts.add("ann", PASSWORD)
+    lock = threading.Lock()
+    running, most = [0], [0]
+    real = jarvis.accounts.check_password_hash
+
+    def counted(hashed, password):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            threading.Event().wait(0.05)  # a slower machine's hash: the requests overlap
+            return real(hashed, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(jarvis.accounts, "check_password_hash", counted)
+    url = make_server(app, threads=16).url + "/login"
+
+    def attempt(i):
+        r = requests.post(
+            url,
+            json={"name": f"user{i}", "password": "wrong-password"},
+            headers={"X-Forwarded-For": f"192.0.2.{i + 1}"},
+            timeout=HTTP_TIMEOUT,
+        )
+        return r.status_code, r.json()["error"]["code"], r.headers.get("Retry-After")
+
+    with concurrent.futures.ThreadPoolExecutor(14) as pool:
+        answers = list(pool.map(attempt, range(40)))
+    assert most[0] <= 2, f"{most[0]} password hashes ran at once"
+    assert {(s, c) for s, c, _ in answers} <= {(401, "unauthorized"), (503, "sign_in_busy")}, answers
+    assert all(after for s, _, after in answers if s == 503)
+    assert any(s == 401 for s, _, _ in answers)
+
+
+# signing out in local mode ends the cookie, copies included
+
+
+def test_a_local_sign_out_ends_a_copied_cookie(app):
+    browser = app.test_client()
+    browser.environ_base.pop("HTTP_AUTHORIZATION")
+    assert browser.get(f"/?token={LOCAL_TOKEN}").status_code == 302
+    copied = browser.get_cookie("jarvis_session").value
+    assert browser.get("/api/sessions").status_code == 200
+    r = browser.post("/logout", headers={"Origin": "http://localhost", "Accept": "application/json"})
+    assert r.status_code == 200 and r.get_json() == {"signed_out": True}
+    thief = app.test_client()
+    thief.environ_base.pop("HTTP_AUTHORIZATION")
+    thief.set_cookie("jarvis_session", copied)
+    assert thief.get("/api/sessions").status_code == 401
+    # the printed address signs in again, and the local token still works for scripts
+    assert browser.get(f"/?token={LOCAL_TOKEN}").status_code == 302
+    assert browser.get("/api/sessions").status_code == 200
+    assert app.test_client().get("/api/sessions").status_code == 200
+
+
+def test_a_local_sign_out_reaches_another_app_on_the_same_instance_folder(make_app):
+    first, second = make_app(), make_app()
+    browser = first.test_client()
+    browser.environ_base.pop("HTTP_AUTHORIZATION")
+    browser.get(f"/?token={LOCAL_TOKEN}")
+    copied = browser.get_cookie("jarvis_session").value
+    elsewhere = second.test_client()
+    elsewhere.environ_base.pop("HTTP_AUTHORIZATION")
+    elsewhere.set_cookie("jarvis_session", copied)
+    assert elsewhere.get("/api/sessions").status_code == 200
+    browser.post("/logout", headers={"Origin": "http://localhost"})
+    wait_for(lambda: elsewhere.get("/api/sessions").status_code == 401, timeout=2, what="the sign-out")

@@ -1,18 +1,26 @@
-"""Big and hostile input over real HTTP, under ``jarvis serve`` and plain ``python -m waitress … wsgi:app``.
+"""Big and hostile input over real HTTP, under ``jarvis serve`` and plain ``python -m waitress … wsgi:app``,
+and where ``jarvis chat`` sends its token.
 
 What each guards: an import the docs promise (16 MiB) goes through both hosts, a refused one
-answers Jarvis's JSON, and an import built to balloon when parsed leaves the process small.
+answers Jarvis's JSON, an import built to balloon when parsed leaves the process small, and the
+local token never leaves the machine.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
+import ipaddress
 import json
+import socket
+import subprocess
+import threading
 
 import pytest
 import requests
 
-from tests.conftest import HTTP_TIMEOUT
+from jarvis import sse
+from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, ROOT, clean_env, jarvis_command
 from tests.test_security_server import _rss_kb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # server processes of their own
@@ -111,3 +119,82 @@ def test_an_import_of_millions_of_empty_values_keeps_the_process_small(hosted, i
     grown = grown_mb(server, four)
     assert grown < 128, f"four imports at once grew the process by {grown:.0f} MB"
     assert set(statuses) <= {400, 429, 503} and 400 in statuses, statuses
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Any host a ``jarvis chat`` may be pointed at: it answers a prompt and notes who said what."""
+
+    seen: list[str | None]
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.seen.append(self.headers.get("Authorization"))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/api/sessions":
+            body, kind, status = b'{"id": "s1"}', "application/json", 201
+        else:
+            body = sse.event("token", {"text": "hi"}) + sse.event("end", {"status": "completed"})
+            kind, status = "text/event-stream", 200
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _this_machine_not_loopback() -> str | None:
+    """An address of this machine that is not a loopback one, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_jarvis_chat_sends_the_local_token_only_to_loopback_addresses():
+    # before: `jarvis chat --url http://any-host` sent this machine's local token to any-host
+    address = _this_machine_not_loopback()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    seen: list[str | None] = []
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), type("R", (Recorder,), {"seen": seen}))
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="recorder")
+    loop.start()
+    port = server.server_address[1]
+    try:
+
+        def chat(url: str, *extra: str, **env) -> list[str | None]:
+            seen.clear()
+            out = subprocess.run(
+                jarvis_command("chat", "--url", url, *extra, "hello"),
+                env=clean_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert out.returncode == 0 and out.stdout == "hi\n", out.stderr
+            return seen
+
+        local = f"Bearer {LOCAL_TOKEN}"
+        assert chat(f"http://{address}:{port}") == [None, None]
+        assert chat(f"http://127.0.0.1:{port}") == [local, local]
+        assert chat(f"http://localhost:{port}") == [local, local]
+        assert chat(f"http://{address}:{port}", "--token", "jv_given") == ["Bearer jv_given"] * 2
+        assert chat(f"http://{address}:{port}", JARVIS_TOKEN="jv_env") == ["Bearer jv_env"] * 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        loop.join(5)
+
+
+def test_jarvis_chat_help_says_where_each_token_goes():
+    out = subprocess.run(
+        jarvis_command("chat", "--help"),
+        env=clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "--token" in out.stdout and "loopback" in out.stdout

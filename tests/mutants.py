@@ -110,6 +110,15 @@ MUTANTS = [
  ("owner-record: a free lease never names an answer left behind by a dead process", "jarvis/coord.py",
   "self._took_over(displaced or self._left_behind(lease))", "self._took_over(displaced)",
   ["tests/test_scale.py::test_a_prompt_after_a_dead_owners_lease_expired_marks_its_answer_interrupted"]),
+ ("import-slot: an account may run several imports at once", "jarvis/api.py",
+  "            if owner in self._owners:\n", "            if False:\n",
+  ["tests/test_input.py::test_one_import_at_a_time_per_user_and_a_few_in_the_process"]),
+ ("import-values: an import is parsed however many values it holds", "jarvis/bodies.py",
+  "    if _values(raw, max_values) > max_values:\n", "    if False:\n",
+  ["tests/test_input.py::test_an_import_built_to_balloon_is_refused_before_it_is_parsed"]),
+ ("hash-slots: password checks run as many at once as sign-ins arrive", "jarvis/auth.py",
+  '    hashing = current_app.extensions["jarvis.hashing"]\n', "    hashing = threading.Semaphore(1000)\n",
+  ["tests/test_input.py::test_sign_ins_from_many_addresses_hash_a_few_at_a_time"]),
 ]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -12,13 +14,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import chat_settings, mirror, transcript
 from .auth import credential, owner, signed_in
-from .bodies import json_object
+from .bodies import json_object, one_line
 from .errors import (
     AtCapacity,
     BadRequest,
+    Busy,
     JarvisError,
     PromptTooLarge,
     StoreError,
+    TooManyRequests,
     UnsupportedMediaType,
     UpstreamError,
 )
@@ -35,6 +39,36 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 def jarvis():
     return current_app.extensions["jarvis"]
+
+
+class Imports:
+    """The imports being parsed and stored: one at a time per account and ``limit`` in the process,
+    so imports together take a few times what one may (MAX_IMPORT_VALUES bounds that)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._owners: set[int | None] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, owner: int | None) -> Iterator[None]:
+        with self._lock:
+            if owner in self._owners:
+                message = "an import of yours is running; send this one when it ends"
+                raise TooManyRequests(message, code="import_running")
+            if len(self._owners) >= self.limit:
+                raise Busy(f"{self.limit} imports are running; try again shortly", code="import_busy")
+            self._owners.add(owner)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._owners.discard(owner)
+
+
+@bp.record_once
+def _init(state) -> None:
+    state.app.extensions["jarvis.imports"] = Imports(state.app.extensions["jarvis"].config.max_imports)
 
 
 @bp.post("/api/sessions")
@@ -64,9 +98,10 @@ def change_session(session_id: str):
     session = None
     if "title" in body:
         title = body["title"]
-        if not isinstance(title, str) or not title.split():
+        if isinstance(title, str):
+            title = one_line(title)  # a title is shown in a list: no line breaks, no terminal escapes
+        if not isinstance(title, str) or not title:
             raise BadRequest('"title" must be a non-empty string')
-        title = " ".join(title.split())  # one line: a title is shown in a list
         if len(title) > TITLE_MAX_CHARS:
             raise BadRequest(f'"title" must be at most {TITLE_MAX_CHARS} characters')
         session = store.rename_session(session_id, title, owner())
@@ -101,10 +136,13 @@ def export_session(session_id: str):
 @bp.post("/api/sessions/import")
 def import_session():
     j = jarvis()
-    body = _json_body(transcript.MAX_IMPORT_BYTES)
-    limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
-    title, messages, settings = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
-    return jsonify(j.store.import_session(title, messages, owner(), settings)), 201
+    with current_app.extensions["jarvis.imports"].slot(owner()):  # taken before the body is parsed
+        body = _json_body(transcript.MAX_IMPORT_BYTES, transcript.MAX_IMPORT_VALUES)
+        limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
+        title, messages, settings = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
+        del body  # the parsed export: the messages hold what is kept of it
+        session = j.store.import_session(title, messages, owner(), settings)
+    return jsonify(session), 201
 
 
 @bp.delete("/api/sessions/<session_id>")
@@ -258,14 +296,15 @@ def healthz():
     }
 
 
-def _json_body(limit: int) -> dict:
-    """The request's JSON object, its size bounded before it is read."""
+def _json_body(limit: int, max_values: int | None = None) -> dict:
+    """The request's JSON object, its size bounded before it is read (and, given ``max_values``,
+    how many values it holds before it is parsed)."""
     if not request.is_json:
         raise UnsupportedMediaType("send application/json")
     if request.content_length is not None and request.content_length > limit:
         raise PromptTooLarge(f"the request body is larger than {limit} bytes")
     request.max_content_length = limit  # bounds a chunked body too
-    body = json_object()
+    body = json_object(max_values=max_values)
     if body is None:
         raise BadRequest("the body must be a JSON object")
     return body

@@ -32,15 +32,16 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from . import log
-from .bodies import json_object
+from .bodies import check_request, json_object
 from .config import MIN_SECRET_CHARS, Config, split_list
-from .errors import BadRequest, Forbidden, Unauthorized
+from .errors import BadRequest, Busy, Forbidden, Unauthorized
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # any of these means a proxy forwarded the request (plain waitress strips the X-Forwarded ones)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
 OPEN_ENDPOINTS = {"api.healthz", "static", "login", "logout"}
-# every attempt counts, before the password is checked, per client address and account name
+# every attempt counts, before the password is checked, per client address and account name, and
+# per client address whatever the name (JARVIS_LOGIN_ADDRESS_LIMIT): rotating names buys no hashes
 LOGIN_LIMIT = "10 per minute"
 ADVICE = "create an account with `jarvis user add NAME` to use Jarvis from another machine"
 LOCAL_ADVICE = (
@@ -79,10 +80,16 @@ def init_app(app: Flask) -> None:
     )
     limiter = Limiter(client_address, app=app, headers_enabled=True, **_limit_storage(cfg))
     view = limiter.limit(LOGIN_LIMIT, key_func=_attempt_key, methods=["POST"])(login)
+    per_address = f"{cfg.login_address_limit} per minute"
+    view = limiter.limit(per_address, key_func=client_address, methods=["POST"], scope="login-address")(view)
+    # the password checks running at once: each takes a core and about 32 MB (scrypt)
+    app.extensions["jarvis.hashing"] = threading.BoundedSemaphore(cfg.login_hashes)
+    app.extensions["jarvis.local_epoch"] = LocalEpoch(os.path.join(app.instance_path, "local_epoch"))
     app.register_error_handler(RateLimitExceeded, _login_limited)
     app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
     app.add_url_rule("/logout", "logout", logout, methods=["POST"])
     app.before_request(authenticate)
+    app.before_request(check_request)  # after who the caller is: a stranger learns nothing more
     app.after_request(_security_headers)
     if cfg.insecure_no_auth:
         log.event(
@@ -140,13 +147,14 @@ def _local_mode(cfg: Config):
     if offered is not None and request.method == "GET" and _is_local_token(offered):
         # trade the printed address for a cookie, and drop the token from the address bar
         session.clear()
-        session["local"] = _fingerprint(_local())
+        session["local"] = _fingerprint(_local(), _epoch().current())
         session["csrf"] = secrets.token_urlsafe(24)
         session.permanent = True
         rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
         return redirect(request.path + ("?" + urlencode(rest) if rest else ""))
-    cookie_ok = hmac.compare_digest(session.get("local", ""), _fingerprint(_local()))
+    cookie_ok = hmac.compare_digest(session.get("local", ""), _fingerprint(_local(), _epoch().current()))
     g.signed_in = cookie_ok
+    g.local_cookie = cookie_ok
     return _cookie_or_sign_in(cookie_ok, LOCAL_ADVICE)
 
 
@@ -187,7 +195,18 @@ def login():
         raise BadRequest(f"Jarvis has no account yet: {LOCAL_ADVICE}")
     data = _body()
     name, password = str(data.get("name", "")), str(data.get("password", ""))
-    user = j.accounts.authenticate(name, password)
+    hashing = current_app.extensions["jarvis.hashing"]
+    if not hashing.acquire(timeout=j.config.login_wait_s):
+        log.event("login_busy", logging.WARNING, address=client_address())
+        message = "too many sign-ins at once; try again in a moment"
+        if request.is_json:
+            raise Busy(message, code="sign_in_busy")
+        page = render_template("login.html", error=message[0].upper() + message[1:] + ".", accounts=True)
+        return page, 503, {"Retry-After": "1"}
+    try:
+        user = j.accounts.authenticate(name, password)
+    finally:
+        hashing.release()
     if user is None:
         log.event("login_failed", address=client_address())
         if request.is_json:
@@ -213,13 +232,16 @@ def _login_limited(e: RateLimitExceeded):
 
 
 def logout():
-    """Sign out: every cookie of this user ends, and so do the answers they started."""
+    """Sign out: every cookie of this user ends, and so do the answers they started. With no
+    account, every local cookie ends (copies too): the local sign-in epoch changes."""
     _require_same_origin(cookie=True)
     j = current_app.extensions["jarvis"]
     if g.user is not None and (g.credential or "").startswith("cookie:"):
         j.accounts.end_cookies(g.user.id)
         prefix = f"cookie:{g.user.id}:"
         j.registry.cancel_where(lambda s: (s.credential or "").startswith(prefix), "revoked")
+    elif g.get("local_cookie"):
+        _epoch().renew()
     session.clear()
     if request.is_json or request.accept_mimetypes.best == "application/json":
         return {"signed_out": True}
@@ -337,9 +359,56 @@ def _is_local_token(token: str) -> bool:
     return hmac.compare_digest(token.encode(), _local().encode())
 
 
-def _fingerprint(token: str) -> str:
+def _fingerprint(token: str, epoch: str = "") -> str:
     # the cookie is signed, not encrypted: it names the token without holding it
-    return hashlib.sha256(b"jarvis-local:" + token.encode()).hexdigest()
+    return hashlib.sha256(
+        b"jarvis-local:" + token.encode() + (b":" + epoch.encode() if epoch else b"")
+    ).hexdigest()
+
+
+def _epoch() -> LocalEpoch:
+    return current_app.extensions["jarvis.local_epoch"]
+
+
+class LocalEpoch:
+    """The local sign-in epoch: a random value in the instance folder that every local cookie names.
+    Sign-out draws a new one, which ends every local cookie, copies included, in every process
+    on this folder. None drawn yet (never signed out): the empty epoch.
+
+    Read on every local-mode request: one stat, and a read only when the file changed.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple[tuple[int, int, int], str] | None = None  # (file identity, value), swapped whole
+
+    def current(self) -> str:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return ""
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        seen = self._seen
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        with open(self.path) as f:
+            value = f.read().strip()
+        self._seen = (key, value)
+        return value
+
+    def renew(self) -> None:
+        """Draw a new epoch: written whole to a new file, then put in place (another inode: seen at once)."""
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(16))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _body() -> Mapping:

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument(
         "--url", default=os.environ.get("JARVIS_URL", DEFAULT_URL), help="server URL ($JARVIS_URL)"
     )
+    chat.add_argument(
+        "--token",
+        default=os.environ.get("JARVIS_TOKEN"),
+        help="bearer token to send, to whatever host --url names ($JARVIS_TOKEN); without it, the local "
+        "token of this machine's Jarvis is sent, and only to a loopback address (localhost, 127.0.0.1, ::1)",
+    )
 
     user = sub.add_parser("user", help="manage accounts")
     user.add_argument("action", choices=("add", "list", "remove", "passwd"))
@@ -148,6 +154,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from urllib.parse import urlsplit
+
     import requests
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
@@ -156,7 +164,10 @@ def cmd_chat(args) -> int:
     base = args.url.rstrip("/")
     timeout = (5, 330)
     http = requests.Session()
-    token = os.environ.get("JARVIS_TOKEN") or _local_token()
+    token = args.token
+    if not token and _is_loopback(urlsplit(base).hostname or ""):
+        token = _local_token()  # it signs in to this machine's Jarvis: it never leaves the machine
+        http.trust_env = False  # nor goes through a proxy named in the environment
     if token:
         http.headers["Authorization"] = "Bearer " + token
     try:
@@ -164,6 +175,11 @@ def cmd_chat(args) -> int:
             session = args.session
         else:
             created = http.post(base + "/api/sessions", timeout=timeout)
+            if created.status_code == 401 and not token:
+                return _fail(
+                    f"{_error_message(created)} (the local token goes only to a loopback address: "
+                    "pass --token or set JARVIS_TOKEN for another host)"
+                )
             if created.status_code != 201:
                 return _fail(_error_message(created))
             session = created.json()["id"]

@@ -140,6 +140,23 @@ class Config:
         " 0: up to the free stream slots).",
         minimum=0,
     )
+    max_imports: int = _f(
+        2,
+        "Chat imports parsed at once in the process (one at a time per account); more get 503 import_busy.",
+        minimum=1,
+    )
+    login_address_limit: int = _f(
+        30,
+        "Sign-in attempts one client address may make a minute, whatever names it tries (each name "
+        "also has 10); more get 429.",
+        minimum=1,
+    )
+    login_hashes: int = _f(
+        2, "Password checks run at once (each takes about 32 MB and a core for a moment).", minimum=1
+    )
+    login_wait_s: float = _f(
+        2.0, "Seconds a sign-in waits for a password check to free up before 503 sign_in_busy.", minimum=0.0
+    )
     redis_url: str = _f(
         "",
         "Redis that coordinates several Jarvis processes, e.g. redis://127.0.0.1:6379/0 "

@@ -14,6 +14,9 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
     ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
+    ├── TooManyRequests            429 import_running (one import at a time per account; Retry-After)
+    ├── Busy                       503 import_busy, sign_in_busy (the process does as many at once as
+    │                              it may; Retry-After)
     ├── CoordinationUnavailable    503 coordination_unavailable, supersede_timeout (several processes:
     │                              Redis unreachable, or the answer elsewhere did not end; Retry-After)
     ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
@@ -105,6 +108,29 @@ class TooManyStreams(JarvisError):
 
     def __init__(self, message: str, *, retry_after_s: int = 2):
         super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyRequests(JarvisError):
+    """The caller runs such a request already (an import); retry when it ends."""
+
+    http_status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class Busy(JarvisError):
+    """The process does as much of this work at once as it may (imports, password checks), each
+    bounded in memory and time; retry after ``retry_after_s`` seconds."""
+
+    http_status = 503
+    code = "busy"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1):
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
 

@@ -17,6 +17,7 @@ from flask import Flask
 from waitress.server import create_server
 
 from . import log
+from .bodies import MAX_BODY_BYTES
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
 
@@ -40,8 +41,9 @@ class Server:
         # keep X-Forwarded-*/Forwarded: protected mode must see that a request came through a proxy
         adj.setdefault("clear_untrusted_proxy_headers", False)
         adj.setdefault("ident", "jarvis")
-        # waitress reads a whole body before the app runs: refuse a huge one from its length
-        adj.setdefault("max_request_body_size", self.jarvis.config.max_prompt_chars * 6 + 65536)
+        # waitress reads a whole body before the app runs: refuse from its length one bigger than any
+        # route reads; up to that, each route's own limit answers (a 16 MiB import, a JSON 413)
+        adj.setdefault("max_request_body_size", MAX_BODY_BYTES)
         self._waitress = create_server(app, host=host, port=port, threads=self.threads, **adj)
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()

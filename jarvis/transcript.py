@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from . import chat_settings
+from .bodies import one_line
 from .errors import BadRequest
 from .stream import Status
 
@@ -18,6 +19,9 @@ FORMAT = "jarvis.chat"
 VERSION = 1
 MAX_IMPORT_BYTES = 16 * 1024 * 1024
 MAX_IMPORT_MESSAGES = 10_000
+# JSON values an import may parse into: an export of MAX_IMPORT_MESSAGES messages holds about
+# 40 each; a million values take at most about 40 MB in Python, whatever they are
+MAX_IMPORT_VALUES = 1_000_000
 ROLES = {"user", "assistant"}
 ANSWER_STATUSES = {s.value for s in Status} | {"interrupted"}  # interrupted: marked by recovery
 LIVE = {"pending", "queued", "streaming"}
@@ -63,13 +67,15 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
     """Check an uploaded export and return its title, messages and settings; BadRequest names the first flaw.
 
     A status that was live when exported (the answer was still being written) comes back
-    as ``interrupted``: nothing is writing it here.
+    as ``interrupted``: nothing is writing it here. The title and model names come back as one
+    line without control characters (a title is shown in a list, names in logs).
     """
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise BadRequest(f'an import is a JSON object with "format": "{FORMAT}", as the export writes')
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > title_max:
         raise BadRequest(f'"title" must be a string of at most {title_max} characters')
+    title = one_line(title)
     settings = body.get("settings") or {}  # exports before settings existed have none
     if not isinstance(settings, dict):
         raise BadRequest('"settings" must be an object')
@@ -94,6 +100,8 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
         model, error, meta = m.get("model"), m.get("error"), m.get("meta")
         if model is not None and (not isinstance(model, str) or len(model) > 200):
             raise BadRequest(f'message {i}: "model" must be a string of at most 200 characters')
+        if model is not None:
+            model = one_line(model) or None
         if error is not None and not isinstance(error, dict):
             raise BadRequest(f'message {i}: "error" must be an object')
         if meta is not None and not isinstance(meta, dict):
@@ -101,7 +109,9 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
         when = m.get("created_at")
         if not isinstance(when, (int, float)) or isinstance(when, bool) or not 0 <= when <= now + 86400:
             when = now
-        messages.append({**{k: m.get(k) for k in FIELDS}, "status": status, "created_at": float(when)})
+        messages.append(
+            {**{k: m.get(k) for k in FIELDS}, "status": status, "model": model, "created_at": float(when)}
+        )
     return title, messages, settings
 
 

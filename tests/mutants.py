@@ -117,6 +117,15 @@ MUTANTS = [
  ("reader-slots: attached readers take no stream slot (they can hold every server thread)", "jarvis/registry.py",
   "            if len(self._current) + self._readers >= self.max_streams:\n                raise TooManyStreams(",
   "            if False:\n                raise TooManyStreams(", ["tests/test_rejoin.py"]),
+ ("import-slot: an account may run several imports at once", "jarvis/api.py",
+  "            if owner in self._owners:\n", "            if False:\n",
+  ["tests/test_input.py::test_one_import_at_a_time_per_user_and_a_few_in_the_process"]),
+ ("import-values: an import is parsed however many values it holds", "jarvis/bodies.py",
+  "    if _values(raw, max_values) > max_values:\n", "    if False:\n",
+  ["tests/test_input.py::test_an_import_built_to_balloon_is_refused_before_it_is_parsed"]),
+ ("hash-slots: password checks run as many at once as sign-ins arrive", "jarvis/auth.py",
+  '    hashing = current_app.extensions["jarvis.hashing"]\n', "    hashing = threading.Semaphore(1000)\n",
+  ["tests/test_input.py::test_sign_ins_from_many_addresses_hash_a_few_at_a_time"]),
 ]
 
 

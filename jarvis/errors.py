@@ -14,8 +14,8 @@ that end a stream, the terminal ``status`` the answer is stored with::
     │   └── Forbidden              403 forbidden, protected_mode, cross_origin
     ├── AtCapacity                 503 at_capacity (retryable, with Retry-After)
     ├── TooManyStreams             429 too_many_streams (one account's share is taken; Retry-After)
-    ├── CoordinationUnavailable    503 coordination_unavailable, supersede_timeout (several processes:
-    │                              Redis unreachable, or the answer elsewhere did not end; Retry-After)
+    ├── CoordinationUnavailable    503 coordination_unavailable (several processes: Redis
+    │                              unreachable; Retry-After)
     ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
     ├── StoreError                 500 store_error (the database refused a write)
     │   └── DatabaseUnavailable    503 database_unavailable (retryable: PostgreSQL is down)

@@ -82,6 +82,9 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
             cfg.redis_timeout_s,
             store.interrupt,
             attach=registry.attach,
+            liveness_ttl_s=cfg.liveness_ttl_s,
+            # the server's threads, the listener and the renewer; mirror pumps wait for a free one
+            max_connections=cfg.max_streams + CONTROL_THREADS + POOL_RESERVE,
         )
     recover(store, registry.coord)
     accounts = Accounts(store)

@@ -27,7 +27,7 @@ from .errors import (
     UpstreamError,
 )
 from .history import LEAF, TITLE_MAX_CHARS
-from .stream import Stream
+from .stream import Reason, Stream
 
 bp = Blueprint("api", __name__)
 
@@ -149,7 +149,7 @@ def import_session():
 def delete_session(session_id: str):
     j = jarvis()
     j.store.require_session(session_id, owner())  # another user's session is not found, as unknown ones
-    j.registry.stop(session_id, "deleted")
+    j.registry.stop(session_id, Reason.DELETED)
     j.store.delete_session(session_id, owner())
     return {"deleted": True}
 
@@ -163,9 +163,16 @@ def stop(session_id: str):
 
 @bp.get("/api/sessions/<session_id>/stream")
 def attach(session_id: str):
-    """The session's live answer: what was streamed so far (after Last-Event-ID), then live; 204 if none."""
+    """The session's live answer: what was streamed so far (after Last-Event-ID), then live; 204 if none.
+    A HEAD only says which (Flask answers it through this view): it attaches no reader and starts no
+    mirror, since nobody will read it."""
     j = jarvis()
     j.store.require_session(session_id, owner())
+    if request.method == "HEAD":
+        live = j.registry.is_live(session_id) or (
+            j.coord is not None and mirror.held_elsewhere(j.coord, session_id)
+        )
+        return Response(mimetype="text/event-stream", headers=SSE_HEADERS) if live else Response(status=204)
     last = request.headers.get("Last-Event-ID")
     gone = request.environ.get("waitress.client_disconnected")
     release = j.registry.admit_reader(owner())  # 429 when the slots or the account's readers are full

@@ -171,6 +171,12 @@ class Config:
     redis_timeout_s: float = _f(
         0.5, "Seconds any one Redis call may take before it counts as unreachable.", minimum=0.01
     )
+    liveness_ttl_s: float = _f(
+        1.5,
+        "Seconds a process that stopped heartbeating in Redis (killed, host lost) still counts as alive; "
+        "then a prompt of a session whose answer it held goes ahead at once (with JARVIS_REDIS_URL).",
+        minimum=0.1,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping | None = None) -> Config:

@@ -19,8 +19,20 @@ Prompts are ordered by a **ticket** taken from Redis's clock when they arrive
 below, so a late message never cancels a newer prompt, and a waiter that finds
 a newer prompt holding the lease ends as superseded.
 
-Every call has a socket timeout; when Redis cannot be reached a new prompt is
-refused at once (``CoordinationUnavailable``) while live answers go on.
+Each process also keeps a **liveness key** (``jarvis:alive:<process>``), much
+shorter-lived than a lease and renewed by the same thread as a heartbeat: a
+waiter that finds the lease held by a process whose key has gone (killed, host
+lost) takes the lease over at once instead of waiting for it to expire. A
+waiter still kept out when its supersede deadline passes takes the lease over
+too, as a local successor goes ahead past a predecessor that will not end: one
+deadline, one outcome, with Redis or without.
+
+Every call has a socket timeout, and a process holds at most a bounded pool of
+connections (a call waits for a free one no longer than the timeout); when
+Redis cannot be reached a new prompt is refused at once
+(``CoordinationUnavailable``) while live answers go on. A value in Jarvis's
+keys that does not parse counts as missing (and is logged), and a control
+message that cannot be handled is logged and skipped: the listener stays on.
 """
 
 from __future__ import annotations
@@ -39,12 +51,15 @@ from .cancel import CancelScope
 from .config import ConfigError
 from .errors import CoordinationUnavailable, JarvisError, TooManyStreams
 from .mirror import MIRROR_MAXLEN, MIRROR_TTL_MS, READ_COUNT, READER_TTL_MS, Pump, mirror_key, reader_key
+from .stream import Reason
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message
 RETRY_S = 0.5  # the listener resubscribes this often while Redis is away
 HELD_BATCH = 500  # lease keys per MGET when a starting process looks for live answers
 TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than any answer
+BEATS_PER_TTL = 4  # heartbeats per liveness TTL: a process is seen dead after missing this many
+TICKET_DIGITS = 20  # a ticket is Redis's clock in microseconds: 16 digits today
 
 # a ticket from Redis's clock in microseconds, above the session's last (so it survives a restart of
 # Redis), published with the message: every stream of the session with a lower ticket ends. A prompt
@@ -52,7 +67,8 @@ TICKET_TTL_MS = 86_400_000  # a session's last ticket is kept a day: longer than
 TICKET = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('get', KEYS[1]) or '0')
+local v = redis.pcall('get', KEYS[1])
+local last = type(v) == 'string' and tonumber(v) or 0  -- garbage, or a key of another type: none
 if now <= last then now = last + 1 end
 local ticket = string.format('%.0f', now)
 if ARGV[3] == 'cancel' then redis.call('set', KEYS[1], ticket, 'PX', ARGV[4]) end
@@ -65,6 +81,14 @@ local v = redis.call('get', KEYS[1])
 if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
+"""
+# take the lease from its holder ARGV[1] while it still holds it; with KEYS[2] (the holder's process's
+# liveness key) only if that key has gone: the process died
+TAKE = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if #KEYS > 1 and redis.call('exists', KEYS[2]) == 1 then return 0 end
+redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 # delete the lease only if it is still ours, and wake the waiters; clear the record of who took it
 # last if that is us (even when the lease expired under a stuck worker: this answer did end)
@@ -118,6 +142,11 @@ def ticket_key(key: str) -> str:
     return "jarvis:ticket:" + key
 
 
+def alive_key(process_id: str) -> str:
+    """There while the process heartbeats: its absence means the process is dead."""
+    return "jarvis:alive:" + process_id
+
+
 class Lease:
     """One stream's claim on its session: a ticket now, the Redis lease while its worker calls upstream."""
 
@@ -127,20 +156,23 @@ class Lease:
         self.ticket = ticket
         self.value = f"{coord.process_id} {trace_id} {ticket}"
         self.held = False
+        self._releasing = threading.Lock()  # the worker and a cleanup that detached it may both release
         self._stream = lambda: None
 
     def bind(self, stream) -> None:
         """The stream a lost lease cancels (weakly held: a lease must not keep its stream alive)."""
         self._stream = weakref.ref(stream)
 
-    def acquire(self, scope: CancelScope, timeout: float) -> bool:
-        """Wait (bounded) until this stream holds the lease; False if cancelled or superseded meanwhile."""
-        return self.coord.acquire(self, scope, timeout)
+    def acquire(self, scope: CancelScope, deadline: float) -> bool:
+        """Wait until this stream holds the lease, taking it over at ``deadline`` (monotonic) from an
+        older holder; False if cancelled or superseded meanwhile."""
+        return self.coord.acquire(self, scope, deadline)
 
     def release(self) -> None:
         """Give the lease back, if held; idempotent."""
-        if self.held:
-            self.held = False
+        with self._releasing:
+            held, self.held = self.held, False
+        if held:
             self.coord.release(self)
 
 
@@ -164,38 +196,46 @@ class Coordinator:
         timeout_s: float = 0.5,
         interrupt: Callable[[str], object] | None = None,
         attach: Callable | None = None,
+        liveness_ttl_s: float = 1.5,
+        max_connections: int = 24,
     ):
         """``cancel(key, before_ticket, reason)`` cancels this process's streams of ``key`` whose ticket
         is below ``before_ticket``; ``interrupt(trace_id)`` marks the stored answer of another
         process's stream, whose lease this process took over, as interrupted; ``attach(key,
-        last_event_id, client_gone)`` gives a Tap of this process's live answer for a remote reader."""
+        last_event_id, client_gone)`` gives a Tap of this process's live answer for a remote reader.
+        ``max_connections`` bounds each of the two pools (the threads that may call at once)."""
         try:
             import redis  # the scale extra: only a process with JARVIS_REDIS_URL imports it
         except ImportError:
             raise ConfigError("JARVIS_REDIS_URL needs the redis client: pip install jarvis[scale]") from None
 
         self._errors = (redis.ConnectionError, redis.TimeoutError)
-        try:
-            self.redis = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-            )
-        except ValueError as e:  # the message names the part, never the password
-            raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
-        try:  # for XREAD BLOCK: its socket waits out the block, and no longer
-            self.blocking = redis.Redis.from_url(
-                url, socket_timeout=timeout_s + 1.0, socket_connect_timeout=timeout_s, decode_responses=True
-            )
-        except ValueError as e:
-            raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
+
+        def client(socket_timeout: float):
+            # a blocking pool: a call waits for a free connection (as long as a reply may take)
+            # instead of opening one more; past that it fails as an unreachable Redis would
+            try:
+                pool = redis.BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=timeout_s, socket_timeout=socket_timeout,
+                    socket_connect_timeout=timeout_s, decode_responses=True,
+                )  # fmt: skip
+            except ValueError as e:  # the message names the part, never the password
+                raise ConfigError(f"JARVIS_REDIS_URL is not a Redis URL: {e}") from None
+            return redis.Redis(connection_pool=pool)
+
+        self.redis = client(timeout_s)
+        self.blocking = client(timeout_s + 1.0)  # for XREAD BLOCK: waits out the block, and no longer
         self.cancel = cancel
         self.interrupt = interrupt
         self.attach = attach
         self._pumps: dict[str, Pump] = {}  # remote reader -> the thread mirroring its answer
         self.ttl_ms = max(1, int(lease_ttl_s * 1000))
+        self.alive_ms = max(1, int(liveness_ttl_s * 1000))
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._ticket = self.redis.register_script(TICKET)
         self._renew = self.redis.register_script(RENEW)
         self._release = self.redis.register_script(RELEASE)
+        self._take = self.redis.register_script(TAKE)
         self._slot = self.redis.register_script(SLOT)
         self._slot_renew = self.redis.register_script(SLOT_RENEW)
         self._lock = threading.Lock()
@@ -220,7 +260,7 @@ class Coordinator:
         Raises CoordinationUnavailable at once while Redis cannot be reached."""
         if not self._subscribed.is_set():
             raise CoordinationUnavailable(f"Redis cannot be reached: {self.error or 'not connected yet'}")
-        message = self._message("cancel", key, "superseded")
+        message = self._message("cancel", key, Reason.SUPERSEDED)
         ticket = int(self._call(self._ticket, keys=[ticket_key(key)], args=message))
         return Lease(self, key, trace_id, ticket)
 
@@ -250,7 +290,7 @@ class Coordinator:
         except CoordinationUnavailable as e:  # the member expires on its own within the TTL
             log.event("coord_slot_free_failed", logging.WARNING, error=e.message)
 
-    def stop(self, key: str, reason: str) -> bool:
+    def stop(self, key: str, reason: Reason) -> bool:
         """Tell every process to stop ``key``'s live streams; True if another process holds its lease.
         A failure is logged, not raised: a Stop must answer even while Redis is away."""
         if not self._subscribed.is_set():
@@ -365,8 +405,7 @@ class Coordinator:
 
     # the worker side
 
-    def acquire(self, lease: Lease, scope: CancelScope, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def acquire(self, lease: Lease, scope: CancelScope, deadline: float) -> bool:
         woken = threading.Event()
         with self._lock:
             self._waiting.setdefault(lease.key, set()).add(woken)
@@ -379,26 +418,35 @@ class Coordinator:
                     self.redis.set, lease_key(lease.key), lease.value, nx=True, px=self.ttl_ms, get=True
                 )
                 if holder is None:  # it was free: ours now
-                    with self._lock:
-                        self._held.add(lease)
-                    lease.held = True
-                    self._took_over(displaced or self._left_behind(lease))
-                    return True
-                if _ticket_of(holder) > lease.ticket:
+                    return self._hold(lease, displaced)
+                ticket = _ticket_of(holder)
+                if ticket is not None and ticket > lease.ticket:
                     return False  # a newer prompt holds it: this one is superseded
-                if not holder.startswith(self.process_id + " "):
+                process = holder.split(" ", 1)[0]
+                left = deadline - time.monotonic()
+                if ticket is None:  # not a value Jarvis wrote: as if the lease were free
+                    log.event("coord_garbage", logging.WARNING, key=lease_key(lease.key), value=holder[:200])
+                    why, keys = "garbage", [lease_key(lease.key)]
+                elif process != self.process_id:  # taken at once if that process is dead
                     displaced = holder
+                    why, keys = "dead", [lease_key(lease.key), alive_key(process)]
+                else:
+                    why, keys = None, []
+                if left <= 0:  # the deadline: go ahead, as past a local predecessor that will not end
+                    why, keys = why or "deadline", [lease_key(lease.key)]
+                if why is not None and self._call(
+                    self._take, keys=keys, args=[holder, lease.value, self.ttl_ms]
+                ):
+                    log.event(
+                        "lease_taken_over", logging.WARNING, session=lease.key, holder=holder[:200], why=why
+                    )
+                    return self._hold(lease, None if why == "garbage" else holder)
                 looks += 1
                 if looks == 2:  # an older holder still: its process may have missed the claim's cancel
-                    message = self._message("cancel", lease.key, "superseded")[1] + str(lease.ticket)
+                    message = self._message("cancel", lease.key, Reason.SUPERSEDED)[1] + str(lease.ticket)
                     self._call(self.redis.publish, CHANNEL, message)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CoordinationUnavailable(
-                        f"the session's previous answer did not end within {timeout} s",
-                        code="supersede_timeout",
-                    )
-                woken.wait(min(WAIT_POLL_S, left))  # a release, a cancel, or a look at an expired lease
+                # a release, a cancel, or a look at an expired lease or a dead holder
+                woken.wait(min(WAIT_POLL_S, left) if left > 0 else WAIT_POLL_S / 10)
             return False
         finally:
             undo()
@@ -407,6 +455,14 @@ class Coordinator:
                 waiters.discard(woken)
                 if not waiters:
                     del self._waiting[lease.key]
+
+    def _hold(self, lease: Lease, displaced: str | None) -> bool:
+        with self._lock:
+            self._held.add(lease)
+        lease.held = True
+        previous = self._left_behind(lease)
+        self._took_over(displaced or previous)
+        return True
 
     def _left_behind(self, lease: Lease) -> str | None:
         """Record this lease as the session's last; return the one before it if it was never given
@@ -419,6 +475,9 @@ class Coordinator:
             log.event("coord_owner_record_failed", logging.WARNING, session=lease.key, error=e.message)
             return None
         if previous is None or previous.startswith(self.process_id + " "):
+            return None
+        if _ticket_of(previous) is None:
+            log.event("coord_garbage", logging.WARNING, key=owner_key(lease.key), value=previous[:200])
             return None
         return previous
 
@@ -463,33 +522,48 @@ class Coordinator:
         return not alive
 
     def _renew_loop(self) -> None:
-        """Renew the leases of this process's live streams every third of the TTL; cancel a stream
-        whose lease another owner holds."""
-        while not self._closed.wait(self.ttl_ms / 3000):
-            with self._lock:
-                held = list(self._held)
-                slots = list(self._slots)
-            for slot in slots:
-                stream = slot._stream()
-                if stream is None or stream.scope.cancelled:
-                    continue  # a cancelled stream stops counting within the TTL, even if stuck
-                try:
-                    self._call(self._slot_renew, keys=[slot.redis_key], args=[slot.member, self.ttl_ms])
-                except CoordinationUnavailable:
-                    continue
-            for lease in held:
-                stream = lease._stream()
-                if stream is None or stream.scope.cancelled:
-                    continue  # a worker stuck past its cancel must not hold the session forever
-                try:
-                    kept = self._call(
-                        self._renew, keys=[lease_key(lease.key)], args=[lease.value, self.ttl_ms]
-                    )
-                except CoordinationUnavailable:
-                    continue  # Redis away: the answer goes on; the lease is put back when it returns
-                if not kept and lease.held:
-                    log.event("lease_lost", logging.WARNING, session=lease.key)
-                    stream.cancel("superseded")
+        """Heartbeat this process's liveness key; every third of the lease TTL renew the leases of
+        its live streams (and cancel a stream whose lease another owner holds) and their slots."""
+        beat = self.alive_ms / 1000 / BEATS_PER_TTL
+        every = max(1, round(self.ttl_ms / 3000 / beat)) if beat < self.ttl_ms / 3000 else 1
+        beats = 0
+        while not self._closed.wait(min(beat, self.ttl_ms / 3000)):
+            self._heartbeat()
+            beats += 1
+            if beats % every == 0:
+                self._renew_held()
+
+    def _heartbeat(self) -> None:
+        """Say this process lives, for less than a lease: a dead one's leases are taken at once."""
+        try:
+            if not self._call(self.redis.pexpire, alive_key(self.process_id), self.alive_ms):
+                self._call(self.redis.set, alive_key(self.process_id), "1", px=self.alive_ms)
+        except CoordinationUnavailable:
+            pass  # Redis away: the listener says so; the key is put back when it returns
+
+    def _renew_held(self) -> None:
+        with self._lock:
+            held = list(self._held)
+            slots = list(self._slots)
+        for slot in slots:
+            stream = slot._stream()
+            if stream is None or stream.scope.cancelled:
+                continue  # a cancelled stream stops counting within the TTL, even if stuck
+            try:
+                self._call(self._slot_renew, keys=[slot.redis_key], args=[slot.member, self.ttl_ms])
+            except CoordinationUnavailable:
+                continue
+        for lease in held:
+            stream = lease._stream()
+            if stream is None or stream.scope.cancelled:
+                continue  # a worker stuck past its cancel must not hold the session forever
+            try:
+                kept = self._call(self._renew, keys=[lease_key(lease.key)], args=[lease.value, self.ttl_ms])
+            except CoordinationUnavailable:
+                continue  # Redis away: the answer goes on; the lease is put back when it returns
+            if not kept and lease.held:
+                log.event("lease_lost", logging.WARNING, session=lease.key)
+                stream.cancel(Reason.SUPERSEDED)
 
     def _listen(self) -> None:
         """Hear the control channel until closed; resubscribe while Redis is away."""
@@ -498,15 +572,16 @@ class Coordinator:
                 if self._pubsub is None:
                     self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                     self._pubsub.subscribe(CHANNEL)
+                    self._heartbeat()  # alive before any lease of ours can be taken
                     self._subscribed.set()
                     self.error = None
                 message = self._pubsub.get_message(timeout=0.2)
                 if message is not None:
-                    self._handle(message["data"])
+                    self._handle_safely(message["data"])
             except self._errors as e:
                 self._lost(e)
                 self._closed.wait(RETRY_S)
-            except Exception as e:  # a refused SUBSCRIBE, or a bug: say so, and do not spin
+            except Exception as e:  # a refused SUBSCRIBE, or a bug in the loop: say so, and do not spin
                 log.log.exception("coordination listener failed")
                 self._lost(e)
                 self._closed.wait(RETRY_S)
@@ -522,6 +597,14 @@ class Coordinator:
             self._pubsub.close()
             self._pubsub = None
 
+    def _handle_safely(self, data) -> None:
+        """Handle one message; one that fails is logged and skipped: the listener must hear the next
+        (a Stop), whatever a message carried."""
+        try:
+            self._handle(data)
+        except Exception:
+            log.log.exception("control message failed: %r", str(data)[:200])
+
     def _handle(self, data: str) -> None:
         op, _, rest = data.partition("\t")
         fields = rest.split("\t")
@@ -530,8 +613,13 @@ class Coordinator:
                 waiters = list(self._waiting.get(fields[0], ()))
             for woken in waiters:
                 woken.set()
-        elif op in ("cancel", "stop") and len(fields) == 4 and fields[3].isdigit():
+        elif op in ("cancel", "stop") and len(fields) == 4 and _number(fields[3], TICKET_DIGITS) is not None:
             key, reason, _, ticket = fields
+            try:
+                reason = Reason(reason)
+            except ValueError:  # a misspelt reason must never end an answer as "stopped"
+                log.event("coord_message_ignored", logging.WARNING, message=data[:200])
+                return
             self.cancel(key, int(ticket), reason)
         elif op == "attach" and len(fields) == 4:
             key, owner, reader, last = fields
@@ -560,5 +648,12 @@ class Coordinator:
         return result
 
 
-def _ticket_of(holder: str) -> int:
-    return int(holder.rsplit(" ", 1)[-1])
+def _ticket_of(value: str) -> int | None:
+    """The ticket of a lease or owner value ("process trace ticket"); None when it does not parse."""
+    parts = value.split(" ")
+    return _number(parts[2], TICKET_DIGITS) if len(parts) == 3 else None
+
+
+def _number(text: str, digits: int) -> int | None:
+    """``text`` as a number when it is 1 to ``digits`` ASCII digits, else None."""
+    return int(text) if 0 < len(text) <= digits and text.isascii() and text.isdigit() else None

@@ -17,8 +17,8 @@ that end a stream, the terminal ``status`` the answer is stored with::
     ├── TooManyRequests            429 import_running (one import at a time per account; Retry-After)
     ├── Busy                       503 import_busy, sign_in_busy (the process does as many at once as
     │                              it may; Retry-After)
-    ├── CoordinationUnavailable    503 coordination_unavailable, supersede_timeout (several processes:
-    │                              Redis unreachable, or the answer elsewhere did not end; Retry-After)
+    ├── CoordinationUnavailable    503 coordination_unavailable (several processes: Redis
+    │                              unreachable; Retry-After)
     ├── Interrupted                409 superseded, stopped, deleted; 503 shutdown (an answer cut short)
     ├── StoreError                 500 store_error (the database refused a write)
     │   └── DatabaseUnavailable    503 database_unavailable (retryable: PostgreSQL is down)

@@ -91,6 +91,12 @@ class Pump:
             self.forget(self)
 
 
+def held_elsewhere(coord, session: str) -> bool:
+    """Whether another process holds ``session``'s lease (runs its live answer)."""
+    holder = coord.lease_holder(session)
+    return holder is not None and not holder.startswith(coord.process_id + " ")
+
+
 def remote_attach(
     coord, session: str, last_event_id: str | None, heartbeat_s: float, client_gone=None
 ) -> Iterator[bytes] | None:
@@ -112,7 +118,28 @@ def remote_attach(
     if first[0][1].get("error") == TooManyStreams.code:
         coord.mirror_detach(reader)
         raise TooManyStreams(first[0][1].get("message", "this answer has too many readers"))
-    return _frames(coord, reader, session, owner, first, heartbeat_s, client_gone)
+    return Frames(coord, reader, _frames(coord, reader, session, owner, first, heartbeat_s, client_gone))
+
+
+class Frames:
+    """The remote reader's WSGI body. Its ``close()`` tells the owner the reader left even when the
+    host never iterated it (a generator not started runs no ``finally``): else the owner would
+    pump until the reader's key expired."""
+
+    def __init__(self, coord, reader: str, frames: Iterator[bytes]):
+        self.coord, self.reader, self._frames, self._started = coord, reader, frames, False
+
+    def __iter__(self) -> Frames:
+        return self
+
+    def __next__(self) -> bytes:
+        self._started = True
+        return next(self._frames)
+
+    def close(self) -> None:
+        self._frames.close()  # a started one detaches in its finally
+        if not self._started:
+            self.coord.mirror_detach(self.reader)
 
 
 def _frames(coord, reader, session, owner, entries, heartbeat_s: float, client_gone) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from . import log
 from .errors import AtCapacity, JarvisError, TooManyStreams
 from .keepers import Keepers
-from .stream import Stream, Tap
+from .stream import Reason, Stream, Tap
 
 
 class Registry:
@@ -43,48 +43,68 @@ class Registry:
         self._released = threading.Condition(self._lock)
         self._current: dict[str, Stream] = {}  # key (session id) -> its newest stream
         self._live: set[Stream] = set()  # every stream not yet released
+        self._admitted: set[Stream] = set()  # let in, not yet registered: each holds its place
         self._closed = False
         self._watcher: threading.Thread | None = None
         self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
         self.coord = None  # a Coordinator when several processes share Redis: see coord.py
 
+    def admit(self, stream: Stream) -> None:
+        """Hold a place for ``stream`` (every local admission check, under the lock) before anything
+        reaches another process: a prompt refused here cancels no answer anywhere."""
+        with self._lock:
+            self._check(stream)
+            self._admitted.add(stream)
+
     def register(self, stream: Stream) -> Stream | None:
         """Make ``stream`` its key's current stream; returns the one it supersedes.
 
-        Every admission check happens here, under the lock."""
+        Every admission check happens here (or in ``admit``, whose place it takes), under the lock."""
         with self._lock:
-            if self._closed:
-                raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
+            self._admitted.discard(stream)
+            self._check(stream)
             prev = self._current.get(stream.key)
-            if prev is None and len(self._current) + self._readers >= self.max_streams:
-                raise AtCapacity(
-                    f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
-                )
-            owner = getattr(stream, "owner", None)
-            if prev is None and owner is not None and 0 < self.max_streams_per_user <= self._owned(owner):
-                raise TooManyStreams(
-                    f"this account already has {self.max_streams_per_user} answers streaming; "
-                    "stop one or wait for it to end"
-                )
             self._current[stream.key] = stream
             self._live.add(stream)
             if stream.client_gone is not None:
                 self._watch_clients()
         if prev is not None:
-            prev.cancel("superseded")
+            prev.cancel(Reason.SUPERSEDED)
         return prev
 
+    def _check(self, stream: Stream) -> None:
+        """Raise unless ``stream`` may run: under the lock. A stream of a key that already has one
+        (running or admitted) supersedes it, so it takes no new place."""
+        if self._closed:
+            raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
+        places = {k: getattr(s, "owner", None) for k, s in self._current.items()}
+        places.update((s.key, getattr(s, "owner", None)) for s in self._admitted if s is not stream)
+        if stream.key in places:
+            return
+        if len(places) + self._readers >= self.max_streams:  # readers hold server threads too
+            raise AtCapacity(
+                f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
+            )
+        owner = getattr(stream, "owner", None)
+        owned = sum(1 for o in places.values() if o == owner)
+        if owner is not None and 0 < self.max_streams_per_user <= owned:
+            raise TooManyStreams(
+                f"this account already has {self.max_streams_per_user} answers streaming; "
+                "stop one or wait for it to end"
+            )
+
     def hand_over(self, stream: Stream) -> None:
-        """Register ``stream`` (superseding its key's stream) and start it; any failure ends it,
-        stored and released, and is raised again."""
+        """Admit ``stream``, then register it (superseding its key's stream, here and in other
+        processes) and start it; any failure ends it, stored and released, and is raised again."""
         try:
+            self.admit(stream)  # AtCapacity, TooManyStreams: before any other process hears of it
             if self.coord is not None and stream.owner is not None and self.max_streams_per_user > 0:
                 stream.slot = self.coord.take_slot(stream, self.max_streams_per_user)  # TooManyStreams
             if self.coord is not None and stream.key == stream.session_id is not None:
                 # other processes cancel the session's older streams; CoordinationUnavailable without Redis
                 stream.lease = self.coord.claim(stream.key, stream.trace_id)
                 stream.lease.bind(stream)
-            stream.start(self.register(stream))  # AtCapacity when full
+            stream.start(self.register(stream))
         except JarvisError as e:
             stream.fail(e)
             raise
@@ -107,7 +127,7 @@ class Registry:
         """Count one more attached reader of ``owner`` against the stream slots and the account's
         readers; returns its release (idempotent). TooManyStreams when either is full."""
         with self._lock:
-            if len(self._current) + self._readers >= self.max_streams:
+            if len(self._current) + len(self._admitted) + self._readers >= self.max_streams:
                 raise TooManyStreams(
                     f"all {self.max_streams} stream slots are busy with answers and their readers; "
                     "close a tab that shows an answer"
@@ -133,6 +153,11 @@ class Registry:
 
         return release
 
+    def is_live(self, key: str) -> bool:
+        """Whether ``key`` has a stream in this process."""
+        with self._lock:
+            return key in self._current
+
     def _watch_clients(self) -> None:
         if self._watcher is None:  # under the lock
             self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
@@ -141,6 +166,7 @@ class Registry:
     def release(self, stream: Stream) -> None:
         """Forget ``stream``; called once by its cleanup."""
         with self._lock:
+            self._admitted.discard(stream)
             self._live.discard(stream)
             if self._current.get(stream.key) is stream:
                 del self._current[stream.key]
@@ -148,9 +174,10 @@ class Registry:
         if getattr(stream, "slot", None) is not None:
             self.coord.free_slot(stream.slot)
 
-    def stop(self, key: str, reason: str = "stopped") -> bool:
+    def stop(self, key: str, reason: Reason = Reason.STOPPED) -> bool:
         """Cancel the current stream of ``key`` (a session id), here and in every process sharing Redis;
-        False when none runs."""
+        False when none runs. ValueError for a reason not in the table."""
+        reason = Reason(reason)
         with self._lock:
             stream = self._current.get(key)
         stopped = stream.cancel(reason) if stream is not None else False
@@ -158,7 +185,7 @@ class Registry:
             return stopped
         return self.coord.stop(key, reason)
 
-    def cancel_older(self, key: str, ticket: int, reason: str) -> int:
+    def cancel_older(self, key: str, ticket: int, reason: Reason) -> int:
         """Cancel ``key``'s streams that arrived before ``ticket`` (a message from another process)."""
         return self.cancel_where(
             lambda s: s.key == key and s.lease is not None and s.lease.ticket < ticket, reason
@@ -172,8 +199,10 @@ class Registry:
     def _owned(self, owner) -> int:
         return sum(1 for s in self._current.values() if getattr(s, "owner", None) == owner)
 
-    def cancel_where(self, predicate: Callable[[Stream], bool], reason: str) -> int:
-        """Cancel every live stream ``predicate`` accepts; returns how many this call cancelled."""
+    def cancel_where(self, predicate: Callable[[Stream], bool], reason: Reason) -> int:
+        """Cancel every live stream ``predicate`` accepts; returns how many this call cancelled.
+        ValueError for a reason not in the table."""
+        reason = Reason(reason)
         with self._lock:
             chosen = [s for s in self._live if predicate(s)]
         return sum(1 for s in chosen if s.cancel(reason))
@@ -193,7 +222,7 @@ class Registry:
             self._released.notify_all()  # the watcher ends now
             streams = list(self._live)
         for stream in streams:
-            stream.cancel("shutdown")
+            stream.cancel(Reason.SHUTDOWN)
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._live and (left := deadline - time.monotonic()) > 0:

@@ -71,7 +71,7 @@ class Status(str, Enum):
     __str__ = str.__str__
 
 
-# cancel reason -> terminal status (a reason not listed ends as stopped)
+# cancel reason -> terminal status (every Reason is listed: cancel takes no other)
 REASON_STATUS = {
     Reason.SUPERSEDED: Status.SUPERSEDED,
     Reason.STOPPED: Status.STOPPED,
@@ -83,6 +83,16 @@ REASON_STATUS = {
 REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
 MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
+EVENT_ID_DIGITS = 9  # an event's number within its answer: far more than any answer has
+
+
+def event_cursor(last_event_id: str | None, trace_id: str) -> int | None:
+    """How many events of answer ``trace_id`` a reader who last had ``last_event_id`` has had
+    ("<trace>.<n>", n in ASCII digits); None for anything else: that reader starts from the start."""
+    trace, _, n = (last_event_id or "").rpartition(".")
+    if trace != trace_id or not (0 < len(n) <= EVENT_ID_DIGITS and n.isascii() and n.isdigit()):
+        return None
+    return int(n)
 
 
 class Outcome:
@@ -163,16 +173,25 @@ class Worker:
         else:
             prev.released.then(self.released.set)
 
+    def detach(self, lease) -> None:
+        """Cleanup gave up waiting for this cancelled worker: the cancel shut its upstream down, so
+        it streams no more; free its session now (here, and through ``lease`` in every process)."""
+        if lease is not None:
+            lease.release()
+        self.released.set()
+
     def _run(self) -> None:
         s = self.s
         lease = s.lease  # the session's lease across processes (coord.py), or None
         called = False
+        # one deadline for both waits, the local predecessor's and the lease's
+        deadline = time.monotonic() + s.config.supersede_timeout_s
         try:
             if self._prev is not None:
-                self._wait_for(self._prev)
+                self._wait_for(self._prev, deadline)
             if s.scope.cancelled:  # checkpoint: superseded before it began, never calls upstream
                 return
-            if lease is not None and not lease.acquire(s.scope, s.config.supersede_timeout_s):
+            if lease is not None and not lease.acquire(s.scope, deadline):
                 s.cancel(Reason.SUPERSEDED)  # a newer prompt holds the lease, or this one was cancelled
                 return
             called = True
@@ -201,13 +220,13 @@ class Worker:
             self.done.set()
             self.handoff.wake.set()
 
-    def _wait_for(self, prev: Worker) -> None:
+    def _wait_for(self, prev: Worker, deadline: float) -> None:
         s = self.s
         waited = time.monotonic()
         # wake on either: the predecessor's upstream is free, or this stream is cancelled
         gate = threading.Event()
         undo = [prev.released.then(gate.set), s.scope.on_cancel(gate.set)]
-        gate.wait(s.config.supersede_timeout_s)
+        gate.wait(max(0.0, deadline - waited))
         for u in undo:
             u()
         s.metrics.supersede_wait.observe(time.monotonic() - waited)
@@ -307,10 +326,13 @@ class Stream:
     def status(self) -> Status | None:
         return self.outcome.status
 
-    def cancel(self, reason: str) -> bool:
-        """Cancel with ``reason`` (a Reason); True the first time it decides the end."""
+    def cancel(self, reason: Reason) -> bool:
+        """Cancel with ``reason``; True the first time it decides the end. TypeError for anything
+        but a Reason: a misspelt string must not end an answer as stopped."""
+        if not isinstance(reason, Reason):
+            raise TypeError(f"a stream is cancelled with a Reason, not {reason!r}")
         # decide before closing: the worker, woken by the close, must not decide first
-        decided = self.outcome.decide(REASON_STATUS.get(reason, Status.STOPPED), reason)
+        decided = self.outcome.decide(REASON_STATUS[reason], reason)
         if self.worker.cancelled_at is None:
             self.worker.cancelled_at = time.monotonic()  # before the close the worker wakes on
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
@@ -447,13 +469,13 @@ class Body:
     def attach(self, last_event_id: str | None, client_gone: Callable[[], bool] | None) -> Tap | None:
         """A new reader, from after ``last_event_id`` (an id this answer sent) or from the start;
         it holds the answer if nobody does. None once the answer has ended."""
-        trace, _, n = (last_event_id or "").rpartition(".")
+        seen = event_cursor(last_event_id, self.trace_id)
         with self._logged:
             if self._ended:
                 return None
             if self.holder is not None and len(self._watchers) >= MAX_WATCHERS:
                 raise TooManyStreams(f"this answer already has {MAX_WATCHERS} readers; close one")
-            cursor = min(int(n), len(self._log)) if trace == self.trace_id and n.isdigit() else 0
+            cursor = min(seen, len(self._log)) if seen is not None else 0
             tap = Tap(self, SSEFramer(), cursor, client_gone)
             if self.holder is None:
                 self._hold(tap)
@@ -658,6 +680,7 @@ class Body:
             out = self._convert(worker.handoff.take())
             if detached:
                 log.event("worker_detached", logging.WARNING, trace_id=s.trace_id, session=s.session_id)
+                worker.detach(s.lease)  # not streaming (its upstream is shut): the session goes on
             o = s.outcome
             s.metrics.ended.labels(o.status).inc()
             reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None

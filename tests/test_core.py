@@ -16,7 +16,7 @@ from jarvis.config import Config, ConfigError
 from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
 from jarvis.history import Store
 from jarvis.registry import Registry
-from jarvis.stream import Stream
+from jarvis.stream import Reason, Stream
 from jarvis.upstream import Done, Meta
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
@@ -318,7 +318,7 @@ def test_cancel_of_a_stream_waiting_for_its_predecessor_ends_it_at_once(tmp_path
     if reason == "stopped":
         assert registry.stop(b.session_id)
     elif reason == "disconnected":
-        b.cancel("disconnected")
+        b.cancel(Reason.DISCONNECTED)
     else:
         threading.Thread(target=registry.shutdown, args=(3.0,), name="test-shutdown").start()
     frames = b"".join(body)

@@ -126,6 +126,12 @@ MUTANTS = [
  ("hash-slots: password checks run as many at once as sign-ins arrive", "jarvis/auth.py",
   '    hashing = current_app.extensions["jarvis.hashing"]\n', "    hashing = threading.Semaphore(1000)\n",
   ["tests/test_input.py::test_sign_ins_from_many_addresses_hash_a_few_at_a_time"]),
+ ("host-fifo: a freed host goes to the newest prompt in line, not the oldest", "jarvis/upstream/hosts.py",
+  "        for waiter in list(self._waiting):\n", "        for waiter in reversed(self._waiting):\n",
+  ["tests/test_hosts.py::test_a_freed_host_goes_to_the_first_in_line_not_to_a_later_prompt"]),
+ ("host-deadline: a prompt that waited in line gets a fresh first-token timeout at its host", "jarvis/upstream/hosts.py",
+  "options=options, first_token_by=first_token_by", "options=options, first_token_by=None",
+  ["tests/test_hosts.py::test_a_queued_prompts_whole_wait_is_bounded_by_one_first_token_timeout"]),
 ]
 
 

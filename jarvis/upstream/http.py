@@ -52,13 +52,13 @@ class Timeouts:
     total_s: float
 
     @classmethod
-    def of(cls, config) -> Timeouts:
-        return cls(
-            config.connect_timeout_s,
-            config.first_token_timeout_s,
-            config.idle_timeout_s,
-            config.total_timeout_s,
-        )
+    def of(cls, config, first_token_by: float | None = None) -> Timeouts:
+        """The config's bounds; ``first_token_by`` (a monotonic time) ends the first-token wait
+        sooner when part of it was spent before this request (in a host queue, say)."""
+        first_token_s = config.first_token_timeout_s
+        if first_token_by is not None:
+            first_token_s = max(0.001, min(first_token_s, first_token_by - time.monotonic()))
+        return cls(config.connect_timeout_s, first_token_s, config.idle_timeout_s, config.total_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,10 @@ MUTANTS = [
  ("host-deadline: a prompt that waited in line gets a fresh first-token timeout at its host", "jarvis/upstream/hosts.py",
   "options=options, first_token_by=first_token_by", "options=options, first_token_by=None",
   ["tests/test_hosts.py::test_a_queued_prompts_whole_wait_is_bounded_by_one_first_token_timeout"]),
+ ("dns: the model server's name is looked up outside the cancel scope and the connect timeout", "jarvis/upstream/http.py",
+  "in _resolve(host, port, deadline, cancel):", "in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):",
+  ["tests/test_upstreams.py::test_stop_while_the_model_servers_name_resolves_ends_the_answer_at_once",
+   "tests/test_upstreams.py::test_the_connect_timeout_bounds_the_name_lookup"]),
 ]
 
 

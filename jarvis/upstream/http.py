@@ -15,9 +15,11 @@ come out as one block, not one read call each. Transport exceptions become
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -412,9 +414,11 @@ def parse_json(data: bytes):
 
 
 def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: list) -> socket.socket:
-    """A connected socket whose shutdown is registered on ``cancel`` before it connects."""
+    """A connected socket whose shutdown is registered on ``cancel`` before it connects; the
+    name lookup and every connect attempt share one deadline of ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    for family, kind, proto, _, address in _resolve(host, port, deadline, cancel):
         sock = socket.socket(family, kind, proto)
         # shutdown wakes a blocked connect as well as a blocked recv
         undo.append(cancel.on_cancel(lambda sock=sock: _shutdown(sock)))
@@ -423,13 +427,54 @@ def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: li
             raise ConnectionAbortedError("cancelled before connecting")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no connection to {host} within {timeout:g} s")
+            sock.settimeout(left)
             sock.connect(address)
             return sock
         except OSError as e:
             sock.close()
             error = e
     raise error
+
+
+def _resolve(host: str, port: int, deadline: float, cancel: CancelScope) -> list:
+    """``host``'s addresses, by ``deadline`` and abandoned at once on cancel.
+
+    A lookup cannot be interrupted (the C resolver blocks its thread), so a name is
+    looked up in a thread of its own that we stop waiting for; an address needs no lookup."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a name: look it up below
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    found: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+        finally:
+            done.set()
+
+    # a daemon: a hung resolver must not hold the process at exit; it ends when the lookup does
+    threading.Thread(target=lookup, name=f"jarvis-resolve-{host}", daemon=True).start()
+    undo = cancel.on_cancel(done.set)
+    try:
+        done.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        undo()
+    if cancel.cancelled:  # checkpoint: cancelled while the name was looked up
+        raise ConnectionAbortedError("cancelled while looking up the name")
+    if not found:
+        raise TimeoutError(f"looking up {host} took longer than the connect timeout")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
 
 
 def _chunk_size(line: bytes) -> int:

@@ -46,6 +46,7 @@ class Registry:
         self._closed = False
         self._watcher: threading.Thread | None = None
         self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
+        self._client_closed = False  # a server said a client closed since the watcher last looked
         self.coord = None  # a Coordinator when several processes share Redis: see coord.py
 
     def register(self, stream: Stream) -> Stream | None:
@@ -132,6 +133,12 @@ class Registry:
                     self._readers_by_owner[owner] = left
 
         return release
+    def client_closed(self) -> None:
+        """A client's connection closed (the server says so): the watcher looks now, not at its next poll."""
+        with self._lock:
+            self._client_closed = True  # seen by the watcher even if it is not waiting right now
+            if self._watcher is not None:
+                self._released.notify_all()
 
     def _watch_clients(self) -> None:
         if self._watcher is None:  # under the lock
@@ -223,4 +230,6 @@ class Registry:
                 if not stream.scope.cancelled and gone is not None and gone():
                     stream.client_left()
             with self._lock:
-                self._released.wait(self.disconnect_poll_s)
+                if not self._client_closed:
+                    self._released.wait(self.disconnect_poll_s)
+                self._client_closed = False

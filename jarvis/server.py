@@ -3,8 +3,12 @@
 Every open SSE response holds one waitress thread for its whole life, so the
 pool gets ``max_streams`` threads plus a reserve for stop, health and history
 requests. Request lookahead lets waitress notice a client that has gone while
-its stream writes nothing; the registry polls for it (it polls under any
-waitress, where only a failed write reveals a gone client without lookahead).
+its stream writes nothing. Under ``jarvis serve`` the channel tells the
+registry the moment a client with a request in flight closes its connection,
+so its answer ends at once whatever it is doing (loading, stalled, streaming);
+under any other waitress the registry polls (``JARVIS_DISCONNECT_POLL``, with
+lookahead), and without lookahead only a failed write, one heartbeat later,
+reveals a gone client: that is the floor there.
 """
 
 from __future__ import annotations
@@ -14,12 +18,30 @@ import threading
 import time
 
 from flask import Flask
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
 
 from . import log
 from .bodies import MAX_BODY_BYTES
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
+
+
+class _Channel(HTTPChannel):
+    """waitress's channel, which also says when a client closes while its request is served."""
+
+    on_client_closed = staticmethod(lambda: None)  # set per server, in a subclass
+
+    def handle_read(self):
+        super().handle_read()
+        if not self.connected and self.requests:  # the client closed: recv gave b""
+            self.on_client_closed()
+
+    def handle_close(self):
+        serving = bool(self.requests)
+        super().handle_close()
+        if serving:
+            self.on_client_closed()
 
 
 class Server:
@@ -45,6 +67,11 @@ class Server:
         # route reads; up to that, each route's own limit answers (a 16 MiB import, a JSON 413)
         adj.setdefault("max_request_body_size", MAX_BODY_BYTES)
         self._waitress = create_server(app, host=host, port=port, threads=self.threads, **adj)
+        # run in the event loop: it only wakes the registry's watcher, which ends the answer
+        on_close = self.jarvis.registry.client_closed
+        self._waitress.channel_class = type(
+            "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
+        )
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
 

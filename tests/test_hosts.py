@@ -347,3 +347,22 @@ def test_a_cancelled_prompt_leaves_the_line_at_once(serve, hosts, monkeypatch):
     assert a.chat_calls()[-1].prompt == "next"
     api.stop(next_)
     assert second.end()["status"] == "stopped" and holder.end()["status"] == "stopped"
+
+
+@pytest.mark.timeout(30)
+def test_prompts_to_hosts_the_probe_found_down_answer_at_once_without_a_connection_each(
+    make_app, make_server
+):
+    # would hang: each prompt opening its own connection to a host whose probe already timed out,
+    # and waiting there for its first token (a probe's work, once per prompt)
+    with HungServer() as hung:
+        app = make_app(upstreams=f"ollama={hung.url}", health_interval_s=0.05, first_token_timeout_s=1.0)
+        api = Api(make_server(app).url)
+        wait_for(lambda: host_state(api, hung) == "down", timeout=10, what="the probe to time out")
+        before = hung.accepted
+        began = time.monotonic()
+        ends = [api.send(api.session(), "x").end() for _ in range(5)]
+        took = time.monotonic() - began
+        assert [e["error"]["code"] for e in ends] == ["upstream_unavailable"] * 5, ends
+        assert took < 1.0, f"five prompts took {took:.2f} s"
+        assert hung.accepted - before <= 2  # the background probe's own, not one per prompt

@@ -194,13 +194,25 @@ class Hosts:
                 self._release(host)
 
     def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
-        """Hosts this prompt may use: up with the model; else up; else any (a stale state is no excuse)."""
+        """Hosts this prompt may use: up with the model; else up; else those not probed yet.
+
+        A host its probe (or a prompt since) found down is left to its probe, which asks
+        again within a second: a prompt that tried it would only be one more probe, and
+        against a hung host it would wait there for its whole first-token timeout."""
         left = [h for h in self.hosts if h not in tried]
         up = [h for h in left if h.state == "up"]
         with_model = [h for h in up if h.has(model)]
         if retry:
             return with_model
-        return with_model or up or left
+        return with_model or up or [h for h in left if h.state == "unknown"]
+
+    def _none_answers(self, model: str) -> UpstreamUnavailable:
+        """The error for a prompt no host can take: what the probes last said."""
+        said = [h.describe().get("error", {}).get("message") for h in self.hosts]
+        for host in self.hosts:
+            host.prober.poke()  # ask again now: a host back up is used at once
+        detail = "; ".join(f"{h.url}: {m}" for h, m in zip(self.hosts, said, strict=True) if m)
+        return UpstreamUnavailable(f"no model host for {model} answers" + (f" ({detail})" if detail else ""))
 
     def _take(
         self, model: str, cancel: CancelScope, tried: list[Host], deadline: float
@@ -209,6 +221,8 @@ class Hosts:
         cancelled. A freed host goes to the oldest waiter that can use it, never to a newcomer."""
         waiter = _Waiter(model, tried)
         with self._lock:
+            if not self._candidates(model, tried):
+                raise self._none_answers(model)
             self._waiting.append(waiter)
             self._dispatch()
         unregister = cancel.on_cancel(lambda: self._leave(waiter))

@@ -52,15 +52,18 @@ class Timeouts:
     first_token_s: float
     idle_s: float
     total_s: float
+    first_token_named_s: float | None = None  # the timeout a message names, when part was spent before
 
     @classmethod
     def of(cls, config, first_token_by: float | None = None) -> Timeouts:
         """The config's bounds; ``first_token_by`` (a monotonic time) ends the first-token wait
         sooner when part of it was spent before this request (in a host queue, say)."""
-        first_token_s = config.first_token_timeout_s
+        first_token_s = named_s = config.first_token_timeout_s
         if first_token_by is not None:
             first_token_s = max(0.001, min(first_token_s, first_token_by - time.monotonic()))
-        return cls(config.connect_timeout_s, first_token_s, config.idle_timeout_s, config.total_timeout_s)
+        return cls(
+            config.connect_timeout_s, first_token_s, config.idle_timeout_s, config.total_timeout_s, named_s
+        )
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,8 @@ class Response:
             return UpstreamTimeout(
                 f"the model was silent for more than {self.timeouts.idle_s:g} s", code="idle_timeout"
             )
-        return UpstreamTimeout(
-            f"no answer from the model within {self.timeouts.first_token_s:g} s", code="first_token_timeout"
-        )
+        named_s = self.timeouts.first_token_named_s or self.timeouts.first_token_s
+        return UpstreamTimeout(f"no answer from the model within {named_s:g} s", code="first_token_timeout")
 
     def _open(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> None:
         parts = urlsplit(url)

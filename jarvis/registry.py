@@ -133,12 +133,19 @@ class Registry:
                     self._readers_by_owner[owner] = left
 
         return release
-    def client_closed(self) -> None:
-        """A client's connection closed (the server says so): the watcher looks now, not at its next poll."""
+
+    def client_closed(self, gone: Callable[[], bool] | None = None) -> None:
+        """A client's connection closed (the server says so, passing that client's ``client_gone``):
+        its streams end now, in this thread; the watcher looks again too, not at its next poll."""
         with self._lock:
             self._client_closed = True  # seen by the watcher even if it is not waiting right now
             if self._watcher is not None:
                 self._released.notify_all()
+            # a bound method equals another of the same object: the channel's check finds its streams
+            left = [s for s in self._live if gone is not None and s.client_gone == gone]
+        for stream in left:
+            if not stream.scope.cancelled:
+                stream.client_left()
 
     def _watch_clients(self) -> None:
         if self._watcher is None:  # under the lock

@@ -32,18 +32,18 @@ CONTROL_THREADS = 4  # served while every stream slot is busy
 class _Channel(HTTPChannel):
     """waitress's channel, which also says when a client closes while its request is served."""
 
-    on_client_closed = staticmethod(lambda: None)  # set per server, in a subclass
+    on_client_closed = staticmethod(lambda gone: None)  # set per server, in a subclass
 
     def handle_read(self):
         super().handle_read()
         if not self.connected and self.requests:  # the client closed: recv gave b""
-            self.on_client_closed()
+            self.on_client_closed(self.check_client_disconnected)
 
     def handle_close(self):
         serving = bool(self.requests)
         super().handle_close()
         if serving:
-            self.on_client_closed()
+            self.on_client_closed(self.check_client_disconnected)
 
 
 class Server:
@@ -90,7 +90,7 @@ class Server:
             self._waitress = create_server(app, threads=self.threads, **listen, **adj)
         finally:
             os.umask(umask)
-        # run in the event loop: it only wakes the registry's watcher, which ends the answer
+        # run in the event loop: it ends that client's answers (a cancel: a few socket calls)
         on_close = self.jarvis.registry.client_closed
         self._waitress.channel_class = type(
             "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}

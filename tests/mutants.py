@@ -137,7 +137,7 @@ MUTANTS = [
   ["tests/test_upstreams.py::test_stop_while_the_model_servers_name_resolves_ends_the_answer_at_once",
    "tests/test_upstreams.py::test_the_connect_timeout_bounds_the_name_lookup"]),
  ("close-event: the channel no longer tells the registry that a client closed (only the poll sees it)", "jarvis/server.py",
-  "        on_close = self.jarvis.registry.client_closed\n", "        on_close = lambda: None  # noqa: E731\n",
+  "        on_close = self.jarvis.registry.client_closed\n", "        on_close = lambda gone: None  # noqa: E731\n",
   ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once"]),
  ("host-probe-state: a prompt tries hosts the probe found down itself (a connection, and a wait, per prompt)", "jarvis/upstream/hosts.py",
   '        return with_model or up or [h for h in left if h.state == "unknown"]\n', "        return with_model or up or left\n",

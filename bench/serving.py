@@ -1,4 +1,4 @@
-"""Section 12: how fast ``jarvis serve`` lets go of an upstream, one client or many at once.
+"""Section 15: how fast ``jarvis serve`` lets go of an upstream, one client or many at once.
 
 - Client close → upstream closed, in each state of the answer (streaming, stalled, loading):
   under ``jarvis serve`` the channel's close event ends the answer; with ``--poll-only`` the
@@ -9,7 +9,7 @@
   with the stop route's store read stubbed out (``python -m bench.serving serve-nostore``), to
   tell the store's share from the rest.
 
-``python -m bench --sections 12`` runs it; ``python -m bench.serving`` prints it alone.
+``python -m bench --sections 15`` runs it; ``python -m bench.serving`` prints it alone.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ BOUND_S = 2.0
 
 
 def run(workdir: Path, quick: bool) -> Section:
-    section = Section("12", "Serving: a client closing, and many Stops at once")
+    section = Section("15", "Serving: a client closing, and many Stops at once")
     trials, rounds = (10, 3) if quick else (60, 12)
     close: dict[str, dict[str, Cell]] = {}
     stops: dict[str, tuple[Cell, Cell]] = {}
@@ -59,7 +59,7 @@ def run(workdir: Path, quick: bool) -> Section:
         cells = {variant: by_state[state] for variant, by_state in close.items()}
         section.rows.append(
             Row(
-                "12", f"client close → upstream closed, {state}", "ms", cells,
+                "15", f"client close → upstream closed, {state}", "ms", cells,
                 ratio=ratio(cells["poll only"], cells["jarvis serve"], "poll/event"),
                 target="≤ 5 ms p99", holds=judge(cells["jarvis serve"], 5.0),
             )
@@ -68,11 +68,11 @@ def run(workdir: Path, quick: bool) -> Section:
     each = {variant: got[1] for variant, got in stops.items()}
     section.rows += [
         Row(
-            "12", f"{CONCURRENT} concurrent Stops → every upstream closed", "ms", every,
+            "15", f"{CONCURRENT} concurrent Stops → every upstream closed", "ms", every,
             ratio=ratio(every["jarvis serve"], every["no store read"], "store/none"),
             target="≤ 50 ms p99", holds=judge(every["jarvis serve"], 50.0),
         ),
-        Row("12", f"{CONCURRENT} concurrent Stops, each stop → its upstream closed", "ms", each),
+        Row("15", f"{CONCURRENT} concurrent Stops, each stop → its upstream closed", "ms", each),
     ]  # fmt: skip
     section.notes.append(
         f"close rows: {trials} trials per state, from the client's close() to the fake seeing its "

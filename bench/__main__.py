@@ -18,7 +18,20 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compat, endurance, hosts, latency, openai, processes, report, scale, servers, streaming, waiting
+from . import (
+    compat,
+    endurance,
+    hosts,
+    latency,
+    openai,
+    processes,
+    report,
+    scale,
+    servers,
+    serving,
+    streaming,
+    waiting,
+)
 from .report import Meta
 from .stats import Section
 from .trials import Subject
@@ -74,7 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10,11", help="which sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15", help="which sections to run (default: all)"
     )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    every = {str(n) for n in range(1, 12)}
+    every = {*map(str, range(1, 12)), "15"}  # 12 to 14 are run on their own (bench.page, processes, stores)
     default_out = not (args.quick or args.target or args.upstream or wanted != every)
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -214,6 +227,8 @@ def _run(
     section("9", lambda: hosts.run(fake.url if fake else None, workdir, args.quick))
     section("10", lambda: waiting.run(plan.slow_trials * 3))
     section("11", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
+    if fake is not None:  # section 15 starts its own servers against its own fake
+        section("15", lambda: serving.run(workdir, args.quick))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -310,6 +325,11 @@ ABOUT = """
   `/api/chat`, interleaved. Time to first token is from sending the request to the arrival of the
   bytes of the first token; client close is timed from the client's `close()` to the fake seeing its
   connection close, with the answer streaming, stalled or loading.
+- **Serving (section 15).** `python -m bench.serving` runs `jarvis serve` three times against its own
+  fake: as it is, with the channel's close event switched off (the 20 ms poll alone, as before),
+  and with the stop route's store read stubbed out; client close is timed from `close()` to the
+  fake seeing its connection close, 64 concurrent Stops from the first Stop sent to the last
+  upstream close (64 keep-alive clients released by one barrier).
 - **Other servers.** `--target URL` measures any server that speaks the Jarvis API (with
   `--target-pid` for the /proc rows); `--upstream URL` puts a real Ollama-compatible server in place of
   the fake, which leaves only the rows that need no script.

@@ -197,4 +197,3 @@ def _stop_ms(url: str, tag: str) -> float | None:
     """Milliseconds from POST stop to the end event of a stream waiting for its first token."""
     # the bench fake loads for 30 s; the hung server never answers
     return stop_to_end_ms(url, directive(tag, load_delay_s=30))
-

@@ -130,10 +130,12 @@ def cmd_serve(args) -> int:
             "loopback names and JARVIS_ALLOWED_HOSTS are answered",
             args.host,
         )
+    unix_socket = j.config.listen_unix or None
     try:
-        server = Server(app, host=args.host, port=args.port, threads=args.threads)
+        server = Server(app, host=args.host, port=args.port, threads=args.threads, unix_socket=unix_socket)
     except OSError as e:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+        where = unix_socket or f"{args.host}:{args.port}"
+        return _fail(f"cannot listen on {where}: {e.strerror}")
     stopper: list[threading.Thread] = []
 
     def on_signal(signum, frame):
@@ -143,8 +145,8 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    address = server.url + "/"
-    if not j.accounts.exist() and not j.config.insecure_no_auth:
+    address = server.url + ("" if unix_socket else "/")
+    if not unix_socket and not j.accounts.exist() and not j.config.insecure_no_auth:
         address += "?token=" + app.extensions["jarvis.local_token"]  # open this to sign in
     print(f"Jarvis listening on {address} ({j.upstream.name}: {j.upstream.default_model})", flush=True)
     server.serve_forever()

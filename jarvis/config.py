@@ -127,6 +127,12 @@ class Config:
     trusted_proxies: str = _f(
         "", "Proxy addresses or networks whose X-Forwarded-For and -Proto are believed, comma-separated."
     )
+    listen_unix: str = _f(
+        "",
+        "Path of a Unix socket that jarvis serve listens on instead of TCP (mode 0660): the reverse "
+        "proxy's way in, which no other user of the machine can take; its peer's X-Forwarded-For and "
+        "-Proto are believed.",
+    )
     cookie_lifetime_s: float = _f(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
     max_streams_per_user: int = _f(
         0,

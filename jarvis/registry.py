@@ -47,6 +47,7 @@ class Registry:
         self._closed = False
         self._watcher: threading.Thread | None = None
         self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
+        self._client_closed = False  # a server said a client closed since the watcher last looked
         self.coord = None  # a Coordinator when several processes share Redis: see coord.py
 
     def admit(self, stream: Stream) -> None:
@@ -158,6 +159,19 @@ class Registry:
         with self._lock:
             return key in self._current
 
+    def client_closed(self, gone: Callable[[], bool] | None = None) -> None:
+        """A client's connection closed (the server says so, passing that client's ``client_gone``):
+        its streams end now, in this thread; the watcher looks again too, not at its next poll."""
+        with self._lock:
+            self._client_closed = True  # seen by the watcher even if it is not waiting right now
+            if self._watcher is not None:
+                self._released.notify_all()
+            # a bound method equals another of the same object: the channel's check finds its streams
+            left = [s for s in self._live if gone is not None and s.client_gone == gone]
+        for stream in left:
+            if not stream.scope.cancelled:
+                stream.client_left()
+
     def _watch_clients(self) -> None:
         if self._watcher is None:  # under the lock
             self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
@@ -252,4 +266,6 @@ class Registry:
                 if not stream.scope.cancelled and gone is not None and gone():
                     stream.client_left()
             with self._lock:
-                self._released.wait(self.disconnect_poll_s)
+                if not self._client_closed:
+                    self._released.wait(self.disconnect_poll_s)
+                self._client_closed = False

@@ -155,6 +155,22 @@ MUTANTS = [
  ("listener-survives: a message whose handling fails takes the listener off the channel", "jarvis/coord.py",
   '                    self._handle_safely(message["data"])\n', '                    self._handle(message["data"])\n',
   ["tests/test_cluster_faults.py::test_the_listener_survives_a_message_whose_handling_fails"]),
+ ("host-fifo: a freed host goes to the newest prompt in line, not the oldest", "jarvis/upstream/hosts.py",
+  "        for waiter in list(self._waiting):\n", "        for waiter in reversed(self._waiting):\n",
+  ["tests/test_hosts.py::test_a_freed_host_goes_to_the_first_in_line_not_to_a_later_prompt"]),
+ ("host-deadline: a prompt that waited in line gets a fresh first-token timeout at its host", "jarvis/upstream/hosts.py",
+  "options=options, first_token_by=first_token_by", "options=options, first_token_by=None",
+  ["tests/test_hosts.py::test_a_queued_prompts_whole_wait_is_bounded_by_one_first_token_timeout"]),
+ ("dns: the model server's name is looked up outside the cancel scope and the connect timeout", "jarvis/upstream/http.py",
+  "in _resolve(host, port, deadline, cancel):", "in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):",
+  ["tests/test_upstreams.py::test_stop_while_the_model_servers_name_resolves_ends_the_answer_at_once",
+   "tests/test_upstreams.py::test_the_connect_timeout_bounds_the_name_lookup"]),
+ ("close-event: the channel no longer tells the registry that a client closed (only the poll sees it)", "jarvis/server.py",
+  "        on_close = self.jarvis.registry.client_closed\n", "        on_close = lambda gone: None  # noqa: E731\n",
+  ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once"]),
+ ("host-probe-state: a prompt tries hosts the probe found down itself (a connection, and a wait, per prompt)", "jarvis/upstream/hosts.py",
+  '        return with_model or up or [h for h in left if h.state == "unknown"]\n', "        return with_model or up or left\n",
+  ["tests/test_hosts.py::test_prompts_to_hosts_the_probe_found_down_answer_at_once_without_a_connection_each"]),
 ]
 
 

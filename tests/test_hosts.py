@@ -271,3 +271,98 @@ def test_check_prints_each_host_and_its_state(fake, tmp_path):
     assert f"ok   ollama host {fake.url} is up (2 models)" in out.stdout
     assert f"FAIL ollama host {dead} is down" in out.stdout
     assert "ok   model tiny is present" in out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_freed_host_goes_to_the_first_in_line_not_to_a_later_prompt(serve, hosts):
+    # would be lost: the place a prompt was told ("queued, position 1") when a later prompt
+    # takes the freed host first
+    a = hosts[0]
+    a.script(STALL)
+    api = serve(a, max_streams=1)
+    busy = api.session()
+    streams = [api.send(busy, "busy")]
+    streams[0].until("token")
+    for n in range(8):
+        first, later = api.session(), api.session()
+        waiting = api.send(first, f"first {n}")
+        assert waiting.until("status") == {"state": "queued", "position": 1}
+        newcomer = api.send(later, f"later {n}")
+        assert newcomer.until("status") == {"state": "queued", "position": 2}
+        api.stop(busy)  # frees the host: the first in line takes it, whoever wakes first
+        waiting.until("token")
+        assert a.chat_calls()[-1].prompt == f"first {n}", f"round {n}: {a.chat_calls()[-1].prompt}"
+        assert newcomer.until("status") == {"state": "queued", "position": 1}
+        api.stop(later)  # the line is empty again for the next round
+        streams += [waiting, newcomer]
+        busy = first
+    api.stop(busy)
+    for sse in streams:
+        assert sse.end()["status"] == "stopped"
+
+
+def test_a_queued_prompts_whole_wait_is_bounded_by_one_first_token_timeout(serve, hosts):
+    # would hang on: a prompt that waited in line gets a second full first-token timeout at its host
+    a = hosts[0]
+    a.script(lambda body: STALL if body["messages"][-1]["content"] == "busy" else Script(load_delay_s=30))
+    api = serve(a, max_streams=1, first_token_timeout_s=1.0)
+    busy = api.session()
+    holder = api.send(busy, "busy")
+    holder.until("token")
+    sent = time.monotonic()
+    queued = api.send(api.session(), "x")
+    assert queued.until("status")["state"] == "queued"
+    wait_for(lambda: time.monotonic() - sent > 0.6, what="most of the timeout spent in line")
+    api.stop(busy)  # the host takes the prompt now; it stays silent (a model loading)
+    a.wait_for_calls(2)
+    end = queued.end()
+    took = time.monotonic() - sent
+    assert end["status"] == "timeout" and end["error"]["code"] == "first_token_timeout"
+    assert took < 1.4, f"the prompt waited {took:.2f} s for a first token bounded at 1 s"
+    assert a.chat_calls()[1].wait_closed(2)
+    assert holder.end()["status"] == "stopped"
+
+
+def test_a_cancelled_prompt_leaves_the_line_at_once(serve, hosts, monkeypatch):
+    # would be lost: a place in line held by a prompt that was stopped, ahead of the next one
+    monkeypatch.setattr("jarvis.upstream.hosts.WAIT_SLICE_S", 30.0)  # nothing but the cancel moves it
+    a = hosts[0]
+    a.script(STALL)
+    api = serve(a, max_streams=1)
+    busy = api.session()
+    holder = api.send(busy, "busy")
+    holder.until("token")
+    gone, next_ = api.session(), api.session()
+    first = api.send(gone, "gone")
+    assert first.until("status") == {"state": "queued", "position": 1}
+    second = api.send(next_, "next")
+    assert second.until("status") == {"state": "queued", "position": 2}
+    began = time.monotonic()
+    api.stop(gone)
+    assert second.until("status") == {"state": "queued", "position": 1}  # moved up at once
+    assert time.monotonic() - began < 0.5
+    assert first.end()["status"] == "stopped"
+    api.stop(busy)
+    second.until("token")
+    assert a.chat_calls()[-1].prompt == "next"
+    api.stop(next_)
+    assert second.end()["status"] == "stopped" and holder.end()["status"] == "stopped"
+
+
+@pytest.mark.timeout(30)
+def test_prompts_to_hosts_the_probe_found_down_answer_at_once_without_a_connection_each(
+    make_app, make_server
+):
+    # would hang: each prompt opening its own connection to a host whose probe already timed out,
+    # and waiting there for its first token (a probe's work, once per prompt)
+    with HungServer() as hung:
+        app = make_app(upstreams=f"ollama={hung.url}", health_interval_s=0.05, first_token_timeout_s=1.0)
+        api = Api(make_server(app).url)
+        wait_for(lambda: host_state(api, hung) == "down", timeout=10, what="the probe to time out")
+        before = hung.accepted
+        began = time.monotonic()
+        ends = [api.send(api.session(), "x").end() for _ in range(5)]
+        took = time.monotonic() - began
+        assert [e["error"]["code"] for e in ends] == ["upstream_unavailable"] * 5, ends
+        assert took < 1.0, f"five prompts took {took:.2f} s"
+        assert hung.accepted - before <= 2  # the background probe's own, not one per prompt

@@ -377,3 +377,63 @@ def test_openai_backend_is_served_end_to_end_with_its_models(make_app, make_serv
         assert {"name": "tiny"} in models
         end = api.send(api.session(), "hi", model="no-such-model").end()
         assert end["status"] == "failed" and end["error"]["code"] == "model_not_found"
+
+
+class SlowResolver:
+    """``socket.getaddrinfo`` for this process, where one name's lookup hangs until released
+    (or ``hold_s`` passes); every other name resolves as before."""
+
+    NAME = "slow-dns.test"
+
+    def __init__(self, hold_s: float = 4.0):
+        self.hold_s = hold_s
+        self.asked = threading.Event()
+        self.released = threading.Event()
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host, port, *args, **kwargs):
+        if host == self.NAME:
+            self.asked.set()
+            self.released.wait(self.hold_s)
+            host = "127.0.0.1"
+        return self._real(host, port, *args, **kwargs)
+
+
+@pytest.fixture
+def slow_dns(monkeypatch):
+    resolver = SlowResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    yield resolver
+    resolver.released.set()  # the lookups still blocked end now
+
+
+def test_stop_while_the_model_servers_name_resolves_ends_the_answer_at_once(
+    make_app, make_server, fake, slow_dns
+):
+    # would hang: a worker blocked in the name lookup, which no cancel reaches; cleanup waits
+    # for it, then leaves it behind, and the lookup's connection is made after the stop
+    app = make_app(ollama_url=f"http://{SlowResolver.NAME}:{fake.port}", connect_timeout_s=30.0)
+    api = Api(make_server(app).url)
+    sid = api.session()
+    sse = api.send(sid, "hi")
+    sse.until("status")
+    assert slow_dns.asked.wait(2)
+    began = time.monotonic()
+    assert api.stop(sid) == {"stopped": True}
+    assert sse.end()["status"] == "stopped"
+    took = time.monotonic() - began
+    assert took < 0.3, f"the answer ended {took:.2f} s after the stop"
+    slow_dns.released.set()
+    wait_for(lambda: app.extensions["jarvis"].registry.live() == [], what="the stream released")
+    assert fake.chat_calls() == []  # nothing was sent once stopped
+
+
+def test_the_connect_timeout_bounds_the_name_lookup(make_app, make_server, fake, slow_dns):
+    # would hang: a lookup that never answers, outside the connect timeout (here until released)
+    app = make_app(ollama_url=f"http://{SlowResolver.NAME}:{fake.port}", connect_timeout_s=0.3)
+    api = Api(make_server(app).url)
+    began = time.monotonic()
+    end = api.send(api.session(), "hi").end()
+    took = time.monotonic() - began
+    assert end["status"] == "timeout" and end["error"]["code"] == "connect_timeout", end
+    assert took < 1.0, f"the connect timeout is 0.3 s; the answer ended after {took:.2f} s"

@@ -112,6 +112,17 @@ class Host:
         return out
 
 
+class _Waiter:
+    """A prompt in line for a host: woken by its own event when a host is handed to it."""
+
+    def __init__(self, model: str, tried: list[Host]):
+        self.model = model
+        self.tried = tried
+        self.host: Host | None = None  # handed over under the router's lock, taken by the waiter
+        self.place = 0  # 1 for the head of the line; set under the router's lock
+        self.ready = threading.Event()
+
+
 class Hosts:
     """An ``Upstream`` that routes each prompt to one of several hosts."""
 
@@ -122,8 +133,8 @@ class Hosts:
         self.default_model = config.model
         self.config = config
         self.metrics = metrics or Metrics()
-        self._cond = threading.Condition()  # guards live, started and the waiting list
-        self._waiting: list[object] = []  # tickets of prompts waiting for a free host, oldest first
+        self._lock = threading.Lock()  # guards live, started, the line and what it hands over
+        self._waiting: list[_Waiter] = []  # prompts waiting for a free host, oldest first
         for host in hosts:
             self.metrics.host_live.labels(host.url).set_function(lambda h=host: h.live)
 
@@ -147,10 +158,13 @@ class Hosts:
         session: str | None = None,
         options: Options | None = None,
     ) -> Iterator[str | Progress | Meta | Done]:
-        """Stream from the least busy host with ``model``; retry once on another if it fails first."""
+        """Stream from the least busy host with ``model``; retry once on another if it fails first.
+
+        One first-token deadline covers the whole prompt: the wait in line, then each host."""
         tried: list[Host] = []
+        first_token_by = time.monotonic() + self.config.first_token_timeout_s
         while not cancel.cancelled:  # checkpoint: before a host is taken
-            host = yield from self._take(model, cancel, tried)
+            host = yield from self._take(model, cancel, tried, first_token_by)
             if host is None:
                 return
             tried.append(host)
@@ -158,7 +172,9 @@ class Hosts:
             flowed = False
             chunks = None
             try:
-                chunks = host.upstream.stream_chat(messages, model, cancel, session=session, options=options)
+                chunks = host.upstream.stream_chat(
+                    messages, model, cancel, session=session, options=options, first_token_by=first_token_by
+                )
                 for item in chunks:
                     if isinstance(item, str) and not flowed:
                         flowed = True
@@ -175,64 +191,101 @@ class Hosts:
             finally:
                 if chunks is not None:
                     chunks.close()
-                with self._cond:
-                    host.live -= 1
-                    self._cond.notify_all()
+                self._release(host)
 
     def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
-        """Hosts this prompt may use: up with the model; else up; else any (a stale state is no excuse)."""
+        """Hosts this prompt may use: up with the model; else up; else those not probed yet.
+
+        A host its probe (or a prompt since) found down is left to its probe, which asks
+        again within a second: a prompt that tried it would only be one more probe, and
+        against a hung host it would wait there for its whole first-token timeout."""
         left = [h for h in self.hosts if h not in tried]
         up = [h for h in left if h.state == "up"]
         with_model = [h for h in up if h.has(model)]
         if retry:
             return with_model
-        return with_model or up or left
+        return with_model or up or [h for h in left if h.state == "unknown"]
+
+    def _none_answers(self, model: str) -> UpstreamUnavailable:
+        """The error for a prompt no host can take: what the probes last said."""
+        said = [h.describe().get("error", {}).get("message") for h in self.hosts]
+        for host in self.hosts:
+            host.prober.poke()  # ask again now: a host back up is used at once
+        detail = "; ".join(f"{h.url}: {m}" for h, m in zip(self.hosts, said, strict=True) if m)
+        return UpstreamUnavailable(f"no model host for {model} answers" + (f" ({detail})" if detail else ""))
 
     def _take(
-        self, model: str, cancel: CancelScope, tried: list[Host]
+        self, model: str, cancel: CancelScope, tried: list[Host], deadline: float
     ) -> Generator[Progress, None, Host | None]:
-        """Reserve the least busy candidate host, queueing while all are full; None once cancelled."""
-        ticket = object()
-        deadline = time.monotonic() + self.config.first_token_timeout_s
-        unregister = cancel.on_cancel(self._wake)
+        """Reserve the least busy candidate host, queueing in order while all are full; None once
+        cancelled. A freed host goes to the oldest waiter that can use it, never to a newcomer."""
+        waiter = _Waiter(model, tried)
+        with self._lock:
+            if not self._candidates(model, tried):
+                raise self._none_answers(model)
+            self._waiting.append(waiter)
+            self._dispatch()
+        unregister = cancel.on_cancel(lambda: self._leave(waiter))
         shown = None
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     if cancel.cancelled:  # checkpoint: cancelled while waiting for a host
                         return None
-                    pool = self._candidates(model, tried)
-                    free = [h for h in pool if h.free()]
-                    if free:
-                        host = min(free, key=lambda h: (h.live, h.started))
-                        host.live += 1
-                        host.started += 1
+                    if waiter.host is None:
+                        self._dispatch()  # a host may have come up since: still the oldest first
+                    if waiter.host is not None:
+                        host, waiter.host = waiter.host, None
                         return host
-                    if ticket not in self._waiting:
-                        self._waiting.append(ticket)
-                    position = self._waiting.index(ticket) + 1
-                    if position == shown:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise UpstreamTimeout(
-                                f"every host with {model} stayed busy for "
-                                f"{self.config.first_token_timeout_s:g} s",
-                                code="first_token_timeout",
-                            )
-                        self._cond.wait(min(left, WAIT_SLICE_S))
-                        continue
-                shown = position
-                yield Progress("queued", position=position)
+                    position = waiter.place
+                if position != shown:
+                    shown = position
+                    yield Progress("queued", position=position)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamTimeout(
+                        f"every host with {model} stayed busy for {self.config.first_token_timeout_s:g} s",
+                        code="first_token_timeout",
+                    )
+                # woken at once by a host handed over or a cancel; the slice only refreshes the position
+                waiter.ready.wait(min(left, WAIT_SLICE_S))
+                waiter.ready.clear()
         finally:
             unregister()
-            with self._cond:
-                if ticket in self._waiting:
-                    self._waiting.remove(ticket)
-                self._cond.notify_all()
+            self._leave(waiter)
 
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+    def _dispatch(self) -> None:
+        """Hand free hosts to waiters, oldest first (under the lock)."""
+        for waiter in list(self._waiting):
+            free = [h for h in self._candidates(waiter.model, waiter.tried) if h.free()]
+            if free:
+                host = min(free, key=lambda h: (h.live, h.started))
+                host.live += 1
+                host.started += 1
+                waiter.host = host
+                self._waiting.remove(waiter)
+                waiter.ready.set()
+        for place, waiter in enumerate(self._waiting, 1):
+            if waiter.place != place:  # it moved up the line: it wakes and says so
+                waiter.place = place
+                waiter.ready.set()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of the line at once; a host handed to it and not taken goes back."""
+        with self._lock:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            host, waiter.host = waiter.host, None
+            if host is not None:
+                host.live -= 1
+            self._dispatch()
+        waiter.ready.set()
+
+    def _release(self, host: Host) -> None:
+        with self._lock:
+            host.live -= 1
+            self._dispatch()
 
     def _failed(self, host: Host, e: UpstreamError) -> None:
         self.metrics.host_failures.labels(host.url, e.code).inc()

@@ -15,9 +15,11 @@ come out as one block, not one read call each. Transport exceptions become
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -50,14 +52,17 @@ class Timeouts:
     first_token_s: float
     idle_s: float
     total_s: float
+    first_token_named_s: float | None = None  # the timeout a message names, when part was spent before
 
     @classmethod
-    def of(cls, config) -> Timeouts:
+    def of(cls, config, first_token_by: float | None = None) -> Timeouts:
+        """The config's bounds; ``first_token_by`` (a monotonic time) ends the first-token wait
+        sooner when part of it was spent before this request (in a host queue, say)."""
+        first_token_s = named_s = config.first_token_timeout_s
+        if first_token_by is not None:
+            first_token_s = max(0.001, min(first_token_s, first_token_by - time.monotonic()))
         return cls(
-            config.connect_timeout_s,
-            config.first_token_timeout_s,
-            config.idle_timeout_s,
-            config.total_timeout_s,
+            config.connect_timeout_s, first_token_s, config.idle_timeout_s, config.total_timeout_s, named_s
         )
 
 
@@ -165,9 +170,8 @@ class Response:
             return UpstreamTimeout(
                 f"the model was silent for more than {self.timeouts.idle_s:g} s", code="idle_timeout"
             )
-        return UpstreamTimeout(
-            f"no answer from the model within {self.timeouts.first_token_s:g} s", code="first_token_timeout"
-        )
+        named_s = self.timeouts.first_token_named_s or self.timeouts.first_token_s
+        return UpstreamTimeout(f"no answer from the model within {named_s:g} s", code="first_token_timeout")
 
     def _open(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> None:
         parts = urlsplit(url)
@@ -412,9 +416,11 @@ def parse_json(data: bytes):
 
 
 def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: list) -> socket.socket:
-    """A connected socket whose shutdown is registered on ``cancel`` before it connects."""
+    """A connected socket whose shutdown is registered on ``cancel`` before it connects; the
+    name lookup and every connect attempt share one deadline of ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    for family, kind, proto, _, address in _resolve(host, port, deadline, cancel):
         sock = socket.socket(family, kind, proto)
         # shutdown wakes a blocked connect as well as a blocked recv
         undo.append(cancel.on_cancel(lambda sock=sock: _shutdown(sock)))
@@ -423,13 +429,54 @@ def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: li
             raise ConnectionAbortedError("cancelled before connecting")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no connection to {host} within {timeout:g} s")
+            sock.settimeout(left)
             sock.connect(address)
             return sock
         except OSError as e:
             sock.close()
             error = e
     raise error
+
+
+def _resolve(host: str, port: int, deadline: float, cancel: CancelScope) -> list:
+    """``host``'s addresses, by ``deadline`` and abandoned at once on cancel.
+
+    A lookup cannot be interrupted (the C resolver blocks its thread), so a name is
+    looked up in a thread of its own that we stop waiting for; an address needs no lookup."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a name: look it up below
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    found: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+        finally:
+            done.set()
+
+    # a daemon: a hung resolver must not hold the process at exit; it ends when the lookup does
+    threading.Thread(target=lookup, name=f"jarvis-resolve-{host}", daemon=True).start()
+    undo = cancel.on_cancel(done.set)
+    try:
+        done.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        undo()
+    if cancel.cancelled:  # checkpoint: cancelled while the name was looked up
+        raise ConnectionAbortedError("cancelled while looking up the name")
+    if not found:
+        raise TimeoutError(f"looking up {host} took longer than the connect timeout")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
 
 
 def _chunk_size(line: bytes) -> int:

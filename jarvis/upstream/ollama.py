@@ -45,6 +45,7 @@ class OllamaUpstream:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
+        first_token_by: float | None = None,
     ) -> Iterator[str | Progress | Done]:
         """Yield ``WAITING``, the text as Ollama streams it, then ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
@@ -58,7 +59,7 @@ class OllamaUpstream:
             "POST",
             self.url + "/api/chat",
             cancel=cancel,
-            timeouts=http.Timeouts.of(self.config),
+            timeouts=http.Timeouts.of(self.config, first_token_by),
             peer=self.peer,
             body=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},

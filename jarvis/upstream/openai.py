@@ -55,6 +55,7 @@ class OpenAIUpstream:
         cancel: CancelScope,
         session: str | None = None,
         options: Options | None = None,
+        first_token_by: float | None = None,
     ) -> Iterator[str | Progress | Done]:
         """Yield ``WAITING``, the text as the server streams it, ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
@@ -72,7 +73,7 @@ class OpenAIUpstream:
             "POST",
             self.url + "/chat/completions",
             cancel=cancel,
-            timeouts=http.Timeouts.of(self.config),
+            timeouts=http.Timeouts.of(self.config, first_token_by),
             peer=self.peer,
             body=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream", **self._auth()},

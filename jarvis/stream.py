@@ -278,6 +278,7 @@ class Stream:
         self.model = model
         self.owner = owner  # user id, or None
         self.credential = credential  # names the credential that started it, or None
+        self.proof: str | None = None  # that credential as a Stop can show it again (auth.proof)
         self.store = store
         self.config = config
         self.client_gone = client_gone

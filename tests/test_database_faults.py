@@ -8,9 +8,11 @@ held by another connection's write transaction (BEGIN IMMEDIATE).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 
@@ -147,8 +149,10 @@ def test_stop_while_postgres_hangs_ends_the_answer_at_once_and_stores_it_once_ba
     sse = api.send(sid, "long")
     sse.until("token")
     with hung(own_postgres):
+        began = time.monotonic()
         for _ in range(10):  # checkpoints fall due while the server is stopped: the answer goes on
             sse.until("token")
+        assert time.monotonic() - began < END_S  # 0.2 s of tokens: no checkpoint waited for the database
         _stop_ends_at_once(api, sid, sse, live)
         assert fake.wait_for_calls(1)[0].wait_closed(END_S)
     _stored(api, sid, sse.text())
@@ -169,3 +173,95 @@ def test_a_locked_sqlite_database_answers_503_and_never_holds_an_answers_end(mak
         _stop_ends_at_once(api, sid, sse, live)
     _stored(api, sid, sse.text())
     assert api.send(other, "after").end() == {"status": "completed"}
+
+
+def _stopped_while_locked(make_app, make_server, fake, **settings):
+    """An answer stopped while another connection holds SQLite's write lock: its final write waits."""
+    app = make_app(database_timeout_s=TIMEOUT_S, database_retry_s=20.0, flush_interval_s=0.1, **settings)
+    live = make_server(app)
+    api = Api(live.url)
+    fake.push(Script(tokens=400, interval_s=0.02))
+    sid = api.session()
+    sse = api.send(sid, "long")
+    trace = sse.until("start")["trace_id"]
+    sse.until("token")
+    return app, live, api, sid, sse, trace
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_waits_for_an_answers_final_write_until_the_database_takes_it(
+    make_app, make_server, fake, caplog
+):
+    # would be lost: a shutdown that returned without waiting for the writer leaves the answer streaming
+    caplog.set_level(logging.INFO, logger="jarvis")
+    app, live, api, sid, sse, trace = _stopped_while_locked(make_app, make_server, fake)
+    jarvis = app.extensions["jarvis"]
+    done = threading.Event()
+    with write_locked(jarvis.config.database_path()):
+        _stop_ends_at_once(api, sid, sse, live)
+        shutdown = threading.Thread(target=lambda: (jarvis.shutdown(15.0), done.set()))
+        shutdown.start()
+        wait_for(lambda: _logged(caplog, "answer_write_retrying", trace), timeout=10, what="a retry")
+        assert not done.is_set()  # shutdown waits for the write
+    shutdown.join(10)
+    assert done.is_set()
+    with sqlite3.connect(jarvis.config.database_path()) as db:
+        status, content = db.execute(
+            "SELECT status, content FROM messages WHERE trace_id = ? AND role = 'assistant'", (trace,)
+        ).fetchone()
+    assert status == "stopped" and content == sse.text()
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_gives_up_on_a_final_write_at_its_deadline_and_names_the_answer(
+    make_app, make_server, fake, caplog
+):
+    # would hang: a shutdown that waited for the writer without a deadline
+    caplog.set_level(logging.INFO, logger="jarvis")
+    app, live, api, sid, sse, trace = _stopped_while_locked(make_app, make_server, fake)
+    jarvis = app.extensions["jarvis"]
+    with write_locked(jarvis.config.database_path()):
+        _stop_ends_at_once(api, sid, sse, live)
+        began = time.monotonic()
+        assert jarvis.shutdown(1.0) == []
+        took = time.monotonic() - began
+        assert took < 1.0 + 0.5, took
+        assert _logged(caplog, "answer_lost", trace) or _logged(caplog, "answer_write_left", trace)
+
+
+def _logged(caplog, event: str, trace: str) -> bool:
+    return any(r.getMessage() == event and r.fields.get("trace_id") == trace for r in caplog.records)
+
+
+def test_a_stop_without_the_database_signs_in_only_the_credential_that_sent_the_prompt(make_app, fake):
+    # the registry's answer to a Stop must give away nothing the database would refuse: not another
+    # credential of the machine (the local token, once an account exists), not a cookie without its
+    # CSRF header, not another user
+    fake.script(Script(load_delay_s=60))
+    app = make_app()
+    accounts = app.extensions["jarvis"].accounts
+    accounts.add("ann", "correct horse battery")
+    accounts.add("bob", "correct horse battery")
+    bob = {"Authorization": "Bearer " + accounts.create_token("bob")}
+    ann = app.test_client()  # it sends the local token too, which means nothing now
+    csrf = ann.post("/login", json={"name": "ann", "password": "correct horse battery"}).get_json()[
+        "csrf_token"
+    ]
+    sid = ann.post("/api/sessions", headers={"X-CSRF-Token": csrf}).get_json()["id"]
+    answer = ann.post(
+        f"/api/sessions/{sid}/messages", json={"content": "x"}, headers={"X-CSRF-Token": csrf}, buffered=False
+    )
+    try:
+        assert answer.status_code == 200
+        fake.wait_for_calls(1)
+        assert app.test_client().post(f"/api/sessions/{sid}/stop").status_code == 401  # the local token alone
+        bare = app.test_client()
+        bare.environ_base.pop("HTTP_AUTHORIZATION")
+        assert bare.post(f"/api/sessions/{sid}/stop", headers=bob).status_code == 404
+        assert ann.post(f"/api/sessions/{sid}/stop").status_code == 403  # the cookie without its CSRF header
+        assert fake.chat_calls()[0].closed_at is None
+        stopped = ann.post(f"/api/sessions/{sid}/stop", headers={"X-CSRF-Token": csrf})
+        assert stopped.get_json() == {"stopped": True}
+        assert fake.chat_calls()[0].wait_closed(2)
+    finally:
+        answer.close()

@@ -151,7 +151,7 @@ class Watchdog:
                 now = time.monotonic()
                 for key, (deadline, conn) in list(self._armed.items()):
                     if deadline <= now:
-                        self._armed.pop(key, None)  # gone already if the watchdog fired
+                        del self._armed[key]
                         _sever(conn)
                         log.event(
                             "database_call_timed_out",

@@ -133,6 +133,10 @@ MUTANTS = [
  ("db-shutdown-writes: shutdown does not wait for the answers' final writes", "jarvis/__init__.py",
   "        self.store.writer.close(max(0.0, deadline - time.monotonic()))\n", "",
   ["tests/test_database_faults.py::test_shutdown_waits_for_an_answers_final_write_until_the_database_takes_it"]),
+ ("db-server-timeouts: PostgreSQL connections carry no statement_timeout or lock_timeout", "jarvis/engines/postgres.py",
+  '        "options": f"{options} -c statement_timeout={server_ms} -c lock_timeout={server_ms}".strip(),\n',
+  '        "options": options,\n',
+  ["tests/test_database_faults.py::test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout"]),
 ]
 
 

@@ -265,3 +265,24 @@ def test_a_stop_without_the_database_signs_in_only_the_credential_that_sent_the_
         assert fake.chat_calls()[0].wait_closed(2)
     finally:
         answer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
+    postgres_url, make_app, make_server, fake
+):
+    # would hang: a prompt's write transaction waits for the advisory write lock for as long as it is held
+    import psycopg
+
+    from jarvis.engines.postgres import WRITE_LOCK
+
+    app = make_app(database=postgres_url, database_timeout_s=TIMEOUT_S)
+    live = make_server(app)
+    api = Api(live.url)
+    sid = api.session()
+    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=5) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+        _unavailable(*_timed("POST", f"{live.url}/api/sessions/{sid}/messages", json={"content": "hi"}))
+        r, took = _timed("GET", live.url + "/api/sessions")  # a lock is not a server down: reads go on
+        assert r.status_code == 200 and took < 1.0, (r.status_code, took)
+    assert api.send(sid, "after").end() == {"status": "completed"}

@@ -51,6 +51,9 @@ class Jarvis:
         if self.health is not None:
             self.health.close(deadline - time.monotonic())
         self.upstream.close()
+        # the answers just ended are written in the background: wait for them with what is left of
+        # the deadline (the closes above take moments), and name those left
+        self.store.writer.close(max(0.0, deadline - time.monotonic()))
         if not left:  # a detached worker's stream may still save its answer
             self.store.close()
         return left

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import chat_settings, mirror, transcript
-from .auth import credential, owner, signed_in
+from .auth import credential, owner, proof, signed_in
 from .bodies import json_object, one_line
 from .errors import (
     AtCapacity,
@@ -157,8 +157,20 @@ def delete_session(session_id: str):
 @bp.post("/api/sessions/<session_id>/stop")
 def stop(session_id: str):
     j = jarvis()
-    j.store.require_session(session_id, owner())
+    # the registry knows whose answer it is: the caller's live answer here is stopped without the
+    # database, so Stop works while it hangs; anything else is looked up as before
+    live = live_answer(j.registry, session_id)
+    if live is not None and live.owner == owner() and live.cancel(Reason.STOPPED):
+        return {"stopped": True}
+    j.store.require_session(session_id, owner())  # another user's session is not found, as unknown ones
     return {"stopped": j.registry.stop(session_id)}
+
+
+def live_answer(registry, session_id: str) -> Stream | None:
+    """The session's newest answer live in this process, if it has not ended."""
+    streams = [s for s in registry.live() if s.key == session_id and s.session_id == session_id]
+    newest = max(streams, key=lambda s: s.started_at, default=None)
+    return newest if newest is not None and newest.status is None else None
 
 
 @bp.get("/api/sessions/<session_id>/stream")
@@ -260,6 +272,7 @@ def _answer(
         detach_grace_s=j.config.detach_grace_s,
         keepers=j.registry.keepers,
     )
+    stream.proof = proof()  # its Stop needs no database
     # the rows are stored first: a failed write must leave the session's running answer alone
     stream.user_message_id, stream.message_id = store_rows(trace_id)
     j.registry.hand_over(stream)  # supersedes the session's stream; 503 when full

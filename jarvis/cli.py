@@ -345,6 +345,11 @@ def cmd_token(args) -> int:
     return EXIT_OK
 
 
+# a copy moves a whole history while Jarvis is stopped: its statements may take minutes, not the
+# seconds JARVIS_DATABASE_TIMEOUT gives a request
+COPY_TIMEOUT_S = 600.0
+
+
 def cmd_db(args) -> int:
     """Copy the whole history into another database, and say what was copied."""
     from . import dbcopy
@@ -358,9 +363,9 @@ def cmd_db(args) -> int:
         return _fail(f"no database at {source_url}: set JARVIS_DATABASE or --from")
     try:
         _make_folder(args.to)
-        source = Store(source_url, pool_size=1)
+        source = Store(source_url, pool_size=1, timeout_s=COPY_TIMEOUT_S)
         try:
-            target = Store(args.to, pool_size=1)
+            target = Store(args.to, pool_size=1, timeout_s=COPY_TIMEOUT_S)
             try:
                 copied = dbcopy.copy(source, target, replace=args.replace)
             finally:

@@ -62,7 +62,10 @@ class Config:
         "or a postgresql:// URL (needs the scale extra).",
     )
     database_timeout_s: float = _f(
-        5.0, "Seconds to wait for a PostgreSQL connection from the pool before answering 503.", minimum=0.01
+        5.0,
+        "Longest any database call may wait, in seconds (a pooled connection, a statement, a lock, "
+        "SQLite's busy timeout); past it a request answers 503 database_unavailable.",
+        minimum=0.1,
     )
     database_retry_s: float = _f(
         10.0,

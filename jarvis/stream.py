@@ -31,7 +31,6 @@ from .errors import (
     AtCapacity,
     CoordinationUnavailable,
     JarvisError,
-    StoreError,
     TooManyStreams,
     UpstreamError,
 )
@@ -93,6 +92,7 @@ def event_cursor(last_event_id: str | None, trace_id: str) -> int | None:
     if trace != trace_id or not (0 < len(n) <= EVENT_ID_DIGITS and n.isascii() and n.isdigit()):
         return None
     return int(n)
+END_WRITE_WAIT_S = 0.25  # the longest an answer's end waits for its final write to land
 
 
 class Outcome:
@@ -299,6 +299,7 @@ class Stream:
         self.model = model
         self.owner = owner  # user id, or None
         self.credential = credential  # names the credential that started it, or None
+        self.proof: str | None = None  # that credential as a Stop can show it again (auth.proof)
         self.store = store
         self.config = config
         self.client_gone = client_gone
@@ -660,10 +661,8 @@ class Body:
             return
         self._last_flush = now
         self._dirty = False
-        try:
-            s.store.save_answer(s.message_id, "".join(self._parts), "streaming")
-        except StoreError:
-            log.log.warning("checkpoint failed trace_id=%s", s.trace_id, exc_info=True)
+        # queued, never waited for: a hung database must not hold the answer (the next one carries its text)
+        s.store.writer.save(s.message_id, "".join(self._parts), "streaming", trace_id=s.trace_id)
 
     def _finish(self) -> list[Event]:
         """End the stream once: join the worker, take its last items, store, release, log."""
@@ -712,7 +711,9 @@ class Body:
         s = self.s
         if s.store is None or s.message_id is None:
             return
-        try:
-            s.store.save_answer(s.message_id, "".join(self._parts), status, error, self.meta or None)
-        except StoreError as e:
-            log.event("store_error", logging.ERROR, trace_id=s.trace_id, error=e.message)
+        # written and retried in the background: the end goes out and the slot is freed whatever the
+        # database does; a database that answers has it stored before the end event
+        tried = s.store.writer.save(
+            s.message_id, "".join(self._parts), status, error, self.meta or None, s.trace_id
+        )
+        tried.wait(END_WRITE_WAIT_S)

@@ -80,7 +80,7 @@ def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0):
         return PostgresEngine(database, pool_size=pool_size, timeout_s=timeout_s)
     from .sqlite import SqliteEngine
 
-    return SqliteEngine(database)
+    return SqliteEngine(database, timeout_s=timeout_s)
 
 
 def snippet(content: str, words: list[str]) -> str:

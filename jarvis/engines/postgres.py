@@ -1,24 +1,37 @@
 """PostgreSQL: a bounded connection pool, advisory locks, ILIKE search.
 
-Every wait is bounded: the pool hands out a connection within ``timeout_s``
-or the call fails. Once a connection breaks, the database counts as down:
-calls fail at once with DatabaseUnavailable (a 503 for a new prompt) while
-one probe at a time, at most every PROBE_INTERVAL_S, tries a fresh
-connection; when it succeeds the pool is opened anew, since the old one may
-be waiting out a long reconnection back-off.
+Every wait is bounded by ``timeout_s`` (JARVIS_DATABASE_TIMEOUT): the pool
+hands out a connection within it; the server cancels a statement or a lock
+wait before it (``statement_timeout``, ``lock_timeout``: DatabaseUnavailable,
+the connection kept); and a server that answers nothing at all (stopped,
+frozen, cut off) is seen by the Watchdog, which closes the socket of a call
+still running at the deadline. TCP keepalives and ``tcp_user_timeout`` see a
+peer gone from the network on idle and busy connections alike.
+
+Once a connection breaks, the database counts as down: calls fail at once
+with DatabaseUnavailable (a 503) while a probe thread, at most every
+PROBE_INTERVAL_S, tries a fresh connection; when it succeeds the pool is
+opened anew, since the old one may be waiting out a long reconnection
+back-off. A pool that stays busy is checked the same way, in the
+background: busy is not down.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 
 import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -38,37 +51,126 @@ MIGRATE_LOCK = 0x4A41525649530001
 WRITE_LOCK = 0x4A41525649530002
 PROBE_INTERVAL_S = 0.25
 CONNECT_TIMEOUT_S = 3  # libpq counts whole seconds
+# the server gives up on a statement or a lock this share into the timeout: an answering server
+# says so itself, and keeps its connection, before the watchdog would close it
+SERVER_SHARE = 0.8
+IDLE_WAIT_S = 1.0  # the watchdog's longest sleep with nothing to watch
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_PROBES = 3
+# the server's own answers to a statement or a lock wait past its timeout: busy, not down
+TIMED_OUT = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
 
 
 class Connection:
-    """A pooled connection speaking the store's dialect: ``?`` placeholders, ``insert()``, ``begin()``."""
+    """A pooled connection speaking the store's dialect: ``?`` placeholders, ``insert()``, ``begin()``.
 
-    def __init__(self, conn: psycopg.Connection):
+    Every round trip runs under the watchdog's deadline."""
+
+    def __init__(self, conn: psycopg.Connection, watchdog: Watchdog):
         self._conn = conn
+        self._watchdog = watchdog
 
     def execute(self, sql: str, params=()) -> psycopg.Cursor:
-        return self._conn.execute(_translate(sql), tuple(params))
+        with self._watchdog.guard(self._conn):
+            return self._conn.execute(_translate(sql), tuple(params))
 
     def insert(self, sql: str, params=()) -> int:
         """Run an INSERT; returns the new row's id."""
         return self.execute(sql + " RETURNING id", params).fetchone()["id"]
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
-        self._conn.cursor().executemany(_translate(sql), rows)
+        with self._watchdog.guard(self._conn):
+            self._conn.cursor().executemany(_translate(sql), rows)
 
     def executescript(self, sql: str) -> None:
-        self._conn.execute(sql)  # no parameters: the simple protocol, which runs several statements
+        with self._watchdog.guard(self._conn):
+            self._conn.execute(sql)  # no parameters: the simple protocol, which runs several statements
 
     def begin(self) -> None:
         # one writer at a time, as SQLite's BEGIN IMMEDIATE: a read then a write cannot be overtaken
-        self._conn.execute("BEGIN")
-        self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
 
     def commit(self) -> None:
-        self._conn.execute("COMMIT")
+        self.execute("COMMIT")
 
     def rollback(self) -> None:
-        self._conn.execute("ROLLBACK")
+        self.execute("ROLLBACK")
+
+
+class Watchdog:
+    """Closes the socket under a database call still running at its deadline.
+
+    libpq has no deadline of its own for a call, and the kernel of a stopped or
+    frozen server still accepts and acknowledges: neither ``statement_timeout``
+    nor keepalives nor ``tcp_user_timeout`` ever fire. Shut down under it, the
+    blocked call fails at once and its connection counts as broken. One thread
+    per engine, started on first use; ``close`` ends and joins it.
+    """
+
+    def __init__(self, timeout_s: float, where: str):
+        self.timeout_s = timeout_s
+        self.where = where
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, psycopg.Connection]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def guard(self, conn: psycopg.Connection) -> Iterator[None]:
+        """Bound the call made inside by ``timeout_s``."""
+        with self._cond:
+            key = next(self._ids)
+            if not self._armed:
+                self._cond.notify()  # asleep with nothing to watch: this deadline is the next one
+            self._armed[key] = (time.monotonic() + self.timeout_s, conn)
+            if self._thread is None and not self._closed:
+                # a daemon, joined by close(): a command that never closes its store still exits
+                self._thread = threading.Thread(
+                    target=self._run, name="jarvis-postgres-watchdog", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed.pop(key, None)  # gone already if the watchdog fired
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for key, (deadline, conn) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[key]
+                        _sever(conn)
+                        log.event(
+                            "database_call_timed_out",
+                            logging.ERROR,
+                            database=self.where,
+                            timeout_s=self.timeout_s,
+                        )
+                nearest = min((d for d, _ in self._armed.values()), default=now + IDLE_WAIT_S)
+                self._cond.wait(max(0.0, nearest - now))
+
+
+def _sever(conn: psycopg.Connection) -> None:
+    """Shut the connection's socket down: the call blocked on it returns with an error."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))  # a duplicate: the connection keeps its own
+    except (OSError, psycopg.Error):  # already closed
+        return
+    with sock, suppress(OSError):  # OSError: not connected any more
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class PostgresEngine:
@@ -79,10 +181,12 @@ class PostgresEngine:
         self.where = shown(url)
         self.pool_size = pool_size
         self.timeout_s = timeout_s
+        self._params = _session_params(url, timeout_s)
         self._lock = threading.Lock()
         self._down = False
-        self._probing = False
-        self._next_probe = 0.0
+        self._prober: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._watchdog = Watchdog(timeout_s, self.where)
         _probe(url)  # a wrong password or database is said now, not after the pool's timeout
         self._pool = self._open_pool()
         try:
@@ -93,10 +197,15 @@ class PostgresEngine:
             raise
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             pool, self._pool = self._pool, None
+            prober = self._prober
+        if prober is not None:
+            prober.join(CONNECT_TIMEOUT_S + 1.0)  # a probe under way ends within its connect timeout
         if pool is not None:
             pool.close(timeout=self.timeout_s)
+        self._watchdog.close(self.timeout_s)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -104,22 +213,25 @@ class PostgresEngine:
         try:
             conn = pool.getconn(timeout=self.timeout_s)
         except PoolTimeout as e:
-            # every connection busy is not a server down: only a failed probe makes it one
-            _probe(self.url, on_failure=self._mark_down)
+            self._suspect()  # in the background: every connection busy is not a server down
             raise DatabaseUnavailable(f"all {self.pool_size} connections to {self.where} stayed busy") from e
         except psycopg.OperationalError as e:  # PoolClosed: replaced by a recovery, or closing
             raise DatabaseUnavailable(f"no connection to {self.where}: {e}") from e
         try:
-            yield Connection(conn)
+            yield Connection(conn, self._watchdog)
         except psycopg.OperationalError as e:
-            if not conn.closed and conn.info.transaction_status != TransactionStatus.UNKNOWN:
-                raise StoreError(f"database error on {self.where}: {e}") from e
-            self._mark_down(e)
-            raise DatabaseUnavailable(f"lost the connection to {self.where}: {e}") from e
+            if conn.closed or conn.info.transaction_status == TransactionStatus.UNKNOWN:
+                self._mark_down(e)
+                raise DatabaseUnavailable(f"lost the connection to {self.where}: {e}") from e
+            if isinstance(e, TIMED_OUT):  # the server is there, and busy or locked past the timeout
+                raise DatabaseUnavailable(
+                    f"{self.where} did not answer within {self.timeout_s} s: {e}"
+                ) from e
+            raise StoreError(f"database error on {self.where}: {e}") from e
         except psycopg.Error as e:
             raise StoreError(f"database error on {self.where}: {e}") from e
         finally:
-            _end_transaction(conn)
+            self._end_transaction(conn)
             pool.putconn(conn)
 
     def search(self, db: Connection, words: list[str], owner: int | None, limit: int) -> list[dict]:
@@ -151,7 +263,7 @@ class PostgresEngine:
             min_size=1,
             max_size=self.pool_size,
             timeout=self.timeout_s,
-            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, "row_factory": dict_row, **self._params},
             name="jarvis-postgres",
             open=False,
         )
@@ -159,61 +271,104 @@ class PostgresEngine:
         return pool
 
     def _pool_or_fail(self) -> ConnectionPool:
-        """The pool, or DatabaseUnavailable at once while the database is down and no probe succeeds."""
+        """The pool, or DatabaseUnavailable at once while the database is down (the prober is on it)."""
         with self._lock:
             if self._pool is None:
                 raise StoreError("the database is closed")
             if not self._down:
                 return self._pool
-            if self._probing or time.monotonic() < self._next_probe:
-                raise DatabaseUnavailable(f"the database {self.where} is unavailable")
-            self._probing = True
-        try:
-            _probe(self.url)
-        except DatabaseUnavailable:
-            with self._lock:
-                self._probing = False
-                self._next_probe = time.monotonic() + PROBE_INTERVAL_S
-            raise
-        fresh = self._open_pool()
-        with self._lock:
-            old, self._pool = self._pool, (fresh if self._pool is not None else None)
-            self._down = self._probing = False
-        if old is None:  # closed while the probe ran
-            fresh.close(timeout=1.0)
-            raise StoreError("the database is closed")
-        log.event("database_reconnected", database=self.where)
-        if old is not None:
-            old.close(timeout=1.0)  # its workers end at once; connections lent out close on return
-        return fresh
+        raise DatabaseUnavailable(f"the database {self.where} is unavailable")
 
     def _mark_down(self, error: Exception) -> None:
+        self._set_down(error)
+        self._suspect()
+
+    def _set_down(self, error: Exception) -> None:
         with self._lock:
             if self._down:
                 return
             self._down = True
-            self._next_probe = time.monotonic() + PROBE_INTERVAL_S
         log.event("database_unavailable", logging.ERROR, database=self.where, error=str(error))
 
+    def _suspect(self) -> None:
+        """Probe the server in the background, unless a probe is under way: a failed probe marks the
+        database down, a good one while down opens a fresh pool."""
+        with self._lock:
+            if self._prober is not None or self._pool is None:
+                return
+            # a daemon, joined by close(): a command that never closes its store still exits
+            self._prober = threading.Thread(
+                target=self._probe_until_up, name="jarvis-postgres-probe", daemon=True
+            )
+            self._prober.start()
 
-def _probe(url: str, on_failure=None) -> None:
-    """Open and close one connection outside the pool; DatabaseUnavailable with libpq's reason if not
-    (after ``on_failure(error)``)."""
+    def _probe_until_up(self) -> None:
+        try:
+            while not self._closing.is_set():
+                try:
+                    _probe(self.url)
+                except DatabaseUnavailable as e:
+                    self._set_down(e)
+                    self._closing.wait(PROBE_INTERVAL_S)
+                    continue
+                self._reopen_if_down()
+                return
+        finally:
+            with self._lock:
+                if self._prober is threading.current_thread():
+                    self._prober = None
+
+    def _reopen_if_down(self) -> None:
+        """The server answers: if it was down, open a fresh pool. The prober lets go under the lock
+        that guards the down flag, so a failure seen after it starts another."""
+        with self._lock:
+            if not self._down or self._pool is None:
+                self._prober = None
+                return
+        fresh = self._open_pool()
+        with self._lock:
+            old, self._pool = self._pool, (fresh if self._pool is not None else None)
+            self._down = False
+            self._prober = None
+        if old is None:  # closed while the probe ran
+            fresh.close(timeout=1.0)
+            return
+        log.event("database_reconnected", database=self.where)
+        old.close(timeout=1.0)  # its workers end at once; connections lent out close on return
+
+    def _end_transaction(self, conn: psycopg.Connection) -> None:
+        """Roll back what an error (a NotFound, say) left open, before the pool sees the connection."""
+        if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            try:
+                with self._watchdog.guard(conn):
+                    conn.rollback()
+            except psycopg.Error as e:  # a broken connection: the pool drops it
+                log.event("database_rollback_failed", logging.WARNING, error=str(e))
+
+
+def _session_params(url: str, timeout_s: float) -> dict:
+    """libpq parameters that bound every wait of a connection, the URL's own ``options`` kept."""
+    server_ms = max(1, int(timeout_s * SERVER_SHARE * 1000))
+    options = conninfo_to_dict(url).get("options", "")
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": f"{options} -c statement_timeout={server_ms} -c lock_timeout={server_ms}".strip(),
+        # a peer gone from the network: an idle connection is found out by keepalives, a busy one
+        # by the time its unacknowledged data waits
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout_s)),
+        "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "keepalives_count": KEEPALIVE_PROBES,
+        "tcp_user_timeout": max(1, int(timeout_s * 1000)),
+    }
+
+
+def _probe(url: str) -> None:
+    """Open and close one connection outside the pool; DatabaseUnavailable with libpq's reason if not."""
     try:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
     except psycopg.Error as e:
-        if on_failure is not None:
-            on_failure(e)
         raise DatabaseUnavailable(f"cannot connect to {shown(url)}: {e}") from e
-
-
-def _end_transaction(conn: psycopg.Connection) -> None:
-    """Roll back what an error (a NotFound, say) left open, before the pool sees the connection."""
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        try:
-            conn.rollback()
-        except psycopg.Error as e:  # a broken connection: the pool drops it
-            log.event("database_rollback_failed", logging.WARNING, error=str(e))
 
 
 def _migrate(db: Connection) -> None:

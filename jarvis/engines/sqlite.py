@@ -1,8 +1,9 @@
 """SQLite: one file, one short-lived connection per call, FTS5 for search.
 
 One short-lived connection per call keeps threads apart (waitress serves from
-many); WAL lets readers run beside the one writer, and the busy timeout bounds
-every wait for the write lock.
+many); WAL lets readers run beside the one writer, and the busy timeout
+(JARVIS_DATABASE_TIMEOUT) bounds every wait for the write lock: past it the
+call fails with DatabaseUnavailable, a 503 that a final write retries.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import StoreError
+from ..errors import DatabaseUnavailable, StoreError
 from . import SCHEMA
 
 TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "real": "REAL"}
-BUSY_TIMEOUT_S = 5.0
+# the write lock held by another connection past the busy timeout (or a lock SQLite will not wait for)
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 # answers are indexed for search once they end: a checkpoint of a growing answer costs no re-index
 SEARCH_SCHEMA = """
@@ -69,8 +71,9 @@ class Connection(sqlite3.Connection):
 class SqliteEngine:
     name = "sqlite"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, timeout_s: float = 5.0):
         self.path = self.where = path
+        self.timeout_s = timeout_s
         _create_private(path)
         with self.connect() as db:
             _migrate(db)
@@ -88,7 +91,7 @@ class SqliteEngine:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, factory=Connection)
+            db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, factory=Connection)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the database {self.path}: {e}") from e
         try:
@@ -96,6 +99,10 @@ class SqliteEngine:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
             yield db
+        except sqlite3.OperationalError as e:
+            if (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF in BUSY_CODES:
+                raise DatabaseUnavailable(f"{self.path} stayed locked for {self.timeout_s} s: {e}") from e
+            raise StoreError(f"database error on {self.path}: {e}") from e
         except sqlite3.Error as e:
             raise StoreError(f"database error on {self.path}: {e}") from e
         finally:

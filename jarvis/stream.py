@@ -92,6 +92,8 @@ def event_cursor(last_event_id: str | None, trace_id: str) -> int | None:
     if trace != trace_id or not (0 < len(n) <= EVENT_ID_DIGITS and n.isascii() and n.isdigit()):
         return None
     return int(n)
+
+
 END_WRITE_WAIT_S = 0.25  # the longest an answer's end waits for its final write to land
 
 

@@ -27,7 +27,8 @@ from .errors import (
     UpstreamError,
 )
 from .history import LEAF, TITLE_MAX_CHARS
-from .stream import Reason, Stream
+from .status import Reason
+from .stream import Stream
 
 bp = Blueprint("api", __name__)
 

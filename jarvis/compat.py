@@ -24,7 +24,8 @@ from .config import Config
 from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
 from .events import End, Event, Framer, Text
 from .metrics import Metrics
-from .stream import Status, Stream
+from .status import Status
+from .stream import Stream
 from .upstream import Options, Upstream
 
 SESSION_HEADER = "X-Jarvis-Session"

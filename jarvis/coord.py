@@ -51,7 +51,7 @@ from .cancel import CancelScope
 from .config import ConfigError
 from .errors import CoordinationUnavailable, JarvisError, TooManyStreams
 from .mirror import MIRROR_MAXLEN, MIRROR_TTL_MS, READ_COUNT, READER_TTL_MS, Pump, mirror_key, reader_key
-from .stream import Reason
+from .status import Reason
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message

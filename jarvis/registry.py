@@ -18,7 +18,8 @@ from collections.abc import Callable
 from . import log
 from .errors import AtCapacity, JarvisError, TooManyStreams
 from .keepers import Keepers
-from .stream import Reason, Stream, Tap
+from .status import Reason
+from .stream import Stream, Tap
 
 
 class Registry:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from enum import Enum
 
 from . import log
 from .cancel import CancelScope, Latch
@@ -40,46 +39,9 @@ from .history import Store
 from .keepers import Keepers
 from .metrics import Metrics
 from .sse import SSEFramer
+from .status import REASON_EVENT, REASON_STATUS, Reason, Status
 from .upstream import Done, Meta, Options, Progress, Upstream
 
-
-class Reason(str, Enum):
-    """Why a stream was cancelled."""
-
-    STOPPED = "stopped"
-    SUPERSEDED = "superseded"
-    DISCONNECTED = "disconnected"
-    SHUTDOWN = "shutdown"
-    DELETED = "deleted"
-    REVOKED = "revoked"  # the credential that started it was revoked
-
-    __str__ = str.__str__
-
-
-class Status(str, Enum):
-    """How an answer ended: the status it is stored with and the end event carries."""
-
-    COMPLETED = "completed"
-    LENGTH = "length"  # cut by a token limit: not a finished answer
-    STOPPED = "stopped"
-    SUPERSEDED = "superseded"
-    DISCONNECTED = "disconnected"
-    TIMEOUT = "timeout"
-    FAILED = "failed"
-
-    __str__ = str.__str__
-
-
-# cancel reason -> terminal status (every Reason is listed: cancel takes no other)
-REASON_STATUS = {
-    Reason.SUPERSEDED: Status.SUPERSEDED,
-    Reason.STOPPED: Status.STOPPED,
-    Reason.DISCONNECTED: Status.DISCONNECTED,
-    Reason.SHUTDOWN: Status.STOPPED,
-    Reason.DELETED: Status.STOPPED,
-    Reason.REVOKED: Status.STOPPED,
-}
-REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
 MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
 EVENT_ID_DIGITS = 9  # an event's number within its answer: far more than any answer has

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from . import chat_settings
 from .bodies import one_line
 from .errors import BadRequest
-from .stream import Status
+from .status import Status
 
 FORMAT = "jarvis.chat"
 VERSION = 1

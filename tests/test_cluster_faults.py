@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from jarvis.coord import CHANNEL
-from jarvis.stream import Reason
+from jarvis.status import Reason
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER

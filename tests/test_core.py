@@ -16,7 +16,8 @@ from jarvis.config import Config, ConfigError
 from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
 from jarvis.history import Store
 from jarvis.registry import Registry
-from jarvis.stream import Reason, Stream
+from jarvis.status import Reason
+from jarvis.stream import Stream
 from jarvis.upstream import Done, Meta
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script

@@ -167,13 +167,13 @@ def _serve(argv: list[str], patches: list[str]) -> int:
 
 
 def _no_store_read() -> None:
-    from jarvis.history import Store
+    from jarvis.store.sessions import Store
 
     Store.require_session = lambda self, session_id, owner=None: None  # the stop route's only store call
 
 
 def _poll_only() -> None:
-    from jarvis.registry import Registry
+    from jarvis.lifecycle.registry import Registry
 
     Registry.client_closed = lambda self, gone=None: None  # the channel's close event reaches nobody
 

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from jarvis import create_app, sse
-from jarvis.server import Server
+from jarvis.web.server import Server
 from tests import postgres
 from tests.fake_ollama import FakeOllama
 from tests.fake_openai import FakeOpenAI

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from jarvis.coord import CHANNEL
+from jarvis.cluster.coord import CHANNEL
 from jarvis.status import Reason
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script

@@ -14,10 +14,10 @@ from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
 from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
-from jarvis.history import Store
-from jarvis.registry import Registry
+from jarvis.lifecycle.registry import Registry
+from jarvis.lifecycle.stream import Stream
 from jarvis.status import Reason
-from jarvis.stream import Stream
+from jarvis.store.sessions import Store
 from jarvis.upstream import Done, Meta
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script

@@ -274,7 +274,7 @@ def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
     # would hang: a prompt's write transaction waits for the advisory write lock for as long as it is held
     import psycopg
 
-    from jarvis.engines.postgres import WRITE_LOCK
+    from jarvis.store.engines.postgres import WRITE_LOCK
 
     app = make_app(database=postgres_url, database_timeout_s=TIMEOUT_S)
     live = make_server(app)

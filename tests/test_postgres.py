@@ -296,7 +296,7 @@ def test_serve_with_postgres_unreachable_exits_saying_so_without_the_password(tm
 
 
 def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url):
-    from jarvis.engines.postgres import PostgresEngine  # psycopg is there: the fixture checked
+    from jarvis.store.engines.postgres import PostgresEngine  # psycopg is there: the fixture checked
 
     engine = PostgresEngine(postgres_url, pool_size=1, timeout_s=0.2)
     try:
@@ -313,7 +313,7 @@ def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url
 def test_processes_starting_at_once_create_the_schema_once(postgres_url):
     # without the advisory lock, CREATE TABLE IF NOT EXISTS run at once by several sessions
     # fails in all but one with a unique violation in PostgreSQL's catalog
-    from jarvis.engines.postgres import PostgresEngine
+    from jarvis.store.engines.postgres import PostgresEngine
 
     starters = 6
     gate = threading.Barrier(starters, timeout=10)

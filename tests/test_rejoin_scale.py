@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from jarvis.mirror import ANSWER_WAIT_S, BATCH_S
+from jarvis.cluster.mirror import ANSWER_WAIT_S, BATCH_S
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER

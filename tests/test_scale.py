@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from jarvis.accounts import Accounts
-from jarvis.history import Store
+from jarvis.store.sessions import Store
+from jarvis.web.accounts import Accounts
 from tests.conftest import (
     HTTP_TIMEOUT,
     ROOT,

@@ -26,8 +26,8 @@ from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from ..probe import FIRST_WAIT_S, Prober
 from . import Done, Message, Meta, Options, Progress, Upstream
+from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
 KINDS = {

@@ -25,9 +25,9 @@ from functools import cache
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import log
-from .errors import BadRequest, NotFound, StoreError
-from .history import Store
+from .. import log
+from ..errors import BadRequest, NotFound, StoreError
+from ..store.sessions import Store
 
 TOKEN_PREFIX = "jv_"
 MIN_PASSWORD_CHARS = 8

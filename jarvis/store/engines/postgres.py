@@ -36,8 +36,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .. import log
-from ..errors import DatabaseUnavailable, StoreError
+from ... import log
+from ...errors import DatabaseUnavailable, StoreError
 from . import LIVE_STATUSES, SCHEMA, TABLES, like, shown, snippet
 
 TYPES = {

@@ -31,11 +31,11 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
-from . import log
+from .. import log
+from ..config import MIN_SECRET_CHARS, Config, split_list
+from ..errors import BadRequest, Busy, Forbidden, Unauthorized
 from .accounts import User
 from .bodies import check_request, json_object
-from .config import MIN_SECRET_CHARS, Config, split_list
-from .errors import BadRequest, Busy, Forbidden, Unauthorized
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # any of these means a proxy forwarded the request (plain waitress strips the X-Forwarded ones)

@@ -1,6 +1,6 @@
 """History: sessions and their messages, in SQLite or PostgreSQL.
 
-The SQL is written once, in what both engines agree on; ``jarvis.engines``
+The SQL is written once, in what both engines agree on; ``jarvis.store.engines``
 holds what differs (connections, locks, column types, search).
 """
 
@@ -15,9 +15,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import log, tree
+from .. import log
+from ..errors import DatabaseUnavailable, NotFound, StoreError
+from . import tree
 from .engines import like, open_engine
-from .errors import DatabaseUnavailable, NotFound, StoreError
 
 LEAF = "leaf"  # a new prompt's parent: the session's current leaf
 

@@ -10,10 +10,10 @@ import re
 import time
 from datetime import datetime, timezone
 
+from ..errors import BadRequest
+from ..status import Status
+from ..web.bodies import one_line
 from . import chat_settings
-from .bodies import one_line
-from .errors import BadRequest
-from .status import Status
 
 FORMAT = "jarvis.chat"
 VERSION = 1

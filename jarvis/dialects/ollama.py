@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app
 
-from . import api, compat
-from .errors import JarvisError
-from .events import End, Event, Heartbeat, Start, Text
-from .upstream import Options
+from ..errors import JarvisError
+from ..events import End, Event, Heartbeat, Start, Text
+from ..upstream import Options
+from ..web import api
+from . import common
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
 
@@ -46,61 +47,61 @@ def version():
 @bp.post("/chat")
 def chat():
     j = jarvis()
-    return _answer(parse_chat(compat.read_json(j.config), j.config, j.upstream.default_model), generate=False)
+    return _answer(parse_chat(common.read_json(j.config), j.config, j.upstream.default_model), generate=False)
 
 
 @bp.post("/generate")
 def generate():
     j = jarvis()
     return _answer(
-        parse_generate(compat.read_json(j.config), j.config, j.upstream.default_model), generate=True
+        parse_generate(common.read_json(j.config), j.config, j.upstream.default_model), generate=True
     )
 
 
-def _answer(call: compat.Call, generate: bool):
+def _answer(call: common.Call, generate: bool):
     framer = NDJSONFramer(call.model, generate)
-    stream = compat.start(call, framer, "ollama")
+    stream = common.start(call, framer, "ollama")
     if call.stream:
         return Response(stream, mimetype="application/x-ndjson", headers=api.SSE_HEADERS)
-    text, end = compat.collect(stream)
+    text, end = common.collect(stream)
     return framer.final(text, end)
 
 
-def parse_chat(body: dict, config, default_model: str) -> compat.Call:
+def parse_chat(body: dict, config, default_model: str) -> common.Call:
     """An /api/chat request as a call to the core; 400 for anything Jarvis would not serve."""
     raw = body.get("messages")
     if isinstance(raw, list) and any(isinstance(m, dict) and m.get("images") for m in raw):
-        raise compat.bad("images are not supported", "messages")
-    return compat.Call(
-        model=compat.model_name(body.get("model"), default_model),
-        messages=compat.conversation(raw, config, _content),
+        raise common.bad("images are not supported", "messages")
+    return common.Call(
+        model=common.model_name(body.get("model"), default_model),
+        messages=common.conversation(raw, config, _content),
         options=_options(body),
-        stream=compat.flag(body, "stream", True),
+        stream=common.flag(body, "stream", True),
     )
 
 
-def parse_generate(body: dict, config, default_model: str) -> compat.Call:
+def parse_generate(body: dict, config, default_model: str) -> common.Call:
     """An /api/generate request: one user message, after ``system`` if given."""
     prompt, system = body.get("prompt"), body.get("system")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise compat.bad('"prompt" must be a non-empty string', "prompt")
+        raise common.bad('"prompt" must be a non-empty string', "prompt")
     if system is not None and not isinstance(system, str):
-        raise compat.bad('"system" must be a string', "system")
+        raise common.bad('"system" must be a string', "system")
     if body.get("images"):
-        raise compat.bad("images are not supported", "images")
-    messages = [{"role": "system", "content": compat.prompt_text(system, config, "system")}] if system else []
-    messages.append({"role": "user", "content": compat.prompt_text(prompt, config, "prompt")})
-    return compat.Call(
-        model=compat.model_name(body.get("model"), default_model),
+        raise common.bad("images are not supported", "images")
+    messages = [{"role": "system", "content": common.prompt_text(system, config, "system")}] if system else []
+    messages.append({"role": "user", "content": common.prompt_text(prompt, config, "prompt")})
+    return common.Call(
+        model=common.model_name(body.get("model"), default_model),
         messages=messages,
         options=_options(body),
-        stream=compat.flag(body, "stream", True),
+        stream=common.flag(body, "stream", True),
     )
 
 
 def _content(content, param: str) -> str:
     if not isinstance(content, str):
-        raise compat.bad(f"{param} must be a string", param)
+        raise common.bad(f"{param} must be a string", param)
     return content
 
 
@@ -108,14 +109,14 @@ def _options(body: dict) -> Options:
     """Ollama's ``options`` (temperature, top_p, num_predict, stop, seed); others are ignored."""
     options = body.get("options") or {}
     if not isinstance(options, dict):
-        raise compat.bad('"options" must be an object', "options")
-    num_predict = compat.number(options, "num_predict", -2, 2**31, integer=True, param="options.num_predict")
+        raise common.bad('"options" must be an object', "options")
+    num_predict = common.number(options, "num_predict", -2, 2**31, integer=True, param="options.num_predict")
     return Options(
-        temperature=compat.number(options, "temperature", 0, 100, param="options.temperature"),
-        top_p=compat.number(options, "top_p", 0, 1, param="options.top_p"),
+        temperature=common.number(options, "temperature", 0, 100, param="options.temperature"),
+        top_p=common.number(options, "top_p", 0, 1, param="options.top_p"),
         max_tokens=num_predict if num_predict and num_predict > 0 else None,  # -1, -2: no limit
-        stop=compat.stops(options.get("stop"), "options.stop"),
-        seed=compat.number(options, "seed", -(2**63), 2**63 - 1, integer=True, param="options.seed"),
+        stop=common.stops(options.get("stop"), "options.stop"),
+        seed=common.number(options, "seed", -(2**63), 2**63 - 1, integer=True, param="options.seed"),
     )
 
 
@@ -127,7 +128,7 @@ def error_body(status: int, error: dict) -> dict:
 @bp.errorhandler(Exception)
 def error(e: Exception):
     native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
-    return compat.rewrite_error(native, e, error_body)
+    return common.rewrite_error(native, e, error_body)
 
 
 class NDJSONFramer:
@@ -154,7 +155,7 @@ class NDJSONFramer:
         if isinstance(ev, (Heartbeat, Start)):
             return self.HEARTBEAT  # at the start too: the response head goes out at once
         if isinstance(ev, End):
-            failure = compat.end_error(ev)
+            failure = common.end_error(ev)
             if failure is not None:
                 return _line({"error": failure.message})
             return _line(self.final("", ev))

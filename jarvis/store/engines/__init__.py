@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ..config import ConfigError
+from ...config import ConfigError
 
 # {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps)
 SCHEMA = """

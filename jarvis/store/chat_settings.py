@@ -7,8 +7,8 @@ system prompt first in the conversation, the rest as sampling ``Options``.
 
 from __future__ import annotations
 
-from .errors import BadRequest
-from .upstream import Options
+from ..errors import BadRequest
+from ..upstream import Options
 
 SYSTEM_MAX_CHARS = 8000
 TEMPERATURE_MAX = 2.0  # what Ollama and OpenAI accept

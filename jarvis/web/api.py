@@ -12,10 +12,8 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import chat_settings, mirror, transcript
-from .auth import credential, owner, proof, signed_in
-from .bodies import json_object, one_line
-from .errors import (
+from ..cluster import mirror
+from ..errors import (
     AtCapacity,
     BadRequest,
     Busy,
@@ -26,9 +24,12 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
-from .history import LEAF, TITLE_MAX_CHARS
-from .status import Reason
-from .stream import Stream
+from ..lifecycle.stream import Stream
+from ..status import Reason
+from ..store import chat_settings, transfer
+from ..store.sessions import LEAF, TITLE_MAX_CHARS
+from .auth import credential, owner, proof, signed_in
+from .bodies import json_object, one_line
 
 bp = Blueprint("api", __name__)
 
@@ -124,12 +125,12 @@ def export_session(session_id: str):
     session = jarvis().store.get_session(session_id, owner())
     fmt = request.args.get("format", "json")
     if fmt == "md":
-        response = Response(transcript.to_markdown(session), mimetype="text/markdown")
+        response = Response(transfer.to_markdown(session), mimetype="text/markdown")
     elif fmt == "json":
-        response = jsonify(transcript.to_json(session))
+        response = jsonify(transfer.to_json(session))
     else:
         raise BadRequest('"format" must be md or json')
-    name = transcript.filename(session, fmt)
+    name = transfer.filename(session, fmt)
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
@@ -138,9 +139,9 @@ def export_session(session_id: str):
 def import_session():
     j = jarvis()
     with current_app.extensions["jarvis.imports"].slot(owner()):  # taken before the body is parsed
-        body = _json_body(transcript.MAX_IMPORT_BYTES, transcript.MAX_IMPORT_VALUES)
+        body = _json_body(transfer.MAX_IMPORT_BYTES, transfer.MAX_IMPORT_VALUES)
         limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
-        title, messages, settings = transcript.parse_import(body, limit, TITLE_MAX_CHARS)
+        title, messages, settings = transfer.parse_import(body, limit, TITLE_MAX_CHARS)
         del body  # the parsed export: the messages hold what is kept of it
         session = j.store.import_session(title, messages, owner(), settings)
     return jsonify(session), 201

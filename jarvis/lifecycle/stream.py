@@ -23,24 +23,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from . import log
-from .cancel import CancelScope, Latch
-from .config import Config
-from .errors import (
+from .. import log
+from ..cancel import CancelScope, Latch
+from ..config import Config
+from ..errors import (
     AtCapacity,
     CoordinationUnavailable,
     JarvisError,
     TooManyStreams,
     UpstreamError,
 )
-from .events import HEARTBEAT, End, Event, Framer, Start, Text
-from .events import Progress as ProgressEvent
-from .history import Store
+from ..events import HEARTBEAT, End, Event, Framer, Start, Text
+from ..events import Progress as ProgressEvent
+from ..metrics import Metrics
+from ..sse import SSEFramer
+from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
+from ..store.sessions import Store
+from ..upstream import Done, Meta, Options, Progress, Upstream
 from .keepers import Keepers
-from .metrics import Metrics
-from .sse import SSEFramer
-from .status import REASON_EVENT, REASON_STATUS, Reason, Status
-from .upstream import Done, Meta, Options, Progress, Upstream
 
 MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import DatabaseUnavailable, StoreError
+from ...errors import DatabaseUnavailable, StoreError
 from . import SCHEMA
 
 TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "real": "REAL"}

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 
-from .auth import credential, owner
-from .bodies import json_object
-from .config import Config
-from .errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
-from .events import End, Event, Framer, Text
-from .metrics import Metrics
-from .status import Status
-from .stream import Stream
-from .upstream import Options, Upstream
+from ..config import Config
+from ..errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
+from ..events import End, Event, Framer, Text
+from ..lifecycle.stream import Stream
+from ..metrics import Metrics
+from ..status import Status
+from ..upstream import Options, Upstream
+from ..web.auth import credential, owner
+from ..web.bodies import json_object
 
 SESSION_HEADER = "X-Jarvis-Session"
 FINISHED = (Status.COMPLETED, Status.LENGTH)

@@ -12,10 +12,12 @@ import time
 
 from flask import Blueprint, Response, current_app
 
-from . import api, compat, sse
-from .errors import Interrupted, JarvisError
-from .events import End, Event, Heartbeat, Start, Text
-from .upstream import Options
+from .. import sse
+from ..errors import Interrupted, JarvisError
+from ..events import End, Event, Heartbeat, Start, Text
+from ..upstream import Options
+from ..web import api
+from . import common
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -46,39 +48,39 @@ def models():
 @bp.post("/chat/completions")
 def chat_completions():
     j = jarvis()
-    call = parse_chat(compat.read_json(j.config), j.config, j.upstream.default_model)
+    call = parse_chat(common.read_json(j.config), j.config, j.upstream.default_model)
     framer = ChunkFramer(call.model, call.include_usage)
-    stream = compat.start(call, framer, "openai")
+    stream = common.start(call, framer, "openai")
     if call.stream:
         return Response(stream, mimetype="text/event-stream", headers=api.SSE_HEADERS)
-    text, end = compat.collect(stream)
+    text, end = common.collect(stream)
     return framer.completion(text, end)
 
 
-def parse_chat(body: dict, config, default_model: str) -> compat.Call:
+def parse_chat(body: dict, config, default_model: str) -> common.Call:
     """A chat-completions request as a call to the core; 400 for anything Jarvis would not serve."""
-    model = compat.model_name(body.get("model"), default_model)
-    messages = compat.conversation(body.get("messages"), config, _content)
+    model = common.model_name(body.get("model"), default_model)
+    messages = common.conversation(body.get("messages"), config, _content)
     if body.get("n") not in (None, 1):
-        raise compat.bad('only "n": 1 is supported', "n")
-    stream = compat.flag(body, "stream", False)
+        raise common.bad('only "n": 1 is supported', "n")
+    stream = common.flag(body, "stream", False)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
-        raise compat.bad('"stream_options" must be an object', "stream_options")
+        raise common.bad('"stream_options" must be an object', "stream_options")
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     options = Options(
-        temperature=compat.number(body, "temperature", 0, 2),
-        top_p=compat.number(body, "top_p", 0, 1),
-        max_tokens=compat.number(body, limit, 1, 2**31, integer=True),
-        stop=compat.stops(body.get("stop"), "stop"),
-        seed=compat.number(body, "seed", -(2**63), 2**63 - 1, integer=True),
+        temperature=common.number(body, "temperature", 0, 2),
+        top_p=common.number(body, "top_p", 0, 1),
+        max_tokens=common.number(body, limit, 1, 2**31, integer=True),
+        stop=common.stops(body.get("stop"), "stop"),
+        seed=common.number(body, "seed", -(2**63), 2**63 - 1, integer=True),
     )
-    return compat.Call(
+    return common.Call(
         model=model,
         messages=messages,
         options=options,
         stream=stream,
-        include_usage=compat.flag(stream_options, "include_usage", False),
+        include_usage=common.flag(stream_options, "include_usage", False),
     )
 
 
@@ -94,10 +96,10 @@ def _content(content, param: str) -> str:
                 or part.get("type") != "text"
                 or not isinstance(part.get("text"), str)
             ):
-                raise compat.bad(f"{param} may hold only text parts", param)
+                raise common.bad(f"{param} may hold only text parts", param)
             texts.append(part["text"])
         return "\n".join(texts)
-    raise compat.bad(f"{param} must be a string or a list of text parts", param)
+    raise common.bad(f"{param} must be a string or a list of text parts", param)
 
 
 def error_body(status: int, error: dict) -> dict:
@@ -118,7 +120,7 @@ def error(e: Exception):
     native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
     if isinstance(e, Interrupted):
         native.headers["x-should-retry"] = "false"  # the client would retry a 409 into the newer answer
-    return compat.rewrite_error(native, e, error_body)
+    return common.rewrite_error(native, e, error_body)
 
 
 class ChunkFramer:
@@ -144,9 +146,9 @@ class ChunkFramer:
         if isinstance(ev, Start):
             return self._chunk({"role": "assistant", "content": ""})
         if isinstance(ev, End):
-            failure = compat.end_error(ev)
+            failure = common.end_error(ev)
             if failure is not None:
-                status = compat.dialect_status(failure.http_status, failure.code)
+                status = common.dialect_status(failure.http_status, failure.code)
                 return _data(error_body(status, failure.to_dict()))
             out = self._chunk({}, FINISH[str(ev.status)])
             if self.include_usage:

@@ -23,7 +23,7 @@ from flask import Flask
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
 
-from . import log
+from .. import log
 from .bodies import MAX_BODY_BYTES
 
 CONTROL_THREADS = 4  # served while every stream slot is busy

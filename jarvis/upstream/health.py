@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import log
+from .. import log
 
 FIRST_WAIT_S = 0.5  # start() waits this long for a first answer, so a fresh app reports real state
 DOWN_INTERVAL_S = 1.0  # longest pause between probes of a server that did not answer

@@ -46,12 +46,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 
-from . import log
-from .cancel import CancelScope
-from .config import ConfigError
-from .errors import CoordinationUnavailable, JarvisError, TooManyStreams
+from .. import log
+from ..cancel import CancelScope
+from ..config import ConfigError
+from ..errors import CoordinationUnavailable, JarvisError, TooManyStreams
+from ..status import Reason
 from .mirror import MIRROR_MAXLEN, MIRROR_TTL_MS, READ_COUNT, READER_TTL_MS, Pump, mirror_key, reader_key
-from .status import Reason
 
 CHANNEL = "jarvis:control"
 WAIT_POLL_S = 0.1  # a waiter looks again this often: a lease that expired sends no message

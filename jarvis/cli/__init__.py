@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from . import sse
+from .. import sse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENDED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -92,10 +92,10 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def cmd_serve(args) -> int:
-    from . import create_app, log
-    from .config import ConfigError
-    from .errors import StoreError
-    from .server import Server
+    from .. import create_app, log
+    from ..config import ConfigError
+    from ..errors import StoreError
+    from ..web.server import Server
 
     overrides = {"backend": args.backend} if args.backend else {}
     if args.insecure_no_auth:
@@ -244,10 +244,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _accounts():
-    from . import private_dir
-    from .accounts import Accounts
-    from .config import Config
-    from .history import Store
+    from .. import private_dir
+    from ..config import Config
+    from ..store.sessions import Store
+    from ..web.accounts import Accounts
 
     cfg = Config.from_env()
     private_dir(cfg.instance_path())
@@ -256,14 +256,14 @@ def _accounts():
 
 
 def _shown(database: str) -> str:
-    from .engines import shown
+    from ..store.engines import shown
 
     return shown(database)
 
 
 def _make_folder(database: str) -> None:
     """Create the folder of a SQLite file (a PostgreSQL URL needs none)."""
-    from .engines import is_postgres
+    from ..store.engines import is_postgres
 
     if not is_postgres(database):
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
@@ -271,7 +271,7 @@ def _make_folder(database: str) -> None:
 
 def _local_token() -> str | None:
     """The server's local token, read from this machine's instance folder (None if unreadable)."""
-    from .config import Config, ConfigError
+    from ..config import Config, ConfigError
 
     try:
         cfg = Config.from_env()
@@ -298,7 +298,7 @@ def _read_password(prompt: str) -> str:
 
 
 def cmd_user(args) -> int:
-    from .errors import JarvisError
+    from ..errors import JarvisError
 
     accounts = _accounts()
     try:
@@ -323,7 +323,7 @@ def cmd_user(args) -> int:
 
 
 def cmd_token(args) -> int:
-    from .errors import JarvisError
+    from ..errors import JarvisError
 
     accounts = _accounts()
     try:
@@ -352,11 +352,11 @@ COPY_TIMEOUT_S = 600.0
 
 def cmd_db(args) -> int:
     """Copy the whole history into another database, and say what was copied."""
-    from . import dbcopy
-    from .config import Config
-    from .engines import is_postgres
-    from .errors import JarvisError
-    from .history import Store
+    from ..config import Config
+    from ..errors import JarvisError
+    from ..store import dbcopy
+    from ..store.engines import is_postgres
+    from ..store.sessions import Store
 
     source_url = args.source or Config.from_env().database_path()
     if not is_postgres(source_url) and not os.path.exists(source_url):
@@ -381,10 +381,10 @@ def cmd_db(args) -> int:
 
 def cmd_check(args) -> int:
     """Print one line per check with what to do about a failure; exit 1 if any failed."""
-    from . import private_dir
-    from .config import Config, ConfigError
-    from .errors import JarvisError
-    from .history import Store
+    from .. import private_dir
+    from ..config import Config, ConfigError
+    from ..errors import JarvisError
+    from ..store.sessions import Store
 
     failures = 0
 
@@ -423,7 +423,7 @@ def cmd_check(args) -> int:
         report(
             False, f"instance folder {folder}: {e.strerror}", "set JARVIS_INSTANCE_DIR to a folder you own"
         )
-    from .upstream import select_upstream
+    from ..upstream import select_upstream
 
     upstream = select_upstream(cfg)
     for host in getattr(upstream, "hosts", ()):  # JARVIS_UPSTREAMS: one line per host

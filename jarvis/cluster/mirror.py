@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from . import log
-from .errors import CoordinationUnavailable, TooManyStreams
-from .events import End
-from .sse import HEARTBEAT
+from .. import log
+from ..errors import CoordinationUnavailable, TooManyStreams
+from ..events import End
+from ..sse import HEARTBEAT
 
 ANSWER_WAIT_S = 1.0  # the owner answers an attach within this, or the reader answers 204
 READER_TTL_MS = 5000  # a reader's key lives this long unless renewed: a dead reader is seen

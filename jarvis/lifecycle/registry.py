@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import log
-from .errors import AtCapacity, JarvisError, TooManyStreams
+from .. import log
+from ..errors import AtCapacity, JarvisError, TooManyStreams
+from ..status import Reason
 from .keepers import Keepers
-from .status import Reason
 from .stream import Stream, Tap
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from flask import request
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 # the largest body any route reads (an import, 16 MiB) and room over it: the route's own limit
 # answers, in Jarvis's JSON; ``jarvis serve`` has waitress refuse bigger bodies from their length

@@ -1,0 +1,1 @@
+"""Several processes on Redis: leases, the control channel, stream slots, the mirror."""

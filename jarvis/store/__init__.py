@@ -1,0 +1,1 @@
+"""The history: sessions and their messages, versions, settings, search, import and export."""

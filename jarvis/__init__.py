@@ -103,6 +103,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)
     app.register_blueprint(web.bp)
+    app.wsgi_app = web.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app
 
 

@@ -40,14 +40,14 @@ async function signOut() {
   await Promise.all(live.map((id) => api(sessionPath(id, "/stop"), { method: "POST" }).catch(() => null)));
   for (const run of runs) run.controller.abort();
   try {
-    await api("/logout", { method: "POST" });
+    await api("logout", { method: "POST" });
   } catch (err) {
     el.signOut.disabled = false;
     showNotice(err);
     if (state.currentId) loadHistory(state.currentId); // the stopped answers, as stored
     return;
   }
-  location.replace("/login");
+  location.replace("login");
 }
 
 function setup() {
@@ -86,7 +86,7 @@ async function start() {
     await loadSessions();
   } catch (err) {
     if (err.status === 401) {
-      location.replace("/login"); // signed out since this page was served
+      location.replace("login"); // signed out since this page was served
       return;
     }
     showNotice(err);

@@ -144,7 +144,7 @@ function confirmBox(session) {
 
 
 export async function loadSessions() {
-  const data = await api("/api/sessions");
+  const data = await api("api/sessions");
   const listed = (data.sessions || []).filter((s) => !state.deleted.has(s.id));
   for (const s of listed) state.unlisted.delete(s.id);
   state.sessions = [...state.sessions.filter((s) => state.unlisted.has(s.id)), ...listed];
@@ -168,7 +168,7 @@ export async function newChat() {
     return;
   }
   // a prompt sent before the server answers waits for this chat and goes into it
-  state.making = api("/api/sessions", { method: "POST" }).then((session) => {
+  state.making = api("api/sessions", { method: "POST" }).then((session) => {
     state.sessions.unshift(session);
     state.unlisted.add(session.id);
     state.views.set(session.id, { messages: [] });
@@ -291,7 +291,7 @@ export async function deleteSession(id) {
 
 // A chat for a prompt typed with none on screen: made on the server and shown at once.
 export async function startChat() {
-  const session = await api("/api/sessions", { method: "POST" });
+  const session = await api("api/sessions", { method: "POST" });
   state.sessions.unshift(session);
   state.unlisted.add(session.id);
   state.currentId = session.id;
@@ -311,7 +311,7 @@ async function importChat() {
     } catch {
       throw new ApiError(400, "bad_request", "That file is not JSON: import a chat exported as JSON.");
     }
-    const session = await api("/api/sessions/import", { method: "POST", body });
+    const session = await api("api/sessions/import", { method: "POST", body });
     await loadSessions();
     announce("Chat imported.");
     await openSession(session.id);

@@ -53,7 +53,7 @@ export function messageElement(msg) {
     const avatar = document.createElement("div");
     avatar.className = "avatar";
     const img = document.createElement("img");
-    img.src = "/static/favicon.svg";
+    img.src = "static/favicon.svg";
     img.alt = "";
     avatar.append(img);
     const body = document.createElement("div");

@@ -11,7 +11,7 @@ const HEALTH_MS = 30000;
 export async function loadModels() {
   let data;
   try {
-    data = await api("/api/models");
+    data = await api("api/models");
   } catch (err) {
     const option = new Option("Default model", "");
     el.model.replaceChildren(option);
@@ -42,7 +42,7 @@ function modelOption(name, data) {
 
 export async function refreshHealth() {
   try {
-    const health = await api("/healthz");
+    const health = await api("healthz");
     const backend = { local: "Local model", hosts: "Model hosts" }[health.backend] || "Ollama";
     const ok = Boolean(health.upstream_ok);
     el.backend.dataset.state = ok ? "ok" : "down";

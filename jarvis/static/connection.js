@@ -131,6 +131,7 @@ function handleEvent(run, { event, data }) {
     if (answer.id != null && payload.message_id !== answer.id) return "other";
     answer.id = payload.message_id;
     answer.trace_id = payload.trace_id;
+    answer.stream = payload.trace_id; // the text that follows grows this stream's: see renderMarkdown
     viewOf(run.sessionId).started = (viewOf(run.sessionId).started || 0) + 1; // see loadHistory
     if (payload.model) answer.model = payload.model;
     answer.status = "streaming";

@@ -175,7 +175,7 @@ export function paint(li, msg) {
     if (!msg.keepLive) content.removeAttribute("aria-live");
   }
   if (renderedText.get(content) !== msg.content) {
-    renderMarkdown(content, msg.content);
+    renderMarkdown(content, msg.content, { stream: msg.stream }); // drawn incrementally while it grows
     renderedText.set(content, msg.content);
   }
   let cursor = content.querySelector(".cursor");

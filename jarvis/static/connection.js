@@ -1,5 +1,6 @@
 // The answers streaming into the page: one run per answer read, from the prompt's own response
-// or from the session's live stream (a rejoin), with a watchdog for a link gone silent.
+// or from the session's live stream (a rejoin), with a watchdog for a link gone silent, resumed
+// after a break for as long as the server streams the answer.
 
 import { ApiError, errorOf, request, sessionPath } from "./api.js";
 import { repaint } from "./conversation.js";
@@ -10,6 +11,8 @@ import { readEvents } from "./sse.js";
 import { LIVE, liveOf, notify, state, viewOf } from "./state.js";
 
 const SILENCE_MS = 45000; // the server writes a heartbeat every few seconds; this long silent is a dead link
+const RESUME_FIRST_MS = 250; // the first wait before resuming a broken answer
+const RESUME_MAX_MS = 4000; // the longest, after tries that brought nothing
 
 function newRun(sessionId, message, user) {
   const run = { sessionId, message, user, controller: new AbortController(), ended: false, abandoned: false, lastId: null };
@@ -47,17 +50,7 @@ export async function streamAnswer(sessionId, user, answer, path, body) {
       refused = await errorOf(response);
       return { refused, abandoned: false };
     }
-    try {
-      await readRun(run, response);
-    } catch (err) {
-      if (run.abandoned || !run.lastId) throw err;
-    }
-    // the connection broke mid-answer: rejoin where it broke off, if the server still streams it
-    if (!run.ended && run.lastId && !run.abandoned) {
-      run.controller = new AbortController();
-      run.lastBytes = Date.now();
-      await follow(run, run.lastId);
-    }
+    if ((await read(run, response)) === "broken") await resume(run);
     if (!run.ended) throw new ApiError(0, "connection_lost", "");
   } catch (err) {
     if (!run.abandoned && answer.status === "pending" && !run.ended && err.code === "network") refused = err;
@@ -81,12 +74,41 @@ export function rejoin(sessionId) {
   const user = messages[messages.indexOf(answer) - 1] || null;
   const run = newRun(sessionId, answer, user);
   return follow(run, null)
+    .then((how) => how === "broken" && resume(run))
     .finally(() => endRun(run))
     .then(() => !run.abandoned);
 }
 
-// Reads the session's live answer into run.message, from after lastId (or from its start);
-// false when the server has no live answer (204) or will not say.
+// The connection broke mid-answer: resume it where it broke off (Last-Event-ID) for as long as
+// the server streams the answer, again and again. Each try waits first, RESUME_FIRST_MS, twice
+// as long after a try that brought no event, up to RESUME_MAX_MS, and RESUME_FIRST_MS again
+// after one that did. Gives up when the server has said nothing for SILENCE_MS, tries included.
+async function resume(run) {
+  let wait = RESUME_FIRST_MS;
+  let heard = Date.now();
+  while (!run.ended && !run.abandoned && run.lastId && Date.now() - heard < SILENCE_MS) {
+    run.controller = new AbortController(); // a stop, a delete or a sign-out aborts the wait too
+    if (!(await pause(wait, run.controller.signal))) return;
+    const from = run.lastId;
+    const began = (run.lastBytes = Date.now()); // the watchdog times this try's own silence
+    if ((await follow(run, from)) === "gone") return;
+    if (run.lastBytes > began) heard = run.lastBytes;
+    wait = run.lastId !== from ? RESUME_FIRST_MS : Math.min(wait * 2, RESUME_MAX_MS);
+  }
+}
+
+// true after `ms`, false at once if `signal` aborts first
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(true), ms);
+    signal.addEventListener("abort", () => (clearTimeout(timer), resolve(false)), { once: true });
+  });
+}
+
+// Reads the session's live answer into the run, from after lastId (or from its start). Says how
+// it went: "over" (the answer ended, or a newer one took its place), "gone" (the server streams
+// no such answer, or will not say: 204, 404, signed out) or "broken" (the connection failed or
+// closed mid-answer, or the server is busy: worth another try).
 async function follow(run, lastId) {
   let response;
   try {
@@ -95,27 +117,29 @@ async function follow(run, lastId) {
       headers: lastId ? { "Last-Event-ID": lastId } : {},
     });
   } catch {
-    return false;
+    return "broken";
   }
-  if (response.status !== 200) return false;
+  if (response.status === 429 || response.status >= 500) return "broken";
+  if (response.status !== 200) return "gone";
   if (!lastId) run.replay = true; // the answer comes again from its first token
-  try {
-    await readRun(run, response);
-  } catch {
-    // the connection broke again: what was read stays
-  }
-  return true;
+  return read(run, response);
 }
 
-async function readRun(run, response) {
+// Reads an answer's events into the run: "over" or "broken", as follow() says; what was read stays.
+async function read(run, response) {
   const seen = () => (run.lastBytes = Date.now());
-  for await (const event of readEvents(response.body, seen)) {
-    if (event.id) run.lastId = event.id;
-    if (handleEvent(run, event) === "other") {
-      run.controller.abort(); // a newer answer of this session: the history shows it
-      return;
+  try {
+    for await (const event of readEvents(response.body, seen)) {
+      if (event.id) run.lastId = event.id;
+      if (handleEvent(run, event) === "other") {
+        run.controller.abort(); // a newer answer of this session: the history shows it
+        return "over";
+      }
     }
+  } catch {
+    return run.ended ? "over" : "broken";
   }
+  return run.ended ? "over" : "broken";
 }
 
 function handleEvent(run, { event, data }) {

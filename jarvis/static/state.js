@@ -1,10 +1,10 @@
 // What the page knows: the chats, each chat's conversation and the answers streaming into them.
-// One object; each field names the module that writes it, the others only read it.
+// One object; the comments name the module that writes each field, the others only read it.
 
 export const LIVE = new Set(["pending", "queued", "streaming"]);
 
 export const state = {
-  // chats.js
+  // chats.js (and composer.js, which moves the chat it sends to to the top of the list)
   sessions: [], // as GET /api/sessions lists them, newest first
   currentId: null,
   confirming: null, // the session whose delete waits for a second click
@@ -14,11 +14,11 @@ export const state = {
   making: null, // the chat New chat asked for, until the server answers
   renaming: null, // the session whose title is being edited
   pollTimer: null,
-  attached: new Set(), // message ids this tab has rejoined (or found over), so it asks once
-  // chats.js, composer.js and connection.js
+  // chats.js, composer.js and connection.js: the messages, and a count of answers started
   views: new Map(), // session id -> {messages: [...], started: n}
-  // connection.js
+  // connection.js (chats.js drops a deleted chat's)
   live: new Map(), // session id -> Set of running streams
+  attached: new Set(), // message ids this tab has rejoined (or found over), so it asks once
   // conversation.js
   rendered: new Map(), // message key -> <li>, for the session on screen only
   nextKey: 1,

@@ -102,6 +102,7 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     auth.init_app(app)
     for blueprint in (api.bp, openai.bp, ollama.bp, page.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app
 
 

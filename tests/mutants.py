@@ -198,6 +198,15 @@ MUTANTS = [
   '        "options": f"{options} -c statement_timeout={server_ms} -c lock_timeout={server_ms}".strip(),\n',
   '        "options": options,\n',
   ["tests/test_database_faults.py::test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout"]),
+ ("page-resume-once: the page resumes a broken answer once, not for as long as it lives", "jarvis/static/connection.js",
+  '    if ((await follow(run, from)) === "gone") return;\n', "    await follow(run, from);\n    return;\n",
+  ["tests/test_browser_rejoin.py::test_an_answer_whose_connection_breaks_twice_resumes_each_time_and_finishes_in_full"]),
+ ("render-any-stream: the renderer takes any longer text for the shown answer grown", "jarvis/static/markdown.js",
+  "const grown = state && stream !== null && state.stream === stream && text.length >= state.given.length;",
+  "const grown = state && text.length >= state.given.length;", ["tests/test_render.py"]),
+ ("prefix-trust: X-Forwarded-Prefix is believed from any address", "jarvis/web/page.py",
+  'if prefix and PREFIX.fullmatch(prefix) and self._trusted(environ.get("REMOTE_ADDR", "")):',
+  "if prefix and PREFIX.fullmatch(prefix):", ["tests/test_subpath.py"]),
 ]
 
 

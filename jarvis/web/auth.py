@@ -63,6 +63,10 @@ class _SessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or _scheme() == "https")
 
+    def get_cookie_path(self, app: Flask) -> str:
+        # under a sub-path (web.ForwardedPrefix), the cookie is that path's alone
+        return request.script_root or super().get_cookie_path(app)
+
 
 def init_app(app: Flask) -> None:
     """Install the checks, the login routes, the rate limit, the body limit and the security headers."""
@@ -199,7 +203,7 @@ def _local_mode(cfg: Config):
         session["csrf"] = secrets.token_urlsafe(24)
         session.permanent = True
         rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
-        return redirect(request.path + ("?" + urlencode(rest) if rest else ""))
+        return redirect(request.script_root + request.path + ("?" + urlencode(rest) if rest else ""))
     cookie_ok = hmac.compare_digest(session.get("local", ""), _fingerprint(_local(), _epoch().current()))
     g.signed_in = cookie_ok
     g.local_cookie = cookie_ok

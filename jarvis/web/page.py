@@ -12,7 +12,7 @@ import re
 
 from flask import Blueprint, make_response, render_template
 
-from .config import split_list
+from ..config import split_list
 
 bp = Blueprint("web", __name__, template_folder="templates")
 

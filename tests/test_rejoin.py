@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from jarvis.lifecycle.stream import MAX_WATCHERS
+from jarvis.lifecycle.body import MAX_WATCHERS
 from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import Script
 

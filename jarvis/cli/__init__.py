@@ -246,7 +246,7 @@ def _is_loopback(host: str) -> bool:
 def _accounts():
     from .. import private_dir
     from ..config import Config
-    from ..store.sessions import Store
+    from ..store import Store
     from ..web.accounts import Accounts
 
     cfg = Config.from_env()
@@ -354,9 +354,8 @@ def cmd_db(args) -> int:
     """Copy the whole history into another database, and say what was copied."""
     from ..config import Config
     from ..errors import JarvisError
-    from ..store import dbcopy
+    from ..store import Store, dbcopy
     from ..store.engines import is_postgres
-    from ..store.sessions import Store
 
     source_url = args.source or Config.from_env().database_path()
     if not is_postgres(source_url) and not os.path.exists(source_url):
@@ -384,7 +383,7 @@ def cmd_check(args) -> int:
     from .. import private_dir
     from ..config import Config, ConfigError
     from ..errors import JarvisError
-    from ..store.sessions import Store
+    from ..store import Store
 
     failures = 0
 

@@ -38,7 +38,7 @@ from ..events import Progress as ProgressEvent
 from ..metrics import Metrics
 from ..sse import SSEFramer
 from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
-from ..store.sessions import Store
+from ..store import Store
 from ..upstream import Done, Meta, Options, Progress, Upstream
 from .keepers import Keepers
 

@@ -81,7 +81,7 @@ def run(workdir: Path, quick: bool) -> Section:
         f"{CONCURRENT} streaming answers (a token every 20 ms), then {CONCURRENT} clients, each on its "
         "own keep-alive connection, send their Stop at one moment; 'every' is from the first Stop sent "
         "to the last upstream close, 'each' is every Stop to its own upstream close. JARVIS_MAX_STREAMS="
-        f"{MAX_STREAMS}; 'no store read' stubs Store.require_session, the stop route's store call, in "
+        f"{MAX_STREAMS}; 'no store read' stubs Sessions.require, the stop route's store call, in "
         "the server process (python -m bench.serving serve-nostore)"
     )
     return section
@@ -167,9 +167,9 @@ def _serve(argv: list[str], patches: list[str]) -> int:
 
 
 def _no_store_read() -> None:
-    from jarvis.store.sessions import Store
+    from jarvis.store.sessions import Sessions
 
-    Store.require_session = lambda self, session_id, owner=None: None  # the stop route's only store call
+    Sessions.require = lambda self, session_id, owner=None: None  # the stop route's only store call
 
 
 def _poll_only() -> None:

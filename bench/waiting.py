@@ -16,7 +16,7 @@ import time
 from jarvis.config import Config
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
-from jarvis.store.sessions import Store
+from jarvis.store import Store
 
 from .stats import Cell, Row, Section, judge
 

@@ -16,7 +16,7 @@ from .config import Config
 from .errors import CoordinationUnavailable
 from .lifecycle.registry import Registry
 from .metrics import Metrics
-from .store.sessions import Store
+from .store import Store
 from .upstream import Upstream, select_upstream
 from .upstream.health import Prober
 from .web.accounts import Accounts, RevocationWatch

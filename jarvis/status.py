@@ -46,3 +46,7 @@ REASON_STATUS = {
     Reason.REVOKED: Status.STOPPED,
 }
 REASON_EVENT = {Reason.STOPPED: "stream_stopped", Reason.DISCONNECTED: "stream_disconnected"}
+
+# an answer still being written: every other status is an end. The store neither searches a
+# live answer nor imports one as live, and it writes a live status as a checkpoint, never as the end
+LIVE_STATUSES = ("pending", "queued", "streaming")

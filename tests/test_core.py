@@ -17,7 +17,7 @@ from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
 from jarvis.status import Reason
-from jarvis.store.sessions import Store
+from jarvis.store import Store
 from jarvis.upstream import Done, Meta
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script

@@ -269,7 +269,7 @@ def test_a_stop_without_the_database_signs_in_only_the_credential_that_sent_the_
 
 @pytest.mark.timeout(60)
 def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
-    postgres_url, make_app, make_server, fake
+    postgres_url, make_app, make_server, fake, caplog
 ):
     # would hang: a prompt's write transaction waits for the advisory write lock for as long as it is held
     import psycopg
@@ -286,3 +286,5 @@ def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
         r, took = _timed("GET", live.url + "/api/sessions")  # a lock is not a server down: reads go on
         assert r.status_code == 200 and took < 1.0, (r.status_code, took)
     assert api.send(sid, "after").end() == {"status": "completed"}
+    # the server said so itself: no connection was cut, so the database never counted as down
+    assert not [r for r in caplog.records if r.getMessage() == "database_unavailable"]

@@ -60,7 +60,7 @@ def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
     assert any(e["event"] == "server_stopped" for e in events)
     assert fake.active == 0
 
-    from jarvis.store.sessions import Store
+    from jarvis.store import Store
 
     store = Store(env["JARVIS_DATABASE"])
     assert [store.get_session(s)["messages"][-1]["status"] for s in sids] == ["stopped"] * 3
@@ -276,7 +276,7 @@ def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path
     assert stopped > events.index(cleanups[0]), "the server stopped before the kept answer ended"
     assert not [e for e in events if e["event"] == "shutdown_keeper_left"]
 
-    from jarvis.store.sessions import Store
+    from jarvis.store import Store
 
     answer = Store(env["JARVIS_DATABASE"]).get_session(sid)["messages"][-1]
     assert (answer["status"], answer["content"]) == ("stopped", "tok0 tok1 ")

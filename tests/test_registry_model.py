@@ -19,7 +19,7 @@ from jarvis.config import Config
 from jarvis.errors import AtCapacity, UpstreamStreamError
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
-from jarvis.store.sessions import Store
+from jarvis.store import Store
 from tests.conftest import wait_for
 
 SESSIONS = ("a", "b", "c")

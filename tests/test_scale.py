@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from jarvis.store.sessions import Store
+from jarvis.store import Store
 from jarvis.web.accounts import Accounts
 from tests.conftest import (
     HTTP_TIMEOUT,

@@ -534,7 +534,7 @@ def test_files_made_by_an_older_version_are_made_private(make_app, tmp_path):
     folder = tmp_path / "instance"
     folder.mkdir(mode=0o755)
     db = folder / "jarvis.sqlite3"
-    from jarvis.store.sessions import Store
+    from jarvis.store import Store
 
     Store(str(db)).close()
     os.chmod(folder, 0o755)

@@ -45,8 +45,8 @@ def cmd_check(args) -> int:
 
 def _check_database(cfg, report: Report) -> None:
     from ..errors import JarvisError
+    from ..store import Store
     from ..store.engines import shown
-    from ..store.sessions import Store
 
     database = cfg.database_path()
     name = shown(database)

@@ -31,9 +31,8 @@ def cmd_db(args) -> int:
     """Copy the whole history into another database, and say what was copied."""
     from ..config import Config
     from ..errors import JarvisError
-    from ..store import dbcopy
+    from ..store import Store, dbcopy
     from ..store.engines import is_postgres, shown
-    from ..store.sessions import Store
 
     source_url = args.source or Config.from_env().database_path()
     if not is_postgres(source_url) and not os.path.exists(source_url):

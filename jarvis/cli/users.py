@@ -72,7 +72,7 @@ def cmd_token(args) -> int:
 def _accounts():
     from .. import private_dir
     from ..config import Config
-    from ..store.sessions import Store
+    from ..store import Store
     from ..web.accounts import Accounts
 
     cfg = Config.from_env()

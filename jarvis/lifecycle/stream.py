@@ -22,7 +22,7 @@ from ..events import Event, Framer, Start
 from ..metrics import Metrics
 from ..sse import SSEFramer
 from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
-from ..store.sessions import Store
+from ..store import Store
 from ..upstream import Options, Upstream
 from .body import Body, Tap
 from .keepers import Keepers

@@ -2,13 +2,16 @@
 
 Pure functions over plain dicts: what a client may set (checked here, once, for
 the route and for an import alike) and how the settings shape a prompt — the
-system prompt first in the conversation, the rest as sampling ``Options``.
+system prompt first in the conversation, the rest as sampling ``Options``;
+``ChatSettings`` reads and writes them.
 """
 
 from __future__ import annotations
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from ..upstream import Options
+from . import rows
+from .engines import Database
 
 SYSTEM_MAX_CHARS = 8000
 TEMPERATURE_MAX = 2.0  # what Ollama and OpenAI accept
@@ -63,3 +66,26 @@ def options(settings: dict) -> Options | None:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+class ChatSettings:
+    """A chat's settings as stored: one JSON column of its session."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def get(self, session_id: str, owner: int | None = None) -> dict:
+        """The session's settings ({} when it has none); NotFound if unknown or not the owner's."""
+        with self.db.connect() as db:
+            row = db.execute(
+                f"SELECT settings FROM sessions WHERE id = ? AND {db.same('owner')}", (session_id, owner)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no session {rows.shown(session_id)}")
+        return rows.session(row)["settings"]
+
+    def set(self, session_id: str, settings: dict, owner: int | None = None) -> dict:
+        """Replace the session's settings (already checked) and return the session; NotFound if
+        unknown or not the owner's."""
+        with self.db.connect() as db:
+            return rows.update_session(db, session_id, "settings", rows.dumped(settings), owner)

@@ -8,7 +8,7 @@ transaction on the target: a copy that fails leaves it as it was.
 from __future__ import annotations
 
 from ..errors import BadRequest
-from .sessions import Store
+from .history import Store
 
 COLUMNS = {
     "users": ("id", "name", "password_hash", "created_at", "generation"),

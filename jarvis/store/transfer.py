@@ -1,19 +1,22 @@
 """A chat as a file: exported as Markdown or JSON, and read back from the JSON.
 
-Pure functions over plain dicts: the routes read and write the store, this module
-only says what a transcript looks like and what an import may hold.
+Pure functions over plain dicts say what a transcript looks like and what an
+import may hold; ``Imports`` stores a checked import as a new chat. A whole
+database is copied by dbcopy.py.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from datetime import datetime, timezone
 
 from ..errors import BadRequest
-from ..status import Status
-from ..web.bodies import one_line
-from . import chat_settings
+from ..status import LIVE_STATUSES, Status
+from . import chat_settings, rows
+from .engines import Database
+from .sessions import one_line
 
 FORMAT = "jarvis.chat"
 VERSION = 1
@@ -24,7 +27,6 @@ MAX_IMPORT_MESSAGES = 10_000
 MAX_IMPORT_VALUES = 1_000_000
 ROLES = {"user", "assistant"}
 ANSWER_STATUSES = {s.value for s in Status} | {"interrupted"}  # interrupted: marked by recovery
-LIVE = {"pending", "queued", "streaming"}
 FIELDS = ("role", "content", "status", "model", "error", "meta", "created_at")
 
 
@@ -75,7 +77,6 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > title_max:
         raise BadRequest(f'"title" must be a string of at most {title_max} characters')
-    title = one_line(title)
     settings = body.get("settings") or {}  # exports before settings existed have none
     if not isinstance(settings, dict):
         raise BadRequest('"settings" must be an object')
@@ -84,35 +85,79 @@ def parse_import(body: object, max_chars: int, title_max: int) -> tuple[str, lis
     if not isinstance(raw, list) or len(raw) > MAX_IMPORT_MESSAGES:
         raise BadRequest(f'"messages" must be a list of at most {MAX_IMPORT_MESSAGES} messages')
     now = time.time()
-    messages = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise BadRequest(f'message {i}: "role" must be "user" or "assistant"')
-        if not isinstance(m.get("content"), str) or len(m["content"]) > max_chars:
-            raise BadRequest(f'message {i}: "content" must be a string of at most {max_chars} characters')
-        status = m.get("status")
-        if m["role"] == "user":
-            status = "sent"
-        elif status in LIVE:
-            status = "interrupted"
-        elif status not in ANSWER_STATUSES:
-            raise BadRequest(f'message {i}: "status" {str(status)[:40]!r} is not an answer status')
-        model, error, meta = m.get("model"), m.get("error"), m.get("meta")
-        if model is not None and (not isinstance(model, str) or len(model) > 200):
-            raise BadRequest(f'message {i}: "model" must be a string of at most 200 characters')
-        if model is not None:
-            model = one_line(model) or None
-        if error is not None and not isinstance(error, dict):
-            raise BadRequest(f'message {i}: "error" must be an object')
-        if meta is not None and not isinstance(meta, dict):
-            raise BadRequest(f'message {i}: "meta" must be an object')
-        when = m.get("created_at")
-        if not isinstance(when, (int, float)) or isinstance(when, bool) or not 0 <= when <= now + 86400:
-            when = now
-        messages.append(
-            {**{k: m.get(k) for k in FIELDS}, "status": status, "model": model, "created_at": float(when)}
-        )
-    return title, messages, settings
+    return one_line(title), [_message(i, m, max_chars, now) for i, m in enumerate(raw)], settings
+
+
+def _message(i: int, m: object, max_chars: int, now: float) -> dict:
+    """The ``i``-th message of an import, checked."""
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise BadRequest(f'message {i}: "role" must be "user" or "assistant"')
+    if not isinstance(m.get("content"), str) or len(m["content"]) > max_chars:
+        raise BadRequest(f'message {i}: "content" must be a string of at most {max_chars} characters')
+    status = _status(i, m)
+    model, error, meta = m.get("model"), m.get("error"), m.get("meta")
+    if model is not None and (not isinstance(model, str) or len(model) > 200):
+        raise BadRequest(f'message {i}: "model" must be a string of at most 200 characters')
+    if error is not None and not isinstance(error, dict):
+        raise BadRequest(f'message {i}: "error" must be an object')
+    if meta is not None and not isinstance(meta, dict):
+        raise BadRequest(f'message {i}: "meta" must be an object')
+    when = m.get("created_at")
+    if not isinstance(when, (int, float)) or isinstance(when, bool) or not 0 <= when <= now + 86400:
+        when = now
+    return {
+        **{k: m.get(k) for k in FIELDS},
+        "status": status,
+        "model": None if model is None else one_line(model) or None,
+        "created_at": float(when),
+    }
+
+
+def _status(i: int, m: dict) -> str:
+    status = m.get("status")
+    if m["role"] == "user":
+        return "sent"
+    if status in LIVE_STATUSES:
+        return "interrupted"
+    if status not in ANSWER_STATUSES:
+        raise BadRequest(f'message {i}: "status" {str(status)[:40]!r} is not an answer status')
+    return status
+
+
+class Imports:
+    """Stores a checked import as a new chat of its owner."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def add(
+        self, title: str, messages: list[dict], owner: int | None = None, settings: dict | None = None
+    ) -> dict:
+        """Store a whole chat read from an export, in one transaction; returns the new session."""
+        now = time.time()
+        sid = secrets.token_urlsafe(18)
+        created = messages[0]["created_at"] if messages else now
+        with self.db.connect() as db:
+            db.begin()
+            db.execute(
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, owner, title, created, now, rows.dumped(settings)),
+            )
+            parent = None  # an import is one line of messages
+            for m in messages:
+                parent = db.insert(
+                    "INSERT INTO messages (session_id, parent_id, role, content, status, model, error, meta,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid, parent, m["role"], m["content"], m["status"], m.get("model"),
+                        rows.dumped(m.get("error")), rows.dumped(m.get("meta")), m["created_at"],
+                        m["created_at"],
+                    ),
+                )  # fmt: skip
+            db.execute("UPDATE sessions SET leaf_id = ? WHERE id = ?", (parent, sid))
+            db.commit()
+        return {"id": sid, "title": title, "created_at": now, "updated_at": now}
 
 
 def _utc(ts: float) -> str:

@@ -2,13 +2,58 @@
 
 Regenerating an answer or editing a prompt adds a sibling instead of overwriting
 anything; the session's leaf names the version shown. Pure functions over the
-rows of one session (dicts with ``id`` and ``parent_id``): the store reads the
-rows once and builds the path here.
+rows of one session (dicts with ``id`` and ``parent_id``): ``Versions`` reads
+the rows once and builds the path here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+from ..errors import NotFound
+from . import rows as stored
+from .engines import Database
+
+LEAF = "leaf"  # a new prompt's parent, or the end of a context: the versions shown
+ANSWERED = ("completed", "length")  # the answers a context carries on
+
+
+class Versions:
+    """Which version of a chat is shown, and the conversation on the path to one."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def show(self, session_id: str, message_id: int, owner: int | None = None) -> None:
+        """Show the versions through ``message_id``: the leaf becomes the newest one under it.
+        NotFound for a message of another session."""
+        with self.db.connect() as db:
+            db.begin()
+            stored.require_owned(db, session_id, owner)
+            rows = stored.tree_rows(db, session_id)
+            if not any(r["id"] == message_id for r in rows):
+                raise NotFound(f"no message {message_id} in this session")
+            db.execute(
+                "UPDATE sessions SET leaf_id = ? WHERE id = ?", (newest_leaf(rows, message_id), session_id)
+            )
+            db.commit()
+
+    def context(self, session_id: str, upto: int | None | str = LEAF) -> list[dict]:
+        """The conversation to send upstream: the prompts and completed answers on the path to
+        ``upto`` (a message of the session, None for nothing, LEAF for the versions shown)."""
+        if upto is None:
+            return []
+        with self.db.connect() as db:
+            rows = stored.tree_rows(db, session_id, content=True)
+            if upto == LEAF:
+                upto = stored.leaf(db, session_id)
+            elif not any(r["id"] == upto for r in rows):
+                raise NotFound(f"no message {upto} in this session")
+        return [
+            {"role": r["role"], "content": r["content"]}
+            for r in path(rows, upto)
+            if r["role"] == "user" or r["status"] in ANSWERED
+        ]
 
 
 def children(rows: Sequence[Mapping]) -> dict[int | None, list[int]]:

@@ -27,7 +27,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import log
 from ..errors import BadRequest, NotFound, StoreError
-from ..store.sessions import Store
+from ..store import Store
 
 TOKEN_PREFIX = "jv_"
 MIN_PASSWORD_CHARS = 8

@@ -9,19 +9,18 @@ how many values it parses into (an import), counted before it is parsed.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 
 from flask import request
 
 from ..errors import BadRequest
+from ..store.sessions import one_line  # noqa: F401  (a title as one line: the store's rule, the routes' too)
 
 # the largest body any route reads (an import, 16 MiB) and room over it: the route's own limit
 # answers, in Jarvis's JSON; ``jarvis serve`` has waitress refuse bigger bodies from their length
 MAX_BODY_BYTES = 17 * 1024 * 1024
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 SLICE_BYTES = 64 * 1024  # what the value count reads at a time, once it looks past the strings
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters: CR, LF, ESC, DEL, C1
 
 
 def json_object(force: bool = False, max_values: int | None = None) -> dict | None:
@@ -97,12 +96,6 @@ def check_request() -> None:
     require_text(list(request.args.items(multi=True)), "the query")
     if request.mimetype in FORMS:
         require_text(list(request.form.items(multi=True)), "the form")
-
-
-def one_line(text: str) -> str:
-    """``text`` as one line for a title or a name: each control character (CR, LF, ESC…) a space,
-    runs of spaces one, none at either end."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def _bounded(force: bool, max_values: int) -> tuple[object, bool]:

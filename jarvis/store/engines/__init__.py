@@ -1,17 +1,70 @@
 """The two database engines behind the history store: SQLite (the default) and PostgreSQL.
 
-The store writes its SQL once, in the dialect both engines agree on: ``?``
-placeholders, ``db.insert()`` for a new row's id, ``db.begin()`` for a write
-transaction. What differs (column types, placeholders, identities, locks,
-search, connections) sits in one module per engine. psycopg is imported only
-when the URL names PostgreSQL.
+The store writes its SQL once, in the dialect both engines agree on, and asks
+the engine's connection for what differs: ``Engine`` and ``Connection`` below
+are the whole interface. A statement takes ``?`` as its placeholder (the
+DB-API's qmark style: an engine whose driver speaks another maps it, and
+nothing else); ``same(column)`` compares a column with a parameter that may
+be None; ``insert()`` returns a new row's id; ``begin()`` opens a write
+transaction. Column types, locks, search, connections and their faults sit in
+one module per engine. psycopg is imported only when the URL names PostgreSQL.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from ...config import ConfigError
+
+
+class Connection(Protocol):
+    """One connection, lent for one ``with engine.connect()`` block; rows read as mappings."""
+
+    def execute(self, sql: str, params: Sequence = ()) -> Any:
+        """Run one statement with ``?`` placeholders; returns a DB-API cursor."""
+
+    def executemany(self, sql: str, rows: list[tuple]) -> Any: ...
+
+    def insert(self, sql: str, params: Sequence = ()) -> int:
+        """Run an INSERT; returns the new row's id."""
+
+    def same(self, column: str) -> str:
+        """SQL that holds when ``column`` equals the next ``?``, None equal to None."""
+
+    def begin(self) -> None:
+        """Open a write transaction holding the write lock now: a read then a write cannot be overtaken."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class Engine(Protocol):
+    """A database: connections, search, and what a copy leaves to fix."""
+
+    name: str
+    where: str  # the database as logs show it: no password
+
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection within the database timeout, else DatabaseUnavailable; other faults StoreError."""
+
+    def search(self, db: Connection, words: list[str], owner: int | None, limit: int) -> list[dict]:
+        """The sessions of ``owner`` whose ended messages hold every word, best first, with a snippet."""
+
+    def after_copy(self, db: Connection) -> None:
+        """Make the rows a copy wrote with their own ids safe to add to."""
+
+    def close(self) -> None: ...
+
+
+class Database(Protocol):
+    """What a piece of the store reads and writes through: an engine, or the store that holds one."""
+
+    def connect(self) -> AbstractContextManager[Connection]: ...
+
 
 # {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps)
 SCHEMA = """
@@ -57,8 +110,6 @@ CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
 
 # the tables in an order that satisfies their references (a copy writes them in it)
 TABLES = ("users", "tokens", "sessions", "messages")
-LIVE_STATUSES = ("pending", "queued", "streaming")
-SNIPPET_WORDS = 16
 
 
 def is_postgres(database: str) -> bool:
@@ -70,7 +121,7 @@ def shown(database: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
 
 
-def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0):
+def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0) -> Engine:
     """The engine for ``database``: a postgresql:// URL, else a SQLite file."""
     if is_postgres(database):
         try:
@@ -81,16 +132,6 @@ def open_engine(database: str, *, pool_size: int = 8, timeout_s: float = 5.0):
     from .sqlite import SqliteEngine
 
     return SqliteEngine(database, timeout_s=timeout_s)
-
-
-def snippet(content: str, words: list[str]) -> str:
-    """About SNIPPET_WORDS words of ``content`` around the first of ``words`` found, … where cut."""
-    tokens = content.split()
-    lowered = [t.lower() for t in tokens]
-    at = next((i for i, t in enumerate(lowered) if any(w.lower() in t for w in words)), 0)
-    start = max(0, min(at - SNIPPET_WORDS // 4, len(tokens) - SNIPPET_WORDS))
-    part = " ".join(tokens[start : start + SNIPPET_WORDS])
-    return ("…" if start > 0 else "") + part + ("…" if start + SNIPPET_WORDS < len(tokens) else "")
 
 
 def like(word: str) -> str:

@@ -14,32 +14,35 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ...errors import DatabaseUnavailable, StoreError
+from ...status import LIVE_STATUSES
 from . import SCHEMA
 
 TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "real": "REAL"}
 # the write lock held by another connection past the busy timeout (or a lock SQLite will not wait for)
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
+# a trigger takes no parameters: the live statuses are written into it
+_LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
 # answers are indexed for search once they end: a checkpoint of a growing answer costs no re-index
-SEARCH_SCHEMA = """
+SEARCH_SCHEMA = f"""
 CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id');
 CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
-WHEN new.status NOT IN ('pending', 'queued', 'streaming') BEGIN
+WHEN new.status NOT IN ({_LIVE}) BEGIN
     INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
 END;
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
-WHEN old.status NOT IN ('pending', 'queued', 'streaming') BEGIN
+WHEN old.status NOT IN ({_LIVE}) BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
 END;
 CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status ON messages BEGIN
     -- one trigger, in this order: SQLite runs separate triggers newest first
     INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content
-        WHERE old.status NOT IN ('pending', 'queued', 'streaming');
+        WHERE old.status NOT IN ({_LIVE});
     INSERT INTO messages_fts (rowid, content) SELECT new.id, new.content
-        WHERE new.status NOT IN ('pending', 'queued', 'streaming');
+        WHERE new.status NOT IN ({_LIVE});
 END;
 INSERT INTO messages_fts (rowid, content)
-    SELECT id, content FROM messages WHERE status NOT IN ('pending', 'queued', 'streaming');
+    SELECT id, content FROM messages WHERE status NOT IN ({_LIVE});
 """
 
 # an older database's chats become trees: each message follows the one stored before it,
@@ -58,7 +61,10 @@ TREE_MIGRATION = {
 
 
 class Connection(sqlite3.Connection):
-    """A SQLite connection that opens write transactions the way the store asks for them."""
+    """A SQLite connection speaking the store's dialect (``jarvis.store.engines.Connection``)."""
+
+    def same(self, column: str) -> str:
+        return f"{column} IS ?"
 
     def insert(self, sql: str, params=()) -> int:
         """Run an INSERT; returns the new row's id."""

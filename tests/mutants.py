@@ -52,7 +52,7 @@ MUTANTS = [
   'client_gone=request.environ.get("waitress.client_disconnected"),', "client_gone=None,", ["tests/test_lifecycle.py"]),
  ("follow-up: no follow-up heartbeat", "jarvis/lifecycle/stream.py",
   "follow_ups = (follow_ups + 1) % 3", "follow_ups = 0", ["tests/test_lifecycle.py"]),
- ("checkpoints: both 'superseded before it began' checks removed", ["jarvis/lifecycle/stream.py", "jarvis/upstream/ollama.py"],
+ ("checkpoints: both 'superseded before it began' checks removed", ["jarvis/lifecycle/stream.py", "jarvis/upstream/remote.py"],
   ["if s.scope.cancelled:  # checkpoint: superseded before it began", "if cancel.cancelled:  # checkpoint: superseded or stopped before the call"],
   ["if False:  # checkpoint: superseded before it began", "if False:  # checkpoint: superseded or stopped before the call"],
   ["tests/test_core.py", "tests/test_lifecycle.py", "tests/test_api.py"]),

@@ -466,12 +466,12 @@ def cmd_check(args) -> int:
 
 def _print_stream(response) -> dict | None:
     """Write token text to stdout as it arrives; return the end event's data."""
-    for name, data in sse.parse(response.iter_lines(chunk_size=None, decode_unicode=False)):
-        if name == "token":
-            sys.stdout.write(data["text"])
+    for frame in sse.frames(response.iter_content(chunk_size=None)):
+        if frame.event == "token":
+            sys.stdout.write(frame.json()["text"])
             sys.stdout.flush()
-        elif name == "end":
-            return data
+        elif frame.event == "end":
+            return frame.json()
     return None
 
 

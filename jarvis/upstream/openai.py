@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
+from .. import sse
 from ..config import Config, ConfigError
 from ..errors import (
     ModelNotFound,
@@ -104,15 +105,17 @@ class _Answer:
 
     def __init__(self, redact):
         self.redact = redact
-        self.events = _Events()
+        self.events = sse.Parser()
         self.finish: str | None = None
         self.usage: dict = {}
         self.ended = False  # [DONE] came
 
     def read(self, lines: list[bytes]) -> Iterator[str | Done]:
         # a fast server sends many events a receive: the lines of each come as one group
-        for data in self.events.feed(lines):
-            text = self.feed(data)
+        for frame in self.events.lines(lines):
+            if not frame.data:  # a lone "data:" says nothing
+                continue
+            text = self.feed(_error_event(frame.data) if frame.event == "error" else frame.data)
             if text:
                 yield text
             if self.ended:
@@ -120,8 +123,8 @@ class _Answer:
                 return
 
     def end(self) -> Iterator[str | Done]:
-        for data in self.events.end():
-            if text := self.feed(data):
+        for frame in self.events.flush():  # the last event of a body closed without its blank line
+            if frame.data and (text := self.feed(frame.data)):
                 yield text
         if self.finish is None and not self.ended:
             raise UpstreamDisconnected("the OpenAI-compatible server ended the answer before it was done")
@@ -166,37 +169,6 @@ class _Answer:
             count(self.usage.get("prompt_tokens")),
             count(self.usage.get("completion_tokens")),
         )
-
-
-class _Events:
-    """Server-sent events, fed a group of lines at a time: the data of each event completed."""
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.name = b""
-
-    def feed(self, lines: list[bytes]) -> list[bytes]:
-        """The data of the events these lines complete; an ``event: error`` as an error object."""
-        done, data = [], self.data
-        for line in lines:
-            if not line:
-                if data:
-                    joined = data[0] if len(data) == 1 else b"\n".join(data)
-                    if joined:  # a lone "data:" makes no event
-                        done.append(_error_event(joined) if self.name == b"error" else joined)
-                    data = self.data = []
-                self.name = b""
-            elif line.startswith(b"data:"):
-                data.append(line[5:])  # JSON ignores the space after the colon
-            elif line.startswith(b"event:"):
-                self.name = line[6:].strip()
-            # comments (": ping") and other fields keep a connection alive; they carry no text
-        return done
-
-    def end(self) -> list[bytes]:
-        """The last event of a body closed without its blank line."""
-        joined = b"\n".join(self.data)
-        return [joined] if joined else []
 
 
 def _error_event(data: bytes) -> bytes:

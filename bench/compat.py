@@ -12,6 +12,8 @@ import json
 import statistics
 import time
 
+from jarvis import sse
+
 from .client import BulkStream, Closed, _connect, _post_bytes, _Response
 from .servers import proc_stat
 from .stats import Cell, Row, Section, judge, ratio
@@ -41,15 +43,14 @@ def text_of(body: bytes, dialect: str) -> str:
             if line.strip():
                 out.append((json.loads(line).get("message") or {}).get("content", ""))
         return "".join(out)
-    for frame in body.split(b"\n\n"):
-        for line in frame.split(b"\n"):
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if dialect == "openai":
-                out.extend((c.get("delta") or {}).get("content") or "" for c in data.get("choices", []))
-            elif "text" in data:
-                out.append(data["text"])
+    for frame in sse.Parser().feed(body):
+        if frame.data == b"[DONE]":
+            continue
+        data = frame.json()
+        if dialect == "openai":
+            out.extend((c.get("delta") or {}).get("content") or "" for c in data.get("choices", []))
+        elif "text" in data:
+            out.append(data["text"])
     return "".join(out)
 
 

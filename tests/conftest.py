@@ -259,26 +259,21 @@ class SSE:
         self.events: list[tuple[str, dict]] = []
         self.ids: list[str | None] = []  # each event's SSE id, beside self.events
         self.comments = 0
-        self._id: str | None = None
-        lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
-        self._events = sse.parse(self._noting_ids(lines))
-
-    def _noting_ids(self, lines):
-        for line in lines:
-            if line.startswith(b"id: "):
-                self._id = line[4:].decode()
-            yield line
+        self._parser = sse.Parser()
+        self._chunks = response.iter_content(chunk_size=None) if response.status_code == 200 else iter(())
+        self._ready: list[sse.Frame] = []  # parsed, not yet read
 
     def next(self) -> tuple[str, dict] | None:
-        for name, data in self._events:
-            if name is None:
-                self.comments += 1
-            else:
-                self.events.append((name, data))
-                self.ids.append(self._id)
-                self._id = None
-                return name, data
-        return None
+        while not self._ready:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            self._ready = self._parser.feed(chunk)
+            self.comments = self._parser.comments
+        frame = self._ready.pop(0)
+        self.events.append((frame.event, frame.json()))
+        self.ids.append(frame.id)
+        return self.events[-1]
 
     def until(self, wanted: str) -> dict:
         while (event := self.next()) is not None:

@@ -13,7 +13,7 @@ import threading
 
 import jarvis
 from jarvis import cli
-from jarvis.upstream import local
+from jarvis.upstream import gguf, local
 
 STUCK_S = 120  # far past any shutdown deadline a test allows
 
@@ -68,7 +68,7 @@ class StuckLlama:
 def main(argv: list[str]) -> int:
     kind, rest = argv[0], argv[1:]
     if kind == "local":
-        local._install_abort = lambda llama, check: None
+        gguf._install_abort = lambda llama, check: None
         jarvis.select_upstream = lambda *_: local.LocalUpstream(llama=StuckLlama(), model_name="stuck")
     else:
         jarvis.select_upstream = lambda *_: StuckUpstream()

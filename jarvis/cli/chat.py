@@ -141,7 +141,7 @@ def _print_stream(response) -> dict | None:
 
 def _events(response):
     """The answer's SSE events as (name, data) pairs: the one place the chat command parses SSE."""
-    return sse.parse(response.iter_lines(chunk_size=None, decode_unicode=False))
+    return ((f.event, f.json()) for f in sse.frames(response.iter_content(chunk_size=None)))
 
 
 def _error_message(response) -> str:

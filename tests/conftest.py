@@ -110,16 +110,27 @@ def database(tmp_path) -> str:
     return str(tmp_path / "jarvis.sqlite3")
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """One PostgreSQL server for the whole run, started on first use; skips when it cannot run here."""
+def _started_postgres(**stopping):
+    """A PostgreSQL server, stopped and removed after the fixture; skips when it cannot run here."""
     why = postgres.missing()
     if why:
         pytest.skip(why)
     server = postgres.PostgresServer().start()
     yield server
-    server.stop("immediate")
+    server.stop("immediate", **stopping)
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole run, started on first use."""
+    yield from _started_postgres()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own, which it may stop and start."""
+    yield from _started_postgres(missing_ok=True)
 
 
 @pytest.fixture

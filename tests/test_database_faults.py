@@ -30,18 +30,6 @@ SLACK_S = 1.0  # two busy cores: what a 503 may take beyond the timeout
 END_S = 1.0  # an answer's end after its Stop, however the database is
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL server of the test's own, which it may stop and start."""
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop("immediate", missing_ok=True)
-    server.remove()
-
-
 def _server_pids(server: postgres.PostgresServer) -> list[int]:
     """The postmaster and every process it started (a backend per connection)."""
     with open(os.path.join(server.data, "postmaster.pid")) as f:

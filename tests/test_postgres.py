@@ -17,7 +17,6 @@ import requests
 
 from jarvis.errors import DatabaseUnavailable, JarvisError
 from tests import (
-    postgres,
     test_api,
     test_chats,
     test_input,
@@ -128,18 +127,6 @@ def test_secrets_are_stored_only_as_hashes_in_postgres(app):
         rows = [*db.execute("SELECT * FROM users").fetchall(), *db.execute("SELECT * FROM tokens").fetchall()]
     stored = repr(rows)
     assert "ann" in stored and test_security.PASSWORD not in stored and token not in stored
-
-
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL server of the test's own, which it may stop and start."""
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop("immediate", missing_ok=True)
-    server.remove()
 
 
 def _send(served, session: str, content: str) -> requests.Response:

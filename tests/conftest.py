@@ -240,6 +240,13 @@ class Api:
         )
         return SSE(r)
 
+    def answering(self, content: str = "hello", **body) -> tuple[str, SSE]:
+        """A new session whose answer is streaming: its id, and the prompt's response past a token."""
+        session = self.session()
+        sse = self.send(session, content, **body)
+        sse.until("token")
+        return session, sse
+
     def attach(self, session: str, last_event_id: str | None = None) -> SSE:
         """GET the session's live answer (status 204 when none is live)."""
         headers = {**self.headers, **({"Last-Event-ID": last_event_id} if last_event_id else {})}

@@ -94,9 +94,7 @@ def test_a_prompt_after_the_owner_is_killed_streams_within_seconds_not_the_lease
     proc_a, a = processes("a", JARVIS_LEASE_TTL="10", JARVIS_SUPERSEDE_TIMEOUT="5")
     _, b = processes("b", JARVIS_LEASE_TTL="10", JARVIS_SUPERSEDE_TIMEOUT="5")
     fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
-    session = a.session()
-    first = a.send(session, "first")
-    first.until("token")
+    session, first = a.answering("first")
     wait_for(
         lambda: [m for m in b.messages(session) if m["role"] == "assistant" and m["content"]],
         what="A to save the text so far",
@@ -146,9 +144,7 @@ def stuck_answer(app, api):
     j = app.extensions["jarvis"]
     stuck = StuckOnce(j.upstream)
     j.upstream = stuck
-    session = api.session()
-    first = api.send(session, "stuck")
-    first.until("token")
+    session, first = api.answering("stuck")
     assert stuck.entered.wait(2)
     return session, first, stuck
 
@@ -203,9 +199,7 @@ def test_a_stuck_worker_gives_its_lease_back_once_detached(make_app, make_server
 def test_a_control_message_with_an_unknown_reason_cancels_nothing(make_app, make_server, fake, redis_server):  # noqa: F811
     [(app, a)] = apps_on(make_app, make_server, redis_server, 1)
     fake.script(tokens=20, interval_s=0.02)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     (stream,) = app.extensions["jarvis"].registry.live()
     with redis_server.client() as r:
         r.publish(CHANNEL, f"stop\t{session}\tstoped\tother\t{stream.lease.ticket + 1}")
@@ -290,9 +284,7 @@ BAD_IDS = ["{trace}.²", "{trace}.-1", "{trace}." + "9" * 40, "{trace}.1.2"]
 def test_a_last_event_id_that_is_not_a_number_replays_from_the_start(api, fake, bad):
     # before: "²" passed isdigit() and int() raised: a 500 with a traceback
     fake.script(tokens=10, stall_after=3)
-    session = api.session()
-    answer = api.send(session, "hi")
-    answer.until("token")
+    session, answer = api.answering("hi")
     trace = answer.ids[0].rpartition(".")[0]
     reader = api.attach(session, bad.format(trace=trace))
     assert reader.status_code == 200, reader.response.text
@@ -309,9 +301,7 @@ def test_a_bad_last_event_id_at_b_leaves_a_on_the_control_channel(processes, fak
     _, a = processes("a")
     _, b = processes("b")
     fake.script(tokens=10, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hi")
-    answer.until("token")
+    session, answer = a.answering("hi")
     trace = answer.ids[0].rpartition(".")[0]
     readers = []
     attach = threading.Thread(target=lambda: readers.append(b.attach(session, f"{trace}.²")))
@@ -331,9 +321,7 @@ def test_a_bad_last_event_id_at_b_leaves_a_on_the_control_channel(processes, fak
 def test_the_listener_survives_a_message_whose_handling_fails(make_app, make_server, fake, redis_server):  # noqa: F811
     (app, a), (_, b) = apps_on(make_app, make_server, redis_server)
     fake.script(tokens=10, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hi")
-    answer.until("token")
+    session, answer = a.answering("hi")
     coord = app.extensions["jarvis"].coord
 
     def broken(*args):

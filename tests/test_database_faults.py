@@ -133,9 +133,7 @@ def test_stop_while_postgres_hangs_ends_the_answer_at_once_and_stores_it_once_ba
     live = make_server(app)
     api = Api(live.url)
     fake.push(Script(tokens=400, interval_s=0.02))
-    sid = api.session()
-    sse = api.send(sid, "long")
-    sse.until("token")
+    sid, sse = api.answering("long")
     with hung(own_postgres):
         began = time.monotonic()
         for _ in range(10):  # checkpoints fall due while the server is stopped: the answer goes on

@@ -181,9 +181,7 @@ def test_check_reports_each_failure_with_a_fix(fake, tmp_path, extra, expect):
 
 def test_metrics_move_as_streams_run(api, fake):
     fake.push(Script(tokens=1000, interval_s=0.01), Script(tokens=3), Script(status=500))
-    sid = api.session()
-    first = api.send(sid, "a")
-    first.until("token")
+    sid, first = api.answering("a")
     api.send(sid, "b").end()
     api.send(sid, "c").end()
     first.end()
@@ -228,9 +226,7 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
     )
     proc, api = serve_process(env, launcher=("tests.stuck_serve", backend))
     try:
-        sid = api.session()
-        sse = api.send(sid, "x")
-        sse.until("token")
+        sid, sse = api.answering("x")
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -254,9 +250,7 @@ def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path
     env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", **grace)
     proc, api = serve_process(env, stderr=subprocess.PIPE)
     try:
-        sid = api.session()
-        first = api.send(sid, "keep me")
-        first.until("token")
+        sid, first = api.answering("keep me")
         first.close()  # the tab closes: a keeper drives the answer for the grace
         call = fake.wait_for_calls(1)[0]
         began = time.monotonic()

@@ -180,9 +180,7 @@ def test_an_answer_whose_final_write_cannot_be_stored_is_logged_as_lost(
     app = make_app(database=own_postgres.url(), database_retry_s=0.5)
     api = Api(make_server(app).url)
     fake.push(Script(tokens=20, interval_s=0.02))
-    sid = api.session()
-    sse = api.send(sid, "long")
-    sse.until("token")
+    sid, sse = api.answering("long")
     own_postgres.stop("fast")
     assert sse.end() == {"status": "completed"}  # at once: the write is retried in the background
     # the retry is bounded: it gives up after JARVIS_DATABASE_RETRY, loudly

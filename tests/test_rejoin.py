@@ -9,19 +9,11 @@ import pytest
 import requests
 
 from jarvis.lifecycle.body import MAX_WATCHERS
-from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
 FULL = "".join(f"tok{i} " for i in range(40))
-
-
-def answering(api: Api) -> tuple[str, SSE]:
-    """A new session whose answer is streaming: its id, and the prompt's response past a token."""
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
-    return sid, first
 
 
 def keeping() -> bool:
@@ -51,7 +43,7 @@ def test_every_event_of_an_answer_carries_an_id_in_order(api, fake):
 
 def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     second = api.attach(sid)
     assert second.status_code == 200
     assert first.end() == second.end() == {"status": "completed"}
@@ -98,7 +90,7 @@ def test_attach_answers_204_when_nothing_is_live(api, fake):
 def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
     # each reader holds a server thread: without a bound one account could take them all
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     watchers = [api.attach(sid) for _ in range(MAX_WATCHERS)]
     assert [w.status_code for w in watchers] == [200] * MAX_WATCHERS
     one_more = api.attach(sid)
@@ -120,7 +112,7 @@ def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
 
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     watcher = api.attach(sid)
     watcher.until("token")
     watcher.close()
@@ -131,7 +123,7 @@ def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
 def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):
     # the default: a watcher being there changes nothing when the prompt's client leaves
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     watcher = api.attach(sid)
     watcher.until("token")
     first.close()
@@ -145,7 +137,7 @@ def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, f
     # without the grace the closed tab would end the answer as disconnected
     api, _ = graced(10.0, channel_request_lookahead=lookahead)
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     rejoined = api.attach(sid)  # a reload
@@ -160,7 +152,7 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     grace = 0.5
     api, app = graced(grace)
     fake.script(tokens=10, stall_after=2)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     call = fake.wait_for_calls(1)[0]
     left = time.monotonic()
     first.close()
@@ -175,7 +167,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     grace = 0.5
     api, _ = graced(grace)
     fake.script(tokens=10, stall_after=2)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     second = api.attach(sid)
@@ -191,7 +183,7 @@ def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
 def test_when_the_holder_leaves_a_watcher_takes_over_at_once(graced, fake):
     api, _ = graced(0.3)
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     watcher = api.attach(sid)
     watcher.until("token")
     first.close()
@@ -203,7 +195,7 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     # the keeper waits for the worker in bounded slices: a cancel must reach it at once
     api, app = graced(30.0)
     fake.push(Script(tokens=10, stall_after=1), Script(tokens=2))
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     call = fake.wait_for_calls(1)[0]
     wait_for(keeping, what="the answer to be detached")
@@ -227,7 +219,7 @@ def test_the_registry_owns_every_keeper_and_shutdown_joins_them(graced, fake, lo
     # left "streaming"
     api, app = graced(30.0, channel_request_lookahead=lookahead)
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     registry = app.extensions["jarvis"].registry
@@ -244,7 +236,7 @@ def test_a_client_leaving_during_shutdown_ends_its_answer_without_a_keeper(grace
     # a keeper started after shutdown joined the others would run on, unowned, for the whole grace
     api, app = graced(30.0)
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     registry = app.extensions["jarvis"].registry
     registry.keepers.close(0.0)  # as shutdown does before the holder's client goes
     first.close()
@@ -261,7 +253,7 @@ def test_readers_leave_the_threads_that_stop_health_and_history_need(make_app, m
     app = make_app(max_streams=4)
     api = Api(make_server(app).url)
     fake.script(tokens=10, stall_after=1)
-    answers = [answering(api) for _ in range(2)]
+    answers = [api.answering("hi") for _ in range(2)]
     readers = [api.attach(answers[i % 2][0]) for i in range(6)]
     assert [r.status_code for r in readers] == [200, 200, 429, 429, 429, 429]  # two slots were left
     readers[0].close()  # seen at its next heartbeat: its slot is free again
@@ -283,8 +275,8 @@ def test_an_account_has_a_bounded_number_of_readers_across_its_answers(make_app,
         accounts.add(name, "correct horse battery")
         users[name] = Api(url, accounts.create_token(name, "tests"))
     fake.script(tokens=10, stall_after=1)
-    ann = [answering(users["ann"]) for _ in range(2)]
-    bob = answering(users["bob"])
+    ann = [users["ann"].answering("hi") for _ in range(2)]
+    bob = users["bob"].answering("hi")
     codes = [users["ann"].attach(ann[i % 2][0]).status_code for i in range(3)]
     assert codes == [200, 200, 429]
     refused = users["ann"].attach(ann[0][0])

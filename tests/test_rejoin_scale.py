@@ -51,9 +51,7 @@ def apps(make_app, make_server, redis_server):  # noqa: F811
 def test_attach_in_another_app_replays_then_follows_to_the_same_end(apps, fake):
     a, b = apps()
     fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     remote = b.attach(sid)
     assert remote.status_code == 200
     assert first.end() == remote.end() == {"status": "completed"}
@@ -80,9 +78,7 @@ def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_fini
     # without the remote takeover the keeper's grace would run out and end the answer as disconnected
     a, b = apps(grace=1.0)
     fake.script(tokens=60, interval_s=0.03)  # about 1.8 s: longer than the grace
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     rejoined = b.attach(sid)
@@ -95,9 +91,7 @@ def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_fini
 def test_a_remote_watcher_that_leaves_never_ends_the_answer(apps, fake):
     a, b = apps()
     fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     watcher = b.attach(sid)
     watcher.until("token")
     watcher.close()
@@ -111,9 +105,7 @@ def held_from_b(apps, fake, grace: float):
     (A, the session, B's reader)."""
     a, b = apps(grace=grace)
     fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     remote = b.attach(sid)
@@ -172,9 +164,7 @@ def test_attach_answers_204_when_the_lease_holder_never_answers(apps, fake, redi
 def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
     a, b = apps()
     fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     remote = b.attach(sid)
     remote.until("token")
     assert b.stop(sid) == {"stopped": True}
@@ -185,9 +175,7 @@ def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
 def test_a_remote_attach_answers_503_while_redis_is_away(apps, fake, redis_server):  # noqa: F811
     a, b = apps()
     fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     redis_server.stop()
     remote = b.attach(sid)
     assert remote.status_code == 503 and remote.json()["error"]["code"] == "coordination_unavailable"
@@ -233,9 +221,7 @@ def test_redis_commands_of_an_answer_nobody_rejoins_and_of_one_remote_attach(app
 @two_processes
 def test_a_reload_at_another_process_rejoins_the_live_answer(pair, fake):  # noqa: F811
     fake.script(Script(tokens=60, interval_s=0.02))
-    session = pair.a.session()
-    first = pair.a.send(session, "hi")
-    first.until("token")
+    session, first = pair.a.answering("hi")
     remote = pair.b.attach(session)
     assert remote.status_code == 200
     assert first.end() == remote.end() == {"status": "completed"}
@@ -247,9 +233,7 @@ def test_a_remote_reader_ends_when_the_owner_process_dies(pair, fake):  # noqa: 
     # a killed owner sends no end: without the look at its lease the reader's response would
     # stay open, heartbeating, for as long as the page kept it
     fake.script(tokens=5, stall_after=2)
-    session = pair.a.session()
-    first = pair.a.send(session, "hi")
-    first.until("token")
+    session, first = pair.a.answering("hi")
     remote = pair.b.attach(session)
     remote.until("token")
     pair.proc_a.send_signal(signal.SIGKILL)

@@ -19,7 +19,7 @@ from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_pro
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER
 from tests.test_rejoin_scale import mirroring
-from tests.test_scale import LEASE_TTL_S, health, redis_server, two_processes  # noqa: F401
+from tests.test_scale import LEASE_TTL_S, apps_on, health, redis_server, two_processes  # noqa: F401
 
 pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -48,17 +48,6 @@ def processes(fake, redis_server, tmp_path):  # noqa: F811
     yield start
     for proc in procs:
         stop_process(proc)
-
-
-def apps_on(make_app, make_server, redis_server, n: int = 2, **overrides) -> list:  # noqa: F811
-    """``n`` (app, Api) pairs on one Redis and one SQLite file, each subscribed."""
-    made = []
-    for _ in range(n):
-        app = make_app(redis_url=redis_server.url, **{"lease_ttl_s": LEASE_TTL_S, **overrides})
-        api = Api(make_server(app).url)
-        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-        made.append((app, api))
-    return made
 
 
 # item: a prompt refused for capacity must leave the chat's live answer in another process alone

@@ -41,28 +41,50 @@ def test_every_event_of_an_answer_carries_an_id_in_order(api, fake):
     assert sse.ids == [f"{trace}.{n}" for n in range(1, len(sse.events) + 1)]
 
 
-def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
+def attach_replays_then_follows(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` mid-answer gets what was streamed, the live events, the same end."""
     fake.script(SLOW)
-    sid, first = api.answering("hi")
-    second = api.attach(sid)
+    sid, first = sender.answering("hi")
+    second = reader.attach(sid)
     assert second.status_code == 200
     assert first.end() == second.end() == {"status": "completed"}
     assert first.text() == second.text() == FULL
     assert second.events == first.events and second.ids == first.ids  # the same events, the same ids
 
 
-def test_last_event_id_sends_only_what_came_after_it(api, fake):
+def last_event_id_sends_only_what_came_after(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` with the id of the third token gets only what came after it."""
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
+    sid = sender.session()
+    first = sender.send(sid, "hi")
     for _ in range(3):
         first.until("token")
     seen = len(first.events)
-    rejoined = api.attach(sid, first.ids[-1])
+    rejoined = reader.attach(sid, first.ids[-1])
     rejoined.end()
     first.end()
     assert rejoined.events == first.events[seen:]  # no gap, no duplicate
+    assert rejoined.ids == first.ids[seen:]
     assert first.text()[: len(first.text()) - len(rejoined.text())] + rejoined.text() == FULL
+
+
+def a_watcher_that_leaves_never_ends_the_answer(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` that closes leaves the answer to finish and its upstream open."""
+    fake.script(SLOW)
+    sid, first = sender.answering("hi")
+    watcher = reader.attach(sid)
+    watcher.until("token")
+    watcher.close()
+    assert first.end() == {"status": "completed"} and first.text() == FULL
+    assert fake.chat_calls()[0].closed_by != "client"
+
+
+def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
+    attach_replays_then_follows(api, api, fake)
+
+
+def test_last_event_id_sends_only_what_came_after_it(api, fake):
+    last_event_id_sends_only_what_came_after(api, api, fake)
 
 
 def test_an_id_from_another_answer_replays_the_live_one_from_its_start(api, fake):
@@ -111,13 +133,7 @@ def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
 
 
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
-    fake.script(SLOW)
-    sid, first = api.answering("hi")
-    watcher = api.attach(sid)
-    watcher.until("token")
-    watcher.close()
-    assert first.end() == {"status": "completed"} and first.text() == FULL
-    assert fake.chat_calls()[0].closed_by != "client"
+    a_watcher_that_leaves_never_ends_the_answer(api, api, fake)
 
 
 def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):

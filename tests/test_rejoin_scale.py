@@ -13,21 +13,15 @@ import time
 import pytest
 
 from jarvis.cluster.mirror import ANSWER_WAIT_S, BATCH_S
+from tests import test_rejoin
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER
-from tests.test_scale import LEASE_TTL_S, health, pair, redis_server, two_processes  # noqa: F401
+from tests.test_rejoin import keeping
+from tests.test_scale import LEASE_TTL_S, apps_on, health, pair, redis_server, two_processes  # noqa: F401
 
 pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer
-FULL = "".join(f"tok{i} " for i in range(40))
-
-
-def keeping() -> bool:
-    """A keeper thread drives a detached answer."""
-    return any(t.name.startswith("jarvis-keeper") for t in threading.enumerate())
 
 
 def mirroring() -> bool:
@@ -39,39 +33,18 @@ def apps(make_app, make_server, redis_server):  # noqa: F811
     """(a, b): two apps on one Redis and one SQLite file, with the given detach grace."""
 
     def make(grace: float = 0.0, ttl: float = LEASE_TTL_S) -> tuple[Api, Api]:
-        made = [make_app(redis_url=redis_server.url, lease_ttl_s=ttl, detach_grace_s=grace) for _ in "ab"]
-        apis = [Api(make_server(app).url) for app in made]
-        for api in apis:
-            wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-        return apis[0], apis[1]
+        (_, a), (_, b) = apps_on(make_app, make_server, redis_server, lease_ttl_s=ttl, detach_grace_s=grace)
+        return a, b
 
     return make
 
 
 def test_attach_in_another_app_replays_then_follows_to_the_same_end(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid, first = a.answering("hi")
-    remote = b.attach(sid)
-    assert remote.status_code == 200
-    assert first.end() == remote.end() == {"status": "completed"}
-    assert first.text() == remote.text() == FULL
-    assert remote.events == first.events and remote.ids == first.ids  # the same events, the same ids
+    test_rejoin.attach_replays_then_follows(*apps(), fake)
 
 
 def test_last_event_id_in_another_app_sends_only_what_came_after(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    for _ in range(3):
-        first.until("token")
-    seen = len(first.events)
-    remote = b.attach(sid, first.ids[-1])
-    remote.end()
-    first.end()
-    assert remote.events == first.events[seen:]  # no gap, no duplicate
-    assert remote.ids == first.ids[seen:]
+    test_rejoin.last_event_id_sends_only_what_came_after(*apps(), fake)
 
 
 def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_finishes(apps, fake):
@@ -89,14 +62,7 @@ def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_fini
 
 
 def test_a_remote_watcher_that_leaves_never_ends_the_answer(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid, first = a.answering("hi")
-    watcher = b.attach(sid)
-    watcher.until("token")
-    watcher.close()
-    assert first.end() == {"status": "completed"} and first.text() == FULL
-    assert fake.chat_calls()[0].closed_by != "client"
+    test_rejoin.a_watcher_that_leaves_never_ends_the_answer(*apps(), fake)
     wait_for(lambda: not mirroring(), what="the mirror to end")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from flask import Flask
 
 from jarvis.store import Store
 from jarvis.web.accounts import Accounts
@@ -270,13 +271,21 @@ def test_without_redis_url_redis_is_never_imported(fake, tmp_path):
 # the same protocol over the same Redis, without the cost of starting servers.
 
 
+def apps_on(make_app, make_server, redis_server, n: int = 2, **overrides) -> list[tuple[Flask, Api]]:
+    """``n`` (app, Api) pairs on one Redis and one SQLite file, each subscribed."""
+    made = []
+    for _ in range(n):
+        app = make_app(redis_url=redis_server.url, **{"lease_ttl_s": LEASE_TTL_S, **overrides})
+        api = Api(make_server(app).url)
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+        made.append((app, api))
+    return made
+
+
 @pytest.fixture
 def two_apps(make_app, make_server, redis_server):
-    apps = [make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S) for _ in range(2)]
-    apis = [Api(make_server(app).url) for app in apps]
-    for api in apis:
-        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-    return apps, apis
+    made = apps_on(make_app, make_server, redis_server)
+    return [app for app, _ in made], [api for _, api in made]
 
 
 @pytest.mark.parametrize("script", [Script(tokens=400, interval_s=0.02), Script(tokens=5, stall_after=2)])

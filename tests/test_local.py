@@ -29,6 +29,7 @@ from jarvis.errors import (
 from jarvis.upstream import Done, Meta, Options, Progress, fit, gguf, local, slot
 from jarvis.upstream.fit import Trim
 from jarvis.upstream.local import LocalUpstream
+from tests.char_tokens import CharTokens
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -36,7 +37,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
 
 
-class FakeLlama:
+class FakeLlama(CharTokens):
     """Stands in for ``llama_cpp.Llama``: one token per character, a scripted answer.
 
     With ``hold`` the prompt's decode runs until ``proceed`` is set or the abort
@@ -55,18 +56,6 @@ class FakeLlama:
         self.prompts: list[str] = []
         self.active = self.max_active = self.resets = 0
         self.closed = False
-
-    def token_bos(self):
-        return -1
-
-    def token_eos(self):
-        return 2
-
-    def detokenize(self, tokens, special=False):
-        return "".join(chr(t) for t in tokens).encode()
-
-    def tokenize(self, text, add_bos=True, special=False):
-        return [ord(c) for c in text.decode()]
 
     def reset(self):
         self.resets += 1

@@ -82,17 +82,25 @@ def test_the_last_words_of_an_answer_are_drawn_after_a_pause(tab):
     assert "<strong>world</strong>" in done["after"], "the pending text was drawn as Markdown"
 
 
-def test_a_text_of_another_stream_is_drawn_whole(tab):
+def draw(tab, *calls: tuple[str, str, float], read: str = "innerHTML") -> str:
+    """Draw each (text, stream, now) in turn into one element, as the page does; what it then shows."""
     tab.open()
-    html = tab.page.evaluate(
-        """async () => {
-          const md = await import("/static/markdown.js");
+    return tab.page.evaluate(
+        """async ([calls, read]) => {
+          const md = await import("./static/markdown.js");
           const el = document.createElement("div");
-          md.renderMarkdown(el, "First **answer** here", { stream: "trace-1", now: 0 });
-          // another answer, 1 ms later
-          md.renderMarkdown(el, "Other *answer* here, longer", { stream: "trace-2", now: 1 });
-          return el.innerHTML;
-        }"""
+          for (const [text, stream, now] of calls) md.renderMarkdown(el, text, { stream, now });
+          return el[read];
+        }""",
+        [list(calls), read],
+    )
+
+
+def test_a_text_of_another_stream_is_drawn_whole(tab):
+    html = draw(
+        tab,
+        ("First **answer** here", "trace-1", 0),
+        ("Other *answer* here, longer", "trace-2", 1),  # another answer, 1 ms later
     )
     assert html.strip() == "<p>Other <em>answer</em> here, longer</p>"
 
@@ -100,33 +108,19 @@ def test_a_text_of_another_stream_is_drawn_whole(tab):
 def test_words_typed_between_redraws_go_into_the_paragraph_being_written(tab):
     # the parser writes a line break after each block: text appended after it stood outside the
     # paragraph, on a line of its own, until the next redraw
-    tab.open()
-    html = tab.page.evaluate(
-        """async () => {
-          const md = await import("/static/markdown.js");
-          const el = document.createElement("div");
-          md.renderMarkdown(el, "t0 ", { stream: "trace-1", now: 0 });
-          // 1 ms later: appended, not redrawn
-          md.renderMarkdown(el, "t0 t1 ", { stream: "trace-1", now: 1 });
-          return el.innerHTML;
-        }"""
-    )
+    html = draw(tab, ("t0 ", "trace-1", 0), ("t0 t1 ", "trace-1", 1))  # 1 ms later: appended, not redrawn
     assert html.strip() == "<p>t0 t1 </p>"
 
 
 def test_a_text_of_another_stream_is_drawn_anew_though_it_starts_and_ends_as_the_shown_one(tab):
     # "the same answer, grown" was judged by the first 64 and the last 256 characters drawn: a
     # second answer that matched them kept the first answer's middle on screen
-    tab.open()
-    text = tab.page.evaluate(
-        """async () => {
-          const md = await import("./static/markdown.js");
-          const el = document.createElement("div");
-          const head = "Same start. ".repeat(8), tail = " same end".repeat(40);
-          md.renderMarkdown(el, `${head}first middle${tail}`, { stream: "trace-1", now: 0 });
-          md.renderMarkdown(el, `${head}other middle${tail} and more`, { stream: "trace-2", now: 1e6 });
-          return el.textContent;
-        }"""
+    head, tail = "Same start. " * 8, " same end" * 40
+    text = draw(
+        tab,
+        (f"{head}first middle{tail}", "trace-1", 0),
+        (f"{head}other middle{tail} and more", "trace-2", 1e6),
+        read="textContent",
     )
     assert "other middle" in text and "first middle" not in text
     assert text.strip().endswith("and more")
@@ -134,16 +128,7 @@ def test_a_text_of_another_stream_is_drawn_anew_though_it_starts_and_ends_as_the
 
 def test_a_stream_that_starts_again_from_its_first_token_is_drawn_anew(tab):
     # a rejoin replays an answer from its start: a shorter text of the same stream is not an extension
-    tab.open()
-    html = tab.page.evaluate(
-        """async () => {
-          const md = await import("./static/markdown.js");
-          const el = document.createElement("div");
-          md.renderMarkdown(el, "One two three", { stream: "trace-1", now: 0 });
-          md.renderMarkdown(el, "One", { stream: "trace-1", now: 1e6 });
-          return el.innerHTML;
-        }"""
-    )
+    html = draw(tab, ("One two three", "trace-1", 0), ("One", "trace-1", 1e6))
     assert html.strip() == "<p>One</p>"
 
 

@@ -23,6 +23,18 @@ from tests.conftest import (
 from tests.fake_ollama import Script
 
 
+def _ended(proc: subprocess.Popen) -> list[str]:
+    """What a process of the test logged to stderr, once it has ended (killed if the test left it running)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    err = proc.stderr.read() if proc.stderr else ""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
+    return err.splitlines()
+
+
 def _env(fake, tmp_path, **extra) -> dict:
     settings = dict(JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_BACKEND="ollama")
     return clean_env(**{**settings, "JARVIS_DATABASE": str(tmp_path / "ops.sqlite3"), **extra})
@@ -48,13 +60,9 @@ def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
         for s in streams:
             assert s.end() == {"status": "stopped", "reason": "shutdown"}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    err = proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert len(events) == len(err.splitlines())  # every log line is JSON
+        lines = _ended(proc)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(events) == len(lines)  # every log line is JSON
     cleanups = [e for e in events if e["event"] == "stream_cleanup"]
     assert len(cleanups) == 3 and all(e["status"] == "stopped" and e["trace_id"] for e in cleanups)
     assert any(e["event"] == "server_stopped" for e in events)
@@ -116,10 +124,7 @@ def test_chat_ctrl_c_stops_the_answer_and_exits_130(make_app, make_server, fake)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 130
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close(), proc.stderr.close()
+        _ended(proc)
     call = fake.chat_calls()[0]
     assert call.wait_closed(2)
     store = app.extensions["jarvis"].store
@@ -234,10 +239,7 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
         assert proc.returncode == 0
         assert took <= 2 + 1, f"exit took {took:.2f} s, past JARVIS_SHUTDOWN_TIMEOUT + 1 s"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
+        _ended(proc)
 
 
 @pytest.mark.slow  # a server process of its own
@@ -258,12 +260,8 @@ def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path
         assert proc.wait(10) == 0
         assert call.wait_closed(2) and call.closed_at - began < 1.0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    err = proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        lines = _ended(proc)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
     cleanups = [e for e in events if e["event"] == "stream_cleanup"]
     assert [e["status"] for e in cleanups] == ["stopped"]
     stopped = next(i for i, e in enumerate(events) if e["event"] == "server_stopped")

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from jarvis.lifecycle.body import MAX_WATCHERS
-from tests.conftest import HTTP_TIMEOUT, Api, wait_for
+from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
@@ -68,12 +68,19 @@ def last_event_id_sends_only_what_came_after(sender: Api, reader: Api, fake) -> 
     assert first.text()[: len(first.text()) - len(rejoined.text())] + rejoined.text() == FULL
 
 
-def a_watcher_that_leaves_never_ends_the_answer(sender: Api, reader: Api, fake) -> None:
-    """A reader attached at ``reader`` that closes leaves the answer to finish and its upstream open."""
+def watched(sender: Api, reader: Api, fake) -> tuple[SSE, SSE]:
+    """A slow answer streaming to its prompt's client and to a reader attached at ``reader``, both
+    past a token: (the prompt's response, the reader's)."""
     fake.script(SLOW)
     sid, first = sender.answering("hi")
     watcher = reader.attach(sid)
     watcher.until("token")
+    return first, watcher
+
+
+def a_watcher_that_leaves_never_ends_the_answer(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` that closes leaves the answer to finish and its upstream open."""
+    first, watcher = watched(sender, reader, fake)
     watcher.close()
     assert first.end() == {"status": "completed"} and first.text() == FULL
     assert fake.chat_calls()[0].closed_by != "client"
@@ -138,10 +145,7 @@ def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
 
 def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):
     # the default: a watcher being there changes nothing when the prompt's client leaves
-    fake.script(SLOW)
-    sid, first = api.answering("hi")
-    watcher = api.attach(sid)
-    watcher.until("token")
+    first, watcher = watched(api, api, fake)
     first.close()
     call = fake.wait_for_calls(1)[0]
     assert call.wait_closed(2) and call.closed_by == "client"
@@ -179,29 +183,39 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     assert app.extensions["jarvis"].registry.active() == 0
 
 
+def held_after_detach(sender: Api, reader: Api, fake) -> tuple[str, SSE]:
+    """An answer whose prompt's client left within the grace, now held by a reader attached at
+    ``reader``: (the session, the reader's response)."""
+    fake.script(tokens=10, stall_after=2)
+    sid, first = sender.answering("hi")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    holder = reader.attach(sid)
+    holder.until("token")
+    return sid, holder
+
+
+def the_holder_leaving_starts_the_grace_again(fake, holder: SSE, grace: float, slack: float) -> None:
+    """While ``holder`` reads, the answer lives past its grace; once it leaves, the grace runs out
+    (within ``slack``) and the upstream is closed."""
+    call = fake.wait_for_calls(1)[0]
+    assert not call.wait_closed(grace * 1.5)  # held by the reader: no grace runs out
+    left = time.monotonic()
+    holder.close()
+    assert call.wait_closed(grace + slack) and call.closed_by == "client"
+    assert call.closed_at - left >= grace
+
+
 def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     grace = 0.5
     api, _ = graced(grace)
-    fake.script(tokens=10, stall_after=2)
-    sid, first = api.answering("hi")
-    first.close()
-    wait_for(keeping, what="the answer to be detached")
-    second = api.attach(sid)
-    second.until("token")
-    call = fake.wait_for_calls(1)[0]
-    assert not call.wait_closed(grace * 1.5)  # held by the second reader: no grace runs out
-    left = time.monotonic()
-    second.close()
-    assert call.wait_closed(grace + 3) and call.closed_by == "client"
-    assert call.closed_at - left >= grace
+    _, second = held_after_detach(api, api, fake)
+    the_holder_leaving_starts_the_grace_again(fake, second, grace, slack=3)
 
 
 def test_when_the_holder_leaves_a_watcher_takes_over_at_once(graced, fake):
     api, _ = graced(0.3)
-    fake.script(SLOW)
-    sid, first = api.answering("hi")
-    watcher = api.attach(sid)
-    watcher.until("token")
+    first, watcher = watched(api, api, fake)
     first.close()
     assert watcher.end() == {"status": "completed"} and watcher.text() == FULL
 

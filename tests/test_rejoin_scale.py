@@ -70,12 +70,7 @@ def held_from_b(apps, fake, grace: float):
     """An answer at A whose client left within the grace, now held by a reader attached at B:
     (A, the session, B's reader)."""
     a, b = apps(grace=grace)
-    fake.script(tokens=10, stall_after=2)
-    sid, first = a.answering("hi")
-    first.close()
-    wait_for(keeping, what="the answer to be detached")
-    remote = b.attach(sid)
-    remote.until("token")
+    sid, remote = test_rejoin.held_after_detach(a, b, fake)
     return a, sid, remote
 
 
@@ -83,12 +78,7 @@ def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
     # the pump must see its reader go: else the remote holder would hold the answer forever
     grace = 0.5
     a, sid, remote = held_from_b(apps, fake, grace)
-    call = fake.wait_for_calls(1)[0]
-    assert not call.wait_closed(grace * 1.5)  # held by the remote reader: no grace runs out
-    left = time.monotonic()
-    remote.close()
-    assert call.wait_closed(grace + 4) and call.closed_by == "client"
-    assert call.closed_at - left >= grace
+    test_rejoin.the_holder_leaving_starts_the_grace_again(fake, remote, grace, slack=4)
     wait_for(lambda: a.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
 
 

@@ -79,47 +79,44 @@ class Reader:
         self._thread.join(5)
         assert not self._thread.is_alive()
 
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @both_upstreams
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_tokens_arrive_as_they_are_sent_in_every_framing(fake: FakeOllama, upstream, framing):
     # with reads that fill 64 KiB, nothing arrives while the fake holds the rest back
     fake.script(Script(tokens=6, stall_after=2, framing=framing))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         assert reader.take(2) == ["tok0 ", "tok1 "]
         call = fake.wait_for_calls(1)[0]
         # the fake counts a token once its write returns, which may come after the reader has it
         wait_for(lambda: call.tokens_sent >= 2, timeout=2, what="the fake to count its second token")
         assert call.tokens_sent == 2  # the fake is stalled: nothing more was sent
-    finally:
-        reader.close()
 
 
 @both_upstreams
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_a_complete_answer_ends_done_in_every_framing(fake: FakeOllama, upstream, framing):
     fake.script(Script(tokens=3, interval_s=0.01, framing=framing))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         items = reader.rest()
         assert reader.error is None, reader.error
         assert items == ["tok0 ", "tok1 ", "tok2 ", Done("stop", 7, 3)]
-    finally:
-        reader.close()
 
 
 @both_upstreams
 def test_a_model_server_is_waited_for_in_silence_before_its_first_token(fake, upstream):
     # neither protocol says it loads a model or reads the prompt: "waiting" is all that is known
     fake.script(Script(tokens=2, load_delay_s=0.3))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         wait_for(lambda: reader.progress, timeout=2, what="a progress report")
         assert reader.progress == [WAITING] and reader.items.empty()  # before the fake answered
         assert reader.rest()[:2] == ["tok0 ", "tok1 "] and reader.progress == [WAITING]
-    finally:
-        reader.close()
 
 
 @both_upstreams

@@ -19,6 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from jarvis import create_app, sse
+from jarvis.config import Config, ConfigError
 from jarvis.web.server import Server
 from tests import postgres
 from tests.fake_ollama import FakeOllama
@@ -45,6 +46,12 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         threading.Event().wait(interval)
+
+
+def config_refuses(variable: str, value: str, says: str = "") -> None:
+    """Config refuses ``value`` for ``variable``, with an error that says ``says`` (else names it)."""
+    with pytest.raises(ConfigError, match=says or variable):
+        Config.from_env({variable: value})
 
 
 FAKES = {"ollama": FakeOllama, "openai": FakeOpenAI}
@@ -200,10 +207,18 @@ class Live:
 
 
 @pytest.fixture
-def jarvis_server(fake, tmp_path, monkeypatch, make_server, database):
+def jarvis_settings() -> dict[str, str]:
+    """JARVIS_* variables of the real app beyond the tests' own: a module overrides this to add some."""
+    return {}
+
+
+@pytest.fixture
+def jarvis_server(fake, tmp_path, monkeypatch, make_server, database, jarvis_settings):
     """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
     for key, value in test_config(fake, tmp_path, database=database).items():
         monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
+    for name, value in jarvis_settings.items():
+        monkeypatch.setenv(name, value)
     if "wsgi" in sys.modules:  # each app probes its upstream in a thread: build just one
         app = importlib.reload(sys.modules["wsgi"]).app
     else:

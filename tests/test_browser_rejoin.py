@@ -21,14 +21,9 @@ FULL = "".join(TOKENS).strip()
 
 
 @pytest.fixture
-def detach_grace(monkeypatch):
-    monkeypatch.setenv("JARVIS_DETACH_GRACE", "10")
-
-
-@pytest.fixture
-def jarvis_server(detach_grace, jarvis_server):
-    """The real app, with a detach grace (the variable is set before the app is built)."""
-    return jarvis_server
+def jarvis_settings() -> dict[str, str]:
+    """The real app, with a detach grace."""
+    return {"JARVIS_DETACH_GRACE": "10"}
 
 
 def test_a_reload_mid_answer_rejoins_it_and_it_finishes_in_full(tab, jarvis_server):
@@ -167,9 +162,7 @@ def test_an_answer_whose_connection_breaks_twice_resumes_each_time_and_finishes_
         "request", lambda r: r.url.endswith("/stream") and resumed.append(r.headers.get("last-event-id"))
     )
     tab.open()
-    tab.send("Count slowly")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "completed", timeout=15000)
+    answer = tab.ask("Count slowly", timeout=15000)
     expect(answer.locator(".msg-content")).to_have_text(FULL)
     assert relay.cut == 2
     assert len(resumed) == 2 and all(resumed), resumed  # each resume said where it broke off
@@ -197,9 +190,7 @@ def test_a_resume_the_server_turns_away_is_tried_again_waiting_twice_as_long_eac
 
     tab.page.route("**/stream", busy)
     tab.open()
-    tab.send("Count slowly")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "completed", timeout=20000)
+    answer = tab.ask("Count slowly", timeout=20000)
     expect(answer.locator(".msg-content")).to_have_text("".join(tokens).strip())
     assert len(tries) == 4
     gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]

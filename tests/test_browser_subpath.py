@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import re
-
 import pytest
 
 from tests import test_browser
-from tests.conftest import ROOT
-from tests.test_proxy import nginx  # noqa: F401  (the fixture that runs nginx with a given block)
+from tests.test_proxy import doc_location, nginx  # noqa: F401  (the fixture that runs nginx with a given block)
 
 browser = test_browser.browser  # the browser tests' fixture
 expect, words, Tab = test_browser.expect, test_browser.words, test_browser.Tab
@@ -20,30 +16,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # a real Chromium and 
 PREFIX = "/jarvis"
 
 
-def doc_block() -> str:
-    """The sub-path location block of docs/deployment.md, as nginx's fixture formats it."""
-    text = open(os.path.join(ROOT, "docs", "deployment.md")).read()
-    section = text[text.index("### Under a sub-path") :]
-    block = re.search(r"```nginx\n(.*?)```", section, re.S).group(1)
-    assert "127.0.0.1:8000" in block
-    return block.replace("{", "{{").replace("}", "}}").replace("127.0.0.1:8000", "127.0.0.1:{port}")
-
-
 @pytest.fixture
-def trusted_proxy(monkeypatch):
-    monkeypatch.setenv("JARVIS_TRUSTED_PROXIES", "127.0.0.1")
-
-
-@pytest.fixture
-def jarvis_server(trusted_proxy, jarvis_server):
-    """The real app with nginx on this machine as its trusted proxy (set before the app is built)."""
-    return jarvis_server
+def jarvis_settings() -> dict[str, str]:
+    """The real app with nginx on this machine as its trusted proxy."""
+    return {"JARVIS_TRUSTED_PROXIES": "127.0.0.1"}
 
 
 def test_under_a_sub_path_a_person_signs_in_chats_and_stops_an_answer(browser, jarvis_server, nginx):  # noqa: F811
     # before: the sign-in redirect went to /login, outside the prefix, which the proxy does not serve
     jarvis_server.app.extensions["jarvis"].accounts.add(NAME, PASSWORD)
-    url = nginx(int(jarvis_server.url.rsplit(":", 1)[1]), doc_block()) + PREFIX
+    url = nginx(int(jarvis_server.url.rsplit(":", 1)[1]), doc_location("### Under a sub-path")) + PREFIX
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(10000)
     context.add_init_script(test_browser.WATCH_CSP)

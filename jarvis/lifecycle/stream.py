@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 
 from .. import log
 from ..cancel import CancelScope, Latch
+from ..cluster import Lease, Slot
 from ..config import Config
 from ..errors import (
     AtCapacity,
@@ -137,7 +138,7 @@ class Worker:
         else:
             prev.released.then(self.released.set)
 
-    def detach(self, lease) -> None:
+    def detach(self, lease: Lease | None) -> None:
         """Cleanup gave up waiting for this cancelled worker: the cancel shut its upstream down, so
         it streams no more; free its session now (here, and through ``lease`` in every process)."""
         if lease is not None:
@@ -146,7 +147,7 @@ class Worker:
 
     def _run(self) -> None:
         s = self.s
-        lease = s.lease  # the session's lease across processes (coord.py), or None
+        lease = s.lease  # the session's lease across processes (cluster/lease.py), or None
         called = False
         # one deadline for both waits, the local predecessor's and the lease's
         deadline = time.monotonic() + s.config.supersede_timeout_s
@@ -280,8 +281,8 @@ class Stream:
         self.body = Body(self)
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
-        self.lease = None  # set by the registry when processes share Redis (coord.Lease)
-        self.slot = None  # and its count among its owner's streams (coord.Slot)
+        self.lease: Lease | None = None  # set by the registry when processes share Redis
+        self.slot: Slot | None = None  # and its count among its owner's streams
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from .. import log
 from ..cancel import CancelScope
+from ..cluster import Lease, Slot
 from ..config import Config
 from ..errors import JarvisError
 from ..events import Event, Framer, Start
@@ -96,8 +97,8 @@ class Stream:
         self.body = Body(self)
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
-        self.lease = None  # set by the registry when processes share Redis (coord.Lease)
-        self.slot = None  # and its count among its owner's streams (coord.Slot)
+        self.lease: Lease | None = None  # set by the registry when processes share Redis
+        self.slot: Slot | None = None  # and its count among its owner's streams
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:

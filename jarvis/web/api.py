@@ -12,7 +12,6 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ..cluster import mirror
 from ..errors import (
     AtCapacity,
     BadRequest,
@@ -184,7 +183,7 @@ def attach(session_id: str):
     j.store.require_session(session_id, owner())
     if request.method == "HEAD":
         live = j.registry.is_live(session_id) or (
-            j.coord is not None and mirror.held_elsewhere(j.coord, session_id)
+            j.coord is not None and j.coord.mirror.held_elsewhere(session_id)
         )
         return Response(mimetype="text/event-stream", headers=SSE_HEADERS) if live else Response(status=204)
     last = request.headers.get("Last-Event-ID")
@@ -193,7 +192,7 @@ def attach(session_id: str):
     try:
         tap = j.registry.attach(session_id, last, gone)
         if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis
-            tap = mirror.remote_attach(j.coord, session_id, last, j.config.heartbeat_s, gone)
+            tap = j.coord.mirror.remote_attach(session_id, last, j.config.heartbeat_s, gone)
     except BaseException:
         release()
         raise

@@ -180,3 +180,40 @@ def test_a_stop_looks_its_answer_up_without_scanning_every_live_stream(make_app,
     assert scans == [], f"a Stop scanned every live stream {len(scans)} times"
     for sse in streams:
         sse.close()
+
+
+def test_a_slow_log_holds_no_stop_and_no_upstream_close(make_app, make_server, fake):
+    # a log write on a Stop's thread (or the event loop's, for a closed channel) is a syscall, then a
+    # wait for the GIL behind every other thread: under load each Stop's answer waited for it. Here
+    # the log takes a second a line, which Stop would wait out
+    fake.script(Script(load_delay_s=30))
+    app = make_app()
+    api = Api(make_server(app).url)
+    sid = api.session()
+    sse = api.send(sid)
+    (call,) = fake.wait_for_calls(1)
+    slow = _SlowHandler(1.0)
+    logging.getLogger("jarvis").addHandler(slow)
+    try:
+        asked = time.monotonic()
+        assert api.stop(sid) == {"stopped": True}
+        took = time.monotonic() - asked
+        assert call.wait_closed(2)
+        assert sse.until("end")["status"] == "stopped"
+    finally:
+        logging.getLogger("jarvis").removeHandler(slow)
+    assert took < 0.5, f"the Stop answered after {took * 1000:.0f} ms, behind a log write"
+    assert "stream_stopped" in slow.events  # still logged, by the answer's end
+
+
+class _SlowHandler(logging.Handler):
+    """A log destination that takes ``delay_s`` per line (a full pipe, a slow disk)."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+        self.events: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(getattr(record, "event", record.getMessage()))
+        time.sleep(self.delay_s)

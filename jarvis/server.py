@@ -20,7 +20,6 @@ import threading
 import time
 
 from flask import Flask
-from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
 
@@ -96,10 +95,6 @@ class Server:
         self._waitress.channel_class = type(
             "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
         )
-        # the requests the event loop completes in one pass go to the threads together at its end
-        self._held: list = []
-        self._loop_ident: int | None = None
-        self._waitress.add_task = self._add_task
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -110,34 +105,11 @@ class Server:
         return f"http://{self._waitress.effective_host}:{self._waitress.effective_port}"
 
     def serve_forever(self) -> None:
-        """Run the event loop in this thread until ``shutdown`` (from another thread): waitress's
-        loop, which also hands each pass's requests to the threads at the pass's end."""
-        w = self._waitress
-        self._loop_ident = threading.get_ident()
-        poll = wasyncore.poll2 if w.adj.asyncore_use_poll else wasyncore.poll
+        """Run the event loop in this thread until ``shutdown`` (from another thread)."""
         try:
-            while w._map:
-                poll(w.adj.asyncore_loop_timeout, w._map)
-                self._dispatch_held()
-        except (SystemExit, KeyboardInterrupt):
-            w.task_dispatcher.shutdown()
+            self._waitress.run()
         finally:
             self._stopped.set()
-
-    def _add_task(self, channel) -> None:
-        """A channel has a request to serve. From the event loop: held to the end of the pass.
-        Each request handed over at once wakes a thread that takes the GIL from the loop, which
-        then waits for it after its next recv: 64 Stops sent at once were read one at a time
-        between their own tasks and their answers' ends (docs/benchmarks.md, section 15)."""
-        if threading.get_ident() == self._loop_ident:
-            self._held.append(channel)
-        else:  # a thread that served a request starts the channel's next one
-            self._waitress.task_dispatcher.add_task(channel)
-
-    def _dispatch_held(self) -> None:
-        held, self._held = self._held, []
-        for channel in held:
-            self._waitress.task_dispatcher.add_task(channel)
 
     def start(self) -> Server:
         """Run the event loop in a background thread (tests, benchmarks)."""

@@ -207,10 +207,6 @@ MUTANTS = [
   "        if decided and reason in REASON_EVENT:\n            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)\n"
   "        self.worker.handoff.wake.set()\n        return decided\n",
   ["tests/test_serving.py::test_a_slow_log_holds_no_stop_and_no_upstream_close"]),
- ("loop-batch: the event loop hands each request to a thread as soon as it is read (its thread takes the GIL from the loop)", "jarvis/server.py",
-  "        if threading.get_ident() == self._loop_ident:\n            self._held.append(channel)\n",
-  "        if False:\n            self._held.append(channel)\n",
-  ["tests/test_serving.py::test_requests_read_in_one_pass_of_the_event_loop_go_to_the_threads_together"]),
 ]
 
 

@@ -9,12 +9,10 @@ import os
 import socket
 import stat
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
-from waitress.channel import HTTPChannel
 
 from tests.conftest import (
     HTTP_TIMEOUT,
@@ -26,7 +24,6 @@ from tests.conftest import (
     read_line,
     serve_process,
     stop_process,
-    wait_for,
 )
 from tests.fake_ollama import Script
 from tests.test_proxy import NGINX, nginx  # noqa: F401  (a fixture)
@@ -220,43 +217,3 @@ class _SlowHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.events.append(getattr(record, "event", record.getMessage()))
         time.sleep(self.delay_s)
-
-
-def test_requests_read_in_one_pass_of_the_event_loop_go_to_the_threads_together(make_app, make_server):
-    # each request handed over as soon as it is read wakes a thread that takes the GIL from the event
-    # loop, which then waits for it after its next recv: 64 Stops at once were read one at a time
-    # between their own tasks (60 ms under load), and the last upstream closed that much later
-    server = make_server(make_app())
-    waitress = server._waitress
-    seen: list[str] = []
-    received = waitress.channel_class.received
-
-    def reading(channel, data):
-        before = len(channel.requests)
-        out = received(channel, data)
-        seen.extend(["read"] * (len(channel.requests) - before))
-        return out
-
-    dispatch = waitress.task_dispatcher.add_task
-    waitress.channel_class.received = reading
-    waitress.task_dispatcher.add_task = lambda channel: (seen.append("served"), dispatch(channel))
-    host, port = server.url.removeprefix("http://").split(":")
-    clients = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(8)]
-    try:
-        for client in clients:
-            client.connect()
-        channels = lambda: [c for c in list(waitress._map.values()) if isinstance(c, HTTPChannel)]  # noqa: E731
-        wait_for(lambda: len(channels()) == len(clients), what="every connection accepted")
-        held, go = threading.Event(), threading.Event()
-        waitress.trigger.pull_trigger(lambda: (held.set(), go.wait(5)))  # the loop waits, bounded
-        assert held.wait(5)
-        for client in clients:  # every request is in its socket before the loop looks again
-            client.request("GET", "/healthz")
-        go.set()
-        assert all(client.getresponse().read() for client in clients)
-    finally:
-        del waitress.channel_class.received
-        del waitress.task_dispatcher.add_task
-        for client in clients:
-            client.close()
-    assert seen == ["read"] * 8 + ["served"] * 8, seen

@@ -156,6 +156,12 @@ class Registry:
 
         return release
 
+    def current(self, key: str) -> Stream | None:
+        """``key``'s newest stream in this process, or None: one look, however many streams live
+        (a Stop asks this twice, and 64 Stops at once must not scan every stream 128 times)."""
+        with self._lock:
+            return self._current.get(key)
+
     def is_live(self, key: str) -> bool:
         """Whether ``key`` has a stream in this process."""
         with self._lock:

@@ -169,9 +169,10 @@ def stop(session_id: str):
 
 def live_answer(registry, session_id: str) -> Stream | None:
     """The session's newest answer live in this process, if it has not ended."""
-    streams = [s for s in registry.live() if s.key == session_id and s.session_id == session_id]
-    newest = max(streams, key=lambda s: s.started_at, default=None)
-    return newest if newest is not None and newest.status is None else None
+    newest = registry.current(session_id)  # a session's streams are keyed by its id
+    if newest is None or newest.session_id != session_id or newest.status is not None:
+        return None
+    return newest
 
 
 @bp.get("/api/sessions/<session_id>/stream")

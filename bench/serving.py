@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import select
 import sys
 import threading
 import time
@@ -34,7 +35,8 @@ def run(workdir: Path, quick: bool) -> Section:
     section = Section("15", "Serving: a client closing, and many Stops at once")
     trials, rounds = (10, 3) if quick else (60, 12)
     close: dict[str, dict[str, Cell]] = {}
-    stops: dict[str, tuple[Cell, Cell]] = {}
+    stops: dict[str, tuple[Cell, Cell, Cell]] = {}
+    stalled: dict[str, Cell] = {}
     fake = Fake(str(REPO), str(workdir / "serving-upstream.log"))
     try:
         for variant in ("jarvis serve", "poll only", "no store read"):
@@ -50,6 +52,8 @@ def run(workdir: Path, quick: bool) -> Section:
                     }
                 if variant != "poll only":
                     stops[variant] = _stops(subject, rounds)
+                if variant == "jarvis serve":  # no token traffic: what the Stops cost alone
+                    stalled[variant] = _stops(subject, rounds, "stalled")[0]
             finally:
                 subject.close()
                 server.stop()
@@ -73,6 +77,11 @@ def run(workdir: Path, quick: bool) -> Section:
             target="≤ 50 ms p99", holds=judge(every["jarvis serve"], 50.0),
         ),
         Row("15", f"{CONCURRENT} concurrent Stops, each stop → its upstream closed", "ms", each),
+        Row(
+            "15", f"{CONCURRENT} concurrent Stops, each stop → its answer", "ms",
+            {variant: got[2] for variant, got in stops.items()},
+        ),
+        Row("15", f"{CONCURRENT} concurrent Stops of stalled answers → every upstream closed", "ms", stalled),
     ]  # fmt: skip
     section.notes.append(
         f"close rows: {trials} trials per state, from the client's close() to the fake seeing its "
@@ -80,9 +89,14 @@ def run(workdir: Path, quick: bool) -> Section:
         f"(the registry's 20 ms poll alone, as before). Stop rows: {rounds} rounds; each round opens "
         f"{CONCURRENT} streaming answers (a token every 20 ms), then {CONCURRENT} clients, each on its "
         "own keep-alive connection, send their Stop at one moment; 'every' is from the first Stop sent "
-        "to the last upstream close, 'each' is every Stop to its own upstream close. JARVIS_MAX_STREAMS="
+        "to the last upstream close, 'each' is every Stop to its own upstream close, 'its answer' every Stop "
+        "to its response's first bytes (noted by one thread polling the sockets; the responses are "
+        "parsed after the round, so that the client takes no CPU from the server); the stalled row is "
+        "the same with answers that send nothing (three tokens, "
+        "then silence): the Stops without the other answers' token traffic. JARVIS_MAX_STREAMS="
         f"{MAX_STREAMS}; 'no store read' stubs Sessions.require, the stop route's store call, in "
-        "the server process (python -m bench.serving serve-nostore)"
+        "the server process (python -m bench.serving serve-nostore); a Stop of a live answer no longer "
+        "reads the store, so that column is a second run of the same code"
     )
     return section
 
@@ -115,17 +129,19 @@ def _close_ms(subject: Subject, state: str) -> float | None:
     return (closed - gone) * 1000 if closed else None
 
 
-def _stops(subject: Subject, rounds: int) -> tuple[Cell, Cell]:
-    """Per round: the time until all upstreams closed; and every stop's own time."""
+def _stops(subject: Subject, rounds: int, state: str = "streaming") -> tuple[Cell, Cell, Cell]:
+    """Per round: the time until all upstreams closed; every stop's own time; every stop's answer."""
     every: list[float | None] = []
     each: list[float | None] = []
+    answered: list[float | None] = []
     controls = [Control(subject.url) for _ in range(CONCURRENT)]
     try:
         for _ in range(rounds):
-            opened = [subject.open_in("streaming", "stop64") for _ in range(CONCURRENT)]
+            opened = [subject.open_in(state, "stop64") for _ in range(CONCURRENT)]
             for control, (sid, _, _) in zip(controls, opened, strict=True):
                 control.call("GET", f"/api/sessions/{sid}")  # connected before the Stops
-            sent = _stop_at_once(controls, [sid for sid, _, _ in opened])
+            sent, got = _stop_at_once(controls, [sid for sid, _, _ in opened])
+            answered += [(g - s) * 1000 if g else None for g, s in zip(got, sent, strict=True)]
             calls = subject.fake.calls(*(name for _, name, _ in opened), wait_closed_s=BOUND_S)
             closed = [(calls.get(name) or {}).get("closed_at") for _, name, _ in opened]
             first = min(sent)
@@ -136,26 +152,51 @@ def _stops(subject: Subject, rounds: int) -> tuple[Cell, Cell]:
     finally:
         for control in controls:
             control.close()
-    return Cell.of(every, bound=BOUND_S * 1000), Cell.of(each, bound=BOUND_S * 1000)
+    bound = BOUND_S * 1000
+    return Cell.of(every, bound=bound), Cell.of(each, bound=bound), Cell.of(answered, bound=bound)
 
 
-def _stop_at_once(controls: list[Control], sessions: list[str]) -> list[float]:
-    """POST stop to every session at the same moment, one client each; returns when each went out."""
-    sent = [0.0] * len(sessions)
-    go = threading.Barrier(len(sessions) + 1)
+def _stop_at_once(controls: list[Control], sessions: list[str]) -> tuple[list[float], list[float]]:
+    """POST stop to every session at the same moment, one client each; returns when each went out
+    and when each one's answer began to arrive (0.0: not within the bound).
+
+    One thread notes the answers as their sockets turn readable; they are parsed after the round.
+    64 threads parsing them as they came took CPU from the server and the fake on two cores: the
+    last upstream closed about 40 ms later, and the bench measured itself."""
+    n = len(sessions)
+    sent = [0.0] * n
+    got = [0.0] * n
+    go = threading.Barrier(n + 1)
+    sockets = {controls[i]._connection().sock.fileno(): i for i in range(n)}
 
     def stop(i: int) -> None:
         go.wait(10)
         sent[i] = controls[i].send("POST", f"/api/sessions/{sessions[i]}/stop")
-        controls[i].read()
 
-    threads = [threading.Thread(target=stop, args=(i,), name=f"stop-{i}") for i in range(len(sessions))]
+    def note_answers() -> None:
+        poller = select.poll()
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + BOUND_S + 10
+        left = set(sockets)
+        while left and (wait_s := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(wait_s * 1000):
+                got[sockets[fd]] = time.monotonic()
+                poller.unregister(fd)
+                left.discard(fd)
+
+    noter = threading.Thread(target=note_answers, name="stop-answers")
+    noter.start()
+    threads = [threading.Thread(target=stop, args=(i,), name=f"stop-{i}") for i in range(n)]
     for t in threads:
         t.start()
     go.wait(10)
     for t in threads:
         t.join(15)
-    return sent
+    noter.join(BOUND_S + 15)
+    for control in controls:
+        control.read()
+    return sent, got
 
 
 def _serve(argv: list[str], patches: list[str]) -> int:

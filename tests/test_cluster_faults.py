@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from jarvis.cluster.coord import CHANNEL
+from jarvis.cluster.control import CHANNEL
 from jarvis.status import Reason
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
@@ -316,7 +316,7 @@ def test_the_listener_survives_a_message_whose_handling_fails(make_app, make_ser
     def broken(*args):
         raise RuntimeError("a bug while serving an attach")
 
-    coord.attach = broken
+    coord.pumps.attach = broken  # what the owner calls for a remote reader's attach
     with redis_server.client() as r:
         r.publish(CHANNEL, f"attach\t{session}\t{coord.process_id}\treader\t")
         assert b.stop(session) == {"stopped": True}  # published right behind it

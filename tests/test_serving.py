@@ -17,6 +17,7 @@ import requests
 from tests.conftest import (
     HTTP_TIMEOUT,
     ROOT,
+    Api,
     clean_env,
     free_port,
     jarvis_command,
@@ -139,3 +140,66 @@ def test_through_nginx_on_the_unix_socket_a_forged_forwarded_for_is_not_the_clie
     assert [f["address"] for f in failed] == ["127.0.0.1"]  # the peer nginx saw, not the forged hop
     r = requests.post(url + "/login", json={"name": "ann", "password": PASSWORD}, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200  # served through the socket
+
+
+# many Stops at once: each must cost its own answer's cancel, nothing that grows with the others
+
+
+def test_a_stop_looks_its_answer_up_without_scanning_every_live_stream(make_app, make_server, fake):
+    # 64 Stops at once, each scanning 64 live streams twice (authentication, then the route), spend
+    # their time under the registry lock and the GIL in front of every upstream's close
+    fake.script(Script(load_delay_s=30))
+    app = make_app()
+    api = Api(make_server(app).url)
+    registry = app.extensions["jarvis"].registry
+    sessions = [api.session() for _ in range(4)]
+    streams = [api.send(sid) for sid in sessions]
+    fake.wait_for_calls(len(sessions))
+    scans = []
+    live = registry.live
+    registry.live = lambda: scans.append(1) or live()
+    try:
+        assert api.stop(sessions[0]) == {"stopped": True}
+    finally:
+        del registry.live
+    assert fake.chat_calls()[0].wait_closed(2)
+    assert scans == [], f"a Stop scanned every live stream {len(scans)} times"
+    for sse in streams:
+        sse.close()
+
+
+def test_a_slow_log_holds_no_stop_and_no_upstream_close(make_app, make_server, fake):
+    # a log write on a Stop's thread (or the event loop's, for a closed channel) is a syscall, then a
+    # wait for the GIL behind every other thread: under load each Stop's answer waited for it. Here
+    # the log takes a second a line, which Stop would wait out
+    fake.script(Script(load_delay_s=30))
+    app = make_app()
+    api = Api(make_server(app).url)
+    sid = api.session()
+    sse = api.send(sid)
+    (call,) = fake.wait_for_calls(1)
+    slow = _SlowHandler(1.0)
+    logging.getLogger("jarvis").addHandler(slow)
+    try:
+        asked = time.monotonic()
+        assert api.stop(sid) == {"stopped": True}
+        took = time.monotonic() - asked
+        assert call.wait_closed(2)
+        assert sse.until("end")["status"] == "stopped"
+    finally:
+        logging.getLogger("jarvis").removeHandler(slow)
+    assert took < 0.5, f"the Stop answered after {took * 1000:.0f} ms, behind a log write"
+    assert "stream_stopped" in slow.events  # still logged, by the answer's end
+
+
+class _SlowHandler(logging.Handler):
+    """A log destination that takes ``delay_s`` per line (a full pipe, a slow disk)."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+        self.events: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(getattr(record, "event", record.getMessage()))
+        time.sleep(self.delay_s)

@@ -18,7 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.upstream import WAITING, Done, Options, Progress, http, select_upstream
+from jarvis.upstream import WAITING, Done, Options, Progress, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
 from tests.fake_ollama import FakeOllama, Script
@@ -127,7 +127,7 @@ def test_an_answer_split_across_receives_anywhere_reads_the_same(
 ):
     # receives of at most read_size bytes put a receive boundary inside every part of the
     # framing, chunk size lines and CRLFs included, as a slow network may
-    monkeypatch.setattr(http, "READ_SIZE", read_size)
+    monkeypatch.setattr("jarvis.upstream.framing.READ_SIZE", read_size)
     fake.script(Script(tokens=12, interval_s=0.001, framing=framing))
     reader = Reader(upstream)
     assert reader.rest() == [f"tok{i} " for i in range(12)] + [Done("stop", 7, 12)]

@@ -15,6 +15,9 @@ by the remote reader alone.
   events (at most one per ``BATCH_S``). It sees the reader gone when ``detach`` arrives or the reader's key
   has expired (looked at once a second), and then closes the Tap: a holder's
   leaving starts the grace again.
+
+``Mirror`` holds the Redis side of both (one round trip a step: a pipeline where a step needs
+several commands) and the reader's; ``Pumps`` the owner's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ from .. import log
 from ..errors import CoordinationUnavailable, TooManyStreams
 from ..events import End
 from ..sse import HEARTBEAT
+from . import Attach, Tap
+from . import control as message
+from .control import CHANNEL
+from .lease import Leases, lease_key
+from .link import Link
 
 ANSWER_WAIT_S = 1.0  # the owner answers an attach within this, or the reader answers 204
 READER_TTL_MS = 5000  # a reader's key lives this long unless renewed: a dead reader is seen
@@ -47,12 +55,158 @@ def reader_key(reader: str) -> str:
     return "jarvis:reader:" + reader
 
 
+class Mirror:
+    """The mirror's Redis side, and the reader's: attach to an answer in another process, read it."""
+
+    def __init__(self, link: Link, leases: Leases):
+        self.link = link
+        self.leases = leases
+
+    def held_elsewhere(self, session: str) -> bool:
+        """Whether another process holds ``session``'s lease (runs its live answer)."""
+        holder = self.leases.holder(session)
+        return holder is not None and not self.link.ours(holder)
+
+    def remote_attach(
+        self,
+        session: str,
+        last_event_id: str | None,
+        heartbeat_s: float,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> Iterator[bytes] | None:
+        """In a process without the session's live answer: the answer's frames from the process that
+        owns it, or None (204) when none is live anywhere. Raises CoordinationUnavailable without Redis."""
+        holder = self.leases.holder(session)
+        if holder is None or self.link.ours(holder):
+            return None  # nothing live, or ours and just ended
+        reader, owner = secrets.token_hex(8), holder.split(" ")[0]
+        self.attach(session, owner, reader, last_event_id or "")
+        try:
+            first = self.read(reader, "0-0", ANSWER_WAIT_S)
+        except CoordinationUnavailable:
+            self.detach(reader)
+            raise
+        if not first or first[0][1].get("none"):
+            self.detach(reader)
+            return None
+        if first[0][1].get("error") == TooManyStreams.code:
+            self.detach(reader)
+            raise TooManyStreams(first[0][1].get("message", "this answer has too many readers"))
+        return Frames(self, reader, _frames(self, reader, session, owner, first, heartbeat_s, client_gone))
+
+    def attach(self, key: str, owner: str, reader: str, last_event_id: str) -> None:
+        """Ask ``owner`` (a process id) to mirror ``key``'s answer to ``reader``'s stream."""
+        if "\t" in last_event_id or len(last_event_id) > 200:
+            last_event_id = ""  # not an id Jarvis sent: replay from the start
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.set(reader_key(reader), "1", px=READER_TTL_MS)
+        pipe.publish(CHANNEL, message.attach(key, owner, reader, last_event_id))
+        self.link.call(pipe.execute)
+
+    def read(self, reader: str, after: str, wait_s: float) -> list:
+        """Up to READ_COUNT batches after ``after``, waiting up to ``wait_s`` for the first."""
+        block_ms = max(1, int(wait_s * 1000))
+        found = self.link.call(
+            self.link.blocking.xread, {mirror_key(reader): after}, count=READ_COUNT, block=block_ms
+        )
+        return found[0][1] if found else []
+
+    def renew_reader(self, reader: str, key: str, owner: str) -> bool:
+        """Keep the reader's key alive; False when process ``owner`` holds ``key``'s lease no more."""
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.pexpire(reader_key(reader), READER_TTL_MS)
+        pipe.get(lease_key(key))
+        holder = self.link.call(pipe.execute)[1]
+        return holder is not None and holder.startswith(owner + " ")
+
+    def detach(self, reader: str) -> None:
+        """The reader left: its owner stops mirroring; its keys go. Logged, not raised."""
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.publish(CHANNEL, message.detach(reader))
+        pipe.delete(reader_key(reader), mirror_key(reader))
+        try:
+            self.link.call(pipe.execute)
+        except CoordinationUnavailable as e:  # the owner sees the reader's key expire
+            log.event("mirror_detach_failed", logging.WARNING, reader=reader, error=e.message)
+
+    def closing(self) -> bool:
+        """This process is shutting down: its remote readers end."""
+        return self.link.closing.is_set()
+
+    def add(self, key: str, data: str, ended: bool, **fields: str) -> None:
+        """One batch of frames for a remote reader: one round trip."""
+        entry = {"d": data, **({"end": "1"} if ended else {}), **fields}
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.xadd(key, entry, maxlen=MIRROR_MAXLEN, approximate=True)
+        pipe.pexpire(key, MIRROR_TTL_MS)
+        self.link.call(pipe.execute)
+
+    def reader_alive(self, reader: str) -> bool:
+        return bool(self.link.call(self.link.redis.exists, reader_key(reader)))
+
+
+class Pumps:
+    """In the owner: a pump per remote reader of one of this process's answers."""
+
+    def __init__(self, mirror: Mirror, attach: Attach | None):
+        """``attach(key, last_event_id, client_gone)`` gives a Tap of this process's live answer."""
+        self.mirror = mirror
+        self.attach = attach
+        self._lock = threading.Lock()
+        self._pumps: dict[str, Pump] = {}  # remote reader -> the thread mirroring its answer
+
+    def serve(self, key: str, reader: str, last_event_id: str | None) -> None:
+        """A reader elsewhere attaches to ``key``'s answer here: a Tap, and a pump to its stream."""
+        gone = threading.Event()
+        try:
+            tap = self.attach(key, last_event_id, gone.is_set) if self.attach else None
+        except TooManyStreams as e:
+            self._refuse(reader, error=e.code, message=e.message)
+            return
+        if tap is not None:
+            pump = Pump(self.mirror, reader, tap, gone, self._forget)
+            with self._lock:  # close() joins every pump started before the link was closing
+                if not self.mirror.closing():
+                    self._pumps[reader] = pump
+                    pump.thread.start()
+                    return
+            tap.close()
+        self._refuse(reader, none="1")  # the reader answers 204 now
+
+    def gone(self, reader: str) -> None:
+        """The reader left (its ``detach``): its pump ends."""
+        with self._lock:
+            pump = self._pumps.get(reader)
+        if pump is not None:
+            pump.gone.set()
+
+    def close(self) -> list[threading.Thread]:
+        """End every pump (the link is closing); returns their threads, to join."""
+        with self._lock:
+            pumps = list(self._pumps.values())
+        for pump in pumps:
+            pump.gone.set()
+        return [p.thread for p in pumps]
+
+    def _refuse(self, reader: str, **fields: str) -> None:
+        try:
+            self.mirror.add(mirror_key(reader), "", True, **fields)
+        except CoordinationUnavailable as e:  # the reader gives up after its wait
+            log.event("mirror_failed", logging.WARNING, reader=reader, error=e.message)
+
+    def _forget(self, pump: Pump) -> None:
+        with self._lock:
+            self._pumps.pop(pump.reader, None)
+
+
 class Pump:
     """In the owner: copies one remote reader's Tap to its mirror stream, until the answer ends
     or the reader leaves."""
 
-    def __init__(self, coord, reader: str, tap, gone: threading.Event, forget: Callable[[Pump], None]):
-        self.coord = coord
+    def __init__(
+        self, mirror: Mirror, reader: str, tap: Tap, gone: threading.Event, forget: Callable[[Pump], None]
+    ):
+        self.mirror = mirror
         self.reader = reader
         self.tap = tap
         self.forget = forget
@@ -73,14 +227,14 @@ class Pump:
                     ended = isinstance(ev, End)
                     # the last event of the batch the body handed over: one XADD for all of it
                     if ended or int(ident.rpartition(".")[2]) >= self.tap.cursor:
-                        self.coord.mirror_add(key, b"".join(frames).decode(), ended)
+                        self.mirror.add(key, b"".join(frames).decode(), ended)
                         frames = []
                         if ended:
                             return
                         self.gone.wait(BATCH_S)  # what comes meanwhile goes in the next batch
                 if time.monotonic() - looked >= RENEW_S:  # a reader that died sends no detach
                     looked = time.monotonic()
-                    if not self.coord.reader_alive(self.reader):
+                    if not self.mirror.reader_alive(self.reader):
                         log.event("mirror_reader_gone", reader=self.reader)
                         return
         except CoordinationUnavailable as e:  # Redis away: the reader sees nothing more and reconnects
@@ -91,43 +245,13 @@ class Pump:
             self.forget(self)
 
 
-def held_elsewhere(coord, session: str) -> bool:
-    """Whether another process holds ``session``'s lease (runs its live answer)."""
-    holder = coord.lease_holder(session)
-    return holder is not None and not holder.startswith(coord.process_id + " ")
-
-
-def remote_attach(
-    coord, session: str, last_event_id: str | None, heartbeat_s: float, client_gone=None
-) -> Iterator[bytes] | None:
-    """In a process without the session's live answer: the answer's frames from the process that
-    owns it, or None (204) when none is live anywhere. Raises CoordinationUnavailable without Redis."""
-    holder = coord.lease_holder(session)
-    if holder is None or holder.startswith(coord.process_id + " "):
-        return None  # nothing live, or ours and just ended
-    reader, owner = secrets.token_hex(8), holder.split(" ")[0]
-    coord.mirror_attach(session, owner, reader, last_event_id or "")
-    try:
-        first = coord.mirror_read(reader, "0-0", ANSWER_WAIT_S)
-    except CoordinationUnavailable:
-        coord.mirror_detach(reader)
-        raise
-    if not first or first[0][1].get("none"):
-        coord.mirror_detach(reader)
-        return None
-    if first[0][1].get("error") == TooManyStreams.code:
-        coord.mirror_detach(reader)
-        raise TooManyStreams(first[0][1].get("message", "this answer has too many readers"))
-    return Frames(coord, reader, _frames(coord, reader, session, owner, first, heartbeat_s, client_gone))
-
-
 class Frames:
     """The remote reader's WSGI body. Its ``close()`` tells the owner the reader left even when the
     host never iterated it (a generator not started runs no ``finally``): else the owner would
     pump until the reader's key expired."""
 
-    def __init__(self, coord, reader: str, frames: Iterator[bytes]):
-        self.coord, self.reader, self._frames, self._started = coord, reader, frames, False
+    def __init__(self, mirror: Mirror, reader: str, frames: Iterator[bytes]):
+        self.mirror, self.reader, self._frames, self._started = mirror, reader, frames, False
 
     def __iter__(self) -> Frames:
         return self
@@ -139,10 +263,18 @@ class Frames:
     def close(self) -> None:
         self._frames.close()  # a started one detaches in its finally
         if not self._started:
-            self.coord.mirror_detach(self.reader)
+            self.mirror.detach(self.reader)
 
 
-def _frames(coord, reader, session, owner, entries, heartbeat_s: float, client_gone) -> Iterator[bytes]:
+def _frames(
+    mirror: Mirror,
+    reader: str,
+    session: str,
+    owner: str,
+    entries: list,
+    heartbeat_s: float,
+    client_gone: Callable[[], bool] | None,
+) -> Iterator[bytes]:
     """Yield the mirrored batches, a heartbeat after each empty read; tell the owner when we leave."""
     renewed, lost, cursor = time.monotonic(), 0, "0-0"
     try:
@@ -153,19 +285,19 @@ def _frames(coord, reader, session, owner, entries, heartbeat_s: float, client_g
                     yield fields["d"].encode()
                 if fields.get("end"):
                     return
-            if coord.closing() or (client_gone is not None and client_gone()):
+            if mirror.closing() or (client_gone is not None and client_gone()):
                 return
             if time.monotonic() - renewed >= RENEW_S:
                 renewed = time.monotonic()
                 # an owner that died sends no end: give up once it has held no lease for two looks
-                lost = 0 if coord.reader_renew(reader, session, owner) else lost + 1
+                lost = 0 if mirror.renew_reader(reader, session, owner) else lost + 1
                 if lost >= 2:
                     log.event("mirror_owner_gone", logging.WARNING, reader=reader)
                     return
-            entries = coord.mirror_read(reader, cursor, min(heartbeat_s, RENEW_S))
+            entries = mirror.read(reader, cursor, min(heartbeat_s, RENEW_S))
             if not entries:
                 yield HEARTBEAT  # a write: how a plain WSGI host notices a gone client
     except CoordinationUnavailable as e:  # the client reconnects with Last-Event-ID
         log.event("mirror_read_failed", logging.WARNING, reader=reader, error=e.message)
     finally:
-        coord.mirror_detach(reader)
+        mirror.detach(reader)

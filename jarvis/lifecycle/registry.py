@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from .. import log
+from ..cluster import Coordination
 from ..errors import AtCapacity, JarvisError, TooManyStreams
 from ..status import Reason
 from .keepers import Keepers
@@ -49,7 +50,7 @@ class Registry:
         self._watcher: threading.Thread | None = None
         self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
         self._client_closed = False  # a server said a client closed since the watcher last looked
-        self.coord = None  # a Coordinator when several processes share Redis: see coord.py
+        self.coord: Coordination | None = None  # when several processes share Redis: cluster/coord.py
 
     def admit(self, stream: Stream) -> None:
         """Hold a place for ``stream`` (every local admission check, under the lock) before anything
@@ -154,6 +155,12 @@ class Registry:
                     self._readers_by_owner[owner] = left
 
         return release
+
+    def current(self, key: str) -> Stream | None:
+        """``key``'s newest stream in this process, or None: one look, however many streams live
+        (a Stop asks this twice, and 64 Stops at once must not scan every stream 128 times)."""
+        with self._lock:
+            return self._current.get(key)
 
     def is_live(self, key: str) -> bool:
         """Whether ``key`` has a stream in this process."""

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 
 from .. import log
 from ..cancel import CancelScope
+from ..cluster import Lease, Slot
 from ..config import Config
 from ..errors import JarvisError
 from ..events import Event, Framer, Start
 from ..metrics import Metrics
 from ..sse import SSEFramer
-from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
+from ..status import REASON_STATUS, Reason, Status
 from ..store import Store
 from ..upstream import Options, Upstream
 from .body import Body, Tap
@@ -96,8 +97,8 @@ class Stream:
         self.body = Body(self)
         self.tap = self.body.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
-        self.lease = None  # set by the registry when processes share Redis (coord.Lease)
-        self.slot = None  # and its count among its owner's streams (coord.Slot)
+        self.lease: Lease | None = None  # set by the registry when processes share Redis
+        self.slot: Slot | None = None  # and its count among its owner's streams
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:
@@ -118,8 +119,9 @@ class Stream:
             self.worker.cancelled_at = time.monotonic()  # before the close the worker wakes on
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
             return False
-        if decided and reason in REASON_EVENT:
-            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
+        # nothing else here: a Stop's thread, or the event loop for a closed channel, cancels, and a
+        # log write there (a syscall, then a wait for the GIL) would hold its answer or every read;
+        # the body logs why the answer ended, as it ends it
         self.worker.handoff.wake.set()
         return decided
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..cancel import Latch
+from ..cluster import Lease
 from ..errors import AtCapacity, CoordinationUnavailable, JarvisError, UpstreamError
 from ..status import Reason, Status
 from ..upstream import Done, Options, Upstream
@@ -84,7 +85,7 @@ class Worker:
         else:
             prev.released.then(self.released.set)
 
-    def detach(self, lease) -> None:
+    def detach(self, lease: Lease | None) -> None:
         """Cleanup gave up waiting for this cancelled worker: the cancel shut its upstream down, so
         it streams no more; free its session now (here, and through ``lease`` in every process)."""
         if lease is not None:
@@ -93,7 +94,7 @@ class Worker:
 
     def _run(self) -> None:
         s = self.s
-        lease = s.lease  # the session's lease across processes (coord.py), or None
+        lease = s.lease  # the session's lease across processes (cluster/lease.py), or None
         called = False
         # one deadline for both waits, the local predecessor's and the lease's
         deadline = time.monotonic() + s.config.supersede_timeout_s

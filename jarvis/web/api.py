@@ -12,7 +12,6 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ..cluster import mirror
 from ..errors import (
     AtCapacity,
     BadRequest,
@@ -170,9 +169,10 @@ def stop(session_id: str):
 
 def live_answer(registry, session_id: str) -> Stream | None:
     """The session's newest answer live in this process, if it has not ended."""
-    streams = [s for s in registry.live() if s.key == session_id and s.session_id == session_id]
-    newest = max(streams, key=lambda s: s.started_at, default=None)
-    return newest if newest is not None and newest.status is None else None
+    newest = registry.current(session_id)  # a session's streams are keyed by its id
+    if newest is None or newest.session_id != session_id or newest.status is not None:
+        return None
+    return newest
 
 
 @bp.get("/api/sessions/<session_id>/stream")
@@ -184,7 +184,7 @@ def attach(session_id: str):
     j.store.require_session(session_id, owner())
     if request.method == "HEAD":
         live = j.registry.is_live(session_id) or (
-            j.coord is not None and mirror.held_elsewhere(j.coord, session_id)
+            j.coord is not None and j.coord.mirror.held_elsewhere(session_id)
         )
         return Response(mimetype="text/event-stream", headers=SSE_HEADERS) if live else Response(status=204)
     last = request.headers.get("Last-Event-ID")
@@ -193,7 +193,7 @@ def attach(session_id: str):
     try:
         tap = j.registry.attach(session_id, last, gone)
         if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis
-            tap = mirror.remote_attach(j.coord, session_id, last, j.config.heartbeat_s, gone)
+            tap = j.coord.mirror.remote_attach(session_id, last, j.config.heartbeat_s, gone)
     except BaseException:
         release()
         raise

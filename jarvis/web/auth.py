@@ -138,18 +138,13 @@ def authenticate():
 def _holds_live_answer(j) -> bool:
     """A Stop that shows the credential which sent the prompt of the session's live answer here:
     signed in as that answer's owner without the database, so Stop works while the database hangs."""
-    shown = _shown_proofs()
     sid = (request.view_args or {}).get("session_id")
-    answer = next(
-        (
-            s
-            for s in j.registry.live()
-            if s.session_id == sid and s.status is None and s.proof
-            and any(hmac.compare_digest(s.proof, p) for p in shown)
-        ),
-        None,
-    )  # fmt: skip
-    if answer is None or (answer.owner is None and not _is_local()):  # the local token: this machine only
+    answer = j.registry.current(sid) if sid else None  # one look, not a scan of every live stream
+    if answer is None or answer.session_id != sid or answer.status is not None or not answer.proof:
+        return False
+    if not any(hmac.compare_digest(answer.proof, p) for p in _shown_proofs()):
+        return False
+    if answer.owner is None and not _is_local():  # the local token: this machine only
         return False
     if not answer.proof.startswith("bearer:"):
         _require_same_origin(cookie=True)

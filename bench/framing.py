@@ -75,13 +75,18 @@ def framing(recvs):
     return n
 
 
-def with_h11(recvs):
-    sock = FakeSock(recvs)
+def _h11_posted() -> h11.Connection:
+    """An h11 client connection whose request (a POST as Jarvis sends) has gone out: next, the response."""
     conn = h11.Connection(h11.CLIENT)
     conn.send(
         h11.Request(method="POST", target="/api/chat", headers=[("Host", "x"), ("Content-Length", "0")])
     )
     conn.send(h11.EndOfMessage())
+    return conn
+
+
+def with_h11(recvs):
+    sock, conn = FakeSock(recvs), _h11_posted()
     n = 0
     while True:
         ev = conn.next_event()
@@ -100,12 +105,7 @@ def with_h11(recvs):
 
 def with_h11_blocks(recvs):
     """h11 yielding what one receive brings as one block (join the Data events between receives)."""
-    sock = FakeSock(recvs)
-    conn = h11.Connection(h11.CLIENT)
-    conn.send(
-        h11.Request(method="POST", target="/api/chat", headers=[("Host", "x"), ("Content-Length", "0")])
-    )
-    conn.send(h11.EndOfMessage())
+    sock, conn = FakeSock(recvs), _h11_posted()
     n = 0
     out = []
     while True:

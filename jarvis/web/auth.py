@@ -100,7 +100,7 @@ def authenticate():
     require_allowed_host(j.config)
     if request.endpoint == "static":
         return None
-    if request.endpoint == "api.stop" and _holds_live_answer(j):
+    if request.endpoint == "answers.stop" and _holds_live_answer(j):
         return None
     if not j.accounts.exist():
         return _local_mode(j.config)

@@ -3,7 +3,7 @@
 Each stream of an account is a member of a sorted set (``jarvis:streams:<account>``) scored by when
 it expires, added when the prompt is admitted, renewed with the leases and removed when the answer
 ends; a member nobody renews (its process died) stops counting within the lease TTL. The sign-in
-counts across processes are not here: Flask-Limiter keeps them in the same Redis (``web/auth.py``).
+counts across processes are not here: Flask-Limiter keeps them in the same Redis (``web/signin.py``).
 """
 
 from __future__ import annotations

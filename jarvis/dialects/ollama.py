@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app
 from ..errors import JarvisError
 from ..events import End, Event, Heartbeat, Start, Text
 from ..upstream import Options
-from ..web import api
+from ..web import answers, api
 from . import common
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
@@ -62,7 +62,7 @@ def _answer(call: common.Call, generate: bool):
     framer = NDJSONFramer(call.model, generate)
     stream = common.start(call, framer, "ollama")
     if call.stream:
-        return Response(stream, mimetype="application/x-ndjson", headers=api.SSE_HEADERS)
+        return Response(stream, mimetype="application/x-ndjson", headers=answers.SSE_HEADERS)
     text, end = common.collect(stream)
     return framer.final(text, end)
 

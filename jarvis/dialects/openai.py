@@ -16,7 +16,7 @@ from .. import sse
 from ..errors import Interrupted, JarvisError
 from ..events import End, Event, Heartbeat, Start, Text
 from ..upstream import Options
-from ..web import api
+from ..web import answers, api
 from . import common
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -52,7 +52,7 @@ def chat_completions():
     framer = ChunkFramer(call.model, call.include_usage)
     stream = common.start(call, framer, "openai")
     if call.stream:
-        return Response(stream, mimetype="text/event-stream", headers=api.SSE_HEADERS)
+        return Response(stream, mimetype="text/event-stream", headers=answers.SSE_HEADERS)
     text, end = common.collect(stream)
     return framer.completion(text, end)
 

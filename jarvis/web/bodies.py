@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from flask import request
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
 from ..store.sessions import one_line  # noqa: F401  (a title as one line: the store's rule, the routes' too)
 
 # the largest body any route reads (an import, 16 MiB) and room over it: the route's own limit
@@ -135,3 +135,17 @@ def _values(raw: bytes, limit: int) -> int:
 
 def _structural(text: bytes) -> int:
     return text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
+
+
+def json_body(limit: int, max_values: int | None = None) -> dict:
+    """The request's JSON object, its size bounded before it is read (and, given ``max_values``,
+    how many values it holds before it is parsed)."""
+    if not request.is_json:
+        raise UnsupportedMediaType("send application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise PromptTooLarge(f"the request body is larger than {limit} bytes")
+    request.max_content_length = limit  # bounds a chunked body too
+    body = json_object(max_values=max_values)
+    if body is None:
+        raise BadRequest("the body must be a JSON object")
+    return body

@@ -340,9 +340,8 @@ class Stream:
             self.worker.cancelled_at = time.monotonic()  # before the close the worker wakes on
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
             return False
-        # nothing else here: a Stop's thread, or the event loop for a closed channel, cancels, and a
-        # log write there (a syscall, then a wait for the GIL) would hold its answer or every read;
-        # the body logs why the answer ended, as it ends it
+        if decided and reason in REASON_EVENT:
+            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
         self.worker.handoff.wake.set()
         return decided
 
@@ -688,8 +687,6 @@ class Body:
             reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None
             if reason:
                 self.meta["reason"] = str(reason)
-                if reason in REASON_EVENT:
-                    log.event(REASON_EVENT[reason], trace_id=s.trace_id, session=s.session_id)
             error = o.error.to_dict() if o.error else None
             self.meta["timing"] = self._timing()
             self._store_end(o.status, error)

@@ -2,7 +2,7 @@
 
 ``requests`` buffers and pools; a benchmark needs to know when the bytes of one
 event came off the socket, so responses are read here with ``recv`` and parsed
-by hand (chunked framing, SSE frames, NDJSON lines). Every read has a socket
+by hand (chunked framing, NDJSON lines) or by Jarvis's SSE parser. Every read has a socket
 timeout and every loop a deadline: a server that hangs fails a trial, never
 the run.
 """
@@ -166,51 +166,47 @@ def _post_bytes(url: str, path: str, body: dict) -> bytes:
 
 
 class Parser:
-    """Splits body bytes into events: SSE frames, Ollama's NDJSON lines (named ``line``), or
-    an OpenAI-compatible server's SSE chunks (kind ``openai``, named ``line`` as well)."""
+    """Splits body bytes into events: Jarvis's SSE events, Ollama's NDJSON lines (named ``line``),
+    or an OpenAI-compatible server's SSE chunks (kind ``openai``, named ``line`` as well, and
+    ``done`` for its [DONE]). Server-sent events are read by Jarvis's own parser."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self.heartbeats = 0
         self.texts: list[str] = []  # token texts in arrival order
-        self._pending = b""
+        self._pending = b""  # NDJSON: the start of a line still arriving
+        self._sse = sse.Parser()
+
+    @property
+    def heartbeats(self) -> int:
+        return self._sse.comments
 
     def feed(self, data: bytes, at: float) -> list[Event]:
         """Parse bytes that arrived at ``at``; returns the events they completed."""
         if not data:
             return []
-        sep = b"\n" if self.kind == "ndjson" else b"\n\n"
-        *frames, self._pending = (self._pending + data).split(sep)
-        return [e for frame in frames if (e := self._parse(frame, at)) is not None]
-
-    def _parse(self, frame: bytes, at: float) -> Event | None:
         if self.kind == "ndjson":
-            if not frame.strip():
-                return None
-            data = json.loads(frame)
-            text = (data.get("message") or {}).get("content")
-            if text:
-                self.texts.append(text)
-            return Event("line", data, at)
-        if self.kind == "openai":
-            return self._parse_openai(frame, at)
-        event = None
-        for name, data in sse.parse([*frame.split(b"\n"), b""]):
-            if name is None:
-                self.heartbeats += 1
-                continue
-            if name == "token":
-                self.texts.append(data["text"])
-            event = Event(name, data, at)
-        return event
+            *lines, self._pending = (self._pending + data).split(b"\n")
+            return [self._line(line, at) for line in lines if line.strip()]
+        read = self._openai if self.kind == "openai" else self._event
+        return [read(frame, at) for frame in self._sse.feed(data)]
 
-    def _parse_openai(self, frame: bytes, at: float) -> Event | None:
-        data = frame.strip().removeprefix(b"data: ")
-        if not data or data.startswith(b":"):
-            return None
-        if data == b"[DONE]":
+    def _line(self, line: bytes, at: float) -> Event:
+        data = json.loads(line)
+        text = (data.get("message") or {}).get("content")
+        if text:
+            self.texts.append(text)
+        return Event("line", data, at)
+
+    def _event(self, frame: sse.Frame, at: float) -> Event:
+        data = frame.json()
+        if frame.event == "token":
+            self.texts.append(data["text"])
+        return Event(frame.event, data, at)
+
+    def _openai(self, frame: sse.Frame, at: float) -> Event:
+        if frame.data == b"[DONE]":
             return Event("done", {}, at)
-        chunk = json.loads(data)
+        chunk = json.loads(frame.data)
         text = "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
         if text:
             self.texts.append(text)
@@ -482,9 +478,8 @@ class Mux:
 
 def sse_events(response) -> Iterator[tuple[str, dict]]:
     """The named events of a streamed ``requests`` response, read by Jarvis's own SSE parser."""
-    for name, data in sse.parse(response.iter_lines(chunk_size=None)):
-        if name is not None:
-            yield name, data
+    for frame in sse.frames(response.iter_content(chunk_size=None)):
+        yield frame.event, frame.json()
 
 
 def stop_to_end_ms(

@@ -9,13 +9,14 @@ closes its connection closes the upstream, in each state of the answer.
 from __future__ import annotations
 
 import json
-import statistics
 import time
+
+from jarvis import sse
 
 from .client import BulkStream, Closed, _connect, _post_bytes, _Response
 from .servers import proc_stat
 from .stats import Cell, Row, Section, judge, ratio
-from .streaming import expected_text
+from .streaming import cpu_row, expected_text, medians, throughput_row
 from .trials import OLD_SCRIPT, STEP_TIMEOUT_S, Subject, run_trials, tag
 from .upstream import directive
 
@@ -41,15 +42,14 @@ def text_of(body: bytes, dialect: str) -> str:
             if line.strip():
                 out.append((json.loads(line).get("message") or {}).get("content", ""))
         return "".join(out)
-    for frame in body.split(b"\n\n"):
-        for line in frame.split(b"\n"):
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if dialect == "openai":
-                out.extend((c.get("delta") or {}).get("content") or "" for c in data.get("choices", []))
-            elif "text" in data:
-                out.append(data["text"])
+    for frame in sse.Parser().feed(body):
+        if frame.data == b"[DONE]":
+            continue
+        data = frame.json()
+        if dialect == "openai":
+            out.extend((c.get("delta") or {}).get("content") or "" for c in data.get("choices", []))
+        elif "text" in data:
+            out.append(data["text"])
     return "".join(out)
 
 
@@ -116,43 +116,28 @@ def _throughput(section: Section, subject: Subject, direct, tokens: int, runs: i
             if text != want:
                 wrong[who] = wrong.get(who, 0) + 1
             rates.setdefault(who, []).append(tokens / (stream.done_at - stream.sent_at))
-    cells = {who: Cell(value=statistics.median(v)) for who, v in rates.items()}
+    cells = medians(rates)
     native = cells["native"]
-    notes = [f"median of {runs} runs of {tokens:,} tokens each"]
-    notes += [f"{who}: {n} runs delivered text other than sent" for who, n in wrong.items()]
-    for who in ("openai", "ollama"):
-        share = cells[who].value / native.value
-        notes.append(f"{who}/native ×{share:.2f}")
+    shares = [f"{who}/native ×{cells[who].value / native.value:.2f}" for who in ("openai", "ollama")]
     holds = all(cells[w].value >= 0.9 * native.value for w in ("openai", "ollama")) and not wrong
     section.rows.append(
-        Row(
+        throughput_row(
             section.title,
-            "throughput, one stream at full speed",
             "tok/s",
             cells,
+            (runs, tokens, wrong),
+            shares,
             target="each dialect ≥ 0.9 × native",
             holds=holds,
             ratio=ratio(cells.get("native"), cells.get("direct"), "native/direct"),
-            note="; ".join(notes),
-            digits=0,
         )
     )
     if cpus:
-        cells = {who: Cell(value=statistics.median(v)) for who, v in cpus.items()}
-        section.rows.append(
-            Row(
-                section.title,
-                "server CPU per token at full speed",
-                "µs",
-                cells,
-                target="each dialect ≤ 1.1 × native",
-                holds=all(cells[w].value <= 1.1 * cells["native"].value for w in ("openai", "ollama")),
-                ratio=", ".join(
-                    ratio(cells[w], cells["native"], f"{w}/native") for w in ("openai", "ollama")
-                ),
-                note="utime+stime of the server process over the stream, /proc/<pid>/stat",
-            )
-        )
+        cpu = medians(cpus)
+        holds = all(cpu[w].value <= 1.1 * cpu["native"].value for w in ("openai", "ollama"))
+        shares = ", ".join(ratio(cpu[w], cpu["native"], f"{w}/native") for w in ("openai", "ollama"))
+        target = "each dialect ≤ 1.1 × native"
+        section.rows.append(cpu_row(section.title, cpu, target=target, holds=holds, ratio=shares))
 
 
 def _first_token(section: Section, subject: Subject, trials: int) -> None:

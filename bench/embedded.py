@@ -18,7 +18,7 @@ from jarvis.upstream import local
 
 from .client import AUTH, sse_events, stop_to_end_ms
 from .servers import ServerProcess, base_env, jarvis_command
-from .stats import Cell, Row, Section, judge, ratio
+from .stats import Cell, Row, Section, beside_direct, judge
 
 MAX_TOKENS = 64
 PROMPTS = ["Name three fruits.", "Say something about the sea.", "What is a cat?", "Count to ten."]
@@ -62,22 +62,18 @@ def run(workdir: Path, quick: bool) -> Section:
         direct.close()
     t_j, t_d = Cell.of(ttft["Jarvis"]), Cell.of(ttft["direct"])
     s_j, s_d = Cell.of(speed["Jarvis"]), Cell.of(speed["direct"])
+    fast = judge(Cell(value=s_j.p50), 0.95 * s_d.p50, higher_is_better=True) if s_d.p50 else None
     section.rows += [
-        Row(
-            "7",
-            "time to first token (warm model)",
-            "ms",
-            {"Jarvis": t_j, "direct": t_d},
-            ratio=ratio(t_j, t_d, "Jarvis/direct"),
-        ),
-        Row(
+        beside_direct("7", "time to first token (warm model)", "ms", t_j, t_d, "Jarvis/direct"),
+        beside_direct(
             "7",
             "answer speed",
             "chars/s",
-            {"Jarvis": Cell(value=s_j.p50), "direct": Cell(value=s_d.p50)},
+            Cell(value=s_j.p50),
+            Cell(value=s_d.p50),
+            "Jarvis/direct",
             target="≥ 0.95 × direct",
-            holds=judge(Cell(value=s_j.p50), 0.95 * s_d.p50, higher_is_better=True) if s_d.p50 else None,
-            ratio=ratio(Cell(value=s_j.p50), Cell(value=s_d.p50), "Jarvis/direct"),
+            holds=fast,
         ),
     ]
     for kind, samples in stops.items():

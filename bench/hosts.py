@@ -23,7 +23,7 @@ from tests.hung_server import HungServer
 
 from .client import AUTH, stop_to_end_ms
 from .servers import ServerProcess, jarvis_command, jarvis_env
-from .stats import Cell, Row, Section, judge, ratio
+from .stats import Cell, Row, Section, beside_direct, judge, ratio
 from .upstream import directive
 
 HAMMERS = 40
@@ -39,12 +39,13 @@ def run(fake_url: str | None, workdir: Path, quick: bool) -> Section:
     direct, routed = _routing(fake_url, routing_trials)
     overhead = Cell(value=routed.p50 - direct.p50)
     section.rows += [
-        Row(
+        beside_direct(
             "9",
             "time to first token, upstream read in-process",
             "ms",
-            {"Jarvis": routed, "direct": direct},
-            ratio=ratio(routed, direct, "hosts/direct"),
+            routed,
+            direct,
+            "hosts/direct",
             digits=2,
         ),
         Row(

@@ -38,7 +38,7 @@ import { renderMarkdown, renderWhole } from "/static/markdown.js";
 const renderers = {
   plain: (el, text, shown) => el.append(text.slice(shown)),
   whole: (el, text) => renderWhole(el, text),
-  incremental: (el, text) => renderMarkdown(el, text),
+  incremental: (el, text) => renderMarkdown(el, text, { stream: "bench" }),
 };
 // stream `tokens` at `rate` per second; repaint once per frame while text is new
 window.stream = (mode, tokens, rate) => new Promise((resolve) => {

@@ -94,7 +94,7 @@ def run(workdir: Path, quick: bool) -> Section:
         "parsed after the round, so that the client takes no CPU from the server); the stalled row is "
         "the same with answers that send nothing (three tokens, "
         "then silence): the Stops without the other answers' token traffic. JARVIS_MAX_STREAMS="
-        f"{MAX_STREAMS}; 'no store read' stubs Store.require_session, the stop route's store call, in "
+        f"{MAX_STREAMS}; 'no store read' stubs Sessions.require, the stop route's store call, in "
         "the server process (python -m bench.serving serve-nostore); a Stop of a live answer no longer "
         "reads the store, so that column is a second run of the same code"
     )
@@ -208,13 +208,13 @@ def _serve(argv: list[str], patches: list[str]) -> int:
 
 
 def _no_store_read() -> None:
-    from jarvis.history import Store
+    from jarvis.store.sessions import Sessions
 
-    Store.require_session = lambda self, session_id, owner=None: None  # the stop route's only store call
+    Sessions.require = lambda self, session_id, owner=None: None  # the stop route's only store call
 
 
 def _poll_only() -> None:
-    from jarvis.registry import Registry
+    from jarvis.lifecycle.registry import Registry
 
     Registry.client_closed = lambda self, gone=None: None  # the channel's close event reaches nobody
 

@@ -131,3 +131,9 @@ def ratio(numerator: Cell | None, denominator: Cell | None, label: str) -> str:
         return ""
     r = a / b
     return f"{label} ×{r:,.2f}" if r < 10 else f"{label} ×{r:,.0f}"
+
+
+def beside_direct(section: str, measure: str, unit: str, jarvis: Cell, direct: Cell, label: str, **kw) -> Row:
+    """A row of Jarvis's cell beside the model read directly in the benchmark process, with their ratio."""
+    cells = {"Jarvis": jarvis, "direct": direct}
+    return Row(section, measure, unit, cells, ratio=ratio(jarvis, direct, label), **kw)

@@ -27,6 +27,26 @@ def expected_text(tokens: int) -> str:
     return "".join(f"tok{i} " for i in range(tokens))
 
 
+def medians(samples: dict[str, list[float]]) -> dict[str, Cell]:
+    """Each party's median, as the cell of a single-valued row."""
+    return {name: Cell(value=statistics.median(v)) for name, v in samples.items()}
+
+
+def throughput_row(title: str, unit: str, cells: dict[str, Cell], runs: tuple, notes=(), **judged) -> Row:
+    """The row of one stream at full speed; ``runs`` is (runs, tokens each, wrong texts per party)."""
+    count, tokens, wrong = runs
+    said = [f"median of {count} runs of {tokens:,} tokens each"]
+    said += [f"{name}: {n} runs delivered text other than sent" for name, n in wrong.items()]
+    note = "; ".join([*said, *notes])
+    return Row(title, "throughput, one stream at full speed", unit, cells, note=note, digits=0, **judged)
+
+
+def cpu_row(title: str, cells: dict[str, Cell], **judged) -> Row:
+    """The row of the server's CPU per token at full speed, read from /proc."""
+    note = "utime+stime of the server process over the stream, /proc/<pid>/stat"
+    return Row(title, "server CPU per token at full speed", "µs", cells, note=note, **judged)
+
+
 def _chat_body(model: str, content: str) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], "stream": True}
 
@@ -65,38 +85,31 @@ def streaming(subjects: list[Subject], direct: tuple[str, str] | None, tokens: i
             rates.setdefault(name, []).append(amount / (stream.done_at - stream.sent_at))
             if subject is not None and subject.pid:
                 cpus.setdefault(name, []).append(cpu / amount * 1e6)
-    cells = {name: Cell(value=statistics.median(v)) for name, v in rates.items()}
+    cells = medians(rates)
     mine, base, ref = cells.get(primary.name), cells.get("direct"), cells.get("reference")
     holds = None
     if mine and base:
         holds = mine.value >= 0.6 * base.value and (ref is None or mine.value >= ref.value)
-    notes = [f"median of {runs} runs of {tokens:,} tokens each"]
-    notes += [f"{name}: {n} runs delivered text other than sent" for name, n in wrong.items()]
     section.rows.append(
-        Row(
+        throughput_row(
             section.title,
-            "throughput, one stream at full speed",
             unit,
             cells,
+            (runs, tokens, wrong),
             target="≥ 0.6 × direct and ≥ reference",
             holds=holds if not wrong.get(primary.name) else False,
             ratio=ratio(mine, base, f"{primary.name}/direct"),
-            note="; ".join(notes),
-            digits=0,
         )
     )
     if cpus:
-        cells = {name: Cell(value=statistics.median(v)) for name, v in cpus.items()}
+        cells = medians(cpus)
         section.rows.append(
-            Row(
+            cpu_row(
                 section.title,
-                "server CPU per token at full speed",
-                "µs",
                 cells,
                 target="≤ 15 µs",
                 holds=judge(cells.get(primary.name), 15.0),
                 ratio=ratio(cells.get("reference"), cells.get(primary.name), "ref/" + primary.name),
-                note="utime+stime of the server process over the stream, /proc/<pid>/stat",
             )
         )
     if scripted and paced:

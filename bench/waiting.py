@@ -14,9 +14,9 @@ import threading
 import time
 
 from jarvis.config import Config
-from jarvis.history import Store
-from jarvis.registry import Registry
-from jarvis.stream import Stream
+from jarvis.lifecycle.registry import Registry
+from jarvis.lifecycle.stream import Stream
+from jarvis.store import Store
 
 from .stats import Cell, Row, Section, judge
 

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from flask import Flask
 
 from . import log
-from .accounts import Accounts, RevocationWatch
+from .cluster.coord import Coordinator
 from .config import Config
-from .coord import Coordinator
 from .errors import CoordinationUnavailable
-from .history import Store
+from .lifecycle.registry import Registry
 from .metrics import Metrics
-from .probe import Prober
-from .registry import Registry
-from .server import CONTROL_THREADS
+from .store import Store
 from .upstream import Upstream, select_upstream
+from .upstream.health import Prober
+from .web.accounts import Accounts, RevocationWatch
+from .web.server import CONTROL_THREADS
 
 # connections beyond the server's threads: the revocation watch and start-up work
 POOL_RESERVE = 2
@@ -96,13 +96,13 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord
     )
 
-    from . import api, auth, ollama_api, openai_api, web
+    from .dialects import ollama, openai
+    from .web import api, auth, page
 
     auth.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(openai_api.bp)
-    app.register_blueprint(ollama_api.bp)
-    app.register_blueprint(web.bp)
+    for blueprint in (api.bp, openai.bp, ollama.bp, page.bp):
+        app.register_blueprint(blueprint)
+    app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app
 
 

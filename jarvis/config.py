@@ -205,18 +205,18 @@ class Config:
         return config
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first variable out of bounds or malformed."""
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            lowest = f.metadata["min"]
-            if lowest is not None and value < lowest:
-                raise ConfigError(f"{env_name(f.name)} must be at least {lowest}, not {value}")
-            if f.metadata["choices"] and value not in f.metadata["choices"]:
-                raise ConfigError(
-                    f"{env_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, not {value!r}"
-                )
+            _check_field(f, getattr(self, f.name))
         for name in ("secret_key", "local_token"):
             if 0 < len(getattr(self, name)) < MIN_SECRET_CHARS:
                 raise ConfigError(f"{env_name(name)} must be at least {MIN_SECRET_CHARS} characters")
+        self._check_addresses()
+        if self.openai_api_key and self.openai_api_key_file:
+            raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
+        self.hosts()  # raises on a malformed JARVIS_UPSTREAMS
+
+    def _check_addresses(self) -> None:
         for entry in split_list(self.trusted_proxies):
             try:
                 ipaddress.ip_network(entry, strict=False)
@@ -230,9 +230,6 @@ class Config:
             raise ConfigError(
                 f"JARVIS_REDIS_URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}"
             )
-        if self.openai_api_key and self.openai_api_key_file:
-            raise ConfigError("set JARVIS_OPENAI_API_KEY or JARVIS_OPENAI_API_KEY_FILE, not both")
-        self.hosts()  # raises on a malformed JARVIS_UPSTREAMS
 
     def hosts(self) -> tuple[HostSpec, ...]:
         """The hosts named in JARVIS_UPSTREAMS, in order (empty: one upstream, the short form)."""
@@ -316,6 +313,17 @@ def _parse(f: dataclasses.Field, raw: str, name: str):
         raise ConfigError(
             f"{name} must be a{'n' if kind is int else ''} {kind.__name__}, not {raw!r}"
         ) from None
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """A field's own bounds: its minimum and its choices."""
+    lowest = f.metadata["min"]
+    if lowest is not None and value < lowest:
+        raise ConfigError(f"{env_name(f.name)} must be at least {lowest}, not {value}")
+    if f.metadata["choices"] and value not in f.metadata["choices"]:
+        raise ConfigError(
+            f"{env_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, not {value!r}"
+        )
 
 
 def describe() -> list[tuple[str, object, str]]:

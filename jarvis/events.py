@@ -41,7 +41,7 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class End:
-    status: str  # a terminal status (jarvis.stream.Status)
+    status: str  # a terminal status (jarvis.status.Status)
     reason: str | None = None  # the cancel reason, when a cancel ended it
     error: dict | None = None  # {"code": ..., "message": ...}
     meta: dict = field(default_factory=dict)  # usage, trims: what is stored with the answer

@@ -16,7 +16,13 @@ class Metrics:
 
     def __init__(self, live_streams: Callable[[], int] | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # in this order /metrics lists them
+        self._add_stream_metrics(self.registry, live_streams)
+        self._add_failure_and_host_metrics(self.registry)
+        self._add_entry_metrics(self.registry)
+
+    def _add_stream_metrics(self, r: CollectorRegistry, live_streams: Callable[[], int] | None) -> None:
+        """Live streams, how they ended, and the lifecycle's timings."""
         self.live = Gauge("jarvis_live_streams", "Streams currently live.", registry=r)
         if live_streams is not None:
             self.live.set_function(live_streams)
@@ -42,10 +48,12 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("jarvis_tokens_streamed", "Text chunks streamed to clients.", registry=r)
+
+    def _add_failure_and_host_metrics(self, r: CollectorRegistry) -> None:
+        """Upstream failures, and per model host when JARVIS_UPSTREAMS names several."""
         self.upstream_errors = Counter(
             "jarvis_upstream_errors", "Upstream failures, by error code.", ["code"], registry=r
         )
-        # one label per model host, when JARVIS_UPSTREAMS names several
         self.host_live = Gauge(
             "jarvis_host_live_answers", "Answers streaming, by host.", ["host"], registry=r
         )
@@ -59,6 +67,9 @@ class Metrics:
             buckets=SLOW_BUCKETS,
             registry=r,
         )
+
+    def _add_entry_metrics(self, r: CollectorRegistry) -> None:
+        """Prompts refused at the door, and calls and tokens through the OpenAI and Ollama APIs."""
         self.rejected = Counter(
             "jarvis_rejected", "Prompts refused before a stream, by reason.", ["reason"], registry=r
         )

@@ -1,14 +1,17 @@
-"""Server-Sent Events: framing as one pure function, and the one parser of what it frames.
+"""Server-Sent Events: framing as one pure function, and the one parser of any event stream.
 
 Every payload is JSON on a single ``data:`` line: ``json.dumps`` escapes the
-newlines a token may hold, so no model output can break a frame. The parser is
-shared by the CLI, the tests and the benchmarks.
+newlines a token may hold, so no model output can break a frame. The parser
+reads Jarvis's own streams and an OpenAI-compatible server's alike: the
+upstream reader, the CLI, the tests and the benchmarks share it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from .events import End, Event, Heartbeat, Progress, Start, Text
 
@@ -48,17 +51,102 @@ class SSEFramer:
         raise TypeError(f"not a stream event: {ev!r}")
 
 
-def parse(lines: Iterable[bytes | str]) -> Iterator[tuple[str | None, dict | None]]:
-    """Read SSE lines (without their newline); yield (name, data) per event and (None, None) per comment."""
-    name, data = None, None
-    for raw in lines:
-        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        if line.startswith(":"):
-            yield None, None
-        elif line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data = json.loads(line[6:])
-        elif line == "" and name is not None:
-            yield name, data
-            name, data = None, None
+@dataclass(slots=True)
+class Frame:
+    """One event as a reader receives it (a slotted class: the upstream reader makes one per token)."""
+
+    event: str  # "message" when the stream named none
+    data: bytes  # its data lines, joined by newlines
+    id: str | None  # the last event ID so far (it carries over to later events), None before any
+
+    def json(self):
+        return json.loads(self.data)
+
+
+class Parser:
+    """Reads server-sent events incrementally, by the WHATWG EventSource rules.
+
+    Feed it bytes as they arrive (``feed``) or lines already split (``lines``); each
+    call returns the events it completed. A blank line ends an event; ``data:`` lines
+    join with newlines; ``event:`` names it; ``id:`` sets the last event ID (one with a
+    NUL is ignored); ``retry:`` sets ``retry_ms``; comment lines (``:``) only count;
+    one space after the colon is not part of the value; other fields are ignored.
+    """
+
+    def __init__(self) -> None:
+        self.comments = 0  # comment lines seen: heartbeats, keep-alives
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+        self._data: list[bytes] = []
+        self._event = ""
+        self._pending = b""  # the start of a line whose end has not come
+        self._after_cr = False  # the last chunk ended in CR: a LF first in the next ends the same line
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        """The events completed by these bytes; lines end in LF, CRLF or CR."""
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        buf = self._pending + chunk if self._pending else chunk
+        if not self._started:  # a byte order mark opens no line
+            if len(buf) < len(BOM) and BOM.startswith(buf):
+                self._pending = buf
+                return []
+            self._started = True
+            buf = buf.removeprefix(BOM)
+        if b"\r" in buf:
+            self._after_cr = buf.endswith(b"\r")
+            lines = _LINE_END.split(buf)
+        else:
+            self._after_cr = False
+            lines = buf.split(b"\n")
+        self._pending = lines.pop()
+        return self.lines(lines)
+
+    def lines(self, lines: Iterable[bytes]) -> list[Frame]:
+        """The events completed by these lines (split already, without their line ends)."""
+        out, data = [], self._data
+        for line in lines:
+            if not line:  # dispatch: an event without data is none
+                if data:
+                    joined = data[0] if len(data) == 1 else b"\n".join(data)
+                    out.append(Frame(self._event or "message", joined, self.last_id))
+                    data = self._data = []
+                self._event = ""
+            elif line.startswith(b"data: "):  # first: nearly every line is one
+                data.append(line[6:])
+            elif line[:1] == b":":
+                self.comments += 1
+            else:
+                self._field(line)
+        return out
+
+    def flush(self) -> list[Frame]:
+        """The event a body left without its closing blank line. The standard drops it; a model
+        server whose body closes right after its last event meant it, so its reader asks."""
+        line, self._pending = self._pending, b""
+        return self.lines([line, b""] if line else [b""])
+
+    def _field(self, line: bytes) -> None:
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":  # "data" without a colon: an empty line of data
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id" and b"\0" not in value:
+            self.last_id = value.decode("utf-8", "replace") or None
+        elif name == b"retry" and value.isdigit():
+            self.retry_ms = int(value)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+BOM = b"\xef\xbb\xbf"
+
+
+def frames(chunks: Iterable[bytes]) -> Iterator[Frame]:
+    """The events of a byte stream as its chunks arrive (a streamed HTTP body, say)."""
+    parser = Parser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)

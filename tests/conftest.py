@@ -19,7 +19,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from jarvis import create_app, sse
-from jarvis.server import Server
+from jarvis.config import Config, ConfigError
+from jarvis.web.server import Server
 from tests import postgres
 from tests.fake_ollama import FakeOllama
 from tests.fake_openai import FakeOpenAI
@@ -45,6 +46,12 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.005, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         threading.Event().wait(interval)
+
+
+def config_refuses(variable: str, value: str, says: str = "") -> None:
+    """Config refuses ``value`` for ``variable``, with an error that says ``says`` (else names it)."""
+    with pytest.raises(ConfigError, match=says or variable):
+        Config.from_env({variable: value})
 
 
 FAKES = {"ollama": FakeOllama, "openai": FakeOpenAI}
@@ -110,16 +117,27 @@ def database(tmp_path) -> str:
     return str(tmp_path / "jarvis.sqlite3")
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """One PostgreSQL server for the whole run, started on first use; skips when it cannot run here."""
+def _started_postgres(**stopping):
+    """A PostgreSQL server, stopped and removed after the fixture; skips when it cannot run here."""
     why = postgres.missing()
     if why:
         pytest.skip(why)
     server = postgres.PostgresServer().start()
     yield server
-    server.stop("immediate")
+    server.stop("immediate", **stopping)
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole run, started on first use."""
+    yield from _started_postgres()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own, which it may stop and start."""
+    yield from _started_postgres(missing_ok=True)
 
 
 @pytest.fixture
@@ -189,10 +207,18 @@ class Live:
 
 
 @pytest.fixture
-def jarvis_server(fake, tmp_path, monkeypatch, make_server, database):
+def jarvis_settings() -> dict[str, str]:
+    """JARVIS_* variables of the real app beyond the tests' own: a module overrides this to add some."""
+    return {}
+
+
+@pytest.fixture
+def jarvis_server(fake, tmp_path, monkeypatch, make_server, database, jarvis_settings):
     """The real ``wsgi:app``, built from JARVIS_* variables, under waitress."""
     for key, value in test_config(fake, tmp_path, database=database).items():
         monkeypatch.setenv("JARVIS_" + key.upper().removesuffix("_S"), str(value))
+    for name, value in jarvis_settings.items():
+        monkeypatch.setenv(name, value)
     if "wsgi" in sys.modules:  # each app probes its upstream in a thread: build just one
         app = importlib.reload(sys.modules["wsgi"]).app
     else:
@@ -229,6 +255,13 @@ class Api:
         )
         return SSE(r)
 
+    def answering(self, content: str = "hello", **body) -> tuple[str, SSE]:
+        """A new session whose answer is streaming: its id, and the prompt's response past a token."""
+        session = self.session()
+        sse = self.send(session, content, **body)
+        sse.until("token")
+        return session, sse
+
     def attach(self, session: str, last_event_id: str | None = None) -> SSE:
         """GET the session's live answer (status 204 when none is live)."""
         headers = {**self.headers, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
@@ -259,26 +292,21 @@ class SSE:
         self.events: list[tuple[str, dict]] = []
         self.ids: list[str | None] = []  # each event's SSE id, beside self.events
         self.comments = 0
-        self._id: str | None = None
-        lines = response.iter_lines(chunk_size=None) if response.status_code == 200 else iter(())
-        self._events = sse.parse(self._noting_ids(lines))
-
-    def _noting_ids(self, lines):
-        for line in lines:
-            if line.startswith(b"id: "):
-                self._id = line[4:].decode()
-            yield line
+        self._parser = sse.Parser()
+        self._chunks = response.iter_content(chunk_size=None) if response.status_code == 200 else iter(())
+        self._ready: list[sse.Frame] = []  # parsed, not yet read
 
     def next(self) -> tuple[str, dict] | None:
-        for name, data in self._events:
-            if name is None:
-                self.comments += 1
-            else:
-                self.events.append((name, data))
-                self.ids.append(self._id)
-                self._id = None
-                return name, data
-        return None
+        while not self._ready:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            self._ready = self._parser.feed(chunk)
+            self.comments = self._parser.comments
+        frame = self._ready.pop(0)
+        self.events.append((frame.event, frame.json()))
+        self.ids.append(frame.id)
+        return self.events[-1]
 
     def until(self, wanted: str) -> dict:
         while (event := self.next()) is not None:

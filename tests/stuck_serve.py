@@ -13,7 +13,8 @@ import threading
 
 import jarvis
 from jarvis import cli
-from jarvis.upstream import local
+from jarvis.upstream import gguf, local
+from tests.char_tokens import CharTokens
 
 STUCK_S = 120  # far past any shutdown deadline a test allows
 
@@ -37,22 +38,10 @@ class StuckUpstream:
         pass
 
 
-class StuckLlama:
+class StuckLlama(CharTokens):
     """A model stand-in whose decode, after one token, never returns nor polls the abort flag."""
 
     metadata = {"tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
-
-    def token_bos(self):
-        return -1
-
-    def token_eos(self):
-        return 2
-
-    def detokenize(self, tokens, special=False):
-        return "".join(chr(t) for t in tokens).encode()
-
-    def tokenize(self, text, add_bos=True, special=False):
-        return [ord(c) for c in text.decode()]
 
     def reset(self):
         pass
@@ -68,7 +57,7 @@ class StuckLlama:
 def main(argv: list[str]) -> int:
     kind, rest = argv[0], argv[1:]
     if kind == "local":
-        local._install_abort = lambda llama, check: None
+        gguf._install_abort = lambda llama, check: None
         jarvis.select_upstream = lambda *_: local.LocalUpstream(llama=StuckLlama(), model_name="stuck")
     else:
         jarvis.select_upstream = lambda *_: StuckUpstream()

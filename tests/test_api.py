@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from jarvis.errors import StoreError
-from jarvis.stream import Stream
+from jarvis.lifecycle.stream import Stream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, wait_for
 from tests.fake_ollama import Script
 

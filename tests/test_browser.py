@@ -104,6 +104,13 @@ class Tab:
         self.page.locator("#prompt").fill(text)
         self.page.locator("#prompt").press("Enter")
 
+    def ask(self, text: str, status: str = "completed", timeout: float | None = None):
+        """Send ``text`` and wait until its answer ends with ``status``; the answer."""
+        self.send(text)
+        answer = self.answer()
+        expect(answer).to_have_attribute("data-status", status, timeout=timeout)
+        return answer
+
     def answer(self, i: int = -1):
         answers = self.page.locator(".msg-assistant")
         return answers.last if i == -1 else answers.nth(i)
@@ -233,9 +240,7 @@ def test_reload_and_a_second_tab_show_the_whole_history(tab, jarvis_server, brow
 def test_markup_in_an_answer_stays_inert(tab, jarvis_server):
     jarvis_server.fake.script(tokens=XSS_TOKENS)
     tab.open()
-    tab.send("Show me some HTML")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "completed")
+    answer = tab.ask("Show me some HTML")
     content = answer.locator(".msg-content")
     expect(content).to_contain_text("end")
     # the markup is shown as text, not parsed
@@ -256,9 +261,7 @@ def test_markdown_and_code_render_under_the_content_security_policy(tab, jarvis_
     response = tab.page.goto(jarvis_server.url + "/")
     assert "default-src 'self'" in response.headers["content-security-policy"]
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
-    tab.send("A function please")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "completed")
+    answer = tab.ask("A function please")
     expect(answer.locator(".code-block .code-lang")).to_have_text("python")
     expect(answer.locator(".code-block code")).to_contain_text("def greet(name):")
     expect(answer.locator(".code-block .hljs-keyword").first).to_have_text("def")
@@ -278,8 +281,7 @@ def test_switching_chats_while_one_streams_leaves_both_intact(tab, jarvis_server
     expect(tab.page.locator(".session")).to_have_count(2)
     expect(tab.page.locator(".msg")).to_have_count(0)
     expect(tab.page.locator("#stop")).to_be_hidden()
-    tab.send("Question B")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("Question B")
     fake.wait_idle(10)  # A's answer has run to its end in the background
     expect(tab.page.locator(".msg-content")).to_have_text(["answer for B"])
 
@@ -393,9 +395,7 @@ def test_connection_lost_mid_answer_is_marked(tab, jarvis_server):
         lambda route: route.fulfill(status=200, content_type="text/event-stream", body=torn),
     )
     tab.open()
-    tab.send("Hello?")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "disconnected")
+    answer = tab.ask("Hello?", "disconnected")
     expect(answer.locator(".msg-content")).to_have_text("partial answer")
     expect(answer.locator(".msg-error")).to_contain_text("Connection lost")
 
@@ -407,9 +407,7 @@ def test_missing_model_is_named(tab, jarvis_server):
     expect(tab.page.locator("#model option")).to_have_text(["llama3.2:latest", "tiny:latest"])
     chosen = tab.page.locator("#model").input_value()
     fake.models.remove(chosen.split(":")[0])  # removed from Ollama after the page listed it
-    tab.send("Hi")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "failed")
+    answer = tab.ask("Hi", "failed")
     expect(answer.locator(".msg-error")).to_contain_text("Model not found")
     expect(answer.locator(".msg-error")).to_contain_text(f"ollama pull {chosen}")
 
@@ -418,9 +416,7 @@ def test_ollama_down_says_where_and_how_to_start_it(tab, jarvis_server):
     fake = jarvis_server.fake
     tab.open()
     fake.close()
-    tab.send("Anyone home?")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "failed")
+    answer = tab.ask("Anyone home?", "failed")
     error = answer.locator(".msg-error")
     expect(error).to_contain_text("Ollama is not reachable")
     expect(error).to_contain_text(fake.url)

@@ -40,8 +40,7 @@ def past_chat(jarvis_server, title: str, days_ago: float) -> str:
 def test_rename_by_double_click_and_by_the_menu_is_kept_after_a_reload(tab, jarvis_server):
     jarvis_server.fake.script(tokens=["Hi", "!"])
     tab.open()
-    tab.send("first prompt")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("first prompt")
     page = tab.page
     page.locator(".session.is-active .session-open").dblclick()
     field = page.locator(".session-rename")
@@ -69,8 +68,7 @@ def test_chats_are_grouped_by_date_and_messages_show_their_time(tab, jarvis_serv
     jarvis_server.fake.script(tokens=["Fine"])
     tab.open()
     tab.page.locator("#new-chat").click()
-    tab.send("today's question")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("today's question")
     groups = ["Today", "Yesterday", "Previous 7 days", "Older"]
     expect(tab.page.locator(".session-group")).to_have_text(groups)
     stamp = tab.page.locator(".msg-user .msg-time").last
@@ -86,8 +84,7 @@ def test_copy_puts_the_whole_message_on_the_clipboard(tab, jarvis_server):
     jarvis_server.fake.script(tokens=[reply])
     tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     tab.open()
-    tab.send("a prompt\nwith two lines")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("a prompt\nwith two lines")
     tab.answer().locator(".copy-message").click()
     expect(tab.answer().locator(".copy-message")).to_have_text("Copied")
     assert tab.page.evaluate("navigator.clipboard.readText()") == reply  # the Markdown as written
@@ -132,8 +129,7 @@ def test_search_finds_a_chat_by_its_text_and_opens_it(tab, jarvis_server):
 def test_export_downloads_the_chat_and_import_brings_it_back(tab, jarvis_server, tmp_path):
     jarvis_server.fake.script(tokens=["Forty", "-two"])
     tab.open()
-    tab.send("The answer?")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("The answer?")
     page = tab.page
     page.locator("#chat-menu summary").click()
     with page.expect_download() as md:
@@ -219,8 +215,7 @@ def test_a_history_that_left_the_server_before_a_prompt_keeps_the_prompt_and_its
     held = hold_first(page, f"**/api/sessions/{sid}", "GET")
     with page.expect_request(lambda r: r.method == "GET" and r.url.endswith(f"/api/sessions/{sid}")):
         page.locator(".session-open", has_text="With settings").click()
-    tab.send("Fresh prompt")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("Fresh prompt")
     held[0].fulfill(json=stale)
     expect(page.locator("#settings-chip")).to_be_visible()  # a history has been taken in
     expect(page.locator(".msg-user .bubble")).to_have_text(["With settings", "Fresh prompt"])
@@ -250,9 +245,7 @@ def test_an_answer_with_code_and_a_list_reads_as_written(tab, jarvis_server):
     jarvis_server.fake.script(tokens=FILE_ANSWER, interval_s=0.01)
     tab.open()
     tab.page.locator("#new-chat").click()
-    tab.send("How do I read a large file line by line in Python?")
-    answer = tab.answer()
-    expect(answer).to_have_attribute("data-status", "completed")
+    answer = tab.ask("How do I read a large file line by line in Python?")
     expect(answer.locator("pre code")).to_contain_text("def count_errors(path: Path) -> int:")
     expect(answer.locator("li")).to_have_count(3)
     expect(answer.locator(".code-head")).to_contain_text("python")

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests import test_browser
 from tests.conftest import LOCAL_TOKEN
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, expect, sync_playwright
+
+browser = test_browser.browser  # the browser tests' fixture
+Tab, expect = test_browser.Tab, test_browser.expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _tab(browser, url: str) -> Tab:
@@ -60,8 +55,7 @@ def test_an_answer_the_markdown_renderer_cannot_handle_is_shown_as_text(browser,
     try:
         tab.page.goto(f"{jarvis_server.url}/?token={LOCAL_TOKEN}")
         expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
-        tab.send("quote me")
-        expect(tab.answer()).to_have_attribute("data-status", "completed")
+        tab.ask("quote me")
         jarvis_server.fake.script(tokens=["**after**"])
         tab.send("and then?")
         expect(tab.answer().locator("strong")).to_have_text("after")

@@ -39,8 +39,7 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
     fake = jarvis_server.fake
     fake.script(tokens=["Arr, ", "matey."])
     tab.open()
-    tab.send("hello")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("hello")
     page = tab.page
     open_settings(page)
     expect(page.locator("#settings-system")).to_be_focused()
@@ -54,8 +53,7 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
     expect(chip).to_be_visible()
     expect(chip).to_have_attribute("title", re.compile("system prompt, temperature 0.3, answer length 64"))
 
-    tab.send("who are you?")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("who are you?")
     body = fake.wait_for_calls(2)[1].body
     assert body["messages"][0] == {"role": "system", "content": "You are a pirate. Answer in one line."}
     assert body["options"] == {"temperature": 0.3, "num_predict": 64}
@@ -73,8 +71,7 @@ def test_chat_settings_are_saved_and_reach_the_upstream_request(tab, jarvis_serv
     page.locator("#settings-reset").click()
     expect(page.locator("#settings-dialog")).to_be_hidden()
     expect(chip).to_be_hidden()
-    tab.send("and now?")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("and now?")
     body = fake.wait_for_calls(3)[2].body
     assert body["messages"][0]["role"] == "user" and "options" not in body
 
@@ -83,8 +80,7 @@ def test_what_is_typed_in_the_dialog_is_not_wiped_by_a_slow_read(tab, jarvis_ser
     # before: the dialog opened empty and filled itself when the chat's read came back, over the typing
     jarvis_server.fake.script(tokens=["Hi"])
     tab.open()
-    tab.send("hello")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("hello")
     page = tab.page
     reads = {"sent": 0, "done": 0}
     chat = re.compile(r".*/api/sessions/[^/]+$")
@@ -114,8 +110,7 @@ def test_what_is_typed_in_the_dialog_is_not_wiped_by_a_slow_read(tab, jarvis_ser
 def test_a_setting_the_server_refuses_is_shown_in_the_dialog(tab, jarvis_server):
     jarvis_server.fake.script(tokens=["Hi"])
     tab.open()
-    tab.send("hello")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("hello")
     page = tab.page
     open_settings(page)
     page.locator("#settings-system").fill("x" * 8000)
@@ -134,9 +129,7 @@ def test_an_answer_cut_by_its_length_says_so_and_continue_carries_on(tab, jarvis
     fake.push(Script(tokens=["Once upon a time, a dragon ", "lived in a cave by the"], done_reason="length"))
     fake.script(tokens=[" sea, and guarded it well.", " The end."])
     tab.open()
-    tab.send("Tell me a long story about a dragon.")
-    cut = tab.answer()
-    expect(cut).to_have_attribute("data-status", "length")
+    cut = tab.ask("Tell me a long story about a dragon.", "length")
     badge = cut.locator(".badge")
     expect(badge).to_have_text("Cut off")
     assert "length limit" in badge.get_attribute("title")
@@ -176,8 +169,7 @@ def test_progress_is_shown_before_the_first_token(tab, jarvis_server):
 def test_speed_and_token_counts_are_shown_under_a_finished_answer(tab, jarvis_server):
     jarvis_server.fake.script(tokens=test_browser.words("w", 5), interval_s=0.05)
     tab.open()
-    tab.send("count")
-    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    tab.ask("count")
     speed = tab.answer().locator(".msg-speed")
     expect(speed).to_have_text(re.compile(r"^\d+\.\d tokens/s · 5 tokens$"))
     assert "7 prompt tokens, 5 answer tokens, first token after" in speed.get_attribute("title")

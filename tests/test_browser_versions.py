@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests import test_browser, test_browser_rejoin
+from tests import test_browser
 from tests.fake_ollama import Script
 
 browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
 expect = test_browser.expect
-detach_grace = test_browser_rejoin.detach_grace  # JARVIS_DETACH_GRACE=10, for a reload to rejoin
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # a real Chromium
 
@@ -126,9 +125,8 @@ def test_editing_a_prompt_while_it_is_answered_supersedes_that_answer(tab, jarvi
     expect(tab.answer().locator(".msg-content")).to_contain_text("w3")  # its text so far, kept
 
 
-def test_a_reload_mid_regenerate_rejoins_the_new_version_and_keeps_the_old(
-    detach_grace, tab, jarvis_server
-):  # detach_grace first: the app is built from the environment it sets
+@pytest.mark.parametrize("jarvis_settings", [{"JARVIS_DETACH_GRACE": "10"}], ids=["grace"])  # to rejoin
+def test_a_reload_mid_regenerate_rejoins_the_new_version_and_keeps_the_old(tab, jarvis_server):
     tokens = test_browser.words("n", 60)
     jarvis_server.fake.push(Script(tokens=["Old answer"]), Script(tokens=tokens, interval_s=0.05))
     tab.open()

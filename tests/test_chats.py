@@ -9,8 +9,9 @@ import time
 import pytest
 import requests
 
-from jarvis.engines.sqlite import SEARCH_SCHEMA
-from jarvis.history import EMPTY_CHAT_S, Store
+from jarvis.store import Store
+from jarvis.store.engines.sqlite import SEARCH_SCHEMA
+from jarvis.store.sessions import EMPTY_CHAT_S
 from tests.conftest import HTTP_TIMEOUT
 
 pytestmark = pytest.mark.timeout(30)

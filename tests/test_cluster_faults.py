@@ -13,13 +13,13 @@ import time
 import pytest
 import requests
 
-from jarvis.coord import CHANNEL
-from jarvis.stream import Reason
+from jarvis.cluster.control import CHANNEL
+from jarvis.status import Reason
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER
 from tests.test_rejoin_scale import mirroring
-from tests.test_scale import LEASE_TTL_S, health, redis_server, two_processes  # noqa: F401
+from tests.test_scale import LEASE_TTL_S, apps_on, health, redis_server, two_processes  # noqa: F401
 
 pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -48,17 +48,6 @@ def processes(fake, redis_server, tmp_path):  # noqa: F811
     yield start
     for proc in procs:
         stop_process(proc)
-
-
-def apps_on(make_app, make_server, redis_server, n: int = 2, **overrides) -> list:  # noqa: F811
-    """``n`` (app, Api) pairs on one Redis and one SQLite file, each subscribed."""
-    made = []
-    for _ in range(n):
-        app = make_app(redis_url=redis_server.url, **{"lease_ttl_s": LEASE_TTL_S, **overrides})
-        api = Api(make_server(app).url)
-        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-        made.append((app, api))
-    return made
 
 
 # item: a prompt refused for capacity must leave the chat's live answer in another process alone
@@ -94,9 +83,7 @@ def test_a_prompt_after_the_owner_is_killed_streams_within_seconds_not_the_lease
     proc_a, a = processes("a", JARVIS_LEASE_TTL="10", JARVIS_SUPERSEDE_TIMEOUT="5")
     _, b = processes("b", JARVIS_LEASE_TTL="10", JARVIS_SUPERSEDE_TIMEOUT="5")
     fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
-    session = a.session()
-    first = a.send(session, "first")
-    first.until("token")
+    session, first = a.answering("first")
     wait_for(
         lambda: [m for m in b.messages(session) if m["role"] == "assistant" and m["content"]],
         what="A to save the text so far",
@@ -146,9 +133,7 @@ def stuck_answer(app, api):
     j = app.extensions["jarvis"]
     stuck = StuckOnce(j.upstream)
     j.upstream = stuck
-    session = api.session()
-    first = api.send(session, "stuck")
-    first.until("token")
+    session, first = api.answering("stuck")
     assert stuck.entered.wait(2)
     return session, first, stuck
 
@@ -203,9 +188,7 @@ def test_a_stuck_worker_gives_its_lease_back_once_detached(make_app, make_server
 def test_a_control_message_with_an_unknown_reason_cancels_nothing(make_app, make_server, fake, redis_server):  # noqa: F811
     [(app, a)] = apps_on(make_app, make_server, redis_server, 1)
     fake.script(tokens=20, interval_s=0.02)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     (stream,) = app.extensions["jarvis"].registry.live()
     with redis_server.client() as r:
         r.publish(CHANNEL, f"stop\t{session}\tstoped\tother\t{stream.lease.ticket + 1}")
@@ -290,9 +273,7 @@ BAD_IDS = ["{trace}.²", "{trace}.-1", "{trace}." + "9" * 40, "{trace}.1.2"]
 def test_a_last_event_id_that_is_not_a_number_replays_from_the_start(api, fake, bad):
     # before: "²" passed isdigit() and int() raised: a 500 with a traceback
     fake.script(tokens=10, stall_after=3)
-    session = api.session()
-    answer = api.send(session, "hi")
-    answer.until("token")
+    session, answer = api.answering("hi")
     trace = answer.ids[0].rpartition(".")[0]
     reader = api.attach(session, bad.format(trace=trace))
     assert reader.status_code == 200, reader.response.text
@@ -309,9 +290,7 @@ def test_a_bad_last_event_id_at_b_leaves_a_on_the_control_channel(processes, fak
     _, a = processes("a")
     _, b = processes("b")
     fake.script(tokens=10, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hi")
-    answer.until("token")
+    session, answer = a.answering("hi")
     trace = answer.ids[0].rpartition(".")[0]
     readers = []
     attach = threading.Thread(target=lambda: readers.append(b.attach(session, f"{trace}.²")))
@@ -331,15 +310,13 @@ def test_a_bad_last_event_id_at_b_leaves_a_on_the_control_channel(processes, fak
 def test_the_listener_survives_a_message_whose_handling_fails(make_app, make_server, fake, redis_server):  # noqa: F811
     (app, a), (_, b) = apps_on(make_app, make_server, redis_server)
     fake.script(tokens=10, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hi")
-    answer.until("token")
+    session, answer = a.answering("hi")
     coord = app.extensions["jarvis"].coord
 
     def broken(*args):
         raise RuntimeError("a bug while serving an attach")
 
-    coord.attach = broken
+    coord.pumps.attach = broken  # what the owner calls for a remote reader's attach
     with redis_server.client() as r:
         r.publish(CHANNEL, f"attach\t{session}\t{coord.process_id}\treader\t")
         assert b.stop(session) == {"stopped": True}  # published right behind it

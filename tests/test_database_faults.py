@@ -30,18 +30,6 @@ SLACK_S = 1.0  # two busy cores: what a 503 may take beyond the timeout
 END_S = 1.0  # an answer's end after its Stop, however the database is
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL server of the test's own, which it may stop and start."""
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop("immediate", missing_ok=True)
-    server.remove()
-
-
 def _server_pids(server: postgres.PostgresServer) -> list[int]:
     """The postmaster and every process it started (a backend per connection)."""
     with open(os.path.join(server.data, "postmaster.pid")) as f:
@@ -120,6 +108,15 @@ def _stored(api: Api, sid: str, text: str) -> dict:
     return answer
 
 
+def _serving_a_long_answer(make_app, make_server, fake, **settings) -> tuple:
+    """(app, server, Api): Jarvis under waitress with the database timeout and a final write retried
+    for 20 s, the fake scripted for one long answer (8 s of tokens)."""
+    app = make_app(database_timeout_s=TIMEOUT_S, database_retry_s=20.0, flush_interval_s=0.1, **settings)
+    live = make_server(app)
+    fake.push(Script(tokens=400, interval_s=0.02))
+    return app, live, Api(live.url)
+
+
 @pytest.mark.timeout(60)
 def test_a_hung_postgres_answers_503_within_the_database_timeout(own_postgres, make_app, make_server, fake):
     # would hang: every request waits on a socket that the stopped server's kernel keeps open
@@ -139,15 +136,8 @@ def test_stop_while_postgres_hangs_ends_the_answer_at_once_and_stores_it_once_ba
     own_postgres, make_app, make_server, fake
 ):
     # would hang: Stop's own database calls, then the answer's checkpoint and final write in its end
-    app = make_app(
-        database=own_postgres.url(), database_timeout_s=TIMEOUT_S, database_retry_s=20.0, flush_interval_s=0.1
-    )
-    live = make_server(app)
-    api = Api(live.url)
-    fake.push(Script(tokens=400, interval_s=0.02))
-    sid = api.session()
-    sse = api.send(sid, "long")
-    sse.until("token")
+    _, live, api = _serving_a_long_answer(make_app, make_server, fake, database=own_postgres.url())
+    sid, sse = api.answering("long")
     with hung(own_postgres):
         began = time.monotonic()
         for _ in range(10):  # checkpoints fall due while the server is stopped: the answer goes on
@@ -161,10 +151,7 @@ def test_stop_while_postgres_hangs_ends_the_answer_at_once_and_stores_it_once_ba
 @pytest.mark.timeout(60)
 def test_a_locked_sqlite_database_answers_503_and_never_holds_an_answers_end(make_app, make_server, fake):
     # would hang for the busy timeout: the answer's checkpoints and final write wait for the lock
-    app = make_app(database_timeout_s=TIMEOUT_S, database_retry_s=20.0, flush_interval_s=0.1)
-    live = make_server(app)
-    api = Api(live.url)
-    fake.push(Script(tokens=400, interval_s=0.02))
+    app, live, api = _serving_a_long_answer(make_app, make_server, fake)
     sid, other = api.session(), api.session()
     sse = api.send(sid, "long")
     sse.until("token")
@@ -175,17 +162,20 @@ def test_a_locked_sqlite_database_answers_503_and_never_holds_an_answers_end(mak
     assert api.send(other, "after").end() == {"status": "completed"}
 
 
-def _stopped_while_locked(make_app, make_server, fake, **settings):
-    """An answer stopped while another connection holds SQLite's write lock: its final write waits."""
-    app = make_app(database_timeout_s=TIMEOUT_S, database_retry_s=20.0, flush_interval_s=0.1, **settings)
-    live = make_server(app)
-    api = Api(live.url)
-    fake.push(Script(tokens=400, interval_s=0.02))
+@contextmanager
+def _stopped_while_locked(make_app, make_server, fake, caplog):
+    """An answer stopped while another connection holds SQLite's write lock, held for the block: its
+    final write waits. Yields (the app's Jarvis, the answer's response, its trace id)."""
+    caplog.set_level(logging.INFO, logger="jarvis")
+    app, live, api = _serving_a_long_answer(make_app, make_server, fake)
     sid = api.session()
     sse = api.send(sid, "long")
     trace = sse.until("start")["trace_id"]
     sse.until("token")
-    return app, live, api, sid, sse, trace
+    jarvis = app.extensions["jarvis"]
+    with write_locked(jarvis.config.database_path()):
+        _stop_ends_at_once(api, sid, sse, live)
+        yield jarvis, sse, trace
 
 
 @pytest.mark.timeout(60)
@@ -193,12 +183,8 @@ def test_shutdown_waits_for_an_answers_final_write_until_the_database_takes_it(
     make_app, make_server, fake, caplog
 ):
     # would be lost: a shutdown that returned without waiting for the writer leaves the answer streaming
-    caplog.set_level(logging.INFO, logger="jarvis")
-    app, live, api, sid, sse, trace = _stopped_while_locked(make_app, make_server, fake)
-    jarvis = app.extensions["jarvis"]
     done = threading.Event()
-    with write_locked(jarvis.config.database_path()):
-        _stop_ends_at_once(api, sid, sse, live)
+    with _stopped_while_locked(make_app, make_server, fake, caplog) as (jarvis, sse, trace):
         shutdown = threading.Thread(target=lambda: (jarvis.shutdown(15.0), done.set()))
         shutdown.start()
         wait_for(lambda: _logged(caplog, "answer_write_retrying", trace), timeout=10, what="a retry")
@@ -217,11 +203,7 @@ def test_shutdown_gives_up_on_a_final_write_at_its_deadline_and_names_the_answer
     make_app, make_server, fake, caplog
 ):
     # would hang: a shutdown that waited for the writer without a deadline
-    caplog.set_level(logging.INFO, logger="jarvis")
-    app, live, api, sid, sse, trace = _stopped_while_locked(make_app, make_server, fake)
-    jarvis = app.extensions["jarvis"]
-    with write_locked(jarvis.config.database_path()):
-        _stop_ends_at_once(api, sid, sse, live)
+    with _stopped_while_locked(make_app, make_server, fake, caplog) as (jarvis, _, trace):
         began = time.monotonic()
         assert jarvis.shutdown(1.0) == []
         took = time.monotonic() - began
@@ -269,12 +251,12 @@ def test_a_stop_without_the_database_signs_in_only_the_credential_that_sent_the_
 
 @pytest.mark.timeout(60)
 def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
-    postgres_url, make_app, make_server, fake
+    postgres_url, make_app, make_server, fake, caplog
 ):
     # would hang: a prompt's write transaction waits for the advisory write lock for as long as it is held
     import psycopg
 
-    from jarvis.engines.postgres import WRITE_LOCK
+    from jarvis.store.engines.postgres import WRITE_LOCK
 
     app = make_app(database=postgres_url, database_timeout_s=TIMEOUT_S)
     live = make_server(app)
@@ -286,3 +268,5 @@ def test_a_postgres_write_lock_held_elsewhere_answers_503_within_the_timeout(
         r, took = _timed("GET", live.url + "/api/sessions")  # a lock is not a server down: reads go on
         assert r.status_code == 200 and took < 1.0, (r.status_code, took)
     assert api.send(sid, "after").end() == {"status": "completed"}
+    # the server said so itself: no connection was cut, so the database never counted as down
+    assert not [r for r in caplog.records if r.getMessage() == "database_unavailable"]

@@ -38,6 +38,11 @@ def _doc_unit() -> tuple[dict, str]:
     return env, re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
 
 
+def _run(*command: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """One step of the install, quiet unless it fails, which it must not, within ``timeout``."""
+    return subprocess.run(command, check=True, capture_output=True, timeout=timeout, **kw)
+
+
 @pytest.fixture
 def root():
     """A stand-in for / that the service user can traverse (pytest's tmp_path is root's alone)."""
@@ -50,25 +55,12 @@ def root():
 def test_the_deployment_doc_works_for_a_service_user(root, fake, tmp_path):
     # as root: a non-editable install into a venv the service user cannot write to
     venv = f"{root}/opt/jarvis/.venv"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT)
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", venv], check=True, timeout=120)
     wheel = next(p for p in os.listdir(tmp_path) if p.endswith(".whl"))
-    subprocess.run(
-        [f"{venv}/bin/pip", "install", "-q", "--no-deps", "--no-index", str(tmp_path / wheel)],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    site = subprocess.run(
-        [f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
+    _run(f"{venv}/bin/pip", "install", "-q", "--no-deps", "--no-index", str(tmp_path / wheel))
+    site = _run(
+        f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", text=True
     ).stdout.strip()
     here = sysconfig.get_paths()["purelib"]
     readable = subprocess.run(
@@ -80,19 +72,8 @@ def test_the_deployment_doc_works_for_a_service_user(root, fake, tmp_path):
         with open(os.path.join(site, "deps.pth"), "w") as f:
             f.write(here + "\n")
     else:  # this environment sits where the service user cannot read (a 0700 folder): install them
-        subprocess.run(
-            [f"{venv}/bin/pip", "install", "-q", str(tmp_path / wheel)],
-            check=True,
-            timeout=300,
-            capture_output=True,
-        )
-    where = subprocess.run(
-        [f"{venv}/bin/python", "-c", "import jarvis; print(jarvis.__file__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=root,
-    )
+        _run(f"{venv}/bin/pip", "install", "-q", str(tmp_path / wheel), timeout=300)
+    where = _run(f"{venv}/bin/python", "-c", "import jarvis; print(jarvis.__file__)", text=True, cwd=root)
     assert where.stdout.startswith(site), where.stdout  # not this checkout
 
     # systemd's StateDirectory=jarvis with StateDirectoryMode=0700
@@ -112,8 +93,9 @@ def test_the_deployment_doc_works_for_a_service_user(root, fake, tmp_path):
     )
     assert env["JARVIS_INSTANCE_DIR"] == state
 
+    command = ["runuser", "-u", SERVICE_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
+
     def as_service(*args, stdin="", **kw):
-        command = ["runuser", "-u", SERVICE_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
         return subprocess.run(
             [*command, f"{venv}/bin/jarvis", *args],
             input=stdin,
@@ -127,7 +109,6 @@ def test_the_deployment_doc_works_for_a_service_user(root, fake, tmp_path):
     assert added.returncode == 0, added.stderr
     port = free_port()
     args = exec_start.replace("/opt/jarvis/.venv/bin/jarvis ", "").replace("8000", str(port)).split()
-    command = ["runuser", "-u", SERVICE_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
     proc = subprocess.Popen(
         [*command, f"{venv}/bin/jarvis", *args],
         stdout=subprocess.PIPE,

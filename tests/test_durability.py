@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from jarvis.history import Store
+from jarvis.store import Store
 from tests.conftest import HTTP_TIMEOUT, Api, clean_env, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script
 
@@ -143,7 +143,7 @@ def test_a_failing_final_save_still_ends_the_stream_and_frees_the_slot(
 
 def test_the_sqlite_default_never_imports_psycopg(tmp_path):
     code = (
-        "import sys; from jarvis.history import Store; "
+        "import sys; from jarvis.store import Store; "
         f"Store({str(tmp_path / 'h.sqlite3')!r}).close(); print('psycopg' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from jarvis.probe import Prober
+from jarvis.upstream.health import Prober
 from tests.conftest import HTTP_TIMEOUT, Api, wait_for
 from tests.fake_ollama import FakeOllama
 from tests.hung_server import HungServer

@@ -14,7 +14,7 @@ import threading
 import pytest
 import requests
 
-import jarvis.accounts
+import jarvis.web.accounts
 from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -206,7 +206,7 @@ def test_sign_ins_from_many_addresses_hash_a_few_at_a_time(make_app, make_server
     app.extensions["jarvis"].accounts.add("ann", PASSWORD)
     lock = threading.Lock()
     running, most = [0], [0]
-    real = jarvis.accounts.check_password_hash
+    real = jarvis.web.accounts.check_password_hash
 
     def counted(hashed, password):
         with lock:
@@ -219,7 +219,7 @@ def test_sign_ins_from_many_addresses_hash_a_few_at_a_time(make_app, make_server
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(jarvis.accounts, "check_password_hash", counted)
+    monkeypatch.setattr(jarvis.web.accounts, "check_password_hash", counted)
     url = make_server(app, threads=16).url + "/login"
 
     def attempt(i):

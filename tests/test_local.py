@@ -26,8 +26,10 @@ from jarvis.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from jarvis.upstream import Done, Meta, Options, Progress, local
-from jarvis.upstream.local import LocalUpstream, Trim
+from jarvis.upstream import Done, Meta, Options, Progress, fit, gguf, local, slot
+from jarvis.upstream.fit import Trim
+from jarvis.upstream.local import LocalUpstream
+from tests.char_tokens import CharTokens
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -35,7 +37,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
 
 
-class FakeLlama:
+class FakeLlama(CharTokens):
     """Stands in for ``llama_cpp.Llama``: one token per character, a scripted answer.
 
     With ``hold`` the prompt's decode runs until ``proceed`` is set or the abort
@@ -50,22 +52,10 @@ class FakeLlama:
         self.fail_at = fail_at  # raise a non-abort decode failure before this chunk
         self.proceed = threading.Event()
         self.decoding = threading.Event()  # a held decode has started
-        self.should_abort = None  # installed by LocalUpstream through _install_abort
+        self.should_abort = None  # installed by LocalUpstream through gguf._install_abort
         self.prompts: list[str] = []
         self.active = self.max_active = self.resets = 0
         self.closed = False
-
-    def token_bos(self):
-        return -1
-
-    def token_eos(self):
-        return 2
-
-    def detokenize(self, tokens, special=False):
-        return "".join(chr(t) for t in tokens).encode()
-
-    def tokenize(self, text, add_bos=True, special=False):
-        return [ord(c) for c in text.decode()]
 
     def reset(self):
         self.resets += 1
@@ -105,7 +95,7 @@ class FakeLlama:
 @pytest.fixture
 def fake_abort(monkeypatch):
     """Hand the abort check to the stand-in instead of llama.cpp."""
-    monkeypatch.setattr(local, "_install_abort", lambda llama, check: setattr(llama, "should_abort", check))
+    monkeypatch.setattr(gguf, "_install_abort", lambda llama, check: setattr(llama, "should_abort", check))
 
 
 def make(fake: FakeLlama, **kwargs) -> LocalUpstream:
@@ -270,7 +260,7 @@ def test_queued_prompt_says_so_at_once_and_full_queue_is_at_capacity(fake_abort)
 
 def test_cancel_while_queued_leaves_the_queue_at_once(fake_abort, monkeypatch):
     # would hang: a waiter that only looks at its flag between long waits (here 60 s long)
-    monkeypatch.setattr(local, "WAIT_SLICE_S", 60.0)
+    monkeypatch.setattr(slot, "WAIT_SLICE_S", 60.0)
     fake = FakeLlama(hold=True)
     up = make(fake, max_waiting=2)
     holder = Reader(up, session="a")
@@ -365,7 +355,7 @@ def test_history_is_trimmed_oldest_first_keeping_system_and_last_message(fake_ab
     assert items[0] == Meta({"trimmed": {"dropped_messages": trims[0][1].dropped_messages, "cut_chars": 0}})
     (session, trim), prompt = trims[0], fake.prompts[0]
     assert session == "s" and trim.trimmed
-    assert len(prompt) == trim.prompt_tokens <= 1024 - local.ANSWER_RESERVE
+    assert len(prompt) == trim.prompt_tokens <= 1024 - fit.ANSWER_RESERVE
     assert prompt.startswith("<system>sys") and prompt.endswith("<user>last<assistant>")
     kept = [i for i in range(10) if f"m{i}x" in prompt]
     assert kept == list(range(10 - len(kept), 10)) and trim.dropped_messages == 10 - len(kept) > 0
@@ -385,7 +375,7 @@ def test_long_answers_are_shortened_before_any_prompt_is_dropped(fake_abort):
     answer(up, history)
     prompt = fake.prompts[0]
     assert "<user>My name is Ada" in prompt and prompt.endswith("<user>What is my name?<assistant>")
-    assert "Ada is a lovely name." in prompt and local.SHORTENED_MARK in prompt  # its start, marked
+    assert "Ada is a lovely name." in prompt and fit.SHORTENED_MARK in prompt  # its start, marked
     assert trims == [Trim(0, 0, len(prompt), shortened_answers=1)]
 
 
@@ -403,7 +393,7 @@ def test_only_the_oldest_long_answers_are_shortened_as_far_as_needed(fake_abort)
     prompt = fake.prompts[0]
     assert all(f"<user>q{i}" in prompt for i in range(3))
     assert [f"a{i}" + "x" * 600 in prompt for i in range(3)] == [False, False, True]
-    assert len(prompt) <= 2048 - local.ANSWER_RESERVE
+    assert len(prompt) <= 2048 - fit.ANSWER_RESERVE
 
 
 def test_prompts_are_dropped_only_once_every_answer_is_short(fake_abort):
@@ -420,7 +410,7 @@ def test_prompts_are_dropped_only_once_every_answer_is_short(fake_abort):
     answer(up, history)
     prompt, trim = fake.prompts[0], trims[0]
     assert trim.dropped_messages > 0 and trim.shortened_answers > 0
-    assert "x" * 900 not in prompt and len(prompt) <= 1024 - local.ANSWER_RESERVE
+    assert "x" * 900 not in prompt and len(prompt) <= 1024 - fit.ANSWER_RESERVE
     assert "<user>q5" in prompt and "<user>q0" not in prompt  # the oldest go first
 
 
@@ -433,7 +423,7 @@ def test_overlong_last_message_keeps_its_end(fake_abort):
     prompt = fake.prompts[0]
     assert prompt.endswith("the question?<assistant>") and "<system>" not in prompt
     assert trims == [Trim(dropped_messages=1, cut_chars=trims[0].cut_chars, prompt_tokens=len(prompt))]
-    assert len(prompt) <= 1024 - local.ANSWER_RESERVE
+    assert len(prompt) <= 1024 - fit.ANSWER_RESERVE
 
 
 def test_prompt_that_fits_is_not_trimmed(fake_abort):
@@ -588,7 +578,7 @@ LONG_PROMPT = [{"role": "user", "content": "Tell me everything about dragons and
 def real():
     """One loaded SmolLM2 for the module; ``decoding`` is set whenever llama.cpp polls the abort flag."""
     decoding = threading.Event()
-    install = local._install_abort
+    install = gguf._install_abort
 
     def watched(llama, check):
         def polled():
@@ -599,7 +589,7 @@ def real():
         return install(llama, polled)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "_install_abort", watched)
+        mp.setattr(gguf, "_install_abort", watched)
         up = LocalUpstream.from_config(Config(), max_answer_tokens=24)
         answer(up)  # load now, so no test pays for it
     yield SimpleNamespace(up=up, decoding=decoding)
@@ -643,11 +633,11 @@ def test_real_tokenizer_keeps_the_first_prompt_past_a_rambling_answer(real):
         {"role": "assistant", "content": ramble},
         {"role": "user", "content": "What is my name?"},
     ]
-    tokens, trim = local._fit(model.llama, model.template, history, local.N_CTX)
+    tokens, trim = fit.fit(model.llama, model.template, history, local.N_CTX)
     prompt = model.llama.detokenize(tokens, special=True).decode()
     assert "My name is Ada" in prompt and "What is my name?" in prompt
     assert trim.dropped_messages == 0 and trim.shortened_answers == 1
-    assert len(tokens) <= local.N_CTX - local.ANSWER_RESERVE
+    assert len(tokens) <= local.N_CTX - fit.ANSWER_RESERVE
 
 
 @real_model

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from jarvis.upstream import local
+from jarvis.upstream import gguf, local
 from tests.conftest import Api, clean_env, fd_count, jarvis_command, serve_process, stop_process, wait_for
 
 pytestmark = [
@@ -29,7 +29,7 @@ FINISHED = ("completed", "length")  # answers here are capped at 48 tokens
 def served(make_app, make_server, monkeypatch):
     """Jarvis on the embedded model; ``decoding`` is set when llama.cpp polls the abort flag."""
     decoding = threading.Event()
-    install = local._install_abort
+    install = gguf._install_abort
 
     def watched(llama, check):
         def polled():
@@ -38,7 +38,7 @@ def served(make_app, make_server, monkeypatch):
 
         return install(llama, polled)
 
-    monkeypatch.setattr(local, "_install_abort", watched)
+    monkeypatch.setattr(gguf, "_install_abort", watched)
     # the first-token deadline covers reading the prompt: a long history on 2 busy cores takes seconds
     app = make_app(backend="local", max_streams=4, first_token_timeout_s=45)
     upstream = app.extensions["jarvis"].upstream

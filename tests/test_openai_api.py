@@ -14,9 +14,9 @@ import openai
 import pytest
 import requests
 
-from jarvis.accounts import Accounts
-from jarvis.history import Store
+from jarvis.store import Store
 from jarvis.upstream import local
+from jarvis.web.accounts import Accounts
 from tests.conftest import HTTP_TIMEOUT, clean_env, free_port, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script, overlapped
 

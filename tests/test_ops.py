@@ -23,6 +23,18 @@ from tests.conftest import (
 from tests.fake_ollama import Script
 
 
+def _ended(proc: subprocess.Popen) -> list[str]:
+    """What a process of the test logged to stderr, once it has ended (killed if the test left it running)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+    err = proc.stderr.read() if proc.stderr else ""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
+    return err.splitlines()
+
+
 def _env(fake, tmp_path, **extra) -> dict:
     settings = dict(JARVIS_OLLAMA_URL=fake.url, JARVIS_MODEL="tiny", JARVIS_BACKEND="ollama")
     return clean_env(**{**settings, "JARVIS_DATABASE": str(tmp_path / "ops.sqlite3"), **extra})
@@ -48,19 +60,15 @@ def test_serve_shuts_down_on_sigterm_with_live_answers_stored(fake, tmp_path):
         for s in streams:
             assert s.end() == {"status": "stopped", "reason": "shutdown"}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    err = proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert len(events) == len(err.splitlines())  # every log line is JSON
+        lines = _ended(proc)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(events) == len(lines)  # every log line is JSON
     cleanups = [e for e in events if e["event"] == "stream_cleanup"]
     assert len(cleanups) == 3 and all(e["status"] == "stopped" and e["trace_id"] for e in cleanups)
     assert any(e["event"] == "server_stopped" for e in events)
     assert fake.active == 0
 
-    from jarvis.history import Store
+    from jarvis.store import Store
 
     store = Store(env["JARVIS_DATABASE"])
     assert [store.get_session(s)["messages"][-1]["status"] for s in sids] == ["stopped"] * 3
@@ -116,10 +124,7 @@ def test_chat_ctrl_c_stops_the_answer_and_exits_130(make_app, make_server, fake)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 130
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close(), proc.stderr.close()
+        _ended(proc)
     call = fake.chat_calls()[0]
     assert call.wait_closed(2)
     store = app.extensions["jarvis"].store
@@ -181,9 +186,7 @@ def test_check_reports_each_failure_with_a_fix(fake, tmp_path, extra, expect):
 
 def test_metrics_move_as_streams_run(api, fake):
     fake.push(Script(tokens=1000, interval_s=0.01), Script(tokens=3), Script(status=500))
-    sid = api.session()
-    first = api.send(sid, "a")
-    first.until("token")
+    sid, first = api.answering("a")
     api.send(sid, "b").end()
     api.send(sid, "c").end()
     first.end()
@@ -228,9 +231,7 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
     )
     proc, api = serve_process(env, launcher=("tests.stuck_serve", backend))
     try:
-        sid = api.session()
-        sse = api.send(sid, "x")
-        sse.until("token")
+        sid, sse = api.answering("x")
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -238,10 +239,7 @@ def test_serve_exits_in_time_on_sigterm_with_a_worker_stuck_in_a_blocking_call(t
         assert proc.returncode == 0
         assert took <= 2 + 1, f"exit took {took:.2f} s, past JARVIS_SHUTDOWN_TIMEOUT + 1 s"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
+        _ended(proc)
 
 
 @pytest.mark.slow  # a server process of its own
@@ -254,9 +252,7 @@ def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path
     env = _env(fake, tmp_path, JARVIS_LOG_FORMAT="json", **grace)
     proc, api = serve_process(env, stderr=subprocess.PIPE)
     try:
-        sid = api.session()
-        first = api.send(sid, "keep me")
-        first.until("token")
+        sid, first = api.answering("keep me")
         first.close()  # the tab closes: a keeper drives the answer for the grace
         call = fake.wait_for_calls(1)[0]
         began = time.monotonic()
@@ -264,19 +260,15 @@ def test_serve_shutdown_ends_a_kept_answer_with_its_status_stored(fake, tmp_path
         assert proc.wait(10) == 0
         assert call.wait_closed(2) and call.closed_at - began < 1.0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    err = proc.stderr.read()
-    proc.stdout.close(), proc.stderr.close()
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        lines = _ended(proc)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
     cleanups = [e for e in events if e["event"] == "stream_cleanup"]
     assert [e["status"] for e in cleanups] == ["stopped"]
     stopped = next(i for i, e in enumerate(events) if e["event"] == "server_stopped")
     assert stopped > events.index(cleanups[0]), "the server stopped before the kept answer ended"
     assert not [e for e in events if e["event"] == "shutdown_keeper_left"]
 
-    from jarvis.history import Store
+    from jarvis.store import Store
 
     answer = Store(env["JARVIS_DATABASE"]).get_session(sid)["messages"][-1]
     assert (answer["status"], answer["content"]) == ("stopped", "tok0 tok1 ")

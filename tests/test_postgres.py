@@ -17,7 +17,6 @@ import requests
 
 from jarvis.errors import DatabaseUnavailable, JarvisError
 from tests import (
-    postgres,
     test_api,
     test_chats,
     test_input,
@@ -130,18 +129,6 @@ def test_secrets_are_stored_only_as_hashes_in_postgres(app):
     assert "ann" in stored and test_security.PASSWORD not in stored and token not in stored
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL server of the test's own, which it may stop and start."""
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop("immediate", missing_ok=True)
-    server.remove()
-
-
 def _send(served, session: str, content: str) -> requests.Response:
     return requests.post(
         f"{served.url}/api/sessions/{session}/messages",
@@ -193,9 +180,7 @@ def test_an_answer_whose_final_write_cannot_be_stored_is_logged_as_lost(
     app = make_app(database=own_postgres.url(), database_retry_s=0.5)
     api = Api(make_server(app).url)
     fake.push(Script(tokens=20, interval_s=0.02))
-    sid = api.session()
-    sse = api.send(sid, "long")
-    sse.until("token")
+    sid, sse = api.answering("long")
     own_postgres.stop("fast")
     assert sse.end() == {"status": "completed"}  # at once: the write is retried in the background
     # the retry is bounded: it gives up after JARVIS_DATABASE_RETRY, loudly
@@ -296,7 +281,7 @@ def test_serve_with_postgres_unreachable_exits_saying_so_without_the_password(tm
 
 
 def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url):
-    from jarvis.engines.postgres import PostgresEngine  # psycopg is there: the fixture checked
+    from jarvis.store.engines.postgres import PostgresEngine  # psycopg is there: the fixture checked
 
     engine = PostgresEngine(postgres_url, pool_size=1, timeout_s=0.2)
     try:
@@ -313,7 +298,7 @@ def test_a_busy_pool_answers_503_without_counting_the_database_down(postgres_url
 def test_processes_starting_at_once_create_the_schema_once(postgres_url):
     # without the advisory lock, CREATE TABLE IF NOT EXISTS run at once by several sessions
     # fails in all but one with a unique violation in PostgreSQL's catalog
-    from jarvis.engines.postgres import PostgresEngine
+    from jarvis.store.engines.postgres import PostgresEngine
 
     starters = 6
     gate = threading.Barrier(starters, timeout=10)

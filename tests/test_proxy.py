@@ -6,6 +6,8 @@ behind a proxy that hides who the client is nothing is served without the local 
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,24 +15,24 @@ import time
 
 import pytest
 
-from tests.conftest import Api, free_port
+from tests.conftest import ROOT, Api, free_port
 from tests.fake_ollama import Script
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
+
+def doc_location(heading: str, upstream: str = "http://127.0.0.1:{port}") -> str:
+    """The location block of the first nginx example under ``heading`` in docs/deployment.md,
+    verbatim but passing to ``upstream``, with its braces doubled for the nginx fixture to format."""
+    text = open(os.path.join(ROOT, "docs", "deployment.md")).read()
+    example = re.search(r"```nginx\n(.*?)```", text[text.index(heading) :], re.S).group(1)
+    block = re.search(r"^([ \t]*)location\b.*?^\1\}", example, re.M | re.S).group(0)
+    assert "http://127.0.0.1:8000" in block
+    return block.replace("{", "{{").replace("}", "}}").replace("http://127.0.0.1:8000", upstream) + "\n"
+
+
 # the location block of docs/deployment.md, verbatim but for the port
-LOCATION = """
-    location / {{
-        proxy_pass http://127.0.0.1:{port};
-        proxy_http_version 1.1;
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_buffering off;
-        proxy_cache off;
-        proxy_read_timeout 1h;
-    }}
-"""
+LOCATION = doc_location("## Behind nginx or Caddy")
 
 # nginx's defaults: Host becomes the upstream address and no forwarding header is added,
 # so every client through it looks like a loopback client of Jarvis

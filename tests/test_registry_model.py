@@ -17,9 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from jarvis.config import Config
 from jarvis.errors import AtCapacity, UpstreamStreamError
-from jarvis.history import Store
-from jarvis.registry import Registry
-from jarvis.stream import Stream
+from jarvis.lifecycle.registry import Registry
+from jarvis.lifecycle.stream import Stream
+from jarvis.store import Store
 from tests.conftest import wait_for
 
 SESSIONS = ("a", "b", "c")

@@ -8,20 +8,12 @@ import time
 import pytest
 import requests
 
-from jarvis.stream import MAX_WATCHERS
+from jarvis.lifecycle.body import MAX_WATCHERS
 from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import Script
 
 SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer: time to leave and come back
 FULL = "".join(f"tok{i} " for i in range(40))
-
-
-def answering(api: Api) -> tuple[str, SSE]:
-    """A new session whose answer is streaming: its id, and the prompt's response past a token."""
-    sid = api.session()
-    first = api.send(sid, "hi")
-    first.until("token")
-    return sid, first
 
 
 def keeping() -> bool:
@@ -49,28 +41,57 @@ def test_every_event_of_an_answer_carries_an_id_in_order(api, fake):
     assert sse.ids == [f"{trace}.{n}" for n in range(1, len(sse.events) + 1)]
 
 
-def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
+def attach_replays_then_follows(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` mid-answer gets what was streamed, the live events, the same end."""
     fake.script(SLOW)
-    sid, first = answering(api)
-    second = api.attach(sid)
+    sid, first = sender.answering("hi")
+    second = reader.attach(sid)
     assert second.status_code == 200
     assert first.end() == second.end() == {"status": "completed"}
     assert first.text() == second.text() == FULL
     assert second.events == first.events and second.ids == first.ids  # the same events, the same ids
 
 
-def test_last_event_id_sends_only_what_came_after_it(api, fake):
+def last_event_id_sends_only_what_came_after(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` with the id of the third token gets only what came after it."""
     fake.script(SLOW)
-    sid = api.session()
-    first = api.send(sid, "hi")
+    sid = sender.session()
+    first = sender.send(sid, "hi")
     for _ in range(3):
         first.until("token")
     seen = len(first.events)
-    rejoined = api.attach(sid, first.ids[-1])
+    rejoined = reader.attach(sid, first.ids[-1])
     rejoined.end()
     first.end()
     assert rejoined.events == first.events[seen:]  # no gap, no duplicate
+    assert rejoined.ids == first.ids[seen:]
     assert first.text()[: len(first.text()) - len(rejoined.text())] + rejoined.text() == FULL
+
+
+def watched(sender: Api, reader: Api, fake) -> tuple[SSE, SSE]:
+    """A slow answer streaming to its prompt's client and to a reader attached at ``reader``, both
+    past a token: (the prompt's response, the reader's)."""
+    fake.script(SLOW)
+    sid, first = sender.answering("hi")
+    watcher = reader.attach(sid)
+    watcher.until("token")
+    return first, watcher
+
+
+def a_watcher_that_leaves_never_ends_the_answer(sender: Api, reader: Api, fake) -> None:
+    """A reader attached at ``reader`` that closes leaves the answer to finish and its upstream open."""
+    first, watcher = watched(sender, reader, fake)
+    watcher.close()
+    assert first.end() == {"status": "completed"} and first.text() == FULL
+    assert fake.chat_calls()[0].closed_by != "client"
+
+
+def test_attach_sends_what_was_streamed_then_the_live_events_then_the_same_end(api, fake):
+    attach_replays_then_follows(api, api, fake)
+
+
+def test_last_event_id_sends_only_what_came_after_it(api, fake):
+    last_event_id_sends_only_what_came_after(api, api, fake)
 
 
 def test_an_id_from_another_answer_replays_the_live_one_from_its_start(api, fake):
@@ -98,7 +119,7 @@ def test_attach_answers_204_when_nothing_is_live(api, fake):
 def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
     # each reader holds a server thread: without a bound one account could take them all
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     watchers = [api.attach(sid) for _ in range(MAX_WATCHERS)]
     assert [w.status_code for w in watchers] == [200] * MAX_WATCHERS
     one_more = api.attach(sid)
@@ -119,21 +140,12 @@ def test_an_answer_takes_a_bounded_number_of_readers(api, fake):
 
 
 def test_a_watcher_that_leaves_never_cancels_the_answer(api, fake):
-    fake.script(SLOW)
-    sid, first = answering(api)
-    watcher = api.attach(sid)
-    watcher.until("token")
-    watcher.close()
-    assert first.end() == {"status": "completed"} and first.text() == FULL
-    assert fake.chat_calls()[0].closed_by != "client"
+    a_watcher_that_leaves_never_ends_the_answer(api, api, fake)
 
 
 def test_with_no_grace_a_closed_tab_ends_the_answer_at_once(api, fake):
     # the default: a watcher being there changes nothing when the prompt's client leaves
-    fake.script(SLOW)
-    sid, first = answering(api)
-    watcher = api.attach(sid)
-    watcher.until("token")
+    first, watcher = watched(api, api, fake)
     first.close()
     call = fake.wait_for_calls(1)[0]
     assert call.wait_closed(2) and call.closed_by == "client"
@@ -145,7 +157,7 @@ def test_within_the_grace_an_attach_takes_over_and_the_answer_finishes(graced, f
     # without the grace the closed tab would end the answer as disconnected
     api, _ = graced(10.0, channel_request_lookahead=lookahead)
     fake.script(SLOW)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     rejoined = api.attach(sid)  # a reload
@@ -160,7 +172,7 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     grace = 0.5
     api, app = graced(grace)
     fake.script(tokens=10, stall_after=2)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     call = fake.wait_for_calls(1)[0]
     left = time.monotonic()
     first.close()
@@ -171,29 +183,39 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     assert app.extensions["jarvis"].registry.active() == 0
 
 
+def held_after_detach(sender: Api, reader: Api, fake) -> tuple[str, SSE]:
+    """An answer whose prompt's client left within the grace, now held by a reader attached at
+    ``reader``: (the session, the reader's response)."""
+    fake.script(tokens=10, stall_after=2)
+    sid, first = sender.answering("hi")
+    first.close()
+    wait_for(keeping, what="the answer to be detached")
+    holder = reader.attach(sid)
+    holder.until("token")
+    return sid, holder
+
+
+def the_holder_leaving_starts_the_grace_again(fake, holder: SSE, grace: float, slack: float) -> None:
+    """While ``holder`` reads, the answer lives past its grace; once it leaves, the grace runs out
+    (within ``slack``) and the upstream is closed."""
+    call = fake.wait_for_calls(1)[0]
+    assert not call.wait_closed(grace * 1.5)  # held by the reader: no grace runs out
+    left = time.monotonic()
+    holder.close()
+    assert call.wait_closed(grace + slack) and call.closed_by == "client"
+    assert call.closed_at - left >= grace
+
+
 def test_a_takeover_that_leaves_starts_the_grace_again(graced, fake):
     grace = 0.5
     api, _ = graced(grace)
-    fake.script(tokens=10, stall_after=2)
-    sid, first = answering(api)
-    first.close()
-    wait_for(keeping, what="the answer to be detached")
-    second = api.attach(sid)
-    second.until("token")
-    call = fake.wait_for_calls(1)[0]
-    assert not call.wait_closed(grace * 1.5)  # held by the second reader: no grace runs out
-    left = time.monotonic()
-    second.close()
-    assert call.wait_closed(grace + 3) and call.closed_by == "client"
-    assert call.closed_at - left >= grace
+    _, second = held_after_detach(api, api, fake)
+    the_holder_leaving_starts_the_grace_again(fake, second, grace, slack=3)
 
 
 def test_when_the_holder_leaves_a_watcher_takes_over_at_once(graced, fake):
     api, _ = graced(0.3)
-    fake.script(SLOW)
-    sid, first = answering(api)
-    watcher = api.attach(sid)
-    watcher.until("token")
+    first, watcher = watched(api, api, fake)
     first.close()
     assert watcher.end() == {"status": "completed"} and watcher.text() == FULL
 
@@ -203,7 +225,7 @@ def test_a_detached_answer_ends_at_once_on_stop_supersede_and_shutdown(graced, f
     # the keeper waits for the worker in bounded slices: a cancel must reach it at once
     api, app = graced(30.0)
     fake.push(Script(tokens=10, stall_after=1), Script(tokens=2))
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     call = fake.wait_for_calls(1)[0]
     wait_for(keeping, what="the answer to be detached")
@@ -227,7 +249,7 @@ def test_the_registry_owns_every_keeper_and_shutdown_joins_them(graced, fake, lo
     # left "streaming"
     api, app = graced(30.0, channel_request_lookahead=lookahead)
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     registry = app.extensions["jarvis"].registry
@@ -244,7 +266,7 @@ def test_a_client_leaving_during_shutdown_ends_its_answer_without_a_keeper(grace
     # a keeper started after shutdown joined the others would run on, unowned, for the whole grace
     api, app = graced(30.0)
     fake.script(tokens=10, stall_after=1)
-    sid, first = answering(api)
+    sid, first = api.answering("hi")
     registry = app.extensions["jarvis"].registry
     registry.keepers.close(0.0)  # as shutdown does before the holder's client goes
     first.close()
@@ -261,7 +283,7 @@ def test_readers_leave_the_threads_that_stop_health_and_history_need(make_app, m
     app = make_app(max_streams=4)
     api = Api(make_server(app).url)
     fake.script(tokens=10, stall_after=1)
-    answers = [answering(api) for _ in range(2)]
+    answers = [api.answering("hi") for _ in range(2)]
     readers = [api.attach(answers[i % 2][0]) for i in range(6)]
     assert [r.status_code for r in readers] == [200, 200, 429, 429, 429, 429]  # two slots were left
     readers[0].close()  # seen at its next heartbeat: its slot is free again
@@ -283,10 +305,10 @@ def test_an_account_has_a_bounded_number_of_readers_across_its_answers(make_app,
         accounts.add(name, "correct horse battery")
         users[name] = Api(url, accounts.create_token(name, "tests"))
     fake.script(tokens=10, stall_after=1)
-    ann = [answering(users["ann"]) for _ in range(2)]
-    bob = answering(users["bob"])
-    codes = [users["ann"].attach(ann[i % 2][0]).status_code for i in range(3)]
-    assert codes == [200, 200, 429]
+    ann = [users["ann"].answering("hi") for _ in range(2)]
+    bob = users["bob"].answering("hi")
+    readers = [users["ann"].attach(ann[i % 2][0]) for i in range(3)]  # held: a closed one frees its place
+    assert [r.status_code for r in readers] == [200, 200, 429]
     refused = users["ann"].attach(ann[0][0])
     assert refused.json()["error"]["code"] == "too_many_streams"
     assert users["bob"].attach(bob[0]).status_code == 200  # another account's readers are its own

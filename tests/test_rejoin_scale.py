@@ -12,22 +12,16 @@ import time
 
 import pytest
 
-from jarvis.mirror import ANSWER_WAIT_S, BATCH_S
+from jarvis.cluster.mirror import ANSWER_WAIT_S, BATCH_S
+from tests import test_rejoin
 from tests.conftest import Api, wait_for
 from tests.fake_ollama import Script
 from tests.redis_server import REDIS_SERVER
-from tests.test_scale import LEASE_TTL_S, health, pair, redis_server, two_processes  # noqa: F401
+from tests.test_rejoin import keeping
+from tests.test_scale import LEASE_TTL_S, apps_on, health, pair, redis_server, two_processes  # noqa: F401
 
 pytest.importorskip("redis", reason="the redis client is not installed (pip install jarvis[scale])")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-SLOW = Script(tokens=40, interval_s=0.02)  # about 0.8 s of answer
-FULL = "".join(f"tok{i} " for i in range(40))
-
-
-def keeping() -> bool:
-    """A keeper thread drives a detached answer."""
-    return any(t.name.startswith("jarvis-keeper") for t in threading.enumerate())
 
 
 def mirroring() -> bool:
@@ -39,50 +33,25 @@ def apps(make_app, make_server, redis_server):  # noqa: F811
     """(a, b): two apps on one Redis and one SQLite file, with the given detach grace."""
 
     def make(grace: float = 0.0, ttl: float = LEASE_TTL_S) -> tuple[Api, Api]:
-        made = [make_app(redis_url=redis_server.url, lease_ttl_s=ttl, detach_grace_s=grace) for _ in "ab"]
-        apis = [Api(make_server(app).url) for app in made]
-        for api in apis:
-            wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-        return apis[0], apis[1]
+        (_, a), (_, b) = apps_on(make_app, make_server, redis_server, lease_ttl_s=ttl, detach_grace_s=grace)
+        return a, b
 
     return make
 
 
 def test_attach_in_another_app_replays_then_follows_to_the_same_end(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
-    remote = b.attach(sid)
-    assert remote.status_code == 200
-    assert first.end() == remote.end() == {"status": "completed"}
-    assert first.text() == remote.text() == FULL
-    assert remote.events == first.events and remote.ids == first.ids  # the same events, the same ids
+    test_rejoin.attach_replays_then_follows(*apps(), fake)
 
 
 def test_last_event_id_in_another_app_sends_only_what_came_after(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    for _ in range(3):
-        first.until("token")
-    seen = len(first.events)
-    remote = b.attach(sid, first.ids[-1])
-    remote.end()
-    first.end()
-    assert remote.events == first.events[seen:]  # no gap, no duplicate
-    assert remote.ids == first.ids[seen:]
+    test_rejoin.last_event_id_sends_only_what_came_after(*apps(), fake)
 
 
 def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_finishes(apps, fake):
     # without the remote takeover the keeper's grace would run out and end the answer as disconnected
     a, b = apps(grace=1.0)
     fake.script(tokens=60, interval_s=0.03)  # about 1.8 s: longer than the grace
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     first.close()
     wait_for(keeping, what="the answer to be detached")
     rejoined = b.attach(sid)
@@ -93,16 +62,7 @@ def test_a_reload_in_another_app_within_the_grace_takes_over_and_the_answer_fini
 
 
 def test_a_remote_watcher_that_leaves_never_ends_the_answer(apps, fake):
-    a, b = apps()
-    fake.script(SLOW)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
-    watcher = b.attach(sid)
-    watcher.until("token")
-    watcher.close()
-    assert first.end() == {"status": "completed"} and first.text() == FULL
-    assert fake.chat_calls()[0].closed_by != "client"
+    test_rejoin.a_watcher_that_leaves_never_ends_the_answer(*apps(), fake)
     wait_for(lambda: not mirroring(), what="the mirror to end")
 
 
@@ -110,14 +70,7 @@ def held_from_b(apps, fake, grace: float):
     """An answer at A whose client left within the grace, now held by a reader attached at B:
     (A, the session, B's reader)."""
     a, b = apps(grace=grace)
-    fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
-    first.close()
-    wait_for(keeping, what="the answer to be detached")
-    remote = b.attach(sid)
-    remote.until("token")
+    sid, remote = test_rejoin.held_after_detach(a, b, fake)
     return a, sid, remote
 
 
@@ -125,12 +78,7 @@ def test_a_remote_holder_that_leaves_starts_the_grace_again(apps, fake):
     # the pump must see its reader go: else the remote holder would hold the answer forever
     grace = 0.5
     a, sid, remote = held_from_b(apps, fake, grace)
-    call = fake.wait_for_calls(1)[0]
-    assert not call.wait_closed(grace * 1.5)  # held by the remote reader: no grace runs out
-    left = time.monotonic()
-    remote.close()
-    assert call.wait_closed(grace + 4) and call.closed_by == "client"
-    assert call.closed_at - left >= grace
+    test_rejoin.the_holder_leaving_starts_the_grace_again(fake, remote, grace, slack=4)
     wait_for(lambda: a.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
 
 
@@ -172,9 +120,7 @@ def test_attach_answers_204_when_the_lease_holder_never_answers(apps, fake, redi
 def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
     a, b = apps()
     fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     remote = b.attach(sid)
     remote.until("token")
     assert b.stop(sid) == {"stopped": True}
@@ -185,9 +131,7 @@ def test_a_stop_reaches_the_remote_reader_as_the_same_end(apps, fake):
 def test_a_remote_attach_answers_503_while_redis_is_away(apps, fake, redis_server):  # noqa: F811
     a, b = apps()
     fake.script(tokens=10, stall_after=2)
-    sid = a.session()
-    first = a.send(sid, "hi")
-    first.until("token")
+    sid, first = a.answering("hi")
     redis_server.stop()
     remote = b.attach(sid)
     assert remote.status_code == 503 and remote.json()["error"]["code"] == "coordination_unavailable"
@@ -233,9 +177,7 @@ def test_redis_commands_of_an_answer_nobody_rejoins_and_of_one_remote_attach(app
 @two_processes
 def test_a_reload_at_another_process_rejoins_the_live_answer(pair, fake):  # noqa: F811
     fake.script(Script(tokens=60, interval_s=0.02))
-    session = pair.a.session()
-    first = pair.a.send(session, "hi")
-    first.until("token")
+    session, first = pair.a.answering("hi")
     remote = pair.b.attach(session)
     assert remote.status_code == 200
     assert first.end() == remote.end() == {"status": "completed"}
@@ -247,9 +189,7 @@ def test_a_remote_reader_ends_when_the_owner_process_dies(pair, fake):  # noqa: 
     # a killed owner sends no end: without the look at its lease the reader's response would
     # stay open, heartbeating, for as long as the page kept it
     fake.script(tokens=5, stall_after=2)
-    session = pair.a.session()
-    first = pair.a.send(session, "hi")
-    first.until("token")
+    session, first = pair.a.answering("hi")
     remote = pair.b.attach(session)
     remote.until("token")
     pair.proc_a.send_signal(signal.SIGKILL)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from flask import Flask
 
-from jarvis.accounts import Accounts
-from jarvis.history import Store
+from jarvis.store import Store
+from jarvis.web.accounts import Accounts
 from tests.conftest import (
     HTTP_TIMEOUT,
     ROOT,
@@ -138,9 +139,7 @@ def test_prompt_at_b_supersedes_a_answer_at_a(pair, fake, state, script):
 @two_processes
 def test_stop_at_b_ends_a_answer_and_closes_its_upstream(pair, fake):
     fake.script(tokens=5, stall_after=2)
-    session = pair.a.session()
-    answer = pair.a.send(session, "hello")
-    answer.until("token")
+    session, answer = pair.a.answering()
     assert pair.b.stop(session) == {"stopped": True}
     assert answer.end()["status"] == "stopped"
     assert fake.chat_calls()[0].wait_closed(1.0)
@@ -149,9 +148,7 @@ def test_stop_at_b_ends_a_answer_and_closes_its_upstream(pair, fake):
 @two_processes
 def test_delete_at_b_ends_a_answer(pair, fake):
     fake.script(tokens=5, stall_after=2)
-    session = pair.a.session()
-    answer = pair.a.send(session, "hello")
-    answer.until("token")
+    session, answer = pair.a.answering()
     r = requests.delete(f"{pair.b.url}/api/sessions/{session}", headers=pair.b.headers, timeout=HTTP_TIMEOUT)
     assert r.status_code == 200, r.text
     assert answer.end()["status"] == "stopped"
@@ -176,9 +173,7 @@ def test_prompts_alternating_between_processes_never_overlap_upstream(pair, fake
 @two_processes
 def test_dead_owner_lease_expires_and_the_next_prompt_proceeds(pair, fake):
     fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
-    session = pair.a.session()
-    answer = pair.a.send(session, "first")
-    answer.until("token")
+    session, answer = pair.a.answering("first")
 
     def checkpointed():
         return [m for m in pair.b.messages(session) if m["role"] == "assistant" and m["content"]]
@@ -201,9 +196,7 @@ def test_a_prompt_after_a_dead_owners_lease_expired_marks_its_answer_interrupted
     # the lease is gone by then: only the record of who took it last, never given back, names the
     # dead process's answer (without it the answer stayed streaming until a process started)
     fake.push(Script(tokens=5, stall_after=2), Script(tokens=3))
-    session = pair.a.session()
-    answer = pair.a.send(session, "first")
-    answer.until("token")
+    session, answer = pair.a.answering("first")
     wait_for(
         lambda: [m for m in pair.b.messages(session) if m["role"] == "assistant" and m["content"]],
         what="A to save the text so far",
@@ -278,13 +271,21 @@ def test_without_redis_url_redis_is_never_imported(fake, tmp_path):
 # the same protocol over the same Redis, without the cost of starting servers.
 
 
+def apps_on(make_app, make_server, redis_server, n: int = 2, **overrides) -> list[tuple[Flask, Api]]:
+    """``n`` (app, Api) pairs on one Redis and one SQLite file, each subscribed."""
+    made = []
+    for _ in range(n):
+        app = make_app(redis_url=redis_server.url, **{"lease_ttl_s": LEASE_TTL_S, **overrides})
+        api = Api(make_server(app).url)
+        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
+        made.append((app, api))
+    return made
+
+
 @pytest.fixture
 def two_apps(make_app, make_server, redis_server):
-    apps = [make_app(redis_url=redis_server.url, lease_ttl_s=LEASE_TTL_S) for _ in range(2)]
-    apis = [Api(make_server(app).url) for app in apps]
-    for api in apis:
-        wait_for(lambda api=api: health(api).get("coordination_ok"), timeout=5, what="subscribed")
-    return apps, apis
+    made = apps_on(make_app, make_server, redis_server)
+    return [app for app, _ in made], [api for _, api in made]
 
 
 @pytest.mark.parametrize("script", [Script(tokens=400, interval_s=0.02), Script(tokens=5, stall_after=2)])
@@ -293,9 +294,7 @@ def test_a_prompt_in_one_app_supersedes_the_answer_in_the_other(two_apps, fake, 
     (_, _), (a, b) = two_apps
     fake.key = lambda body: "the session"
     fake.push(script, Script(tokens=3))
-    session = a.session()
-    first = a.send(session, "first")
-    first.until("token")
+    session, first = a.answering("first")
     second = b.send(session, "second")
     assert first.end()["status"] == "superseded"
     assert second.end()["status"] == "completed"
@@ -305,9 +304,7 @@ def test_a_prompt_in_one_app_supersedes_the_answer_in_the_other(two_apps, fake, 
 def test_stop_in_one_app_reaches_the_answer_in_the_other(two_apps, fake):
     (_, _), (a, b) = two_apps
     fake.script(tokens=5, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     assert b.stop(session) == {"stopped": True}
     assert answer.end()["status"] == "stopped"
     assert fake.chat_calls()[0].wait_closed(1.0)
@@ -316,9 +313,7 @@ def test_stop_in_one_app_reaches_the_answer_in_the_other(two_apps, fake):
 def test_a_late_cancel_never_ends_a_newer_prompt(two_apps, fake, redis_server):
     (app, _), (a, _) = two_apps
     fake.script(tokens=30, interval_s=0.02)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     (stream,) = app.extensions["jarvis"].registry.live()
     with redis_server.client() as r:  # a cancel sent by a prompt that came before this one
         r.publish("jarvis:control", f"cancel\t{session}\tsuperseded\tother\t{stream.lease.ticket - 1}")
@@ -328,9 +323,7 @@ def test_a_late_cancel_never_ends_a_newer_prompt(two_apps, fake, redis_server):
 def test_an_answer_whose_lease_another_owner_took_ends(two_apps, fake, redis_server):
     (_, _), (a, _) = two_apps
     fake.script(tokens=5, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     with redis_server.client() as r:
         r.set(f"jarvis:lease:{session}", "elsewhere trace 1", px=60_000)
     assert answer.end()["status"] == "superseded"  # at the next renewal, a third of the TTL
@@ -339,9 +332,7 @@ def test_an_answer_whose_lease_another_owner_took_ends(two_apps, fake, redis_ser
 def test_a_live_answer_keeps_its_lease_past_the_ttl(two_apps, fake, redis_server):
     (app, _), (a, _) = two_apps
     fake.script(tokens=5, stall_after=2)
-    session = a.session()
-    answer = a.send(session, "hello")
-    answer.until("token")
+    session, answer = a.answering()
     (stream,) = app.extensions["jarvis"].registry.live()
     with redis_server.client() as r:
         deadline = time.monotonic() + 3 * LEASE_TTL_S
@@ -585,9 +576,7 @@ def test_a_process_starting_spares_the_answer_another_process_streams(fake, redi
     try:
         a = start("a")
         fake.script(tokens=120, interval_s=0.04)  # about 5 s: B starts meanwhile
-        session = a.session()
-        answer = a.send(session, "hello")
-        answer.until("token")
+        session, answer = a.answering()
         b = start("b")  # B starts while A streams
         store = Store(str(tmp_path / "shared.sqlite3"))
         try:

@@ -26,7 +26,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.fake_ollama import Script
-from tests.test_proxy import NGINX, nginx  # noqa: F401  (a fixture)
+from tests.test_proxy import NGINX, doc_location, nginx  # noqa: F401  (a fixture)
 from tests.test_security import PASSWORD
 
 STATES = {
@@ -112,21 +112,6 @@ def test_serve_listens_on_a_unix_socket_only_and_nobody_else_may_connect(fake, t
     assert not os.path.exists(path)  # removed at shutdown
 
 
-# docs/deployment.md's location block, with the proxy on the Unix socket
-UNIX_LOCATION = """
-    location / {{{{
-        proxy_pass http://unix:{path}:;
-        proxy_http_version 1.1;
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_buffering off;
-        proxy_cache off;
-        proxy_read_timeout 1h;
-    }}}}
-"""
-
-
 @pytest.mark.slow  # nginx
 @pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx not installed")
 def test_through_nginx_on_the_unix_socket_a_forged_forwarded_for_is_not_the_client(
@@ -143,7 +128,8 @@ def test_through_nginx_on_the_unix_socket_a_forged_forwarded_for_is_not_the_clie
     app = make_app(trusted_proxies="127.0.0.1")
     app.extensions["jarvis"].accounts.add("ann", PASSWORD)
     make_server(app, unix_socket=path)
-    url = nginx(0, UNIX_LOCATION.format(path=path))
+    # docs/deployment.md's location block, with the proxy on the Unix socket
+    url = nginx(0, doc_location("## Behind nginx or Caddy", f"http://unix:{path}:"))
     caplog.set_level(logging.INFO, logger="jarvis")
     wrong = {"name": "ann", "password": "wrong-password"}
     r = requests.post(

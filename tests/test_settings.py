@@ -10,7 +10,7 @@ import requests
 
 from jarvis import sse
 from jarvis.events import Progress
-from jarvis.history import Store
+from jarvis.store import Store
 from tests.conftest import HTTP_TIMEOUT, both_upstreams
 
 pytestmark = pytest.mark.timeout(30)

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import requests
 
-from jarvis.history import Store
+from jarvis.store import Store
 from tests.conftest import (
     Api,
     clean_env,

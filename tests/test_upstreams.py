@@ -18,7 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
-from jarvis.upstream import WAITING, Done, Options, Progress, http, select_upstream
+from jarvis.upstream import WAITING, Done, Options, Progress, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
 from tests.fake_ollama import FakeOllama, Script
@@ -79,47 +79,44 @@ class Reader:
         self._thread.join(5)
         assert not self._thread.is_alive()
 
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @both_upstreams
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_tokens_arrive_as_they_are_sent_in_every_framing(fake: FakeOllama, upstream, framing):
     # with reads that fill 64 KiB, nothing arrives while the fake holds the rest back
     fake.script(Script(tokens=6, stall_after=2, framing=framing))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         assert reader.take(2) == ["tok0 ", "tok1 "]
         call = fake.wait_for_calls(1)[0]
         # the fake counts a token once its write returns, which may come after the reader has it
         wait_for(lambda: call.tokens_sent >= 2, timeout=2, what="the fake to count its second token")
         assert call.tokens_sent == 2  # the fake is stalled: nothing more was sent
-    finally:
-        reader.close()
 
 
 @both_upstreams
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_a_complete_answer_ends_done_in_every_framing(fake: FakeOllama, upstream, framing):
     fake.script(Script(tokens=3, interval_s=0.01, framing=framing))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         items = reader.rest()
         assert reader.error is None, reader.error
         assert items == ["tok0 ", "tok1 ", "tok2 ", Done("stop", 7, 3)]
-    finally:
-        reader.close()
 
 
 @both_upstreams
 def test_a_model_server_is_waited_for_in_silence_before_its_first_token(fake, upstream):
     # neither protocol says it loads a model or reads the prompt: "waiting" is all that is known
     fake.script(Script(tokens=2, load_delay_s=0.3))
-    reader = Reader(upstream)
-    try:
+    with Reader(upstream) as reader:
         wait_for(lambda: reader.progress, timeout=2, what="a progress report")
         assert reader.progress == [WAITING] and reader.items.empty()  # before the fake answered
         assert reader.rest()[:2] == ["tok0 ", "tok1 "] and reader.progress == [WAITING]
-    finally:
-        reader.close()
 
 
 @both_upstreams
@@ -130,7 +127,7 @@ def test_an_answer_split_across_receives_anywhere_reads_the_same(
 ):
     # receives of at most read_size bytes put a receive boundary inside every part of the
     # framing, chunk size lines and CRLFs included, as a slow network may
-    monkeypatch.setattr(http, "READ_SIZE", read_size)
+    monkeypatch.setattr("jarvis.upstream.framing.READ_SIZE", read_size)
     fake.script(Script(tokens=12, interval_s=0.001, framing=framing))
     reader = Reader(upstream)
     assert reader.rest() == [f"tok{i} " for i in range(12)] + [Done("stop", 7, 12)]

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 import requests
 
-from jarvis.history import Store
+from jarvis.store import Store
 from tests.conftest import HTTP_TIMEOUT, SSE
 from tests.fake_ollama import Script
 from tests.test_chats import PASSWORD, chat, store_of

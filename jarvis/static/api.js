@@ -1,4 +1,6 @@
 // Same-origin calls to the Jarvis HTTP API; errors become ApiError with the server's code.
+// Paths are relative to the page ("api/sessions", never "/api/sessions"), so Jarvis also works
+// under a sub-path such as /jarvis/ behind a proxy.
 
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter = null) {
@@ -54,4 +56,4 @@ export async function api(path, options) {
   return response.json();
 }
 
-export const sessionPath = (id, tail = "") => `/api/sessions/${encodeURIComponent(id)}${tail}`;
+export const sessionPath = (id, tail = "") => `api/sessions/${encodeURIComponent(id)}${tail}`;

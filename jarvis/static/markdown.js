@@ -47,8 +47,9 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
-// What each element shows: the text it was given, the part of it (normalised) not yet in a
-// finished block, the nodes of the last block, which may still grow, and when it was drawn.
+// What each element shows: the stream it belongs to, the text it was given, the part of it
+// (normalised) not yet in a finished block, the nodes of the last block, which may still grow,
+// and when it was drawn.
 const shown = new WeakMap();
 // a link reference definition ("[x]: url") changes blocks before it: render all of it then
 const REFERENCE = /^ {0,3}\[[^\]]+\]:/m;
@@ -59,13 +60,15 @@ const REDRAW_MS = 150;
 const REDRAW_SHARE = 0.01;
 const CONTAINERS = new Set(["UL", "OL", "LI", "BLOCKQUOTE", "DIV", "PRE", "TABLE", "TBODY", "TR"]);
 
-// Render `text` into `target`. When `text` only extends what the element shows (an answer
-// streaming in), the blocks that are finished keep their nodes and only the last block is
-// drawn again, and nothing here reads the whole text, so a long answer costs time in
-// proportion to what arrives, not to its length.
-export function renderMarkdown(target, text, now = performance.now()) {
+// Render `text` into `target`. `stream` names the answer the text belongs to (its trace id, from
+// the stream's start event): a text of the same stream, at least as long as the one shown, is that
+// answer grown, so the blocks that are finished keep their nodes and only the last block is
+// drawn again, and nothing here reads the whole text: a long answer costs time in proportion to
+// what arrives, not to its length. Any other text (no stream, another stream, or a shorter text,
+// a stream replayed from its start) is drawn whole.
+export function renderMarkdown(target, text, { stream = null, now = performance.now() } = {}) {
   try {
-    renderInto(target, text, now);
+    renderInto(target, text, stream, now);
   } catch (err) {
     // a pathological answer (thousands of nested quotes) overflows the parser's stack:
     // show that one answer as plain text, and the rest of the conversation still renders
@@ -76,16 +79,17 @@ export function renderMarkdown(target, text, now = performance.now()) {
   }
 }
 
-function renderInto(target, text, now) {
+function renderInto(target, text, stream, now) {
   const state = shown.get(target);
-  if (!state || !extends_(text, state.given) || state.given.endsWith("\r")) {
-    renderWhole(target, text, now);
+  const grown = state && stream !== null && state.stream === stream && text.length >= state.given.length;
+  if (!grown || state.given.endsWith("\r")) {
+    drawWhole(target, text, stream, now);
     return;
   }
   const added = normalise(text.slice(state.given.length));
   const rest = state.rest + added; // only the blocks not yet finished: never the whole answer
   if (REFERENCE.test(rest)) {
-    renderWhole(target, text, now);
+    drawWhole(target, text, stream, now);
     return;
   }
   const pause = Math.max(REDRAW_MS, state.cost / REDRAW_SHARE);
@@ -101,7 +105,7 @@ function renderInto(target, text, now) {
       setTimeout(() => {
         const latest = shown.get(target);
         const now = Math.max(performance.now(), state.drawn + pause);
-        if (latest?.drawn === state.drawn) renderMarkdown(target, latest.given, now);
+        if (latest?.drawn === state.drawn) renderMarkdown(target, latest.given, { stream: latest.stream, now });
       }, pause);
     const tail = end === target ? [...state.tail, piece] : state.tail;
     shown.set(target, { ...state, given: text, rest, tail, pending });
@@ -123,19 +127,7 @@ function renderInto(target, text, now) {
   const tail = [...growing.childNodes];
   target.append(growing);
   const cost = performance.now() - began;
-  shown.set(target, { given: text, rest: rest.slice(done), tail, drawn: now, cost });
-}
-
-// Whether `text` is `given` with more after it, judged by its length and the ends of `given`:
-// reading the whole of a long answer on every frame is what this renderer avoids (a string
-// grown by appends is flattened by a full comparison, 70 µs at 100,000 characters).
-function extends_(text, given) {
-  const n = given.length;
-  return (
-    text.length >= n &&
-    text.slice(0, Math.min(64, n)) === given.slice(0, 64) &&
-    text.slice(Math.max(0, n - 256), n) === given.slice(Math.max(0, n - 256))
-  );
+  shown.set(target, { stream, given: text, rest: rest.slice(done), tail, drawn: now, cost });
 }
 
 // where text typed at the end of a block goes: into its last paragraph, item or code
@@ -146,13 +138,17 @@ function openEnd(node) {
   return node.nodeType === Node.ELEMENT_NODE ? node : node.parentNode;
 }
 
-// Render `text` from scratch (as every frame was rendered before): a new element, text that
-// does not extend the old, or the benchmark's baseline.
+// Render `text` from scratch (as every frame was rendered before): the benchmark's baseline.
 export function renderWhole(target, text, now = performance.now()) {
+  drawWhole(target, text, null, now);
+}
+
+// a new element, a finished text, or a text that is not the shown stream grown
+function drawWhole(target, text, stream, now) {
   target.replaceChildren(fragment(markdown.parse(text)));
   target.classList.remove("plain-text");
   const tail = [...target.childNodes];
-  shown.set(target, { given: text, rest: normalise(text), tail, drawn: now, cost: 0 });
+  shown.set(target, { stream, given: text, rest: normalise(text), tail, drawn: now, cost: 0 });
 }
 
 // as marked's lexer reads line ends, so that offsets into the text hold

@@ -58,7 +58,7 @@ export function setupSearch({ input, results, list, open, failed }) {
       return;
     }
     try {
-      const data = await api(`/api/search?q=${encodeURIComponent(query.slice(0, 200))}`);
+      const data = await api(`api/search?q=${encodeURIComponent(query.slice(0, 200))}`);
       if (ticket === asked) show(query, data.sessions || []);
     } catch (err) {
       if (ticket === asked) failed(err);

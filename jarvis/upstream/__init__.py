@@ -6,6 +6,14 @@ that breaks whatever call it blocks in (a socket read, a model decode), so that
 ``cancel()`` from another thread ends the stream within milliseconds. It raises
 only ``jarvis.errors.UpstreamError`` subclasses; when it was cancelled it may
 simply stop yielding.
+
+The wing: ``remote.py`` is the one skeleton of a chat streamed from a model
+server, ``ollama.py`` and ``openai.py`` its two protocols, ``http.py`` the
+connection they share; ``local.py`` is the embedded model, with ``gguf.py``
+(the model file), ``slot.py`` (its one slot and queue) and ``fit.py`` (the
+history fitted to its window); ``hosts.py`` and ``health.py`` put several
+servers behind one upstream. It imports only the foundation (cancel, config,
+errors, log, metrics, sse); the store and the lifecycle import this interface.
 """
 
 from __future__ import annotations

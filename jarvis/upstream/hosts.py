@@ -19,15 +19,15 @@ import dataclasses
 import importlib
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from ..probe import FIRST_WAIT_S, Prober
 from . import Done, Message, Meta, Options, Progress, Upstream
+from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
 KINDS = {
@@ -123,6 +123,87 @@ class _Waiter:
         self.ready = threading.Event()
 
 
+class Line:
+    """Prompts waiting for a free host, oldest first, each within its one deadline.
+
+    A freed host goes to the oldest waiter that can use it, never to a newcomer. The
+    router's lock guards the line with the hosts' counts; ``candidates(model, tried)``
+    names the hosts a waiter may use."""
+
+    def __init__(self, lock: threading.Lock, candidates: Callable[[str, list[Host]], list[Host]]):
+        self._lock = lock
+        self._candidates = candidates
+        self._waiting: list[_Waiter] = []  # oldest first
+
+    def join(self, model: str, tried: list[Host]) -> _Waiter:
+        """Put a prompt at the end of the line and hand it a host if one is free (under the lock)."""
+        waiter = _Waiter(model, tried)
+        self._waiting.append(waiter)
+        self.dispatch()
+        return waiter
+
+    def wait(
+        self, waiter: _Waiter, cancel: CancelScope, deadline: float, busy_s: float
+    ) -> Generator[Progress, None, Host | None]:
+        """The host handed to ``waiter``, saying its place as it moves up; None once cancelled."""
+        unregister = cancel.on_cancel(lambda: self.leave(waiter))
+        shown = None
+        try:
+            while True:
+                with self._lock:
+                    if cancel.cancelled:  # checkpoint: cancelled while waiting for a host
+                        return None
+                    if waiter.host is None:
+                        self.dispatch()  # a host may have come up since: still the oldest first
+                    if waiter.host is not None:
+                        host, waiter.host = waiter.host, None
+                        return host
+                    position = waiter.place
+                if position != shown:
+                    shown = position
+                    yield Progress("queued", position=position)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamTimeout(
+                        f"every host with {waiter.model} stayed busy for {busy_s:g} s",
+                        code="first_token_timeout",
+                    )
+                # woken at once by a host handed over or a cancel; the slice only refreshes the position
+                waiter.ready.wait(min(left, WAIT_SLICE_S))
+                waiter.ready.clear()
+        finally:
+            unregister()
+            self.leave(waiter)
+
+    def dispatch(self) -> None:
+        """Hand free hosts to waiters, oldest first (under the lock)."""
+        for waiter in list(self._waiting):
+            free = [h for h in self._candidates(waiter.model, waiter.tried) if h.free()]
+            if free:
+                host = min(free, key=lambda h: (h.live, h.started))
+                host.live += 1
+                host.started += 1
+                waiter.host = host
+                self._waiting.remove(waiter)
+                waiter.ready.set()
+        for place, waiter in enumerate(self._waiting, 1):
+            if waiter.place != place:  # it moved up the line: it wakes and says so
+                waiter.place = place
+                waiter.ready.set()
+
+    def leave(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of the line at once; a host handed to it and not taken goes back."""
+        with self._lock:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            host, waiter.host = waiter.host, None
+            if host is not None:
+                host.live -= 1
+            self.dispatch()
+        waiter.ready.set()
+
+
 class Hosts:
     """An ``Upstream`` that routes each prompt to one of several hosts."""
 
@@ -134,7 +215,7 @@ class Hosts:
         self.config = config
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()  # guards live, started, the line and what it hands over
-        self._waiting: list[_Waiter] = []  # prompts waiting for a free host, oldest first
+        self._line = Line(self._lock, self._candidates)  # prompts waiting for a free host
         for host in hosts:
             self.metrics.host_live.labels(host.url).set_function(lambda h=host: h.live)
 
@@ -218,74 +299,17 @@ class Hosts:
         self, model: str, cancel: CancelScope, tried: list[Host], deadline: float
     ) -> Generator[Progress, None, Host | None]:
         """Reserve the least busy candidate host, queueing in order while all are full; None once
-        cancelled. A freed host goes to the oldest waiter that can use it, never to a newcomer."""
-        waiter = _Waiter(model, tried)
+        cancelled."""
         with self._lock:
             if not self._candidates(model, tried):
                 raise self._none_answers(model)
-            self._waiting.append(waiter)
-            self._dispatch()
-        unregister = cancel.on_cancel(lambda: self._leave(waiter))
-        shown = None
-        try:
-            while True:
-                with self._lock:
-                    if cancel.cancelled:  # checkpoint: cancelled while waiting for a host
-                        return None
-                    if waiter.host is None:
-                        self._dispatch()  # a host may have come up since: still the oldest first
-                    if waiter.host is not None:
-                        host, waiter.host = waiter.host, None
-                        return host
-                    position = waiter.place
-                if position != shown:
-                    shown = position
-                    yield Progress("queued", position=position)
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise UpstreamTimeout(
-                        f"every host with {model} stayed busy for {self.config.first_token_timeout_s:g} s",
-                        code="first_token_timeout",
-                    )
-                # woken at once by a host handed over or a cancel; the slice only refreshes the position
-                waiter.ready.wait(min(left, WAIT_SLICE_S))
-                waiter.ready.clear()
-        finally:
-            unregister()
-            self._leave(waiter)
-
-    def _dispatch(self) -> None:
-        """Hand free hosts to waiters, oldest first (under the lock)."""
-        for waiter in list(self._waiting):
-            free = [h for h in self._candidates(waiter.model, waiter.tried) if h.free()]
-            if free:
-                host = min(free, key=lambda h: (h.live, h.started))
-                host.live += 1
-                host.started += 1
-                waiter.host = host
-                self._waiting.remove(waiter)
-                waiter.ready.set()
-        for place, waiter in enumerate(self._waiting, 1):
-            if waiter.place != place:  # it moved up the line: it wakes and says so
-                waiter.place = place
-                waiter.ready.set()
-
-    def _leave(self, waiter: _Waiter) -> None:
-        """Take ``waiter`` out of the line at once; a host handed to it and not taken goes back."""
-        with self._lock:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            host, waiter.host = waiter.host, None
-            if host is not None:
-                host.live -= 1
-            self._dispatch()
-        waiter.ready.set()
+            waiter = self._line.join(model, tried)
+        return (yield from self._line.wait(waiter, cancel, deadline, self.config.first_token_timeout_s))
 
     def _release(self, host: Host) -> None:
         with self._lock:
             host.live -= 1
-            self._dispatch()
+            self._line.dispatch()
 
     def _failed(self, host: Host, e: UpstreamError) -> None:
         self.metrics.host_failures.labels(host.url, e.code).inc()

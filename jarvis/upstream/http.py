@@ -2,24 +2,20 @@
 
 A flag checked between chunks is never seen while the model server is silent
 (a model loading, a stalled answer): the worker sits in ``connect`` or
-``recv``. So we open the socket ourselves and register its shutdown on the
-stream's ``CancelScope`` before it even connects; ``cancel()`` from another
-thread then breaks whatever call the worker blocks in. The standard
-library's ``HTTPConnection`` writes the request; the response is read here,
-from one buffer: each receive is decoded whole (chunked, ``Content-Length``
-or close-delimited alike), so the many small chunks a fast model server sends
-come out as one block, not one read call each. Transport exceptions become
-``jarvis.errors`` here and nowhere else.
+``recv``. So the socket is ours (``connect.py``), its shutdown registered on
+the stream's ``CancelScope`` before it even connects; ``cancel()`` from
+another thread then breaks whatever call the worker blocks in. The standard
+library's ``HTTPConnection`` writes the request; ``framing.py`` reads the
+response, a receive at a time. ``Response`` keeps the deadlines and the
+phases, and transport exceptions become ``jarvis.errors`` here and nowhere else.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,10 +31,9 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .connect import open_socket
+from .framing import Framing
 
-READ_SIZE = 8192  # an upper bound per receive (each waiting receive holds a buffer this size)
-HEAD_LIMIT = 65536  # the status line and headers
-CHUNK_LINE_LIMIT = 1024  # a chunk's size line, extensions included
 ERROR_BODY_LIMIT = 65536
 USER_AGENT = "Jarvis"  # some hosted APIs and their proxies refuse a request that names no client
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
@@ -88,7 +83,6 @@ class Response:
         self._sock: socket.socket | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._body: Iterator[bytes] | None = None  # None: cancelled before a response came
-        self._buffer = b""  # received, not yet parsed
         self._undo: list = []
         self._opened = time.monotonic()
         self._progress = self._opened
@@ -177,141 +171,16 @@ class Response:
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
-        self._sock = _connect(parts.hostname, port, self.timeouts.connect_s, self.cancel, self._undo)
-        if tls:
-            context = ssl.create_default_context()
-            self._sock = context.wrap_socket(
-                self._sock, server_hostname=parts.hostname, do_handshake_on_connect=False
-            )
-            # the TLS socket takes over the descriptor: register it before the handshake blocks
-            self._undo.append(self.cancel.on_cancel(lambda sock=self._sock: _shutdown(sock)))
-            self._sock.do_handshake()
+        self._sock = open_socket(parts.hostname, port, tls, self.timeouts.connect_s, self.cancel, self._undo)
         self.phase = "first_token"  # connected: a failure from now on is not "unreachable"
         self._sock.settimeout(self.timeouts.first_token_s)
         self._conn = http.client.HTTPConnection(parts.hostname, port)
         self._conn.sock = self._sock  # it writes the request on our socket; we read the answer
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
-        self.status, self.headers = self._read_head()
-        self._body = self._framed_body()
-
-    def _read_head(self) -> tuple[int, dict[str, str]]:
-        """The status and headers (names in lower case) of the final response."""
-        while True:
-            head = self._until_blank_line().split(b"\n")
-            status_line = head[0].rstrip(b"\r")
-            version, _, rest = status_line.partition(b" ")
-            code = rest[:3]
-            if not (version.startswith(b"HTTP/") and len(code) == 3 and code.isdigit()):
-                raise http.client.BadStatusLine(repr(status_line[:100]))
-            if not 100 <= int(code) < 200:  # an interim answer (100 Continue) comes before the real one
-                break
-        headers: dict[str, str] = {}
-        name = ""
-        for line in head[1:]:
-            line = line.rstrip(b"\r")
-            if line[:1] in (b" ", b"\t") and name:  # an obsolete folded continuation
-                headers[name] += " " + line.strip().decode("latin-1")
-                continue
-            field, colon, value = line.partition(b":")
-            if not colon:
-                continue
-            name, text = field.strip().decode("latin-1").lower(), value.strip().decode("latin-1")
-            headers[name] = f"{headers[name]}, {text}" if name in headers else text
-        return int(code), headers
-
-    def _until_blank_line(self) -> bytes:
-        buf = self._buffer
-        while True:
-            ends = [(i, n) for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\n"), 2)) if i >= 0]
-            if ends:
-                end, size = min(ends)
-                self._buffer = buf[end + size :]
-                return buf[:end]
-            if len(buf) > HEAD_LIMIT:
-                raise http.client.LineTooLong("response headers")
-            more = self._sock.recv(READ_SIZE)
-            if not more:
-                if buf:
-                    raise http.client.IncompleteRead(buf)
-                raise http.client.RemoteDisconnected("the server closed the connection without answering")
-            buf += more
-
-    def _framed_body(self) -> Iterator[bytes]:
-        """The body's bytes, by the framing the headers name (RFC 9112, section 6.3)."""
-        headers = self.headers
-        if self.status in (204, 304):
-            return iter(())
-        coding = headers.get("transfer-encoding")
-        if coding is not None:  # chunked when it is the last coding; any other ends with the connection
-            chunked = coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
-            return self._chunked() if chunked else self._until_close()
-        if "content-length" in headers:
-            length = headers["content-length"]
-            if not length.isdigit():
-                raise http.client.HTTPException(f"an invalid Content-Length: {length[:40]!r}")
-            return self._sized(int(length))
-        return self._until_close()
-
-    def _until_close(self) -> Iterator[bytes]:
-        data, self._buffer = self._buffer, b""
-        if data:
-            yield data
-        while data := self._sock.recv(READ_SIZE):
-            yield data
-
-    def _sized(self, length: int) -> Iterator[bytes]:
-        data, self._buffer = self._buffer[:length], b""
-        left = length
-        while True:
-            if data:
-                left -= len(data)
-                yield data
-            if left <= 0:
-                return
-            data = self._sock.recv(min(left, READ_SIZE))
-            if not data:
-                raise http.client.IncompleteRead(b"", left)
-
-    def _chunked(self) -> Iterator[bytes]:
-        """The chunked body, decoded a receive at a time: what one receive brings, in one block."""
-        buf, pos, self._buffer = self._buffer, 0, b""
-        left = 0  # bytes of the current chunk yet to come, its closing CRLF included
-        while True:
-            out = []
-            while True:
-                if left:
-                    end = min(len(buf), pos + left)
-                    if left > 2:  # not only the CRLF is left: take the data
-                        out.append(buf[pos : min(end, pos + left - 2)])
-                    left -= end - pos
-                    pos = end
-                    if left:
-                        break  # the rest of this chunk is still on its way
-                eol = buf.find(b"\n", pos)
-                if eol < 0:
-                    if len(buf) - pos > CHUNK_LINE_LIMIT:
-                        raise http.client.LineTooLong("chunk size")
-                    break
-                try:
-                    size = int(buf[pos:eol], 16)  # int() ignores the surrounding whitespace and CR
-                except ValueError:
-                    size = _chunk_size(buf[pos:eol])
-                pos = eol + 1
-                if size <= 0:  # the last chunk: what follows are trailers, and we close
-                    if size:
-                        raise http.client.IncompleteRead(b"", None)  # a negative size: a broken body
-                    if data := b"".join(out):
-                        yield data
-                    return
-                left = size + 2
-            if data := b"".join(out):
-                yield data
-            more = self._sock.recv(READ_SIZE)
-            if not more:
-                raise http.client.IncompleteRead(b"", left or None)
-            buf = buf[pos:] + more
-            pos = 0
+        framing = Framing(self._sock.recv)
+        self.status, self.headers = framing.head()
+        self._body = framing.body(self.status, self.headers)
 
     def _close(self) -> None:
         for undo in self._undo:
@@ -413,85 +282,6 @@ def parse_json(data: bytes):
     if end != len(text):
         raise ValueError("more than one JSON value")
     return value
-
-
-def _connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: list) -> socket.socket:
-    """A connected socket whose shutdown is registered on ``cancel`` before it connects; the
-    name lookup and every connect attempt share one deadline of ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in _resolve(host, port, deadline, cancel):
-        sock = socket.socket(family, kind, proto)
-        # shutdown wakes a blocked connect as well as a blocked recv
-        undo.append(cancel.on_cancel(lambda sock=sock: _shutdown(sock)))
-        if cancel.cancelled:  # checkpoint: before each connect (a shutdown before it does nothing)
-            sock.close()
-            raise ConnectionAbortedError("cancelled before connecting")
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no connection to {host} within {timeout:g} s")
-            sock.settimeout(left)
-            sock.connect(address)
-            return sock
-        except OSError as e:
-            sock.close()
-            error = e
-    raise error
-
-
-def _resolve(host: str, port: int, deadline: float, cancel: CancelScope) -> list:
-    """``host``'s addresses, by ``deadline`` and abandoned at once on cancel.
-
-    A lookup cannot be interrupted (the C resolver blocks its thread), so a name is
-    looked up in a thread of its own that we stop waiting for; an address needs no lookup."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass  # a name: look it up below
-    else:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    found: list = []
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as e:
-            found.append(e)
-        finally:
-            done.set()
-
-    # a daemon: a hung resolver must not hold the process at exit; it ends when the lookup does
-    threading.Thread(target=lookup, name=f"jarvis-resolve-{host}", daemon=True).start()
-    undo = cancel.on_cancel(done.set)
-    try:
-        done.wait(max(0.0, deadline - time.monotonic()))
-    finally:
-        undo()
-    if cancel.cancelled:  # checkpoint: cancelled while the name was looked up
-        raise ConnectionAbortedError("cancelled while looking up the name")
-    if not found:
-        raise TimeoutError(f"looking up {host} took longer than the connect timeout")
-    if isinstance(found[0], OSError):
-        raise found[0]
-    return found[0]
-
-
-def _chunk_size(line: bytes) -> int:
-    """A chunk size with extensions (``1a;name=value``); anything else is a broken body."""
-    try:
-        return int(line.split(b";", 1)[0], 16)
-    except ValueError:
-        raise http.client.IncompleteRead(b"", None) from None  # the connection broke mid-body
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed by the worker: nothing left to break
 
 
 def _is_timeout(e: BaseException | None) -> bool:

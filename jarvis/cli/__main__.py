@@ -1,0 +1,7 @@
+"""``python -m jarvis.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""What the OpenAI and Ollama dialects share: a bounded JSON body, a checked conversation,
+the model check, one call through the core, and errors in the dialect's shape.
+
+The dialect modules only translate; every rule here is the native API's rule
+(body limits, prompt limit, model names), and every answer runs through the
+native lifecycle (registry, worker, cancel, cleanup once): a dialect is a
+framer and a parser, never a second code path.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Response, current_app, g, request
+
+from ..config import Config
+from ..errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
+from ..events import End, Event, Framer, Text
+from ..lifecycle.stream import Stream
+from ..metrics import Metrics
+from ..status import Status
+from ..upstream import Options, Upstream
+from ..web.auth import credential, owner
+from ..web.bodies import json_object
+
+SESSION_HEADER = "X-Jarvis-Session"
+FINISHED = (Status.COMPLETED, Status.LENGTH)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One checked request of either dialect: what the core needs to answer it."""
+
+    model: str
+    messages: list[dict]
+    options: Options
+    stream: bool
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> BadRequest:
+    """A 400 naming the offending field (OpenAI's ``param``)."""
+    e = BadRequest(message, code=code)
+    e.param = param
+    return e
+
+
+def read_json(config: Config) -> dict:
+    """The request body as a JSON object, bounded like the native API's (whatever the content type)."""
+    # the bound waitress applies under jarvis serve: a body it accepts, we accept
+    limit = config.max_prompt_chars * 6 + 65536
+    if request.content_length is not None and request.content_length > limit:
+        raise bad("the request body is too large", code="prompt_too_large")
+    request.max_content_length = limit  # bounds a chunked body too
+    body = json_object(force=True)
+    if body is None:
+        raise bad("the body must be a JSON object")
+    return body
+
+
+def conversation(raw, config: Config, content: Callable[[object, str], str]) -> list[dict]:
+    """Check a list of {role, content} messages; ``content`` reads one message's text."""
+    if not isinstance(raw, list):
+        raise bad('"messages" must be a list of messages', "messages")
+    if not raw:
+        raise bad('"messages" is empty: send at least one message', "messages")
+    out = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad(f"{where} must be an object", where)
+        role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
+        if role is None:
+            raise bad(f"{where}.role must be one of system, user, assistant", f"{where}.role")
+        if message.get("content") is None:
+            raise bad(f"{where} has no content", f"{where}.content")
+        text = content(message["content"], f"{where}.content")
+        out.append({"role": role, "content": prompt_text(text, config, f"{where}.content")})
+    return out
+
+
+def prompt_text(text: str, config: Config, param: str) -> str:
+    """``text`` if it fits the prompt limit (JARVIS_MAX_PROMPT_CHARS, per message)."""
+    if len(text) > config.max_prompt_chars:
+        raise bad(f"{param} is longer than {config.max_prompt_chars} characters", param, "prompt_too_large")
+    return text
+
+
+def model_name(raw, default: str, param: str = "model") -> str:
+    if raw is None or raw == "":
+        return default
+    if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
+        raise bad('"model" must be a model name', param)
+    return raw
+
+
+def number(body: dict, key: str, low: float, high: float, *, integer: bool = False, param: str = ""):
+    """``body[key]`` checked to lie in [low, high]; None when absent."""
+    value = body.get(key)
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise bad(f'"{key}" must be {kind} from {low:g} to {high:g}', param or key)
+    return value
+
+
+def stops(value, param: str) -> tuple[str, ...]:
+    """A stop sequence or a list of them."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > 16 or not all(isinstance(s, str) and s for s in value):
+        raise bad(f'"{param}" must be a string or a list of up to 16 non-empty strings', param)
+    return tuple(value)
+
+
+def flag(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(f'"{key}" must be true or false', key)
+    return value
+
+
+class ModelNames:
+    """The upstream's model names, cached briefly, so an unknown model answers 404 before any stream."""
+
+    FRESH_S = 30.0  # a model pulled meanwhile is seen at the next miss anyway
+    MISS_REFRESH_S = 1.0  # at most one listing per second however many unknown names are asked
+
+    def __init__(self, upstream: Upstream):
+        self.upstream = upstream
+        self._lock = threading.Lock()  # guards the cached list; never held across the listing
+        self._names: frozenset[str] = frozenset()
+        self._listed_at = float("-inf")
+
+    def check(self, model: str) -> None:
+        """Raise NotFound (model_not_found) when the upstream surely lacks ``model``."""
+        if self._has(model, max_age=self.FRESH_S) or self._has(model, max_age=self.MISS_REFRESH_S):
+            return
+        raise NotFound(f"the model {model!r} is not available", code="model_not_found")
+
+    def _has(self, model: str, max_age: float) -> bool:
+        with self._lock:
+            names, age = self._names, time.monotonic() - self._listed_at
+        if age > max_age:
+            try:
+                listed = self.upstream.models()  # bounded by the upstream's own timeouts
+            except UpstreamError:
+                return True  # cannot tell: the stream reports the upstream's failure itself
+            names = frozenset(m.get("name", "") for m in listed)
+            with self._lock:
+                self._names, self._listed_at = names, time.monotonic()
+        return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
+
+
+class Metered:
+    """A framer that counts the tokens of each answer it ends, per dialect and user."""
+
+    def __init__(self, framer: Framer, metrics: Metrics, api: str, user: str):
+        self.framer, self.metrics, self.labels = framer, metrics, (api, user)
+
+    def frame(self, event: Event, id: str | None = None) -> bytes:
+        if isinstance(event, End):
+            self.count(event)
+        return self.framer.frame(event, id)
+
+    def count(self, end: End) -> None:
+        for kind, n in (end.meta.get("usage") or {}).items():
+            self.metrics.compat_tokens.labels(*self.labels, kind.removesuffix("_tokens")).inc(n)
+
+
+def start(call: Call, framer: Framer, api: str) -> Stream:
+    """Hand ``call`` to the core: stateless, or joining the caller's session named by X-Jarvis-Session."""
+    j = current_app.extensions["jarvis"]
+    session_id = request.headers.get(SESSION_HEADER) or None
+    if session_id is not None:
+        j.store.require_session(session_id, owner())  # another user's session is not found
+        if call.messages[-1]["role"] != "user":
+            raise bad(f"with {SESSION_HEADER} the last message must be the user's", "messages")
+    models = current_app.extensions.setdefault("jarvis.model_names", ModelNames(j.upstream))
+    models.check(call.model)
+    trace_id = secrets.token_hex(8)
+    user = g.user.name if g.get("user") is not None else ""
+    stream = Stream(
+        session_id=session_id,
+        key=session_id or "call:" + trace_id,  # a stateless call supersedes nothing
+        trace_id=trace_id,
+        model=call.model,
+        messages=call.messages,
+        upstream=j.upstream,
+        config=j.config,
+        release=j.registry.release,
+        store=j.store if session_id else None,
+        owner=owner(),
+        credential=credential(),
+        client_gone=request.environ.get("waitress.client_disconnected"),
+        metrics=j.metrics,
+        options=call.options,
+        framer=Metered(framer, j.metrics, api, user),
+    )
+    if session_id is not None:
+        # the prompt is stored before the model is called, and before it supersedes anything
+        prompt = call.messages[-1]["content"]
+        stream.user_message_id, stream.message_id = j.store.add_exchange(
+            session_id, prompt, trace_id, call.model
+        )
+    j.registry.hand_over(stream)
+    if stream.credential:
+        j.revocations.watch()  # revoking the credential ends this call too
+    j.metrics.compat_calls.labels(api, user).inc()
+    return stream
+
+
+def collect(stream: Stream) -> tuple[str, End]:
+    """Read the whole answer in-process (a non-streaming call); raises why it did not finish.
+
+    The stream ends once either way: a client that leaves meanwhile is seen by the registry.
+    """
+    texts, end = [], None
+    try:
+        for event in stream.events():
+            if isinstance(event, Text):
+                texts.append(event.text)
+            elif isinstance(event, End):
+                stream.framer.count(event)
+                end = event
+                break
+    finally:
+        stream.close()
+    if end is None:
+        raise JarvisError("the stream ended without an end event")  # a bug in the core, said loudly
+    failure = end_error(end, stream.outcome.error)
+    if failure is not None:
+        raise failure
+    return "".join(texts), end
+
+
+def end_error(end: End, error: JarvisError | None = None) -> JarvisError | None:
+    """Why the answer did not finish, as an error; None when the model finished it."""
+    if end.status in FINISHED:
+        return None
+    if error is not None:
+        return error
+    if end.error:
+        return UpstreamError(end.error.get("message", ""), code=end.error.get("code"))
+    return Interrupted(str(end.reason or end.status))
+
+
+def dialect_status(status: int, code: str | None) -> int:
+    """The status the official clients map to the right exception: bad input of any kind is 400."""
+    if code == "model_not_found":
+        return 404
+    return 400 if status in (413, 415) else status
+
+
+def rewrite_error(native: Response, e: Exception, body: Callable[[int, dict], dict]) -> Response:
+    """Turn the native error answer into a dialect's: same logging, metrics and headers, new body."""
+    error = (native.get_json(silent=True) or {}).get("error") or {}
+    error["param"] = getattr(e, "param", None)
+    status = dialect_status(native.status_code, error.get("code"))
+    native.set_data(json.dumps(body(status, error)))
+    native.status_code = status
+    native.mimetype = "application/json"
+    return native

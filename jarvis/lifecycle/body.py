@@ -1,0 +1,316 @@
+"""An answer's event log, its readers, and who drives it; and the end, run once.
+
+``Body`` turns the worker's items into events (``events.py``) and owns the
+end: in ``_finish``, run once, it joins the worker, stores the answer,
+releases the registry entry and logs ``stream_cleanup``. WSGI servers always
+call ``close()`` on a body, even one never iterated, so the end runs whatever
+the client does. ``Tap`` is one reader of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from .. import log
+from ..errors import TooManyStreams
+from ..events import HEARTBEAT, End, Event, Framer, Start
+from ..sse import SSEFramer
+from ..status import REASON_STATUS, Reason
+from .record import Record
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
+FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
+EVENT_ID_DIGITS = 9  # an event's number within its answer: far more than any answer has
+
+
+def event_cursor(last_event_id: str | None, trace_id: str) -> int | None:
+    """How many events of answer ``trace_id`` a reader who last had ``last_event_id`` has had
+    ("<trace>.<n>", n in ASCII digits); None for anything else: that reader starts from the start."""
+    trace, _, n = (last_event_id or "").rpartition(".")
+    if trace != trace_id or not (0 < len(n) <= EVENT_ID_DIGITS and n.isascii() and n.isdigit()):
+        return None
+    return int(n)
+
+
+class Tap:
+    """One reader of an answer: the client that sent the prompt, or one that attached later.
+
+    A WSGI body of its own: the answer's events after ``cursor`` (replayed, then
+    live), framed into bytes; ``close()`` tells the body this reader left."""
+
+    def __init__(
+        self, body: Body, framer: Framer, cursor: int = 0, client_gone: Callable[[], bool] | None = None
+    ):
+        self.body = body
+        self.framer = framer
+        self.cursor = cursor  # how many of the body's events this reader has had
+        self.client_gone = client_gone
+        self._events: Iterator[tuple[str | None, Event]] | None = None
+
+    def events(self) -> Iterator[tuple[str | None, Event]]:
+        """(id, event) pairs; heartbeats have no id."""
+        if self._events is None:
+            self._events = self.body.read(self)
+        return self._events
+
+    def __iter__(self) -> Tap:
+        self.events()
+        return self
+
+    def __next__(self) -> bytes:
+        ident, ev = next(self.events())
+        return self.framer.frame(ev, ident)
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+        self.body.leave(self)
+
+
+class Body:
+    """Turns the worker's items into the answer's events, kept in order for every reader,
+    and owns the end: checkpoints, store, release, log.
+
+    Whoever reads drives: a reader with nothing new takes the drive lock (never held
+    across a yield) and moves the worker's items into the event log. The reader that
+    holds the answer (the prompt's client, or one that took over) decides what its
+    leaving means: the end, at once, or with ``JARVIS_DETACH_GRACE`` a keeper thread
+    that drives the answer until someone attaches or the grace runs out.
+    """
+
+    def __init__(self, stream: Stream):
+        self.s: Stream | None = stream  # dropped at the end, as the worker does
+        self.trace_id = stream.trace_id
+        self.config = stream.config
+        self.grace = stream.detach_grace_s
+        self.record = Record(stream)  # the text and meta stored with the answer; written here alone
+        self._log: list[Event] = []  # every event but heartbeats, in order: event n has id "<trace>.<n>"
+        self._logged = threading.Condition()  # guards the log and the readers; notified as they change
+        self._drive = threading.Lock()  # held while moving items into the log; never across a yield
+        self._ended = False
+        self.holder: Tap | None = Tap(self, stream.framer, client_gone=stream.client_gone)
+        self._watchers: list[Tap] = []  # readers whose leaving changes nothing
+        self._detached_at: float | None = None
+        self._keeping = False  # a keeper thread drives the answer while nobody reads it
+
+    # readers
+
+    def read(self, tap: Tap) -> Iterator[tuple[str | None, Event]]:
+        """The events ``tap`` has not had, then the live ones, up to the end; heartbeats while quiet."""
+        follow_ups = 0
+        while True:
+            with self._logged:
+                first, batch = tap.cursor, self._log[tap.cursor :]
+                tap.cursor = len(self._log)
+            if batch:
+                follow_ups = 0
+                for n, ev in enumerate(batch, first + 1):
+                    yield f"{self.trace_id}.{n}", ev
+                if isinstance(batch[-1], End):
+                    return
+                continue
+            if not self._advance(FOLLOW_UP_S if follow_ups else self.record.wait_s()):
+                # a second write right after the first is refused once the first met a closed socket
+                follow_ups = (follow_ups + 1) % 3
+                yield None, HEARTBEAT
+
+    def attach(self, last_event_id: str | None, client_gone: Callable[[], bool] | None) -> Tap | None:
+        """A new reader, from after ``last_event_id`` (an id this answer sent) or from the start;
+        it holds the answer if nobody does. None once the answer has ended."""
+        seen = event_cursor(last_event_id, self.trace_id)
+        with self._logged:
+            if self._ended:
+                return None
+            if self.holder is not None and len(self._watchers) >= MAX_WATCHERS:
+                raise TooManyStreams(f"this answer already has {MAX_WATCHERS} readers; close one")
+            cursor = min(seen, len(self._log)) if seen is not None else 0
+            tap = Tap(self, SSEFramer(), cursor, client_gone)
+            if self.holder is None:
+                self._hold(tap)
+                took_over = True
+            else:
+                self._watchers.append(tap)
+                took_over = False
+            s = self.s
+        log.event("stream_attached", trace_id=self.trace_id, session=s.session_id, took_over=took_over)
+        s.worker.handoff.wake.set()  # a keeper waiting for the worker looks again, and sees the holder
+        return tap
+
+    def leave(self, tap: Tap) -> None:
+        """``tap`` stopped reading: a watcher just goes; the holder's leaving ends the answer,
+        or, with a grace, hands it to another reader or to a keeper."""
+        grace = self.grace
+        with self._logged:
+            self._logged.notify_all()  # a reader waiting on this one's drive takes it over
+            if tap in self._watchers:
+                self._watchers.remove(tap)
+                return
+            if tap is not self.holder or self._ended:
+                return
+            self.holder = None
+            if grace > 0 and self._watchers:
+                self._hold(self._watchers.pop(0))
+                return
+            s = self.s
+            s.client_gone = None
+            start_keeper = False
+            if grace > 0:
+                self._detached_at = time.monotonic()
+                # one keeper at a time; a running one sees the new grace
+                start_keeper, self._keeping = not self._keeping, True
+        if grace > 0:
+            log.event("stream_detached", trace_id=self.trace_id, session=s.session_id, grace_s=grace)
+            if not start_keeper or s.keepers.start(f"jarvis-keeper-{self.trace_id}", self._keep):
+                return
+            with self._logged:
+                self._keeping = False  # shutting down: no keeper, the answer ends now
+        s.cancel(Reason.DISCONNECTED)  # nobody reads the end: the client is gone
+        self._end_here()
+
+    def client_left(self) -> None:
+        """The holder's client is gone (seen by the registry's watcher before any write fails)."""
+        with self._logged:
+            holder, s = self.holder, self.s
+        if holder is None or s is None:
+            return
+        if self.grace > 0:
+            self.leave(holder)
+        else:
+            s.cancel(Reason.DISCONNECTED)  # its reader, woken, ends the answer
+
+    def begin(self, start: Start) -> None:
+        self._publish([start])
+
+    def abort(self) -> None:
+        """End a stream nobody will read (not admitted, or not started)."""
+        with self._logged:
+            self.holder = None
+        self._end_here()
+
+    def _hold(self, tap: Tap) -> None:
+        self.holder, self._detached_at = tap, None
+        self.s.client_gone = tap.client_gone  # the registry's watcher now watches this client
+
+    def _keep(self) -> None:
+        """Drive the answer while nobody reads it, until someone attaches or the grace runs out."""
+        grace = self.grace
+        while True:
+            with self._logged:
+                if self._ended or self.holder is not None:
+                    self._keeping = False
+                    return
+                left = self._detached_at + grace - time.monotonic()
+                s = self.s
+            if left <= 0:
+                log.event("detach_grace_expired", trace_id=self.trace_id, session=s.session_id)
+                s.cancel(Reason.DISCONNECTED)
+                self._end_here()
+                return
+            if self._drive.acquire(timeout=left):
+                try:
+                    if not self._ended:
+                        self._pump(min(left, self.config.heartbeat_s), until=lambda: self.holder is not None)
+                finally:
+                    self._let_go()
+
+    # driving
+
+    def _advance(self, wait: float) -> bool:
+        """Wait up to ``wait`` for the log to grow, driving if nobody else is; True if it grew."""
+        with self._logged:
+            seen = len(self._log)
+            # tried under the condition's lock: a driver lets go under it too, so its notify is never missed
+            if not self._drive.acquire(blocking=False):
+                self._logged.wait(wait)  # woken by new events, or by the driver letting go
+                return len(self._log) > seen
+        try:
+            if not self._ended:
+                self._pump(wait)
+        finally:
+            self._let_go()
+        with self._logged:
+            return len(self._log) > seen
+
+    def _let_go(self) -> None:
+        with self._logged:
+            self._drive.release()
+            self._logged.notify_all()
+
+    def _pump(self, wait: float, until: Callable[[], bool] | None = None) -> None:
+        """Move the worker's items into the log, waiting up to ``wait`` for some; end the answer
+        once the worker is done or the stream is cancelled. Runs under the drive lock."""
+        s = self.s
+        handoff, deadline = s.worker.handoff, time.monotonic() + wait
+        while True:
+            handoff.wake.clear()
+            out = self.record.convert(self.s, handoff.take())
+            if out:
+                self.record.checkpoint(self.s)
+                self._publish(out)
+                return
+            if s.scope.cancelled or (s.outcome.status is not None and s.worker.done.is_set()):
+                self._publish(self._finish())
+                return
+            left = deadline - time.monotonic()
+            if left <= 0 or (until is not None and until()):
+                self.record.checkpoint(self.s)  # text that arrived before a stall is saved too
+                return
+            handoff.wake.wait(left)
+
+    def _publish(self, events: list[Event]) -> None:
+        with self._logged:
+            self._log.extend(events)
+            self._logged.notify_all()
+
+    def _end_here(self) -> None:
+        """Run the end now if no reader has: the stream is cancelled, so a driver ends it at once."""
+        if not self._drive.acquire(timeout=self.config.cancel_timeout_s + self.config.heartbeat_s):
+            log.event("stream_end_waited", logging.WARNING, trace_id=self.trace_id)
+            return
+        try:
+            if not self._ended:
+                self._publish(self._finish())
+        finally:
+            self._let_go()
+
+    def _finish(self) -> list[Event]:
+        """End the stream once: join the worker, take its last items, store, release, log."""
+        with self._logged:
+            self._ended = True
+        s = self.s
+        try:
+            worker, detached = s.worker, False
+            if not worker.thread.ident:
+                worker.abandon(s.prev)  # never started: release the chain
+            else:
+                detached = not worker.done.wait(s.config.cancel_timeout_s)
+            # the last take, before anything can free a detached worker: what it puts later is never read
+            out = self.record.convert(self.s, worker.handoff.take())
+            if detached:
+                log.event("worker_detached", logging.WARNING, trace_id=s.trace_id, session=s.session_id)
+                worker.detach(s.lease)  # not streaming (its upstream is shut): the session goes on
+            o = s.outcome
+            s.metrics.ended.labels(o.status).inc()
+            reason = o.reason if o.reason and REASON_STATUS.get(o.reason) == o.status else None
+            meta = self.record.meta
+            if reason:
+                meta["reason"] = str(reason)
+            error = o.error.to_dict() if o.error else None
+            meta["timing"] = self.record.timing(s)
+            self.record.store_end(s, o.status, error)
+            return [*out, End(o.status, reason, error, dict(meta))]
+        finally:
+            s.release(s)
+            took_ms = round((time.monotonic() - s.started_at) * 1000, 1)
+            log.event(
+                "stream_cleanup", trace_id=s.trace_id, session=s.session_id, status=s.status,
+                chars=self.record.chars, duration_ms=took_ms,
+            )  # fmt: skip
+            self.s = None

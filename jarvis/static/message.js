@@ -1,0 +1,225 @@
+// One message on screen: its element, and painting it from the message as the page holds it
+// (text, status badge, progress, error, and the foot with time, Copy, versions and speed).
+// User text is only ever set as textContent; model output goes through markdown.js.
+
+import { errorParts, plural, withCode } from "./errors.js";
+import { icon, renderMarkdown } from "./markdown.js";
+import { copyMessageButton, stamp } from "./message-tools.js";
+import { LIVE } from "./state.js";
+import { versionTools, versionsKey } from "./versions.js";
+
+const MIN_SPEED_SPAN_S = 0.1; // the shortest streaming time a speed is shown for
+
+export const LABELS = {
+  pending: "Connecting…",
+  queued: "Waiting for the model",
+  streaming: "Answering",
+  length: "Cut off",
+  stopped: "Stopped",
+  superseded: "Superseded",
+  failed: "Failed",
+  timeout: "Timed out",
+  disconnected: "Disconnected",
+  interrupted: "Interrupted",
+};
+
+// what the model does before its first token, as far as the backend can tell
+const PROGRESS = {
+  loading: () => "Loading the model…",
+  reading: (p) => (p.tokens ? `Reading your prompt (${plural(p.tokens, "token")})…` : "Reading your prompt…"),
+  waiting: () => "Waiting for the model…",
+};
+
+const EXPLAIN = {
+  length: "The answer reached its length limit (this chat's answer length, or the model's) before it finished. Continue asks the model to carry on.",
+  stopped: "You stopped this answer; the text so far is kept.",
+  superseded: "A newer prompt replaced this answer before it finished.",
+  failed: "The answer failed before it finished.",
+  timeout: "The model went silent for too long, so the answer was ended.",
+  disconnected: "The connection closed before the answer finished.",
+  interrupted: "The server stopped before this answer finished.",
+};
+
+export function messageElement(msg) {
+  const li = document.createElement("li");
+  li.className = `msg msg-${msg.role}`;
+  if (msg.role === "user") {
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    const foot = document.createElement("div");
+    foot.className = "msg-foot";
+    li.append(bubble, foot);
+  } else {
+    const avatar = document.createElement("div");
+    avatar.className = "avatar";
+    const img = document.createElement("img");
+    img.src = "static/favicon.svg";
+    img.alt = "";
+    avatar.append(img);
+    const body = document.createElement("div");
+    body.className = "msg-body";
+    const meta = document.createElement("div");
+    meta.className = "msg-meta";
+    const content = document.createElement("div");
+    content.className = "msg-content markdown";
+    const foot = document.createElement("div");
+    foot.className = "msg-foot";
+    body.append(meta, content, foot);
+    li.append(avatar, body);
+  }
+  return li;
+}
+
+const renderedText = new WeakMap(); // content element -> the text its HTML was made from
+const messageText = new WeakMap(); // message <li> -> its text as written, for Copy
+
+// The text of the message drawn in `li`, as written (not as rendered): what Copy copies.
+export const textOf = (li) => messageText.get(li) || "";
+
+// The time, Copy, the versions' tools and the speed, once the message has a time and (for an answer)
+// is over; Continue under an answer cut by its length limit.
+function paintFoot(li, msg, live) {
+  const foot = li.querySelector(".msg-foot");
+  const wanted =
+    live || !msg.created_at ? "" : `${msg.created_at}|${msg.content ? 1 : 0}|${versionsKey(msg)}|${msg.status}|${msg.meta ? 1 : 0}`;
+  if (foot.dataset.painted === wanted) return;
+  foot.dataset.painted = wanted;
+  const parts = [];
+  if (msg.created_at && !live) parts.push(stamp(msg.created_at));
+  if (msg.content && !live) parts.push(copyMessageButton());
+  if (wanted) parts.push(...versionTools(msg));
+  if (msg.status === "length" && !live) parts.push(continueButton());
+  const speed = !live && msg.role === "assistant" && speedOf(msg.meta);
+  if (speed) parts.push(speed);
+  foot.replaceChildren(...parts);
+}
+
+function continueButton() {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "continue";
+  button.title = "Ask the model to carry on where the answer was cut";
+  button.append(icon("M5 12h12M13 6l6 6-6 6"), document.createTextNode("Continue"));
+  return button;
+}
+
+// "42.0 tokens/s · 128 tokens": answer tokens over the time from the first token to the end
+function speedOf(meta) {
+  const usage = meta?.usage || {};
+  const timing = meta?.timing || {};
+  const tokens = usage.completion_tokens;
+  if (!tokens) return null;
+  const span = document.createElement("span");
+  span.className = "msg-speed";
+  const parts = [];
+  const streamed = (timing.duration_ms - timing.first_token_ms) / 1000;
+  // an answer that came in one piece has no speed worth the name
+  if (streamed >= MIN_SPEED_SPAN_S) parts.push(`${(tokens / streamed).toFixed(1)} tokens/s`);
+  parts.push(plural(tokens, "token"));
+  span.textContent = parts.join(" · ");
+  const about = [`${plural(tokens, "answer token")}`];
+  if (usage.prompt_tokens != null) about.unshift(plural(usage.prompt_tokens, "prompt token"));
+  if (timing.first_token_ms != null) about.push(`first token after ${(timing.first_token_ms / 1000).toFixed(2)} s`);
+  span.title = about.join(", ");
+  return span;
+}
+
+function shownStatus(msg) {
+  if (msg.supersededLocally && LIVE.has(msg.status)) return "superseded";
+  return msg.status || "completed";
+}
+
+export function paint(li, msg) {
+  const status = shownStatus(msg);
+  li.dataset.status = status;
+  if (msg.id != null) li.dataset.id = String(msg.id);
+  messageText.set(li, msg.content);
+  if (msg.role === "user") {
+    const bubble = li.querySelector(".bubble");
+    if (bubble.textContent !== msg.content) bubble.textContent = msg.content;
+    paintFoot(li, msg, false);
+    return;
+  }
+  const meta = li.querySelector(".msg-meta");
+  const who = document.createElement("span");
+  who.className = "msg-who";
+  who.textContent = "Jarvis";
+  const parts = [who];
+  if (msg.model) {
+    const model = document.createElement("span");
+    model.className = "msg-model";
+    model.textContent = msg.model;
+    parts.push(model);
+  }
+  if (status !== "completed") {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.dataset.status = status;
+    let label = LABELS[status] || status;
+    if (status === "queued" && msg.position) label += ` (position ${msg.position})`;
+    if (status === "streaming" && !msg.content && PROGRESS[msg.progress?.state]) label = PROGRESS[msg.progress.state](msg.progress);
+    badge.textContent = label;
+    if (EXPLAIN[status]) badge.title = EXPLAIN[status];
+    parts.push(badge);
+  }
+  meta.replaceChildren(...parts);
+
+  const content = li.querySelector(".msg-content");
+  const streaming = LIVE.has(msg.status) && !msg.supersededLocally;
+  if (streaming) {
+    // the answer being written is announced when it is done, not token by token
+    content.setAttribute("aria-live", "polite");
+    content.setAttribute("aria-busy", "true");
+  } else {
+    content.removeAttribute("aria-busy");
+    if (!msg.keepLive) content.removeAttribute("aria-live");
+  }
+  if (renderedText.get(content) !== msg.content) {
+    renderMarkdown(content, msg.content, { stream: msg.stream }); // drawn incrementally while it grows
+    renderedText.set(content, msg.content);
+  }
+  let cursor = content.querySelector(".cursor");
+  if (streaming && msg.status === "streaming") {
+    if (!cursor) {
+      cursor = document.createElement("span");
+      cursor.className = "cursor";
+      cursor.setAttribute("aria-hidden", "true");
+    }
+    cursor.remove(); // answers are drawn incrementally: the old cursor may still be in place
+    (content.lastElementChild && !content.lastElementChild.matches(".code-block, ul, ol, table")
+      ? content.lastElementChild
+      : content
+    ).append(cursor);
+  } else if (cursor) {
+    cursor.remove();
+  }
+
+  paintFoot(li, msg, LIVE.has(msg.status) && !msg.supersededLocally);
+  li.querySelector(".msg-nothing")?.remove();
+  li.querySelector(".msg-error")?.remove();
+  const body = li.querySelector(".msg-body");
+  if (!msg.content && !msg.error && !LIVE.has(msg.status)) {
+    const nothing = document.createElement("p");
+    nothing.className = "msg-nothing";
+    nothing.textContent = "No text was received.";
+    body.querySelector(".msg-foot").before(nothing);
+  }
+  if (msg.error && !LIVE.has(msg.status)) {
+    const { title, detail } = errorParts(msg.error);
+    const box = document.createElement("div");
+    box.className = "msg-error";
+    if (title) {
+      const strong = document.createElement("strong");
+      strong.textContent = title;
+      box.append(strong);
+    }
+    box.append(withCode(detail));
+    if (msg.trace_id) {
+      const trace = document.createElement("span");
+      trace.className = "msg-trace";
+      trace.textContent = `trace ${msg.trace_id}`;
+      box.append(trace);
+    }
+    body.querySelector(".msg-foot").before(box);
+  }
+}

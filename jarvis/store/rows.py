@@ -1,0 +1,69 @@
+"""The rows every piece of the store reads back: a session, a message, and the small reads they share.
+
+A session of another owner is reported exactly like an unknown one; an error
+names a session by a bounded id.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import NotFound
+from .engines import Connection
+
+
+def shown(session_id: str) -> str:
+    # an error echoes a bounded id: a client cannot make the answer or the log grow with it
+    return repr(session_id if len(session_id) <= 40 else session_id[:40] + "…")
+
+
+def session(row) -> dict:
+    out = dict(row)
+    out["settings"] = json.loads(out["settings"]) if out["settings"] else {}
+    return out
+
+
+def message(row) -> dict:
+    out = dict(row)
+    out["error"] = json.loads(out["error"]) if out["error"] else None
+    out["meta"] = json.loads(out["meta"]) if out["meta"] else None
+    return out
+
+
+def require_owned(db: Connection, session_id: str, owner: int | None) -> None:
+    """NotFound unless the session exists and is the owner's."""
+    found = db.execute(f"SELECT 1 FROM sessions WHERE id = ? AND {db.same('owner')}", (session_id, owner))
+    if found.fetchone() is None:
+        raise NotFound(f"no session {shown(session_id)}")
+
+
+def update_session(db: Connection, session_id: str, column: str, value: object, owner: int | None) -> dict:
+    """Set one column of the session (``column`` is the store's, never a caller's) and return the
+    session; NotFound if unknown or not the owner's."""
+    changed = db.execute(
+        f"UPDATE sessions SET {column} = ? WHERE id = ? AND {db.same('owner')}", (value, session_id, owner)
+    )
+    if changed.rowcount == 0:
+        raise NotFound(f"no session {shown(session_id)}")
+    row = db.execute(
+        "SELECT id, title, created_at, updated_at, settings FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    return session(row)
+
+
+def tree_rows(db: Connection, session_id: str, content: bool = False) -> list[dict]:
+    """The session's messages as the tree needs them (``content`` too, if asked)."""
+    columns = "id, parent_id, role, status" + (", content" if content else "")
+    rows = db.execute(f"SELECT {columns} FROM messages WHERE session_id = ?", (session_id,))
+    return [dict(r) for r in rows]
+
+
+def leaf(db: Connection, session_id: str) -> int | None:
+    """The last message of the versions shown."""
+    row = db.execute("SELECT leaf_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return row["leaf_id"] if row else None
+
+
+def dumped(value: dict | None) -> str | None:
+    """A JSON column's text: None for nothing (or an empty object)."""
+    return json.dumps(value) if value else None

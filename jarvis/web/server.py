@@ -1,0 +1,180 @@
+"""Running the app under waitress, with a shutdown that ends within a deadline.
+
+Every open SSE response holds one waitress thread for its whole life, so the
+pool gets ``max_streams`` threads plus a reserve for stop, health and history
+requests. Request lookahead lets waitress notice a client that has gone while
+its stream writes nothing. Under ``jarvis serve`` the channel tells the
+registry the moment a client with a request in flight closes its connection,
+so its answer ends at once whatever it is doing (loading, stalled, streaming);
+under any other waitress the registry polls (``JARVIS_DISCONNECT_POLL``, with
+lookahead), and without lookahead only a failed write, one heartbeat later,
+reveals a gone client: that is the floor there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+
+from flask import Flask
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+
+from .. import log
+from .bodies import MAX_BODY_BYTES
+
+CONTROL_THREADS = 4  # served while every stream slot is busy
+
+
+class _Channel(HTTPChannel):
+    """waitress's channel, which also says when a client closes while its request is served."""
+
+    on_client_closed = staticmethod(lambda gone: None)  # set per server, in a subclass
+
+    def handle_read(self):
+        super().handle_read()
+        if not self.connected and self.requests:  # the client closed: recv gave b""
+            self.on_client_closed(self.check_client_disconnected)
+
+    def handle_close(self):
+        serving = bool(self.requests)
+        super().handle_close()
+        if serving:
+            self.on_client_closed(self.check_client_disconnected)
+
+
+class Server:
+    """One waitress server for one Jarvis app."""
+
+    def __init__(
+        self,
+        app: Flask,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        threads: int | None = None,
+        unix_socket: str | None = None,
+        **adj,
+    ):
+        """Listen on ``host``:``port``, or, given ``unix_socket``, on that path alone (mode 0660),
+        where every peer is the reverse proxy: its X-Forwarded-For and -Proto are believed."""
+        self.app = app
+        self.unix_socket = unix_socket
+        self.jarvis = app.extensions["jarvis"]
+        self.threads = threads or self.jarvis.config.max_streams + CONTROL_THREADS
+        adj.setdefault("channel_request_lookahead", 5)
+        # idle and half-sent connections cost no thread (waitress parses in its event loop);
+        # these bound how many it holds and for how long
+        adj.setdefault("connection_limit", max(500, self.threads * 4))
+        adj.setdefault("channel_timeout", 60)
+        adj.setdefault("cleanup_interval", 10)
+        adj.setdefault("asyncore_use_poll", True)  # select() fails past descriptor 1024
+        # keep X-Forwarded-*/Forwarded: protected mode must see that a request came through a proxy
+        adj.setdefault("clear_untrusted_proxy_headers", False)
+        adj.setdefault("ident", "jarvis")
+        # waitress reads a whole body before the app runs: refuse from its length one bigger than any
+        # route reads; up to that, each route's own limit answers (a 16 MiB import, a JSON 413)
+        adj.setdefault("max_request_body_size", MAX_BODY_BYTES)
+        if unix_socket:
+            # waitress names every peer of a Unix socket "localhost": trust it as the proxy, so the
+            # client's address comes from the one hop the proxy adds, and nobody reaches us past it
+            adj.update(unix_socket=unix_socket, unix_socket_perms="660", trusted_proxy="localhost")
+            adj.setdefault("trusted_proxy_headers", {"x-forwarded-for", "x-forwarded-proto"})
+            listen = {}
+        else:
+            listen = {"host": host, "port": port}
+        umask = os.umask(0o117)  # the socket is born 0660: no moment when others may connect
+        try:
+            self._waitress = create_server(app, threads=self.threads, **listen, **adj)
+        finally:
+            os.umask(umask)
+        # run in the event loop: it ends that client's answers (a cancel: a few socket calls)
+        on_close = self.jarvis.registry.client_closed
+        self._waitress.channel_class = type(
+            "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
+        )
+        self._loop: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        if self.unix_socket:
+            return f"unix:{self.unix_socket}"
+        return f"http://{self._waitress.effective_host}:{self._waitress.effective_port}"
+
+    def serve_forever(self) -> None:
+        """Run the event loop in this thread until ``shutdown`` (from another thread)."""
+        try:
+            self._waitress.run()
+        finally:
+            self._stopped.set()
+
+    def start(self) -> Server:
+        """Run the event loop in a background thread (tests, benchmarks)."""
+        self._loop = threading.Thread(target=self.serve_forever, name="jarvis-waitress-loop")
+        self._loop.start()
+        return self
+
+    def shutdown(self, timeout: float | None = None) -> list:
+        """Stop accepting, end every stream with its answer stored, stop waitress: every wait
+        draws on one deadline."""
+        timeout = self.jarvis.config.shutdown_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+
+        def left_s() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self._call_in_loop(self._close_listener, deadline)
+        left = self.jarvis.shutdown(left_s() * 0.8)  # the rest lets end events reach clients
+        self._wait_flushed(deadline)
+        self._call_in_loop(self._close_all, deadline)
+        self._waitress.task_dispatcher.shutdown(cancel_pending=True, timeout=left_s())
+        if self._loop is not None:
+            self._loop.join(left_s())
+            if self._loop.is_alive():
+                log.event("shutdown_loop_left", logging.WARNING)
+        log.event("server_stopped", streams_left=len(left))
+        return left
+
+    def _call_in_loop(self, fn, deadline: float) -> None:
+        done = threading.Event()
+
+        def thunk():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        if self._stopped.is_set():
+            return
+        self._waitress.trigger.pull_trigger(thunk)
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            log.event("shutdown_loop_unresponsive", logging.WARNING)
+
+    def _close_listener(self) -> None:
+        self._waitress.accepting = False
+        self._waitress.del_channel()
+        self._waitress.socket.close()
+        if self.unix_socket:
+            with contextlib.suppress(FileNotFoundError):  # removed by someone else: nothing to do
+                os.unlink(self.unix_socket)
+
+    def _close_all(self) -> None:
+        for channel in list(self._waitress._map.values()):
+            if channel is not self._waitress.trigger:
+                channel.close()
+        self._waitress.trigger.close()
+
+    def _wait_flushed(self, deadline: float) -> None:
+        # let the end events of cancelled streams reach their clients
+        while time.monotonic() < deadline:
+            busy = [
+                ch
+                for ch in list(self._waitress._map.values())
+                if getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0)
+            ]
+            if not busy:
+                return
+            self._stopped.wait(0.01)

@@ -212,11 +212,6 @@ MUTANTS = [
   "    newest = registry.current(session_id)  # a session's streams are keyed by its id\n",
   "    newest = max((s for s in registry.live() if s.key == session_id), key=lambda s: s.started_at, default=None)\n",
   ["tests/test_serving.py::test_a_stop_looks_its_answer_up_without_scanning_every_live_stream"]),
- ("stop-log: a cancel writes its log line on the cancelling thread (a Stop's answer waits for the log)", "jarvis/lifecycle/stream.py",
-  "        self.worker.handoff.wake.set()\n        return decided\n",
-  "        if decided and reason in REASON_EVENT:\n            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)\n"
-  "        self.worker.handoff.wake.set()\n        return decided\n",
-  ["tests/test_serving.py::test_a_slow_log_holds_no_stop_and_no_upstream_close"]),
 ]
 
 

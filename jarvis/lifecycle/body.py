@@ -19,7 +19,7 @@ from .. import log
 from ..errors import TooManyStreams
 from ..events import HEARTBEAT, End, Event, Framer, Start
 from ..sse import SSEFramer
-from ..status import REASON_EVENT, REASON_STATUS, Reason
+from ..status import REASON_STATUS, Reason
 from .record import Record
 
 if TYPE_CHECKING:
@@ -302,8 +302,6 @@ class Body:
             meta = self.record.meta
             if reason:
                 meta["reason"] = str(reason)
-                if reason in REASON_EVENT:
-                    log.event(REASON_EVENT[reason], trace_id=s.trace_id, session=s.session_id)
             error = o.error.to_dict() if o.error else None
             meta["timing"] = self.record.timing(s)
             self.record.store_end(s, o.status, error)

@@ -22,7 +22,7 @@ from ..errors import JarvisError
 from ..events import Event, Framer, Start
 from ..metrics import Metrics
 from ..sse import SSEFramer
-from ..status import REASON_STATUS, Reason, Status
+from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
 from ..store import Store
 from ..upstream import Options, Upstream
 from .body import Body, Tap
@@ -119,9 +119,8 @@ class Stream:
             self.worker.cancelled_at = time.monotonic()  # before the close the worker wakes on
         if not self.scope.cancel(reason):  # closes the upstream, wherever the worker blocks
             return False
-        # nothing else here: a Stop's thread, or the event loop for a closed channel, cancels, and a
-        # log write there (a syscall, then a wait for the GIL) would hold its answer or every read;
-        # the body logs why the answer ended, as it ends it
+        if decided and reason in REASON_EVENT:
+            log.event(REASON_EVENT[reason], trace_id=self.trace_id, session=self.session_id)
         self.worker.handoff.wake.set()
         return decided
 

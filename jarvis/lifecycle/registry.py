@@ -37,7 +37,6 @@ class Registry:
     ):
         self.max_streams = max_streams
         self.max_streams_per_user = max_streams_per_user
-        self.disconnect_poll_s = disconnect_poll_s
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._current: dict[str, Stream] = {}  # key (session id) -> its newest stream
@@ -75,23 +74,8 @@ class Registry:
         return prev
 
     def hand_over(self, stream: Stream) -> None:
-        """Admit ``stream``, then register it (superseding its key's stream, here and in other
-        processes) and start it; any failure ends it, stored and released, and is raised again."""
-        try:
-            self.admit(stream)  # AtCapacity, TooManyStreams: before any other process hears of it
-            if self.coord is not None and stream.owner is not None and self.max_streams_per_user > 0:
-                stream.slot = self.coord.take_slot(stream, self.max_streams_per_user)  # TooManyStreams
-            if self.coord is not None and stream.key == stream.session_id is not None:
-                # other processes cancel the session's older streams; CoordinationUnavailable without Redis
-                stream.lease = self.coord.claim(stream.key, stream.trace_id)
-                stream.lease.bind(stream)
-            stream.start(self.register(stream))
-        except JarvisError as e:
-            stream.fail(e)
-            raise
-        except Exception as e:
-            stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
-            raise
+        """Admit, register and start ``stream``, here and in other processes (``hand_over``)."""
+        hand_over(self, stream)
 
     def attach(self, key: str, last_event_id: str | None = None, client_gone=None) -> Tap | None:
         """A reader of ``key``'s live answer (from after ``last_event_id``); None when none is live."""
@@ -185,3 +169,23 @@ class Registry:
                 "shutdown_stream_left", logging.WARNING, trace_id=stream.trace_id, session=stream.session_id
             )
         return left_over
+
+
+def hand_over(registry: Registry, stream: Stream) -> None:
+    """Admit ``stream``, then register it (superseding its key's stream, here and in other
+    processes) and start it; any failure ends it, stored and released, and is raised again."""
+    try:
+        registry.admit(stream)  # AtCapacity, TooManyStreams: before any other process hears of it
+        if registry.coord is not None and stream.owner is not None and registry.max_streams_per_user > 0:
+            stream.slot = registry.coord.take_slot(stream, registry.max_streams_per_user)  # TooManyStreams
+        if registry.coord is not None and stream.key == stream.session_id is not None:
+            # other processes cancel the session's older streams; CoordinationUnavailable without Redis
+            stream.lease = registry.coord.claim(stream.key, stream.trace_id)
+            stream.lease.bind(stream)
+        stream.start(registry.register(stream))
+    except JarvisError as e:
+        stream.fail(e)
+        raise
+    except Exception as e:
+        stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
+        raise

@@ -214,9 +214,9 @@ def _no_store_read() -> None:
 
 
 def _poll_only() -> None:
-    from jarvis.lifecycle.registry import Registry
+    from jarvis.lifecycle.watch import Watcher
 
-    Registry.client_closed = lambda self, gone=None: None  # the channel's close event reaches nobody
+    Watcher.client_closed = lambda self, gone=None: None  # the channel's close event reaches nobody
 
 
 def _switch() -> None:

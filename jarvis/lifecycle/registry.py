@@ -17,10 +17,12 @@ from collections.abc import Callable
 
 from .. import log
 from ..cluster import Coordination
-from ..errors import AtCapacity, JarvisError, TooManyStreams
+from ..errors import JarvisError
 from ..status import Reason
 from .keepers import Keepers
+from .slots import Slots
 from .stream import Stream, Tap
+from .watch import Watcher
 
 
 class Registry:
@@ -35,85 +37,45 @@ class Registry:
     ):
         self.max_streams = max_streams
         self.max_streams_per_user = max_streams_per_user
-        self.max_readers_per_user = max_readers_per_user
-        # attached readers (each holds a server thread), in all and by account: they share the stream
-        # slots with the answers, so the server's control threads stay free for Stop, health, history
-        self._readers = 0
-        self._readers_by_owner: dict[object, int] = {}
-        self.disconnect_poll_s = disconnect_poll_s
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._current: dict[str, Stream] = {}  # key (session id) -> its newest stream
         self._live: set[Stream] = set()  # every stream not yet released
-        self._admitted: set[Stream] = set()  # let in, not yet registered: each holds its place
         self._closed = False
-        self._watcher: threading.Thread | None = None
+        # the answers' and readers' places, and the disconnect watcher: both under this lock
+        self.slots = Slots(
+            self._lock, lambda: self._current, max_streams, max_streams_per_user, max_readers_per_user
+        )
+        self.watcher = Watcher(self._released, disconnect_poll_s, lambda: (self._live, self._closed))
         self.keepers = Keepers()  # the threads driving detached answers: joined at shutdown
-        self._client_closed = False  # a server said a client closed since the watcher last looked
         self.coord: Coordination | None = None  # when several processes share Redis: cluster/coord.py
 
     def admit(self, stream: Stream) -> None:
         """Hold a place for ``stream`` (every local admission check, under the lock) before anything
         reaches another process: a prompt refused here cancels no answer anywhere."""
         with self._lock:
-            self._check(stream)
-            self._admitted.add(stream)
+            self.slots.check(stream, self._closed)
+            self.slots.admitted.add(stream)
 
     def register(self, stream: Stream) -> Stream | None:
         """Make ``stream`` its key's current stream; returns the one it supersedes.
 
         Every admission check happens here (or in ``admit``, whose place it takes), under the lock."""
         with self._lock:
-            self._admitted.discard(stream)
-            self._check(stream)
+            self.slots.admitted.discard(stream)
+            self.slots.check(stream, self._closed)
             prev = self._current.get(stream.key)
             self._current[stream.key] = stream
             self._live.add(stream)
             if stream.client_gone is not None:
-                self._watch_clients()
+                self.watcher.ensure_running()
         if prev is not None:
             prev.cancel(Reason.SUPERSEDED)
         return prev
 
-    def _check(self, stream: Stream) -> None:
-        """Raise unless ``stream`` may run: under the lock. A stream of a key that already has one
-        (running or admitted) supersedes it, so it takes no new place."""
-        if self._closed:
-            raise AtCapacity("Jarvis is shutting down", retry_after_s=5)
-        places = {k: getattr(s, "owner", None) for k, s in self._current.items()}
-        places.update((s.key, getattr(s, "owner", None)) for s in self._admitted if s is not stream)
-        if stream.key in places:
-            return
-        if len(places) + self._readers >= self.max_streams:  # readers hold server threads too
-            raise AtCapacity(
-                f"all {self.max_streams} stream slots are busy; retry in a few seconds", retry_after_s=2
-            )
-        owner = getattr(stream, "owner", None)
-        owned = sum(1 for o in places.values() if o == owner)
-        if owner is not None and 0 < self.max_streams_per_user <= owned:
-            raise TooManyStreams(
-                f"this account already has {self.max_streams_per_user} answers streaming; "
-                "stop one or wait for it to end"
-            )
-
     def hand_over(self, stream: Stream) -> None:
-        """Admit ``stream``, then register it (superseding its key's stream, here and in other
-        processes) and start it; any failure ends it, stored and released, and is raised again."""
-        try:
-            self.admit(stream)  # AtCapacity, TooManyStreams: before any other process hears of it
-            if self.coord is not None and stream.owner is not None and self.max_streams_per_user > 0:
-                stream.slot = self.coord.take_slot(stream, self.max_streams_per_user)  # TooManyStreams
-            if self.coord is not None and stream.key == stream.session_id is not None:
-                # other processes cancel the session's older streams; CoordinationUnavailable without Redis
-                stream.lease = self.coord.claim(stream.key, stream.trace_id)
-                stream.lease.bind(stream)
-            stream.start(self.register(stream))
-        except JarvisError as e:
-            stream.fail(e)
-            raise
-        except Exception as e:
-            stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
-            raise
+        """Admit, register and start ``stream``, here and in other processes (``hand_over``)."""
+        hand_over(self, stream)
 
     def attach(self, key: str, last_event_id: str | None = None, client_gone=None) -> Tap | None:
         """A reader of ``key``'s live answer (from after ``last_event_id``); None when none is live."""
@@ -123,38 +85,8 @@ class Registry:
         if tap is not None and client_gone is not None:
             with self._lock:
                 if not self._closed:
-                    self._watch_clients()
+                    self.watcher.ensure_running()
         return tap
-
-    def admit_reader(self, owner) -> Callable[[], None]:
-        """Count one more attached reader of ``owner`` against the stream slots and the account's
-        readers; returns its release (idempotent). TooManyStreams when either is full."""
-        with self._lock:
-            if len(self._current) + len(self._admitted) + self._readers >= self.max_streams:
-                raise TooManyStreams(
-                    f"all {self.max_streams} stream slots are busy with answers and their readers; "
-                    "close a tab that shows an answer"
-                )
-            mine = self._readers_by_owner.get(owner, 0)
-            if owner is not None and 0 < self.max_readers_per_user <= mine:
-                raise TooManyStreams(
-                    f"this account already has {self.max_readers_per_user} readers of live answers; close one"
-                )
-            self._readers += 1
-            self._readers_by_owner[owner] = mine + 1
-        released = []
-
-        def release() -> None:
-            with self._lock:
-                if released:
-                    return
-                released.append(True)
-                self._readers -= 1
-                left = self._readers_by_owner.pop(owner) - 1
-                if left:
-                    self._readers_by_owner[owner] = left
-
-        return release
 
     def current(self, key: str) -> Stream | None:
         """``key``'s newest stream in this process, or None: one look, however many streams live
@@ -167,28 +99,10 @@ class Registry:
         with self._lock:
             return key in self._current
 
-    def client_closed(self, gone: Callable[[], bool] | None = None) -> None:
-        """A client's connection closed (the server says so, passing that client's ``client_gone``):
-        its streams end now, in this thread; the watcher looks again too, not at its next poll."""
-        with self._lock:
-            self._client_closed = True  # seen by the watcher even if it is not waiting right now
-            if self._watcher is not None:
-                self._released.notify_all()
-            # a bound method equals another of the same object: the channel's check finds its streams
-            left = [s for s in self._live if gone is not None and s.client_gone == gone]
-        for stream in left:
-            if not stream.scope.cancelled:
-                stream.client_left()
-
-    def _watch_clients(self) -> None:
-        if self._watcher is None:  # under the lock
-            self._watcher = threading.Thread(target=self._watch, name="jarvis-disconnect-watch")
-            self._watcher.start()
-
     def release(self, stream: Stream) -> None:
         """Forget ``stream``; called once by its cleanup."""
         with self._lock:
-            self._admitted.discard(stream)
+            self.slots.admitted.discard(stream)
             self._live.discard(stream)
             if self._current.get(stream.key) is stream:
                 del self._current[stream.key]
@@ -216,10 +130,7 @@ class Registry:
     def count_owned(self, owner) -> int:
         """How many sessions of ``owner`` have a live stream."""
         with self._lock:
-            return self._owned(owner)
-
-    def _owned(self, owner) -> int:
-        return sum(1 for s in self._current.values() if getattr(s, "owner", None) == owner)
+            return sum(1 for s in self._current.values() if getattr(s, "owner", None) == owner)
 
     def cancel_where(self, predicate: Callable[[Stream], bool], reason: Reason) -> int:
         """Cancel every live stream ``predicate`` accepts; returns how many this call cancelled.
@@ -250,9 +161,7 @@ class Registry:
             while self._live and (left := deadline - time.monotonic()) > 0:
                 self._released.wait(left)
             left_over = list(self._live)
-            watcher = self._watcher
-        if watcher is not None:
-            watcher.join(max(0.0, deadline - time.monotonic()) + self.disconnect_poll_s * 5)
+        self.watcher.join(deadline)
         for name in self.keepers.close(max(0.0, deadline - time.monotonic())):
             log.event("shutdown_keeper_left", logging.WARNING, thread=name)
         for stream in left_over:
@@ -261,19 +170,22 @@ class Registry:
             )
         return left_over
 
-    def _watch(self) -> None:
-        """Cancel streams whose client has gone; runs while such streams live, until shutdown."""
-        while True:
-            with self._lock:
-                watched = [s for s in self._live if s.client_gone is not None]
-                if not watched or self._closed:  # closed: shutdown cancelled them all already
-                    self._watcher = None
-                    return
-            for stream in watched:
-                gone = stream.client_gone  # the holder's: another reader may take over
-                if not stream.scope.cancelled and gone is not None and gone():
-                    stream.client_left()
-            with self._lock:
-                if not self._client_closed:
-                    self._released.wait(self.disconnect_poll_s)
-                self._client_closed = False
+
+def hand_over(registry: Registry, stream: Stream) -> None:
+    """Admit ``stream``, then register it (superseding its key's stream, here and in other
+    processes) and start it; any failure ends it, stored and released, and is raised again."""
+    try:
+        registry.admit(stream)  # AtCapacity, TooManyStreams: before any other process hears of it
+        if registry.coord is not None and stream.owner is not None and registry.max_streams_per_user > 0:
+            stream.slot = registry.coord.take_slot(stream, registry.max_streams_per_user)  # TooManyStreams
+        if registry.coord is not None and stream.key == stream.session_id is not None:
+            # other processes cancel the session's older streams; CoordinationUnavailable without Redis
+            stream.lease = registry.coord.claim(stream.key, stream.trace_id)
+            stream.lease.bind(stream)
+        stream.start(registry.register(stream))
+    except JarvisError as e:
+        stream.fail(e)
+        raise
+    except Exception as e:
+        stream.fail(JarvisError(f"internal error: {type(e).__name__}"))
+        raise

@@ -95,7 +95,7 @@ class Stream:
         self.outcome = Outcome()
         self.worker = Worker(self, upstream, messages, options)
         self.body = Body(self)
-        self.tap = self.body.holder  # the prompt's client reads through it
+        self.tap = self.body.readers.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for
         self.lease: Lease | None = None  # set by the registry when processes share Redis
         self.slot: Slot | None = None  # and its count among its owner's streams
@@ -138,11 +138,11 @@ class Stream:
 
     def attach(self, last_event_id: str | None, client_gone: Callable[[], bool] | None = None) -> Tap | None:
         """Another reader of this answer (Jarvis's SSE); None once it has ended."""
-        return self.body.attach(last_event_id, client_gone)
+        return self.body.readers.attach(last_event_id, client_gone)
 
     def client_left(self) -> None:
         """The client holding this answer is gone: end it, or with a grace wait for another."""
-        self.body.client_left()
+        self.body.readers.client_left()
 
     def events(self) -> Iterator[Event]:
         """The events of this answer, for one reader in process; call ``close()`` when done."""

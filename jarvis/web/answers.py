@@ -63,7 +63,7 @@ def attach(session_id: str):
         return Response(mimetype="text/event-stream", headers=SSE_HEADERS) if live else Response(status=204)
     last = request.headers.get("Last-Event-ID")
     gone = request.environ.get("waitress.client_disconnected")
-    release = j.registry.admit_reader(owner())  # 429 when the slots or the account's readers are full
+    release = j.registry.slots.admit_reader(owner())  # 429 when the slots or the account's readers are full
     try:
         tap = j.registry.attach(session_id, last, gone)
         if tap is None and j.coord is not None:  # live in another process, perhaps: read it through Redis

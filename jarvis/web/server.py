@@ -91,7 +91,7 @@ class Server:
         finally:
             os.umask(umask)
         # run in the event loop: it ends that client's answers (a cancel: a few socket calls)
-        on_close = self.jarvis.registry.client_closed
+        on_close = self.jarvis.registry.watcher.client_closed
         self._waitress.channel_class = type(
             "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
         )

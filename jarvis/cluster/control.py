@@ -145,8 +145,8 @@ class Control:
         (a Stop), whatever a message carried."""
         try:
             self._handle(data)
-        except Exception:
-            log.log.exception("control message failed: %r", str(data)[:200])
+        except Exception as e:  # whatever it was: a message must never take the listener off the channel
+            log.log.exception("control message failed (%s): %r", type(e).__name__, str(data)[:200])
 
     def _handle(self, data: str) -> None:
         op, _, rest = data.partition("\t")

@@ -16,6 +16,7 @@ import time
 from jarvis.config import Config
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
+from jarvis.status import Reason
 from jarvis.store import Store
 
 from .stats import Cell, Row, Section, judge
@@ -64,7 +65,7 @@ def _trial(folder: str, i: int, how: str) -> float:
         stopper = threading.Thread(target=registry.shutdown, args=(5.0,), name="bench-shutdown")
         stopper.start()
     else:
-        waiting.cancel(how)
+        waiting.cancel(Reason(how))
     for frame in body:
         if b"event: end\n" in frame:
             took = (time.monotonic() - began) * 1000

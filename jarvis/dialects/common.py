@@ -25,6 +25,7 @@ from ..lifecycle.stream import Stream
 from ..metrics import Metrics
 from ..status import Status
 from ..upstream import Options, Upstream
+from ..web.answers import SSE_HEADERS
 from ..web.auth import credential, owner
 from ..web.bodies import json_object
 
@@ -222,6 +223,15 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         j.revocations.watch()  # revoking the credential ends this call too
     j.metrics.compat_calls.labels(api, user).inc()
     return stream
+
+
+def respond(call: Call, framer: Framer, api: str, mimetype: str, final: Callable[[str, End], object]):
+    """Start ``call`` and answer it: the framed stream when the client asked to stream, else
+    ``final(text, end)`` once the whole answer is read."""
+    stream = start(call, framer, api)
+    if call.stream:
+        return Response(stream, mimetype=mimetype, headers=SSE_HEADERS)
+    return final(*collect(stream))
 
 
 def collect(stream: Stream) -> tuple[str, End]:

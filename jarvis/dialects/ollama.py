@@ -11,12 +11,12 @@ import json
 import time
 from datetime import datetime, timezone
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, current_app
 
 from ..errors import JarvisError
 from ..events import End, Event, Heartbeat, Start, Text
 from ..upstream import Options
-from ..web import answers, api
+from ..web import api
 from . import common
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
@@ -60,11 +60,7 @@ def generate():
 
 def _answer(call: common.Call, generate: bool):
     framer = NDJSONFramer(call.model, generate)
-    stream = common.start(call, framer, "ollama")
-    if call.stream:
-        return Response(stream, mimetype="application/x-ndjson", headers=answers.SSE_HEADERS)
-    text, end = common.collect(stream)
-    return framer.final(text, end)
+    return common.respond(call, framer, "ollama", "application/x-ndjson", framer.final)
 
 
 def parse_chat(body: dict, config, default_model: str) -> common.Call:

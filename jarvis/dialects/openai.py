@@ -10,13 +10,13 @@ import json
 import secrets
 import time
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, current_app
 
 from .. import sse
 from ..errors import Interrupted, JarvisError
 from ..events import End, Event, Heartbeat, Start, Text
 from ..upstream import Options
-from ..web import answers, api
+from ..web import api
 from . import common
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -50,11 +50,7 @@ def chat_completions():
     j = jarvis()
     call = parse_chat(common.read_json(j.config), j.config, j.upstream.default_model)
     framer = ChunkFramer(call.model, call.include_usage)
-    stream = common.start(call, framer, "openai")
-    if call.stream:
-        return Response(stream, mimetype="text/event-stream", headers=answers.SSE_HEADERS)
-    text, end = common.collect(stream)
-    return framer.completion(text, end)
+    return common.respond(call, framer, "openai", "text/event-stream", framer.completion)
 
 
 def parse_chat(body: dict, config, default_model: str) -> common.Call:

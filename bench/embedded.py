@@ -14,6 +14,7 @@ import requests
 
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.upstream import local
 
 from .client import AUTH, sse_events, stop_to_end_ms
@@ -100,7 +101,7 @@ def run(workdir: Path, quick: bool) -> Section:
 def _answer_direct(upstream: local.LocalUpstream, prompt: str) -> tuple[float, int, float]:
     began = time.monotonic()
     first, chars = None, 0
-    for item in upstream.stream_chat([{"role": "user", "content": prompt}], "", CancelScope()):
+    for item in upstream.stream_chat(Chat("", [{"role": "user", "content": prompt}]), CancelScope()):
         if isinstance(item, str) and item:
             first = first or time.monotonic() - began
             chars += len(item)

@@ -17,6 +17,7 @@ import requests
 
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.upstream.hosts import Hosts
 from jarvis.upstream.ollama import OllamaUpstream
 from tests.hung_server import HungServer
@@ -123,7 +124,7 @@ def _routing(fake_url: str, trials: int) -> tuple[Cell, Cell]:
 def _first_token_ms(upstream, prompt: str) -> float | None:
     began = time.monotonic()
     first = None
-    chunks = upstream.stream_chat([{"role": "user", "content": prompt}], "tiny", CancelScope())
+    chunks = upstream.stream_chat(Chat("tiny", [{"role": "user", "content": prompt}]), CancelScope())
     try:
         for item in chunks:
             if isinstance(item, str) and first is None:

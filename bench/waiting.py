@@ -14,6 +14,7 @@ import threading
 import time
 
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
 from jarvis.status import Reason
@@ -33,7 +34,7 @@ class _SlowToStop:
     def __init__(self) -> None:
         self.calls = threading.Semaphore(0)
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         self.calls.release()
         yield "a"
         cancel.wait(30)
@@ -49,7 +50,7 @@ def _trial(folder: str, i: int, how: str) -> float:
     streams = []
     for trace in ("a", "b"):
         stream = Stream(
-            session_id=sid, trace_id=f"{trace}{i}", model="slow", messages=[], upstream=upstream,
+            session_id=sid, trace_id=f"{trace}{i}", chat=Chat("slow", []), upstream=upstream,
             store=store, config=cfg, release=registry.release,
         )  # fmt: skip
         stream.user_message_id, stream.message_id = store.add_exchange(sid, trace, trace, "slow")

@@ -43,6 +43,11 @@ class Config:
         "", "Key sent as Authorization: Bearer to the OpenAI-compatible server; never logged.", secret=True
     )
     openai_api_key_file: str = _f("", "File holding that key instead (its first line).")
+    openai_capabilities: str = _f(
+        "tools",
+        "What the OpenAI-compatible server's models can do, comma-separated from tools, vision, "
+        "thinking: a request that needs another is refused (400) before it reaches the server.",
+    )
     upstreams: str = _f(
         "",
         "Several model hosts, comma-separated KIND=URL[;max=N] (KIND: ollama or openai; N: that "
@@ -100,6 +105,12 @@ class Config:
     )
     max_streams: int = _f(16, "Live streams allowed in the process; more get 503.", minimum=1)
     max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
+    max_image_bytes: int = _f(
+        8 * 1024 * 1024, "Largest image accepted on a message, in bytes (decoded).", minimum=1
+    )
+    max_images_bytes: int = _f(
+        12 * 1024 * 1024, "Most image bytes accepted in one request, all images together.", minimum=1
+    )
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
     health_interval_s: float = _f(
@@ -230,6 +241,12 @@ class Config:
             raise ConfigError(
                 f"JARVIS_REDIS_URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}"
             )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: the longest prompt (6 bytes a character at worst, escaped) and
+        the most image bytes (4/3 of them as base64), with room for the rest of the JSON."""
+        return self.max_prompt_chars * 6 + self.max_images_bytes * 4 // 3 + 65536
 
     def hosts(self) -> tuple[HostSpec, ...]:
         """The hosts named in JARVIS_UPSTREAMS, in order (empty: one upstream, the short form)."""

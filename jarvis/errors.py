@@ -7,6 +7,7 @@ that end a stream, the terminal ``status`` the answer is stored with::
     JarvisError
     ├── RequestError               the client sent something we will not serve
     │   ├── BadRequest             400 bad_request
+    │   │   └── Unsupported        400 unsupported (a field the backend cannot honour)
     │   ├── UnsupportedMediaType   415 unsupported_media_type
     │   ├── PromptTooLarge         413 prompt_too_large
     │   ├── NotFound               404 not_found
@@ -62,6 +63,19 @@ class RequestError(JarvisError):
 
 class BadRequest(RequestError):
     pass
+
+
+class Unsupported(BadRequest):
+    """A field the chosen backend or model cannot honour: refused, never silently dropped.
+
+    ``field`` names it in the core's terms ("tools", "images", "think", "format",
+    "keep_alive", "options.<key>"); each dialect names it in its own."""
+
+    code = "unsupported"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class UnsupportedMediaType(RequestError):

@@ -1,4 +1,5 @@
-"""What a stream tells its client, before any wire format: start, progress, text, heartbeat, end.
+"""What a stream tells its client, before any wire format: start, progress, text, thinking, tool calls,
+heartbeat, end.
 
 A response body turns these into bytes through a framer (Jarvis's SSE in
 ``sse.py``; other dialects bring their own), and an in-process caller can read
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .conversation import Thinking, ToolCall
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class End:
     meta: dict = field(default_factory=dict)  # usage, trims: what is stored with the answer
 
 
-Event = Start | Text | Progress | Heartbeat | End
+Event = Start | Text | Thinking | ToolCall | Progress | Heartbeat | End
 
 HEARTBEAT = Heartbeat()
 

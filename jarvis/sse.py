@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .events import End, Event, Heartbeat, Progress, Start, Text
+from .events import End, Event, Heartbeat, Progress, Start, Text, Thinking, ToolCall
 
 HEARTBEAT = b": hb\n\n"
 
@@ -25,7 +25,8 @@ def event(name: str, data: dict, id: str | int | None = None) -> bytes:
 
 
 class SSEFramer:
-    """Jarvis's own dialect: start, token, status (progress) and end events; comments as heartbeats."""
+    """Jarvis's own dialect: start, token, thinking, tool_call, status (progress) and end events;
+    comments as heartbeats."""
 
     def frame(self, ev: Event, id: str | None = None) -> bytes:
         """Every event of an answer carries its id: a reader that reconnects sends it as Last-Event-ID."""
@@ -33,6 +34,10 @@ class SSEFramer:
             return event("token", {"text": ev.text}, id)
         if isinstance(ev, Heartbeat):
             return HEARTBEAT
+        if isinstance(ev, Thinking):
+            return event("thinking", {"text": ev.text}, id)
+        if isinstance(ev, ToolCall):
+            return event("tool_call", ev.to_dict(), id)
         if isinstance(ev, Progress):  # named "status" on the wire, as before "loading" and "reading" came
             fields = {"state": ev.state, "position": ev.position, "tokens": ev.tokens}
             return event("status", {k: v for k, v in fields.items() if v is not None}, id)

@@ -24,7 +24,7 @@ class StuckUpstream:
 
     name, default_model = "stuck", "stuck"
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         yield "a"
         threading.Event().wait(STUCK_S)
 

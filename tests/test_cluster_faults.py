@@ -115,10 +115,10 @@ class StuckOnce:
         self.entered = threading.Event()
         self.calls = 0
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         self.calls += 1
         if self.calls > 1:
-            yield from self.real.stream_chat(messages, model, cancel, session=session, options=options)
+            yield from self.real.stream_chat(chat, cancel, session=session)
             return
         yield "a"
         self.entered.set()

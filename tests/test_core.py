@@ -13,6 +13,7 @@ import pytest
 from jarvis import sse
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.events import HEARTBEAT, End, Heartbeat, Start, Text
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
@@ -134,8 +135,7 @@ def _stream(sid, trace_id, upstream, store, cfg, registry) -> Stream:
     return Stream(
         session_id=sid,
         trace_id=trace_id,
-        model="m",
-        messages=[],
+        chat=Chat("m", []),
         upstream=upstream,
         store=store,
         config=cfg,
@@ -152,7 +152,7 @@ class _StuckUpstream:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         yield "a"
         self.entered.set()
         self.release.wait(10)  # blocks without looking at cancel
@@ -227,7 +227,7 @@ class _SlowToStopUpstream:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -360,7 +360,7 @@ def test_cancel_of_a_stream_waiting_for_its_predecessor_ends_it_at_once(tmp_path
 class _LateMetaUpstream(_StuckUpstream):
     """Caught past its last checkpoint, mid-write, when it is detached; it writes once freed."""
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         upstream = self
 
         def caught_mid_write():
@@ -436,7 +436,7 @@ def test_the_disconnect_watcher_ends_with_a_shutdown_that_leaves_a_stream(tmp_pa
     store, registry, upstream = Store(cfg.database), Registry(4, disconnect_poll_s=0.01), _StuckUpstream()
     sid = store.create_session()["id"]
     stream = Stream(
-        session_id=sid, trace_id="t", model="m", messages=[], upstream=upstream, store=store, config=cfg,
+        session_id=sid, trace_id="t", chat=Chat("m", []), upstream=upstream, store=store, config=cfg,
         release=registry.release, client_gone=lambda: False,
     )  # fmt: skip
     stream.start(registry.register(stream))
@@ -468,7 +468,7 @@ def test_a_stream_superseded_while_it_waits_never_calls_the_upstream(tmp_path, f
     streams = {}
     for trace, upstream in (("a", slow), ("b", ollama), ("c", ollama)):
         stream = Stream(
-            session_id=sid, trace_id=trace, model="tiny", messages=[{"role": "user", "content": trace}],
+            session_id=sid, trace_id=trace, chat=Chat("tiny", [{"role": "user", "content": trace}]),
             upstream=upstream, store=store, config=cfg, release=registry.release,
         )  # fmt: skip
         stream.user_message_id, stream.message_id = store.add_exchange(sid, trace, trace, "tiny")
@@ -491,9 +491,9 @@ class _Recorded:
         self.inner = inner
         self.prompts: list[str] = []
 
-    def stream_chat(self, messages, *args, **kwargs):
-        self.prompts.append(messages[-1]["content"])
-        yield from self.inner.stream_chat(messages, *args, **kwargs)
+    def stream_chat(self, chat, *args, **kwargs):
+        self.prompts.append(chat.messages[-1]["content"])
+        yield from self.inner.stream_chat(chat, *args, **kwargs)
 
 
 def test_a_stream_cancelled_while_waiting_hands_its_wait_on_to_its_successor(tmp_path):
@@ -518,7 +518,7 @@ HI = [{"role": "user", "content": "hi"}]
 class _ScriptedUpstream:
     name, default_model = "scripted", "scripted"
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
+    def stream_chat(self, chat, cancel, session=None):
         yield "Hel"
         yield "lo"
         yield Done("length", 3, 2)
@@ -537,7 +537,7 @@ def test_a_stateless_call_stores_nothing_and_reads_its_events_in_process(tmp_pat
     cfg = Config(database=str(tmp_path / "unused.sqlite3"), heartbeat_s=0.05)
     registry = Registry(4)
     stream = Stream(
-        session_id=None, key="call-1", trace_id="t", model="scripted", messages=HI,
+        session_id=None, key="call-1", trace_id="t", chat=Chat("scripted", HI),
         upstream=_ScriptedUpstream(), config=cfg, release=registry.release,
     )  # fmt: skip
     registry.hand_over(stream)
@@ -556,7 +556,7 @@ def test_a_framer_given_at_construction_frames_every_event(tmp_path):
     cfg = Config(database=str(tmp_path / "unused.sqlite3"), heartbeat_s=0.05)
     registry = Registry(4)
     stream = Stream(
-        session_id=None, key="call-2", trace_id="t", model="scripted", messages=HI,
+        session_id=None, key="call-2", trace_id="t", chat=Chat("scripted", HI),
         upstream=_ScriptedUpstream(), config=cfg, release=registry.release, framer=_LinesFramer(),
     )  # fmt: skip
     registry.hand_over(stream)
@@ -572,7 +572,7 @@ def test_a_client_gone_while_a_caller_reads_events_in_process_cancels_once(tmp_p
     registry, upstream = Registry(4, disconnect_poll_s=0.01), _SlowToStopUpstream(0)
     gone = threading.Event()
     stream = Stream(
-        session_id=None, key="call-3", trace_id="t", model="m", messages=[], upstream=upstream, config=cfg,
+        session_id=None, key="call-3", trace_id="t", chat=Chat("m", []), upstream=upstream, config=cfg,
         release=registry.release, client_gone=gone.is_set,
     )  # fmt: skip
     registry.hand_over(stream)

@@ -18,6 +18,7 @@ import pytest
 
 from jarvis.cancel import CancelScope
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.errors import (
     AtCapacity,
     JarvisError,
@@ -112,7 +113,7 @@ class Reader:
         self.error: JarvisError | None = None
         self.ended_at: float | None = None
         self._cond = threading.Condition()
-        self._chunks = upstream.stream_chat(messages, "", self.cancel, session=session)
+        self._chunks = upstream.stream_chat(Chat("", messages), self.cancel, session=session)
         self.thread = threading.Thread(target=self._run, name=f"reader-{session}")
         self.thread.start()
 
@@ -148,7 +149,7 @@ class Reader:
 
 def answer(upstream, messages=HELLO, session=None) -> list:
     """Every item but the closing ``Done`` and the progress reports."""
-    items = upstream.stream_chat(messages, "", CancelScope(), session=session)
+    items = upstream.stream_chat(Chat("", messages), CancelScope(), session=session)
     return [i for i in items if not isinstance(i, (Done, Progress))]
 
 
@@ -186,7 +187,7 @@ def test_stop_between_tokens_ends_the_answer(fake_abort):
     fake = FakeLlama(answer=[f"t{i} " for i in range(1000)])
     up = make(fake)
     cancel = CancelScope()
-    chunks = said(up.stream_chat(HELLO, "", cancel))
+    chunks = said(up.stream_chat(Chat("", HELLO), cancel))
     assert next(chunks) == "t0 "
     cancel.cancel("stopped")
     assert list(chunks) == []
@@ -234,9 +235,9 @@ def test_model_is_free_again_after_every_ending(fake_abort, ending):
     fake = FakeLlama()
     up = make(fake)
     cancel = CancelScope()
-    ending(fake, up, said(up.stream_chat(HELLO, "", cancel)), cancel)
+    ending(fake, up, said(up.stream_chat(Chat("", HELLO), cancel)), cancel)
     assert fake.active == 0
-    follow = said(up.stream_chat(HELLO, "", CancelScope()))
+    follow = said(up.stream_chat(Chat("", HELLO), CancelScope()))
     assert next(follow) == "Hel", "the model is still held: the next prompt was queued"
     follow.close()
 
@@ -436,7 +437,7 @@ def test_prompt_that_fits_is_not_trimmed(fake_abort):
 def test_unknown_model_name_is_model_not_found(fake_abort):
     up = make(FakeLlama())
     with pytest.raises(ModelNotFound):
-        list(up.stream_chat(HELLO, "llama3.2", CancelScope()))
+        list(up.stream_chat(Chat("llama3.2", HELLO), CancelScope()))
     assert answer(up) == ["Hel", "lo", "!"]
     assert up.models() == [{"name": local.DEFAULT_MODEL}]
 
@@ -487,11 +488,11 @@ def test_answers_are_capped_by_default_and_a_chat_may_set_its_own_length(fake_ab
     fake = _Counting()
     up = LocalUpstream.from_config(Config(), llama=fake)
     assert up.max_answer_tokens == Config().local_max_tokens == 512
-    list(up.stream_chat(HELLO, "", CancelScope()))
-    list(up.stream_chat(HELLO, "", CancelScope(), options=Options(max_tokens=900)))  # longer, on request
+    list(up.stream_chat(Chat("", HELLO), CancelScope()))
+    list(up.stream_chat(Chat("", HELLO, Options(max_tokens=900)), CancelScope()))  # longer, on request
     list(
         LocalUpstream.from_config(Config(local_max_tokens=0), llama=fake).stream_chat(
-            HELLO, "", CancelScope()
+            Chat("", HELLO), CancelScope()
         )
     )
     window = local.N_CTX - len("<user>hello<assistant>")
@@ -523,9 +524,9 @@ def test_the_model_says_it_loads_then_how_many_tokens_it_reads(fake_abort, monke
     path.write_bytes(b"GGUF")
     monkeypatch.setattr(llama_cpp, "Llama", lambda *args, **kwargs: FakeLlama())
     up = LocalUpstream(str(path))
-    said = [i for i in up.stream_chat(HELLO, "", CancelScope()) if isinstance(i, Progress)]
+    said = [i for i in up.stream_chat(Chat("", HELLO), CancelScope()) if isinstance(i, Progress)]
     assert said == [Progress("loading"), Progress("reading", tokens=len("<user>hello<assistant>"))]
-    said = [i for i in up.stream_chat(HELLO, "", CancelScope()) if isinstance(i, Progress)]
+    said = [i for i in up.stream_chat(Chat("", HELLO), CancelScope()) if isinstance(i, Progress)]
     assert said == [Progress("reading", tokens=len("<user>hello<assistant>"))]  # loaded once
 
 
@@ -552,7 +553,7 @@ def test_idle_timeout_ends_a_local_answer_that_goes_silent(fake_abort):
     up = make(_SilentAfterFirstToken(), idle_timeout_s=0.2)
     items = []
     with pytest.raises(UpstreamTimeout) as raised:
-        for item in said(up.stream_chat(HELLO, "", CancelScope())):
+        for item in said(up.stream_chat(Chat("", HELLO), CancelScope())):
             items.append(item)
     assert raised.value.code == "idle_timeout" and items == ["Hel"]
     assert answer(make(FakeLlama(), idle_timeout_s=0.2)) == ["Hel", "lo", "!"]  # tokens reset it
@@ -617,7 +618,7 @@ def test_real_model_streams_an_answer(real):
 @pytest.mark.timeout(30)
 def test_real_model_says_an_answer_cut_by_its_token_limit_ended_by_length(real):
     question = [{"role": "user", "content": "Tell me a long story about a dragon."}]
-    items = list(real.up.stream_chat(question, "", CancelScope(), options=Options(max_tokens=4)))
+    items = list(real.up.stream_chat(Chat("", question, Options(max_tokens=4)), CancelScope()))
     done = items[-1]
     assert isinstance(done, Done) and done.reason == "length", items
     assert done.completion_tokens <= 4 and done.prompt_tokens > 0
@@ -723,7 +724,7 @@ def test_real_fifty_mixed_cycles_leave_no_threads_behind(real):
             reader.cancel.cancel("superseded")
             reader.join()
         else:
-            chunks = said(real.up.stream_chat(short, "", CancelScope()))
+            chunks = said(real.up.stream_chat(Chat("", short), CancelScope()))
             next(chunks)
             chunks.close()
     assert "".join(answer(real.up, short)).strip()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from jarvis.config import Config
+from jarvis.conversation import Chat
 from jarvis.errors import AtCapacity, UpstreamStreamError
 from jarvis.lifecycle.registry import Registry
 from jarvis.lifecycle.stream import Stream
@@ -43,8 +44,8 @@ class _ScriptedUpstream:
         self.calls: list[_Call] = []
         self.violations: list[str] = []
 
-    def stream_chat(self, messages, model, cancel, session=None, options=None):
-        call = _Call(session, messages[0]["content"], cancel)
+    def stream_chat(self, chat, cancel, session=None):
+        call = _Call(session, chat.messages[0]["content"], cancel)
         with self.lock:
             live = [c for c in self.calls if c.session == session and not c.done.is_set()]
             if any(not c.cancel.cancelled for c in live):
@@ -134,8 +135,7 @@ class RegistryModel(RuleBasedStateMachine):
         stream = Stream(
             session_id=sid,
             trace_id=(trace := f"t{len(self.owners)}"),
-            model="model",
-            messages=[{"role": "user", "content": trace}],
+            chat=Chat("model", [{"role": "user", "content": trace}]),
             upstream=self.upstream,
             store=self.store,
             config=self.config,

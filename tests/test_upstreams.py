@@ -18,6 +18,7 @@ import requests
 from jarvis import errors
 from jarvis.cancel import CancelScope
 from jarvis.config import Config, ConfigError
+from jarvis.conversation import Chat
 from jarvis.upstream import WAITING, Done, Options, Progress, select_upstream
 from jarvis.upstream.openai import OpenAIUpstream
 from tests.conftest import HTTP_TIMEOUT, Api, both_upstreams, test_config, wait_for
@@ -40,7 +41,7 @@ def upstream(fake, tmp_path):
 class Reader:
     """Reads one answer in a thread, so a test can watch items arrive while the fake holds back."""
 
-    def __init__(self, upstream, prompt: str = "hi", model: str = "tiny", **kw):
+    def __init__(self, upstream, prompt: str = "hi", model: str = "tiny", options=None, **chat):
         self.cancel = CancelScope()
         self.items: queue.Queue = queue.Queue()
         self.error: Exception | None = None
@@ -48,7 +49,8 @@ class Reader:
         self.progress: list[Progress] = []  # what it said before its text, kept apart
         self._ended = False
         messages = [{"role": "user", "content": prompt}]
-        self._gen = upstream.stream_chat(messages, model, self.cancel, **kw)
+        chat = Chat(model, messages, options or Options(), **chat)
+        self._gen = upstream.stream_chat(chat, self.cancel)
         self._thread = threading.Thread(target=self._run, name="reader")
         self._thread.start()
 

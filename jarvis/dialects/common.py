@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from flask import Response, current_app, g, request
 
 from ..config import Config
+from ..conversation import Chat
 from ..errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
 from ..events import End, Event, Framer, Text
 from ..lifecycle.stream import Stream
@@ -57,7 +58,7 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> BadR
 def read_json(config: Config) -> dict:
     """The request body as a JSON object, bounded like the native API's (whatever the content type)."""
     # the bound waitress applies under jarvis serve: a body it accepts, we accept
-    limit = config.max_prompt_chars * 6 + 65536
+    limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise bad("the request body is too large", code="prompt_too_large")
     request.max_content_length = limit  # bounds a chunked body too
@@ -199,8 +200,7 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         session_id=session_id,
         key=session_id or "call:" + trace_id,  # a stateless call supersedes nothing
         trace_id=trace_id,
-        model=call.model,
-        messages=call.messages,
+        chat=Chat(model=call.model, messages=call.messages, options=call.options),
         upstream=j.upstream,
         config=j.config,
         release=j.registry.release,
@@ -209,7 +209,6 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
         credential=credential(),
         client_gone=request.environ.get("waitress.client_disconnected"),
         metrics=j.metrics,
-        options=call.options,
         framer=Metered(framer, j.metrics, api, user),
     )
     if session_id is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..events import Event, Text
+from ..events import Event, Text, Thinking, ToolCall
 from ..events import Progress as ProgressEvent
 from ..status import Status
 from ..upstream import Done, Meta, Progress
@@ -29,6 +29,9 @@ class Record:
         self.config = stream.config
         self.meta: dict = {}  # stored with the answer
         self.parts: list[str] = []
+        self.thinking: list[str] = []
+        self.thinking_started_at: float | None = None
+        self.tool_calls: list[ToolCall] = []
         self.last_flush = time.monotonic()
         self.dirty = False  # text not yet checkpointed
         self.first_text_at: float | None = None
@@ -38,11 +41,26 @@ class Record:
         return sum(map(len, self.parts))
 
     def convert(self, s: Stream, items: list) -> list[Event]:
-        """The events of the worker's ``items``; text is kept, meta and usage noted."""
-        out, texts = [], []
+        """The events of the worker's ``items``; text, thinking and tool calls are kept, meta and
+        usage noted. A run of text (or of thinking) becomes one event."""
+        out: list[Event] = []
+        texts: list[str] = []
+        thoughts: list[str] = []
         for item in items:
             if isinstance(item, str):
+                self._think(out, thoughts)
                 texts.append(item)
+                continue
+            if isinstance(item, Thinking):
+                self._say(s, out, texts)
+                thoughts.append(item.text)
+                continue
+            self._say(s, out, texts)
+            self._think(out, thoughts)
+            if isinstance(item, ToolCall):
+                self.tool_calls.append(item)
+                self.dirty = True
+                out.append(item)
             elif isinstance(item, Progress):
                 out.append(ProgressEvent(item.state, item.position, item.tokens))
             elif isinstance(item, Meta):
@@ -50,15 +68,44 @@ class Record:
             elif isinstance(item, Done):
                 usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
                 self.meta["usage"] = {k: v for k, v in usage.items() if v is not None}
-        if texts:
-            if self.first_text_at is None:
-                self.first_text_at = time.monotonic()
-            s.metrics.tokens.inc(len(texts))
-            text = "".join(texts)
-            self.parts.append(text)
-            self.dirty = True
-            out.append(Text(text))
+        self._say(s, out, texts)
+        self._think(out, thoughts)
         return out
+
+    def _say(self, s: Stream, out: list[Event], texts: list[str]) -> None:
+        if not texts:
+            return
+        if self.first_text_at is None:
+            self.first_text_at = time.monotonic()
+        s.metrics.tokens.inc(len(texts))
+        text = "".join(texts)
+        texts.clear()
+        self.parts.append(text)
+        self.dirty = True
+        out.append(Text(text))
+
+    def _think(self, out: list[Event], thoughts: list[str]) -> None:
+        if not thoughts:
+            return
+        text = "".join(thoughts)
+        thoughts.clear()
+        if self.thinking_started_at is None:
+            self.thinking_started_at = time.monotonic()
+        self.thinking.append(text)
+        self.dirty = True
+        out.append(Thinking(text))
+
+    def stored_meta(self) -> dict | None:
+        """The meta stored with the answer: usage and trims, and what it thought and called."""
+        meta = dict(self.meta)
+        if self.thinking:
+            meta["thinking"] = "".join(self.thinking)
+            if self.thinking_started_at is not None:
+                end = self.first_text_at or time.monotonic()
+                meta["thinking_ms"] = round((end - self.thinking_started_at) * 1000)
+        if self.tool_calls:
+            meta["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        return meta or None
 
     def wait_s(self) -> float:
         """How long a reader may wait for news before a heartbeat or a checkpoint is due."""
@@ -75,7 +122,9 @@ class Record:
         self.last_flush = now
         self.dirty = False
         # queued, never waited for: a hung database must not hold the answer (the next one carries its text)
-        s.store.writer.save(s.message_id, "".join(self.parts), "streaming", trace_id=s.trace_id)
+        s.store.writer.save(
+            s.message_id, "".join(self.parts), "streaming", meta=self.stored_meta(), trace_id=s.trace_id
+        )
 
     def timing(self, s: Stream) -> dict:
         """Milliseconds from the prompt to the first text and to the end: with the usage, the speed."""
@@ -92,6 +141,6 @@ class Record:
         # written and retried in the background: the end goes out and the slot is freed whatever the
         # database does; a database that answers has it stored before the end event
         tried = s.store.writer.save(
-            s.message_id, "".join(self.parts), status, error, self.meta or None, s.trace_id
+            s.message_id, "".join(self.parts), status, error, self.stored_meta(), s.trace_id
         )
         tried.wait(END_WRITE_WAIT_S)

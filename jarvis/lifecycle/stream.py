@@ -24,7 +24,7 @@ from ..metrics import Metrics
 from ..sse import SSEFramer
 from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
 from ..store import Store
-from ..upstream import Options, Upstream
+from ..upstream import Chat, Upstream
 from .body import Body, Tap
 from .keepers import Keepers
 from .worker import Worker
@@ -56,8 +56,7 @@ class Stream:
         *,
         session_id: str | None,
         trace_id: str,
-        model: str,
-        messages: list[dict],
+        chat: Chat,
         upstream: Upstream,
         config: Config,
         release: Callable[[Stream], None],
@@ -67,7 +66,6 @@ class Stream:
         credential: str | None = None,
         client_gone: Callable[[], bool] | None = None,
         metrics: Metrics | None = None,
-        options: Options | None = None,
         framer: Framer | None = None,
         detach_grace_s: float = 0.0,
         keepers: Keepers | None = None,
@@ -77,7 +75,7 @@ class Stream:
         self.session_id = session_id
         self.key = key if key is not None else session_id
         self.trace_id = trace_id
-        self.model = model
+        self.model = chat.model
         self.owner = owner  # user id, or None
         self.credential = credential  # names the credential that started it, or None
         self.proof: str | None = None  # that credential as a Stop can show it again (auth.proof)
@@ -93,7 +91,7 @@ class Stream:
         self.user_message_id: int | None = None
         self.scope = CancelScope()
         self.outcome = Outcome()
-        self.worker = Worker(self, upstream, messages, options)
+        self.worker = Worker(self, upstream, chat)
         self.body = Body(self)
         self.tap = self.body.readers.holder  # the prompt's client reads through it
         self.prev: Worker | None = None  # the worker this stream's worker waits for

@@ -19,7 +19,7 @@ from ..cancel import Latch
 from ..cluster import Lease
 from ..errors import AtCapacity, CoordinationUnavailable, JarvisError, UpstreamError
 from ..status import Reason, Status
-from ..upstream import Done, Options, Upstream
+from ..upstream import Chat, Done, Thinking, Upstream
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -50,14 +50,13 @@ class Handoff:
 class Worker:
     """Reads the upstream in its own thread, after the session's previous worker is done."""
 
-    def __init__(self, stream: Stream, upstream: Upstream, messages: list[dict], options: Options | None):
+    def __init__(self, stream: Stream, upstream: Upstream, chat: Chat):
         # the stream, until the thread ends: then the reference goes, so that a finished stream
         # is freed when its last user lets go instead of waiting for the cycle collector
         self.s: Stream | None = stream
         self.trace_id = stream.trace_id
         self.upstream = upstream
-        self.messages = messages
-        self.options = options
+        self.chat = chat
         self.handoff = Handoff()
         self.done = threading.Event()  # the thread has ended
         # the upstream is free for the session's next worker: set when this one ends, or, if it
@@ -154,9 +153,7 @@ class Worker:
 
     def _read(self) -> None:
         s, cfg = self.s, self.s.config
-        chunks = self.upstream.stream_chat(
-            self.messages, s.model, s.scope, session=s.session_id, options=self.options
-        )
+        chunks = self.upstream.stream_chat(self.chat, s.scope, session=s.session_id)
         ending, chars = Status.COMPLETED, 0
         try:
             for item in chunks:
@@ -164,10 +161,10 @@ class Worker:
                     return
                 if isinstance(item, Done) and item.reason == "length":
                     ending = Status.LENGTH
-                elif isinstance(item, str):
+                elif isinstance(item, (str, Thinking)):
                     if not chars:
                         s.metrics.first_token.observe(time.monotonic() - s.started_at)
-                    chars += len(item)
+                    chars += len(item) if isinstance(item, str) else len(item.text)
                     if chars > cfg.max_answer_chars:
                         raise UpstreamError(
                             f"the answer is longer than {cfg.max_answer_chars} characters",

@@ -57,10 +57,8 @@ def conversation(settings: dict, messages: list[dict]) -> list[dict]:
     return [{"role": "system", "content": system}, *messages] if system else messages
 
 
-def options(settings: dict) -> Options | None:
-    """Sampling options from the settings; None when they set none (each backend's defaults)."""
-    if settings.get("temperature") is None and settings.get("max_tokens") is None:
-        return None
+def options(settings: dict) -> Options:
+    """Sampling options from the settings (None in a field: the backend's default)."""
     return Options(temperature=settings.get("temperature"), max_tokens=settings.get("max_tokens"))
 
 

@@ -18,13 +18,15 @@ errors, log, metrics, sse); the store and the lifecycle import this interface.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..cancel import CancelScope
+from ..conversation import Chat, Message, Options, Thinking, ToolCall
+from ..errors import Unsupported
 
-Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+__all__ = ["Chat", "Message", "Options", "Thinking", "ToolCall", "Progress", "Meta", "Done", "Upstream"]
 
 
 @dataclass(frozen=True)
@@ -60,26 +62,18 @@ class Done:
     completion_tokens: int | None = None
 
 
-@dataclass(frozen=True)
-class Options:
-    """Sampling settings passed on to the backend; None leaves the backend's default."""
+Item = str | Thinking | ToolCall | Progress | Meta | Done  # what stream_chat yields; str is answer text
 
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
 
-    def named(self, max_tokens: str = "max_tokens") -> dict:
-        """The settings that are set, as request fields (servers name the answer limit differently)."""
-        fields = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            max_tokens: self.max_tokens,
-            "seed": self.seed,
-            "stop": list(self.stop) or None,
-        }
-        return {k: v for k, v in fields.items() if v is not None}
+def refuse_missing(chat: Chat, has: frozenset[str] | set[str], backend: str) -> None:
+    """Raise ``Unsupported`` for the first thing ``chat`` needs that ``has`` (capabilities) lacks."""
+    for field_name, capability in chat.wants().items():
+        if capability not in has:
+            raise Unsupported(
+                field_name,
+                f"{backend} cannot honour {field_name!r}: the model {chat.model!r} has no {capability} "
+                f"capability (it has: {', '.join(sorted(has)) or 'none'})",
+            )
 
 
 def probe(upstream, check) -> dict:
@@ -95,18 +89,19 @@ def probe(upstream, check) -> dict:
 
 
 class Upstream(Protocol):
+    """What every backend is; ``Chat`` (conversation.py) is all it is asked."""
+
     name: str  # "ollama", "openai" or "local"
     default_model: str
 
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        model: str,
-        cancel: CancelScope,
-        session: str | None = None,
-        options: Options | None = None,
-    ) -> Iterator[str | Progress | Meta | Done]:
-        """Yield the answer's text chunks until it is done or cancelled, then ``Done`` if known."""
+    def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
+        """Yield the answer's text chunks, thinking and tool calls until it is done or cancelled,
+        then ``Done`` if known."""
+        ...
+
+    def check(self, chat: Chat) -> None:
+        """Raise ``Unsupported`` naming a field of ``chat`` this backend or its model cannot honour
+        (bounded like ``health``): called before the answer starts, so nothing is silently dropped."""
         ...
 
     def health(self) -> dict:

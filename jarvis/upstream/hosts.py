@@ -19,14 +19,14 @@ import dataclasses
 import importlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from . import Done, Message, Meta, Options, Progress, Upstream
+from . import Chat, Item, Meta, Progress, Upstream
 from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
@@ -231,18 +231,12 @@ class Hosts:
             host.prober.wait_first(deadline - time.monotonic())
         return router
 
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        model: str,
-        cancel: CancelScope,
-        session: str | None = None,
-        options: Options | None = None,
-    ) -> Iterator[str | Progress | Meta | Done]:
-        """Stream from the least busy host with ``model``; retry once on another if it fails first.
+    def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
+        """Stream from the least busy host with the model; retry once on another if it fails first.
 
         One first-token deadline covers the whole prompt: the wait in line, then each host."""
         tried: list[Host] = []
+        model = chat.model
         first_token_by = time.monotonic() + self.config.first_token_timeout_s
         while not cancel.cancelled:  # checkpoint: before a host is taken
             host = yield from self._take(model, cancel, tried, first_token_by)
@@ -253,11 +247,9 @@ class Hosts:
             flowed = False
             chunks = None
             try:
-                chunks = host.upstream.stream_chat(
-                    messages, model, cancel, session=session, options=options, first_token_by=first_token_by
-                )
+                chunks = host.upstream.stream_chat(chat, cancel, session, first_token_by=first_token_by)
                 for item in chunks:
-                    if isinstance(item, str) and not flowed:
+                    if not flowed and not isinstance(item, (Progress, Meta)):  # text, thinking, a call
                         flowed = True
                         self.metrics.host_first_token.labels(host.url).observe(time.monotonic() - began)
                     yield item
@@ -273,6 +265,12 @@ class Hosts:
                 if chunks is not None:
                     chunks.close()
                 self._release(host)
+
+    def check(self, chat: Chat) -> None:
+        """What the first host with the model (else the first up) says of ``chat``: hosts serving
+        one model are meant to be alike."""
+        hosts = self._candidates(chat.model, []) or self.hosts
+        hosts[0].upstream.check(chat)
 
     def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
         """Hosts this prompt may use: up with the model; else up; else those not probed yet.

@@ -247,13 +247,22 @@ def request(
 
 
 def get_json(
-    url: str, *, timeouts: Timeouts, peer: Peer, headers: Mapping[str, str] | None = None, on_error=None
+    url: str,
+    *,
+    timeouts: Timeouts,
+    peer: Peer,
+    headers: Mapping[str, str] | None = None,
+    on_error=None,
+    post: dict | None = None,
 ):
-    """GET a small JSON document; anything but a 200 with JSON raises an ``UpstreamError``.
-
-    ``on_error(response)`` may name the error for a status (a refused key, say).
+    """GET a small JSON document (or POST ``post`` for it); anything but a 200 with JSON raises an
+    ``UpstreamError``. ``on_error(response)`` may name the error for a status (a refused key, say).
     """
-    with request("GET", url, cancel=CancelScope(), timeouts=timeouts, peer=peer, headers=headers) as r:
+    method, body = ("GET", None) if post is None else ("POST", json.dumps(post).encode())
+    if post is not None:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    cancel = CancelScope()
+    with request(method, url, cancel=cancel, timeouts=timeouts, peer=peer, headers=headers, body=body) as r:
         if r.status != 200:
             if on_error is not None:
                 raise on_error(r)

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config
-from ..errors import ModelNotFound, UpstreamError, UpstreamStreamError, UpstreamUnavailable
-from . import Done, Message, Meta, Options, Progress
+from ..errors import ModelNotFound, Unsupported, UpstreamError, UpstreamStreamError, UpstreamUnavailable
+from . import Chat, Done, Item, Message, Meta, Options, Progress, refuse_missing
 from .fit import Trim, fit
 from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, available, default_name, find_model
 from .slot import Deadline, Slot, Ticket
@@ -86,17 +86,11 @@ class LocalUpstream:
         kwargs.setdefault("max_answer_tokens", config.local_max_tokens or None)
         return cls(find_model(config), **kwargs)
 
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        model: str,
-        cancel: CancelScope,
-        session: str | None = None,
-        options: Options | None = None,
-    ) -> Iterator[str | Progress | Meta | Done]:
+    def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
         """Yield ``Progress`` (queued, loading, reading), then the answer; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
+        model, messages, options = chat.model, chat.messages, chat.options
         if model and model != self.default_model:
             raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
         if not messages:
@@ -105,7 +99,7 @@ class LocalUpstream:
         ticket = self._slot.join(session, cancel)
         unregister = cancel.on_cancel(lambda: self._slot.on_cancel(ticket))
         try:
-            yield from self._answer(ticket, messages, cancel, session, options or Options(), started)
+            yield from self._answer(ticket, messages, cancel, session, options, started)
         finally:
             unregister()
             if self._slot.leave(ticket):
@@ -186,6 +180,16 @@ class LocalUpstream:
 
     def models(self) -> list[dict]:
         return [{"name": self.default_model}]
+
+    def check(self, chat: Chat) -> None:
+        """The embedded model answers in text only: anything else is refused, named."""
+        refuse_missing(chat, frozenset(), "the embedded model")
+        if chat.format is not None:
+            raise Unsupported("format", "the embedded model cannot hold an answer to a format")
+        for key in chat.options.extra:
+            raise Unsupported(f"options.{key}", f"the embedded model takes no {key!r} option")
+        if chat.keep_alive is not None:
+            raise Unsupported("keep_alive", "keep_alive applies to Ollama; the embedded model stays loaded")
 
     def close(self) -> None:
         """Refuse new prompts, abort the running one, free the model (idempotent).

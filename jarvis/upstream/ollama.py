@@ -7,8 +7,13 @@ lines of the answer, and what an HTTP status means.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
 
+from ..cancel import CancelScope
+from ..conversation import Chat, Message, Thinking, ToolCall, call_id
 from ..errors import (
     ModelNotFound,
     UpstreamDisconnected,
@@ -17,8 +22,10 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStreamError,
 )
-from . import Done, Message, Options, http, probe
+from . import Done, Item, forced, http, probe, refuse_missing
 from .remote import Remote, count
+
+SHOW_FRESH_S = 60.0  # a model's capabilities change only when it is pulled again
 
 
 class OllamaUpstream(Remote):
@@ -30,11 +37,53 @@ class OllamaUpstream(Remote):
     peer_name = "Ollama"
     hint = "Start it with `ollama serve`, or set JARVIS_OLLAMA_URL to where it runs."
 
-    def _request(self, messages: Sequence[Message], model: str, options: Options | None) -> tuple[dict, dict]:
-        body = {"model": model, "messages": list(messages), "stream": True}
-        if options is not None and (sampling := options.named(max_tokens="num_predict")):
-            body["options"] = sampling
+    def __init__(self, config):
+        super().__init__(config)
+        self._shown: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._shown_lock = threading.Lock()  # guards _shown; never held across the call
+
+    def stream_chat(
+        self, chat: Chat, cancel: CancelScope, session: str | None = None, first_token_by: float | None = None
+    ) -> Iterator[Item]:
+        """As ``Remote``'s; a call Ollama cannot force (``tool_choice``) is asked for as a format."""
+        if cancel.cancelled:  # checkpoint: superseded or stopped before the call
+            return
+        yield from forced.answer(chat, self._stream(forced.prepare(chat), cancel, first_token_by))
+
+    def _request(self, chat: Chat) -> tuple[dict, dict]:
+        body: dict = {"model": chat.model, "messages": [wire(m) for m in chat.messages], "stream": True}
+        if options := {**chat.options.extra, **chat.options.named(max_tokens="num_predict")}:
+            body["options"] = options
+        if chat.tools and chat.tool_choice != "none":
+            body["tools"] = [t.to_dict() for t in chat.tools]
+        for key in ("format", "think", "keep_alive"):
+            if (value := getattr(chat, key)) is not None:
+                body[key] = value
         return body, {}
+
+    def check(self, chat: Chat) -> None:
+        """Ollama honours every field; the model may lack what a field needs (``/api/show`` says)."""
+        has = self.capabilities(chat.model)
+        if has is not None:
+            refuse_missing(chat, has, "Ollama")
+
+    def capabilities(self, model: str) -> frozenset[str] | None:
+        """What ``model`` can do ("completion", "tools", "vision", "thinking"...), as ``/api/show``
+        lists it; None when Ollama does not say (an older Ollama, or none answers)."""
+        now = time.monotonic()
+        with self._shown_lock:
+            found = self._shown.get(model)
+        if found is not None and now - found[0] < SHOW_FRESH_S:
+            return found[1]
+        try:
+            shown = self._get("/api/show", "Ollama sent no JSON object for /api/show", post={"model": model})
+        except UpstreamError:
+            return None  # the answer itself reports a missing model or a server down
+        listed = shown.get("capabilities")
+        has = frozenset(c for c in listed if isinstance(c, str)) if isinstance(listed, list) else None
+        with self._shown_lock:
+            self._shown[model] = (now, has)
+        return has
 
     def _reader(self) -> _Lines:
         return _Lines()
@@ -58,26 +107,35 @@ class OllamaUpstream(Remote):
         return [{"name": m.get("name", "")} for m in self._object("/api/tags").get("models", [])]
 
 
+def wire(m: Message) -> dict:
+    """One message as Ollama's ``/api/chat`` takes it."""
+    out = {"role": m["role"], "content": m.get("content", "")}
+    if m.get("images"):
+        out["images"] = [image.b64() for image in m["images"]]
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{"function": {"name": c.name, "arguments": c.args()}} for c in m["tool_calls"]]
+    if m.get("thinking"):
+        out["thinking"] = m["thinking"]
+    if m.get("name"):
+        out["tool_name"] = m["name"]
+    return out
+
+
 class _Lines:
     """Ollama's answer: one JSON object a line, the last one ``done``."""
 
-    def read(self, lines: list[bytes]) -> Iterator[str | Done]:
+    def read(self, lines: list[bytes]) -> Iterator[Item]:
         for line in lines:
             if not line or line.isspace():
                 continue
-            text, done = _parse_line(line)
-            if text:
-                yield text
-            if done is not None:
-                yield done
-                return
+            yield from _parse_line(line)
 
-    def end(self) -> Iterable[str | Done]:
+    def end(self) -> Iterable[Item]:
         raise UpstreamDisconnected("Ollama ended the answer before it was done")
 
 
-def _parse_line(line: bytes) -> tuple[str, Done | None]:
-    """One NDJSON line of Ollama's answer: its text (often ""), and ``Done`` on the last."""
+def _parse_line(line: bytes) -> Iterator[Item]:
+    """One NDJSON line of Ollama's answer: its thinking, text and tool calls, and ``Done`` on the last."""
     try:
         obj = http.parse_json(line)
     except ValueError:
@@ -87,13 +145,30 @@ def _parse_line(line: bytes) -> tuple[str, Done | None]:
     if obj.get("error"):
         raise UpstreamStreamError(f"Ollama reported an error: {obj['error']}")
     message = obj.get("message")
-    text = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(text, str):
-        text = ""
-    if not obj.get("done"):
-        return text, None
-    return text, Done(
-        "length" if obj.get("done_reason") == "length" else "stop",
-        count(obj.get("prompt_eval_count")),
-        count(obj.get("eval_count")),
-    )
+    if isinstance(message, dict):
+        if (thinking := message.get("thinking")) and isinstance(thinking, str):
+            yield Thinking(thinking)
+        if (text := message.get("content")) and isinstance(text, str):
+            yield text
+        if message.get("tool_calls"):
+            yield from _calls(message["tool_calls"])
+    if obj.get("done"):
+        yield Done(
+            "length" if obj.get("done_reason") == "length" else "stop",
+            count(obj.get("prompt_eval_count")),
+            count(obj.get("eval_count")),
+        )
+
+
+def _calls(calls) -> Iterator[ToolCall]:
+    """Ollama's ``tool_calls``: whole calls, arguments as an object; an id made when it gives none."""
+    if not isinstance(calls, list):
+        raise UpstreamProtocolError("Ollama sent tool_calls that are not a list")
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise UpstreamProtocolError("Ollama sent a tool call without a function name")
+        arguments = function.get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+        ident = call.get("id")
+        yield ToolCall(ident if isinstance(ident, str) and ident else call_id(), function["name"], text)

@@ -11,12 +11,14 @@ text a server echoes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from .. import sse
 from ..config import Config, ConfigError
+from ..conversation import Chat, Message, Thinking, ToolCall, call_id
 from ..errors import (
     ModelNotFound,
+    Unsupported,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamHTTPError,
@@ -24,10 +26,13 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Message, Options, http, probe
+from . import Done, Item, http, probe, refuse_missing
 from .remote import Remote, count
 
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
+# Ollama options that llama.cpp's server and vLLM take under the same name; any other is refused
+PASSED_OPTIONS = ("top_k", "min_p")
+CAPABILITIES = ("tools", "vision", "thinking")
 
 
 class OpenAIUpstream(Remote):
@@ -46,15 +51,44 @@ class OpenAIUpstream(Remote):
     def __repr__(self) -> str:
         return f"OpenAIUpstream({self.url!r})"  # never the key
 
-    def _request(self, messages: Sequence[Message], model: str, options: Options | None) -> tuple[dict, dict]:
+    def _request(self, chat: Chat) -> tuple[dict, dict]:
         body = {
-            "model": model,
-            "messages": list(messages),
+            "model": chat.model,
+            "messages": [wire(m) for m in chat.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
-            **(options.named() if options is not None else {}),
+            **chat.options.named(),
+            **{k: chat.options.extra[k] for k in PASSED_OPTIONS if k in chat.options.extra},
         }
+        if chat.tools:
+            body["tools"] = [t.to_dict() for t in chat.tools]
+            named = {"type": "function", "function": {"name": chat.tool_name}}
+            body["tool_choice"] = named if chat.tool_name else chat.tool_choice
+        if chat.format == "json":
+            body["response_format"] = {"type": "json_object"}
+        elif chat.format is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": chat.format},
+            }
+        if chat.think:
+            body["reasoning_effort"] = chat.think if isinstance(chat.think, str) else "medium"
         return body, {"Accept": "text/event-stream", **self._auth()}
+
+    def check(self, chat: Chat) -> None:
+        """Refuse what an OpenAI-compatible server cannot be asked: Ollama's own options and
+        ``keep_alive``, and what JARVIS_OPENAI_CAPABILITIES does not list."""
+        for key in chat.options.extra:
+            if key not in PASSED_OPTIONS:
+                raise Unsupported(
+                    f"options.{key}",
+                    f"the OpenAI-compatible server takes no {key!r} option "
+                    f"(of Ollama's options it takes {', '.join(PASSED_OPTIONS)})",
+                )
+        if chat.keep_alive is not None:
+            raise Unsupported("keep_alive", "keep_alive applies to Ollama; the model server keeps its own")
+        has = {c.strip() for c in self.config.openai_capabilities.split(",")} & set(CAPABILITIES)
+        refuse_missing(chat, has, "the OpenAI-compatible server (JARVIS_OPENAI_CAPABILITIES)")
 
     def _reader(self) -> _Answer:
         return _Answer(self._redact)
@@ -109,26 +143,35 @@ class _Answer:
         self.finish: str | None = None
         self.usage: dict = {}
         self.ended = False  # [DONE] came
+        self.calls: dict[int, list] = {}  # index -> [id, name, argument pieces]: whole once it finishes
+        self.thinking: list[str] = []
 
-    def read(self, lines: list[bytes]) -> Iterator[str | Done]:
+    def read(self, lines: list[bytes]) -> Iterator[Item]:
         # a fast server sends many events a receive: the lines of each come as one group
         for frame in self.events.lines(lines):
             if not frame.data:  # a lone "data:" says nothing
                 continue
-            text = self.feed(_error_event(frame.data) if frame.event == "error" else frame.data)
-            if text:
-                yield text
+            data = _error_event(frame.data) if frame.event == "error" else frame.data
+            yield from self.said(self.feed(data))
             if self.ended:
-                yield self.done()
+                yield from self.done()
                 return
 
-    def end(self) -> Iterator[str | Done]:
+    def end(self) -> Iterator[Item]:
         for frame in self.events.flush():  # the last event of a body closed without its blank line
-            if frame.data and (text := self.feed(frame.data)):
-                yield text
+            if frame.data:
+                yield from self.said(self.feed(frame.data))
         if self.finish is None and not self.ended:
             raise UpstreamDisconnected("the OpenAI-compatible server ended the answer before it was done")
-        yield self.done()  # a server that sends no [DONE] after the last choice
+        yield from self.done()  # a server that sends no [DONE] after the last choice
+
+    def said(self, text: str) -> Iterator[Item]:
+        """What one event said: its thinking first, then its text."""
+        if self.thinking:
+            yield Thinking("".join(self.thinking))
+            self.thinking.clear()
+        if text:
+            yield text
 
     def feed(self, data: bytes) -> str:
         """The text of one event's data (often ""), noting its finish reason and usage."""
@@ -156,19 +199,62 @@ class _Answer:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
-                text += content
+            if isinstance(delta, dict):
+                text += self.note(delta)
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return text
 
-    def done(self) -> Done:
-        return Done(
+    def note(self, delta: dict) -> str:
+        """One delta's text; its reasoning and tool-call pieces are kept until they are whole."""
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")  # llama.cpp, vLLM
+        if isinstance(reasoning, str) and reasoning:
+            self.thinking.append(reasoning)
+        for piece in delta.get("tool_calls") or ():
+            if not isinstance(piece, dict) or not isinstance(piece.get("index", 0), int):
+                raise UpstreamProtocolError("the OpenAI-compatible server sent a tool call without an index")
+            call = self.calls.setdefault(piece.get("index", 0), [None, None, []])
+            function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+            call[0] = call[0] or piece.get("id")
+            call[1] = call[1] or function.get("name")
+            if isinstance(function.get("arguments"), str):
+                call[2].append(function["arguments"])
+        content = delta.get("content")
+        return content if isinstance(content, str) else ""
+
+    def done(self) -> Iterator[Item]:
+        """The tool calls, whole, then ``Done``."""
+        for index in sorted(self.calls):
+            ident, name, pieces = self.calls[index]
+            if not isinstance(name, str) or not name:
+                raise UpstreamProtocolError("the OpenAI-compatible server sent a tool call without a name")
+            ident = ident if isinstance(ident, str) and ident else call_id()
+            yield ToolCall(ident, name, "".join(pieces) or "{}")
+        self.calls.clear()
+        yield Done(
             FINISH.get(self.finish or "stop", "stop"),
             count(self.usage.get("prompt_tokens")),
             count(self.usage.get("completion_tokens")),
         )
+
+
+def wire(m: Message) -> dict:
+    """One message as ``/chat/completions`` takes it."""
+    out: dict = {"role": m["role"], "content": m.get("content", "")}
+    if m.get("images"):
+        parts = [{"type": "text", "text": out["content"]}] if out["content"] else []
+        out["content"] = parts + [
+            {"type": "image_url", "image_url": {"url": image.data_url()}} for image in m["images"]
+        ]
+    if m.get("tool_calls"):
+        out["content"] = out["content"] or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m["tool_calls"]
+        ]
+    if m["role"] == "tool":
+        out["tool_call_id"] = m.get("tool_call_id", "")
+    return out
 
 
 def _error_event(data: bytes) -> bytes:

@@ -13,25 +13,26 @@ that stopped before the answer was done. The connection and its errors are
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from ..cancel import CancelScope
 from ..config import Config
 from ..errors import UpstreamError, UpstreamProtocolError
-from . import WAITING, Done, Message, Options, Progress, http
+from . import WAITING, Chat, Done, Item, http
 
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
 
 
 class Reader(Protocol):
-    """Reads one streamed answer: its text (never "") and, last, ``Done`` when the server says so."""
+    """Reads one streamed answer: its text (never ""), thinking and tool calls and, last, ``Done``
+    when the server says so."""
 
-    def read(self, lines: list[bytes]) -> Iterable[str | Done]:
+    def read(self, lines: list[bytes]) -> Iterable[Item]:
         """What the lines of one receive say; the call ends at the first ``Done``."""
         ...
 
-    def end(self) -> Iterable[str | Done]:
+    def end(self) -> Iterable[Item]:
         """What the body's end says: the rest of the answer, or an ``UpstreamError``."""
         ...
 
@@ -52,18 +53,16 @@ class Remote:
         self.peer = http.Peer(self.peer_name, self.url, self.hint)
 
     def stream_chat(
-        self,
-        messages: Sequence[Message],
-        model: str,
-        cancel: CancelScope,
-        session: str | None = None,
-        options: Options | None = None,
-        first_token_by: float | None = None,
-    ) -> Iterator[str | Progress | Done]:
-        """Yield ``WAITING``, the text as the server streams it, ``Done``; stop quietly once cancelled."""
+        self, chat: Chat, cancel: CancelScope, session: str | None = None, first_token_by: float | None = None
+    ) -> Iterator[Item]:
+        """Yield ``WAITING``, the answer as the server streams it, ``Done``; stop quietly once cancelled."""
         if cancel.cancelled:  # checkpoint: superseded or stopped before the call
             return
-        body, headers = self._request(messages, model, options)
+        yield from self._stream(chat, cancel, first_token_by)
+
+    def _stream(self, chat: Chat, cancel: CancelScope, first_token_by: float | None) -> Iterator[Item]:
+        model = chat.model
+        body, headers = self._request(chat)
         # all the server tells before its first token (loading, reading the prompt) is silence
         yield WAITING
         with http.request(
@@ -94,7 +93,7 @@ class Remote:
             if not cancel.cancelled:
                 yield from reader.end()
 
-    def _request(self, messages: Sequence[Message], model: str, options: Options | None) -> tuple[dict, dict]:
+    def _request(self, chat: Chat) -> tuple[dict, dict]:
         """The chat request's JSON body and its headers beyond the content type."""
         raise NotImplementedError
 
@@ -104,12 +103,14 @@ class Remote:
     def _http_error(self, response: http.Response, model: str) -> UpstreamError:
         raise NotImplementedError
 
-    def _get(self, path: str, not_object: str, headers: dict | None = None, on_error=None) -> dict:
+    def _get(
+        self, path: str, not_object: str, headers: dict | None = None, on_error=None, post: dict | None = None
+    ) -> dict:
         """A small JSON object (a version, a model list); ``not_object`` says what else came."""
         cfg = self.config
         timeouts = http.Timeouts(cfg.connect_timeout_s, PROBE_READ_S, PROBE_READ_S, PROBE_READ_S + 1)
         found = http.get_json(
-            self.url + path, timeouts=timeouts, peer=self.peer, headers=headers, on_error=on_error
+            self.url + path, timeouts=timeouts, peer=self.peer, headers=headers, on_error=on_error, post=post
         )
         if not isinstance(found, dict):
             raise UpstreamProtocolError(not_object)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, request
 
+from ..conversation import Chat
 from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
 from ..lifecycle.stream import Stream
 from ..status import Reason
@@ -134,9 +135,11 @@ def _answer(
     stream = Stream(
         session_id=session_id,
         trace_id=trace_id,
-        model=model,
-        messages=chat_settings.conversation(settings, messages),
-        options=chat_settings.options(settings),
+        chat=Chat(
+            model=model,
+            messages=chat_settings.conversation(settings, messages),
+            options=chat_settings.options(settings),
+        ),
         upstream=j.upstream,
         store=j.store,
         config=j.config,

@@ -1,0 +1,39 @@
+"""A tool call forced through structured output, for backends that cannot force one themselves.
+
+Ollama and the embedded model have no ``tool_choice``; both can hold an answer
+to a JSON schema. A request that must call a tool ("required", or a function
+named) is sent with ``call_schema`` as its format and no tools, and its JSON
+answer comes back as one ``ToolCall`` instead of text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+from ..conversation import Chat, call_schema, forced_call, forced_tools
+from . import Done, Item
+
+
+def prepare(chat: Chat) -> Chat:
+    """``chat`` as the backend is to see it: a forced call asked for as a format, without tools."""
+    tools = forced_tools(chat)
+    if not tools:
+        return chat
+    return dataclasses.replace(chat, tools=(), tool_choice="auto", tool_name=None, format=call_schema(tools))
+
+
+def answer(chat: Chat, items: Iterable[Item]) -> Iterator[Item]:
+    """The backend's items, with a forced call's JSON text turned into the call it makes."""
+    tools = forced_tools(chat)
+    if not tools:
+        yield from items
+        return
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if isinstance(item, Done):
+            yield forced_call(tools, "".join(texts))
+        yield item

@@ -28,7 +28,7 @@ class Image:
     """An image on a user's message: its bytes, as a data URL or a base64 string carried them."""
 
     mime: str  # "image/png", "image/jpeg", ...
-    data: bytes
+    data: bytes = field(repr=False)
 
     @property
     def digest(self) -> str:
@@ -162,6 +162,51 @@ class Chat:
         if self.think:
             needs["think"] = "thinking"
         return needs
+
+
+IMAGE_TYPES = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"GIF87a": "image/gif",
+    b"GIF89a": "image/gif",
+}
+
+
+def decode_image(value: object, max_bytes: int, where: str, *, bare: bool = True) -> Image:
+    """An image from a base64 data URL (OpenAI's ``image_url``, the page) or, when ``bare``, plain
+    base64 (Ollama's ``images``). Any other URL is refused: Jarvis fetches nothing on a caller's
+    behalf. The type is read from the bytes (PNG, JPEG, GIF, WebP), never taken on trust."""
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{where} must be a base64 image" + (" or a data URL" if bare else " data URL"), where)
+    payload = value
+    if value.startswith("data:"):
+        head, comma, payload = value.partition(",")
+        if not comma or not head.lower().endswith(";base64"):
+            raise _bad(f"{where} must be a base64 data URL (data:image/png;base64,...)", where)
+    elif not bare or "://" in value[:16]:
+        raise _bad(f"{where} must be a data URL: Jarvis fetches nothing on a caller's behalf", where)
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise _bad(f"{where} is larger than {max_bytes} bytes", where, "image_too_large")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except ValueError:
+        raise _bad(f"{where} is not valid base64", where) from None
+    if len(data) > max_bytes:
+        raise _bad(f"{where} is larger than {max_bytes} bytes", where, "image_too_large")
+    mime = next((m for magic, m in IMAGE_TYPES.items() if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    if mime is None:
+        raise _bad(f"{where} is not a PNG, JPEG, GIF or WebP image", where)
+    return Image(mime, data)
+
+
+def _bad(message: str, param: str, code: str | None = None):
+    from .errors import BadRequest
+
+    e = BadRequest(message, code=code)
+    e.param = param  # the dialects name the field in their error shape
+    return e
 
 
 def call_id() -> str:

@@ -104,6 +104,11 @@ class Upstream(Protocol):
         (bounded like ``health``): called before the answer starts, so nothing is silently dropped."""
         ...
 
+    def capabilities(self, model: str) -> frozenset[str] | None:
+        """What ``model`` can do beyond text ("tools", "vision", "thinking"), as Ollama's
+        ``/api/show`` names them; None when the backend cannot tell."""
+        ...
+
     def health(self) -> dict:
         """Return {"ok": bool, ...} quickly (bounded by the connect timeout)."""
         ...

@@ -269,8 +269,13 @@ class Hosts:
     def check(self, chat: Chat) -> None:
         """What the first host with the model (else the first up) says of ``chat``: hosts serving
         one model are meant to be alike."""
-        hosts = self._candidates(chat.model, []) or self.hosts
-        hosts[0].upstream.check(chat)
+        self._first(chat.model).check(chat)
+
+    def capabilities(self, model: str) -> frozenset[str] | None:
+        return self._first(model).capabilities(model)
+
+    def _first(self, model: str) -> Upstream:
+        return (self._candidates(model, []) or self.hosts)[0].upstream
 
     def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
         """Hosts this prompt may use: up with the model; else up; else those not probed yet.

@@ -181,9 +181,12 @@ class LocalUpstream:
     def models(self) -> list[dict]:
         return [{"name": self.default_model}]
 
+    def capabilities(self, model: str) -> frozenset[str]:
+        return frozenset({"completion"})
+
     def check(self, chat: Chat) -> None:
         """The embedded model answers in text only: anything else is refused, named."""
-        refuse_missing(chat, frozenset(), "the embedded model")
+        refuse_missing(chat, self.capabilities(chat.model), "the embedded model")
         if chat.format is not None:
             raise Unsupported("format", "the embedded model cannot hold an answer to a format")
         for key in chat.options.extra:

@@ -87,8 +87,14 @@ class OpenAIUpstream(Remote):
                 )
         if chat.keep_alive is not None:
             raise Unsupported("keep_alive", "keep_alive applies to Ollama; the model server keeps its own")
-        has = {c.strip() for c in self.config.openai_capabilities.split(",")} & set(CAPABILITIES)
-        refuse_missing(chat, has, "the OpenAI-compatible server (JARVIS_OPENAI_CAPABILITIES)")
+        refuse_missing(
+            chat, self.capabilities(chat.model), "the OpenAI-compatible server (JARVIS_OPENAI_CAPABILITIES)"
+        )
+
+    def capabilities(self, model: str) -> frozenset[str]:
+        """As JARVIS_OPENAI_CAPABILITIES says: such a server does not tell."""
+        listed = {c.strip() for c in self.config.openai_capabilities.split(",")}
+        return frozenset({"completion"} | (listed & set(CAPABILITIES)))
 
     def _reader(self) -> _Answer:
         return _Answer(self._redact)

@@ -10,7 +10,6 @@ while the fake is "loading" or "stalled".
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import struct
@@ -19,6 +18,8 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from tests.fake_wire import Body, ClientGone, line, message, read_request, send_json
 
 OK_MODELS = ("llama3.2", "tiny")
 
@@ -74,10 +75,6 @@ class Call:
 
     def wait_closed(self, timeout: float) -> bool:
         return self.closed.wait(timeout)
-
-
-class _ClientGone(Exception):
-    pass
 
 
 class FakeOllama:
@@ -176,7 +173,7 @@ class FakeOllama:
         call = None
         try:
             conn.settimeout(5.0)
-            path, headers, body = _read_request(conn)
+            path, headers, body = read_request(conn)
             call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
             if path == self.CHAT_PATH:
                 _note_open(call)
@@ -194,7 +191,7 @@ class FakeOllama:
                 self._get(conn, call)
             if call.closed_by is None:
                 call.closed_by = "server"
-        except _ClientGone:
+        except ClientGone:
             if call is not None:
                 call.closed_by = "client"
         except (OSError, ValueError):
@@ -237,8 +234,8 @@ class FakeOllama:
         self._wait(conn, s.load_delay_s)
         refused = self._refusal(call, s, model)
         if refused is not None:
-            return _send_json(conn, *refused)
-        body = _Body(conn, s.framing)
+            return send_json(conn, *refused)
+        body = Body(conn, s.framing)
         if s.forever is not None:
             body.head(self.CONTENT_TYPE)
             while not self._stop.is_set():
@@ -307,25 +304,25 @@ class FakeOllama:
         return []
 
     def _token_frame(self, model: str, text: str) -> bytes:
-        return _line(_message(model, text, done=False))
+        return line(message(model, text, done=False))
 
     def _error_frame(self, error: str) -> bytes:
-        return _line({"error": error})
+        return line({"error": error})
 
     def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
-        final = _message(model, "", done=True)
+        final = message(model, "", done=True)
         final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
-        return [_line(final)]
+        return [line(final)]
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         path = call.path
         if path == "/api/tags":
             models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
-            _send_json(conn, 200, {"models": models})
+            send_json(conn, 200, {"models": models})
         elif path == "/api/version":
-            _send_json(conn, 200, {"version": "0.0.0-fake"})
+            send_json(conn, 200, {"version": "0.0.0-fake"})
         else:
-            _send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
+            send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
 
     def _wait(self, conn: socket.socket, seconds: float | None) -> None:
         """Sleep ``seconds`` (None: until shutdown) but raise at once if the client leaves."""
@@ -341,9 +338,9 @@ class FakeOllama:
                 except ConnectionError:
                     data = b""
                 if not data:
-                    raise _ClientGone()
+                    raise ClientGone()
         if deadline is None or time.monotonic() < deadline:
-            raise _ClientGone()  # shutting down: end the call
+            raise ClientGone()  # shutting down: end the call
 
 
 def overlapped(a: Call, b: Call) -> bool:
@@ -375,75 +372,3 @@ def _client_left(sock: socket.socket) -> bool:
         return False
     except (OSError, ValueError):
         return True
-
-
-def _message(model: str, text: str, *, done: bool) -> dict:
-    return {
-        "model": model,
-        "created_at": "2026-01-01T00:00:00Z",
-        "message": {"role": "assistant", "content": text},
-        "done": done,
-    }
-
-
-def _line(obj: dict) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
-class _Body:
-    """Writes a response body framed as chunks, with a Content-Length, or ended by closing."""
-
-    def __init__(self, conn: socket.socket, framing: str):
-        assert framing in ("chunked", "length", "close"), framing
-        self.conn = conn
-        self.framing = framing
-
-    def head(self, content_type: bytes, length: int | None = None) -> None:
-        if self.framing == "chunked":
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self.framing == "length" and length is not None:
-            framing = b"Content-Length: %d\r\n" % length
-        else:
-            framing = b""  # the body ends when the connection closes
-        self.conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sConnection: close\r\n\r\n" % (content_type, framing)
-        )
-
-    def send(self, data: bytes) -> None:
-        # one sendall per frame: the bench stamps each as it leaves
-        self.conn.sendall(b"%x\r\n%s\r\n" % (len(data), data) if self.framing == "chunked" else data)
-
-    def end(self) -> None:
-        if self.framing == "chunked":
-            self.conn.sendall(b"0\r\n\r\n")
-
-
-def _send_json(conn: socket.socket, status: int, obj: dict) -> None:
-    body = json.dumps(obj).encode()
-    conn.sendall(
-        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (status, len(body), body)
-    )
-
-
-def _read_request(conn: socket.socket) -> tuple[str, dict, dict]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = conn.recv(65536)
-        if not more:
-            raise _ClientGone()
-        data += more
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    path = lines[0].split(" ")[1]
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        more = conn.recv(65536)
-        if not more:
-            raise _ClientGone()
-        body += more
-    return path, headers, json.loads(body) if body else {}

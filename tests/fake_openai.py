@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import socket
 
-from tests.fake_ollama import OK_MODELS, Call, FakeOllama, Script, _send_json
+from tests.fake_ollama import OK_MODELS, Call, FakeOllama, Script
+from tests.fake_wire import send_json
 
 __all__ = ["FakeOpenAI", "Script"]
 
@@ -58,12 +59,12 @@ class FakeOpenAI(FakeOllama):
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         if not self._authorised(call.headers):
-            _send_json(conn, 401, _unauthorised(call.headers))
+            send_json(conn, 401, _unauthorised(call.headers))
         elif call.path == "/v1/models":
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
-            _send_json(conn, 200, {"object": "list", "data": data})
+            send_json(conn, 200, {"object": "list", "data": data})
         else:
-            _send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
+            send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
 
     def _authorised(self, headers: dict) -> bool:
         return self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}"

@@ -1,7 +1,8 @@
 """A fake Ollama: a real HTTP server on 127.0.0.1:0, scripted per request.
 
-It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON,
-``GET /api/tags``, ``GET /api/version``) and records, for every chat call,
+It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON with
+thinking, tool calls, JSON for a ``format`` and a note of the images it was sent;
+``GET /api/tags``, ``GET /api/version``) and records, for every chat call, what it was sent and
 when it opened and when and by whom its connection was closed, so tests and
 benchmarks can see what reached the upstream socket. Every wait inside it
 watches the client socket, so a client that goes away is seen at once even
@@ -19,7 +20,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tests.fake_wire import Body, ClientGone, line, message, read_request, send_json
+from tests import fake_wire
+from tests.fake_wire import Body, ClientGone, read_request, send_json
 
 OK_MODELS = ("llama3.2", "tiny")
 
@@ -36,6 +38,7 @@ class Script:
     tokens: int | list[str] = 5  # a count ("tok0 ", "tok1 ", ...) or the exact texts
     interval_s: float = 0.0  # pause before each token after the first
     load_delay_s: float = 0.0  # silence before the response headers (a model loading)
+    # k counts what streams, in order: thinking chunks, text tokens, then the tool calls (as one)
     stall_after: int | None = None  # after k tokens, send nothing until the client leaves
     error_after: int | None = None  # after k tokens, send an {"error": ...} line
     drop_after: int | None = None  # after k tokens, close the connection mid-body
@@ -46,6 +49,9 @@ class Script:
     refuse: bool = False  # reset the connection instead of answering
     done_reason: str = "stop"  # "length": the answer was cut by a token limit
     framing: str = "chunked"  # or "length" (Content-Length, as a buffering proxy sends) or "close"
+    thinking: list[str] | None = None  # thinking chunks, streamed before the text
+    tool_calls: list[dict] | None = None  # [{"name", "arguments", optional "id"}], after the text
+    json_answer: bool = True  # a format request is answered with JSON (False: the tokens as they are)
 
     def texts(self) -> list[str]:
         if isinstance(self.tokens, int):
@@ -71,7 +77,12 @@ class Call:
     @property
     def prompt(self) -> str:
         messages = self.body.get("messages") or [{}]
-        return messages[-1].get("content", "")
+        return fake_wire.text_of(messages[-1].get("content", ""))
+
+    @property
+    def images(self) -> list[str]:
+        """The base64 images the request carried, in order, in either dialect."""
+        return fake_wire.images_in(self.body)
 
     def wait_closed(self, timeout: float) -> bool:
         return self.closed.wait(timeout)
@@ -82,6 +93,7 @@ class FakeOllama:
 
     CHAT_PATH = "/api/chat"
     kind = "ollama"  # the JARVIS_BACKEND that reads it
+    wire = fake_wire.OllamaFrames()  # how an answer is framed; a fake of another server has its own
 
     def __init__(self, models=OK_MODELS, key=None, port=0):
         self.models = list(models)
@@ -237,13 +249,13 @@ class FakeOllama:
             return send_json(conn, *refused)
         body = Body(conn, s.framing)
         if s.forever is not None:
-            body.head(self.CONTENT_TYPE)
+            body.head(self.wire.content_type)
             while not self._stop.is_set():
                 body.send(s.forever)
                 self._wait(conn, 0.001)
             return
         if s.raw is not None:
-            body.head(self.CONTENT_TYPE, sum(map(len, s.raw)))
+            body.head(self.wire.content_type, sum(map(len, s.raw)))
             for chunk in s.raw:
                 body.send(chunk)
                 if self._stop.is_set():
@@ -251,9 +263,9 @@ class FakeOllama:
             return body.end()
         length = None
         if s.framing == "length":  # a second pass: a long answer is never held in memory whole
-            length = sum(len(data) for kind, data in self._steps(s, model) if kind in ("token", "send"))
-        body.head(self.CONTENT_TYPE, length)
-        for kind, data in self._steps(s, model):
+            length = sum(len(data) for kind, data in self._steps(s, call, model) if kind in ("token", "send"))
+        body.head(self.wire.content_type, length)
+        for kind, data in self._steps(s, call, model):
             if kind == "stall":
                 self._wait(conn, None)
             elif kind == "wait":
@@ -265,16 +277,17 @@ class FakeOllama:
                 call.tokens_sent += kind == "token"
         body.end()
 
-    def _steps(self, s: Script, model: str) -> Iterator[tuple[str, object]]:
+    def _steps(self, s: Script, call: Call, model: str) -> Iterator[tuple[str, object]]:
         """The answer as (what, data): "token" and "send" bytes, "wait", "stall", "drop"."""
-        for frame in self._opening(model):
+        for frame in self.wire.opening(model):
             yield "send", frame
+        pieces = self._pieces(s, call.body, model)
         sent = 0
-        for i, text in enumerate(s.texts()):
+        for i, frames in enumerate(pieces):
             if i == s.stall_after:
                 yield "stall", None
             if i == s.error_after:
-                yield "send", self._error_frame(s.error)
+                yield "send", self.wire.error(s.error)
                 return
             if i == s.drop_after:
                 yield "drop", None
@@ -282,16 +295,26 @@ class FakeOllama:
                 return
             if i and s.interval_s:
                 yield "wait", s.interval_s
-            yield "token", self._token_frame(model, text)
+            yield "token", frames[0]
+            for frame in frames[1:]:
+                yield "send", frame
             sent += 1
-        if s.stall_after is not None and s.stall_after >= len(s.texts()):
+        if s.stall_after is not None and s.stall_after >= len(pieces):
             yield "stall", None
-        for frame in self._closing(model, s.done_reason, sent):
+        for frame in self.wire.closing(model, s.done_reason, bool(s.tool_calls), sent):
             yield "send", frame
 
-    # Ollama's protocol; a fake of another server overrides these
-    CONTENT_TYPE = b"application/x-ndjson"
+    def _pieces(self, s: Script, body: dict, model: str) -> list[list[bytes]]:
+        """What streams, each piece as its frames: thinking chunks, text tokens, the tool calls."""
+        fmt = self.wire.format(body) if s.json_answer else None
+        texts = fake_wire.answer_texts(s.texts(), fmt, len(fake_wire.images_in(body)))
+        pieces = [[self.wire.thinking(model, text)] for text in s.thinking or []]
+        pieces += [[self.wire.token(model, text)] for text in texts]
+        if s.tool_calls:
+            pieces.append(self.wire.tool_calls(model, s.tool_calls))
+        return pieces
 
+    # Ollama's answers that are not a stream; a fake of another server overrides these
     def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:
         """The (status, JSON body) that answers instead of a stream, if any."""
         if s.status != 200:
@@ -299,20 +322,6 @@ class FakeOllama:
         if model.split(":")[0] not in self.models:
             return 404, {"error": f'model "{model}" not found, try pulling it first'}
         return None
-
-    def _opening(self, model: str) -> list[bytes]:
-        return []
-
-    def _token_frame(self, model: str, text: str) -> bytes:
-        return line(message(model, text, done=False))
-
-    def _error_frame(self, error: str) -> bytes:
-        return line({"error": error})
-
-    def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
-        final = message(model, "", done=True)
-        final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
-        return [line(final)]
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         path = call.path

@@ -2,7 +2,9 @@
 
 ``POST /v1/chat/completions`` answers as server-sent events (a role chunk,
 one chunk per token, a chunk with ``finish_reason``, a usage chunk, then
-``data: [DONE]``), ``GET /v1/models`` lists the models, and with ``api_key``
+``data: [DONE]``), with thinking as ``reasoning_content`` deltas and tool calls
+streamed by ``index`` as llama.cpp's server and vLLM send them; ``GET /v1/models``
+lists the models, and with ``api_key``
 set every request must carry it as a bearer token. Jarvis reads it with
 ``JARVIS_OPENAI_URL`` set to ``fake.url + "/v1"``.
 """
@@ -12,18 +14,70 @@ from __future__ import annotations
 import json
 import socket
 
+from tests import fake_wire
 from tests.fake_ollama import OK_MODELS, Call, FakeOllama, Script
 from tests.fake_wire import send_json
 
 __all__ = ["FakeOpenAI", "Script"]
 
 
+class OpenAIFrames:
+    """The events of an OpenAI-compatible /v1/chat/completions stream."""
+
+    content_type = b"text/event-stream"
+
+    def format(self, body: dict) -> str | dict | None:
+        """The structured output ``response_format`` asks for: "json", a JSON schema, or None."""
+        asked = body.get("response_format") or {}
+        if asked.get("type") == "json_schema":
+            return (asked.get("json_schema") or {}).get("schema") or "json"
+        return "json" if asked.get("type") == "json_object" else None
+
+    def opening(self, model: str) -> list[bytes]:
+        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
+
+    def token(self, model: str, text: str) -> bytes:
+        return _event(_chunk(model, {"content": text}, None))
+
+    def thinking(self, model: str, text: str) -> bytes:
+        return _event(_chunk(model, {"reasoning_content": text}, None))
+
+    def tool_calls(self, model: str, calls: list[dict]) -> list[bytes]:
+        """Each call as a head (index, id, name, empty arguments), then its arguments in pieces."""
+        frames = []
+        for i, call in enumerate(calls):
+            function = {"name": call["name"], "arguments": ""}
+            head = {
+                "index": i,
+                "id": call.get("id") or f"call_fake{i}",
+                "type": "function",
+                "function": function,
+            }
+            frames.append(_event(_chunk(model, {"tool_calls": [head]}, None)))
+            for piece in fake_wire.split(json.dumps(fake_wire.arguments(call)), 3):
+                delta = {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
+                frames.append(_event(_chunk(model, delta, None)))
+        return frames
+
+    def error(self, error: str) -> bytes:
+        return _event(_error(error, "server_error", None))
+
+    def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
+        usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+        finish = "tool_calls" if tool_calls and done_reason == "stop" else done_reason
+        return [
+            _event(_chunk(model, {}, finish)),
+            _event({**_chunk(model, {}, None), "choices": [], "usage": usage}),
+            b"data: [DONE]\n\n",
+        ]
+
+
 class FakeOpenAI(FakeOllama):
     """Start with ``with FakeOpenAI() as fake:``; ``fake.api_url`` is what JARVIS_OPENAI_URL names."""
 
     CHAT_PATH = "/v1/chat/completions"
-    CONTENT_TYPE = b"text/event-stream"
     kind = "openai"
+    wire = OpenAIFrames()
 
     def __init__(self, models=OK_MODELS, key=None, api_key: str | None = None):
         self.api_key = api_key
@@ -39,23 +93,6 @@ class FakeOpenAI(FakeOllama):
             message = f"The model `{model}` does not exist or you do not have access to it."
             return 404, _error(message, "invalid_request_error", "model_not_found")
         return None
-
-    def _opening(self, model: str) -> list[bytes]:
-        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
-
-    def _token_frame(self, model: str, text: str) -> bytes:
-        return _event(_chunk(model, {"content": text}, None))
-
-    def _error_frame(self, error: str) -> bytes:
-        return _event(_error(error, "server_error", None))
-
-    def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
-        usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
-        return [
-            _event(_chunk(model, {}, done_reason)),
-            _event({**_chunk(model, {}, None), "choices": [], "usage": usage}),
-            b"data: [DONE]\n\n",
-        ]
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         if not self._authorised(call.headers):

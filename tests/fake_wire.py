@@ -1,8 +1,9 @@
-"""What the fakes put on the wire: HTTP framing and Ollama's lines.
+"""What the fakes put on the wire, without sockets: HTTP framing, Ollama's lines, and the answers.
 
 The fake servers (tests/fake_ollama.py, tests/fake_openai.py) own the threads and the waits; this
-module holds the parts they share: reading a request, framing a response, the shapes of Ollama's
-NDJSON lines.
+module holds the pure parts they share: reading a request, framing a response, the shapes of
+Ollama's NDJSON lines, the JSON that answers a format request (a minimal instance of
+a JSON schema), and the images a request carries in either dialect.
 """
 
 from __future__ import annotations
@@ -12,24 +13,150 @@ import socket
 
 
 class ClientGone(Exception):
-    """The client closed its side before the fake had read or answered the request."""
+    """The client closed its side: the fake ends the call."""
+
+
+# answers
+
+
+def schema_instance(schema: dict, root: dict | None = None) -> object:
+    """A minimal value that validates against ``schema`` (the subset tools and pydantic emit)."""
+    root = schema if root is None else root
+    if "$ref" in schema:  # "#/$defs/Name": pydantic puts nested models there
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return schema_instance(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return schema_instance(schema[key][0], root)
+    if schema.get("allOf"):
+        parts = [schema_instance(part, root) for part in schema["allOf"]]
+        if all(isinstance(p, dict) for p in parts):
+            return {k: v for p in parts for k, v in p.items()}
+        return parts[0]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        names = schema.get("required") or list(properties)
+        return {name: schema_instance(properties.get(name, {}), root) for name in names}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), root) for _ in range(schema.get("minItems", 0))]
+    return {"string": "x", "integer": 1, "number": 1.5, "boolean": True}.get(kind)
+
+
+def json_text(fmt: str | dict) -> str:
+    """The answer to a format request: "json" (any object) or a JSON schema."""
+    return json.dumps({"answer": "tok"} if fmt == "json" else schema_instance(fmt))
+
+
+def split(text: str, parts: int) -> list[str]:
+    """``text`` in up to ``parts`` pieces of about equal length, as a model streams it."""
+    step = -(-len(text) // max(1, min(parts, len(text))))
+    return [text[i : i + step] for i in range(0, len(text), step)] or [""]
+
+
+def answer_texts(texts: list[str], fmt: str | dict | None, images: int) -> list[str]:
+    """The text tokens of an answer: JSON for a format (when there is text at all), else a note of
+    the images the request carried, then the script's tokens."""
+    if fmt is not None and texts:
+        return split(json_text(fmt), 3)
+    return [f"I see {images} image(s). ", *texts] if images else texts
+
+
+def images_in(body: dict) -> list[str]:
+    """The images a chat request carries, in order: Ollama's base64 ``images`` and the payloads of
+    OpenAI's ``image_url`` parts (a URL that is not a data URL is listed as it came)."""
+    found = []
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        found.extend(message.get("images") or [])
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = part.get("image_url")
+                url = url.get("url", "") if isinstance(url, dict) else str(url)
+                found.append(url.split(",", 1)[1] if url.startswith("data:") else url)
+    return found
+
+
+def text_of(content: object) -> object:
+    """A message's text: a string as it is, OpenAI's content parts as their text joined."""
+    if not isinstance(content, list):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def arguments(call: dict) -> dict:
+    """A scripted tool call's arguments as an object (a script may give them as a JSON string)."""
+    args = call.get("arguments", {})
+    return json.loads(args) if isinstance(args, str) else args
 
 
 # Ollama's shapes
 
 
-def message(model: str, text: str, *, done: bool) -> dict:
-    """One line of Ollama's /api/chat stream."""
+def message(model: str, text: str, *, done: bool, **extra) -> dict:
+    """One line of Ollama's /api/chat stream; ``extra`` joins the message (thinking, tool_calls)."""
     return {
         "model": model,
         "created_at": "2026-01-01T00:00:00Z",
-        "message": {"role": "assistant", "content": text},
+        "message": {"role": "assistant", "content": text, **extra},
         "done": done,
     }
 
 
+def ollama_tool_calls(calls: list[dict]) -> list[dict]:
+    """Ollama's ``message.tool_calls``: arguments as an object; an id only when the script has one
+    (newer Ollama versions add one, older ones do not)."""
+    out = []
+    for call in calls:
+        function = {"name": call["name"], "arguments": arguments(call)}
+        out.append({"id": call["id"], "function": function} if "id" in call else {"function": function})
+    return out
+
+
 def line(obj: dict) -> bytes:
     return json.dumps(obj).encode() + b"\n"
+
+
+class OllamaFrames:
+    """The frames of Ollama's /api/chat stream, one NDJSON line each (tests/fake_openai.py has
+    OpenAI's)."""
+
+    content_type = b"application/x-ndjson"
+
+    def format(self, body: dict) -> str | dict | None:
+        """The structured output the request asks for: "json", a JSON schema, or None."""
+        fmt = body.get("format")
+        return fmt if fmt == "json" or isinstance(fmt, dict) else None
+
+    def opening(self, model: str) -> list[bytes]:
+        return []
+
+    def token(self, model: str, text: str) -> bytes:
+        return line(message(model, text, done=False))
+
+    def thinking(self, model: str, text: str) -> bytes:
+        return line(message(model, "", done=False, thinking=text))
+
+    def tool_calls(self, model: str, calls: list[dict]) -> list[bytes]:
+        return [line(message(model, "", done=False, tool_calls=ollama_tool_calls(calls)))]
+
+    def error(self, error: str) -> bytes:
+        return line({"error": error})
+
+    def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
+        final = message(model, "", done=True)  # "stop" after tool calls too
+        final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
+        return [line(final)]
 
 
 # HTTP

@@ -2,7 +2,8 @@
 
 It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON with
 thinking, tool calls, JSON for a ``format`` and a note of the images it was sent;
-``GET /api/tags``, ``GET /api/version``) and records, for every chat call, what it was sent and
+``POST /api/show`` with each model's capabilities; ``GET /api/tags``, ``/api/ps``,
+``/api/version``) and records, for every chat call, what it was sent and
 when it opened and when and by whom its connection was closed, so tests and
 benchmarks can see what reached the upstream socket. Every wait inside it
 watches the client socket, so a client that goes away is seen at once even
@@ -95,8 +96,9 @@ class FakeOllama:
     kind = "ollama"  # the JARVIS_BACKEND that reads it
     wire = fake_wire.OllamaFrames()  # how an answer is framed; a fake of another server has its own
 
-    def __init__(self, models=OK_MODELS, key=None, port=0):
+    def __init__(self, models=OK_MODELS, key=None, port=0, capabilities: dict[str, list[str]] | None = None):
         self.models = list(models)
+        self.capabilities = dict(capabilities or {})  # model -> its capabilities; unnamed: all of them
         self.key = key  # body -> session key; set to detect overlapping calls of one session
         self.overlaps: list[tuple[Call, Call]] = []
         self.default = Script()
@@ -321,13 +323,26 @@ class FakeOllama:
             return s.status, {"error": s.error}
         if model.split(":")[0] not in self.models:
             return 404, {"error": f'model "{model}" not found, try pulling it first'}
-        return None
+        error = fake_wire.ollama_refusal(model, fake_wire.lacking(call.body, self.capabilities_of(model)))
+        return None if error is None else (400, {"error": error})
+
+    def capabilities_of(self, model: str) -> list[str]:
+        """What the model can do, by its name with or without a tag (unnamed models: everything)."""
+        caps = self.capabilities
+        return list(caps.get(model, caps.get(model.split(":")[0], fake_wire.ALL_CAPABILITIES)))
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         path = call.path
         if path == "/api/tags":
             models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
             send_json(conn, 200, {"models": models})
+        elif path == "/api/show":
+            model = call.body.get("model") or call.body.get("name") or ""
+            if model.split(":")[0] not in self.models:
+                return send_json(conn, 404, {"error": f"model '{model}' not found"})
+            send_json(conn, 200, fake_wire.show(self.capabilities_of(model)))
+        elif path == "/api/ps":
+            send_json(conn, 200, {"models": []})
         elif path == "/api/version":
             send_json(conn, 200, {"version": "0.0.0-fake"})
         else:

@@ -79,9 +79,9 @@ class FakeOpenAI(FakeOllama):
     kind = "openai"
     wire = OpenAIFrames()
 
-    def __init__(self, models=OK_MODELS, key=None, api_key: str | None = None):
+    def __init__(self, models=OK_MODELS, key=None, api_key: str | None = None, capabilities=None):
         self.api_key = api_key
-        super().__init__(models, key)
+        super().__init__(models, key, capabilities=capabilities)
         self.api_url = self.url + "/v1"
 
     def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:
@@ -92,6 +92,12 @@ class FakeOpenAI(FakeOllama):
         if model not in self.models:
             message = f"The model `{model}` does not exist or you do not have access to it."
             return 404, _error(message, "invalid_request_error", "model_not_found")
+        lacks = fake_wire.lacking(call.body, self.capabilities_of(model))
+        if "tools" in lacks:  # as vLLM says it when started without a tool parser
+            message = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            return 400, _error(message, "invalid_request_error", None)
+        if "vision" in lacks:  # as llama.cpp's server says it without a projector
+            return 400, _error("image input is not supported by this server", "invalid_request_error", None)
         return None
 
     def _get(self, conn: socket.socket, call: Call) -> None:

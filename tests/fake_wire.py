@@ -2,7 +2,7 @@
 
 The fake servers (tests/fake_ollama.py, tests/fake_openai.py) own the threads and the waits; this
 module holds the pure parts they share: reading a request, framing a response, the shapes of
-Ollama's NDJSON lines, the JSON that answers a format request (a minimal instance of
+Ollama's NDJSON lines and /api/show, the JSON that answers a format request (a minimal instance of
 a JSON schema), and the images a request carries in either dialect.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+
+ALL_CAPABILITIES = ("completion", "tools", "thinking", "vision")
 
 
 class ClientGone(Exception):
@@ -94,6 +96,16 @@ def text_of(content: object) -> object:
     return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
+def lacking(body: dict, has: list[str]) -> list[str]:
+    """The capabilities a chat request needs that a model without ``has`` lacks."""
+    needs = {
+        "tools": bool(body.get("tools")),
+        "thinking": body.get("think") not in (None, False, ""),  # true, or a level: "low", "high"
+        "vision": bool(images_in(body)),
+    }
+    return [need for need, needed in needs.items() if needed and need not in has]
+
+
 def arguments(call: dict) -> dict:
     """A scripted tool call's arguments as an object (a script may give them as a JSON string)."""
     args = call.get("arguments", {})
@@ -121,6 +133,36 @@ def ollama_tool_calls(calls: list[dict]) -> list[dict]:
         function = {"name": call["name"], "arguments": arguments(call)}
         out.append({"id": call["id"], "function": function} if "id" in call else {"function": function})
     return out
+
+
+def ollama_refusal(model: str, lacks: list[str]) -> str | None:
+    """Ollama's error (with status 400) for a request the model cannot serve, as Ollama words it."""
+    if "tools" in lacks:  # the model named in full, tag and all
+        name = model if ":" in model else f"{model}:latest"
+        return f"registry.ollama.ai/library/{name} does not support tools"
+    if "thinking" in lacks:
+        return f"{json.dumps(model)} does not support thinking"
+    if "vision" in lacks:
+        return "this model is missing data required for image input"
+    return None
+
+
+def show(capabilities: list[str]) -> dict:
+    """Ollama's /api/show answer for a model with these capabilities."""
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "{{ .Prompt }}",
+        "details": {
+            "format": "gguf",
+            "family": "llama",
+            "parameter_size": "1B",
+            "quantization_level": "Q4_0",
+        },
+        "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+        "capabilities": list(capabilities),
+        "modified_at": "2024-01-01T00:00:00Z",
+    }
 
 
 def line(obj: dict) -> bytes:

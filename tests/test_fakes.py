@@ -2,7 +2,7 @@
 
 Each test sends a request straight to a fake (no Jarvis) and reads what a real Ollama or an
 OpenAI-compatible server (llama.cpp's server, vLLM) would send: thinking, tool calls, JSON for a
-format, image counts.
+format, image counts, refusals for what a model cannot do, and Ollama's /api/show.
 """
 
 from __future__ import annotations
@@ -214,6 +214,50 @@ def test_openai_counts_image_url_parts_and_keeps_their_payloads():
         (call,) = fake.chat_calls()
     assert answer(got).startswith("I see 1 image(s). tok0 ")
     assert call.images == [PNG] and call.prompt == "what is this?" and call.body["max_tokens"] == 9
+
+
+# what a model cannot do, and what Ollama says of its models
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"tools": TOOLS}, "registry.ollama.ai/library/tiny:latest does not support tools"),
+        ({"think": True}, '"tiny" does not support thinking'),
+        (
+            {"messages": [{"role": "user", "content": "?", "images": [PNG]}]},
+            "this model is missing data required",
+        ),
+    ],
+)
+def test_ollama_refuses_what_a_model_lacks_with_400(body, error):
+    with FakeOllama(capabilities={"tiny": ["completion"]}) as fake:
+        r = requests.post(fake.url + "/api/chat", json={"model": "tiny", "messages": [], **body}, timeout=5)
+        assert r.status_code == 400 and r.json()["error"].startswith(error)
+        assert frames(chat(fake, **body))[-1]["done"]  # llama3.2 keeps every capability
+        refused, served = fake.chat_calls()
+        assert refused.tokens_sent == 0 and served.tokens_sent >= 5
+
+
+def test_openai_refuses_tools_and_images_a_model_lacks_in_its_error_shape():
+    with FakeOpenAI(capabilities={"llama3.2": ["completion"]}) as fake:
+        image = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]
+        for r in (chat(fake, tools=TOOLS), chat(fake, image)):
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        assert frames(chat(fake, model="tiny", tools=TOOLS))[-1] == "[DONE]"
+
+
+def test_ollama_show_tells_each_models_capabilities():
+    with FakeOllama(capabilities={"tiny": ["completion"]}) as fake:
+        show = requests.post(fake.url + "/api/show", json={"model": "llama3.2:latest"}, timeout=5).json()
+        tiny = requests.post(fake.url + "/api/show", json={"model": "tiny"}, timeout=5).json()
+        gone = requests.post(fake.url + "/api/show", json={"model": "nope"}, timeout=5)
+        ps = requests.get(fake.url + "/api/ps", timeout=5)
+    assert show["capabilities"] == ["completion", "tools", "thinking", "vision"]
+    assert show["details"]["family"] == "llama" and show["model_info"]["llama.context_length"] == 8192
+    assert tiny["capabilities"] == ["completion"]
+    assert (gone.status_code, gone.json()) == (404, {"error": "model 'nope' not found"})
+    assert ps.json() == {"models": []}
 
 
 def test_every_field_sent_is_recorded_as_sent():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import socket
 
+import ollama
+import openai
 import pytest
 import requests
 from pydantic import BaseModel
@@ -266,3 +268,32 @@ def test_every_field_sent_is_recorded_as_sent():
         frames(chat(fake, **sent))
         (call,) = fake.chat_calls()
     assert {k: call.body[k] for k in sent} == sent
+
+
+# the official clients read the fakes as they read the real servers
+
+
+def test_the_ollama_client_reads_thinking_tool_calls_and_capabilities():
+    with FakeOllama() as fake:
+        fake.script(thinking=["hm"], tokens=1, tool_calls=[WEATHER])
+        client = ollama.Client(host=fake.url, timeout=5)
+        parts = list(client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True))
+        capabilities = client.show("llama3.2").capabilities
+    assert [p.message.thinking for p in parts if p.message.thinking] == ["hm"]
+    (call,) = [c for p in parts for c in p.message.tool_calls or []]
+    assert (call.function.name, call.function.arguments) == ("get_weather", WEATHER["arguments"])
+    assert parts[-1].done_reason == "stop" and "vision" in capabilities
+
+
+def test_the_openai_client_assembles_the_streamed_tool_calls():
+    with FakeOpenAI() as fake:
+        fake.script(tokens=0, tool_calls=[WEATHER, {"name": "now", "arguments": {}}])
+        client = openai.OpenAI(base_url=fake.api_url, api_key="unused", timeout=5, max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        with client.chat.completions.stream(model="llama3.2", messages=messages, tools=TOOLS) as stream:
+            choice = stream.get_final_completion().choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", WEATHER["arguments"]),
+        ("now", {}),
+    ]

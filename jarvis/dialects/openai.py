@@ -110,7 +110,10 @@ def parse_chat(body: dict, config, default_model: str) -> common.Call:
         **_tool_choice(body.get("tool_choice")),
     )
     return common.Call(
-        chat, fields.flag(body, "stream", False), fields.flag(stream_options, "include_usage", False)
+        chat,
+        fields.flag(body, "stream", False),
+        fields.flag(stream_options, "include_usage", False),
+        names={"images": "messages", "think": "reasoning_effort", "format": "response_format"},
     )
 
 

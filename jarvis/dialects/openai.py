@@ -114,6 +114,7 @@ def parse_chat(body: dict, config, default_model: str) -> common.Call:
         fields.flag(body, "stream", False),
         fields.flag(stream_options, "include_usage", False),
         names={"images": "messages", "think": "reasoning_effort", "format": "response_format"},
+        end_user=body.get("user") or body.get("safety_identifier"),
     )
 
 

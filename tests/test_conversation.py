@@ -326,3 +326,14 @@ def test_an_unknown_field_is_refused_by_name(served):
         r = requests.post(served.url + path, json=body, headers=served.auth, timeout=HTTP_TIMEOUT)
         assert r.status_code == 400 and param in json.dumps(r.json())
     assert served.fake.chat_calls() == []
+
+
+def test_several_hosts_refuse_what_their_model_cannot_do_and_pass_the_rest(make_served, fake):
+    served = make_served(upstreams=f"ollama={fake.url}", health_interval_s=0.05)
+    fake.capabilities["tiny"] = ["completion", "tools"]
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=HELLO, think=True)
+    assert caught.value.status_code == 400 and "thinking" in caught.value.error
+    fake.script(tokens=0, tool_calls=[CALL])
+    (call,) = ollama_client(served).chat(model="tiny", messages=HELLO, tools=[WEATHER]).message.tool_calls
+    assert call.function.name == "get_weather" and sent(served)["tools"] == [WEATHER]

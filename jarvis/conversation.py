@@ -144,6 +144,9 @@ class Chat:
     tool_choice: ToolChoice = "auto"
     tool_name: str | None = None  # the one function the model must call, when the client named it
     format: Format = None
+    schema_name: str | None = None  # the name a client gave its schema (OpenAI's json_schema.name)
+    strict: bool | None = None  # the client asked that the schema be held to exactly
+    parallel_tool_calls: bool = True  # False: at most one tool call in the answer
     think: bool | str | None = None  # Ollama's think: True, False, or a level ("low", "medium", "high")
     keep_alive: str | int | float | None = None  # how long Ollama keeps the model loaded after
 

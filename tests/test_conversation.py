@@ -337,3 +337,34 @@ def test_several_hosts_refuse_what_their_model_cannot_do_and_pass_the_rest(make_
     fake.script(tokens=0, tool_calls=[CALL])
     (call,) = ollama_client(served).chat(model="tiny", messages=HELLO, tools=[WEATHER]).message.tool_calls
     assert call.function.name == "get_weather" and sent(served)["tools"] == [WEATHER]
+
+
+@both_upstreams
+def test_parallel_tool_calls_false_means_one_call_at_most(capable):
+    served, client = capable
+    second = {"name": "get_weather", "arguments": {"city": "Rome"}}
+    served.fake.script(tokens=0, tool_calls=[CALL, second])
+    kwargs = {"model": "tiny", "messages": HELLO, "tools": [WEATHER]}
+    assert len(client.chat.completions.create(**kwargs).choices[0].message.tool_calls) == 2
+    answer = client.chat.completions.create(parallel_tool_calls=False, **kwargs)
+    if served.fake.kind == "ollama":  # Ollama cannot be told: the calls past the first are dropped
+        (call,) = answer.choices[0].message.tool_calls
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
+    else:  # the fake does not obey; a real server does
+        assert served.fake.chat_calls()[-1].body["parallel_tool_calls"] is False
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+def test_a_tool_result_without_an_id_answers_the_next_call(capable):
+    # Ollama's wire has no call ids: a result follows the calls it answers, in order
+    served, _ = capable
+    history = [
+        *HELLO,
+        {"role": "assistant", "content": "", "tool_calls": [{"function": CALL}, {"function": CALL}]},
+        {"role": "tool", "content": "18 °C"},
+        {"role": "tool", "content": "19 °C"},
+    ]
+    ollama_client(served).chat(model="tiny", messages=history)
+    assistant, first, second = sent(served)["messages"][1:]
+    ids = [c["id"] for c in assistant["tool_calls"]]
+    assert [first["tool_call_id"], second["tool_call_id"]] == ids and len(set(ids)) == 2

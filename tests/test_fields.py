@@ -51,6 +51,11 @@ OPENAI_HONOURED = {
     "reasoning_effort": ({"reasoning_effort": "low"}, lambda b: b["think"] == "low"),
     "user": ({"user": "u-17"}, "u-17"),  # logged with the call
     "safety_identifier": ({"safety_identifier": "s-18"}, "s-18"),
+    # Ollama cannot be told: Jarvis keeps the first call (test_conversation.py checks it)
+    "parallel_tool_calls": (
+        {"tools": [WEATHER], "parallel_tool_calls": False},
+        lambda b: b["tools"] == [WEATHER],
+    ),
 }
 OPENAI_REFUSED = {
     "n": 2,
@@ -62,7 +67,6 @@ OPENAI_REFUSED = {
     "prediction": {"type": "content", "content": "x"},
     "store": True,
     "metadata": {"k": "v"},
-    "parallel_tool_calls": False,
     "service_tier": "flex",
     "prompt_cache_key": "k",
     "verbosity": "low",

@@ -105,12 +105,6 @@ def test_chat_openai_structured_output_parses_a_model(make_served):
 
 
 @pytest.mark.parametrize("fake", ["openai"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Jarvis keeps only the schema of a json_schema response_format and sends it on as "
-    '{"name": "answer", "schema": ...}: the name and "strict": true are dropped, so an '
-    "OpenAI-compatible server that enforces a schema only when strict is asked does not",
-)
 def test_chat_openai_structured_output_keeps_name_and_strict_upstream(make_served):
     served = make_served()
     chat_openai(served).with_structured_output(Person).invoke("Who is Ada?")
@@ -118,11 +112,6 @@ def test_chat_openai_structured_output_keeps_name_and_strict_upstream(make_serve
     assert asked["name"] == "Person" and asked["strict"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='method="function_calling" sends "parallel_tool_calls": false with its forced call, and '
-    "Jarvis answers 400 unsupported (it accepts only true), though a call forced by name is one call",
-)
 def test_chat_openai_structured_output_by_a_forced_tool_call(served):
     person = chat_openai(served).with_structured_output(Person, method="function_calling").invoke("Ada?")
     assert person == Person(name="x", age=1)
@@ -131,7 +120,7 @@ def test_chat_openai_structured_output_by_a_forced_tool_call(served):
 def test_chat_openai_forced_tool_call_without_parallel_tool_calls(served):
     # method="function_calling" forces a call of the schema's function: Ollama has no tool_choice,
     # so Jarvis asks for an answer held to the function's parameters (parallel_tool_calls left out
-    # as LangChain lets a model that lacks it: see the xfail above)
+    # as LangChain lets a model that lacks it)
     llm = chat_openai(served, disabled_params={"parallel_tool_calls": None})
     person = llm.with_structured_output(Person, method="function_calling").invoke("Who is Ada?")
     assert person == Person(name="x", age=1)
@@ -188,16 +177,7 @@ def test_chat_ollama_bind_tools_gives_the_models_calls(make_served, stream):
     "fake",
     [
         "ollama",
-        pytest.param(
-            "openai",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the ollama client drops a tool message's tool_call_id (Ollama's wire has none); "
-                'Jarvis sends that result to an OpenAI-compatible upstream with "tool_call_id": "" '
-                "beside a freshly made call id, where it should pair the result with the call it "
-                "follows",
-            ),
-        ),
+        "openai",
     ],
     indirect=True,
 )

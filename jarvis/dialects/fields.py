@@ -108,19 +108,35 @@ def tool_call(name, arguments, ident, where: str) -> ToolCall:
 
 
 def answered_names(messages: list[Message]) -> None:
-    """Give each tool result the name of the call it answers (Ollama wants it), and check that
-    an id names a call that was made."""
+    """Pair each tool result with the call it answers: by its id, by its tool's name, or else as
+    the next call not yet answered (Ollama's wire carries no id). Each gets both the call's id
+    (an OpenAI-compatible server wants it) and its name (Ollama wants that)."""
     names: dict[str, str] = {}
+    waiting: list[ToolCall] = []  # the last assistant's calls not yet answered, in order
     for i, m in enumerate(messages):
-        for c in m.get("tool_calls") or ():
-            names[c.id] = c.name
-        if m["role"] == "tool" and not m.get("name"):
-            ident = m.get("tool_call_id")
-            if ident is not None and ident not in names:
-                where = f"messages[{i}].tool_call_id"
-                raise bad(f"{where} names no earlier tool call", where)
-            if ident is not None:
-                m["name"] = names[ident]
+        if m.get("tool_calls"):
+            waiting = list(m["tool_calls"])
+            names.update((c.id, c.name) for c in waiting)
+        if m["role"] != "tool":
+            continue
+        ident = m.get("tool_call_id")
+        if ident is not None and ident not in names:
+            where = f"messages[{i}].tool_call_id"
+            raise bad(f"{where} names no earlier tool call", where)
+        call = _answered(waiting, ident, m.get("name"))
+        if call is not None:
+            waiting.remove(call)
+            m.setdefault("tool_call_id", call.id)
+            m.setdefault("name", call.name)
+        elif ident is not None:
+            m.setdefault("name", names[ident])
+
+
+def _answered(waiting: list[ToolCall], ident: str | None, name: str | None) -> ToolCall | None:
+    for call in waiting:
+        if (ident is not None and call.id == ident) or (ident is None and name in (None, call.name)):
+            return call
+    return None
 
 
 class ImageBudget:

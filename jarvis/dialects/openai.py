@@ -59,6 +59,7 @@ FIELDS = fields.Fields(
         "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
         "max_completion_tokens", "stop", "seed", "frequency_penalty", "presence_penalty", "tools",
         "tool_choice", "response_format", "reasoning_effort", "user", "safety_identifier",
+        "parallel_tool_calls",
     },
     refused={
         "n": "one choice per answer",
@@ -70,7 +71,6 @@ FIELDS = fields.Fields(
         "prediction": "predicted outputs are not supported",
         "store": "Jarvis keeps a conversation only in a session named by X-Jarvis-Session",
         "metadata": "Jarvis keeps a conversation only in a session named by X-Jarvis-Session",
-        "parallel_tool_calls": "the model makes as many calls as it decides",
         "service_tier": "one tier",
         "prompt_cache_key": "the backend caches prompts itself",
         "verbosity": "the backends have no verbosity setting",
@@ -79,7 +79,7 @@ FIELDS = fields.Fields(
         "function_call": 'the deprecated "function_call"; send "tool_choice"',
     },
     accepted={
-        "n": (1,), "logprobs": (False,), "store": (False,), "parallel_tool_calls": (True,),
+        "n": (1,), "logprobs": (False,), "store": (False,),
         "modalities": (["text"],), "service_tier": ("auto", "default"),
     },
 )  # fmt: skip
@@ -105,7 +105,8 @@ def parse_chat(body: dict, config, default_model: str) -> common.Call:
         messages=fields.conversation(body.get("messages"), config, _message),
         options=_options(body),
         tools=fields.tools(body.get("tools")),
-        format=_format(body.get("response_format")),
+        **_format(body.get("response_format")),
+        parallel_tool_calls=fields.flag(body, "parallel_tool_calls", True),
         think=_reasoning(body.get("reasoning_effort")),
         **_tool_choice(body.get("tool_choice")),
     )
@@ -204,21 +205,33 @@ def _tool_choice(raw) -> dict:
     raise fields.bad('"tool_choice" must be "auto", "none", "required" or a function named', "tool_choice")
 
 
-def _format(raw):
-    """``response_format`` as the core's format: "json" or a JSON schema."""
+SCHEMA_FIELDS = fields.Fields({"name", "description", "schema", "strict"}, {})
+
+
+def _format(raw) -> dict:
+    """``response_format`` as the core's format ("json" or a JSON schema), its name and strictness."""
     if raw is None or (isinstance(raw, dict) and raw.get("type") == "text"):
-        return None
+        return {}
     kind = raw.get("type") if isinstance(raw, dict) else None
     if kind == "json_object":
-        return "json"
-    schema = raw.get("json_schema") if kind == "json_schema" else None
-    if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
-        return schema["schema"]
-    raise fields.bad(
-        '"response_format" must be {"type": "text"}, {"type": "json_object"} or '
-        '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
-        "response_format",
-    )
+        return {"format": "json"}
+    found = raw.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(found, dict) or not isinstance(found.get("schema"), dict):
+        raise fields.bad(
+            '"response_format" must be {"type": "text"}, {"type": "json_object"} or '
+            '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+            "response_format",
+        )
+    SCHEMA_FIELDS.check(found, "response_format.json_schema.")
+    schema, description = found["schema"], found.get("description")
+    if isinstance(description, str) and description and "description" not in schema:
+        schema = {**schema, "description": description}  # what the schema is for: the model reads it
+    name, strict = found.get("name"), found.get("strict")
+    return {
+        "format": schema,
+        "schema_name": name if isinstance(name, str) else None,
+        "strict": strict if isinstance(strict, bool) else None,
+    }
 
 
 def _reasoning(raw):

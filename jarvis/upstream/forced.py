@@ -3,7 +3,8 @@
 Ollama and the embedded model have no ``tool_choice``; both can hold an answer
 to a JSON schema. A request that must call a tool ("required", or a function
 named) is sent with ``call_schema`` as its format and no tools, and its JSON
-answer comes back as one ``ToolCall`` instead of text.
+answer comes back as one ``ToolCall`` instead of text. Nor can they be told to call at most one
+tool (``parallel_tool_calls: false``): the calls past the first are dropped here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 
-from ..conversation import Chat, call_schema, forced_call, forced_tools
+from ..conversation import Chat, ToolCall, call_schema, forced_call, forced_tools
 from . import Done, Item
 
 
@@ -24,10 +25,11 @@ def prepare(chat: Chat) -> Chat:
 
 
 def answer(chat: Chat, items: Iterable[Item]) -> Iterator[Item]:
-    """The backend's items, with a forced call's JSON text turned into the call it makes."""
+    """The backend's items, with a forced call's JSON text turned into the call it makes, and
+    calls past the first dropped when the client asked for one at most (``parallel_tool_calls``)."""
     tools = forced_tools(chat)
     if not tools:
-        yield from items
+        yield from (items if chat.parallel_tool_calls else _one_call(items))
         return
     texts: list[str] = []
     for item in items:
@@ -36,4 +38,14 @@ def answer(chat: Chat, items: Iterable[Item]) -> Iterator[Item]:
             continue
         if isinstance(item, Done):
             yield forced_call(tools, "".join(texts))
+        yield item
+
+
+def _one_call(items: Iterable[Item]) -> Iterator[Item]:
+    called = False
+    for item in items:
+        if isinstance(item, ToolCall):
+            if called:
+                continue
+            called = True
         yield item

@@ -64,13 +64,15 @@ class OpenAIUpstream(Remote):
             body["tools"] = [t.to_dict() for t in chat.tools]
             named = {"type": "function", "function": {"name": chat.tool_name}}
             body["tool_choice"] = named if chat.tool_name else chat.tool_choice
+            if not chat.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
         if chat.format == "json":
             body["response_format"] = {"type": "json_object"}
         elif chat.format is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": chat.format},
-            }
+            schema = {"name": chat.schema_name or "answer", "schema": chat.format}
+            if chat.strict is not None:
+                schema["strict"] = chat.strict
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         if chat.think:
             body["reasoning_effort"] = chat.think if isinstance(chat.think, str) else "medium"
         return body, {"Accept": "text/event-stream", **self._auth()}

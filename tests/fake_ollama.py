@@ -1,7 +1,9 @@
 """A fake Ollama: a real HTTP server on 127.0.0.1:0, scripted per request.
 
-It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON,
-``GET /api/tags``, ``GET /api/version``) and records, for every chat call,
+It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON with
+thinking, tool calls, JSON for a ``format`` and a note of the images it was sent;
+``POST /api/show`` with each model's capabilities; ``GET /api/tags``, ``/api/ps``,
+``/api/version``) and records, for every chat call, what it was sent and
 when it opened and when and by whom its connection was closed, so tests and
 benchmarks can see what reached the upstream socket. Every wait inside it
 watches the client socket, so a client that goes away is seen at once even
@@ -10,7 +12,6 @@ while the fake is "loading" or "stalled".
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import struct
@@ -19,6 +20,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from tests import fake_wire
+from tests.fake_wire import Body, ClientGone, read_request, send_json
 
 OK_MODELS = ("llama3.2", "tiny")
 
@@ -35,6 +39,7 @@ class Script:
     tokens: int | list[str] = 5  # a count ("tok0 ", "tok1 ", ...) or the exact texts
     interval_s: float = 0.0  # pause before each token after the first
     load_delay_s: float = 0.0  # silence before the response headers (a model loading)
+    # k counts what streams, in order: thinking chunks, text tokens, then the tool calls (as one)
     stall_after: int | None = None  # after k tokens, send nothing until the client leaves
     error_after: int | None = None  # after k tokens, send an {"error": ...} line
     drop_after: int | None = None  # after k tokens, close the connection mid-body
@@ -45,6 +50,9 @@ class Script:
     refuse: bool = False  # reset the connection instead of answering
     done_reason: str = "stop"  # "length": the answer was cut by a token limit
     framing: str = "chunked"  # or "length" (Content-Length, as a buffering proxy sends) or "close"
+    thinking: list[str] | None = None  # thinking chunks, streamed before the text
+    tool_calls: list[dict] | None = None  # [{"name", "arguments", optional "id"}], after the text
+    json_answer: bool = True  # a format request is answered with JSON (False: the tokens as they are)
 
     def texts(self) -> list[str]:
         if isinstance(self.tokens, int):
@@ -70,14 +78,15 @@ class Call:
     @property
     def prompt(self) -> str:
         messages = self.body.get("messages") or [{}]
-        return messages[-1].get("content", "")
+        return fake_wire.text_of(messages[-1].get("content", ""))
+
+    @property
+    def images(self) -> list[str]:
+        """The base64 images the request carried, in order, in either dialect."""
+        return fake_wire.images_in(self.body)
 
     def wait_closed(self, timeout: float) -> bool:
         return self.closed.wait(timeout)
-
-
-class _ClientGone(Exception):
-    pass
 
 
 class FakeOllama:
@@ -85,9 +94,11 @@ class FakeOllama:
 
     CHAT_PATH = "/api/chat"
     kind = "ollama"  # the JARVIS_BACKEND that reads it
+    wire = fake_wire.OllamaFrames()  # how an answer is framed; a fake of another server has its own
 
-    def __init__(self, models=OK_MODELS, key=None, port=0):
+    def __init__(self, models=OK_MODELS, key=None, port=0, capabilities: dict[str, list[str]] | None = None):
         self.models = list(models)
+        self.capabilities = dict(capabilities or {})  # model -> its capabilities; unnamed: all of them
         self.key = key  # body -> session key; set to detect overlapping calls of one session
         self.overlaps: list[tuple[Call, Call]] = []
         self.default = Script()
@@ -176,7 +187,7 @@ class FakeOllama:
         call = None
         try:
             conn.settimeout(5.0)
-            path, headers, body = _read_request(conn)
+            path, headers, body = read_request(conn)
             call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
             if path == self.CHAT_PATH:
                 _note_open(call)
@@ -194,7 +205,7 @@ class FakeOllama:
                 self._get(conn, call)
             if call.closed_by is None:
                 call.closed_by = "server"
-        except _ClientGone:
+        except ClientGone:
             if call is not None:
                 call.closed_by = "client"
         except (OSError, ValueError):
@@ -237,16 +248,16 @@ class FakeOllama:
         self._wait(conn, s.load_delay_s)
         refused = self._refusal(call, s, model)
         if refused is not None:
-            return _send_json(conn, *refused)
-        body = _Body(conn, s.framing)
+            return send_json(conn, *refused)
+        body = Body(conn, s.framing)
         if s.forever is not None:
-            body.head(self.CONTENT_TYPE)
+            body.head(self.wire.content_type)
             while not self._stop.is_set():
                 body.send(s.forever)
                 self._wait(conn, 0.001)
             return
         if s.raw is not None:
-            body.head(self.CONTENT_TYPE, sum(map(len, s.raw)))
+            body.head(self.wire.content_type, sum(map(len, s.raw)))
             for chunk in s.raw:
                 body.send(chunk)
                 if self._stop.is_set():
@@ -254,9 +265,9 @@ class FakeOllama:
             return body.end()
         length = None
         if s.framing == "length":  # a second pass: a long answer is never held in memory whole
-            length = sum(len(data) for kind, data in self._steps(s, model) if kind in ("token", "send"))
-        body.head(self.CONTENT_TYPE, length)
-        for kind, data in self._steps(s, model):
+            length = sum(len(data) for kind, data in self._steps(s, call, model) if kind in ("token", "send"))
+        body.head(self.wire.content_type, length)
+        for kind, data in self._steps(s, call, model):
             if kind == "stall":
                 self._wait(conn, None)
             elif kind == "wait":
@@ -268,16 +279,17 @@ class FakeOllama:
                 call.tokens_sent += kind == "token"
         body.end()
 
-    def _steps(self, s: Script, model: str) -> Iterator[tuple[str, object]]:
+    def _steps(self, s: Script, call: Call, model: str) -> Iterator[tuple[str, object]]:
         """The answer as (what, data): "token" and "send" bytes, "wait", "stall", "drop"."""
-        for frame in self._opening(model):
+        for frame in self.wire.opening(model):
             yield "send", frame
+        pieces = self._pieces(s, call.body, model)
         sent = 0
-        for i, text in enumerate(s.texts()):
+        for i, frames in enumerate(pieces):
             if i == s.stall_after:
                 yield "stall", None
             if i == s.error_after:
-                yield "send", self._error_frame(s.error)
+                yield "send", self.wire.error(s.error)
                 return
             if i == s.drop_after:
                 yield "drop", None
@@ -285,47 +297,56 @@ class FakeOllama:
                 return
             if i and s.interval_s:
                 yield "wait", s.interval_s
-            yield "token", self._token_frame(model, text)
+            yield "token", frames[0]
+            for frame in frames[1:]:
+                yield "send", frame
             sent += 1
-        if s.stall_after is not None and s.stall_after >= len(s.texts()):
+        if s.stall_after is not None and s.stall_after >= len(pieces):
             yield "stall", None
-        for frame in self._closing(model, s.done_reason, sent):
+        for frame in self.wire.closing(model, s.done_reason, bool(s.tool_calls), sent):
             yield "send", frame
 
-    # Ollama's protocol; a fake of another server overrides these
-    CONTENT_TYPE = b"application/x-ndjson"
+    def _pieces(self, s: Script, body: dict, model: str) -> list[list[bytes]]:
+        """What streams, each piece as its frames: thinking chunks, text tokens, the tool calls."""
+        fmt = self.wire.format(body) if s.json_answer else None
+        texts = fake_wire.answer_texts(s.texts(), fmt, len(fake_wire.images_in(body)))
+        pieces = [[self.wire.thinking(model, text)] for text in s.thinking or []]
+        pieces += [[self.wire.token(model, text)] for text in texts]
+        if s.tool_calls:
+            pieces.append(self.wire.tool_calls(model, s.tool_calls))
+        return pieces
 
+    # Ollama's answers that are not a stream; a fake of another server overrides these
     def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:
         """The (status, JSON body) that answers instead of a stream, if any."""
         if s.status != 200:
             return s.status, {"error": s.error}
         if model.split(":")[0] not in self.models:
             return 404, {"error": f'model "{model}" not found, try pulling it first'}
-        return None
+        error = fake_wire.ollama_refusal(model, fake_wire.lacking(call.body, self.capabilities_of(model)))
+        return None if error is None else (400, {"error": error})
 
-    def _opening(self, model: str) -> list[bytes]:
-        return []
-
-    def _token_frame(self, model: str, text: str) -> bytes:
-        return _line(_message(model, text, done=False))
-
-    def _error_frame(self, error: str) -> bytes:
-        return _line({"error": error})
-
-    def _closing(self, model: str, done_reason: str, tokens: int) -> list[bytes]:
-        final = _message(model, "", done=True)
-        final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
-        return [_line(final)]
+    def capabilities_of(self, model: str) -> list[str]:
+        """What the model can do, by its name with or without a tag (unnamed models: everything)."""
+        caps = self.capabilities
+        return list(caps.get(model, caps.get(model.split(":")[0], fake_wire.ALL_CAPABILITIES)))
 
     def _get(self, conn: socket.socket, call: Call) -> None:
         path = call.path
         if path == "/api/tags":
             models = [{"name": f"{m}:latest", "model": f"{m}:latest", "size": 1} for m in self.models]
-            _send_json(conn, 200, {"models": models})
+            send_json(conn, 200, {"models": models})
+        elif path == "/api/show":
+            model = call.body.get("model") or call.body.get("name") or ""
+            if model.split(":")[0] not in self.models:
+                return send_json(conn, 404, {"error": f"model '{model}' not found"})
+            send_json(conn, 200, fake_wire.show(self.capabilities_of(model)))
+        elif path == "/api/ps":
+            send_json(conn, 200, {"models": []})
         elif path == "/api/version":
-            _send_json(conn, 200, {"version": "0.0.0-fake"})
+            send_json(conn, 200, {"version": "0.0.0-fake"})
         else:
-            _send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
+            send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
 
     def _wait(self, conn: socket.socket, seconds: float | None) -> None:
         """Sleep ``seconds`` (None: until shutdown) but raise at once if the client leaves."""
@@ -341,9 +362,9 @@ class FakeOllama:
                 except ConnectionError:
                     data = b""
                 if not data:
-                    raise _ClientGone()
+                    raise ClientGone()
         if deadline is None or time.monotonic() < deadline:
-            raise _ClientGone()  # shutting down: end the call
+            raise ClientGone()  # shutting down: end the call
 
 
 def overlapped(a: Call, b: Call) -> bool:
@@ -375,75 +396,3 @@ def _client_left(sock: socket.socket) -> bool:
         return False
     except (OSError, ValueError):
         return True
-
-
-def _message(model: str, text: str, *, done: bool) -> dict:
-    return {
-        "model": model,
-        "created_at": "2026-01-01T00:00:00Z",
-        "message": {"role": "assistant", "content": text},
-        "done": done,
-    }
-
-
-def _line(obj: dict) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
-class _Body:
-    """Writes a response body framed as chunks, with a Content-Length, or ended by closing."""
-
-    def __init__(self, conn: socket.socket, framing: str):
-        assert framing in ("chunked", "length", "close"), framing
-        self.conn = conn
-        self.framing = framing
-
-    def head(self, content_type: bytes, length: int | None = None) -> None:
-        if self.framing == "chunked":
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self.framing == "length" and length is not None:
-            framing = b"Content-Length: %d\r\n" % length
-        else:
-            framing = b""  # the body ends when the connection closes
-        self.conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sConnection: close\r\n\r\n" % (content_type, framing)
-        )
-
-    def send(self, data: bytes) -> None:
-        # one sendall per frame: the bench stamps each as it leaves
-        self.conn.sendall(b"%x\r\n%s\r\n" % (len(data), data) if self.framing == "chunked" else data)
-
-    def end(self) -> None:
-        if self.framing == "chunked":
-            self.conn.sendall(b"0\r\n\r\n")
-
-
-def _send_json(conn: socket.socket, status: int, obj: dict) -> None:
-    body = json.dumps(obj).encode()
-    conn.sendall(
-        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (status, len(body), body)
-    )
-
-
-def _read_request(conn: socket.socket) -> tuple[str, dict, dict]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = conn.recv(65536)
-        if not more:
-            raise _ClientGone()
-        data += more
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    path = lines[0].split(" ")[1]
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        more = conn.recv(65536)
-        if not more:
-            raise _ClientGone()
-        body += more
-    return path, headers, json.loads(body) if body else {}

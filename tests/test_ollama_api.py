@@ -95,7 +95,7 @@ def test_options_reach_the_upstream_and_length_is_the_done_reason(oll, served):
     answer = oll.chat(model="tiny", messages=HELLO, options=options, stream=False)
     assert answer.done_reason == "length"
     body = served.fake.chat_calls()[0].body
-    assert body["options"] == {"temperature": 0.5, "top_p": 0.9, "num_predict": 2, "seed": 1, "stop": ["\n"]}
+    assert body["options"] == options  # every option, num_ctx included, unchanged
 
 
 def test_unknown_model_is_404(oll, served):

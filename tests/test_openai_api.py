@@ -95,7 +95,7 @@ def test_system_history_text_parts_and_sampling_reach_the_upstream(oai, served):
         max_completion_tokens=20,
         stop=["\n\n"],
         seed=42,
-        frequency_penalty=0.1,  # not passed on, as other compatible servers ignore it
+        frequency_penalty=0.1,  # passed on under Ollama's own name, as Ollama's OpenAI layer does
     )
     (call,) = served.fake.chat_calls()
     assert call.body["messages"] == [
@@ -110,6 +110,7 @@ def test_system_history_text_parts_and_sampling_reach_the_upstream(oai, served):
         "num_predict": 20,
         "seed": 42,
         "stop": ["\n\n"],
+        "frequency_penalty": 0.1,
     }
 
 
@@ -119,7 +120,8 @@ def test_system_history_text_parts_and_sampling_reach_the_upstream(oai, served):
         ({"model": "tiny", "messages": "hello"}, "messages"),
         ({"model": "tiny", "messages": []}, "messages"),
         ({"model": "tiny", "messages": [{"role": "user"}]}, "messages[0].content"),
-        ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        ({"model": "tiny", "messages": [{"role": "critic", "content": "x"}]}, "messages[0].role"),
         ({"model": 7, "messages": HELLO}, "model"),
         ({"model": "ti\x00ny", "messages": HELLO}, "model"),
         ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, None),

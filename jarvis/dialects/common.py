@@ -13,22 +13,21 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from flask import Response, current_app, g, request
 
-from ..config import Config
-from ..conversation import Chat
-from ..errors import BadRequest, Interrupted, JarvisError, NotFound, UpstreamError
-from ..events import End, Event, Framer, Text
+from ..conversation import Chat, ToolCall
+from ..errors import Interrupted, JarvisError, NotFound, Unsupported, UpstreamError
+from ..events import End, Event, Framer, Text, Thinking
 from ..lifecycle.stream import Stream
 from ..metrics import Metrics
 from ..status import Status
-from ..upstream import Options, Upstream
+from ..upstream import Upstream
 from ..web.answers import SSE_HEADERS
 from ..web.auth import credential, owner
-from ..web.bodies import json_object
+from .fields import bad
 
 SESSION_HEADER = "X-Jarvis-Session"
 FINISHED = (Status.COMPLETED, Status.LENGTH)
@@ -36,104 +35,26 @@ FINISHED = (Status.COMPLETED, Status.LENGTH)
 
 @dataclass(frozen=True)
 class Call:
-    """One checked request of either dialect: what the core needs to answer it."""
+    """One checked request of either dialect: the conversation, and how to answer it."""
 
-    model: str
-    messages: list[dict]
-    options: Options
+    chat: Chat
     stream: bool
     include_usage: bool = False  # OpenAI's stream_options.include_usage
+    names: Mapping[str, str] = field(default_factory=dict)  # the dialect's names of the core's fields
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
 
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer, read in process for a client that did not ask to stream."""
 
-
-def bad(message: str, param: str | None = None, code: str | None = None) -> BadRequest:
-    """A 400 naming the offending field (OpenAI's ``param``)."""
-    e = BadRequest(message, code=code)
-    e.param = param
-    return e
-
-
-def read_json(config: Config) -> dict:
-    """The request body as a JSON object, bounded like the native API's (whatever the content type)."""
-    # the bound waitress applies under jarvis serve: a body it accepts, we accept
-    limit = config.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise bad("the request body is too large", code="prompt_too_large")
-    request.max_content_length = limit  # bounds a chunked body too
-    body = json_object(force=True)
-    if body is None:
-        raise bad("the body must be a JSON object")
-    return body
-
-
-def conversation(raw, config: Config, content: Callable[[object, str], str]) -> list[dict]:
-    """Check a list of {role, content} messages; ``content`` reads one message's text."""
-    if not isinstance(raw, list):
-        raise bad('"messages" must be a list of messages', "messages")
-    if not raw:
-        raise bad('"messages" is empty: send at least one message', "messages")
-    out = []
-    for i, message in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad(f"{where} must be an object", where)
-        role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
-        if role is None:
-            raise bad(f"{where}.role must be one of system, user, assistant", f"{where}.role")
-        if message.get("content") is None:
-            raise bad(f"{where} has no content", f"{where}.content")
-        text = content(message["content"], f"{where}.content")
-        out.append({"role": role, "content": prompt_text(text, config, f"{where}.content")})
-    return out
-
-
-def prompt_text(text: str, config: Config, param: str) -> str:
-    """``text`` if it fits the prompt limit (JARVIS_MAX_PROMPT_CHARS, per message)."""
-    if len(text) > config.max_prompt_chars:
-        raise bad(f"{param} is longer than {config.max_prompt_chars} characters", param, "prompt_too_large")
-    return text
-
-
-def model_name(raw, default: str, param: str = "model") -> str:
-    if raw is None or raw == "":
-        return default
-    if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
-        raise bad('"model" must be a model name', param)
-    return raw
-
-
-def number(body: dict, key: str, low: float, high: float, *, integer: bool = False, param: str = ""):
-    """``body[key]`` checked to lie in [low, high]; None when absent."""
-    value = body.get(key)
-    if value is None:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise bad(f'"{key}" must be {kind} from {low:g} to {high:g}', param or key)
-    return value
-
-
-def stops(value, param: str) -> tuple[str, ...]:
-    """A stop sequence or a list of them."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or len(value) > 16 or not all(isinstance(s, str) and s for s in value):
-        raise bad(f'"{param}" must be a string or a list of up to 16 non-empty strings', param)
-    return tuple(value)
-
-
-def flag(body: dict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad(f'"{key}" must be true or false', key)
-    return value
+    text: str
+    thinking: str
+    tool_calls: list[ToolCall]
+    end: End
 
 
 class ModelNames:
@@ -188,19 +109,25 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     """Hand ``call`` to the core: stateless, or joining the caller's session named by X-Jarvis-Session."""
     j = current_app.extensions["jarvis"]
     session_id = request.headers.get(SESSION_HEADER) or None
+    chat = call.chat
     if session_id is not None:
         j.store.require_session(session_id, owner())  # another user's session is not found
-        if call.messages[-1]["role"] != "user":
-            raise bad(f"with {SESSION_HEADER} the last message must be the user's", "messages")
+        if chat.messages[-1]["role"] not in ("user", "tool"):
+            raise bad(f"with {SESSION_HEADER} the last message must be the user's or a tool's", "messages")
     models = current_app.extensions.setdefault("jarvis.model_names", ModelNames(j.upstream))
     models.check(call.model)
+    try:
+        j.upstream.check(chat)  # what the backend cannot honour is refused, before anything is stored
+    except Unsupported as e:
+        e.param = call.names.get(e.field, e.field)
+        raise
     trace_id = secrets.token_hex(8)
     user = g.user.name if g.get("user") is not None else ""
     stream = Stream(
         session_id=session_id,
         key=session_id or "call:" + trace_id,  # a stateless call supersedes nothing
         trace_id=trace_id,
-        chat=Chat(model=call.model, messages=call.messages, options=call.options),
+        chat=chat,
         upstream=j.upstream,
         config=j.config,
         release=j.registry.release,
@@ -213,7 +140,7 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     )
     if session_id is not None:
         # the prompt is stored before the model is called, and before it supersedes anything
-        prompt = call.messages[-1]["content"]
+        prompt = chat.messages[-1]["content"]
         stream.user_message_id, stream.message_id = j.store.add_exchange(
             session_id, prompt, trace_id, call.model
         )
@@ -224,25 +151,29 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     return stream
 
 
-def respond(call: Call, framer: Framer, api: str, mimetype: str, final: Callable[[str, End], object]):
+def respond(call: Call, framer: Framer, api: str, mimetype: str, final: Callable[[Answer], object]):
     """Start ``call`` and answer it: the framed stream when the client asked to stream, else
-    ``final(text, end)`` once the whole answer is read."""
+    ``final(answer)`` once the whole answer is read."""
     stream = start(call, framer, api)
     if call.stream:
         return Response(stream, mimetype=mimetype, headers=SSE_HEADERS)
-    return final(*collect(stream))
+    return final(collect(stream))
 
 
-def collect(stream: Stream) -> tuple[str, End]:
+def collect(stream: Stream) -> Answer:
     """Read the whole answer in-process (a non-streaming call); raises why it did not finish.
 
     The stream ends once either way: a client that leaves meanwhile is seen by the registry.
     """
-    texts, end = [], None
+    texts, thoughts, calls, end = [], [], [], None
     try:
         for event in stream.events():
             if isinstance(event, Text):
                 texts.append(event.text)
+            elif isinstance(event, Thinking):
+                thoughts.append(event.text)
+            elif isinstance(event, ToolCall):
+                calls.append(event)
             elif isinstance(event, End):
                 stream.framer.count(event)
                 end = event
@@ -254,7 +185,7 @@ def collect(stream: Stream) -> tuple[str, End]:
     failure = end_error(end, stream.outcome.error)
     if failure is not None:
         raise failure
-    return "".join(texts), end
+    return Answer("".join(texts), "".join(thoughts), calls, end)
 
 
 def end_error(end: End, error: JarvisError | None = None) -> JarvisError | None:

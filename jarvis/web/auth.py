@@ -77,8 +77,9 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=cfg.cookie_lifetime_s),
-        # under any WSGI host: no body is read past this (a prompt may spend 6 bytes a character)
-        MAX_CONTENT_LENGTH=cfg.max_body_bytes,
+        # under any WSGI host: no body is read past this (a prompt may spend 6 bytes a character);
+        # a route that takes images raises its own request's limit to cfg.max_body_bytes
+        MAX_CONTENT_LENGTH=cfg.max_prompt_chars * 6 + 65536,
     )
     app.extensions["jarvis.local_epoch"] = LocalEpoch(os.path.join(app.instance_path, "local_epoch"))
     signin.init_app(app)

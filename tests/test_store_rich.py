@@ -9,8 +9,7 @@ import base64
 import pytest
 import requests
 
-from jarvis.conversation import Image, Thinking, ToolCall
-from jarvis.upstream import Done
+from jarvis.conversation import Image, ToolCall
 from tests.conftest import HTTP_TIMEOUT
 from tests.test_chats import two_users
 
@@ -18,6 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(40))
 GIF = b"GIF89a" + bytes(range(30))
+WEATHER = {"name": "weather", "arguments": {"city": "Lisbon"}}
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
@@ -129,69 +129,55 @@ def test_bad_images_are_refused_before_anything_is_stored(make_app, fake, images
     assert client.get(f"/api/sessions/{sid}").get_json()["messages"] == []
 
 
-def test_images_to_a_model_without_vision_are_refused(app, client, fake, monkeypatch):
-    upstream = app.extensions["jarvis"].upstream
-    monkeypatch.setattr(upstream, "capabilities", lambda model: frozenset({"completion"}))
+def test_images_to_a_model_without_vision_are_refused(app, client, fake):
+    fake.capabilities["tiny"] = ["completion"]  # as Ollama's /api/show says it
     sid = client.post("/api/sessions").get_json()["id"]
     r = client.post(f"/api/sessions/{sid}/messages", json={"content": "hi", "images": [data_url(PNG)]})
     assert r.status_code == 400 and "'images'" in r.get_json()["error"]["message"]
+    assert r.get_json()["error"]["param"] == "images"
     assert fake.chat_calls() == [] and count(app, "images") == 0
     assert client.get(f"/api/sessions/{sid}").get_json()["messages"] == []
 
 
-def test_a_models_capabilities_are_read_by_name(app, client, monkeypatch):
-    upstream = app.extensions["jarvis"].upstream
-    monkeypatch.setattr(upstream, "capabilities", lambda m: frozenset({"vision", "completion"}))
-    r = client.get("/api/models/library/llava:7b")
-    assert r.get_json() == {"name": "library/llava:7b", "capabilities": ["completion", "vision"]}
-    monkeypatch.setattr(upstream, "capabilities", lambda m: None)
-    assert client.get("/api/models/tiny").get_json() == {"name": "tiny", "capabilities": None}
+def test_a_models_capabilities_are_read_by_name(client, fake):
+    fake.models.append("llava")
+    fake.capabilities["llava"] = ["completion", "vision"]
+    r = client.get("/api/models/llava:7b")
+    assert r.get_json() == {"name": "llava:7b", "capabilities": ["completion", "vision"]}
+    assert client.get("/api/models/unknown").get_json() == {"name": "unknown", "capabilities": None}
+    assert client.get("/api/models/a%20b").status_code == 400
 
 
 # thinking, tool calls, tool results
 
 
-def _thinking_then_a_call(seen: list):
-    def stream_chat(chat, cancel, session=None):
-        seen.append(chat)
-        yield Thinking("the user wants ")
-        yield Thinking("the weather")
-        yield ToolCall("call_1", "weather", '{"city": "Lisbon"}')
-        yield Done(prompt_tokens=3, completion_tokens=4)
-
-    return stream_chat
-
-
-def test_thinking_and_tool_calls_are_stored_and_come_back(api, jarvis_server, monkeypatch):
-    seen: list = []
-    upstream = jarvis_server.app.extensions["jarvis"].upstream
-    monkeypatch.setattr(upstream, "stream_chat", _thinking_then_a_call(seen))
+def test_thinking_and_tool_calls_are_stored_and_come_back(api, fake, jarvis_server):
+    fake.script(tokens=0, thinking=["the user wants ", "the weather"], tool_calls=[WEATHER])
     sid = api.session()
     assert send(api, sid, "weather in Lisbon?").status_code == 200
     answer = api.messages(sid)[-1]
     assert answer["status"] == "completed"
     meta = answer["meta"]
     assert meta["thinking"] == "the user wants the weather" and isinstance(meta["thinking_ms"], int)
-    assert meta["tool_calls"] == [{"id": "call_1", "name": "weather", "arguments": '{"city": "Lisbon"}'}]
-    assert meta["usage"] == {"prompt_tokens": 3, "completion_tokens": 4}
+    call = meta["tool_calls"][0]
+    assert meta["tool_calls"] == [{"id": call["id"], "name": "weather", "arguments": '{"city": "Lisbon"}'}]
+    assert call["id"].startswith("call_")  # Ollama gives none: Jarvis made it
+    assert set(meta["usage"]) == {"prompt_tokens", "completion_tokens"}
     # the tool's result follows, as a prompt of its own; the call goes back with it, the thinking not
     store = store_of(jarvis_server.app)
-    store.add_exchange(
-        sid,
-        {"role": "tool", "content": "18 C", "tool_call_id": "call_1", "name": "weather"},
-        "t" * 16,
-        "tiny",
-    )
-    assert store.context(sid)[1:3] == [
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [ToolCall("call_1", "weather", '{"city": "Lisbon"}')],
-        },
-        {"role": "tool", "content": "18 C", "tool_call_id": "call_1", "name": "weather"},
-    ]
+    result = {"role": "tool", "content": "18 C", "tool_call_id": call["id"], "name": "weather"}
+    _, answer_id = store.add_exchange(sid, result, "t" * 16, "tiny")
+    store.save_answer(answer_id, "It is 18 C.", "completed")
     shown = api.messages(sid)
-    assert shown[2]["role"] == "tool" and shown[2]["meta"] == {"tool_call_id": "call_1", "name": "weather"}
+    assert shown[2]["role"] == "tool" and shown[2]["meta"] == {"tool_call_id": call["id"], "name": "weather"}
+    fake.script(tokens=1)
+    assert send(api, sid, "thanks").status_code == 200
+    sent = fake.chat_calls()[-1].body["messages"]
+    assert sent[1:4] == [
+        {"role": "assistant", "content": "", "tool_calls": [{"function": WEATHER}]},
+        {"role": "tool", "content": "18 C", "tool_name": "weather"},
+        {"role": "assistant", "content": "It is 18 C."},
+    ]
     assert get(api, f"/api/sessions/{sid}").json()["title"] == "weather in Lisbon?"
 
 

@@ -40,6 +40,15 @@ def ollama_client(served) -> ollama.Client:
     return ollama.Client(host=served.url, headers={"Authorization": f"Bearer {served.token}"}, timeout=5)
 
 
+@pytest.fixture
+def capable(make_served):
+    """A server whose models can do everything, and an OpenAI client of it."""
+    served = make_served(openai_capabilities=ALL)
+    client = openai_client(served)
+    yield served, client
+    client.close()
+
+
 def sent(served) -> dict:
     """The one chat request body the upstream received."""
     (call,) = served.fake.chat_calls()
@@ -51,10 +60,9 @@ def sent(served) -> dict:
 
 @both_upstreams
 @pytest.mark.parametrize("stream", [False, True])
-def test_openai_tools_reach_the_model_and_its_calls_come_back(make_served, stream):
-    served = make_served(openai_capabilities=ALL)
+def test_openai_tools_reach_the_model_and_its_calls_come_back(capable, stream):
+    served, client = capable
     served.fake.script(tokens=0, tool_calls=[CALL])
-    client = openai_client(served)
     if stream:
         calls: dict[int, dict] = {}
         finish = None
@@ -78,13 +86,11 @@ def test_openai_tools_reach_the_model_and_its_calls_come_back(make_served, strea
     assert finish == "tool_calls"
     assert name == "get_weather" and json.loads(arguments) == {"city": "Paris"} and ident
     assert sent(served)["tools"] == [WEATHER]  # the same function shape on both wires
-    client.close()
 
 
 @both_upstreams
-def test_a_tool_result_goes_back_in_each_upstreams_own_shape(make_served):
-    served = make_served(openai_capabilities=ALL)
-    client = openai_client(served)
+def test_a_tool_result_goes_back_in_each_upstreams_own_shape(capable):
+    served, client = capable
     history = [
         *HELLO,
         {
@@ -108,7 +114,6 @@ def test_a_tool_result_goes_back_in_each_upstreams_own_shape(make_served):
     else:
         assert assistant["tool_calls"][0]["id"] == "call_1"
         assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_call_id": "call_1"}
-    client.close()
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -193,9 +198,8 @@ def test_ollama_format_passes_as_is(served):
 
 
 @both_upstreams
-def test_images_reach_every_upstream_that_takes_them(make_served):
-    served = make_served(openai_capabilities=ALL)
-    client = openai_client(served)
+def test_images_reach_every_upstream_that_takes_them(capable):
+    served, client = capable
     content = [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}},
@@ -203,7 +207,6 @@ def test_images_reach_every_upstream_that_takes_them(make_served):
     answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}])
     assert answer.choices[0].message.content.startswith("I see 1 image(s).")
     assert served.fake.chat_calls()[0].images == [PNG_B64]
-    client.close()
 
 
 def test_ollama_images_are_base64(served):
@@ -277,10 +280,9 @@ def test_ollama_think_in_thinking_out(served, stream):
 
 @both_upstreams
 @pytest.mark.parametrize("stream", [False, True])
-def test_openai_reasoning_content_out_as_llama_cpp_and_vllm_send_it(make_served, stream):
-    served = make_served(openai_capabilities=ALL)
+def test_openai_reasoning_content_out_as_llama_cpp_and_vllm_send_it(capable, stream):
+    served, client = capable
     served.fake.script(thinking=["Paris is ", "in France."], tokens=["Sunny."])
-    client = openai_client(served)
     kwargs = {"model": "tiny", "messages": HELLO, "reasoning_effort": "high"}
     if stream:
         chunks = list(client.chat.completions.create(stream=True, **kwargs))
@@ -293,7 +295,6 @@ def test_openai_reasoning_content_out_as_llama_cpp_and_vllm_send_it(make_served,
     assert thinking == "Paris is in France." and text == "Sunny."
     body = sent(served)
     assert body.get("think") == "high" or body.get("reasoning_effort") == "high"
-    client.close()
 
 
 # --- options, and nothing silently dropped ---------------------------------------------------
@@ -325,3 +326,14 @@ def test_an_unknown_field_is_refused_by_name(served):
         r = requests.post(served.url + path, json=body, headers=served.auth, timeout=HTTP_TIMEOUT)
         assert r.status_code == 400 and param in json.dumps(r.json())
     assert served.fake.chat_calls() == []
+
+
+def test_several_hosts_refuse_what_their_model_cannot_do_and_pass_the_rest(make_served, fake):
+    served = make_served(upstreams=f"ollama={fake.url}", health_interval_s=0.05)
+    fake.capabilities["tiny"] = ["completion", "tools"]
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=HELLO, think=True)
+    assert caught.value.status_code == 400 and "thinking" in caught.value.error
+    fake.script(tokens=0, tool_calls=[CALL])
+    (call,) = ollama_client(served).chat(model="tiny", messages=HELLO, tools=[WEATHER]).message.tool_calls
+    assert call.function.name == "get_weather" and sent(served)["tools"] == [WEATHER]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from flask import Response, current_app, g, request
 
+from .. import log
 from ..conversation import Chat, ToolCall
 from ..errors import Interrupted, JarvisError, NotFound, Unsupported, UpstreamError
 from ..events import End, Event, Framer, Text, Thinking
@@ -41,6 +42,7 @@ class Call:
     stream: bool
     include_usage: bool = False  # OpenAI's stream_options.include_usage
     names: Mapping[str, str] = field(default_factory=dict)  # the dialect's names of the core's fields
+    end_user: str | None = None  # who the client says its user is (OpenAI's user): logged with the call
 
     @property
     def model(self) -> str:
@@ -148,6 +150,8 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     if stream.credential:
         j.revocations.watch()  # revoking the credential ends this call too
     j.metrics.compat_calls.labels(api, user).inc()
+    if call.end_user:
+        log.event("dialect_call", trace_id=trace_id, api=api, end_user=call.end_user[:256])
     return stream
 
 

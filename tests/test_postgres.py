@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from jarvis.conversation import Image
 from jarvis.errors import DatabaseUnavailable, JarvisError
 from tests import (
     test_api,
@@ -24,6 +25,7 @@ from tests import (
     test_security,
     test_settings,
     test_soak,
+    test_store_rich,
     test_versions,
 )
 from tests.conftest import HTTP_TIMEOUT, LOCAL_TOKEN, Api, clean_env, free_port, jarvis_command, wait_for
@@ -54,7 +56,7 @@ def _engine_blind(test) -> bool:
 
 
 # the store's tests through the app, again on PostgreSQL
-for _module in (test_chats, test_versions, test_settings):
+for _module in (test_chats, test_versions, test_settings, test_store_rich):
     for _name, _test in vars(_module).items():
         if _name.startswith("test_") and _engine_blind(_test):
             globals()[_name] = _test
@@ -189,7 +191,8 @@ def test_an_answer_whose_final_write_cannot_be_stored_is_logged_as_lost(
 
 
 def _fill(store, users) -> list[str]:
-    """A history with what a copy must keep: accounts, a token, versions, settings, statuses, meta."""
+    """A history with what a copy must keep: accounts, a token, versions, settings, statuses, meta,
+    an image."""
     ann = users.add("ann", test_security.PASSWORD)
     sid = store.create_session(ann.id)["id"]
     _, first = store.add_exchange(sid, "first question", "t" * 16, "tiny")
@@ -198,7 +201,14 @@ def _fill(store, users) -> list[str]:
     store.save_answer(again, "cut short", "stopped", meta={"reason": "stopped"})
     store.show_version(sid, first, ann.id)  # the leaf is the first version again
     store.set_settings(sid, {"temperature": 0.5}, ann.id)
-    other = store.create_session(ann.id, title="empty")["id"]
+    other = store.create_session(ann.id, title="a picture")["id"]
+    picture = {
+        "role": "user",
+        "content": "what is this?",
+        "images": [Image("image/png", test_store_rich.PNG)],
+    }
+    _, answer = store.add_exchange(other, picture, "w" * 16, "tiny")
+    store.save_answer(answer, "a cat", "completed")
     return [sid, other]
 
 
@@ -220,16 +230,17 @@ def test_db_copy_moves_a_sqlite_history_to_postgres_and_back(make_app, tmp_path,
 
     done = _jarvis("db", "copy", "--to", postgres_url, database=str(tmp_path / "old.sqlite3"))
     assert done.returncode == 0, done.stderr
-    assert "copied 1 users, 1 tokens, 2 sessions, 3 messages" in done.stdout
+    assert "copied 1 users, 1 tokens, 2 sessions, 5 messages, 1 images, 1 message_images" in done.stdout
 
     new = make_app(database=postgres_url).extensions["jarvis"]
     for sid in sids:
         assert new.store.get_session(sid, ann.id) == old.store.get_session(sid, ann.id)
     assert new.store.settings(sids[0], ann.id) == {"temperature": 0.5}
     assert new.accounts.authenticate("ann", test_security.PASSWORD) == ann
+    assert new.store.image(Image("image/png", test_store_rich.PNG).digest, ann.id).data == test_store_rich.PNG
     assert new.accounts.user_for_token(token)[0] == ann
     user, answer = new.store.add_exchange(sids[0], "a new question", "v" * 16, "tiny")  # no id collides
-    assert user > 3 and answer == user + 1
+    assert user > 5 and answer == user + 1
     new.store.save_answer(answer, "a new answer", "completed")
 
     refused = _jarvis("db", "copy", "--to", postgres_url, database=str(tmp_path / "old.sqlite3"))
@@ -239,12 +250,13 @@ def test_db_copy_moves_a_sqlite_history_to_postgres_and_back(make_app, tmp_path,
     done = _jarvis(
         "db", "copy", "--from", postgres_url, "--to", back, database=str(tmp_path / "unused.sqlite3")
     )
-    assert done.returncode == 0 and "2 sessions, 5 messages" in done.stdout, done.stderr
+    assert done.returncode == 0 and "2 sessions, 7 messages, 1 images" in done.stdout, done.stderr
     restored = make_app(database=back).extensions["jarvis"].store
     assert restored.get_session(sids[0], ann.id) == new.store.get_session(sids[0], ann.id)
+    assert restored.image(Image("image/png", test_store_rich.PNG).digest, ann.id).data == test_store_rich.PNG
 
     done = _jarvis("db", "copy", "--to", postgres_url, "--replace", database=str(tmp_path / "old.sqlite3"))
-    assert done.returncode == 0 and "3 messages" in done.stdout, done.stderr
+    assert done.returncode == 0 and "5 messages, 1 images" in done.stdout, done.stderr
     assert new.store.get_session(sids[0], ann.id) == old.store.get_session(sids[0], ann.id)
 
 

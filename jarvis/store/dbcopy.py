@@ -1,4 +1,4 @@
-"""Copy a whole history (accounts, tokens, sessions, messages) from one database to another.
+"""Copy a whole history (accounts, tokens, sessions, messages, images) from one database to another.
 
 Used to move a SQLite install to PostgreSQL: ids are kept, so parent ids, leaves,
 owners and tokens stay right, and sign-in cookies and tokens stay valid. One
@@ -18,6 +18,8 @@ COLUMNS = {
         "id", "session_id", "parent_id", "role", "content", "status", "trace_id", "model", "error", "meta",
         "created_at", "updated_at",
     ),
+    "images": ("digest", "mime", "data", "created_at"),
+    "message_images": ("message_id", "digest"),
 }  # fmt: skip
 BATCH_ROWS = 500
 
@@ -38,7 +40,7 @@ def copy(source: Store, target: Store, *, replace: bool = False) -> dict[str, in
         for table, columns in COLUMNS.items():
             names = ", ".join(columns)
             insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
-            rows = src.execute(f"SELECT {names} FROM {table} ORDER BY id")
+            rows = src.execute(f"SELECT {names} FROM {table} ORDER BY {columns[0]}")
             while batch := rows.fetchmany(BATCH_ROWS):
                 dst.executemany(insert, [tuple(r[c] for c in columns) for r in batch])
                 copied[table] += len(batch)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from .chat_settings import ChatSettings
 from .engines import Connection, open_engine
+from .images import Images
 from .search import Search
 from .sessions import Messages, Sessions
 from .transfer import Imports
@@ -36,6 +37,7 @@ class Store:
         self.versions = Versions(self)
         self.chat_settings = ChatSettings(self)
         self.imports = Imports(self)
+        self.images = Images(self)
         self.writer = AnswerWriter(self, final_retry_s)  # the answers' writes, off their path
         self.create_session = self.sessions.create
         self.list_sessions = self.sessions.list
@@ -55,6 +57,8 @@ class Store:
         self.set_settings = self.chat_settings.set
         self.search = Search(self, self.engine).search
         self.import_session = self.imports.add
+        self.image = self.images.get
+        self.images_of = self.images.of_session
 
     def close(self) -> None:
         """Close the engine's long-lived connections (idempotent); writes still pending are named lost."""

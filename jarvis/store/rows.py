@@ -7,9 +7,14 @@ names a session by a bounded id.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
+from ..conversation import Image, Message, ToolCall
 from ..errors import NotFound
+from . import images
 from .engines import Connection
+
+PROMPTS = ("user", "tool")  # who writes the message an answer answers: a person, or a tool's result
 
 
 def shown(session_id: str) -> str:
@@ -27,6 +32,24 @@ def message(row) -> dict:
     out = dict(row)
     out["error"] = json.loads(out["error"]) if out["error"] else None
     out["meta"] = json.loads(out["meta"]) if out["meta"] else None
+    return out
+
+
+def conversation(row: Mapping, linked: Mapping[int, Mapping[str, Image]]) -> Message:
+    """The message a stored row is, as a model is sent it: a prompt's images (those ``linked`` to
+    it), an answer's tool calls, the call a tool's result answers; never the thinking."""
+    meta = json.loads(row["meta"]) if row["meta"] else {}
+    out: Message = {"role": row["role"], "content": row["content"]}
+    if row["role"] == "user" and (found := images.in_order(meta, linked.get(row["id"], {}))):
+        out["images"] = found
+    elif row["role"] == "assistant" and isinstance(meta.get("tool_calls"), list):
+        calls = [c for c in meta["tool_calls"] if isinstance(c, dict)]  # an import's meta is any object
+        out["tool_calls"] = [
+            ToolCall(str(c.get("id", "")), str(c.get("name", "")), str(c.get("arguments") or "{}"))
+            for c in calls
+        ]
+    elif row["role"] == "tool":
+        out.update({k: meta[k] for k in ("tool_call_id", "name") if isinstance(meta.get(k), str)})
     return out
 
 
@@ -52,8 +75,8 @@ def update_session(db: Connection, session_id: str, column: str, value: object, 
 
 
 def tree_rows(db: Connection, session_id: str, content: bool = False) -> list[dict]:
-    """The session's messages as the tree needs them (``content`` too, if asked)."""
-    columns = "id, parent_id, role, status" + (", content" if content else "")
+    """The session's messages as the tree needs them (``content`` and ``meta`` too, if asked)."""
+    columns = "id, parent_id, role, status" + (", content, meta" if content else "")
     rows = db.execute(f"SELECT {columns} FROM messages WHERE session_id = ?", (session_id,))
     return [dict(r) for r in rows]
 

@@ -13,8 +13,9 @@ import secrets
 import time
 from collections.abc import Iterable
 
+from ..conversation import Message
 from ..errors import NotFound
-from . import rows, tree
+from . import images, rows, tree
 from .engines import Connection, Database
 from .tree import LEAF
 
@@ -79,12 +80,16 @@ class Sessions:
             rows.require_owned(db, session_id, owner)
 
     def delete(self, session_id: str, owner: int | None = None) -> None:
+        """Delete the session, its messages, and the images no other chat holds."""
         with self.db.connect() as db:
+            db.begin()  # the write lock: a prompt cannot link an image while it is found unheld
             deleted = db.execute(
                 f"DELETE FROM sessions WHERE id = ? AND {db.same('owner')}", (session_id, owner)
             )
             if deleted.rowcount == 0:
                 raise NotFound(f"no session {rows.shown(session_id)}")
+            images.forget_unheld(db)
+            db.commit()
 
 
 class Messages:
@@ -94,25 +99,36 @@ class Messages:
         self.db = db
 
     def add_exchange(
-        self, session_id: str, prompt: str, trace_id: str, model: str, parent_id: int | None | str = LEAF
+        self,
+        session_id: str,
+        prompt: Message | str,
+        trace_id: str,
+        model: str,
+        parent_id: int | None | str = LEAF,
     ) -> tuple[int, int]:
         """Store the prompt and an empty streaming answer in one transaction, and show them.
 
-        The prompt follows ``parent_id``: an answer of the session, None for a first prompt, or
-        LEAF (the versions shown). A prompt under an earlier answer is an edit: a new version."""
+        The prompt is a user's message (a string: its text), its images stored once each, or a
+        tool's result (``tool_call_id``, ``name``): what it holds beyond its text goes in its meta.
+        It follows ``parent_id``: an answer of the session, None for a first prompt, or LEAF (the
+        versions shown). A prompt under an earlier answer is an edit: a new version."""
+        if isinstance(prompt, str):
+            prompt = {"role": "user", "content": prompt}
+        role, text, meta = prompt_row(prompt)
         now = time.time()
         with self.db.connect() as db:
             db.begin()
             if parent_id == LEAF:
                 parent_id = rows.leaf(db, session_id)
             elif parent_id is not None:
-                _require_message(db, session_id, parent_id, "assistant")
-            user = _insert(db, session_id, parent_id, "user", "sent", trace_id, model, now, prompt)
+                _require_message(db, session_id, parent_id, ("assistant",))
+            user = _insert(db, session_id, parent_id, role, "sent", trace_id, model, now, text, meta)
+            images.add(db, user, prompt.get("images") or (), now)
             answer = _insert(db, session_id, user, "assistant", STREAMING, trace_id, model, now)
             db.execute(
                 "UPDATE sessions SET updated_at = ?, leaf_id = ?,"
                 " title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-                (now, answer, title(prompt), session_id),
+                (now, answer, title(text) if role == "user" else "", session_id),
             )
             db.commit()
         return user, answer
@@ -123,7 +139,7 @@ class Messages:
         now = time.time()
         with self.db.connect() as db:
             db.begin()
-            _require_message(db, session_id, prompt_id, "user")
+            _require_message(db, session_id, prompt_id, rows.PROMPTS)
             answer = _insert(db, session_id, prompt_id, "assistant", STREAMING, trace_id, model, now)
             db.execute(
                 "UPDATE sessions SET updated_at = ?, leaf_id = ? WHERE id = ?", (now, answer, session_id)
@@ -134,7 +150,7 @@ class Messages:
     def prompt_of(self, session_id: str, answer_id: int) -> int:
         """The prompt that the answer ``answer_id`` of the session answers; NotFound for anything else."""
         with self.db.connect() as db:
-            return _require_message(db, session_id, answer_id, "assistant")
+            return _require_message(db, session_id, answer_id, ("assistant",))
 
     def save_answer(
         self, message_id: int, content: str, status: str, error: dict | None = None, meta: dict | None = None
@@ -176,23 +192,39 @@ class Messages:
             ).rowcount
 
 
-def _require_message(db: Connection, session_id: str, message_id: int, role: str) -> int | None:
-    """The parent of the session's message ``message_id``, which must be written by ``role``."""
+def _require_message(db: Connection, session_id: str, message_id: int, roles: tuple[str, ...]) -> int | None:
+    """The parent of the session's message ``message_id``, which must be written by one of ``roles``."""
     row = db.execute(
-        "SELECT parent_id FROM messages WHERE id = ? AND session_id = ? AND role = ?",
-        (message_id, session_id, role),
+        "SELECT parent_id FROM messages WHERE id = ? AND session_id = ?"
+        f" AND role IN ({', '.join('?' * len(roles))})",
+        (message_id, session_id, *roles),
     ).fetchone()
     if row is None:
-        who = "prompt" if role == "user" else "answer"
+        who = "answer" if roles == ("assistant",) else "prompt"
         raise NotFound(f"no {who} {message_id} in this session")
     return row["parent_id"]
 
 
-def _insert(db: Connection, session_id, parent_id, role, status, trace_id, model, now, content="") -> int:
+def prompt_row(prompt: Message) -> tuple[str, str, str | None]:
+    """A prompt's role, text and meta as its row holds them: a user's images named (their bytes
+    are stored apart), a tool's result with the call it answers."""
+    role = prompt.get("role", "user")
+    if role not in rows.PROMPTS:
+        raise ValueError(f"a prompt is written by a user or a tool, not {role!r}")
+    if role == "user":
+        meta = {"images": images.named(prompt["images"])} if prompt.get("images") else {}
+    else:
+        meta = {k: prompt[k] for k in ("tool_call_id", "name") if prompt.get(k)}
+    return role, prompt.get("content") or "", rows.dumped(meta)
+
+
+def _insert(
+    db: Connection, session_id, parent_id, role, status, trace_id, model, now, content="", meta=None
+) -> int:
     return db.insert(
-        "INSERT INTO messages (session_id, parent_id, role, content, status, trace_id, model, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (session_id, parent_id, role, content, status, trace_id, model, now, now),
+        "INSERT INTO messages (session_id, parent_id, role, content, status, trace_id, model, meta,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, parent_id, role, content, status, trace_id, model, meta, now, now),
     )
 
 

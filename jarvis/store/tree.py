@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import NotFound
+from . import images
 from . import rows as stored
 from .engines import Database
 
@@ -39,8 +40,9 @@ class Versions:
             db.commit()
 
     def context(self, session_id: str, upto: int | None | str = LEAF) -> list[dict]:
-        """The conversation to send upstream: the prompts and completed answers on the path to
-        ``upto`` (a message of the session, None for nothing, LEAF for the versions shown)."""
+        """The conversation to send upstream: the prompts (with their images, or a tool's result)
+        and completed answers (with their tool calls) on the path to ``upto`` (a message of the
+        session, None for nothing, LEAF for the versions shown)."""
         if upto is None:
             return []
         with self.db.connect() as db:
@@ -49,11 +51,12 @@ class Versions:
                 upto = stored.leaf(db, session_id)
             elif not any(r["id"] == upto for r in rows):
                 raise NotFound(f"no message {upto} in this session")
-        return [
-            {"role": r["role"], "content": r["content"]}
-            for r in path(rows, upto)
-            if r["role"] == "user" or r["status"] in ANSWERED
-        ]
+            carried = [r for r in path(rows, upto) if r["role"] in stored.PROMPTS or r["status"] in ANSWERED]
+            with_images = [
+                r["id"] for r in carried if r["role"] == "user" and '"images"' in (r["meta"] or "")
+            ]
+            linked = images.held(db, with_images) if with_images else {}
+        return [stored.conversation(r, linked) for r in carried]
 
 
 def children(rows: Sequence[Mapping]) -> dict[int | None, list[int]]:

@@ -9,14 +9,14 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, request
 
-from ..conversation import Chat
+from ..conversation import Chat, Message
 from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
 from ..lifecycle.stream import Stream
 from ..status import Reason
 from ..store import chat_settings
 from ..store.sessions import LEAF
 from .auth import credential, owner, proof
-from .bodies import json_body, json_object
+from .bodies import json_body, json_object, read_images
 
 bp = Blueprint("answers", __name__)
 
@@ -83,15 +83,15 @@ def attach(session_id: str):
 @bp.post("/api/sessions/<session_id>/messages")
 def send_message(session_id: str):
     j = jarvis()
-    content, model = _read_prompt(j.config, j.upstream.default_model)
+    prompt, model = _read_prompt(j.config, j.upstream.default_model)
     parent_id = _parent_id(json_object())
     settings = j.store.settings(session_id, owner())  # 404 for another user's session, as unknown ones
-    messages = [*j.store.context(session_id, parent_id), {"role": "user", "content": content}]
+    messages = [*j.store.context(session_id, parent_id), prompt]
     return _answer(
         session_id,
         model,
         messages,
-        lambda trace_id: j.store.add_exchange(session_id, content, trace_id, model, parent_id),
+        lambda trace_id: j.store.add_exchange(session_id, prompt, trace_id, model, parent_id),
         settings,
     )
 
@@ -132,14 +132,16 @@ def _answer(
     store its rows (``store_rows(trace_id)`` returns the prompt's id and the answer's), hand it over."""
     j = jarvis()
     trace_id = secrets.token_hex(8)
+    chat = Chat(
+        model=model,
+        messages=chat_settings.conversation(settings, messages),
+        options=chat_settings.options(settings),
+    )
+    _refuse_unhonoured(j.upstream, chat)
     stream = Stream(
         session_id=session_id,
         trace_id=trace_id,
-        chat=Chat(
-            model=model,
-            messages=chat_settings.conversation(settings, messages),
-            options=chat_settings.options(settings),
-        ),
+        chat=chat,
         upstream=j.upstream,
         store=j.store,
         config=j.config,
@@ -160,13 +162,26 @@ def _answer(
     return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
-def _read_prompt(config, default_model: str) -> tuple[str, str]:
+def _refuse_unhonoured(upstream, chat: Chat) -> None:
+    """Refuse (400 naming the field) what the model cannot do, before anything is stored: images
+    to a model without vision. A text chat asks nothing a backend could refuse here, so it is
+    spared the check (Ollama's is a round trip to /api/show)."""
+    check = getattr(upstream, "check", None)  # a test's stub upstream may have none
+    if check is not None and chat.wants():
+        check(chat)
+
+
+def _read_prompt(config, default_model: str) -> tuple[Message, str]:
+    """The prompt (its text and images) and the model it is for."""
     if not request.is_json:
         raise UnsupportedMediaType("send the prompt as application/json")
-    # a JSON string may spend up to 6 bytes on one character (\\uXXXX)
-    limit = config.max_prompt_chars * 6 + 4096
+    # a JSON string may spend up to 6 bytes on one character (\\uXXXX); images 4/3 of theirs
+    limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
+        raise PromptTooLarge(
+            f"the prompt is longer than {config.max_prompt_chars} characters"
+            f" or its images larger than {config.max_images_bytes} bytes"
+        )
     request.max_content_length = limit  # bounds a chunked body too
     body = json_object()
     if body is None:
@@ -176,7 +191,10 @@ def _read_prompt(config, default_model: str) -> tuple[str, str]:
         raise BadRequest('"content" must be a non-empty string')
     if len(content) > config.max_prompt_chars:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
-    return content, _model(body, default_model)
+    prompt: Message = {"role": "user", "content": content}
+    if images := read_images(body.get("images"), config.max_image_bytes, config.max_images_bytes):
+        prompt["images"] = images
+    return prompt, _model(body, default_model)
 
 
 def _model(body: dict, default_model: str) -> str:

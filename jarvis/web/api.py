@@ -25,6 +25,7 @@ from ..errors import (
 from ..status import Reason
 from ..store import chat_settings, transfer
 from ..store.sessions import TITLE_MAX_CHARS
+from .answers import MODEL_NAME
 from .auth import owner, signed_in
 from .bodies import json_body, one_line
 
@@ -77,7 +78,23 @@ def list_sessions():
 
 @bp.get("/api/sessions/<session_id>")
 def get_session(session_id: str):
-    return jarvis().store.get_session(session_id, owner())
+    session = jarvis().store.get_session(session_id, owner())
+    for m in session["messages"]:
+        named = (m["meta"] or {}).get("images") if m["role"] == "user" else None
+        if named:  # relative, as every URL of the page: it may be served under a path
+            m["images"] = [{**n, "url": f"api/images/{n['digest']}"} for n in named]
+    return session
+
+
+@bp.get("/api/images/<digest>")
+def get_image(digest: str):
+    """An image of a prompt, to the owner of a chat holding it (404 to anyone else, as unknown)."""
+    image = jarvis().store.image(digest, owner())
+    response = Response(image.data, mimetype=image.mime)
+    # named by its content hash: it never changes; the type is read from the bytes, never guessed again
+    response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.patch("/api/sessions/<session_id>")
@@ -119,7 +136,7 @@ def export_session(session_id: str):
     if fmt == "md":
         response = Response(transfer.to_markdown(session), mimetype="text/markdown")
     elif fmt == "json":
-        response = jsonify(transfer.to_json(session))
+        response = jsonify(transfer.to_json(session, jarvis().store.images_of(session_id)))
     else:
         raise BadRequest('"format" must be md or json')
     name = transfer.filename(session, fmt)
@@ -133,7 +150,9 @@ def import_session():
     with current_app.extensions["jarvis.imports"].slot(owner()):  # taken before the body is parsed
         body = json_body(transfer.MAX_IMPORT_BYTES, transfer.MAX_IMPORT_VALUES)
         limit = max(j.config.max_prompt_chars, j.config.max_answer_chars)
-        title, messages, settings = transfer.parse_import(body, limit, TITLE_MAX_CHARS)
+        title, messages, settings = transfer.parse_import(
+            body, limit, TITLE_MAX_CHARS, j.config.max_image_bytes
+        )
         del body  # the parsed export: the messages hold what is kept of it
         session = j.store.import_session(title, messages, owner(), settings)
     return jsonify(session), 201
@@ -154,6 +173,17 @@ def models():
     body = {"models": j.upstream.models(), "default": j.upstream.default_model, "backend": j.upstream.name}
     hosts = j.health.latest()[0].get("hosts")  # several hosts: each with its state, for the picker
     return body if hosts is None else {**body, "hosts": hosts}
+
+
+@bp.get("/api/models/<path:name>")
+def model(name: str):
+    """What a model can do beyond text ("vision", "tools", "thinking"...); null when the backend
+    cannot tell. The page offers images when "vision" is listed."""
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequest("a model name is letters, digits and . _ : / @ + -")
+    upstream = jarvis().upstream
+    has = upstream.capabilities(name) if hasattr(upstream, "capabilities") else None
+    return {"name": name, "capabilities": None if has is None else sorted(has)}
 
 
 @bp.get("/metrics")
@@ -193,7 +223,8 @@ def _wants_page() -> bool:
 
 @bp.app_errorhandler(JarvisError)
 def jarvis_error(e: JarvisError):
-    response = jsonify({"error": e.to_dict()})
+    param = getattr(e, "field", None) or getattr(e, "param", None)  # the field refused, where known
+    response = jsonify({"error": {**e.to_dict(), **({"param": param} if param else {})}})
     response.status_code = e.http_status
     if hasattr(e, "retry_after_s"):
         response.headers["Retry-After"] = str(e.retry_after_s)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from flask import request
 
+from ..conversation import Image, decode_image
 from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
 from ..store.sessions import one_line  # noqa: F401  (a title as one line: the store's rule, the routes' too)
 
@@ -149,3 +150,26 @@ def json_body(limit: int, max_values: int | None = None) -> dict:
     if body is None:
         raise BadRequest("the body must be a JSON object")
     return body
+
+
+def read_images(
+    value: object, max_image_bytes: int, max_images_bytes: int, where: str = "images"
+) -> list[Image]:
+    """A prompt's images: each a base64 data URL (Jarvis fetches nothing), typed by its bytes, at
+    most ``max_image_bytes``, and all together at most ``max_images_bytes`` (image_too_large)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f'"{where}" must be a list of data URLs (data:image/png;base64,...)')
+    found, total = [], 0
+    for i, item in enumerate(value):
+        image = decode_image(item, max_image_bytes, f"{where}[{i}]", bare=False)
+        total += len(image.data)
+        if total > max_images_bytes:
+            raise BadRequest(
+                f"the images are larger than {max_images_bytes} bytes together (at most "
+                f"{max_images_bytes} bytes in one request, {max_image_bytes} each)",
+                code="image_too_large",
+            )
+        found.append(image)
+    return found

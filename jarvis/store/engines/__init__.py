@@ -66,7 +66,7 @@ class Database(Protocol):
     def connect(self) -> AbstractContextManager[Connection]: ...
 
 
-# {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps)
+# {id}: an identity key; {ref}: a column pointing at one; {real}: a double (timestamps); {blob}: bytes
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id {id},
@@ -106,10 +106,22 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, id);
+CREATE TABLE IF NOT EXISTS images (
+    digest TEXT PRIMARY KEY,  -- SHA-256 of the bytes: an image sent again is stored once
+    mime TEXT NOT NULL,
+    data {blob} NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS message_images (  -- which prompt holds which image: whose it is to see
+    message_id {ref} NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL REFERENCES images(digest),
+    PRIMARY KEY (message_id, digest)
+);
+CREATE INDEX IF NOT EXISTS message_images_digest ON message_images(digest);
 """
 
 # the tables in an order that satisfies their references (a copy writes them in it)
-TABLES = ("users", "tokens", "sessions", "messages")
+TABLES = ("users", "tokens", "sessions", "messages", "images", "message_images")
 
 
 def is_postgres(database: str) -> bool:

@@ -17,7 +17,7 @@ from ...errors import DatabaseUnavailable, StoreError
 from ...status import LIVE_STATUSES
 from . import SCHEMA
 
-TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "real": "REAL"}
+TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "real": "REAL", "blob": "BLOB"}
 # the write lock held by another connection past the busy timeout (or a lock SQLite will not wait for)
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 

@@ -368,3 +368,52 @@ def test_a_tool_result_without_an_id_answers_the_next_call(capable):
     assistant, first, second = sent(served)["messages"][1:]
     ids = [c["id"] for c in assistant["tool_calls"]]
     assert [first["tool_call_id"], second["tool_call_id"]] == ids and len(set(ids)) == 2
+
+
+# --- stored sessions --------------------------------------------------------------------------
+
+
+def test_a_session_stores_images_tool_calls_tool_results_and_thinking(served):
+    sid = served.session()
+    client = openai_client(served).with_options(default_headers={"X-Jarvis-Session": sid})
+    served.fake.script(thinking=["Looking at it."], tokens=0, tool_calls=[CALL])
+    content = [
+        {"type": "text", "text": "Weather where this was taken?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}},
+    ]
+    first = [{"role": "user", "content": content}]
+    answer = client.chat.completions.create(model="tiny", messages=first, tools=[WEATHER])
+    (tc,) = answer.choices[0].message.tool_calls
+    served.fake.script(tokens=["Sunny."])
+    result = {"role": "tool", "tool_call_id": tc.id, "content": "18 °C, sunny"}
+    assistant = answer.choices[0].message.model_dump(exclude_none=True)
+    client.chat.completions.create(model="tiny", messages=[*first, assistant, result], tools=[WEATHER])
+    prompt, called, tool, final = served.messages(sid)
+    assert prompt["content"] == "Weather where this was taken?"
+    (image,) = prompt["images"]
+    got = requests.get(f"{served.url}/{image['url']}", headers=served.auth, timeout=HTTP_TIMEOUT)
+    assert got.content == PNG and got.headers["Content-Type"] == "image/png"
+    assert called["meta"]["thinking"] == "Looking at it."
+    assert called["meta"]["tool_calls"] == [
+        {"id": tc.id, "name": "get_weather", "arguments": tc.function.arguments}
+    ]
+    assert tool["role"] == "tool" and tool["content"] == "18 °C, sunny"
+    assert tool["meta"]["tool_call_id"] == tc.id
+    assert final["content"].endswith("Sunny.") and final["status"] == "completed"
+
+
+def test_removing_an_account_removes_the_images_only_its_chats_held(served):
+    sid = served.session()
+    r = requests.post(
+        f"{served.url}/api/sessions/{sid}/messages",
+        json={"content": "?", "images": ["data:image/png;base64," + PNG_B64]},
+        headers=served.auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert r.status_code == 200 and b"event: end" in r.content
+    store = served.app.extensions["jarvis"].store
+    with store.connect() as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 1
+    served.app.extensions["jarvis"].accounts.remove("ann")
+    with store.connect() as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0

@@ -142,9 +142,8 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     )
     if session_id is not None:
         # the prompt is stored before the model is called, and before it supersedes anything
-        prompt = chat.messages[-1]["content"]
         stream.user_message_id, stream.message_id = j.store.add_exchange(
-            session_id, prompt, trace_id, call.model
+            session_id, chat.messages[-1], trace_id, call.model
         )
     j.registry.hand_over(stream)
     if stream.credential:

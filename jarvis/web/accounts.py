@@ -28,6 +28,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from .. import log
 from ..errors import BadRequest, NotFound, StoreError
 from ..store import Store
+from ..store.images import forget_unheld
 
 TOKEN_PREFIX = "jv_"
 MIN_PASSWORD_CHARS = 8
@@ -85,6 +86,7 @@ class Accounts:
         with self.store.connect() as db:
             if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"no user {name!r}")
+            forget_unheld(db)  # the images only its chats held go with them
 
     def set_password(self, name: str, password: str) -> None:
         """Change the password and end every sign-in cookie of the user."""

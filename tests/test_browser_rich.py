@@ -241,13 +241,15 @@ def test_images_over_the_limits_are_refused_before_anything_is_sent(tab, jarvis_
     tab.open()
     page = tab.page
     expect(page.get_by_role("button", name="Attach images")).to_be_visible()
-    drop_or_paste(page, "drop", "huge.png", png(4, 4, padding=8 * MiB))
-    expect(page.locator("#notice")).to_contain_text("huge.png is 8.0 MiB: an image may be at most 8.0 MiB")
+    drop_or_paste(page, "drop", "huge.png", png(4, 4, padding=9 * MiB))
+    too_big = "The image huge.png is 9.0 MiB: an image may be at most 8 MiB"
+    expect(page.locator("#notice")).to_contain_text(too_big)
     expect(page.locator(".attachment")).to_have_count(0)
     drop_or_paste(page, "drop", "one.png", png(4, 4, padding=7 * MiB))
     expect(page.locator(".attachment")).to_have_count(1)
     drop_or_paste(page, "drop", "two.png", png(4, 4, padding=6 * MiB))
-    expect(page.locator("#notice")).to_contain_text("at most 12.0 MiB together")
+    too_many = "images come to 13.0 MiB: a prompt's images may be at most 12 MiB together"
+    expect(page.locator("#notice")).to_contain_text(too_many)
     expect(page.locator(".attachment")).to_have_count(1)
     assert jarvis_server.fake.chat_calls() == []
 

@@ -15,6 +15,7 @@ let vision = false;
 let picked = []; // {name, bytes, bitmap, url}: the images the next prompt carries
 
 const mib = (bytes) => `${(bytes / MiB).toFixed(1)} MiB`;
+const limit = (bytes) => `${Math.floor(bytes / MiB)} MiB`;
 const refused = (message) => showNotice({ code: "image_refused", message });
 
 // Shows the attach button when the model on the picker can see images.
@@ -44,15 +45,15 @@ export async function addImages(files) {
   for (const file of files) {
     const name = file.name || "pasted image";
     if (!TYPES.has(file.type)) {
-      refused(`${name} is not a PNG, JPEG, GIF or WebP image.`);
+      refused(`The file ${name} is not a PNG, JPEG, GIF or WebP image.`);
       continue;
     }
     if (file.size > MAX_IMAGE_BYTES) {
-      refused(`${name} is ${mib(file.size)}: an image may be at most ${mib(MAX_IMAGE_BYTES)}.`);
+      refused(`The image ${name} is ${mib(file.size)}: an image may be at most ${limit(MAX_IMAGE_BYTES)}.`);
       continue;
     }
     if (total + file.size > MAX_PROMPT_BYTES) {
-      refused(`With ${name} the images come to ${mib(total + file.size)}: a prompt's images may be at most ${mib(MAX_PROMPT_BYTES)} together.`);
+      refused(`With ${name} the images come to ${mib(total + file.size)}: a prompt's images may be at most ${limit(MAX_PROMPT_BYTES)} together.`);
       continue;
     }
     let bitmap;
@@ -60,7 +61,7 @@ export async function addImages(files) {
     try {
       [bitmap, url] = await Promise.all([createImageBitmap(file), readDataUrl(file)]);
     } catch {
-      refused(`${name} could not be read as an image.`);
+      refused(`The file ${name} could not be read as an image.`);
       continue;
     }
     total += file.size;

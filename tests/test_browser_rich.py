@@ -71,6 +71,12 @@ def drop_or_paste(page, how: str, name: str, data: bytes) -> None:
     )
 
 
+def wait_for_image(img) -> None:
+    """Until ``img`` has loaded (it is lazy), under the expect timeout."""
+    loaded = "i => i.complete && i.naturalWidth > 0"
+    img.page.wait_for_function(loaded, arg=img.element_handle(), timeout=6000)
+
+
 def sent_images(fake) -> list[str]:
     """The images of the last user message the fake Ollama was sent (base64)."""
     last = fake.chat_calls()[-1].body["messages"][-1]
@@ -223,14 +229,16 @@ def test_images_from_the_button_a_paste_and_a_drop_are_sent_and_shown(tab, jarvi
         pictures[n] for n in ("red.png", "blue.png", "green.png")
     )
     expect(answer.locator(".msg-content")).to_contain_text("blue one")
-    # shown on the message as the server stored them, by address, and again after a reload
+    # shown on the message at once, and after a reload as the server stored them, by address
+    expect(page.locator(".msg-user").last.locator(".msg-images canvas")).to_have_count(3)
+    tab.open()
     user = page.locator(".msg-user").last
     expect(user.locator(".msg-images img")).to_have_count(3)
+    expect(user.get_by_role("img", name="Attached image 1 of 3")).to_be_visible()
     for img in user.locator(".msg-images img").all():
-        assert img.evaluate("i => i.complete && i.naturalWidth > 0"), "a stored image did not load"
+        img.scroll_into_view_if_needed()
+        wait_for_image(img)
     assert user.locator(".msg-images img").first.get_attribute("src").startswith("api/images/")
-    tab.open()
-    expect(page.locator(".msg-user").last.locator(".msg-images img")).to_have_count(3)
     page.locator("#prompt").fill("And this one?")
     drop_or_paste(page, "drop", "red.png", pictures["red.png"])
     expect(page.locator(".attachment")).to_have_count(1)
@@ -254,18 +262,20 @@ def test_images_over_the_limits_are_refused_before_anything_is_sent(tab, jarvis_
     assert jarvis_server.fake.chat_calls() == []
 
 
-def test_a_prompt_refused_for_its_images_keeps_them_and_its_text(tab, jarvis_server):
+def test_images_sent_to_a_model_that_cannot_see_are_refused_and_kept_with_the_text(tab, jarvis_server):
+    jarvis_server.fake.capabilities["llama3.2"] = ["completion"]
     tab.open()
     page = tab.page
-    refusal = {"error": {"code": "unsupported", "message": "the model 'tiny' cannot see images"}}
-    page.route(
-        "**/api/sessions/*/messages",
-        lambda route: route.fulfill(status=400, content_type="application/json", body=json.dumps(refusal)),
-    )
+    expect(page.get_by_role("button", name="Attach images")).to_be_visible()  # tiny can see
     drop_or_paste(page, "drop", "cat.png", png(16, 16))
     expect(page.locator(".attachment")).to_have_count(1)
+    # another model picked with the image still attached: the server turns the prompt away
+    page.locator("#model").select_option("llama3.2:latest")
+    expect(page.get_by_role("button", name="Attach images")).to_be_hidden()
     tab.send("What is this?")
-    expect(page.locator("#notice")).to_contain_text("cannot see images")
+    expect(page.locator("#notice")).to_contain_text("The model cannot do that")
+    expect(page.locator("#notice")).to_contain_text("images")
     expect(page.locator(".attachment")).to_have_count(1)
     expect(page.locator("#prompt")).to_have_value("What is this?")
     expect(page.locator(".msg")).to_have_count(0)
+    assert jarvis_server.fake.chat_calls() == []

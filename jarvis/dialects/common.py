@@ -13,13 +13,14 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from flask import Response, current_app, g, request
 
+from .. import log
 from ..conversation import Chat, ToolCall
-from ..errors import Interrupted, JarvisError, NotFound, UpstreamError
+from ..errors import Interrupted, JarvisError, NotFound, Unsupported, UpstreamError
 from ..events import End, Event, Framer, Text, Thinking
 from ..lifecycle.stream import Stream
 from ..metrics import Metrics
@@ -40,6 +41,8 @@ class Call:
     chat: Chat
     stream: bool
     include_usage: bool = False  # OpenAI's stream_options.include_usage
+    names: Mapping[str, str] = field(default_factory=dict)  # the dialect's names of the core's fields
+    end_user: str | None = None  # who the client says its user is (OpenAI's user): logged with the call
 
     @property
     def model(self) -> str:
@@ -115,7 +118,11 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
             raise bad(f"with {SESSION_HEADER} the last message must be the user's or a tool's", "messages")
     models = current_app.extensions.setdefault("jarvis.model_names", ModelNames(j.upstream))
     models.check(call.model)
-    j.upstream.check(chat)  # what the backend cannot honour is refused, before anything is stored
+    try:
+        j.upstream.check(chat)  # what the backend cannot honour is refused, before anything is stored
+    except Unsupported as e:
+        e.param = call.names.get(e.field, e.field)
+        raise
     trace_id = secrets.token_hex(8)
     user = g.user.name if g.get("user") is not None else ""
     stream = Stream(
@@ -143,6 +150,8 @@ def start(call: Call, framer: Framer, api: str) -> Stream:
     if stream.credential:
         j.revocations.watch()  # revoking the credential ends this call too
     j.metrics.compat_calls.labels(api, user).inc()
+    if call.end_user:
+        log.event("dialect_call", trace_id=trace_id, api=api, end_user=call.end_user[:256])
     return stream
 
 

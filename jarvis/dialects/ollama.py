@@ -126,7 +126,7 @@ def _call(body: dict, messages: list[Message], default_model: str) -> common.Cal
         think=fields.think_of(body.get("think"), "think"),
         keep_alive=_keep_alive(body.get("keep_alive")),
     )
-    return common.Call(chat, fields.flag(body, "stream", True))
+    return common.Call(chat, fields.flag(body, "stream", True), names={"images": "messages"})
 
 
 def _message(m: dict, where: str, images: fields.ImageBudget) -> Message:

@@ -110,7 +110,11 @@ def parse_chat(body: dict, config, default_model: str) -> common.Call:
         **_tool_choice(body.get("tool_choice")),
     )
     return common.Call(
-        chat, fields.flag(body, "stream", False), fields.flag(stream_options, "include_usage", False)
+        chat,
+        fields.flag(body, "stream", False),
+        fields.flag(stream_options, "include_usage", False),
+        names={"images": "messages", "think": "reasoning_effort", "format": "response_format"},
+        end_user=body.get("user") or body.get("safety_identifier"),
     )
 
 
@@ -168,7 +172,7 @@ def _parts(content, param: str, images: fields.ImageBudget, user: bool) -> tuple
             url = url.get("url") if isinstance(url, dict) else url
             pictures.append(images.image(url, f"{where}.image_url.url", bare=False))
         elif kind in ("image_url", "input_audio", "file", "refusal"):
-            raise fields.unsupported(where, f"a {kind} part is not supported here")
+            raise fields.unsupported(where, f"{kind!r} parts are not supported here")
         else:
             kinds = "a text part" + (" or an image_url part" if user else "")
             raise fields.bad(f"{where} must be {kinds}", where)

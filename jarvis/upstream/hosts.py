@@ -275,7 +275,9 @@ class Hosts:
         return self._first(model).capabilities(model)
 
     def _first(self, model: str) -> Upstream:
-        return (self._candidates(model, []) or self.hosts)[0].upstream
+        with self._lock:  # as the line reads the hosts' states
+            found = self._candidates(model, []) or self.hosts
+        return found[0].upstream
 
     def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
         """Hosts this prompt may use: up with the model; else up; else those not probed yet.

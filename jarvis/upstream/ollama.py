@@ -133,6 +133,9 @@ class _Lines:
     def end(self) -> Iterable[Item]:
         raise UpstreamDisconnected("Ollama ended the answer before it was done")
 
+    def gathered(self) -> bool:
+        return False  # Ollama sends every item whole
+
 
 def _parse_line(line: bytes) -> Iterator[Item]:
     """One NDJSON line of Ollama's answer: its thinking, text and tool calls, and ``Done`` on the last."""

@@ -150,6 +150,7 @@ class _Answer:
         self.usage: dict = {}
         self.ended = False  # [DONE] came
         self.calls: dict[int, list] = {}  # index -> [id, name, argument pieces]: whole once it finishes
+        self._pieces = False  # a piece of a tool call came since gathered() was last asked
         self.thinking: list[str] = []
 
     def read(self, lines: list[bytes]) -> Iterator[Item]:
@@ -170,6 +171,10 @@ class _Answer:
         if self.finish is None and not self.ended:
             raise UpstreamDisconnected("the OpenAI-compatible server ended the answer before it was done")
         yield from self.done()  # a server that sends no [DONE] after the last choice
+
+    def gathered(self) -> bool:
+        pieces, self._pieces = self._pieces, False
+        return pieces
 
     def said(self, text: str) -> Iterator[Item]:
         """What one event said: its thinking first, then its text."""
@@ -225,6 +230,7 @@ class _Answer:
             call[1] = call[1] or function.get("name")
             if isinstance(function.get("arguments"), str):
                 call[2].append(function["arguments"])
+            self._pieces = True
         content = delta.get("content")
         return content if isinstance(content, str) else ""
 

@@ -36,6 +36,11 @@ class Reader(Protocol):
         """What the body's end says: the rest of the answer, or an ``UpstreamError``."""
         ...
 
+    def gathered(self) -> bool:
+        """Whether the last lines brought part of an item still being put together (a tool call
+        streamed in pieces); True once per such receive."""
+        ...
+
 
 class Remote:
     """Streams chat answers from one model server; a subclass names its request and its reader."""
@@ -90,6 +95,8 @@ class Remote:
                         response.progress()
                         fresh = False
                     yield item
+                if fresh and reader.gathered():  # the pieces of a tool call are news too
+                    response.progress()
             if not cancel.cancelled:
                 yield from reader.end()
 

@@ -1,0 +1,339 @@
+"""The whole conversation through both dialects and both remote backends: tools, tool results,
+structured output, images, thinking and options, with the official clients.
+
+Each test drives ``jarvis`` under waitress in front of a fake upstream and checks both ends: what
+the client got back, and what reached the upstream (the fake records every request body).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import ollama
+import openai
+import pytest
+import requests
+
+from .conftest import HTTP_TIMEOUT, both_upstreams
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17  # enough of a PNG to be typed one
+PNG_B64 = base64.b64encode(PNG).decode()
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+HELLO = [{"role": "user", "content": "What is the weather in Paris?"}]
+ALL = "tools,vision,thinking"  # what the OpenAI-compatible fake's models are configured to do
+
+
+def openai_client(served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
+
+
+def ollama_client(served) -> ollama.Client:
+    return ollama.Client(host=served.url, headers={"Authorization": f"Bearer {served.token}"}, timeout=5)
+
+
+@pytest.fixture
+def capable(make_served):
+    """A server whose models can do everything, and an OpenAI client of it."""
+    served = make_served(openai_capabilities=ALL)
+    client = openai_client(served)
+    yield served, client
+    client.close()
+
+
+def sent(served) -> dict:
+    """The one chat request body the upstream received."""
+    (call,) = served.fake.chat_calls()
+    return call.body
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+
+@both_upstreams
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_tools_reach_the_model_and_its_calls_come_back(capable, stream):
+    served, client = capable
+    served.fake.script(tokens=0, tool_calls=[CALL])
+    if stream:
+        calls: dict[int, dict] = {}
+        finish = None
+        for chunk in client.chat.completions.create(
+            model="tiny", messages=HELLO, tools=[WEATHER], stream=True
+        ):
+            for choice in chunk.choices:
+                finish = choice.finish_reason or finish
+                for delta in choice.delta.tool_calls or ():
+                    c = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                    c["id"] = c["id"] or delta.id
+                    c["name"] += delta.function.name or ""
+                    c["arguments"] += delta.function.arguments or ""
+        (call,) = calls.values()
+        name, arguments, ident = call["name"], call["arguments"], call["id"]
+    else:
+        answer = client.chat.completions.create(model="tiny", messages=HELLO, tools=[WEATHER])
+        finish = answer.choices[0].finish_reason
+        (tc,) = answer.choices[0].message.tool_calls
+        name, arguments, ident = tc.function.name, tc.function.arguments, tc.id
+    assert finish == "tool_calls"
+    assert name == "get_weather" and json.loads(arguments) == {"city": "Paris"} and ident
+    assert sent(served)["tools"] == [WEATHER]  # the same function shape on both wires
+
+
+@both_upstreams
+def test_a_tool_result_goes_back_in_each_upstreams_own_shape(capable):
+    served, client = capable
+    history = [
+        *HELLO,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 °C, sunny"},
+    ]  # fmt: skip
+    answer = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER])
+    assert answer.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
+    assistant, tool = sent(served)["messages"][1:]
+    if served.fake.kind == "ollama":
+        assert assistant["tool_calls"] == [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ]
+        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_name": "get_weather"}
+    else:
+        assert assistant["tool_calls"][0]["id"] == "call_1"
+        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_call_id": "call_1"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollama_tools_and_tool_messages(served, stream):
+    served.fake.script(tokens=0, tool_calls=[CALL])
+    client = ollama_client(served)
+    if stream:
+        parts = list(client.chat(model="tiny", messages=HELLO, tools=[WEATHER], stream=True))
+        calls = [c for p in parts for c in (p.message.tool_calls or ())]
+    else:
+        calls = client.chat(model="tiny", messages=HELLO, tools=[WEATHER]).message.tool_calls
+    (call,) = calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
+    assert sent(served)["tools"] == [WEATHER]
+    served.fake.script(tokens=3)
+    history = [
+        *HELLO,
+        {"role": "assistant", "content": "", "tool_calls": [{"function": CALL}]},
+        {"role": "tool", "content": "18 °C", "tool_name": "get_weather"},
+    ]
+    assert client.chat(model="tiny", messages=history).message.content
+    last = served.fake.chat_calls()[-1].body["messages"]
+    assert last[2] == {"role": "tool", "content": "18 °C", "tool_name": "get_weather"}
+    client.close()
+
+
+def test_a_forced_tool_call_is_asked_of_ollama_as_a_format(served):
+    # Ollama has no tool_choice: a call the client requires comes from an answer held to the
+    # function's parameters
+    client = openai_client(served)
+    answer = client.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    (tc,) = answer.choices[0].message.tool_calls
+    assert tc.function.name == "get_weather" and json.loads(tc.function.arguments) == {"city": "x"}
+    body = sent(served)
+    assert body["format"] == WEATHER["function"]["parameters"] and "tools" not in body
+    client.close()
+
+
+# --- structured output ----------------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+@both_upstreams
+def test_response_format_becomes_each_upstreams_format(make_served):
+    served = make_served()
+    client = openai_client(served)
+    for response_format, ollama_format in (
+        ({"type": "json_object"}, "json"),
+        ({"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}, SCHEMA),
+    ):
+        answer = client.chat.completions.create(model="tiny", messages=HELLO, response_format=response_format)
+        parsed = json.loads(answer.choices[0].message.content)
+        body = served.fake.chat_calls()[-1].body
+        if served.fake.kind == "ollama":
+            assert body["format"] == ollama_format
+        else:
+            assert body["response_format"]["type"] == response_format["type"]
+        if ollama_format is SCHEMA:
+            assert set(parsed) == {"name", "age"} and isinstance(parsed["age"], int)
+    client.close()
+
+
+def test_ollama_format_passes_as_is(served):
+    client = ollama_client(served)
+    answer = client.chat(model="tiny", messages=HELLO, format=SCHEMA)
+    assert set(json.loads(answer.message.content)) == {"name", "age"}
+    assert sent(served)["format"] == SCHEMA
+    client.close()
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@both_upstreams
+def test_images_reach_every_upstream_that_takes_them(capable):
+    served, client = capable
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}},
+    ]
+    answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}])
+    assert answer.choices[0].message.content.startswith("I see 1 image(s).")
+    assert served.fake.chat_calls()[0].images == [PNG_B64]
+
+
+def test_ollama_images_are_base64(served):
+    client = ollama_client(served)
+    answer = client.chat(model="tiny", messages=[{"role": "user", "content": "?", "images": [PNG]}])
+    assert answer.message.content.startswith("I see 1 image(s).")
+    assert sent(served)["messages"][0]["images"] == [PNG_B64]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "url, code",
+    [
+        ("https://example.com/cat.png", "bad_request"),  # Jarvis fetches nothing for a caller
+        ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "bad_request"),
+        ("data:image/png;base64,@@@", "bad_request"),
+        ("data:image/png;base64," + base64.b64encode(PNG + b"\x00" * 2048).decode(), "image_too_large"),
+    ],
+)
+def test_bad_images_are_400_naming_the_part(make_served, url, code):
+    served = make_served(max_image_bytes=1024)
+    content = [{"type": "text", "text": "?"}, {"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(served).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": content}]
+        )
+    error = caught.value.body
+    assert error["param"] == "messages[0].content[1].image_url.url" and error["code"] == code
+    assert served.fake.chat_calls() == []
+
+
+def test_images_to_a_model_without_vision_are_refused_before_the_model(served):
+    served.fake.capabilities["tiny"] = ["completion"]
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=[{"role": "user", "content": "?", "images": [PNG]}])
+    assert caught.value.status_code == 400 and "vision" in caught.value.error
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(served).chat.completions.create(model="tiny", messages=HELLO, tools=[WEATHER])
+    assert caught.value.body["param"] == "tools" and caught.value.body["code"] == "unsupported"
+    assert served.fake.chat_calls() == []
+
+
+def test_an_openai_compatible_host_without_vision_by_configuration_refuses_images(make_served, fake):
+    served = make_served(backend="openai", openai_url=fake.url + "/v1")  # default: tools only
+    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(served).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": content}]
+        )
+    assert "JARVIS_OPENAI_CAPABILITIES" in caught.value.body["message"]
+
+
+# --- thinking -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollama_think_in_thinking_out(served, stream):
+    served.fake.script(thinking=["Paris is ", "in France."], tokens=["Sunny."])
+    client = ollama_client(served)
+    if stream:
+        parts = list(client.chat(model="tiny", messages=HELLO, think=True, stream=True))
+        thinking = "".join(p.message.thinking or "" for p in parts)
+        text = "".join(p.message.content or "" for p in parts)
+    else:
+        answer = client.chat(model="tiny", messages=HELLO, think=True)
+        thinking, text = answer.message.thinking, answer.message.content
+    assert thinking == "Paris is in France." and text == "Sunny."
+    assert sent(served)["think"] is True
+    client.close()
+
+
+@both_upstreams
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_reasoning_content_out_as_llama_cpp_and_vllm_send_it(capable, stream):
+    served, client = capable
+    served.fake.script(thinking=["Paris is ", "in France."], tokens=["Sunny."])
+    kwargs = {"model": "tiny", "messages": HELLO, "reasoning_effort": "high"}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        thinking = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+        text = "".join(d.content or "" for d in deltas)
+    else:
+        message = client.chat.completions.create(**kwargs).choices[0].message
+        thinking, text = message.reasoning_content, message.content
+    assert thinking == "Paris is in France." and text == "Sunny."
+    body = sent(served)
+    assert body.get("think") == "high" or body.get("reasoning_effort") == "high"
+
+
+# --- options, and nothing silently dropped ---------------------------------------------------
+
+
+def test_every_ollama_option_and_keep_alive_reach_ollama_unchanged(served):
+    options = {"num_ctx": 8192, "top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1, "num_predict": 9}
+    ollama_client(served).chat(model="tiny", messages=HELLO, options=options, keep_alive="10m")
+    body = sent(served)
+    assert body["options"] == options and body["keep_alive"] == "10m"
+
+
+def test_ollama_options_an_openai_compatible_server_cannot_take_are_refused(make_served, fake):
+    served = make_served(backend="openai", openai_url=fake.url + "/v1")
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=HELLO, options={"num_ctx": 8192})
+    assert caught.value.status_code == 400 and "num_ctx" in caught.value.error
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=HELLO, keep_alive="5m")
+    assert "keep_alive" in caught.value.error
+    assert fake.chat_calls() == []
+
+
+def test_an_unknown_field_is_refused_by_name(served):
+    for path, body, param in (
+        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "temprature": 1}, "temprature"),
+        ("/api/chat", {"model": "tiny", "messages": HELLO, "options": {"num_ctxx": 1}}, "options.num_ctxx"),
+    ):
+        r = requests.post(served.url + path, json=body, headers=served.auth, timeout=HTTP_TIMEOUT)
+        assert r.status_code == 400 and param in json.dumps(r.json())
+    assert served.fake.chat_calls() == []
+
+
+def test_several_hosts_refuse_what_their_model_cannot_do_and_pass_the_rest(make_served, fake):
+    served = make_served(upstreams=f"ollama={fake.url}", health_interval_s=0.05)
+    fake.capabilities["tiny"] = ["completion", "tools"]
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(served).chat(model="tiny", messages=HELLO, think=True)
+    assert caught.value.status_code == 400 and "thinking" in caught.value.error
+    fake.script(tokens=0, tool_calls=[CALL])
+    (call,) = ollama_client(served).chat(model="tiny", messages=HELLO, tools=[WEATHER]).message.tool_calls
+    assert call.function.name == "get_weather" and sent(served)["tools"] == [WEATHER]

@@ -10,6 +10,9 @@
 //   chats.js         the chat list, the chat on screen and its history
 //   composer.js      sending, new versions and Stop
 //   models.js        the model picker and the model server's status
+//   thinking.js      what the model thought, collapsed above its answer
+//   toolcalls.js     an answer's tool calls and their results
+//   attachments.js   images attached to a prompt (button, paste, drop) and shown on it
 
 import { api, sessionPath } from "./api.js";
 import { loadHistory, loadSessions, openFallback, openSession, refreshSessions, renderSessions, setupChats } from "./chats.js";

@@ -10,6 +10,7 @@ import { setupSearch } from "./search.js";
 import { setupSettings } from "./settings.js";
 import { renameField, withGroups } from "./sidebar.js";
 import { LIVE, liveOf, state, viewOf } from "./state.js";
+import { linkToolResults } from "./toolcalls.js";
 
 const POLL_MS = 1000; // refresh a session another tab is streaming into
 
@@ -226,6 +227,7 @@ export async function loadHistory(id, fetched = null) {
   });
   const seen = new Set(merged.map((m) => m.key));
   for (const m of old) if (m.id == null && !seen.has(m.key)) merged.push(m); // sent, not yet started
+  linkToolResults(merged);
   viewOf(id).messages = merged;
   if (id !== state.currentId) return;
   showSettings(data.settings, id);

@@ -2,6 +2,7 @@
 // happens when the server turns it away, and Stop.
 
 import { api, sessionPath } from "./api.js";
+import { restoreImages, setupAttachments, takeImages } from "./attachments.js";
 import { loadHistory, refreshSessions, renderSessions, startChat } from "./chats.js";
 import { finish, streamAnswer } from "./connection.js";
 import { appendMessage, removeMessage, renderConversation, repaint, scrollToEnd } from "./conversation.js";
@@ -15,7 +16,8 @@ const STOP_GRACE_MS = 8000; // a stop the server never confirms is ended here
 // Sends `text` (the composer's, unless given) as the next prompt of the chat on screen.
 async function send(text = el.prompt.value) {
   const typed = text === el.prompt.value;
-  if (!text.trim()) return;
+  const attached = typed && el.attachments.children.length > 0;
+  if (!text.trim() && !attached) return;
   hideNotice();
   if (state.making) await state.making.catch(() => null); // New chat was pressed: the prompt goes there
   let sessionId = state.currentId;
@@ -29,7 +31,7 @@ async function send(text = el.prompt.value) {
   }
   const session = state.sessions.find((s) => s.id === sessionId);
   if (session && !session.title) {
-    session.title = text.trim().split("\n")[0].slice(0, 60);
+    session.title = text.trim().split("\n")[0].slice(0, 60) || "Image";
     renderSessions();
   }
   // the server supersedes the running answer; show it at once
@@ -40,7 +42,8 @@ async function send(text = el.prompt.value) {
     session.updated_at = now;
     state.sessions = [session, ...state.sessions.filter((s) => s !== session)];
   }
-  const user = { key: newKey(), role: "user", content: text, status: "sending", created_at: now };
+  const images = attached ? takeImages() : [];
+  const user = { key: newKey(), role: "user", content: text, status: "sending", created_at: now, images };
   const answer = { key: newKey(), role: "assistant", content: "", status: "pending", model, error: null, created_at: now };
   appendMessage(sessionId, user);
   appendMessage(sessionId, answer);
@@ -49,7 +52,9 @@ async function send(text = el.prompt.value) {
     el.prompt.value = "";
     autosize();
   }
-  await answerPrompt(sessionId, user, answer, "/messages", { content: text, model }, previous);
+  const body = { content: text, model };
+  if (images.length) body.images = images.map((image) => image.url);
+  await answerPrompt(sessionId, user, answer, "/messages", body, previous);
 }
 
 // Marks the answers running in the session as superseded, before the server says so.
@@ -120,6 +125,7 @@ async function refuse(sessionId, user, answer, text, previous, error) {
       el.prompt.value = text;
       autosize();
     }
+    restoreImages(user.images?.filter((image) => image.bitmap));
     showNotice(error);
   }
   if (error.code === "not_found") await loadHistory(sessionId);
@@ -164,6 +170,7 @@ export function setupComposer() {
     }
   });
   el.prompt.addEventListener("input", autosize);
+  setupAttachments();
   el.stop.addEventListener("click", stop);
   el.messages.addEventListener("click", (e) => {
     if (e.target.closest("button.continue")) send("Continue"); // the cut answer is in the context the server sends

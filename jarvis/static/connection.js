@@ -9,6 +9,7 @@ import { explainError } from "./errors.js";
 import { LABELS } from "./message.js";
 import { readEvents } from "./sse.js";
 import { LIVE, liveOf, notify, state, viewOf } from "./state.js";
+import { noteThinking, thinkingOver } from "./thinking.js";
 
 const SILENCE_MS = 45000; // the server writes a heartbeat every few seconds; this long silent is a dead link
 const RESUME_FIRST_MS = 250; // the first wait before resuming a broken answer
@@ -160,7 +161,8 @@ function handleEvent(run, { event, data }) {
     if (payload.model) answer.model = payload.model;
     answer.status = "streaming";
     if (run.replay) {
-      answer.content = ""; // a rejoin sends the answer again from its first token
+      // a rejoin sends the answer again from its first event
+      Object.assign(answer, { content: "", thinking: "", thinkingFrom: null, thinkingMs: null, tool_calls: null });
       run.replay = false;
     }
     if (user) {
@@ -173,10 +175,20 @@ function handleEvent(run, { event, data }) {
     answer.progress = payload;
     answer.status = payload.state === "queued" ? "queued" : "streaming";
     answer.position = payload.position;
+  } else if (event === "thinking") {
+    if (answer.status !== "streaming") answer.status = "streaming";
+    answer.progress = null;
+    noteThinking(answer, payload.text || "");
   } else if (event === "token") {
     if (answer.status !== "streaming") answer.status = "streaming";
     answer.progress = null;
+    thinkingOver(answer);
     answer.content += payload.text || "";
+  } else if (event === "tool_call") {
+    if (answer.status !== "streaming") answer.status = "streaming";
+    answer.progress = null;
+    thinkingOver(answer);
+    answer.tool_calls = [...(answer.tool_calls || []), payload];
   } else if (event === "end") {
     finish(run, payload.status || "completed", payload.error || null, payload.meta || null);
     return;
@@ -187,6 +199,7 @@ function handleEvent(run, { event, data }) {
 export function finish(run, status, error, meta = null) {
   const answer = run.message;
   run.ended = true;
+  thinkingOver(answer);
   answer.status = status;
   answer.error = error;
   answer.progress = null;

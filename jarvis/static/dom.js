@@ -40,6 +40,9 @@ export const el = {
   noticeAction: $("notice-action"),
   composer: $("composer"),
   prompt: $("prompt"),
+  attach: $("attach"),
+  attachInput: $("attach-input"),
+  attachments: $("attachments"),
   send: $("send"),
   stop: $("stop"),
   announcer: $("announcer"),
@@ -68,7 +71,7 @@ export function refreshControls() {
   const streaming = state.currentId ? liveOf(state.currentId).length > 0 : false;
   el.stop.hidden = !streaming;
   el.stop.disabled = !streaming;
-  el.send.disabled = !el.prompt.value.trim();
+  el.send.disabled = !el.prompt.value.trim() && !el.attachments.children.length;
   el.send.setAttribute("aria-label", streaming ? "Send message (replaces the current answer)" : "Send message");
 }
 

@@ -32,6 +32,10 @@ export function explainError(error) {
       return { title: "Ollama sent an error", detail: message };
     case "upstream_disconnected":
       return { title: "Ollama closed the connection mid-answer", detail: message };
+    case "image_refused":
+      return { title: "Image not attached", detail: message };
+    case "unsupported":
+      return { title: "The model cannot do that", detail: message };
     case "prompt_too_large":
       return { title: "The message is too long", detail: message };
     case "not_found":

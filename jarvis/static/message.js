@@ -5,7 +5,10 @@
 import { errorParts, plural, withCode } from "./errors.js";
 import { icon, renderMarkdown } from "./markdown.js";
 import { copyMessageButton, stamp } from "./message-tools.js";
+import { paintImages } from "./attachments.js";
 import { LIVE } from "./state.js";
+import { paintThinking, thoughtOf } from "./thinking.js";
+import { callsOf, paintToolCalls, toolMessageElement } from "./toolcalls.js";
 import { versionTools, versionsKey } from "./versions.js";
 
 const MIN_SPEED_SPAN_S = 0.1; // the shortest streaming time a speed is shown for
@@ -43,7 +46,9 @@ const EXPLAIN = {
 export function messageElement(msg) {
   const li = document.createElement("li");
   li.className = `msg msg-${msg.role}`;
-  if (msg.role === "user") {
+  if (msg.role === "tool") {
+    toolMessageElement(li, msg);
+  } else if (msg.role === "user") {
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     const foot = document.createElement("div");
@@ -134,9 +139,12 @@ export function paint(li, msg) {
   li.dataset.status = status;
   if (msg.id != null) li.dataset.id = String(msg.id);
   messageText.set(li, msg.content);
+  if (msg.role === "tool") return; // drawn whole by messageElement
   if (msg.role === "user") {
     const bubble = li.querySelector(".bubble");
+    paintImages(li, msg, bubble);
     if (bubble.textContent !== msg.content) bubble.textContent = msg.content;
+    bubble.hidden = !msg.content;
     paintFoot(li, msg, false);
     return;
   }
@@ -165,6 +173,9 @@ export function paint(li, msg) {
   meta.replaceChildren(...parts);
 
   const content = li.querySelector(".msg-content");
+  const body = li.querySelector(".msg-body");
+  paintThinking(body, msg, content);
+  paintToolCalls(body, msg, body.querySelector(".msg-foot"));
   const streaming = LIVE.has(msg.status) && !msg.supersededLocally;
   if (streaming) {
     // the answer being written is announced when it is done, not token by token
@@ -179,7 +190,7 @@ export function paint(li, msg) {
     renderedText.set(content, msg.content);
   }
   let cursor = content.querySelector(".cursor");
-  if (streaming && msg.status === "streaming") {
+  if (streaming && msg.status === "streaming" && !thoughtOf(msg)?.live) {
     if (!cursor) {
       cursor = document.createElement("span");
       cursor.className = "cursor";
@@ -197,8 +208,7 @@ export function paint(li, msg) {
   paintFoot(li, msg, LIVE.has(msg.status) && !msg.supersededLocally);
   li.querySelector(".msg-nothing")?.remove();
   li.querySelector(".msg-error")?.remove();
-  const body = li.querySelector(".msg-body");
-  if (!msg.content && !msg.error && !LIVE.has(msg.status)) {
+  if (!msg.content && !msg.error && !LIVE.has(msg.status) && !callsOf(msg).length) {
     const nothing = document.createElement("p");
     nothing.className = "msg-nothing";
     nothing.textContent = "No text was received.";

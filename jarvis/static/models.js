@@ -2,11 +2,14 @@
 // whether the model server answers.
 
 import { api } from "./api.js";
+import { setVision } from "./attachments.js";
 import { el } from "./dom.js";
 import { explainError, plural } from "./errors.js";
 
 const MODEL_KEY = "jarvis.model";
 const HEALTH_MS = 30000;
+
+const capabilities = new Map(); // model name -> what it can do, as the server says (null: unknown)
 
 export async function loadModels() {
   let data;
@@ -26,6 +29,32 @@ export async function loadModels() {
   const saved = localStorage.getItem(MODEL_KEY);
   el.model.value = names.includes(saved) ? saved : fallback || wanted || names[0] || "";
   el.model.title = "";
+  showCapabilities();
+}
+
+// What the picked model can do ("completion", "tools", "vision", "thinking"), asked once per model;
+// null when the server cannot tell.
+async function capabilitiesOf(name) {
+  if (!capabilities.has(name)) {
+    let found = null;
+    try {
+      const path = name.split("/").map(encodeURIComponent).join("/"); // "library/llama3" stays a path
+      found = (await api(`api/models/${path}`)).capabilities || null;
+    } catch {
+      return null; // asked again next time: the server may answer then
+    }
+    capabilities.set(name, found);
+  }
+  return capabilities.get(name);
+}
+
+// The attach button only for a model that can see images.
+async function showCapabilities() {
+  const name = el.model.value;
+  setVision(false);
+  if (!name) return;
+  const found = await capabilitiesOf(name);
+  if (el.model.value === name) setVision(Array.isArray(found) && found.includes("vision"));
 }
 
 // with several model hosts, each option says which hosts have the model and whether they answer
@@ -61,6 +90,9 @@ export async function refreshHealth() {
 
 // Keeps the picked model for the next visit, and the status line fresh.
 export function setupModels() {
-  el.model.addEventListener("change", () => localStorage.setItem(MODEL_KEY, el.model.value));
+  el.model.addEventListener("change", () => {
+    localStorage.setItem(MODEL_KEY, el.model.value);
+    showCapabilities();
+  });
   setInterval(refreshHealth, HEALTH_MS);
 }

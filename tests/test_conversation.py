@@ -417,3 +417,22 @@ def test_removing_an_account_removes_the_images_only_its_chats_held(served):
     served.app.extensions["jarvis"].accounts.remove("ann")
     with store.connect() as db:
         assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
+
+
+def test_a_prompt_of_images_alone_is_answered(served):
+    sid = served.session()
+    r = requests.post(
+        f"{served.url}/api/sessions/{sid}/messages",
+        json={"content": "", "images": ["data:image/png;base64," + PNG_B64]},
+        headers=served.auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert r.status_code == 200 and b'"status":"completed"' in r.content
+    assert served.fake.chat_calls()[0].images == [PNG_B64]
+    r = requests.post(
+        f"{served.url}/api/sessions/{sid}/messages",
+        json={"content": " "},
+        headers=served.auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    assert r.status_code == 400  # nothing at all is still nothing

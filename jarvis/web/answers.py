@@ -187,12 +187,13 @@ def _read_prompt(config, default_model: str) -> tuple[Message, str]:
     if body is None:
         raise BadRequest('the body must be a JSON object like {"content": "..."}')
     content = body.get("content")
-    if not isinstance(content, str) or not content.strip():
-        raise BadRequest('"content" must be a non-empty string')
+    images = read_images(body.get("images"), config.max_image_bytes, config.max_images_bytes)
+    if not isinstance(content, str) or not (content.strip() or images):
+        raise BadRequest('"content" must be a non-empty string (it may be "" when images are sent)')
     if len(content) > config.max_prompt_chars:
         raise PromptTooLarge(f"the prompt is longer than {config.max_prompt_chars} characters")
     prompt: Message = {"role": "user", "content": content}
-    if images := read_images(body.get("images"), config.max_image_bytes, config.max_images_bytes):
+    if images:
         prompt["images"] = images
     return prompt, _model(body, default_model)
 

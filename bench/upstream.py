@@ -25,6 +25,18 @@ import time
 MARK = "bench:"
 PROMPT = "Count slowly from 1 to 100000, one number per word. "  # what a real model is asked
 SCRIPT_FIELDS = ("tokens", "interval_s", "load_delay_s", "stall_after", "error_after", "drop_after", "status")
+# counts a directive may give, expanded by the fake so the prompt stays short: "thinking": n chunks
+# "thk0 ", "thk1 "... before the text; "calls": n tool calls fn0(i=0), fn1(i=1)... after it
+THINKING = "thk{} "
+CALL = "fn{}"
+
+
+def thinking_chunks(count: int) -> list[str]:
+    return [THINKING.format(i) for i in range(count)]
+
+
+def tool_calls(count: int) -> list[dict]:
+    return [{"name": CALL.format(i), "arguments": {"i": i}} for i in range(count)]
 
 
 def directive(tag: str, **script) -> str:
@@ -188,10 +200,21 @@ def serve(kind: str = "ollama") -> int:
         def _script_for(body: dict) -> Script:
             found = _last_directive(body)
             fields = {k: v for k, v in found.items() if k in SCRIPT_FIELDS}
+            if found.get("thinking"):
+                fields["thinking"] = thinking_chunks(found["thinking"])
+            if found.get("calls"):
+                fields["tool_calls"] = tool_calls(found["calls"])
             return Script(**fields) if found else Script(tokens=8)
 
+        def _pieces(self, s: Script, body: dict, model: str) -> list[list[bytes]]:
+            # the second private hook: Ollama streams each tool call on its own line as it is parsed
+            pieces = super()._pieces(s, body, model)
+            if self.kind == "ollama" and s.tool_calls and len(s.tool_calls) > 1:
+                pieces[-1:] = [self.wire.tool_calls(model, [call]) for call in s.tool_calls]
+            return pieces
+
         def _chat(self, conn, call: Call) -> None:
-            # the one private hook used: the socket a call is answered on
+            # a private hook: the socket a call is answered on
             found = parse_directive(call.prompt) or {}
             tag = found.get("tag")
             session = _session_of(call.body)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import (
     compat,
+    conversation,
     endurance,
     hosts,
     latency,
@@ -87,7 +88,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15", help="which sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15,16", help="which sections to run (default: all)"
     )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    every = {*map(str, range(1, 12)), "15"}  # 12 to 14 are run on their own (bench.page, processes, stores)
+    every = {*map(str, range(1, 12)), "15", "16"}  # 12 to 14 run alone (bench.page, processes, stores)
     default_out = not (args.quick or args.target or args.upstream or wanted != every)
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -229,6 +230,7 @@ def _run(
     section("11", lambda: compat.compat(primary, direct, plan.tokens, plan.runs, plan.trials_other))
     if fake is not None:  # section 15 starts its own servers against its own fake
         section("15", lambda: serving.run(workdir, args.quick))
+    section("16", lambda: conversation.run(primary, plan.tokens, plan.runs, plan.trials_other))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -325,6 +327,10 @@ ABOUT = """
   `/api/chat`, interleaved. Time to first token is from sending the request to the arrival of the
   bytes of the first token; client close is timed from the client's `close()` to the fake seeing its
   connection close, with the answer streaming, stalled or loading.
+- **Thinking and tool calls (section 16).** The same fake and `jarvis serve` answer text tokens,
+  thinking chunks or tool calls (one per NDJSON line, as Ollama streams them), each through the native
+  API, `/v1/chat/completions` and `/api/chat`, interleaved; each kind is judged against text through
+  the same dialect: time to its first event, and server CPU per event at full speed.
 - **Serving (section 15).** `python -m bench.serving` runs `jarvis serve` three times against its own
   fake: as it is, with the channel's close event switched off (the 20 ms poll alone, as before),
   and with the stop route's store read stubbed out; client close is timed from `close()` to the

@@ -25,6 +25,18 @@ import time
 MARK = "bench:"
 PROMPT = "Count slowly from 1 to 100000, one number per word. "  # what a real model is asked
 SCRIPT_FIELDS = ("tokens", "interval_s", "load_delay_s", "stall_after", "error_after", "drop_after", "status")
+# counts a directive may give, expanded by the fake so the prompt stays short: "thinking": n chunks
+# "thk0 ", "thk1 "... before the text; "calls": n tool calls fn0(i=0), fn1(i=1)... after it
+THINKING = "thk{} "
+CALL = "fn{}"
+
+
+def thinking_chunks(count: int) -> list[str]:
+    return [THINKING.format(i) for i in range(count)]
+
+
+def tool_calls(count: int) -> list[dict]:
+    return [{"name": CALL.format(i), "arguments": {"i": i}} for i in range(count)]
 
 
 def directive(tag: str, **script) -> str:
@@ -108,6 +120,23 @@ class Fake:
             self._log.close()
 
 
+def script_fields(found: dict) -> dict:
+    """The fake's Script fields of a directive, its counts expanded."""
+    fields = {k: v for k, v in found.items() if k in SCRIPT_FIELDS}
+    if found.get("thinking"):
+        fields["thinking"] = thinking_chunks(found["thinking"])
+    if found.get("calls"):
+        fields["tool_calls"] = tool_calls(found["calls"])
+    return fields
+
+
+def _call_per_line(fake, s, model: str, pieces: list[list[bytes]]) -> list[list[bytes]]:
+    """Ollama's pieces with the tool calls, which the fake sends on one line, on a line each."""
+    if fake.kind == "ollama" and s.tool_calls and len(s.tool_calls) > 1:
+        pieces[-1:] = [fake.wire.tool_calls(model, [call]) for call in s.tool_calls]
+    return pieces
+
+
 def _last_directive(body: dict) -> dict:
     messages = body.get("messages") or [{}]
     return parse_directive(messages[-1].get("content", "")) or {}
@@ -187,11 +216,15 @@ def serve(kind: str = "ollama") -> int:
         @staticmethod
         def _script_for(body: dict) -> Script:
             found = _last_directive(body)
-            fields = {k: v for k, v in found.items() if k in SCRIPT_FIELDS}
-            return Script(**fields) if found else Script(tokens=8)
+            return Script(**script_fields(found)) if found else Script(tokens=8)
+
+        def _pieces(self, s: Script, body: dict, model: str) -> list[list[bytes]]:
+            # the second private hook: Ollama streams each tool call on its own line as it is parsed
+            pieces = super()._pieces(s, body, model)
+            return _call_per_line(self, s, model, pieces)
 
         def _chat(self, conn, call: Call) -> None:
-            # the one private hook used: the socket a call is answered on
+            # a private hook: the socket a call is answered on
             found = parse_directive(call.prompt) or {}
             tag = found.get("tag")
             session = _session_of(call.body)

@@ -106,14 +106,14 @@ def make(fake: FakeLlama, **kwargs) -> LocalUpstream:
 class Reader:
     """Iterates one ``stream_chat`` in its own thread, as the stream worker does."""
 
-    def __init__(self, upstream, messages=HELLO, session=None):
+    def __init__(self, upstream, messages=HELLO, session=None, chat: Chat | None = None):
         self.cancel = CancelScope()
         self.items: list = []  # text, Meta and Done
         self.progress: list[Progress] = []
         self.error: JarvisError | None = None
         self.ended_at: float | None = None
         self._cond = threading.Condition()
-        self._chunks = upstream.stream_chat(Chat("", messages), self.cancel, session=session)
+        self._chunks = upstream.stream_chat(chat or Chat("", messages), self.cancel, session=session)
         self.thread = threading.Thread(target=self._run, name=f"reader-{session}")
         self.thread.start()
 

@@ -291,7 +291,8 @@ def test_superseded_holder_hands_the_model_to_its_session(fake_abort):
     assert new.wait_for(lambda r: r.queued == [2])
     old.cancel.cancel("superseded")
     old.join()
-    assert new.wait_for(lambda r: r.queued[-1:] == [1]), "moved ahead of the other session"
+    # on a busy machine the new prompt may be handed the model before it sees itself first in line
+    assert new.wait_for(lambda r: r.queued[-1:] == [1] or len(fake.prompts) == 2), "moved ahead"
     fake.proceed.set()
     new.join()
     other.join()

@@ -106,14 +106,14 @@ def make(fake: FakeLlama, **kwargs) -> LocalUpstream:
 class Reader:
     """Iterates one ``stream_chat`` in its own thread, as the stream worker does."""
 
-    def __init__(self, upstream, messages=HELLO, session=None):
+    def __init__(self, upstream, messages=HELLO, session=None, chat: Chat | None = None):
         self.cancel = CancelScope()
         self.items: list = []  # text, Meta and Done
         self.progress: list[Progress] = []
         self.error: JarvisError | None = None
         self.ended_at: float | None = None
         self._cond = threading.Condition()
-        self._chunks = upstream.stream_chat(Chat("", messages), self.cancel, session=session)
+        self._chunks = upstream.stream_chat(chat or Chat("", messages), self.cancel, session=session)
         self.thread = threading.Thread(target=self._run, name=f"reader-{session}")
         self.thread.start()
 
@@ -291,7 +291,8 @@ def test_superseded_holder_hands_the_model_to_its_session(fake_abort):
     assert new.wait_for(lambda r: r.queued == [2])
     old.cancel.cancel("superseded")
     old.join()
-    assert new.wait_for(lambda r: r.queued[-1:] == [1]), "moved ahead of the other session"
+    # on a busy machine the new prompt may be handed the model before it sees itself first in line
+    assert new.wait_for(lambda r: r.queued[-1:] == [1] or len(fake.prompts) == 2), "moved ahead"
     fake.proceed.set()
     new.join()
     other.join()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -90,13 +91,20 @@ class ChatTemplate:
     def render(self, messages: Sequence[Message]) -> str:
         try:
             return self._template.render(
-                messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+                messages=[{"role": m["role"], "content": _text(m)} for m in messages],
                 add_generation_prompt=True,
                 raise_exception=_template_error,
                 **self._tokens,
             )
         except jinja2.TemplateError as e:
             raise UpstreamStreamError(f"the model's chat template failed: {e}") from e
+
+
+def _text(m: Message) -> str:
+    """A message as the template shows it: an assistant's tool calls are written out as the JSON
+    the model was held to, so it sees what it called before the tool's result."""
+    calls = [json.dumps({"name": c.name, "arguments": c.args()}) for c in m.get("tool_calls") or ()]
+    return "\n".join([m["content"], *calls] if m["content"] else calls)
 
 
 def _template_error(message: str) -> None:
@@ -175,8 +183,7 @@ class Model:
 
 def _route_llama_logs(llama_cpp) -> None:
     """Send llama.cpp's own lines (one on every aborted decode) to the log at debug, not to stderr."""
-    global _log_callback
-    if _log_callback is not None:
+    if _log_callbacks:
         return
     llama_log = logging.getLogger("jarvis.llama")
 
@@ -185,12 +192,14 @@ def _route_llama_logs(llama_cpp) -> None:
         if line:
             llama_log.debug("%s", line)
 
-    # process-wide in llama.cpp; the reference keeps the callback alive as long as it is installed
-    _log_callback = llama_cpp.llama_log_callback(forward)
-    llama_cpp.llama_log_set(_log_callback, None)
+    # process-wide in llama.cpp; kept for good, so that a second install racing this one (a
+    # grammar parsed by a request thread while a holder loads) never frees the one installed
+    callback = llama_cpp.llama_log_callback(forward)
+    _log_callbacks.append(callback)
+    llama_cpp.llama_log_set(callback, None)
 
 
-_log_callback = None
+_log_callbacks: list = []
 
 
 def _install_abort(llama, should_abort: Callable[[], bool]):

@@ -22,18 +22,23 @@ the prompt; the idle deadline each gap between tokens; the total the answer.
 
 The model is loaded on first use, by the request holding the slot, so loading
 is serialised like generation and start-up stays cheap.
+
+An answer asked for in a format, and a tool call ``tool_choice`` forces, is
+held to a grammar (``grammar.py``) as each token is sampled, between decodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config
+from ..conversation import forced_tools
 from ..errors import ModelNotFound, Unsupported, UpstreamError, UpstreamStreamError, UpstreamUnavailable
-from . import Chat, Done, Item, Message, Meta, Options, Progress, refuse_missing
+from . import Chat, Done, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
 from .fit import Trim, fit
 from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, available, default_name, find_model
 from .slot import Deadline, Slot, Ticket
@@ -87,32 +92,43 @@ class LocalUpstream:
         return cls(find_model(config), **kwargs)
 
     def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
-        """Yield ``Progress`` (queued, loading, reading), then the answer; stop quietly once cancelled."""
+        """Yield ``Progress`` (queued, loading, reading), then the answer; stop quietly once cancelled.
+
+        An answer asked for in a format is held to it by a grammar; a call ``tool_choice`` forces
+        is asked for as its JSON schema (``forced.py``) and comes out as one ``ToolCall``."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
-        model, messages, options = chat.model, chat.messages, chat.options
-        if model and model != self.default_model:
-            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
-        if not messages:
+        asked, tools = forced.prepare(chat), forced_tools(chat)
+        if tools:
+            messages = grammar.call_hint(chat.messages, tools)
+            asked = dataclasses.replace(asked, messages=messages, format=grammar.call_format(tools))
+        raw = self._stream(asked, cancel, session)
+        try:
+            yield from forced.answer(chat, _whole_call(raw) if tools else raw)
+        finally:
+            raw.close()  # the slot is given back now, not when the generator is collected
+
+    def _stream(self, chat: Chat, cancel: CancelScope, session: str | None) -> Iterator[Item]:
+        if chat.model and chat.model != self.default_model:
+            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {chat.model!r}")
+        if not chat.messages:
             raise UpstreamStreamError("there is no message to answer")
+        try:
+            held = grammar.of(chat.format)  # before the queue: a schema it cannot hold waits for nothing
+        except Unsupported as e:  # check() refuses it first; a caller that skipped it gets this
+            raise UpstreamStreamError(e.message) from e
         started = time.monotonic()
         ticket = self._slot.join(session, cancel)
         unregister = cancel.on_cancel(lambda: self._slot.on_cancel(ticket))
         try:
-            yield from self._answer(ticket, messages, cancel, session, options, started)
+            yield from self._answer(ticket, chat, held, cancel, session, started)
         finally:
             unregister()
             if self._slot.leave(ticket):
                 self._model.free()
 
     def _answer(
-        self,
-        ticket: Ticket,
-        messages: Sequence[Message],
-        cancel: CancelScope,
-        session: str | None,
-        options: Options,
-        started: float,
+        self, ticket: Ticket, chat: Chat, held, cancel: CancelScope, session: str | None, started: float
     ) -> Iterator[str | Progress | Meta | Done]:
         first_token_s = self._deadline.first_token_s
         yield from self._slot.turn(ticket, started + first_token_s, first_token_s)
@@ -127,8 +143,8 @@ class LocalUpstream:
                 yield Progress("loading")
             llama = self._model.load()
             self._deadline.check()  # a load cannot be aborted: it counts once it returns
-            tokens = yield from self._prompt(llama, messages, session)
-            yield from self._generate(llama, tokens, cancel, options)
+            tokens = yield from self._prompt(llama, chat.messages, session)
+            yield from self._generate(llama, tokens, cancel, chat.options, held)
         finally:
             self._deadline.clear()
 
@@ -145,13 +161,16 @@ class LocalUpstream:
         return tokens
 
     def _generate(
-        self, llama, tokens: list[int], cancel: CancelScope, options: Options
+        self, llama, tokens: list[int], cancel: CancelScope, options: Options, held
     ) -> Iterator[str | Done]:
         max_tokens = self.n_ctx - len(tokens)
         limit = options.max_tokens or self.max_answer_tokens  # the request's, else the default
         if limit:
             max_tokens = min(max_tokens, limit)
-        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **_sampling(options))
+        sampling = _sampling(options)
+        if held is not None:
+            sampling["grammar"] = held  # checked as each token is sampled, between decodes
+        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **sampling)
         try:
             yield from _answer_of(chunks, cancel, self._deadline, len(tokens))
         except (RuntimeError, ValueError) as e:
@@ -182,17 +201,31 @@ class LocalUpstream:
         return [{"name": self.default_model}]
 
     def capabilities(self, model: str) -> frozenset[str]:
+        """Only "completion": Ollama's "tools" means the model chooses to call one, which this
+        model cannot; a format and a forced call it honours all the same (``check`` says)."""
         return frozenset({"completion"})
 
     def check(self, chat: Chat) -> None:
-        """The embedded model answers in text only: anything else is refused, named."""
-        refuse_missing(chat, self.capabilities(chat.model), "the embedded model")
-        if chat.format is not None:
-            raise Unsupported("format", "the embedded model cannot hold an answer to a format")
+        """Text, a format and a forced tool call pass; anything else is refused, named."""
+        if chat.images:
+            raise Unsupported("images", "the embedded model reads text only: it cannot see images")
+        if chat.think:
+            raise Unsupported("think", "the embedded model does not think before it answers")
         for key in chat.options.extra:
             raise Unsupported(f"options.{key}", f"the embedded model takes no {key!r} option")
         if chat.keep_alive is not None:
             raise Unsupported("keep_alive", "keep_alive applies to Ollama; the embedded model stays loaded")
+        tools = forced_tools(chat)
+        if chat.tool_name is not None and chat.tools and not tools:
+            raise Unsupported("tool_choice", f"no tool named {chat.tool_name!r} is offered")
+        if chat.tools and chat.tool_choice != "none" and not tools:
+            raise Unsupported(
+                "tools",
+                "the embedded model calls a tool only when tool_choice requires one "
+                '("required" or a function named)',
+            )
+        grammar.of(grammar.call_format(tools) if tools else chat.format, "tools" if tools else "format")
+        refuse_missing(forced.prepare(chat), self.capabilities(chat.model), "the embedded model")
 
     def close(self) -> None:
         """Refuse new prompts, abort the running one, free the model (idempotent).
@@ -220,6 +253,16 @@ def _answer_of(chunks, cancel: CancelScope, deadline: Deadline, prompt_tokens: i
         deadline.check()  # checkpoint: a stand-in or a step that ignores the abort flag
 
 
+def _whole_call(items: Iterator[Item]) -> Iterator[Item]:
+    """A forced call's items; a call cut by the token limit is an error, not half its arguments."""
+    for item in items:
+        if isinstance(item, Done) and item.reason == "length":
+            raise UpstreamStreamError(
+                f"the tool call was cut at {item.completion_tokens} tokens, before its arguments were whole"
+            )
+        yield item
+
+
 def _failure(llama, e: Exception, deadline: Deadline, slot: Slot) -> UpstreamError:
     """What a decode that raised means: a deadline passed, a shutdown, or a real failure."""
     if deadline.passed():
@@ -240,4 +283,7 @@ def _sampling(options: Options) -> dict:
         sampling["stop"] = list(options.stop)
     if options.seed is not None:
         sampling["seed"] = options.seed
+    for name in ("frequency_penalty", "presence_penalty"):
+        if (value := getattr(options, name)) is not None:
+            sampling[name] = value
     return sampling

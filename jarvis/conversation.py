@@ -229,13 +229,19 @@ def forced_tools(chat: Chat) -> tuple[Tool, ...]:
 
 def call_schema(tools: tuple[Tool, ...]) -> dict:
     """A JSON schema whose every instance is a call of one of ``tools``: a backend that can hold
-    the answer to a schema (a grammar) can so be made to call a tool."""
+    the answer to a schema (a grammar) can so be made to call a tool. With several tools, each
+    function's arguments are held to its own parameters once its name is written."""
     if len(tools) == 1:
         return tools[0].parameters
     return {
-        "type": "object",
-        "properties": {"name": {"enum": [t.name for t in tools]}, "arguments": {"type": "object"}},
-        "required": ["name", "arguments"],
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+            }
+            for t in tools
+        ]
     }
 
 

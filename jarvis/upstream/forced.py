@@ -2,9 +2,11 @@
 
 Ollama and the embedded model have no ``tool_choice``; both can hold an answer
 to a JSON schema. A request that must call a tool ("required", or a function
-named) is sent with ``call_schema`` as its format and no tools, and its JSON
-answer comes back as one ``ToolCall`` instead of text. Nor can they be told to call at most one
-tool (``parallel_tool_calls: false``): the calls past the first are dropped here.
+named) is sent with ``call_schema`` as its format, no tools, and a system note
+naming the function(s) (the model sees no tools otherwise), and its JSON answer
+comes back as one ``ToolCall`` instead of text. Nor can they be told to call at
+most one tool (``parallel_tool_calls: false``): the calls past the first are
+dropped here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 
-from ..conversation import Chat, ToolCall, call_schema, forced_call, forced_tools
+from ..conversation import Chat, Message, Tool, ToolCall, call_schema, forced_call, forced_tools
+from ..errors import UpstreamStreamError
 from . import Done, Item
 
 
@@ -21,7 +24,14 @@ def prepare(chat: Chat) -> Chat:
     tools = forced_tools(chat)
     if not tools:
         return chat
-    return dataclasses.replace(chat, tools=(), tool_choice="auto", tool_name=None, format=call_schema(tools))
+    return dataclasses.replace(
+        chat,
+        messages=_hint(chat.messages, tools),
+        tools=(),
+        tool_choice="auto",
+        tool_name=None,
+        format=call_schema(tools),
+    )
 
 
 def answer(chat: Chat, items: Iterable[Item]) -> Iterator[Item]:
@@ -37,6 +47,9 @@ def answer(chat: Chat, items: Iterable[Item]) -> Iterator[Item]:
             texts.append(item)
             continue
         if isinstance(item, Done):
+            if item.reason == "length":  # half its arguments would be no call at all
+                cut = f"the tool call was cut at {item.completion_tokens} tokens"
+                raise UpstreamStreamError(cut + ", before its arguments were whole")
             yield forced_call(tools, "".join(texts))
         yield item
 
@@ -49,3 +62,16 @@ def _one_call(items: Iterable[Item]) -> Iterator[Item]:
                 continue
             called = True
         yield item
+
+
+def _hint(messages: list[Message], tools: tuple[Tool, ...]) -> list[Message]:
+    """``messages`` with a system note naming the tool to call: the format holds the call's shape,
+    the note tells the model what the call is for."""
+    lines = [f"- {t.name}: {t.description}" if t.description else f"- {t.name}" for t in tools]
+    what = "its arguments" if len(tools) == 1 else "the function's name and its arguments"
+    note = f"Call {'this function' if len(tools) == 1 else 'one of these functions'}:\n" + "\n".join(lines)
+    note += f"\nAnswer with {what} as a JSON object, taken from the user's words."
+    if messages and messages[0]["role"] == "system":
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{note}"}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 
-from ..conversation import Format, Message, Tool, call_schema
+from ..conversation import Format
 from ..errors import Unsupported, UpstreamUnavailable
 
 GRAMMARS_KEPT = 32  # distinct formats whose grammar is kept: building one costs ~0.2 ms, parsing more
@@ -73,35 +73,3 @@ def _parse(llama_cpp, text: str) -> None:
     if not sampler:
         raise _Refused("llama.cpp cannot parse the grammar it makes (an empty enum, a ref to itself...)")
     llama_cpp.llama_sampler_free(sampler)
-
-
-def call_format(tools: tuple[Tool, ...]) -> dict:
-    """The schema a forced call is held to: ``call_schema``'s shape (``forced_call`` reads it back),
-    with each function's arguments held to its own parameters once its name is written."""
-    if len(tools) == 1:
-        return call_schema(tools)
-    return {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                "required": ["name", "arguments"],
-            }
-            for t in tools
-        ]
-    }
-
-
-def call_hint(messages: list[Message], tools: tuple[Tool, ...]) -> list[Message]:
-    """``messages`` with a system note naming the tool to call: the grammar holds the call's shape,
-    the note tells the model what the call is for (it sees no tools otherwise)."""
-    if not tools:
-        return messages
-    lines = [f"- {t.name}: {t.description}" if t.description else f"- {t.name}" for t in tools]
-    what = "its arguments" if len(tools) == 1 else "the function's name and its arguments"
-    note = f"Call {'this function' if len(tools) == 1 else 'one of these functions'}:\n" + "\n".join(lines)
-    note += f"\nAnswer with {what} as a JSON object, taken from the user's words."
-    if messages and messages[0]["role"] == "system":
-        first = messages[0]
-        return [{**first, "content": f"{first['content']}\n\n{note}"}, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]

@@ -29,14 +29,13 @@ held to a grammar (``grammar.py``) as each token is sampled, between decodes.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config
-from ..conversation import forced_tools
+from ..conversation import call_schema, forced_tools
 from ..errors import ModelNotFound, Unsupported, UpstreamError, UpstreamStreamError, UpstreamUnavailable
 from . import Chat, Done, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
 from .fit import Trim, fit
@@ -98,13 +97,9 @@ class LocalUpstream:
         is asked for as its JSON schema (``forced.py``) and comes out as one ``ToolCall``."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
-        asked, tools = forced.prepare(chat), forced_tools(chat)
-        if tools:
-            messages = grammar.call_hint(chat.messages, tools)
-            asked = dataclasses.replace(asked, messages=messages, format=grammar.call_format(tools))
-        raw = self._stream(asked, cancel, session)
+        raw = self._stream(forced.prepare(chat), cancel, session)
         try:
-            yield from forced.answer(chat, _whole_call(raw) if tools else raw)
+            yield from forced.answer(chat, raw)
         finally:
             raw.close()  # the slot is given back now, not when the generator is collected
 
@@ -224,7 +219,7 @@ class LocalUpstream:
                 "the embedded model calls a tool only when tool_choice requires one "
                 '("required" or a function named)',
             )
-        grammar.of(grammar.call_format(tools) if tools else chat.format, "tools" if tools else "format")
+        grammar.of(call_schema(tools) if tools else chat.format, "tools" if tools else "format")
         refuse_missing(forced.prepare(chat), self.capabilities(chat.model), "the embedded model")
 
     def close(self) -> None:
@@ -251,16 +246,6 @@ def _answer_of(chunks, cancel: CancelScope, deadline: Deadline, prompt_tokens: i
         if choice.get("finish_reason"):
             yield Done("length" if choice["finish_reason"] == "length" else "stop", prompt_tokens, produced)
         deadline.check()  # checkpoint: a stand-in or a step that ignores the abort flag
-
-
-def _whole_call(items: Iterator[Item]) -> Iterator[Item]:
-    """A forced call's items; a call cut by the token limit is an error, not half its arguments."""
-    for item in items:
-        if isinstance(item, Done) and item.reason == "length":
-            raise UpstreamStreamError(
-                f"the tool call was cut at {item.completion_tokens} tokens, before its arguments were whole"
-            )
-        yield item
 
 
 def _failure(llama, e: Exception, deadline: Deadline, slot: Slot) -> UpstreamError:

@@ -30,30 +30,46 @@ class SSEFramer:
 
     def frame(self, ev: Event, id: str | None = None) -> bytes:
         """Every event of an answer carries its id: a reader that reconnects sends it as Last-Event-ID."""
-        if isinstance(ev, Text):
+        if isinstance(ev, Text):  # first: nearly every event is one
             return event("token", {"text": ev.text}, id)
         if isinstance(ev, Heartbeat):
             return HEARTBEAT
-        if isinstance(ev, Thinking):
-            return event("thinking", {"text": ev.text}, id)
-        if isinstance(ev, ToolCall):
-            return event("tool_call", ev.to_dict(), id)
-        if isinstance(ev, Progress):  # named "status" on the wire, as before "loading" and "reading" came
-            fields = {"state": ev.state, "position": ev.position, "tokens": ev.tokens}
-            return event("status", {k: v for k, v in fields.items() if v is not None}, id)
-        if isinstance(ev, Start):
-            data = {"trace_id": ev.trace_id, "message_id": ev.message_id}
-            return event("start", data | {"user_message_id": ev.user_message_id, "model": ev.model}, id)
-        if isinstance(ev, End):
-            end = {"status": str(ev.status)}
-            if ev.reason:
-                end["reason"] = str(ev.reason)
-            if ev.error:
-                end["error"] = ev.error
-            if ev.meta:
-                end["meta"] = ev.meta  # usage and timing: the page shows the speed
-            return event("end", end, id)
-        raise TypeError(f"not a stream event: {ev!r}")
+        shaped = _SHAPES.get(type(ev))
+        if shaped is None:
+            raise TypeError(f"not a stream event: {ev!r}")
+        name, data = shaped(ev)
+        return event(name, data, id)
+
+
+def _progress(ev: Progress) -> tuple[str, dict]:
+    # named "status" on the wire, as before "loading" and "reading" came
+    fields = {"state": ev.state, "position": ev.position, "tokens": ev.tokens}
+    return "status", {k: v for k, v in fields.items() if v is not None}
+
+
+def _start(ev: Start) -> tuple[str, dict]:
+    data = {"trace_id": ev.trace_id, "message_id": ev.message_id}
+    return "start", data | {"user_message_id": ev.user_message_id, "model": ev.model}
+
+
+def _end(ev: End) -> tuple[str, dict]:
+    end: dict = {"status": str(ev.status)}
+    if ev.reason:
+        end["reason"] = str(ev.reason)
+    if ev.error:
+        end["error"] = ev.error
+    if ev.meta:
+        end["meta"] = ev.meta  # usage and timing: the page shows the speed
+    return "end", end
+
+
+_SHAPES = {
+    Thinking: lambda ev: ("thinking", {"text": ev.text}),
+    ToolCall: lambda ev: ("tool_call", ev.to_dict()),
+    Progress: _progress,
+    Start: _start,
+    End: _end,
+}
 
 
 @dataclass(slots=True)

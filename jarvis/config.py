@@ -198,6 +198,31 @@ class Config:
         minimum=0.1,
     )
 
+    mcp_config: str = _f(
+        "",
+        "Path of a JSON file naming the MCP servers whose tools answers may use, in the shared "
+        '{"mcpServers": {...}} format (unset: no tools).',
+    )
+    tool_timeout_s: float = _f(
+        60.0, "Longest one tool call may run, in seconds; past it the call ends as an error.", minimum=0.01
+    )
+    tool_start_timeout_s: float = _f(
+        10.0,
+        "Seconds an MCP server has to start and list its tools; past it it is stopped and shown as failed.",
+        minimum=0.01,
+    )
+    tool_cancel_timeout_s: float = _f(
+        0.5,
+        "Seconds a stdio MCP server has to answer a ping after a call of its was cancelled; past it it "
+        "is stopped (terminate, then kill) and started again on next use.",
+        minimum=0.01,
+    )
+    tool_result_max_chars: int = _f(
+        100_000,
+        "Longest tool result handed to the model, in characters; longer ones are cut, saying so.",
+        minimum=1,
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping | None = None) -> Config:
         """Defaults, then ``JARVIS_*`` variables, then ``overrides`` (by field name)."""

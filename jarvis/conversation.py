@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -212,9 +213,14 @@ def _bad(message: str, param: str, code: str | None = None):
     return e
 
 
+_CALL_PREFIX = "call_" + secrets.token_hex(6)
+_call_numbers = itertools.count(1)
+
+
 def call_id() -> str:
-    """An id for a tool call whose backend gave none (Ollama's and the embedded model's)."""
-    return "call_" + secrets.token_hex(12)
+    """An id for a tool call whose backend gave none (Ollama's and the embedded model's): unique in
+    this process and unlikely anywhere else; a name, not a secret, so no system call per call."""
+    return f"{_CALL_PREFIX}{next(_call_numbers):06x}"
 
 
 def forced_tools(chat: Chat) -> tuple[Tool, ...]:

@@ -53,25 +53,36 @@ class Tap:
         self.framer = framer
         self.cursor = cursor  # how many of the body's events this reader has had
         self.client_gone = client_gone
+        self._batches: Iterator[list[tuple[str | None, Event]]] | None = None
         self._events: Iterator[tuple[str | None, Event]] | None = None
 
+    def batches(self) -> Iterator[list[tuple[str | None, Event]]]:
+        """The events as they become ready, a batch at a time: (id, event) pairs; heartbeats have no id."""
+        if self._batches is None:
+            self._batches = self.body.read(self)
+        return self._batches
+
     def events(self) -> Iterator[tuple[str | None, Event]]:
-        """(id, event) pairs; heartbeats have no id."""
+        """(id, event) pairs, one at a time, for a reader in process."""
         if self._events is None:
-            self._events = self.body.read(self)
+            self._events = (pair for batch in self.batches() for pair in batch)
         return self._events
 
     def __iter__(self) -> Tap:
-        self.events()
+        self.batches()
         return self
 
     def __next__(self) -> bytes:
-        ident, ev = next(self.events())
-        return self.framer.frame(ev, ident)
+        """The events ready now, framed as one write: a write per event would cost a send each."""
+        batch = next(self.batches())
+        if len(batch) == 1:
+            ident, ev = batch[0]
+            return self.framer.frame(ev, ident)
+        return b"".join(self.framer.frame(ev, ident) for ident, ev in batch)
 
     def close(self) -> None:
-        if self._events is not None:
-            self._events.close()
+        if self._batches is not None:
+            self._batches.close()
         self.body.readers.leave(self)
 
 
@@ -203,8 +214,9 @@ class Body:
         self.ended = False
         self.readers = Readers(self, stream)
 
-    def read(self, tap: Tap) -> Iterator[tuple[str | None, Event]]:
-        """The events ``tap`` has not had, then the live ones, up to the end; heartbeats while quiet."""
+    def read(self, tap: Tap) -> Iterator[list[tuple[str | None, Event]]]:
+        """The events ``tap`` has not had, then the live ones as they come, a batch at a time, up to
+        the end; heartbeats while quiet."""
         follow_ups = 0
         while True:
             with self.logged:
@@ -212,15 +224,14 @@ class Body:
                 tap.cursor = len(self.events)
             if batch:
                 follow_ups = 0
-                for n, ev in enumerate(batch, first + 1):
-                    yield f"{self.trace_id}.{n}", ev
+                yield [(f"{self.trace_id}.{n}", ev) for n, ev in enumerate(batch, first + 1)]
                 if isinstance(batch[-1], End):
                     return
                 continue
             if not self._advance(FOLLOW_UP_S if follow_ups else self.record.wait_s()):
                 # a second write right after the first is refused once the first met a closed socket
                 follow_ups = (follow_ups + 1) % 3
-                yield None, HEARTBEAT
+                yield [(None, HEARTBEAT)]
 
     def begin(self, start: Start) -> None:
         self._publish([start])

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
@@ -21,6 +22,9 @@ from .upstream import Upstream, select_upstream
 from .upstream.health import Prober
 from .web.accounts import Accounts, RevocationWatch
 from .web.server import CONTROL_THREADS
+
+if TYPE_CHECKING:
+    from .tools import ToolBox
 
 # connections beyond the server's threads: the revocation watch and start-up work
 POOL_RESERVE = 2
@@ -39,12 +43,15 @@ class Jarvis:
     revocations: RevocationWatch
     health: Prober | None = None  # the upstream's health, probed in the background
     coord: Coordinator | None = None  # with JARVIS_REDIS_URL: leases and cancels across processes
+    tools: ToolBox | None = None  # with JARVIS_MCP_CONFIG: the MCP servers whose tools answers may use
 
     def shutdown(self, timeout: float | None = None) -> list:
         """Cancel every live stream and wait (bounded); returns the streams left."""
         timeout = self.config.shutdown_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         left = self.registry.shutdown(timeout)
+        if self.tools is not None:  # after the answers: none is left waiting on a tool
+            self.tools.close(max(0.0, deadline - time.monotonic()))
         if self.coord is not None:  # after the streams: their workers release their leases
             self.coord.close(max(0.0, deadline - time.monotonic()))
         self.revocations.close(max(0.0, deadline - time.monotonic()))
@@ -93,7 +100,8 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
     app.extensions["jarvis"] = Jarvis(
-        cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord
+        cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord,
+        tools=toolbox(cfg),
     )
 
     from .dialects import ollama, openai
@@ -104,6 +112,15 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app
+
+
+def toolbox(cfg: Config) -> ToolBox | None:
+    """The MCP servers of JARVIS_MCP_CONFIG (none started yet); the tools extra is needed only then."""
+    if not cfg.mcp_config:
+        return None
+    from .tools import ToolBox
+
+    return ToolBox.from_config(cfg)
 
 
 def recover(store: Store, coord: Coordinator | None) -> None:

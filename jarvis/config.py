@@ -217,6 +217,12 @@ class Config:
         "is stopped (terminate, then kill) and started again on next use.",
         minimum=0.01,
     )
+    agent_max_steps: int = _f(
+        8,
+        "Most model calls one answer makes while it uses tools; past it the answer ends as length, "
+        "saying so.",
+        minimum=1,
+    )
     tool_result_max_chars: int = _f(
         100_000,
         "Longest tool result handed to the model, in characters; longer ones are cut, saying so.",

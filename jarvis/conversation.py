@@ -64,6 +64,21 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ToolResult:
+    """What a tool Jarvis ran gave back: text (untrusted, never HTML), whether it failed, how long
+    it took, and the call it answers (``id``)."""
+
+    content: str
+    is_error: bool = False
+    duration_ms: float = 0.0
+    id: str = ""
+
+    def to_dict(self) -> dict:
+        out = {"content": self.content, "is_error": self.is_error, "duration_ms": round(self.duration_ms, 1)}
+        return {"id": self.id, **out} if self.id else out
+
+
+@dataclass(frozen=True)
 class Thinking:
     """Thinking text the model streams before (or beside) its answer."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .conversation import Thinking, ToolCall
+from .conversation import Thinking, ToolCall, ToolResult
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class End:
     meta: dict = field(default_factory=dict)  # usage, trims: what is stored with the answer
 
 
-Event = Start | Text | Thinking | ToolCall | Progress | Heartbeat | End
+Event = Start | Text | Thinking | ToolCall | ToolResult | Progress | Heartbeat | End
 
 HEARTBEAT = Heartbeat()
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .events import End, Event, Heartbeat, Progress, Start, Text, Thinking, ToolCall
+from .events import End, Event, Heartbeat, Progress, Start, Text, Thinking, ToolCall, ToolResult
 
 HEARTBEAT = b": hb\n\n"
 
@@ -25,7 +25,8 @@ def event(name: str, data: dict, id: str | int | None = None) -> bytes:
 
 
 class SSEFramer:
-    """Jarvis's own dialect: start, token, thinking, tool_call, status (progress) and end events;
+    """Jarvis's own dialect: start, token, thinking, tool_call, tool_result, status (progress) and end
+    events;
     comments as heartbeats."""
 
     def frame(self, ev: Event, id: str | None = None) -> bytes:
@@ -66,6 +67,7 @@ def _end(ev: End) -> tuple[str, dict]:
 _SHAPES = {
     Thinking: lambda ev: ("thinking", {"text": ev.text}),
     ToolCall: lambda ev: ("tool_call", ev.to_dict()),
+    ToolResult: lambda ev: ("tool_result", ev.to_dict()),
     Progress: _progress,
     Start: _start,
     End: _end,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..events import Event, Text, Thinking, ToolCall
+from ..events import Event, Text, Thinking, ToolCall, ToolResult
 from ..events import Progress as ProgressEvent
 from ..status import Status
 from ..upstream import Done, Meta, Progress
@@ -32,6 +32,8 @@ class Record:
         self.thinking: list[str] = []
         self.thinking_started_at: float | None = None
         self.tool_calls: list[ToolCall] = []
+        self.call_at: dict[str, int] = {}
+        self.results: dict[str, ToolResult] = {}  # what the tools Jarvis ran gave back, by call id
         self.last_flush = time.monotonic()
         self.dirty = False  # text not yet checkpointed
         self.first_text_at: float | None = None
@@ -59,6 +61,11 @@ class Record:
             self._think(out, thoughts)
             if isinstance(item, ToolCall):
                 self.tool_calls.append(item)
+                self.call_at[item.id] = self.chars  # where in the text it was made
+                self.dirty = True
+                out.append(item)
+            elif isinstance(item, ToolResult):
+                self.results[item.id] = item
                 self.dirty = True
                 out.append(item)
             elif isinstance(item, Progress):
@@ -104,8 +111,15 @@ class Record:
                 end = self.first_text_at or time.monotonic()
                 meta["thinking_ms"] = round((end - self.thinking_started_at) * 1000)
         if self.tool_calls:
-            meta["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+            meta["tool_calls"] = [self._stored_call(c) for c in self.tool_calls]
         return meta or None
+
+    def _stored_call(self, call: ToolCall) -> dict:
+        """A call as stored; one Jarvis ran has its result and where in the text it was made."""
+        result = self.results.get(call.id)
+        if result is None:
+            return call.to_dict()
+        return call.to_dict() | {"at": self.call_at[call.id], "result": result.to_dict() | {"id": call.id}}
 
     def wait_s(self) -> float:
         """How long a reader may wait for news before a heartbeat or a checkpoint is due."""

@@ -1,4 +1,4 @@
-"""A chat's own settings: its system prompt, temperature and answer length.
+"""A chat's own settings: its system prompt, temperature, answer length and the tools it offers.
 
 Pure functions over plain dicts: what a client may set (checked here, once, for
 the route and for an import alike) and how the settings shape a prompt — the
@@ -16,7 +16,8 @@ from .engines import Database
 SYSTEM_MAX_CHARS = 8000
 TEMPERATURE_MAX = 2.0  # what Ollama and OpenAI accept
 MAX_TOKENS_MAX = 32768
-FIELDS = ("system", "temperature", "max_tokens")
+FIELDS = ("system", "temperature", "max_tokens", "tools")
+MAX_TOOL_NAMES = 256
 
 
 def merge(current: dict, change: object) -> dict:
@@ -45,6 +46,13 @@ def check(settings: dict) -> dict:
         type(max_tokens) is not int or not 1 <= max_tokens <= MAX_TOKENS_MAX  # not a bool, nor 2.0
     ):
         raise BadRequest(f'"max_tokens" must be a whole number from 1 to {MAX_TOKENS_MAX}')
+    tools = settings.get("tools")
+    if tools is not None and tools is not False and not (
+        isinstance(tools, list)
+        and len(tools) <= MAX_TOOL_NAMES
+        and all(isinstance(t, str) and 0 < len(t) <= 200 for t in tools)
+    ):
+        raise BadRequest('"tools" must be false (none) or a list of tool names (null: every configured tool)')
     out = {k: settings[k] for k in FIELDS if settings.get(k) is not None}
     if not (out.get("system") or "").strip():
         out.pop("system", None)  # a blank system prompt says nothing
@@ -55,6 +63,14 @@ def conversation(settings: dict, messages: list[dict]) -> list[dict]:
     """The messages to send upstream: the chat's system prompt first, when it has one."""
     system = settings.get("system")
     return [{"role": "system", "content": system}, *messages] if system else messages
+
+
+def offered_tools(settings: dict) -> frozenset[str] | None | bool:
+    """The tools a chat offers its model: False for none, their names, or None for every one."""
+    tools = settings.get("tools")
+    if tools is False:
+        return False
+    return None if tools is None else frozenset(tools)
 
 
 def options(settings: dict) -> Options:

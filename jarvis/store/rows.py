@@ -35,22 +35,55 @@ def message(row) -> dict:
     return out
 
 
-def conversation(row: Mapping, linked: Mapping[int, Mapping[str, Image]]) -> Message:
-    """The message a stored row is, as a model is sent it: a prompt's images (those ``linked`` to
-    it), an answer's tool calls, the call a tool's result answers; never the thinking."""
+def conversation(row: Mapping, linked: Mapping[int, Mapping[str, Image]]) -> list[Message]:
+    """The messages a stored row is, as a model is sent them: a prompt's images (those ``linked``
+    to it), an answer's tool calls, the call a tool's result answers; never the thinking. An answer
+    that ran tools itself is its steps again: each text and the calls it made, their results, and
+    the text after."""
     meta = json.loads(row["meta"]) if row["meta"] else {}
     out: Message = {"role": row["role"], "content": row["content"]}
     if row["role"] == "user" and (found := images.in_order(meta, linked.get(row["id"], {}))):
         out["images"] = found
     elif row["role"] == "assistant" and isinstance(meta.get("tool_calls"), list):
         calls = [c for c in meta["tool_calls"] if isinstance(c, dict)]  # an import's meta is any object
-        out["tool_calls"] = [
-            ToolCall(str(c.get("id", "")), str(c.get("name", "")), str(c.get("arguments") or "{}"))
-            for c in calls
-        ]
+        if calls and all(isinstance(c.get("result"), dict) for c in calls):
+            return _steps(row["content"], calls)
+        out["tool_calls"] = [_call(c) for c in calls]
     elif row["role"] == "tool":
         out.update({k: meta[k] for k in ("tool_call_id", "name") if isinstance(meta.get(k), str)})
+    return [out]
+
+
+def _call(c: Mapping) -> ToolCall:
+    return ToolCall(str(c.get("id", "")), str(c.get("name", "")), str(c.get("arguments") or "{}"))
+
+
+def _steps(content: str, calls: list[dict]) -> list[Message]:
+    """An answer that ran tools, as the messages of its steps: the calls made at one point of the
+    text (``at``, in characters) are one step, their results follow it."""
+    out: list[Message] = []
+    done, i = 0, 0
+    while i < len(calls):
+        at = _at(calls[i], done, len(content))
+        group = [calls[i]]
+        i += 1
+        while i < len(calls) and _at(calls[i], at, len(content)) == at:
+            group.append(calls[i])
+            i += 1
+        step: Message = {"role": "assistant", "content": content[done:at]}
+        out.append(step | {"tool_calls": [_call(c) for c in group]})
+        for c in group:
+            result = str(c["result"].get("content", ""))
+            out.append({"role": "tool", "content": result, "tool_call_id": str(c.get("id", "")),
+                        "name": str(c.get("name", ""))})  # fmt: skip
+        done = at
+    out.append({"role": "assistant", "content": content[done:]})
     return out
+
+
+def _at(call: Mapping, low: int, high: int) -> int:
+    at = call.get("at")
+    return min(max(at if isinstance(at, int) else low, low), high)
 
 
 def require_owned(db: Connection, session_id: str, owner: int | None) -> None:

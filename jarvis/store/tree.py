@@ -56,7 +56,7 @@ class Versions:
                 r["id"] for r in carried if r["role"] == "user" and '"images"' in (r["meta"] or "")
             ]
             linked = images.held(db, with_images) if with_images else {}
-        return [stored.conversation(r, linked) for r in carried]
+        return [m for r in carried for m in stored.conversation(r, linked)]
 
 
 def children(rows: Sequence[Mapping]) -> dict[int | None, list[int]]:

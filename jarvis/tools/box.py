@@ -46,15 +46,19 @@ class ToolBox:
             return None
         return cls(servers.load(config.mcp_config), config)
 
-    def tools(self, deadline_s: float) -> list[Tool]:
+    def tools(self, deadline_s: float, cancel: CancelScope | None = None) -> list[Tool]:
         """Every tool of every server that is ready within ``deadline_s`` (starting those not started),
-        named NAME__TOOL; a server that fails is left out, and ``describe`` says why."""
+        named NAME__TOOL; a server that fails is left out, and ``describe`` says why. A ``cancel``
+        ends the wait at once (the servers go on starting in the loop)."""
         if not self._closed:
             future = self._loop.submit(self._start_all(deadline_s))
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            undo = cancel.on_cancel(done.set) if cancel is not None else (lambda: None)
             try:
-                future.result(timeout=deadline_s + 0.5)
-            except concurrent.futures.TimeoutError:
-                future.cancel()
+                done.wait(deadline_s + 0.5)
+            finally:
+                undo()
         return [
             Tool(f"{name}{servers.SEPARATOR}{t.name}", t.description or "", t.input_schema)
             for name, server in self._servers.items()

@@ -7,21 +7,12 @@ with a note saying so, and never rendered as HTML by Jarvis.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import mcp_types
 
+from ..conversation import ToolResult
 
-@dataclass(frozen=True)
-class ToolResult:
-    """One tool call's outcome as the model (and the page) sees it."""
-
-    content: str
-    is_error: bool
-    duration_ms: float
-
-    def to_dict(self) -> dict:
-        return {"content": self.content, "is_error": self.is_error, "duration_ms": round(self.duration_ms, 1)}
+__all__ = ["ToolResult", "cut", "text_of"]
 
 
 def cut(text: str, max_chars: int) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, request
 
+from ..agent import Agent
 from ..conversation import Chat, Message
 from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
 from ..lifecycle.stream import Stream
@@ -142,7 +143,7 @@ def _answer(
         session_id=session_id,
         trace_id=trace_id,
         chat=chat,
-        upstream=j.upstream,
+        upstream=_upstream(j, settings),
         store=j.store,
         config=j.config,
         release=j.registry.release,
@@ -169,6 +170,14 @@ def _refuse_unhonoured(upstream, chat: Chat) -> None:
     check = getattr(upstream, "check", None)  # a test's stub upstream may have none
     if check is not None and chat.wants():
         check(chat)
+
+
+def _upstream(j, settings: dict):
+    """The model, as an agent that may use the chat's tools when Jarvis has any to offer."""
+    offered = chat_settings.offered_tools(settings)
+    if j.tools is None or offered is False:
+        return j.upstream
+    return Agent(j.upstream, j.tools, j.config, offered)
 
 
 def _read_prompt(config, default_model: str) -> tuple[Message, str]:

@@ -186,6 +186,17 @@ def model(name: str):
     return {"name": name, "capabilities": None if has is None else sorted(has)}
 
 
+@bp.get("/api/tools")
+def tools():
+    """The MCP servers of JARVIS_MCP_CONFIG and their tools, as the model sees them (NAME__TOOL)."""
+    box = jarvis().tools
+    servers = box.describe() if box is not None else []
+    for server in servers:
+        for tool in server.get("tools") or ():
+            tool["id"] = f"{server['server']}__{tool['name']}"
+    return {"configured": box is not None, "servers": servers}
+
+
 @bp.get("/metrics")
 def metrics():
     return Response(jarvis().metrics.render(), mimetype=CONTENT_TYPE_LATEST)

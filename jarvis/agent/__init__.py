@@ -1,0 +1,130 @@
+"""Every answer an agent task: the model may call tools, Jarvis runs them and lets it go on.
+
+``Agent`` is an ``Upstream`` around the real one, so an answer that uses tools has
+the same lifecycle as any other (one worker, one cancel scope, cleanup once):
+model call, tool calls (run in order), tool results, the next model call, up to
+JARVIS_AGENT_MAX_STEPS. The tools come from the tools wing through ``Tools``; a
+running tool is left at once on cancel (the tools wing stops it behind the answer's
+back). The wing imports the foundation and the upstream interface; the web routes
+use it; the compatible dialects never do (their clients run their own tools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Protocol
+
+from ..cancel import CancelScope
+from ..config import Config
+from ..conversation import Chat, Message, Tool, ToolCall, ToolResult
+from ..upstream import Done, Item, Meta, Progress, Upstream
+
+
+class Tools(Protocol):
+    """What the agent needs of the tools wing (``jarvis.tools.ToolBox``)."""
+
+    def tools(self, deadline_s: float, cancel: CancelScope | None = None) -> list[Tool]: ...
+
+    def call(self, call: ToolCall, cancel: CancelScope) -> ToolResult: ...
+
+
+class Agent:
+    """An upstream whose model may use the tools a chat offers (``offered``: their names; None: all)."""
+
+    def __init__(
+        self, upstream: Upstream, tools: Tools, config: Config, offered: frozenset[str] | None = None
+    ):
+        self.upstream, self.box, self.config, self.offered = upstream, tools, config, offered
+        self.name, self.default_model = upstream.name, upstream.default_model
+
+    def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
+        """The steps of one answer as one stream: each model call's items, each tool's result."""
+        if cancel.cancelled:  # checkpoint: stopped before anything ran
+            return
+        found = self.box.tools(self.config.tool_start_timeout_s, cancel)
+        tools = tuple(t for t in found if self.offered is None or t.name in self.offered)
+        if cancel.cancelled:
+            return
+        if not tools:
+            yield from self.upstream.stream_chat(chat, cancel, session)
+            return
+        yield from _Steps(self, dataclasses.replace(chat, tools=tools), cancel, session).run()
+
+    def check(self, chat: Chat) -> None:
+        self.upstream.check(chat)
+
+    def capabilities(self, model: str) -> frozenset[str] | None:
+        return self.upstream.capabilities(model)
+
+    def health(self) -> dict:
+        return self.upstream.health()
+
+    def models(self) -> list[dict]:
+        return self.upstream.models()
+
+    def close(self) -> None:
+        """The real upstream and the tools belong to the app: nothing of the agent's own to free."""
+
+
+class _Steps:
+    """One answer's model calls and tool calls, with its usage summed over the steps."""
+
+    def __init__(self, agent: Agent, chat: Chat, cancel: CancelScope, session: str | None):
+        self.agent, self.chat, self.cancel, self.session = agent, chat, cancel, session
+        self.messages: list[Message] = list(chat.messages)
+        self.prompt_tokens = self.completion_tokens = 0
+        self.steps = 0  # model calls made
+
+    def run(self) -> Iterator[Item]:
+        limit = self.agent.config.agent_max_steps
+        for _ in range(limit):
+            calls, done = yield from self._model_call()
+            if done is None or self.cancel.cancelled:  # cancelled, or the stream ended unfinished
+                return
+            if not calls or done.reason == "length":
+                yield self._done(done.reason)
+                return
+            yield from self._run(calls)
+            if self.cancel.cancelled:
+                return
+        yield Meta({"agent": {"steps": limit, "stopped": "JARVIS_AGENT_MAX_STEPS"}})
+        yield f"\n\n(Stopped after {limit} steps with tools: the limit is JARVIS_AGENT_MAX_STEPS.)"
+        yield self._done("length")
+
+    def _model_call(self):
+        calls: list[ToolCall] = []
+        texts: list[str] = []
+        done = None
+        asked = dataclasses.replace(self.chat, messages=self.messages)
+        for item in self.agent.upstream.stream_chat(asked, self.cancel, self.session):
+            if isinstance(item, Done):
+                done = item
+                continue
+            if isinstance(item, Progress) and self.steps:  # "waiting" is for before the first text
+                continue
+            if isinstance(item, ToolCall):
+                calls.append(item)
+            elif isinstance(item, str):
+                texts.append(item)
+            yield item
+        self.steps += 1
+        if done is not None:
+            self.prompt_tokens += done.prompt_tokens or 0
+            self.completion_tokens += done.completion_tokens or 0
+            self.messages.append({"role": "assistant", "content": "".join(texts), "tool_calls": calls})
+        return calls, done
+
+    def _run(self, calls: list[ToolCall]) -> Iterator[Item]:
+        """Each call in order, its result handed back to the model; a cancel leaves the one running."""
+        for call in calls:
+            result = dataclasses.replace(self.agent.box.call(call, self.cancel), id=call.id)
+            if self.cancel.cancelled:  # the tool is left to the tools wing to stop
+                return
+            yield result
+            self.messages.append(
+                {"role": "tool", "content": result.content, "tool_call_id": call.id, "name": call.name}
+            )
+
+    def _done(self, reason: str) -> Done:
+        return Done(reason, self.prompt_tokens or None, self.completion_tokens or None)

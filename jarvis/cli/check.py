@@ -40,7 +40,36 @@ def cmd_check(args) -> int:
     _check_hosts(upstream, cfg, report)
     _check_model(upstream, report)
     upstream.close()
+    _check_tools(cfg, report)
     return EXIT_FAILED if report.failures else EXIT_OK
+
+
+def _check_tools(cfg, report: Report) -> None:
+    """One line per MCP server of JARVIS_MCP_CONFIG: started, listed, and its tools named."""
+    if not cfg.mcp_config:
+        return
+    from .. import toolbox
+    from ..config import ConfigError
+
+    try:
+        box = toolbox(cfg)
+    except (ConfigError, ImportError) as e:
+        fix = "fix JARVIS_MCP_CONFIG, or install the tools extra: pip install '.[tools]'"
+        report(False, f"tools: {e}", fix)
+        return
+    try:
+        box.tools(cfg.tool_start_timeout_s)
+        for server in box.describe():
+            names = ", ".join(t["name"] for t in server["tools"]) or "no tools"
+            failed = server["state"] != "ready"
+            report(
+                not failed,
+                f"tool server {server['server']} ({server['transport']}) is {server['state']}"
+                + (f": {server['error']['message']}" if failed and server.get("error") else f": {names}"),
+                "check its command, arguments and environment in JARVIS_MCP_CONFIG",
+            )
+    finally:
+        box.close(cfg.shutdown_timeout_s)
 
 
 def _check_database(cfg, report: Report) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -183,3 +184,36 @@ def test_a_chats_answer_length_reaches_the_embedded_model(served):
     sse = api.send(sid, "Tell me a long story about a dragon.")
     assert sse.end()["status"] == "length"
     assert sse.end_meta()["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.timeout(120)
+def test_the_compatible_apis_get_structured_output_and_a_forced_call_from_the_embedded_model(served):
+    # what the issue asks of "jarvis serve on the embedded model": a format and a forced tool call
+    # through the dialects, held by a grammar
+    api, app, _, _ = served
+    token = app.extensions["jarvis.local_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+    }
+    body = {"messages": [{"role": "user", "content": "Where is the Eiffel Tower?"}], "format": schema,
+            "stream": False}  # fmt: skip
+    r = requests.post(api.url + "/api/chat", json=body, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.json()["message"]["content"])
+    assert set(answer) == {"city", "country"} and all(isinstance(v, str) for v in answer.values())
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+    body = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": [weather],
+            "tool_choice": "required"}  # fmt: skip
+    r = requests.post(api.url + "/v1/chat/completions", json=body, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    (call,) = choice["message"]["tool_calls"]
+    assert choice["finish_reason"] == "tool_calls" and call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    body["tool_choice"] = "auto"  # the model cannot choose: refused, named
+    r = requests.post(api.url + "/v1/chat/completions", json=body, headers=auth, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"

@@ -212,6 +212,14 @@ MUTANTS = [
   "    newest = registry.current(session_id)  # a session's streams are keyed by its id\n",
   "    newest = max((s for s in registry.live() if s.key == session_id), key=lambda s: s.started_at, default=None)\n",
   ["tests/test_serving.py::test_a_stop_looks_its_answer_up_without_scanning_every_live_stream"]),
+ ("tool-cancel: a running tool call waits for its tool (to JARVIS_TOOL_TIMEOUT) despite Stop", "jarvis/tools/box.py",
+  "        undo = cancel.on_cancel(done.set)  # checkpoint: Stop wakes this wait at once\n",
+  "        undo = lambda: None  # noqa: E731\n",
+  ["tests/test_tools.py::test_cancel_returns_within_50_ms"]),
+ ("forced-cut: a forced tool call cut by the token limit comes out as half its arguments", "jarvis/upstream/forced.py",
+  '            if item.reason == "length":  # half its arguments would be no call at all\n',
+  "            if False:\n",
+  ["tests/test_local_structured.py"]),
 ]
 
 

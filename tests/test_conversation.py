@@ -402,14 +402,18 @@ def test_a_session_stores_images_tool_calls_tool_results_and_thinking(served):
     assert final["content"].endswith("Sunny.") and final["status"] == "completed"
 
 
-def test_removing_an_account_removes_the_images_only_its_chats_held(served):
-    sid = served.session()
-    r = requests.post(
-        f"{served.url}/api/sessions/{sid}/messages",
-        json={"content": "?", "images": ["data:image/png;base64," + PNG_B64]},
+def prompt(served, content: str, *images: str) -> requests.Response:
+    """A native prompt with images, read to its end."""
+    return requests.post(
+        f"{served.url}/api/sessions/{served.session()}/messages",
+        json={"content": content, "images": ["data:image/png;base64," + i for i in images]},
         headers=served.auth,
         timeout=HTTP_TIMEOUT,
     )
+
+
+def test_removing_an_account_removes_the_images_only_its_chats_held(served):
+    r = prompt(served, "?", PNG_B64)
     assert r.status_code == 200 and b"event: end" in r.content
     store = served.app.extensions["jarvis"].store
     with store.connect() as db:
@@ -420,19 +424,7 @@ def test_removing_an_account_removes_the_images_only_its_chats_held(served):
 
 
 def test_a_prompt_of_images_alone_is_answered(served):
-    sid = served.session()
-    r = requests.post(
-        f"{served.url}/api/sessions/{sid}/messages",
-        json={"content": "", "images": ["data:image/png;base64," + PNG_B64]},
-        headers=served.auth,
-        timeout=HTTP_TIMEOUT,
-    )
+    r = prompt(served, "", PNG_B64)
     assert r.status_code == 200 and b'"status":"completed"' in r.content
     assert served.fake.chat_calls()[0].images == [PNG_B64]
-    r = requests.post(
-        f"{served.url}/api/sessions/{sid}/messages",
-        json={"content": " "},
-        headers=served.auth,
-        timeout=HTTP_TIMEOUT,
-    )
-    assert r.status_code == 400  # nothing at all is still nothing
+    assert prompt(served, " ").status_code == 400  # nothing at all is still nothing

@@ -78,16 +78,18 @@ def test_chat_openai_answers_and_streams(make_served):
 
 @both_upstreams
 @pytest.mark.parametrize("stream", [False, True])
-def test_chat_openai_bind_tools_gives_the_models_calls(make_served, stream):
+@pytest.mark.parametrize("client", ["ChatOpenAI", "ChatOllama"])
+def test_bind_tools_gives_the_models_calls(make_served, stream, client):
     served = make_served(openai_capabilities=ALL)
     served.fake.script(tokens=0, tool_calls=[CALL])
-    llm = chat_openai(served).bind_tools([get_weather])
+    llm = (chat_openai if client == "ChatOpenAI" else chat_ollama)(served).bind_tools([get_weather])
     answer = streamed(llm, QUESTION) if stream else llm.invoke(QUESTION)
     (call,) = answer.tool_calls
     assert call["name"] == "get_weather" and call["args"] == {"city": "Paris"} and call["id"]
     (function,) = sent(served)["tools"]
     assert function["function"]["name"] == "get_weather"
     assert function["function"]["parameters"]["properties"] == {"city": {"type": "string"}}
+    assert served.fake.chat_calls()[0].body["messages"][-1]["content"] == QUESTION
 
 
 @both_upstreams
@@ -158,19 +160,6 @@ def test_chat_ollama_answers_and_streams(make_served):
     assert llm.invoke(QUESTION).content == TEXT
     assert streamed(llm, QUESTION).content == TEXT
     assert served.fake.chat_calls()[0].body["messages"][-1]["content"] == QUESTION
-
-
-@both_upstreams
-@pytest.mark.parametrize("stream", [False, True])
-def test_chat_ollama_bind_tools_gives_the_models_calls(make_served, stream):
-    served = make_served(openai_capabilities=ALL)
-    served.fake.script(tokens=0, tool_calls=[CALL])
-    llm = chat_ollama(served).bind_tools([get_weather])
-    answer = streamed(llm, QUESTION) if stream else llm.invoke(QUESTION)
-    (call,) = answer.tool_calls
-    assert call["name"] == "get_weather" and call["args"] == {"city": "Paris"} and call["id"]
-    (function,) = sent(served)["tools"]
-    assert function["function"]["name"] == "get_weather"
 
 
 @pytest.mark.parametrize(

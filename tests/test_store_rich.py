@@ -181,16 +181,17 @@ def test_thinking_and_tool_calls_are_stored_and_come_back(api, fake, jarvis_serv
     assert get(api, f"/api/sessions/{sid}").json()["title"] == "weather in Lisbon?"
 
 
-def test_the_context_is_the_rich_conversation(app, client):
+def looked_at_a_cat(app, client):
+    """A chat whose prompt has an image, whose answer thought and called a tool, and the tool's
+    result answered: (the store, the session, the answer's meta)."""
     store = store_of(app)
     sid = client.post("/api/sessions").get_json()["id"]
-    image = Image("image/png", PNG)
     _, answer = store.add_exchange(
-        sid, {"role": "user", "content": "what's here?", "images": [image]}, "t", "m"
+        sid, {"role": "user", "content": "what's here?", "images": [Image("image/png", PNG)]}, "t", "m"
     )
     meta = {
         "thinking": "hmm",
-        "thinking_ms": 5,
+        "thinking_ms": 1500,
         "tool_calls": [{"id": "c1", "name": "look", "arguments": "{}"}],
     }
     store.save_answer(answer, "", "completed", meta=meta)
@@ -198,6 +199,12 @@ def test_the_context_is_the_rich_conversation(app, client):
         sid, {"role": "tool", "content": "a cat", "tool_call_id": "c1", "name": "look"}, "t", "m"
     )
     store.save_answer(answer, "A cat.", "completed")
+    return store, sid, meta
+
+
+def test_the_context_is_the_rich_conversation(app, client):
+    store, sid, meta = looked_at_a_cat(app, client)
+    image = Image("image/png", PNG)
     store.add_exchange(sid, "thanks", "t", "m")  # a plain string is a user's text, as before
     assert store.context(sid) == [
         {"role": "user", "content": "what's here?", "images": [image]},
@@ -224,21 +231,7 @@ def test_a_tool_result_can_be_answered_again(app, client):
 
 
 def test_images_tool_calls_and_thinking_survive_an_export_and_import(app, client):
-    store = store_of(app)
-    sid = client.post("/api/sessions").get_json()["id"]
-    _, answer = store.add_exchange(
-        sid, {"role": "user", "content": "what's here?", "images": [Image("image/png", PNG)]}, "t", "m"
-    )
-    meta = {
-        "thinking": "hmm",
-        "thinking_ms": 1500,
-        "tool_calls": [{"id": "c1", "name": "look", "arguments": "{}"}],
-    }
-    store.save_answer(answer, "", "completed", meta=meta)
-    _, answer = store.add_exchange(
-        sid, {"role": "tool", "content": "a cat", "tool_call_id": "c1", "name": "look"}, "t", "m"
-    )
-    store.save_answer(answer, "A cat.", "completed")
+    store, sid, meta = looked_at_a_cat(app, client)
     exported = client.get(f"/api/sessions/{sid}/export").get_json()
     assert exported["messages"][0]["images"] == [data_url(PNG)]
     assert exported["messages"][1]["meta"]["tool_calls"] == meta["tool_calls"]

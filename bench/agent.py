@@ -31,6 +31,13 @@ ROUND_MS = 5.0  # target: one tool round over the tool's own time, p50
 BOUND_S = 2.0  # how long to wait for an end event that may never come
 GONE_S = 10.0  # how long to wait for a hung tool server to be stopped
 REPRODUCE = "python -m bench --sections 17"
+HOW = """- **Answers that use tools (section 17).** A second `jarvis serve`, on the same fake Ollama, with
+  `JARVIS_MCP_CONFIG` naming `tests/fake_mcp.py`; a directive's `tool` makes the fake answer the first
+  model call with that one tool call. The fake MCP server appends `sleeping` and `cancelled` (with its
+  pid) to a log the bench reads, so Stop is sent only once the tool really runs, and a hung server's
+  process is watched in `/proc` until it is gone. A tool round is timed between the client's arrival
+  times of the `tool_call` and `tool_result` events.
+"""  # the bullet of "How it is measured" (bench/__main__.py's ABOUT)
 
 
 class McpLog:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import (
+    agent,
     compat,
     conversation,
     endurance,
@@ -88,7 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15,16", help="which sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15,16,17", help="which sections to run (default: all)"
     )
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    every = {*map(str, range(1, 12)), "15", "16"}  # 12 to 14 run alone (bench.page, processes, stores)
+    every = {*map(str, range(1, 12)), "15", "16", "17"}  # 12 to 14 run alone (bench.page, processes, stores)
     default_out = not (args.quick or args.target or args.upstream or wanted != every)
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -231,6 +232,8 @@ def _run(
     if fake is not None:  # section 15 starts its own servers against its own fake
         section("15", lambda: serving.run(workdir, args.quick))
     section("16", lambda: conversation.run(primary, plan.tokens, plan.runs, plan.trials_other))
+    if fake is not None:  # section 17 starts its own jarvis serve, with an MCP server, on the same fake
+        section("17", lambda: agent.run(fake, workdir, args.quick))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -388,7 +391,7 @@ number looked high:
   66,121 / 73,378 tok/s (×0.90): the target holds when the two are measured side by side, and the
   spread is the shared machine's. The reader's own cost is not the limit: in one process it handles
   about 50,000 SSE events a second against the fake, the fake included.
-"""
+""".replace("- **Serving (section 15).**", agent.HOW + "- **Serving (section 15).**", 1)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ MARK = "bench:"
 PROMPT = "Count slowly from 1 to 100000, one number per word. "  # what a real model is asked
 SCRIPT_FIELDS = ("tokens", "interval_s", "load_delay_s", "stall_after", "error_after", "drop_after", "status")
 # counts a directive may give, expanded by the fake so the prompt stays short: "thinking": n chunks
-# "thk0 ", "thk1 "... before the text; "calls": n tool calls fn0(i=0), fn1(i=1)... after it
+# "thk0 ", "thk1 "... before the text; "calls": n tool calls fn0(i=0), fn1(i=1)... after it;
+# "tool": one tool call {"name", "arguments"} as given (a call that has a tool result last has no
+# directive: the agent's next model call gets the default eight tokens of text)
 THINKING = "thk{} "
 CALL = "fn{}"
 
@@ -127,6 +129,8 @@ def script_fields(found: dict) -> dict:
         fields["thinking"] = thinking_chunks(found["thinking"])
     if found.get("calls"):
         fields["tool_calls"] = tool_calls(found["calls"])
+    if found.get("tool"):
+        fields["tool_calls"] = [found["tool"]]
     return fields
 
 

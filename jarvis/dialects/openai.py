@@ -277,6 +277,7 @@ class ChunkFramer:
         self.created = int(time.time())
         # a text chunk differs only in its text: frame the rest once (NUL stands for the text)
         self._head, self._tail = self._chunk({"content": "\x00"}).split(b'"\\u0000"')
+        self._thinking = self._chunk({"reasoning_content": "\x00"}).split(b'"\\u0000"')  # the same
         self.calls = 0  # tool calls sent so far: the next one's index
 
     def frame(self, ev: Event, id: str | None = None) -> bytes:
@@ -285,7 +286,8 @@ class ChunkFramer:
         if isinstance(ev, Heartbeat):
             return sse.HEARTBEAT
         if isinstance(ev, Thinking):  # as llama.cpp's server and vLLM send it
-            return self._chunk({"reasoning_content": ev.text})
+            head, tail = self._thinking
+            return head + json.dumps(ev.text, ensure_ascii=False).encode() + tail
         if isinstance(ev, ToolCall):
             self.calls += 1
             return self._chunk({"tool_calls": [_call(ev) | {"index": self.calls - 1}]})

@@ -488,3 +488,25 @@ def test_the_real_mcp_server_time_answers_through_an_answer(tooled):
     assert "time__get_current_time" in {tool["function"]["name"] for tool in first.body["tools"]}
     assert second.body["messages"][-1]["content"] == result["content"]
     assert t.api.messages(sid)[-1]["meta"]["tool_calls"][0]["result"] == result
+
+
+# what an answer leaves for the next prompt's context
+
+
+def test_tool_calls_cut_by_the_token_limit_never_go_back_unanswered(tooled):
+    # the model asked for a tool, then hit its token limit: the answer ends as length, a status
+    # the next prompt's context carries on, so its calls must go back with results
+    t = tooled()
+    t.fake.push(Script(tokens=["Let me look. "], tool_calls=[echo("cut")], done_reason="length"))
+    sid = t.api.session()
+    sse = t.api.send(sid, "look")
+    assert sse.end() == {"status": "length"}
+    (call,) = [d for n, d in sse.events if n == "tool_call"]
+    (result,) = [d for n, d in sse.events if n == "tool_result"]  # the page shows why it never ran
+    assert result["id"] == call["id"] and result["is_error"] is True and "not run" in result["content"]
+    assert t.api.messages(sid)[-1]["meta"]["tool_calls"][0]["result"] == result
+    t.fake.push(Script(tokens=["ok"]))
+    assert t.api.send(sid, "go on").end() == {"status": "completed"}
+    context = t.fake.chat_calls()[-1].body["messages"]
+    assert context[0]["content"] == "look" and context[-1]["content"] == "go on"
+    assert unanswered(context) == []

@@ -82,7 +82,11 @@ class _Steps:
             calls, done = yield from self._model_call()
             if done is None or self.cancel.cancelled:  # cancelled, or the stream ended unfinished
                 return
-            if not calls or done.reason == "length":
+            if not calls:
+                yield self._done(done.reason)
+                return
+            if done.reason == "length":  # cut by the token limit: no model call is left to read results
+                yield from self._not_run(calls, "the answer was cut by the model's token limit")
                 yield self._done(done.reason)
                 return
             yield from self._run(calls)
@@ -125,6 +129,13 @@ class _Steps:
             self.messages.append(
                 {"role": "tool", "content": result.content, "tool_call_id": call.id, "name": call.name}
             )
+
+    def _not_run(self, calls: list[ToolCall], why: str) -> Iterator[Item]:
+        """A result for each call the answer ends without running: a stored answer goes back to the
+        model as its steps, and a call with no result there is one a server refuses (or the model
+        takes as still running)."""
+        for call in calls:
+            yield ToolResult(f"not run: {why}", True, 0.0, call.id)
 
     def _done(self, reason: str) -> Done:
         return Done(reason, self.prompt_tokens or None, self.completion_tokens or None)

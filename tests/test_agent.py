@@ -510,3 +510,39 @@ def test_tool_calls_cut_by_the_token_limit_never_go_back_unanswered(tooled):
     context = t.fake.chat_calls()[-1].body["messages"]
     assert context[0]["content"] == "look" and context[-1]["content"] == "go on"
     assert unanswered(context) == []
+
+
+# the answer's own bounds hold across its steps
+
+
+@pytest.mark.timeout(40)
+def test_a_tool_call_past_the_tool_timeout_is_an_error_the_model_reads(tooled):
+    # would hang (for 30 s): an answer waiting for a tool past JARVIS_TOOL_TIMEOUT
+    t = tooled(tool_timeout_s=1.0)
+    t.fake.push(Script(tokens=0, tool_calls=[sleep(30)]), Script(tokens=["Too slow."]))
+    sse = t.api.send(t.api.session(), "sleep")
+    assert sse.end() == {"status": "completed"} and sse.text() == "Too slow."
+    (result,) = [d for n, d in sse.events if n == "tool_result"]
+    assert result["is_error"] is True and "timed out after 1 s" in result["content"]
+    assert 1000 <= result["duration_ms"] < 2500
+    assert t.fake.chat_calls()[1].body["messages"][-1]["content"] == result["content"]
+    t.mcp.wait_event("fake", "cancelled")  # the server was told to give the call up
+
+
+@pytest.mark.timeout(40)
+def test_the_total_timeout_bounds_the_whole_answer_not_each_model_call(tooled):
+    # would hang (for 8 s, then on through up to JARVIS_AGENT_MAX_STEPS model calls and tools):
+    # JARVIS_TOTAL_TIMEOUT ("longest an answer may stream") counted per model call, not per answer
+    t = tooled(total_timeout_s=2.0, tool_timeout_s=8.0)
+    t.fake.push(Script(tokens=["Waiting. "], tool_calls=[sleep(30)]), Script(tokens=["Done."]))
+    sid = t.api.session()
+    started = time.monotonic()
+    sse = t.api.send(sid, "sleep")
+    end = sse.end()
+    took = time.monotonic() - started
+    assert end["status"] == "timeout" and end["error"]["code"] == "total_timeout", end
+    assert took < 2.0 + 1.0, f"the answer ended after {took:.1f} s"
+    assert len(t.fake.chat_calls()) == 1  # no model call after the deadline
+    t.mcp.wait_event("fake", "cancelled")
+    answer = t.api.messages(sid)[-1]
+    assert answer["status"] == "timeout" and answer["content"] == "Waiting. "

@@ -546,3 +546,57 @@ def test_the_total_timeout_bounds_the_whole_answer_not_each_model_call(tooled):
     t.mcp.wait_event("fake", "cancelled")
     answer = t.api.messages(sid)[-1]
     assert answer["status"] == "timeout" and answer["content"] == "Waiting. "
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+def test_a_tool_round_over_an_openai_compatible_backend(tooled):
+    t = tooled()
+    t.fake.push(Script(tokens=0, tool_calls=[echo("hi")]), Script(tokens=["Said hi."]))
+    sid = t.api.session()
+    sse = t.api.send(sid, "echo")
+    assert sse.end() == {"status": "completed"} and sse.text() == "Said hi."
+    *_, asked, told = t.fake.chat_calls()[1].body["messages"]
+    (call,) = asked["tool_calls"]
+    assert call["function"]["name"] == "fake__echo" and json.loads(call["function"]["arguments"]) == {
+        "text": "hi"
+    }
+    assert (told["role"], told["tool_call_id"], told["content"]) == ("tool", call["id"], "hi")
+    t.fake.push(Script(tokens=["ok"]))
+    assert t.api.send(sid, "again").end() == {"status": "completed"}
+    context = t.fake.chat_calls()[-1].body["messages"]
+    assert [m["role"] for m in context] == ["user", "assistant", "tool", "assistant", "user"]
+    assert unanswered(context) == [] and context[2]["tool_call_id"] == context[1]["tool_calls"][0]["id"]
+
+
+@pytest.mark.timeout(30)
+def test_a_rejoin_replays_the_tool_events(tooled):
+    # would hang: a rejoined page waiting for a tool call it never sees replayed
+    t = tooled(detach_grace_s=10.0)
+    t.fake.push(Script(tokens=0, tool_calls=[sleep(1)]), Script(tokens=["Rested."]))
+    sid = t.api.session()
+    sse = t.api.send(sid, "rest")
+    call = sse.until("tool_call")
+    sse.close()  # the page reloads; the answer goes on for the grace
+    again = t.api.attach(sid)
+    assert again.status_code == 200
+    assert again.end() == {"status": "completed"}
+    assert [d for n, d in again.events if n == "tool_call"] == [call]
+    (result,) = [d for n, d in again.events if n == "tool_result"]
+    assert result["id"] == call["id"] and result["content"] == "slept 1.0"
+    ids = [i for (n, _), i in zip(again.events, again.ids, strict=True) if n in ("tool_call", "tool_result")]
+    assert all(ids) and len(set(ids)) == 2
+
+
+def test_a_tool_the_chat_does_not_offer_is_never_run(tooled):
+    # the chat's settings are the user's choice: a model that calls another configured tool anyway
+    # (made up, or told to by a web page it read) gets an error result, and the tool never runs
+    t = tooled()
+    sid = t.api.session()
+    patch_settings(t.api, sid, {"tools": ["fake__echo"]})
+    t.fake.push(Script(tokens=0, tool_calls=[sleep(0.01)]), Script(tokens=["Not allowed."]))
+    sse = t.api.send(sid, "sleep")
+    assert sse.end() == {"status": "completed"}
+    (result,) = [d for n, d in sse.events if n == "tool_result"]
+    assert result["is_error"] is True and "fake__sleep" in result["content"]
+    assert t.fake.chat_calls()[1].body["messages"][-1]["content"] == result["content"]
+    assert "sleeping" not in [e["event"] for e in t.mcp.events("fake")]

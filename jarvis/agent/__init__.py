@@ -77,6 +77,7 @@ class _Steps:
     def __init__(self, agent: Agent, chat: Chat, cancel: CancelScope, session: str | None, deadline: float):
         self.agent, self.chat, self.cancel, self.session = agent, chat, cancel, session
         self.deadline = deadline  # monotonic: when the answer has had JARVIS_TOTAL_TIMEOUT
+        self.offered = frozenset(t.name for t in chat.tools)
         self.messages: list[Message] = list(chat.messages)
         self.prompt_tokens = self.completion_tokens = 0
         self.steps = 0  # model calls made
@@ -133,10 +134,15 @@ class _Steps:
     def _run(self, calls: list[ToolCall]) -> Iterator[Item]:
         """Each call in order, its result handed back to the model; a cancel leaves the one running."""
         for call in calls:
-            result = dataclasses.replace(self.agent.box.call(call, self.cancel, self._left()), id=call.id)
-            if self.cancel.cancelled:  # the tool is left to the tools wing to stop
-                return
-            self._left()  # past the answer's time the call was given up (and its server told)
+            if call.name not in self.offered:  # the chat's choice holds, whatever the model asks for
+                result = ToolResult(
+                    f"not run: there is no tool named {call.name} in this chat", True, 0.0, call.id
+                )
+            else:
+                result = dataclasses.replace(self.agent.box.call(call, self.cancel, self._left()), id=call.id)
+                if self.cancel.cancelled:  # the tool is left to the tools wing to stop
+                    return
+                self._left()  # past the answer's time the call was given up (and its server told)
             yield result
             self.messages.append(
                 {"role": "tool", "content": result.content, "tool_call_id": call.id, "name": call.name}

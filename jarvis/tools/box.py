@@ -75,9 +75,13 @@ class ToolBox:
         """Each server: transport, state (not started, ready, failed), its error and its tools."""
         return [server.snapshot() for server in self._servers.values()]
 
-    def call(self, call: ToolCall, cancel: CancelScope) -> ToolResult:
-        """Run one tool call; bounded by JARVIS_TOOL_TIMEOUT, and back at once when ``cancel`` fires."""
+    def call(self, call: ToolCall, cancel: CancelScope, timeout_s: float | None = None) -> ToolResult:
+        """Run one tool call; bounded by JARVIS_TOOL_TIMEOUT (or ``timeout_s``, what is left of the
+        answer's own time, when sooner), and back at once when ``cancel`` fires."""
         started = time.monotonic()
+        limit = (
+            self._config.tool_timeout_s if timeout_s is None else min(timeout_s, self._config.tool_timeout_s)
+        )
 
         def result(text: str, is_error: bool = True) -> ToolResult:
             text = cut(text, self._config.tool_result_max_chars)
@@ -95,7 +99,7 @@ class ToolBox:
         future.add_done_callback(lambda _: done.set())
         undo = cancel.on_cancel(done.set)  # checkpoint: Stop wakes this wait at once
         try:
-            done.wait(self._config.tool_timeout_s)
+            done.wait(limit)
         finally:
             undo()
         if future.done():
@@ -103,7 +107,7 @@ class ToolBox:
         self._loop.soon(lambda: server.abandon(job))
         if cancel.cancelled:
             return result(f"cancelled ({cancel.reason})")
-        return result(f"{call.name} timed out after {self._config.tool_timeout_s:g} s")
+        return result(f"{call.name} timed out after {limit:g} s")
 
     def _resolve(self, call: ToolCall) -> tuple:
         name, _, tool = call.name.partition(servers.SEPARATOR)

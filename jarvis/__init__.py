@@ -100,7 +100,15 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
     app.extensions["jarvis"] = Jarvis(
-        cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord,
+        cfg,
+        store,
+        registry,
+        upstream,
+        metrics,
+        accounts,
+        revocations,
+        health=health,
+        coord=registry.coord,
         tools=toolbox(cfg),
     )
 

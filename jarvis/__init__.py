@@ -51,7 +51,9 @@ class Jarvis:
         deadline = time.monotonic() + timeout
         left = self.registry.shutdown(timeout)
         if self.tools is not None:  # after the answers: none is left waiting on a tool
-            self.tools.close(max(0.0, deadline - time.monotonic()))
+            servers = self.tools.close(max(0.0, deadline - time.monotonic()))
+            if servers:
+                log.event("tool_servers_left", logging.WARNING, servers=",".join(servers))
         if self.coord is not None:  # after the streams: their workers release their leases
             self.coord.close(max(0.0, deadline - time.monotonic()))
         self.revocations.close(max(0.0, deadline - time.monotonic()))

@@ -220,6 +220,17 @@ MUTANTS = [
   '            if item.reason == "length":  # half its arguments would be no call at all\n',
   "            if False:\n",
   ["tests/test_local_structured.py"]),
+ ("agent-offered: a tool the chat does not offer runs when the model calls it", "jarvis/agent/__init__.py",
+  "            if call.name not in self.offered:  # the chat's choice holds, whatever the model asks for\n",
+  "            if False:\n",
+  ["tests/test_agent.py::test_a_tool_the_chat_does_not_offer_is_never_run"]),
+ ("agent-cut: calls the token limit cut off go back to the model unanswered", "jarvis/agent/__init__.py",
+  '                yield from self._not_run(calls, "the answer was cut by the model\'s token limit")\n',
+  "",
+  ["tests/test_agent.py::test_tool_calls_cut_by_the_token_limit_never_go_back_unanswered"]),
+ ("agent-deadline: a tool call gets the whole tool timeout, whatever is left of the answer's", "jarvis/agent/__init__.py",
+  "self.agent.box.call(call, self.cancel, self._left())", "self.agent.box.call(call, self.cancel)",
+  ["tests/test_agent.py::test_the_total_timeout_bounds_the_whole_answer_not_each_model_call"]),
 ]
 
 

@@ -11,7 +11,7 @@
 //   composer.js      sending, new versions and Stop
 //   models.js        the model picker and the model server's status
 //   thinking.js      what the model thought, collapsed above its answer
-//   toolcalls.js     an answer's tool calls and their results
+//   toolcalls.js     an answer's tool calls and their results, where in its text they were made
 //   attachments.js   images attached to a prompt (button, paste, drop) and shown on it
 
 import { api, sessionPath } from "./api.js";

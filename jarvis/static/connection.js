@@ -10,6 +10,7 @@ import { LABELS } from "./message.js";
 import { readEvents } from "./sse.js";
 import { LIVE, liveOf, notify, state, viewOf } from "./state.js";
 import { noteThinking, thinkingOver } from "./thinking.js";
+import { charCount } from "./toolcalls.js";
 
 const SILENCE_MS = 45000; // the server writes a heartbeat every few seconds; this long silent is a dead link
 const RESUME_FIRST_MS = 250; // the first wait before resuming a broken answer
@@ -188,7 +189,11 @@ function handleEvent(run, { event, data }) {
     if (answer.status !== "streaming") answer.status = "streaming";
     answer.progress = null;
     thinkingOver(answer);
-    answer.tool_calls = [...(answer.tool_calls || []), payload];
+    // where in the text the model made it, counted as the stored answer's "at" counts
+    answer.tool_calls = [...(answer.tool_calls || []), { ...payload, at: charCount(answer.content || "") }];
+  } else if (event === "tool_result") {
+    const { id, ...result } = payload;
+    answer.tool_calls = (answer.tool_calls || []).map((c) => (c.id === id ? { ...c, result } : c));
   } else if (event === "end") {
     finish(run, payload.status || "completed", payload.error || null, payload.meta || null);
     return;

@@ -8,7 +8,7 @@ import { copyMessageButton, stamp } from "./message-tools.js";
 import { paintImages } from "./attachments.js";
 import { LIVE } from "./state.js";
 import { paintThinking, thoughtOf } from "./thinking.js";
-import { callsOf, paintToolCalls, toolMessageElement } from "./toolcalls.js";
+import { callsOf, paintSteps, toolMessageElement, toolRunning } from "./toolcalls.js";
 import { versionTools, versionsKey } from "./versions.js";
 
 const MIN_SPEED_SPAN_S = 0.1; // the shortest streaming time a speed is shown for
@@ -174,8 +174,10 @@ export function paint(li, msg) {
 
   const content = li.querySelector(".msg-content");
   const body = li.querySelector(".msg-body");
-  paintThinking(body, msg, content);
-  paintToolCalls(body, msg, body.querySelector(".msg-foot"));
+  // the text up to the last tool calls goes with them, in steps; the text after them stays below
+  const from = paintSteps(body, msg, content);
+  paintThinking(body, msg, body.querySelector(":scope > .msg-steps") || content);
+  const text = from ? msg.content.slice(from) : msg.content;
   const streaming = LIVE.has(msg.status) && !msg.supersededLocally;
   if (streaming) {
     // the answer being written is announced when it is done, not token by token
@@ -185,12 +187,13 @@ export function paint(li, msg) {
     content.removeAttribute("aria-busy");
     if (!msg.keepLive) content.removeAttribute("aria-live");
   }
-  if (renderedText.get(content) !== msg.content) {
-    renderMarkdown(content, msg.content, { stream: msg.stream }); // drawn incrementally while it grows
-    renderedText.set(content, msg.content);
+  if (renderedText.get(content) !== text) {
+    // drawn incrementally while it grows; text after tool calls is a stream of its own
+    renderMarkdown(content, text, { stream: from && msg.stream ? `${msg.stream}@${from}` : msg.stream });
+    renderedText.set(content, text);
   }
   let cursor = content.querySelector(".cursor");
-  if (streaming && msg.status === "streaming" && !thoughtOf(msg)?.live) {
+  if (streaming && msg.status === "streaming" && !thoughtOf(msg)?.live && !toolRunning(msg)) {
     if (!cursor) {
       cursor = document.createElement("span");
       cursor.className = "cursor";

@@ -1,11 +1,12 @@
 """The page while an answer uses tools from an MCP server: "Using NAME…" while a tool runs, its result
-after (collapsed, as text) and Stop mid-tool, in a real Chromium against the real app, the fake
-Ollama scripted to call the tools of tests/fake_mcp.py (a real MCP server)."""
+after (collapsed, as text), Stop mid-tool, and the chat's tool toggles, in a real Chromium against the
+real app, the fake Ollama scripted to call the tools of tests/fake_mcp.py (a real MCP server)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from tests import test_browser
 from tests.conftest import ROOT
 from tests.fake_ollama import Script
-from tests.test_browser_settings import DOCS
+from tests.test_browser_settings import DOCS, open_settings
 from tests.test_tools import tagged, wait_for
 
 browser, tab = test_browser.browser, test_browser.tab  # the browser tests' fixtures
@@ -63,6 +64,10 @@ def shoot(tab, name: str) -> None:
 def calls_tool(name: str, said: str = "", **arguments) -> Script:
     """A model call that says ``said``, then asks for the tool ``name`` with ``arguments``."""
     return Script(tokens=[said] if said else [], tool_calls=[{"name": name, "arguments": arguments}])
+
+
+def tool_names(body: dict) -> list[str]:
+    return sorted(t["function"]["name"] for t in body.get("tools") or ())
 
 
 def log_events(tmp_path) -> list[str]:
@@ -157,3 +162,55 @@ def test_an_error_result_is_marked(tab, jarvis_server):
     block = answer.get_by_role("group", name="Tool call: fake__nosuch")
     expect(block).to_have_attribute("data-state", "error")
     expect(block.locator(".tool-result summary")).to_contain_text("Error")
+
+
+def test_a_tool_switched_off_in_the_settings_is_not_offered_to_the_model(tab, jarvis_server):
+    fake = jarvis_server.fake
+    fake.script(tokens=["Hello."])
+    tab.open()
+    tab.ask("hello")  # the first answer starts the MCP server: its tools are listed from then on
+    assert "fake__echo" in tool_names(fake.wait_for_calls(1)[0].body)
+    page = tab.page
+    open_settings(page)
+    section = page.locator("#settings-tools")
+    expect(section).to_be_visible()
+    echo = section.get_by_role("switch", name="fake__echo", exact=True)
+    expect(echo).to_be_checked()
+    echo.uncheck()
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+    expect(page.locator("#settings-chip")).to_have_attribute("title", re.compile("6 tools"))
+
+    tab.ask("again")
+    offered = tool_names(fake.wait_for_calls(2)[1].body)
+    assert "fake__echo" not in offered and "fake__sleep" in offered
+
+    page.reload()  # stored with the chat: the switches read it back
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    open_settings(page)
+    expect(section.get_by_role("switch", name="fake__echo", exact=True)).not_to_be_checked()
+    expect(section.get_by_role("switch", name="fake__sleep", exact=True)).to_be_checked()
+    section.get_by_role("button", name="None").click()
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+    tab.ask("and with none?")
+    assert "tools" not in fake.wait_for_calls(3)[2].body
+
+    open_settings(page)
+    section.get_by_role("button", name="All").click()
+    page.locator("#settings-save").click()
+    expect(page.locator("#settings-dialog")).to_be_hidden()
+    sid = page.evaluate("decodeURIComponent(location.hash.slice(1))")
+    assert "tools" not in jarvis_server.app.extensions["jarvis"].store.settings(sid)  # all: the default
+
+
+def test_without_tools_configured_the_settings_have_no_tools_section(tab, jarvis_server):
+    jarvis_server.fake.script(tokens=["Hi"])
+    page = tab.page
+    page.route("**/api/tools", lambda route: route.fulfill(json={"configured": False, "servers": []}))
+    tab.open()
+    tab.ask("hello")
+    with page.expect_response("**/api/tools"):
+        open_settings(page)
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(done))")  # the page acts on it
+    expect(page.locator("#settings-tools")).to_be_hidden()

@@ -12,6 +12,7 @@
 //   models.js        the model picker and the model server's status
 //   thinking.js      what the model thought, collapsed above its answer
 //   toolcalls.js     an answer's tool calls and their results, where in its text they were made
+//   settings.js      a chat's own settings (tool-settings.js: the tools it offers)
 //   attachments.js   images attached to a prompt (button, paste, drop) and shown on it
 
 import { api, sessionPath } from "./api.js";

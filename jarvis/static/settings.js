@@ -1,7 +1,8 @@
-// A chat's own settings: a dialog to read and change its system prompt, temperature and answer
-// length. The server checks and stores them; this only fills the form and sends what it holds.
+// A chat's own settings: a dialog to read and change its system prompt, temperature, answer
+// length and tools. The server checks and stores them; this only fills the form and sends what it holds.
 
 import { api, sessionPath } from "./api.js";
+import { describeTools, setupToolSettings } from "./tool-settings.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -21,6 +22,7 @@ export function setupSettings({ button, current, saved }) {
     cancel: $("settings-cancel"),
     save: $("settings-save"),
   };
+  const tools = setupToolSettings();
   let sessionId = null;
   let known = { id: null, settings: {} }; // the chat on screen's settings, as last read or saved
 
@@ -57,6 +59,7 @@ export function setupSettings({ button, current, saved }) {
       }
     }
     fill(settings);
+    tools.fill(settings.tools); // listed when the server answers: the dialog does not wait for it
     f.dialog.showModal();
     f.system.focus();
   };
@@ -66,11 +69,14 @@ export function setupSettings({ button, current, saved }) {
   f.form.addEventListener("submit", async (e) => {
     e.preventDefault();
     if (!f.form.reportValidity()) return;
-    await store({
+    const settings = {
       system: f.system.value.trim() ? f.system.value : null,
       temperature: f.temperature.value === "" ? null : Number(f.temperature.value),
       max_tokens: f.maxTokens.value === "" ? null : Number(f.maxTokens.value),
-    });
+    };
+    const offered = tools.value(); // undefined: the tools are not listed, the setting stays as it is
+    if (offered !== undefined) settings.tools = offered;
+    await store(settings);
   });
   f.reset.addEventListener("click", () => store(null));
   f.cancel.addEventListener("click", () => f.dialog.close());
@@ -93,11 +99,12 @@ export function setupSettings({ button, current, saved }) {
   return show;
 }
 
-// "system prompt, temperature 0.3, answer length 64": what a chat sets, or "" when nothing
+// "system prompt, temperature 0.3, answer length 64, 2 tools": what a chat sets, or "" when nothing
 function describe(settings) {
   const parts = [];
   if (settings.system) parts.push("system prompt");
   if (settings.temperature != null) parts.push(`temperature ${settings.temperature}`);
   if (settings.max_tokens != null) parts.push(`answer length ${settings.max_tokens}`);
+  if (describeTools(settings.tools)) parts.push(describeTools(settings.tools));
   return parts.join(", ");
 }

@@ -43,7 +43,12 @@ def jarvis_settings(tmp_path, mcp_tag):
     }
     path = tmp_path / "mcp.json"
     path.write_text(json.dumps({"mcpServers": {"fake": server}}))
-    yield {"JARVIS_MCP_CONFIG": str(path), "JARVIS_TOOL_TIMEOUT": "60", "JARVIS_TOOL_START_TIMEOUT": "20"}
+    yield {
+        "JARVIS_MCP_CONFIG": str(path),
+        "JARVIS_TOOL_TIMEOUT": "60",
+        "JARVIS_TOOL_START_TIMEOUT": "20",
+        "JARVIS_DETACH_GRACE": "10",  # a reload rejoins the answer
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +156,25 @@ def test_a_tool_result_is_collapsed_text_placed_where_the_call_was_made_and_kept
     tab.page.reload()  # as stored: the same
     expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
     check(tab.answer())
+
+
+def test_a_reload_while_a_tool_runs_shows_it_running_again(tab, jarvis_server, tmp_path):
+    fake = jarvis_server.fake
+    fake.push(calls_tool("fake__sleep", "Waiting. ", seconds=60))
+    tab.open()
+    tab.send("Wait for me")
+    running = '[role="group"][aria-label="Tool call: fake__sleep"][data-state="running"]'
+    expect(tab.answer().locator(running)).to_be_visible()
+    wait_for(lambda: "sleeping" in log_events(tmp_path), 10.0, "the tool to run")
+    tab.page.reload()  # the answer goes on (the detach grace); the page rejoins it from its start
+    expect(tab.page.locator("body")).to_have_attribute("data-ready", "true")
+    answer = tab.answer()
+    expect(answer.locator(running).locator(".tool-head")).to_have_text("Using fake__sleep…")
+    expect(answer.locator(".msg-part")).to_have_text("Waiting.")
+    expect(answer.locator(".tool-call")).to_have_count(1)
+    tab.page.get_by_role("button", name="Stop the answer").click()
+    expect(answer).to_have_attribute("data-status", "stopped")
+    expect(answer.locator(".tool-call")).to_have_attribute("data-state", "unanswered")
 
 
 def test_an_error_result_is_marked(tab, jarvis_server):

@@ -200,7 +200,9 @@ def test_api_tools_lists_the_servers_and_their_tool_ids(tooled):
     assert r.status_code == 200
     (server,) = r.json()["servers"]
     assert r.json()["configured"] is True
-    assert (server["server"], server["transport"], server["state"]) == ("fake", "stdio", "not started")
+    # a listing is a first use: it starts the server, waiting a bounded while for it
+    assert (server["server"], server["transport"]) == ("fake", "stdio")
+    assert server["state"] in ("ready", "not started")
     t.fake.push(Script(tokens=0, tool_calls=[echo("x")]), Script(tokens=["ok"]))
     assert t.api.send(t.api.session(), "go").end() == {"status": "completed"}
     (server,) = requests.get(t.api.url + "/api/tools", headers=t.api.headers, timeout=HTTP_TIMEOUT).json()[

@@ -186,10 +186,15 @@ def model(name: str):
     return {"name": name, "capabilities": None if has is None else sorted(has)}
 
 
+TOOLS_LISTING_S = 3.0  # what a listing waits for servers to start; slower ones show up once started
+
+
 @bp.get("/api/tools")
 def tools():
     """The MCP servers of JARVIS_MCP_CONFIG and their tools, as the model sees them (NAME__TOOL)."""
     box = jarvis().tools
+    if box is not None and any(s["state"] == "not started" for s in box.describe()):
+        box.tools(TOOLS_LISTING_S)  # listing is a first use: start them, for a bounded while
     servers = box.describe() if box is not None else []
     for server in servers:
         for tool in server.get("tools") or ():

@@ -105,6 +105,10 @@ def test_function_tools_come_back_as_function_call_items(capable, stream):
         (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
         assert done.arguments == arguments
         output = events[-1].response.output
+        served.fake.script(thinking=["Hm."], tokens=0, tool_calls=[{"name": "get_weather", "arguments": {}}])
+        with client.responses.stream(**kwargs) as helper:  # the client's accumulating helper takes it too
+            final = helper.get_final_response()
+        assert [i.type for i in final.output] == ["reasoning", "function_call"]
     else:
         output = client.responses.create(**kwargs).output
     (call,) = output
@@ -233,6 +237,11 @@ def test_a_session_carries_the_state_of_previous_response_id(served):
     with pytest.raises(openai.BadRequestError) as caught:  # only the session's latest answer goes on
         client.responses.create(model="tiny", input="again", previous_response_id=first.id)
     assert caught.value.body["param"] == "previous_response_id"
+    two = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(openai.BadRequestError) as caught:  # the session stores one prompt per answer
+        client.responses.create(model="tiny", input=two, previous_response_id=second.id)
+    assert caught.value.body["param"] == "input"
+    assert len(served.fake.chat_calls()) == 2
     client.close()
 
 

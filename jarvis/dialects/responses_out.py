@@ -59,7 +59,7 @@ class ResponseFramer:
         if isinstance(ev, ToolCall):
             return self._close() + self._call(ev)
         if isinstance(ev, Start):
-            started = self._object("in_progress", [], None)
+            started = _object(self, "in_progress", [], None)
             return self._event("response.created", response=started) + self._event(
                 "response.in_progress", response=started
             )
@@ -71,9 +71,9 @@ class ResponseFramer:
         """The non-streaming answer: its thinking, its text, then its calls."""
         output = []
         if answer.thinking:
-            output.append(self._reasoning(answer.thinking))
+            output.append(_reasoning(self._next("rs"), answer.thinking))
         if answer.text:
-            output.append(self._message(answer.text))
+            output.append(_message(self._next("msg"), answer.text))
         output += [_function_call(self._next("fc"), c) for c in answer.tool_calls]
         return self._finished(answer.end, output)
 
@@ -85,7 +85,7 @@ class ResponseFramer:
             return self._event(kind, response=done)
         status = common.dialect_status(failure.http_status, failure.code)
         error = openai.error_body(status, failure.to_dict())["error"]
-        failed = self._object("failed", self.output, _usage(end))
+        failed = _object(self, "failed", self.output, _usage(end))
         failed["error"] = {"code": error["code"] or "server_error", "message": error["message"]}
         out = self._event("response.failed", response=failed)
         return out + self._event(
@@ -94,18 +94,12 @@ class ResponseFramer:
 
     def _finished(self, end: End, output: list[dict]) -> dict:
         if str(end.status) == "length":
-            return self._object("incomplete", output, _usage(end), LIMITED)
-        return self._object("completed", output, _usage(end))
+            return _object(self, "incomplete", output, _usage(end), LIMITED)
+        return _object(self, "completed", output, _usage(end))
 
     def _open_message(self) -> bytes:
         out = self._close()
-        self.open = {
-            "id": self._next("msg"),
-            "type": "message",
-            "status": "in_progress",
-            "role": "assistant",
-            "content": [],
-        }
+        self.open = {**_message(self._next("msg"), ""), "status": "in_progress", "content": []}
         at = self._at()
         self._delta = _frame_head("response.output_text.delta", {**at, "content_index": 0, "logprobs": []})
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -132,12 +126,12 @@ class ResponseFramer:
             return b""
         at, text = self._at(), "".join(self.texts)
         if self.open["type"] == "message":
-            item = self._message(text, self.open["id"])
+            item = _message(self.open["id"], text)
             part = item["content"][0]
             out = self._event("response.output_text.done", **at, content_index=0, text=text, logprobs=[])
             out += self._event("response.content_part.done", **at, content_index=0, part=part)
         else:
-            item = self._reasoning(text, self.open["id"])
+            item = _reasoning(self.open["id"], text)
             out = self._event("response.reasoning_summary_text.done", **at, summary_index=0, text=text)
             out += self._event(
                 "response.reasoning_summary_part.done", **at, summary_index=0, part=item["summary"][0]
@@ -171,37 +165,23 @@ class ResponseFramer:
         self._count += 1
         return f"{kind}_{self._items}{self._count:04x}"
 
-    def _message(self, text: str, ident: str | None = None) -> dict:
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        ident = ident or self._next("msg")
-        return {"id": ident, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
-
-    def _reasoning(self, text: str, ident: str | None = None) -> dict:
-        return {
-            "id": ident or self._next("rs"),
-            "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": text}],
-        }
-
     def _event(self, kind: str, **data) -> bytes:
         self.seq += 1
         payload = {"type": kind, **data, "sequence_number": self.seq - 1}
         return _sse(kind, payload)
 
-    def _object(
-        self, status: str, output: list[dict], usage: dict | None, incomplete: dict | None = None
-    ) -> dict:
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "error": None,
-            "incomplete_details": incomplete,
-            **self.echo,
-            "output": list(output),
-            "usage": usage,
-        }
+
+def _object(framer: ResponseFramer, status: str, output: list, usage: dict | None, incomplete=None) -> dict:
+    """The ``response`` object, as it stands."""
+    head = {"id": framer.id, "object": "response", "created_at": framer.created_at, "status": status}
+    return {
+        **head,
+        "error": None,
+        "incomplete_details": incomplete,
+        **framer.echo,
+        "output": list(output),
+        "usage": usage,
+    }
 
 
 def _echo(call: common.Call, body: dict, stored: bool) -> dict:
@@ -225,6 +205,15 @@ def _echo(call: common.Call, body: dict, stored: bool) -> dict:
         "user": body.get("user"),
         "metadata": {},
     }
+
+
+def _message(ident: str, text: str) -> dict:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"id": ident, "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+
+
+def _reasoning(ident: str, text: str) -> dict:
+    return {"id": ident, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
 
 
 def _function_call(ident: str, call: ToolCall) -> dict:

@@ -220,6 +220,9 @@ MUTANTS = [
   '            if item.reason == "length":  # half its arguments would be no call at all\n',
   "            if False:\n",
   ["tests/test_local_structured.py"]),
+ ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
+  "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
+  ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
 ]
 
 

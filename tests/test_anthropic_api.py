@@ -414,3 +414,15 @@ def test_session_header_supersedes_the_sessions_answer_and_stores_the_exchange(c
     stored = [(m["role"], m["content"], m["status"]) for m in served.messages(sid)]
     assert stored[0] == ("user", "hello", "sent") and stored[1][2] == "superseded"
     assert stored[2:] == [("user", "again", "sent"), ("assistant", "tok0 tok1 tok2 ", "completed")]
+
+
+@pytest.mark.parametrize("fake", ["openai"], indirect=True)
+def test_what_the_backend_cannot_do_is_refused_naming_anthropics_field(served):
+    # the OpenAI-compatible fake's models are configured to call tools only: no thinking, no images
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    r = post(served, {"model": "tiny", "max_tokens": 2048, "messages": HELLO, "thinking": thinking})
+    assert r.status_code == 400 and _error(r)["message"].startswith("thinking")
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}
+    r = post(served, {"model": "tiny", "max_tokens": 9, "messages": [{"role": "user", "content": [image]}]})
+    assert r.status_code == 400 and _error(r)["message"].startswith("messages")
+    assert served.fake.chat_calls() == []

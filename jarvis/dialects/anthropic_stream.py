@@ -140,7 +140,7 @@ def error_body(status: int, error: dict) -> dict:
     """Anthropic's error shape."""
     kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     message, param = error.get("message", ""), error.get("param")
-    if param and param not in message:
+    if param and not (message.startswith(param) or any(f"{q}{param}{q}" in message for q in "'\"")):
         message = f"{param}: {message}"  # the shape has no param: the message names the field
     return {"type": "error", "error": {"type": kind, "message": message}}
 

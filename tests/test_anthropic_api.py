@@ -426,3 +426,64 @@ def test_what_the_backend_cannot_do_is_refused_naming_anthropics_field(served):
     r = post(served, {"model": "tiny", "max_tokens": 9, "messages": [{"role": "user", "content": [image]}]})
     assert r.status_code == 400 and _error(r)["message"].startswith("messages")
     assert served.fake.chat_calls() == []
+
+
+def opt(key, value):
+    return lambda body: body["options"][key] == value
+
+
+# every top-level field of /v1/messages: (what to add to the request, what the upstream must have been sent)
+HONOURED = {
+    "model": ({"model": "tiny"}, lambda b: b["model"] == "tiny"),
+    "messages": ({}, lambda b: b["messages"] == HELLO),
+    "max_tokens": ({"max_tokens": 9}, opt("num_predict", 9)),
+    "stream": ({"stream": True}, lambda b: b["stream"] is True),
+    "system": (
+        {"system": "be brief"},
+        lambda b: b["messages"][0] == {"role": "system", "content": "be brief"},
+    ),
+    "temperature": ({"temperature": 0.5}, opt("temperature", 0.5)),
+    "top_p": ({"top_p": 0.5}, opt("top_p", 0.5)),
+    "top_k": ({"top_k": 5}, opt("top_k", 5)),
+    "stop_sequences": ({"stop_sequences": ["END"]}, opt("stop", ["END"])),
+    "tools": ({"tools": [WEATHER]}, lambda b: b["tools"][0]["function"]["name"] == "get_weather"),
+    "tool_choice": ({"tools": [WEATHER], "tool_choice": {"type": "none"}}, lambda b: "tools" not in b),
+    "thinking": (
+        {"max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+        lambda b: b["think"],
+    ),
+    "metadata": ({"metadata": {"user_id": "u1"}}, None),
+    "cache_control": ({"cache_control": {"type": "ephemeral"}}, None),
+    "output_config": (
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+        lambda b: b["format"] == {"type": "object"},
+    ),
+}
+
+
+def test_the_table_covers_every_field_the_dialect_knows():
+    from jarvis.dialects import anthropic as dialect
+
+    assert set(HONOURED) == dialect.FIELDS.honoured
+
+
+@pytest.mark.parametrize("name", sorted(HONOURED))
+def test_each_field_is_honoured(served, name):
+    extra, check = HONOURED[name]
+    r = post(served, {"model": "tiny", "max_tokens": 100, "messages": HELLO, **extra})
+    assert r.status_code == 200, r.text
+    if check is not None:
+        assert check(sent(served))
+
+
+def _refused():
+    from jarvis.dialects import anthropic as dialect
+
+    return sorted(dialect.FIELDS.refused)
+
+
+@pytest.mark.parametrize("name", _refused())
+def test_each_refused_field_is_a_400_naming_it(served, name):
+    r = post(served, {"model": "tiny", "max_tokens": 9, "messages": HELLO, name: {"x": 1}})
+    assert r.status_code == 400 and name in _error(r)["message"]
+    assert served.fake.chat_calls() == []

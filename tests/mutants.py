@@ -231,6 +231,9 @@ MUTANTS = [
  ("agent-deadline: a tool call gets the whole tool timeout, whatever is left of the answer's", "jarvis/agent/__init__.py",
   "self.agent.box.call(call, self.cancel, self._left())", "self.agent.box.call(call, self.cancel)",
   ["tests/test_agent.py::test_the_total_timeout_bounds_the_whole_answer_not_each_model_call"]),
+ ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
+  "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
+  ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
 ]
 
 

@@ -115,7 +115,21 @@ def require_same_origin(cookie: bool) -> None:
         raise Forbidden("send the X-CSRF-Token header given at sign-in", code="cross_origin")
 
 
+# the routes whose clients send the token as x-api-key (Anthropic's), as well as a bearer token
+API_KEY_BLUEPRINTS = frozenset({"anthropic"})
+
+
 def bearer() -> str | None:
+    """The token the request carries: ``Authorization: Bearer``, or on Anthropic's routes ``x-api-key``.
+
+    Like a bearer header, x-api-key is one no browser adds by itself (a cross-origin page would need
+    a CORS preflight Jarvis never grants), so it is as safe from forged requests; it is read only
+    where Anthropic's clients send it, so no other route gains a second way in.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if request.blueprint in API_KEY_BLUEPRINTS:
+        return request.headers.get("x-api-key", "").strip() or None
+    return None

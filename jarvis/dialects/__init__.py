@@ -1,1 +1,1 @@
-"""The OpenAI and Ollama dialects: requests in a client's words, answers framed back in them."""
+"""The compatible APIs: OpenAI's chat completions and Responses, Anthropic's Messages, Ollama's API: requests in a client's words, answers framed back in them."""

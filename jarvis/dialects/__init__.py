@@ -1,1 +1,2 @@
-"""The compatible APIs: OpenAI's chat completions and Responses, Anthropic's Messages, Ollama's API: requests in a client's words, answers framed back in them."""
+"""The compatible APIs: OpenAI's chat completions and Responses, Anthropic's Messages, Ollama's
+API. Requests in a client's words, answers framed back in them."""

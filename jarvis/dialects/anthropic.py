@@ -11,8 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from ..conversation import Chat, Message, Options
-from ..errors import BadRequest, Interrupted, JarvisError
-from ..web import api
+from ..errors import BadRequest
 from . import common, fields
 from .anthropic_stream import MessageFramer, error_body
 
@@ -365,7 +364,4 @@ def _thinking(raw, max_tokens) -> bool | None:
 
 @bp.errorhandler(Exception)
 def error(e: Exception):
-    native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
-    if isinstance(e, Interrupted):
-        native.headers["x-should-retry"] = "false"  # the client would retry a 409 into the newer answer
-    return common.rewrite_error(native, e, error_body)
+    return common.error_answer(e, error_body)

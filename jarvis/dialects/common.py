@@ -26,6 +26,7 @@ from ..lifecycle.stream import Stream
 from ..metrics import Metrics
 from ..status import Status
 from ..upstream import Upstream
+from ..web import api
 from ..web.answers import SSE_HEADERS
 from ..web.auth import credential, owner
 from .fields import bad
@@ -209,8 +210,11 @@ def dialect_status(status: int, code: str | None) -> int:
     return 400 if status in (413, 415) else status
 
 
-def rewrite_error(native: Response, e: Exception, body: Callable[[int, dict], dict]) -> Response:
-    """Turn the native error answer into a dialect's: same logging, metrics and headers, new body."""
+def error_answer(e: Exception, body: Callable[[int, dict], dict]) -> Response:
+    """The native error answer turned into a dialect's: same logging, metrics and headers, new body."""
+    native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
+    if isinstance(e, Interrupted):
+        native.headers["x-should-retry"] = "false"  # a client would retry a 409 into the newer answer
     error = (native.get_json(silent=True) or {}).get("error") or {}
     error["param"] = getattr(e, "param", None)
     status = dialect_status(native.status_code, error.get("code"))

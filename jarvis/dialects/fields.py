@@ -157,6 +157,21 @@ class ImageBudget:
         return image
 
 
+def json_schema(found: dict, where: str, allowed: Fields) -> dict:
+    """A named JSON schema (OpenAI's ``json_schema``, the Responses ``text.format``) as the core's
+    format, its name and strictness; its description goes into the schema, where the model reads it."""
+    allowed.check(found, where)
+    schema, description = found["schema"], found.get("description")
+    if isinstance(description, str) and description and "description" not in schema:
+        schema = {**schema, "description": description}
+    name, strict = found.get("name"), found.get("strict")
+    return {
+        "format": schema,
+        "schema_name": name if isinstance(name, str) else None,
+        "strict": strict if isinstance(strict, bool) else None,
+    }
+
+
 def format_of(raw, param: str):
     """Ollama's ``format``: "json", a JSON schema, or nothing."""
     if raw is None or raw == "":

@@ -14,9 +14,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app
 
 from ..conversation import Chat, Message, Options, ToolCall
-from ..errors import JarvisError
 from ..events import End, Event, Heartbeat, Start, Text, Thinking
-from ..web import api
 from . import common, fields
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
@@ -213,8 +211,7 @@ def error_body(status: int, error: dict) -> dict:
 
 @bp.errorhandler(Exception)
 def error(e: Exception):
-    native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
-    return common.rewrite_error(native, e, error_body)
+    return common.error_answer(e, error_body)
 
 
 class NDJSONFramer:

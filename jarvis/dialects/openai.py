@@ -14,9 +14,7 @@ from flask import Blueprint, current_app
 
 from .. import sse
 from ..conversation import Chat, Message, Options, ToolCall
-from ..errors import Interrupted, JarvisError
 from ..events import End, Event, Heartbeat, Start, Text, Thinking
-from ..web import api
 from . import common, fields
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -222,16 +220,7 @@ def _format(raw) -> dict:
             '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
             "response_format",
         )
-    SCHEMA_FIELDS.check(found, "response_format.json_schema.")
-    schema, description = found["schema"], found.get("description")
-    if isinstance(description, str) and description and "description" not in schema:
-        schema = {**schema, "description": description}  # what the schema is for: the model reads it
-    name, strict = found.get("name"), found.get("strict")
-    return {
-        "format": schema,
-        "schema_name": name if isinstance(name, str) else None,
-        "strict": strict if isinstance(strict, bool) else None,
-    }
+    return fields.json_schema(found, "response_format.json_schema.", SCHEMA_FIELDS)
 
 
 def _reasoning(raw):
@@ -257,10 +246,7 @@ def error_body(status: int, error: dict) -> dict:
 
 @bp.errorhandler(Exception)
 def error(e: Exception):
-    native = api.jarvis_error(e) if isinstance(e, JarvisError) else api.internal_error(e)
-    if isinstance(e, Interrupted):
-        native.headers["x-should-retry"] = "false"  # the client would retry a 409 into the newer answer
-    return common.rewrite_error(native, e, error_body)
+    return common.error_answer(e, error_body)
 
 
 class ChunkFramer:

@@ -320,16 +320,7 @@ def _format(text) -> dict:
             '{"type": "json_schema", "name": ..., "schema": {...}}',
             "text.format",
         )
-    SCHEMA_FIELDS.check(raw, "text.format.")
-    schema, description = raw["schema"], raw.get("description")
-    if isinstance(description, str) and description and "description" not in schema:
-        schema = {**schema, "description": description}
-    name, strict = raw.get("name"), raw.get("strict")
-    return {
-        "format": schema,
-        "schema_name": name if isinstance(name, str) else None,
-        "strict": strict if isinstance(strict, bool) else None,
-    }
+    return fields.json_schema(raw, "text.format.", SCHEMA_FIELDS)
 
 
 def _reasoning(raw):

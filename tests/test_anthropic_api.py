@@ -6,7 +6,6 @@ Each test checks both ends: what the client got back, and what reached the fake 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
@@ -16,17 +15,14 @@ import requests
 
 from tests.conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from tests.fake_ollama import Script, overlapped
+from tests.samples import ALL, CALL, PNG_B64, sent
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17  # enough of a PNG to be typed one
-PNG_B64 = base64.b64encode(PNG).decode()
 HELLO = [{"role": "user", "content": "hello"}]
 WEATHER = {
     "name": "get_weather",
     "description": "The weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
-ALL = "tools,vision,thinking"  # what the OpenAI-compatible fake's models are configured to do
 
 
 def client_of(served, **kwargs) -> anthropic.Anthropic:
@@ -48,11 +44,6 @@ def capable(make_served):
     client = client_of(served)
     yield served, client
     client.close()
-
-
-def sent(served) -> dict:
-    (call,) = served.fake.chat_calls()
-    return call.body
 
 
 def post(served, body: dict, headers: dict | None = None, path: str = "/v1/messages") -> requests.Response:

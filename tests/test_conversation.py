@@ -16,20 +16,9 @@ import pytest
 import requests
 
 from .conftest import HTTP_TIMEOUT, both_upstreams
+from .samples import ALL, CALL, PNG, PNG_B64, SCHEMA, WEATHER, sent
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17  # enough of a PNG to be typed one
-PNG_B64 = base64.b64encode(PNG).decode()
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
 HELLO = [{"role": "user", "content": "What is the weather in Paris?"}]
-ALL = "tools,vision,thinking"  # what the OpenAI-compatible fake's models are configured to do
 
 
 def openai_client(served) -> openai.OpenAI:
@@ -47,12 +36,6 @@ def capable(make_served):
     client = openai_client(served)
     yield served, client
     client.close()
-
-
-def sent(served) -> dict:
-    """The one chat request body the upstream received."""
-    (call,) = served.fake.chat_calls()
-    return call.body
 
 
 # --- tools ----------------------------------------------------------------------------------
@@ -158,12 +141,6 @@ def test_a_forced_tool_call_is_asked_of_ollama_as_a_format(served):
 
 
 # --- structured output ----------------------------------------------------------------------
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-    "required": ["name", "age"],
-}
 
 
 @both_upstreams

@@ -17,11 +17,10 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from .conftest import both_upstreams
+from .samples import ALL, CALL, sent
 
-CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
 QUESTION = "What is the weather in Paris?"
 TEXT = "tok0 tok1 tok2 tok3 tok4 "  # the fakes' default answer
-ALL = "tools,vision,thinking"  # what the OpenAI-compatible fake's models are configured to do
 
 
 @tool
@@ -46,12 +45,6 @@ def chat_openai(served, **kwargs) -> ChatOpenAI:
 def chat_ollama(served, **kwargs) -> ChatOllama:
     auth = {"headers": {"Authorization": f"Bearer {served.token}"}, "timeout": 5}
     return ChatOllama(base_url=served.url, model="tiny", client_kwargs=auth, **kwargs)
-
-
-def sent(served) -> dict:
-    """The one chat request body the upstream received."""
-    (call,) = served.fake.chat_calls()
-    return call.body
 
 
 def streamed(runnable, prompt):

@@ -17,7 +17,7 @@ from jarvis.dialects import responses
 
 from .conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from .fake_ollama import Script
-from .test_conversation import ALL, PNG_B64, SCHEMA, WEATHER
+from .samples import ALL, PNG_B64, SCHEMA, WEATHER
 
 TOOL = {"type": "function", **WEATHER["function"]}  # the Responses API's flat function tool
 ASK = "What is the weather in Paris?"

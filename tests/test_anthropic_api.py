@@ -7,7 +7,6 @@ Each test checks both ends: what the client got back, and what reached the fake 
 from __future__ import annotations
 
 import json
-import time
 
 import anthropic
 import pytest
@@ -15,7 +14,7 @@ import requests
 
 from tests.conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from tests.fake_ollama import Script, overlapped
-from tests.samples import ALL, CALL, PNG_B64, sent
+from tests.samples import ALL, CALL, CLOSE_STATES, PNG_B64, closing_closes_the_upstream, sent
 
 HELLO = [{"role": "user", "content": "hello"}]
 WEATHER = {
@@ -362,14 +361,7 @@ def test_upstream_failure_mid_stream_is_an_error_event(claude, served):
     wait_for(served.idle, what="slot released")
 
 
-@pytest.mark.parametrize(
-    "state, script",
-    [
-        ("streaming", Script(tokens=1000, interval_s=0.01)),
-        ("loading", Script(load_delay_s=60)),
-        ("stalled", Script(tokens=50, stall_after=2)),
-    ],
-)
+@CLOSE_STATES
 def test_closing_the_stream_closes_the_upstream(claude, served, state, script):
     # with no disconnect check the worker would read (or wait in recv) to the end of the answer
     served.fake.script(script)
@@ -379,12 +371,7 @@ def test_closing_the_stream_closes_the_upstream(claude, served, state, script):
     if state != "loading":
         assert next(events).type == "content_block_start"
         assert next(events).delta.text.startswith("tok0 ")
-    call = served.fake.wait_for_calls(1)[0]
-    began = time.monotonic()
-    stream.close()
-    assert call.wait_closed(2) and call.closed_by == "client"
-    assert call.closed_at - began < 0.5
-    wait_for(served.idle, what="slot released")
+    closing_closes_the_upstream(served, stream)
 
 
 def test_session_header_supersedes_the_sessions_answer_and_stores_the_exchange(claude, served):

@@ -19,6 +19,7 @@ from jarvis.upstream import local
 from jarvis.web.accounts import Accounts
 from tests.conftest import HTTP_TIMEOUT, clean_env, free_port, serve_process, stop_process, wait_for
 from tests.fake_ollama import Script, overlapped
+from tests.samples import CLOSE_STATES, closing_closes_the_upstream
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -203,14 +204,7 @@ def test_upstream_failure_mid_stream_raises_in_the_client(oai, served):
     wait_for(served.idle, what="slot released")
 
 
-@pytest.mark.parametrize(
-    "state, script",
-    [
-        ("streaming", Script(tokens=1000, interval_s=0.01)),
-        ("loading", Script(load_delay_s=60)),
-        ("stalled", Script(tokens=50, stall_after=2)),
-    ],
-)
+@CLOSE_STATES
 def test_closing_the_stream_closes_the_upstream(oai, served, state, script):
     # with no disconnect check the worker would read (or wait in recv) to the end of the answer
     served.fake.script(script)
@@ -219,12 +213,7 @@ def test_closing_the_stream_closes_the_upstream(oai, served, state, script):
     assert next(chunks).choices[0].delta.role == "assistant"
     if state != "loading":
         assert next(chunks).choices[0].delta.content.startswith("tok0 ")
-    call = served.fake.wait_for_calls(1)[0]
-    began = time.monotonic()
-    stream.close()
-    assert call.wait_closed(2) and call.closed_by == "client"
-    assert call.closed_at - began < 0.5
-    wait_for(served.idle, what="slot released")
+    closing_closes_the_upstream(served, stream)
 
 
 def test_revoking_the_token_ends_its_live_call(oai, served):

@@ -7,7 +7,6 @@ fake upstream (it records every request body, and when its socket closed).
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
@@ -17,7 +16,7 @@ from jarvis.dialects import responses
 
 from .conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from .fake_ollama import Script
-from .samples import ALL, PNG_B64, SCHEMA, WEATHER
+from .samples import ALL, CLOSE_STATES, PNG_B64, SCHEMA, WEATHER, closing_closes_the_upstream
 
 TOOL = {"type": "function", **WEATHER["function"]}  # the Responses API's flat function tool
 ASK = "What is the weather in Paris?"
@@ -307,14 +306,7 @@ def test_an_upstream_failure_mid_stream_is_response_failed_and_raises(served):
 
 
 @both_upstreams
-@pytest.mark.parametrize(
-    "state, script",
-    [
-        ("streaming", Script(tokens=1000, interval_s=0.01)),
-        ("loading", Script(load_delay_s=60)),
-        ("stalled", Script(tokens=50, stall_after=2)),
-    ],
-)
+@CLOSE_STATES
 def test_closing_the_stream_closes_the_upstream(capable, state, script):
     # with no disconnect check the worker would read (or wait in recv) to the end of the answer
     served, client = capable
@@ -325,12 +317,7 @@ def test_closing_the_stream_closes_the_upstream(capable, state, script):
     if state != "loading":
         while next(events).type != "response.output_text.delta":
             pass
-    call = served.fake.wait_for_calls(1)[0]
-    began = time.monotonic()
-    stream.close()
-    assert call.wait_closed(2) and call.closed_by == "client"
-    assert call.closed_at - began < 0.5
-    wait_for(served.idle, what="slot released")
+    closing_closes_the_upstream(served, stream)
 
 
 def test_calls_count_in_the_metrics_as_responses(served):

@@ -100,15 +100,23 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
     app.extensions["jarvis"] = Jarvis(
-        cfg, store, registry, upstream, metrics, accounts, revocations, health=health, coord=registry.coord,
+        cfg,
+        store,
+        registry,
+        upstream,
+        metrics,
+        accounts,
+        revocations,
+        health=health,
+        coord=registry.coord,
         tools=toolbox(cfg),
     )
 
-    from .dialects import ollama, openai
+    from .dialects import embeddings, ollama, openai
     from .web import answers, api, auth, page
 
     auth.init_app(app)
-    for blueprint in (api.bp, answers.bp, openai.bp, ollama.bp, page.bp):
+    for blueprint in (api.bp, answers.bp, openai.bp, ollama.bp, embeddings.bp, page.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app

@@ -2,12 +2,11 @@
 
 It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON with
 thinking, tool calls, JSON for a ``format`` and a note of the images it was sent;
-``POST /api/show`` with each model's capabilities; ``GET /api/tags``, ``/api/ps``,
-``/api/version``) and records, for every chat call, what it was sent and
-when it opened and when and by whom its connection was closed, so tests and
-benchmarks can see what reached the upstream socket. Every wait inside it
-watches the client socket, so a client that goes away is seen at once even
-while the fake is "loading" or "stalled".
+``POST /api/show`` with each model's capabilities; ``/api/embed``, ``/api/embeddings``
+with ``fake_wire.vector``s; ``GET /api/tags``, ``/api/ps``, ``/api/version``) and records,
+for every call, what it was sent and when it opened and when and by whom its connection
+was closed, so tests and benchmarks can see what reached the upstream socket. Every wait
+inside it watches the client socket, so a client that goes away is seen at once.
 """
 
 from __future__ import annotations
@@ -345,6 +344,8 @@ class FakeOllama:
             send_json(conn, 200, {"models": []})
         elif path == "/api/version":
             send_json(conn, 200, {"version": "0.0.0-fake"})
+        elif path in ("/api/embed", "/api/embeddings"):
+            send_json(conn, *fake_wire.ollama_embed(path, call.body, self.models))
         else:
             send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
 

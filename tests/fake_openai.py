@@ -4,7 +4,7 @@
 one chunk per token, a chunk with ``finish_reason``, a usage chunk, then
 ``data: [DONE]``), with thinking as ``reasoning_content`` deltas and tool calls
 streamed by ``index`` as llama.cpp's server and vLLM send them; ``GET /v1/models``
-lists the models, and with ``api_key``
+lists the models, ``POST /v1/embeddings`` answers ``fake_wire.vector``s, and with ``api_key``
 set every request must carry it as a bearer token. Jarvis reads it with
 ``JARVIS_OPENAI_URL`` set to ``fake.url + "/v1"``.
 """
@@ -106,11 +106,23 @@ class FakeOpenAI(FakeOllama):
         elif call.path == "/v1/models":
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
             send_json(conn, 200, {"object": "list", "data": data})
+        elif call.path == "/v1/embeddings":
+            send_json(conn, *_embeddings(call.body, self.models))
         else:
             send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
 
     def _authorised(self, headers: dict) -> bool:
         return self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}"
+
+
+def _embeddings(body: dict, models: list[str]) -> tuple[int, dict]:
+    """``/v1/embeddings`` as llama.cpp's server and vLLM answer it (floats only)."""
+    status, found = fake_wire.embedded(body, models)
+    if status != 200:
+        return status, _error(found, "invalid_request_error", "model_not_found" if status == 404 else None)
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(found)]
+    usage = {"prompt_tokens": 3 * len(found), "total_tokens": 3 * len(found)}
+    return 200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
 
 def _unauthorised(headers: dict) -> dict:

@@ -8,6 +8,7 @@ a JSON schema), and the images a request carries in either dialect.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 
@@ -163,6 +164,34 @@ def show(capabilities: list[str]) -> dict:
         "capabilities": list(capabilities),
         "modified_at": "2024-01-01T00:00:00Z",
     }
+
+
+def vector(text: str, dims: int = 4) -> list[float]:
+    """The fakes' embedding of ``text``: numbers from its hash, the same every time (dims <= 32)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255 - 0.5, 4) for b in digest[:dims]]
+
+
+def embedded(body: dict, models: list[str], *, key: str = "input") -> tuple[int, list | str]:
+    """(200, vectors) for an embedding request (``body[key]`` a text or a list), else (status, error)."""
+    model = str(body.get("model") or "")
+    if model.split(":")[0] not in models:
+        return 404, f'model "{model}" not found, try pulling it first'
+    texts = body.get(key)
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return 400, "invalid input type"
+    return 200, [vector(t, body.get("dimensions") or 4) for t in texts]
+
+
+def ollama_embed(path: str, body: dict, models: list[str]) -> tuple[int, dict]:
+    """Ollama's /api/embed (``input``, a list of vectors) or older /api/embeddings (``prompt``, one)."""
+    status, found = embedded(body, models, key="input" if path == "/api/embed" else "prompt")
+    if status != 200:
+        return status, {"error": found}
+    if path == "/api/embeddings":
+        return 200, {"embedding": found[0]}
+    return 200, {"model": body["model"], "embeddings": found, "prompt_eval_count": 3 * len(found)}
 
 
 def line(obj: dict) -> bytes:

@@ -47,10 +47,14 @@ def check(settings: dict) -> dict:
     ):
         raise BadRequest(f'"max_tokens" must be a whole number from 1 to {MAX_TOKENS_MAX}')
     tools = settings.get("tools")
-    if tools is not None and tools is not False and not (
-        isinstance(tools, list)
-        and len(tools) <= MAX_TOOL_NAMES
-        and all(isinstance(t, str) and 0 < len(t) <= 200 for t in tools)
+    if (
+        tools is not None
+        and tools is not False
+        and not (
+            isinstance(tools, list)
+            and len(tools) <= MAX_TOOL_NAMES
+            and all(isinstance(t, str) and 0 < len(t) <= 200 for t in tools)
+        )
     ):
         raise BadRequest('"tools" must be false (none) or a list of tool names (null: every configured tool)')
     out = {k: settings[k] for k in FIELDS if settings.get(k) is not None}

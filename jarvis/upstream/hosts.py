@@ -26,7 +26,7 @@ from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from . import Chat, Item, Meta, Progress, Upstream
+from . import Chat, Embedded, Item, Meta, Progress, Upstream
 from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
@@ -265,6 +265,24 @@ class Hosts:
                 if chunks is not None:
                     chunks.close()
                 self._release(host)
+
+    def embed(self, model: str, inputs: list[str], **knobs) -> Embedded:
+        """Embed on the least busy host with the model (a free one first); never queued or retried:
+        a batch is short, and a client that gets an error may simply send it again."""
+        with self._lock:
+            found = self._candidates(model, [])
+            if not found:
+                raise self._none_answers(model)
+            host = min(found, key=lambda h: (not h.free(), h.live, h.started))
+            host.live += 1
+            host.started += 1
+        try:
+            return host.upstream.embed(model, inputs, **knobs)
+        except UpstreamError as e:
+            self._failed(host, e)
+            raise
+        finally:
+            self._release(host)
 
     def check(self, chat: Chat) -> None:
         """What the first host with the model (else the first up) says of ``chat``: hosts serving

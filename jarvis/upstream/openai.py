@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Item, http, probe, refuse_missing
+from . import Done, Embedded, Item, http, probe, refuse_missing, vectors_of
 from .remote import Remote, count
 
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
@@ -97,6 +97,24 @@ class OpenAIUpstream(Remote):
         """As JARVIS_OPENAI_CAPABILITIES says: such a server does not tell."""
         listed = {c.strip() for c in self.config.openai_capabilities.split(",")}
         return frozenset({"completion"} | (listed & set(CAPABILITIES)))
+
+    def embed(self, model: str, inputs: list[str], *, cancel=None, dimensions=None, **knobs) -> Embedded:
+        """``POST /embeddings`` as floats; Ollama's knobs (truncate, options, keep_alive) are refused."""
+        for name, value in knobs.items():
+            if value is not None:
+                raise Unsupported(name, f"the OpenAI-compatible server takes no {name!r} for embeddings")
+        body = {"model": model, "input": list(inputs), "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        on_error = lambda r: self._http_error(r, model, "/embeddings")  # noqa: E731
+        found = self._post_json("/embeddings", body, self._auth(), cancel, on_error)
+        data = found.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise UpstreamProtocolError("the OpenAI-compatible server sent embeddings without a data list")
+        data = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)
+        vectors = vectors_of([d.get("embedding") for d in data], len(inputs), "the OpenAI-compatible server")
+        usage = found.get("usage") if isinstance(found.get("usage"), dict) else {}
+        return Embedded(vectors, count(usage.get("prompt_tokens")))
 
     def _reader(self) -> _Answer:
         return _Answer(self._redact)

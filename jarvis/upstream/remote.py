@@ -18,9 +18,10 @@ from typing import Protocol
 
 from ..cancel import CancelScope
 from ..config import Config
-from ..errors import UpstreamError, UpstreamProtocolError
+from ..errors import Interrupted, UpstreamError, UpstreamProtocolError
 from . import WAITING, Chat, Done, Item, http
 
+JSON_ANSWER_LIMIT = 256 * 1024 * 1024  # a batch of embeddings: texts' worth of numbers, bounded
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
 
 
@@ -121,6 +122,42 @@ class Remote:
         )
         if not isinstance(found, dict):
             raise UpstreamProtocolError(not_object)
+        return found
+
+    def _post_json(self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error) -> dict:
+        """POST ``body`` and read the whole JSON object answered (embeddings), within the config's
+        deadlines (the idle clock restarts with each receive); ``on_error(response)`` names a
+        status's error. A cancel ends it with ``Interrupted``."""
+        cancel = cancel or CancelScope()
+        data = bytearray()
+        with http.request(
+            "POST",
+            self.url + path,
+            cancel=cancel,
+            timeouts=http.Timeouts.of(self.config),
+            peer=self.peer,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **headers},
+        ) as response:
+            if not cancel.cancelled and response.status != 200:
+                raise on_error(response)
+            for more in response.chunks():
+                response.progress()
+                data += more
+                if len(data) > JSON_ANSWER_LIMIT:
+                    raise UpstreamProtocolError(f"{self.peer.name} sent more than {JSON_ANSWER_LIMIT} bytes")
+        if cancel.cancelled:
+            raise Interrupted("cancelled")
+        try:
+            found = json.loads(data)
+        except ValueError:
+            raise UpstreamProtocolError(
+                f"{self.peer.name} sent something that is not JSON for {path}"
+            ) from None
+        if not isinstance(found, dict):
+            raise UpstreamProtocolError(
+                f"{self.peer.name} sent something that is not a JSON object for {path}"
+            )
         return found
 
     def close(self) -> None:

@@ -341,7 +341,7 @@ class FakeOllama:
                 return send_json(conn, 404, {"error": f"model '{model}' not found"})
             send_json(conn, 200, fake_wire.show(self.capabilities_of(model)))
         elif path == "/api/ps":
-            send_json(conn, 200, {"models": []})
+            send_json(conn, 200, fake_wire.ps(self.models))  # every model it has counts as loaded
         elif path == "/api/version":
             send_json(conn, 200, {"version": "0.0.0-fake"})
         elif path in ("/api/embed", "/api/embeddings"):

@@ -194,6 +194,20 @@ def ollama_embed(path: str, body: dict, models: list[str]) -> tuple[int, dict]:
     return 200, {"model": body["model"], "embeddings": found, "prompt_eval_count": 3 * len(found)}
 
 
+def ps(models: list[str]) -> dict:
+    """Ollama's /api/ps answer with these models loaded."""
+    details = {"format": "gguf", "family": "llama", "parameter_size": "1B", "quantization_level": "Q4_0"}
+    more = {
+        "size": 1,
+        "digest": "0" * 64,
+        "details": details,
+        "expires_at": "2030-01-01T00:00:00Z",
+        "size_vram": 1,
+    }
+    loaded = [{"name": f"{m}:latest", "model": f"{m}:latest", **more} for m in models]
+    return {"models": loaded}
+
+
 def line(obj: dict) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 

@@ -147,6 +147,15 @@ class Upstream(Protocol):
         cannot honour one raises ``Unsupported`` naming it). Bounded by the config's timeouts."""
         ...
 
+    def show(self, model: str) -> dict:
+        """Ollama's ``/api/show`` of ``model`` (capabilities, ``model_info`` with the context length,
+        details) as far as the backend can tell; ``ModelNotFound`` when it has no such model."""
+        ...
+
+    def running(self) -> list[dict]:
+        """Ollama's ``/api/ps`` entries: the models loaded now ([] when the backend cannot tell)."""
+        ...
+
     def health(self) -> dict:
         """Return {"ok": bool, ...} quickly (bounded by the connect timeout)."""
         ...

@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterator
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
-from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
 from . import Chat, Embedded, Item, Meta, Progress, Upstream
 from .health import FIRST_WAIT_S, Prober
@@ -283,6 +283,24 @@ class Hosts:
             raise
         finally:
             self._release(host)
+
+    def show(self, model: str) -> dict:
+        """The ``/api/show`` of the first host up that lists the model."""
+        with self._lock:
+            found = [h for h in self.hosts if h.state == "up" and h.has(model)]
+        if not found:
+            raise ModelNotFound(f"no model host has {model!r}")
+        return found[0].upstream.show(model)
+
+    def running(self) -> list[dict]:
+        """The union of the loaded models of the hosts up (a host that fails to say is left out)."""
+        out = []
+        for host in [h for h in self.hosts if h.state == "up"]:
+            try:
+                out.extend(host.upstream.running())
+            except UpstreamError as e:
+                log.event("host_ps_failed", host=host.url, code=e.code)
+        return out
 
     def check(self, chat: Chat) -> None:
         """What the first host with the model (else the first up) says of ``chat``: hosts serving

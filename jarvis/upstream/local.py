@@ -200,6 +200,31 @@ class LocalUpstream:
         embedding = [{"name": default_name(self._embedder.path)}] if self._embedder is not None else []
         return [{"name": self.default_model}, *embedding]
 
+    def show(self, model: str) -> dict:
+        """Its own ``/api/show``: the window Jarvis gives it, under its architecture's name."""
+        if model not in {m["name"] for m in self.models()}:
+            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
+        llama = self._model.llama
+        arch = (llama.metadata.get("general.architecture") if llama is not None else None) or "llama"
+        info = {"general.architecture": arch, f"{arch}.context_length": self.n_ctx}
+        return {
+            "capabilities": sorted(self.capabilities(model)),
+            "details": {"format": "gguf"},
+            "model_info": info,
+        }
+
+    def running(self) -> list[dict]:
+        if self._model.llama is None:
+            return []
+        return [
+            {
+                "name": self.default_model,
+                "model": self.default_model,
+                "size": 0,
+                "details": {"format": "gguf"},
+            }
+        ]
+
     def capabilities(self, model: str) -> frozenset[str]:
         """Only "completion": Ollama's "tools" means the model chooses to call one, which this
         model cannot; a format and a forced call it honours all the same (``check`` says)."""

@@ -93,6 +93,17 @@ class OllamaUpstream(Remote):
             vectors_of(found.get("embeddings"), len(inputs), "Ollama"), count(found.get("prompt_eval_count"))
         )
 
+    def show(self, model: str) -> dict:
+        """Ollama's own ``/api/show``, as it answers it."""
+        on_error = lambda r: self._http_error(r, model)  # noqa: E731
+        return self._get(
+            "/api/show", "Ollama sent no JSON object for /api/show", post={"model": model}, on_error=on_error
+        )
+
+    def running(self) -> list[dict]:
+        listed = self._object("/api/ps").get("models")
+        return [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
+
     def _reader(self) -> _Lines:
         return _Lines()
 

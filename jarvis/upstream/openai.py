@@ -116,6 +116,16 @@ class OpenAIUpstream(Remote):
         usage = found.get("usage") if isinstance(found.get("usage"), dict) else {}
         return Embedded(vectors, count(usage.get("prompt_tokens")))
 
+    def show(self, model: str) -> dict:
+        """What Jarvis knows of ``model``: it is listed, and JARVIS_OPENAI_CAPABILITIES; such a server
+        tells no context length."""
+        if model not in {m["name"] for m in self.models()}:
+            raise ModelNotFound(f"Model {model!r} is not served by {self.url}")
+        return {"capabilities": sorted(self.capabilities(model)), "details": {}, "model_info": {}}
+
+    def running(self) -> list[dict]:
+        return []  # an OpenAI-compatible server does not say what it has loaded
+
     def _reader(self) -> _Answer:
         return _Answer(self._redact)
 

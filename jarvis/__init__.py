@@ -112,11 +112,20 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         tools=toolbox(cfg),
     )
 
-    from .dialects import embeddings, models, ollama, openai
+    from .dialects import completions, embeddings, models, ollama, openai
     from .web import answers, api, auth, page
 
     auth.init_app(app)
-    for blueprint in (api.bp, answers.bp, openai.bp, ollama.bp, embeddings.bp, models.bp, page.bp):
+    for blueprint in (
+        api.bp,
+        answers.bp,
+        openai.bp,
+        ollama.bp,
+        embeddings.bp,
+        models.bp,
+        completions.bp,
+        page.bp,
+    ):
         app.register_blueprint(blueprint)
     app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app

@@ -46,7 +46,8 @@ class Config:
     openai_capabilities: str = _f(
         "tools",
         "What the OpenAI-compatible server's models can do, comma-separated from tools, vision, "
-        "thinking: a request that needs another is refused (400) before it reaches the server.",
+        "thinking, insert (a suffix, fill-in-the-middle): a request that needs another is refused (400) "
+        "before it reaches the server.",
     )
     upstreams: str = _f(
         "",

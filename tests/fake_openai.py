@@ -34,10 +34,10 @@ class OpenAIFrames:
         return "json" if asked.get("type") == "json_object" else None
 
     def opening(self, model: str) -> list[bytes]:
-        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
+        return [] if _legacy(model) else [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
 
     def token(self, model: str, text: str) -> bytes:
-        return _event(_chunk(model, {"content": text}, None))
+        return _event(_text(model, text, None) if _legacy(model) else _chunk(model, {"content": text}, None))
 
     def thinking(self, model: str, text: str) -> bytes:
         return _event(_chunk(model, {"reasoning_content": text}, None))
@@ -65,9 +65,10 @@ class OpenAIFrames:
     def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
         usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
         finish = "tool_calls" if tool_calls and done_reason == "stop" else done_reason
+        last = _text(model, "", finish) if _legacy(model) else _chunk(model, {}, finish)
         return [
-            _event(_chunk(model, {}, finish)),
-            _event({**_chunk(model, {}, None), "choices": [], "usage": usage}),
+            _event(last),
+            _event({**last, "choices": [], "usage": usage}),
             b"data: [DONE]\n\n",
         ]
 
@@ -76,6 +77,7 @@ class FakeOpenAI(FakeOllama):
     """Start with ``with FakeOpenAI() as fake:``; ``fake.api_url`` is what JARVIS_OPENAI_URL names."""
 
     CHAT_PATH = "/v1/chat/completions"
+    streamed = (CHAT_PATH, "/v1/completions")
     kind = "openai"
     wire = OpenAIFrames()
 
@@ -139,6 +141,16 @@ def _chunk(model: str, delta: dict, finish_reason: str | None) -> dict:
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+
+
+def _legacy(model: str) -> bool:
+    return getattr(model, "path", "") == "/v1/completions"
+
+
+def _text(model: str, text: str, finish_reason: str | None) -> dict:
+    """A chunk of a legacy /v1/completions stream."""
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": model, "choices": [choice]}
 
 
 def _error(message: str, kind: str, code: str | None) -> dict:

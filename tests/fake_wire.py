@@ -100,6 +100,7 @@ def text_of(content: object) -> object:
 def lacking(body: dict, has: list[str]) -> list[str]:
     """The capabilities a chat request needs that a model without ``has`` lacks."""
     needs = {
+        "insert": bool(body.get("suffix")),
         "tools": bool(body.get("tools")),
         "thinking": body.get("think") not in (None, False, ""),  # true, or a level: "low", "high"
         "vision": bool(images_in(body)),
@@ -145,6 +146,8 @@ def ollama_refusal(model: str, lacks: list[str]) -> str | None:
         return f"{json.dumps(model)} does not support thinking"
     if "vision" in lacks:
         return "this model is missing data required for image input"
+    if "insert" in lacks:
+        return f"registry.ollama.ai/library/{model} does not support insert"
     return None
 
 
@@ -212,6 +215,24 @@ def line(obj: dict) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
+class Asked(str):
+    """A model's name that knows the route it was asked on (``/api/generate`` frames differ)."""
+
+    def __new__(cls, name: str, path: str):
+        asked = super().__new__(cls, name)
+        asked.path = path
+        return asked
+
+
+def generated(model: str, text: str, *, done: bool, **extra) -> dict:
+    """One line of Ollama's /api/generate stream."""
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": text, "done": done, **extra}
+
+
+def _generate(model: str) -> bool:
+    return getattr(model, "path", "") == "/api/generate"
+
+
 class OllamaFrames:
     """The frames of Ollama's /api/chat stream, one NDJSON line each (tests/fake_openai.py has
     OpenAI's)."""
@@ -227,9 +248,13 @@ class OllamaFrames:
         return []
 
     def token(self, model: str, text: str) -> bytes:
-        return line(message(model, text, done=False))
+        return line(
+            generated(model, text, done=False) if _generate(model) else message(model, text, done=False)
+        )
 
     def thinking(self, model: str, text: str) -> bytes:
+        if _generate(model):
+            return line(generated(model, "", done=False, thinking=text))
         return line(message(model, "", done=False, thinking=text))
 
     def tool_calls(self, model: str, calls: list[dict]) -> list[bytes]:
@@ -239,7 +264,7 @@ class OllamaFrames:
         return line({"error": error})
 
     def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
-        final = message(model, "", done=True)  # "stop" after tool calls too
+        final = generated(model, "", done=True) if _generate(model) else message(model, "", done=True)
         final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
         return [line(final)]
 

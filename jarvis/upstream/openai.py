@@ -32,7 +32,7 @@ from .remote import Remote, count
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
 # Ollama options that llama.cpp's server and vLLM take under the same name; any other is refused
 PASSED_OPTIONS = ("top_k", "min_p")
-CAPABILITIES = ("tools", "vision", "thinking")
+CAPABILITIES = ("tools", "vision", "thinking", "insert")  # insert: fill-in-the-middle (a suffix)
 
 
 class OpenAIUpstream(Remote):
@@ -41,6 +41,7 @@ class OpenAIUpstream(Remote):
     name = "openai"
     url_field = "openai_url"
     chat_path = "/chat/completions"
+    completion_path = "/completions"
     peer_name = "the OpenAI-compatible server"
     hint = "Start it, or set JARVIS_OPENAI_URL to where it runs (it usually ends in /v1)."
 
@@ -75,6 +76,11 @@ class OpenAIUpstream(Remote):
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         if chat.think:
             body["reasoning_effort"] = chat.think if isinstance(chat.think, str) else "medium"
+        if chat.completion:  # the legacy completions: the prompt continued, the suffix after it
+            del body["messages"]
+            body["prompt"] = chat.messages[-1]["content"]
+            if chat.suffix:
+                body["suffix"] = chat.suffix
         return body, {"Accept": "text/event-stream", **self._auth()}
 
     def check(self, chat: Chat) -> None:
@@ -235,13 +241,19 @@ class _Answer:
             raise UpstreamStreamError(f"the model server reported an error: {self.redact(str(message))}")
         if isinstance(obj.get("usage"), dict):
             self.usage = obj["usage"]
+        return self.choices(obj.get("choices") or ())
+
+    def choices(self, choices) -> str:
+        """The text of an event's choices, noting their finish reason and their pieces."""
         text = ""
-        for choice in obj.get("choices") or ():
+        for choice in choices:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 text += self.note(delta)
+            elif isinstance(choice.get("text"), str):  # a legacy completion's chunk
+                text += choice["text"]
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return text

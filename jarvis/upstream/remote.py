@@ -49,6 +49,7 @@ class Remote:
     name: str
     url_field: str  # the Config field that holds the server's URL
     chat_path: str  # where chats are posted, after the URL
+    completion_path: str  # where a raw prompt (Chat.completion) is posted
     peer_name: str  # the server, as error messages name it
     hint: str  # how to start it, or where to point Jarvis instead
 
@@ -73,7 +74,7 @@ class Remote:
         yield WAITING
         with http.request(
             "POST",
-            self.url + self.chat_path,
+            self.url + self._path(chat),
             cancel=cancel,
             timeouts=http.Timeouts.of(self.config, first_token_by),
             peer=self.peer,
@@ -100,6 +101,10 @@ class Remote:
                     response.progress()
             if not cancel.cancelled:
                 yield from reader.end()
+
+    def _path(self, chat: Chat) -> str:
+        """Where the request goes: the chat path, or the completion path for a raw prompt."""
+        return self.completion_path if chat.completion else self.chat_path
 
     def _request(self, chat: Chat) -> tuple[dict, dict]:
         """The chat request's JSON body and its headers beyond the content type."""

@@ -114,11 +114,22 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         tools=toolbox(cfg),
     )
 
-    from .dialects import anthropic, ollama, openai, responses
+    from .dialects import anthropic, completions, embeddings, models, ollama, openai, responses
     from .web import answers, api, auth, page
 
     auth.init_app(app)
-    for blueprint in (api.bp, answers.bp, openai.bp, responses.bp, ollama.bp, anthropic.bp, page.bp):
+    for blueprint in (
+        api.bp,
+        answers.bp,
+        openai.bp,
+        responses.bp,
+        completions.bp,
+        embeddings.bp,
+        ollama.bp,
+        models.bp,
+        anthropic.bp,
+        page.bp,
+    ):
         app.register_blueprint(blueprint)
     app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
     return app

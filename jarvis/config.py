@@ -46,7 +46,8 @@ class Config:
     openai_capabilities: str = _f(
         "tools",
         "What the OpenAI-compatible server's models can do, comma-separated from tools, vision, "
-        "thinking: a request that needs another is refused (400) before it reaches the server.",
+        "thinking, insert (a suffix, fill-in-the-middle): a request that needs another is refused (400) "
+        "before it reaches the server.",
     )
     upstreams: str = _f(
         "",
@@ -55,6 +56,9 @@ class Config:
         "JARVIS_OLLAMA_URL are not used.",
     )
     local_model: str = _f("", "Path of a GGUF file for the local backend (default: SmolLM2-135M).")
+    local_embed_model: str = _f(
+        "", "Path of an embedding GGUF the local backend embeds with (none: it refuses)."
+    )
     local_max_tokens: int = _f(
         512,
         "Longest answer of the local model, in tokens, unless a chat or a request sets its own (0: up to its "
@@ -111,6 +115,8 @@ class Config:
     max_images_bytes: int = _f(
         12 * 1024 * 1024, "Most image bytes accepted in one request, all images together.", minimum=1
     )
+    embed_max_inputs: int = _f(256, "Most texts in one embeddings request, a count.", minimum=1)
+    embed_max_bytes: int = _f(1_048_576, "Most bytes (UTF-8) of text in one embeddings request.", minimum=1)
     max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
     max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
     health_interval_s: float = _f(

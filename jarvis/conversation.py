@@ -165,6 +165,10 @@ class Chat:
     parallel_tool_calls: bool = True  # False: at most one tool call in the answer
     think: bool | str | None = None  # Ollama's think: True, False, or a level ("low", "medium", "high")
     keep_alive: str | int | float | None = None  # how long Ollama keeps the model loaded after
+    # a raw prompt (the one user message) to continue, not a chat: backends call their completion
+    # endpoint (Ollama's /api/generate, a server's /completions); ``suffix`` is the text after the gap
+    completion: bool = False
+    suffix: str | None = None
 
     @property
     def images(self) -> int:
@@ -180,6 +184,8 @@ class Chat:
             needs["images"] = "vision"
         if self.think:
             needs["think"] = "thinking"
+        if self.suffix:
+            needs["suffix"] = "insert"  # Ollama's name for a model that fills in the middle
         return needs
 
 

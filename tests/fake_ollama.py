@@ -1,13 +1,12 @@
 """A fake Ollama: a real HTTP server on 127.0.0.1:0, scripted per request.
 
-It speaks just enough of Ollama's API (``POST /api/chat`` as chunked NDJSON with
-thinking, tool calls, JSON for a ``format`` and a note of the images it was sent;
-``POST /api/show`` with each model's capabilities; ``GET /api/tags``, ``/api/ps``,
-``/api/version``) and records, for every chat call, what it was sent and
-when it opened and when and by whom its connection was closed, so tests and
-benchmarks can see what reached the upstream socket. Every wait inside it
-watches the client socket, so a client that goes away is seen at once even
-while the fake is "loading" or "stalled".
+It speaks just enough of Ollama's API (``POST /api/chat`` and ``/api/generate`` as chunked NDJSON
+with thinking, tool calls, JSON for a ``format`` and a note of the images it was sent; ``POST
+/api/show`` with each model's capabilities; ``/api/embed``, ``/api/embeddings`` with
+``fake_wire.vector``s; ``GET /api/tags``, ``/api/ps``, ``/api/version``) and records, for every
+call, what it was sent and when and by whom its connection was closed, so tests and benchmarks can
+see what reached the upstream socket. Every wait watches the client socket: a client that goes
+away is seen at once.
 """
 
 from __future__ import annotations
@@ -93,6 +92,7 @@ class FakeOllama:
     """Start with ``with FakeOllama() as fake:``; ``fake.url`` is its base URL."""
 
     CHAT_PATH = "/api/chat"
+    streamed = (CHAT_PATH, "/api/generate")  # answered as a stream, by the script
     kind = "ollama"  # the JARVIS_BACKEND that reads it
     wire = fake_wire.OllamaFrames()  # how an answer is framed; a fake of another server has its own
 
@@ -189,17 +189,16 @@ class FakeOllama:
             conn.settimeout(5.0)
             path, headers, body = read_request(conn)
             call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
-            if path == self.CHAT_PATH:
+            if path in self.streamed:
                 _note_open(call)
             with self._lock:
-                if path == self.CHAT_PATH:
+                if path in self.streamed:
                     self._check_overlap(call)
-                self.calls.append(call)
-                if path == self.CHAT_PATH:
                     self.active += 1
                     self.max_active = max(self.max_active, self.active)
+                self.calls.append(call)
                 self._changed.notify_all()
-            if path == self.CHAT_PATH:
+            if path in self.streamed:
                 self._chat(conn, call)
             else:
                 self._get(conn, call)
@@ -219,7 +218,7 @@ class FakeOllama:
             if call is not None:
                 call.closed_at = time.monotonic()
                 with self._lock:
-                    if call.path == self.CHAT_PATH:
+                    if call.path in self.streamed:
                         self.active -= 1
                     self._changed.notify_all()
                 call.closed.set()
@@ -244,7 +243,7 @@ class FakeOllama:
         if s.refuse:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return  # closing with linger 0 sends a reset
-        model = call.body.get("model", "")
+        model = fake_wire.Asked(call.body.get("model", ""), call.path)  # the frames differ by route
         self._wait(conn, s.load_delay_s)
         refused = self._refusal(call, s, model)
         if refused is not None:
@@ -342,9 +341,11 @@ class FakeOllama:
                 return send_json(conn, 404, {"error": f"model '{model}' not found"})
             send_json(conn, 200, fake_wire.show(self.capabilities_of(model)))
         elif path == "/api/ps":
-            send_json(conn, 200, {"models": []})
+            send_json(conn, 200, fake_wire.ps(self.models))  # every model it has counts as loaded
         elif path == "/api/version":
             send_json(conn, 200, {"version": "0.0.0-fake"})
+        elif path in ("/api/embed", "/api/embeddings"):
+            send_json(conn, *fake_wire.ollama_embed(path, call.body, self.models))
         else:
             send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
 

@@ -4,7 +4,7 @@
 one chunk per token, a chunk with ``finish_reason``, a usage chunk, then
 ``data: [DONE]``), with thinking as ``reasoning_content`` deltas and tool calls
 streamed by ``index`` as llama.cpp's server and vLLM send them; ``GET /v1/models``
-lists the models, and with ``api_key``
+lists the models, ``POST /v1/embeddings`` answers ``fake_wire.vector``s, and with ``api_key``
 set every request must carry it as a bearer token. Jarvis reads it with
 ``JARVIS_OPENAI_URL`` set to ``fake.url + "/v1"``.
 """
@@ -34,10 +34,10 @@ class OpenAIFrames:
         return "json" if asked.get("type") == "json_object" else None
 
     def opening(self, model: str) -> list[bytes]:
-        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
+        return [] if _legacy(model) else [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
 
     def token(self, model: str, text: str) -> bytes:
-        return _event(_chunk(model, {"content": text}, None))
+        return _event(_text(model, text, None) if _legacy(model) else _chunk(model, {"content": text}, None))
 
     def thinking(self, model: str, text: str) -> bytes:
         return _event(_chunk(model, {"reasoning_content": text}, None))
@@ -65,9 +65,10 @@ class OpenAIFrames:
     def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
         usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
         finish = "tool_calls" if tool_calls and done_reason == "stop" else done_reason
+        last = _text(model, "", finish) if _legacy(model) else _chunk(model, {}, finish)
         return [
-            _event(_chunk(model, {}, finish)),
-            _event({**_chunk(model, {}, None), "choices": [], "usage": usage}),
+            _event(last),
+            _event({**last, "choices": [], "usage": usage}),
             b"data: [DONE]\n\n",
         ]
 
@@ -76,6 +77,7 @@ class FakeOpenAI(FakeOllama):
     """Start with ``with FakeOpenAI() as fake:``; ``fake.api_url`` is what JARVIS_OPENAI_URL names."""
 
     CHAT_PATH = "/v1/chat/completions"
+    streamed = (CHAT_PATH, "/v1/completions")
     kind = "openai"
     wire = OpenAIFrames()
 
@@ -106,11 +108,23 @@ class FakeOpenAI(FakeOllama):
         elif call.path == "/v1/models":
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
             send_json(conn, 200, {"object": "list", "data": data})
+        elif call.path == "/v1/embeddings":
+            send_json(conn, *_embeddings(call.body, self.models))
         else:
             send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
 
     def _authorised(self, headers: dict) -> bool:
         return self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}"
+
+
+def _embeddings(body: dict, models: list[str]) -> tuple[int, dict]:
+    """``/v1/embeddings`` as llama.cpp's server and vLLM answer it (floats only)."""
+    status, found = fake_wire.embedded(body, models)
+    if status != 200:
+        return status, _error(found, "invalid_request_error", "model_not_found" if status == 404 else None)
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(found)]
+    usage = {"prompt_tokens": 3 * len(found), "total_tokens": 3 * len(found)}
+    return 200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
 
 def _unauthorised(headers: dict) -> dict:
@@ -127,6 +141,16 @@ def _chunk(model: str, delta: dict, finish_reason: str | None) -> dict:
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+
+
+def _legacy(model: str) -> bool:
+    return getattr(model, "path", "") == "/v1/completions"
+
+
+def _text(model: str, text: str, finish_reason: str | None) -> dict:
+    """A chunk of a legacy /v1/completions stream."""
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": model, "choices": [choice]}
 
 
 def _error(message: str, kind: str, code: str | None) -> dict:

@@ -8,6 +8,7 @@ a JSON schema), and the images a request carries in either dialect.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 
@@ -99,6 +100,7 @@ def text_of(content: object) -> object:
 def lacking(body: dict, has: list[str]) -> list[str]:
     """The capabilities a chat request needs that a model without ``has`` lacks."""
     needs = {
+        "insert": bool(body.get("suffix")),
         "tools": bool(body.get("tools")),
         "thinking": body.get("think") not in (None, False, ""),  # true, or a level: "low", "high"
         "vision": bool(images_in(body)),
@@ -144,6 +146,8 @@ def ollama_refusal(model: str, lacks: list[str]) -> str | None:
         return f"{json.dumps(model)} does not support thinking"
     if "vision" in lacks:
         return "this model is missing data required for image input"
+    if "insert" in lacks:
+        return f"registry.ollama.ai/library/{model} does not support insert"
     return None
 
 
@@ -165,8 +169,68 @@ def show(capabilities: list[str]) -> dict:
     }
 
 
+def vector(text: str, dims: int = 4) -> list[float]:
+    """The fakes' embedding of ``text``: numbers from its hash, the same every time (dims <= 32)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255 - 0.5, 4) for b in digest[:dims]]
+
+
+def embedded(body: dict, models: list[str], *, key: str = "input") -> tuple[int, list | str]:
+    """(200, vectors) for an embedding request (``body[key]`` a text or a list), else (status, error)."""
+    model = str(body.get("model") or "")
+    if model.split(":")[0] not in models:
+        return 404, f'model "{model}" not found, try pulling it first'
+    texts = body.get(key)
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return 400, "invalid input type"
+    return 200, [vector(t, body.get("dimensions") or 4) for t in texts]
+
+
+def ollama_embed(path: str, body: dict, models: list[str]) -> tuple[int, dict]:
+    """Ollama's /api/embed (``input``, a list of vectors) or older /api/embeddings (``prompt``, one)."""
+    status, found = embedded(body, models, key="input" if path == "/api/embed" else "prompt")
+    if status != 200:
+        return status, {"error": found}
+    if path == "/api/embeddings":
+        return 200, {"embedding": found[0]}
+    return 200, {"model": body["model"], "embeddings": found, "prompt_eval_count": 3 * len(found)}
+
+
+def ps(models: list[str]) -> dict:
+    """Ollama's /api/ps answer with these models loaded."""
+    details = {"format": "gguf", "family": "llama", "parameter_size": "1B", "quantization_level": "Q4_0"}
+    more = {
+        "size": 1,
+        "digest": "0" * 64,
+        "details": details,
+        "expires_at": "2030-01-01T00:00:00Z",
+        "size_vram": 1,
+    }
+    loaded = [{"name": f"{m}:latest", "model": f"{m}:latest", **more} for m in models]
+    return {"models": loaded}
+
+
 def line(obj: dict) -> bytes:
     return json.dumps(obj).encode() + b"\n"
+
+
+class Asked(str):
+    """A model's name that knows the route it was asked on (``/api/generate`` frames differ)."""
+
+    def __new__(cls, name: str, path: str):
+        asked = super().__new__(cls, name)
+        asked.path = path
+        return asked
+
+
+def generated(model: str, text: str, *, done: bool, **extra) -> dict:
+    """One line of Ollama's /api/generate stream."""
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": text, "done": done, **extra}
+
+
+def _generate(model: str) -> bool:
+    return getattr(model, "path", "") == "/api/generate"
 
 
 class OllamaFrames:
@@ -184,9 +248,13 @@ class OllamaFrames:
         return []
 
     def token(self, model: str, text: str) -> bytes:
-        return line(message(model, text, done=False))
+        return line(
+            generated(model, text, done=False) if _generate(model) else message(model, text, done=False)
+        )
 
     def thinking(self, model: str, text: str) -> bytes:
+        if _generate(model):
+            return line(generated(model, "", done=False, thinking=text))
         return line(message(model, "", done=False, thinking=text))
 
     def tool_calls(self, model: str, calls: list[dict]) -> list[bytes]:
@@ -196,7 +264,7 @@ class OllamaFrames:
         return line({"error": error})
 
     def closing(self, model: str, done_reason: str, tool_calls: bool, tokens: int) -> list[bytes]:
-        final = message(model, "", done=True)  # "stop" after tool calls too
+        final = generated(model, "", done=True) if _generate(model) else message(model, "", done=True)
         final.update(done_reason=done_reason, prompt_eval_count=7, eval_count=tokens)
         return [line(final)]
 

@@ -226,13 +226,13 @@ FILE_ANSWER = [
     "Iterate over the file object itself: Python reads it lazily, one line at a time, ",
     "so memory stays flat even for a file of many gigabytes.\n\n",
     "```python\nfrom pathlib import Path\n\n\ndef count_errors(path: Path) -> int:\n",
-    "    errors = 0\n    with path.open(encoding=\"utf-8\") as f:\n",
+    '    errors = 0\n    with path.open(encoding="utf-8") as f:\n',
     "        for line in f:  # one line in memory at a time\n",
-    "            if \"ERROR\" in line:\n                errors += 1\n    return errors\n```\n\n",
+    '            if "ERROR" in line:\n                errors += 1\n    return errors\n```\n\n',
     "A few things worth knowing:\n\n",
     "- `with` closes the file even if the loop raises.\n",
-    "- Each `line` keeps its trailing newline; use `line.rstrip(\"\\n\")` to drop it.\n",
-    "- For binary data, open with `\"rb\"` and read fixed-size chunks instead.",
+    '- Each `line` keeps its trailing newline; use `line.rstrip("\\n")` to drop it.\n',
+    '- For binary data, open with `"rb"` and read fixed-size chunks instead.',
 ]
 
 

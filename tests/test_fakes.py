@@ -259,7 +259,7 @@ def test_ollama_show_tells_each_models_capabilities():
     assert show["details"]["family"] == "llama" and show["model_info"]["llama.context_length"] == 8192
     assert tiny["capabilities"] == ["completion"]
     assert (gone.status_code, gone.json()) == (404, {"error": "model 'nope' not found"})
-    assert ps.json() == {"models": []}
+    assert [m["model"] for m in ps.json()["models"]] == ["llama3.2:latest", "tiny:latest"]  # all loaded
 
 
 def test_every_field_sent_is_recorded_as_sent():

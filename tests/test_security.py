@@ -606,6 +606,7 @@ def test_serve_on_all_interfaces_refuses_without_an_account(tmp_path):
     )
     assert out.returncode == 2 and "jarvis user add" in out.stderr and "--insecure-no-auth" in out.stderr
 
+
 @pytest.mark.slow  # runs the jarvis command in processes of its own
 def test_user_and_token_commands(tmp_path, fake):
     env = clean_env(JARVIS_INSTANCE_DIR=str(tmp_path / "i"))

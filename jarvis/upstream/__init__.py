@@ -26,7 +26,9 @@ from ..cancel import CancelScope
 from ..conversation import Chat, Message, Options, Thinking, ToolCall
 from ..errors import Unsupported
 
-__all__ = ["Chat", "Message", "Options", "Thinking", "ToolCall", "Progress", "Meta", "Done", "Upstream"]
+__all__ = [
+    "Chat", "Message", "Options", "Thinking", "ToolCall", "Progress", "Meta", "Done", "Embedded", "Upstream",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,27 @@ class Done:
     reason: str = "stop"  # "stop": the model finished; "length": cut by a token limit
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What ``embed`` returns: one vector per input text, in order, and what the texts cost."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None
+
+
+def vectors_of(found, n: int, peer: str) -> list[list[float]]:
+    """``found`` checked as ``n`` vectors of numbers; anything else is the server's fault."""
+    from ..errors import UpstreamProtocolError
+
+    if not isinstance(found, list) or len(found) != n:
+        raise UpstreamProtocolError(f"{peer} sent {len(found) if isinstance(found, list) else 'no'} "
+                                    f"embeddings for {n} inputs")  # fmt: skip
+    for vector in found:
+        if not isinstance(vector, list) or not all(isinstance(x, (int, float)) for x in vector):
+            raise UpstreamProtocolError(f"{peer} sent an embedding that is not a list of numbers")
+    return found
 
 
 Item = str | Thinking | ToolCall | Progress | Meta | Done  # what stream_chat yields; str is answer text
@@ -107,6 +130,30 @@ class Upstream(Protocol):
     def capabilities(self, model: str) -> frozenset[str] | None:
         """What ``model`` can do beyond text ("tools", "vision", "thinking"), as Ollama's
         ``/api/show`` names them; None when the backend cannot tell."""
+        ...
+
+    def embed(
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        options: dict | None = None,
+        keep_alive: str | int | float | None = None,
+        cancel: CancelScope | None = None,
+    ) -> Embedded:
+        """One vector per text of ``inputs`` from ``model``; Ollama's knobs when set (a backend that
+        cannot honour one raises ``Unsupported`` naming it). Bounded by the config's timeouts."""
+        ...
+
+    def show(self, model: str) -> dict:
+        """Ollama's ``/api/show`` of ``model`` (capabilities, ``model_info`` with the context length,
+        details) as far as the backend can tell; ``ModelNotFound`` when it has no such model."""
+        ...
+
+    def running(self) -> list[dict]:
+        """Ollama's ``/api/ps`` entries: the models loaded now ([] when the backend cannot tell)."""
         ...
 
     def health(self) -> dict:

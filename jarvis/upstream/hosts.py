@@ -24,9 +24,9 @@ from collections.abc import Callable, Generator, Iterator
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
-from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from . import Chat, Item, Meta, Progress, Upstream
+from . import Chat, Embedded, Item, Meta, Progress, Upstream
 from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
@@ -265,6 +265,42 @@ class Hosts:
                 if chunks is not None:
                     chunks.close()
                 self._release(host)
+
+    def embed(self, model: str, inputs: list[str], **knobs) -> Embedded:
+        """Embed on the least busy host with the model (a free one first); never queued or retried:
+        a batch is short, and a client that gets an error may simply send it again."""
+        with self._lock:
+            found = self._candidates(model, [])
+            if not found:
+                raise self._none_answers(model)
+            host = min(found, key=lambda h: (not h.free(), h.live, h.started))
+            host.live += 1
+            host.started += 1
+        try:
+            return host.upstream.embed(model, inputs, **knobs)
+        except UpstreamError as e:
+            self._failed(host, e)
+            raise
+        finally:
+            self._release(host)
+
+    def show(self, model: str) -> dict:
+        """The ``/api/show`` of the first host up that lists the model."""
+        with self._lock:
+            found = [h for h in self.hosts if h.state == "up" and h.has(model)]
+        if not found:
+            raise ModelNotFound(f"no model host has {model!r}")
+        return found[0].upstream.show(model)
+
+    def running(self) -> list[dict]:
+        """The union of the loaded models of the hosts up (a host that fails to say is left out)."""
+        out = []
+        for host in [h for h in self.hosts if h.state == "up"]:
+            try:
+                out.extend(host.upstream.running())
+            except UpstreamError as e:
+                log.event("host_ps_failed", host=host.url, code=e.code)
+        return out
 
     def check(self, chat: Chat) -> None:
         """What the first host with the model (else the first up) says of ``chat``: hosts serving

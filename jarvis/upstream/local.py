@@ -37,7 +37,8 @@ from ..cancel import CancelScope
 from ..config import Config
 from ..conversation import call_schema, forced_tools
 from ..errors import ModelNotFound, Unsupported, UpstreamError, UpstreamStreamError, UpstreamUnavailable
-from . import Chat, Done, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
+from . import Chat, Done, Embedded, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
+from .embedder import Embedder
 from .fit import Trim, fit
 from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, available, default_name, find_model
 from .slot import Deadline, Slot, Ticket
@@ -70,6 +71,7 @@ class LocalUpstream:
         idle_timeout_s: float = 60.0,
         total_timeout_s: float = 900.0,
         on_trim: Callable[[str | None, Trim], None] | None = None,
+        embed_model: str = "",
     ):
         """``llama`` is an already built model object (tests pass a stand-in); else ``path`` is loaded."""
         self.default_model = model_name or default_name(path)
@@ -79,6 +81,7 @@ class LocalUpstream:
         self._slot = Slot(max_waiting)
         self._deadline = Deadline(first_token_timeout_s, idle_timeout_s, total_timeout_s)
         self._model = Model(path, n_ctx, self._should_abort, llama)
+        self._embedder = Embedder(embed_model, first_token_timeout_s) if embed_model else None
 
     @classmethod
     def from_config(cls, config: Config, **kwargs) -> LocalUpstream:
@@ -88,6 +91,7 @@ class LocalUpstream:
         kwargs.setdefault("idle_timeout_s", config.idle_timeout_s)
         kwargs.setdefault("total_timeout_s", config.total_timeout_s)
         kwargs.setdefault("max_answer_tokens", config.local_max_tokens or None)
+        kwargs.setdefault("embed_model", config.local_embed_model)
         return cls(find_model(config), **kwargs)
 
     def stream_chat(self, chat: Chat, cancel: CancelScope, session: str | None = None) -> Iterator[Item]:
@@ -193,12 +197,49 @@ class LocalUpstream:
         return info
 
     def models(self) -> list[dict]:
-        return [{"name": self.default_model}]
+        embedding = [{"name": default_name(self._embedder.path)}] if self._embedder is not None else []
+        return [{"name": self.default_model}, *embedding]
+
+    def show(self, model: str) -> dict:
+        """Its own ``/api/show``: the window Jarvis gives it, under its architecture's name."""
+        if model not in {m["name"] for m in self.models()}:
+            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
+        llama = self._model.llama
+        arch = (llama.metadata.get("general.architecture") if llama is not None else None) or "llama"
+        info = {"general.architecture": arch, f"{arch}.context_length": self.n_ctx}
+        return {
+            "capabilities": sorted(self.capabilities(model)),
+            "details": {"format": "gguf"},
+            "model_info": info,
+        }
+
+    def running(self) -> list[dict]:
+        if self._model.llama is None:
+            return []
+        return [
+            {
+                "name": self.default_model,
+                "model": self.default_model,
+                "size": 0,
+                "details": {"format": "gguf"},
+            }
+        ]
 
     def capabilities(self, model: str) -> frozenset[str]:
         """Only "completion": Ollama's "tools" means the model chooses to call one, which this
         model cannot; a format and a forced call it honours all the same (``check`` says)."""
         return frozenset({"completion"})
+
+    def embed(self, model: str, inputs: list[str], *, cancel=None, **knobs) -> Embedded:
+        """With JARVIS_LOCAL_EMBED_MODEL, its vectors (whatever ``model`` names: there is one);
+        else a clear refusal: the chat model does not embed."""
+        if self._embedder is not None:
+            return self._embedder.embed(inputs, **knobs)
+        raise Unsupported(
+            "model",
+            "the embedded backend has no embedding model: set JARVIS_LOCAL_EMBED_MODEL to the path "
+            "of an embedding GGUF, or embed through Ollama or an OpenAI-compatible server",
+        )
 
     def check(self, chat: Chat) -> None:
         """Text, a format and a forced tool call pass; anything else is refused, named."""
@@ -229,6 +270,8 @@ class LocalUpstream:
         shutdown deadline on a decode that ignores its abort flag."""
         if self._slot.close():
             self._model.free()
+        if self._embedder is not None:
+            self._embedder.close()
 
 
 def _answer_of(chunks, cancel: CancelScope, deadline: Deadline, prompt_tokens: int) -> Iterator[str | Done]:

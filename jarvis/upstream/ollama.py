@@ -22,7 +22,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStreamError,
 )
-from . import Done, Item, forced, http, probe, refuse_missing
+from . import Done, Embedded, Item, forced, http, probe, refuse_missing, vectors_of
 from .remote import Remote, count
 
 SHOW_FRESH_S = 60.0  # a model's capabilities change only when it is pulled again
@@ -34,6 +34,7 @@ class OllamaUpstream(Remote):
     name = "ollama"
     url_field = "ollama_url"
     chat_path = "/api/chat"
+    completion_path = "/api/generate"
     peer_name = "Ollama"
     hint = "Start it with `ollama serve`, or set JARVIS_OLLAMA_URL to where it runs."
 
@@ -52,6 +53,10 @@ class OllamaUpstream(Remote):
 
     def _request(self, chat: Chat) -> tuple[dict, dict]:
         body: dict = {"model": chat.model, "messages": [wire(m) for m in chat.messages], "stream": True}
+        if chat.completion:  # the prompt continued, the suffix after it (fill-in-the-middle)
+            body = {"model": chat.model, "prompt": chat.messages[-1]["content"], "stream": True}
+            if chat.suffix:
+                body["suffix"] = chat.suffix
         if options := {**chat.options.extra, **chat.options.named(max_tokens="num_predict")}:
             body["options"] = options
         if chat.tools and chat.tool_choice != "none":
@@ -84,6 +89,25 @@ class OllamaUpstream(Remote):
         with self._shown_lock:
             self._shown[model] = (now, has)
         return has
+
+    def embed(self, model: str, inputs: list[str], *, cancel: CancelScope | None = None, **knobs) -> Embedded:
+        """``POST /api/embed``: every knob (truncate, dimensions, options, keep_alive) is Ollama's own."""
+        body = {"model": model, "input": list(inputs), **{k: v for k, v in knobs.items() if v is not None}}
+        found = self._post_json("/api/embed", body, {}, cancel, lambda r: self._http_error(r, model))
+        return Embedded(
+            vectors_of(found.get("embeddings"), len(inputs), "Ollama"), count(found.get("prompt_eval_count"))
+        )
+
+    def show(self, model: str) -> dict:
+        """Ollama's own ``/api/show``, as it answers it."""
+        on_error = lambda r: self._http_error(r, model)  # noqa: E731
+        return self._get(
+            "/api/show", "Ollama sent no JSON object for /api/show", post={"model": model}, on_error=on_error
+        )
+
+    def running(self) -> list[dict]:
+        listed = self._object("/api/ps").get("models")
+        return [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
 
     def _reader(self) -> _Lines:
         return _Lines()
@@ -149,18 +173,25 @@ def _parse_line(line: bytes) -> Iterator[Item]:
         raise UpstreamStreamError(f"Ollama reported an error: {obj['error']}")
     message = obj.get("message")
     if isinstance(message, dict):
-        if (thinking := message.get("thinking")) and isinstance(thinking, str):
-            yield Thinking(thinking)
-        if (text := message.get("content")) and isinstance(text, str):
-            yield text
+        yield from _said(message, "content")
         if message.get("tool_calls"):
             yield from _calls(message["tool_calls"])
+    elif "response" in obj:  # /api/generate's lines
+        yield from _said(obj, "response")
     if obj.get("done"):
         yield Done(
             "length" if obj.get("done_reason") == "length" else "stop",
             count(obj.get("prompt_eval_count")),
             count(obj.get("eval_count")),
         )
+
+
+def _said(part: dict, key: str) -> Iterator[Item]:
+    """A line's thinking, then its text (under ``key``: "content" in a message, else "response")."""
+    if (thinking := part.get("thinking")) and isinstance(thinking, str):
+        yield Thinking(thinking)
+    if (text := part.get(key)) and isinstance(text, str):
+        yield text
 
 
 def _calls(calls) -> Iterator[ToolCall]:

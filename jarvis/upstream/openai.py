@@ -26,13 +26,13 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Item, http, probe, refuse_missing
+from . import Done, Embedded, Item, http, probe, refuse_missing, vectors_of
 from .remote import Remote, count
 
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
 # Ollama options that llama.cpp's server and vLLM take under the same name; any other is refused
 PASSED_OPTIONS = ("top_k", "min_p")
-CAPABILITIES = ("tools", "vision", "thinking")
+CAPABILITIES = ("tools", "vision", "thinking", "insert")  # insert: fill-in-the-middle (a suffix)
 
 
 class OpenAIUpstream(Remote):
@@ -41,6 +41,7 @@ class OpenAIUpstream(Remote):
     name = "openai"
     url_field = "openai_url"
     chat_path = "/chat/completions"
+    completion_path = "/completions"
     peer_name = "the OpenAI-compatible server"
     hint = "Start it, or set JARVIS_OPENAI_URL to where it runs (it usually ends in /v1)."
 
@@ -75,6 +76,11 @@ class OpenAIUpstream(Remote):
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         if chat.think:
             body["reasoning_effort"] = chat.think if isinstance(chat.think, str) else "medium"
+        if chat.completion:  # the legacy completions: the prompt continued, the suffix after it
+            del body["messages"]
+            body["prompt"] = chat.messages[-1]["content"]
+            if chat.suffix:
+                body["suffix"] = chat.suffix
         return body, {"Accept": "text/event-stream", **self._auth()}
 
     def check(self, chat: Chat) -> None:
@@ -97,6 +103,34 @@ class OpenAIUpstream(Remote):
         """As JARVIS_OPENAI_CAPABILITIES says: such a server does not tell."""
         listed = {c.strip() for c in self.config.openai_capabilities.split(",")}
         return frozenset({"completion"} | (listed & set(CAPABILITIES)))
+
+    def embed(self, model: str, inputs: list[str], *, cancel=None, dimensions=None, **knobs) -> Embedded:
+        """``POST /embeddings`` as floats; Ollama's knobs (truncate, options, keep_alive) are refused."""
+        for name, value in knobs.items():
+            if value is not None:
+                raise Unsupported(name, f"the OpenAI-compatible server takes no {name!r} for embeddings")
+        body = {"model": model, "input": list(inputs), "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        on_error = lambda r: self._http_error(r, model, "/embeddings")  # noqa: E731
+        found = self._post_json("/embeddings", body, self._auth(), cancel, on_error)
+        data = found.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise UpstreamProtocolError("the OpenAI-compatible server sent embeddings without a data list")
+        data = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)
+        vectors = vectors_of([d.get("embedding") for d in data], len(inputs), "the OpenAI-compatible server")
+        usage = found.get("usage") if isinstance(found.get("usage"), dict) else {}
+        return Embedded(vectors, count(usage.get("prompt_tokens")))
+
+    def show(self, model: str) -> dict:
+        """What Jarvis knows of ``model``: it is listed, and JARVIS_OPENAI_CAPABILITIES; such a server
+        tells no context length."""
+        if model not in {m["name"] for m in self.models()}:
+            raise ModelNotFound(f"Model {model!r} is not served by {self.url}")
+        return {"capabilities": sorted(self.capabilities(model)), "details": {}, "model_info": {}}
+
+    def running(self) -> list[dict]:
+        return []  # an OpenAI-compatible server does not say what it has loaded
 
     def _reader(self) -> _Answer:
         return _Answer(self._redact)
@@ -207,13 +241,19 @@ class _Answer:
             raise UpstreamStreamError(f"the model server reported an error: {self.redact(str(message))}")
         if isinstance(obj.get("usage"), dict):
             self.usage = obj["usage"]
+        return self.choices(obj.get("choices") or ())
+
+    def choices(self, choices) -> str:
+        """The text of an event's choices, noting their finish reason and their pieces."""
         text = ""
-        for choice in obj.get("choices") or ():
+        for choice in choices:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 text += self.note(delta)
+            elif isinstance(choice.get("text"), str):  # a legacy completion's chunk
+                text += choice["text"]
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return text

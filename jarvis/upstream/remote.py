@@ -18,9 +18,10 @@ from typing import Protocol
 
 from ..cancel import CancelScope
 from ..config import Config
-from ..errors import UpstreamError, UpstreamProtocolError
+from ..errors import Interrupted, UpstreamError, UpstreamProtocolError
 from . import WAITING, Chat, Done, Item, http
 
+JSON_ANSWER_LIMIT = 256 * 1024 * 1024  # a batch of embeddings: texts' worth of numbers, bounded
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
 
 
@@ -48,6 +49,7 @@ class Remote:
     name: str
     url_field: str  # the Config field that holds the server's URL
     chat_path: str  # where chats are posted, after the URL
+    completion_path: str  # where a raw prompt (Chat.completion) is posted
     peer_name: str  # the server, as error messages name it
     hint: str  # how to start it, or where to point Jarvis instead
 
@@ -72,7 +74,7 @@ class Remote:
         yield WAITING
         with http.request(
             "POST",
-            self.url + self.chat_path,
+            self.url + self._path(chat),
             cancel=cancel,
             timeouts=http.Timeouts.of(self.config, first_token_by),
             peer=self.peer,
@@ -100,6 +102,10 @@ class Remote:
             if not cancel.cancelled:
                 yield from reader.end()
 
+    def _path(self, chat: Chat) -> str:
+        """Where the request goes: the chat path, or the completion path for a raw prompt."""
+        return self.completion_path if chat.completion else self.chat_path
+
     def _request(self, chat: Chat) -> tuple[dict, dict]:
         """The chat request's JSON body and its headers beyond the content type."""
         raise NotImplementedError
@@ -121,6 +127,42 @@ class Remote:
         )
         if not isinstance(found, dict):
             raise UpstreamProtocolError(not_object)
+        return found
+
+    def _post_json(self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error) -> dict:
+        """POST ``body`` and read the whole JSON object answered (embeddings), within the config's
+        deadlines (the idle clock restarts with each receive); ``on_error(response)`` names a
+        status's error. A cancel ends it with ``Interrupted``."""
+        cancel = cancel or CancelScope()
+        data = bytearray()
+        with http.request(
+            "POST",
+            self.url + path,
+            cancel=cancel,
+            timeouts=http.Timeouts.of(self.config),
+            peer=self.peer,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **headers},
+        ) as response:
+            if not cancel.cancelled and response.status != 200:
+                raise on_error(response)
+            for more in response.chunks():
+                response.progress()
+                data += more
+                if len(data) > JSON_ANSWER_LIMIT:
+                    raise UpstreamProtocolError(f"{self.peer.name} sent more than {JSON_ANSWER_LIMIT} bytes")
+        if cancel.cancelled:
+            raise Interrupted("cancelled")
+        try:
+            found = json.loads(data)
+        except ValueError:
+            raise UpstreamProtocolError(
+                f"{self.peer.name} sent something that is not JSON for {path}"
+            ) from None
+        if not isinstance(found, dict):
+            raise UpstreamProtocolError(
+                f"{self.peer.name} sent something that is not a JSON object for {path}"
+            )
         return found
 
     def close(self) -> None:

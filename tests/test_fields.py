@@ -91,8 +91,11 @@ OLLAMA_HONOURED = {
     "think": ({"think": True}, lambda b: b["think"] is True),
     "tools": ({"tools": [WEATHER]}, lambda b: b["tools"] == [WEATHER]),
 }
-GENERATE_HONOURED = {"prompt", "system", "images"} | set(OLLAMA_HONOURED) - {"messages", "tools"}
-GENERATE_REFUSED = {"suffix": "}", "template": "{{ .Prompt }}", "raw": True, "context": [1, 2]}
+GENERATE_HONOURED = {"prompt", "system", "images", "suffix", "raw"} | set(OLLAMA_HONOURED) - {
+    "messages",
+    "tools",
+}
+GENERATE_REFUSED = {"template": "{{ .Prompt }}", "context": [1, 2]}
 OPTION_VALUES = {
     "seed": 7,
     "stop": ["x"],
@@ -201,3 +204,16 @@ def test_generate_fields_are_honoured(served):
     ]
     assert sent["format"] == "json" and sent["think"] is False and sent["keep_alive"] == 0
     assert sent["options"] == {"top_k": 3}
+
+
+@walk
+@pytest.mark.parametrize("extra", [{"suffix": "\n    return x"}, {"raw": True}])
+def test_generate_suffix_and_raw_send_the_prompt_as_it_is(served, extra):
+    served.fake.capabilities["tiny"] = ["completion", "insert"]
+    r = post(served, "/api/generate", {"model": "tiny", "prompt": "def f(x):", "stream": False, **extra})
+    assert r.status_code == 200 and r.json()["done"], r.text
+    (call,) = [c for c in served.fake.calls if c.path == "/api/generate"]
+    assert call.body["prompt"] == "def f(x):"
+    assert call.body.get("suffix") == extra.get("suffix") and call.body.get("raw") == extra.get("raw")
+    r = post(served, "/api/generate", {"model": "tiny", "prompt": "p", "system": "s", **extra})
+    assert r.status_code == 400 and "system" in r.json()["error"]

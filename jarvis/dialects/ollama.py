@@ -65,14 +65,11 @@ def _answer(call: common.Call, generate: bool):
 SHARED = {"model", "stream", "format", "options", "keep_alive", "think"}
 CHAT_FIELDS = fields.Fields(SHARED | {"messages", "tools"}, {})
 GENERATE_FIELDS = fields.Fields(
-    SHARED | {"prompt", "system", "images"},
+    SHARED | {"prompt", "system", "images", "suffix", "raw"},
     {
-        "suffix": "fill-in-the-middle is not supported here",
         "template": "the model's own template is used",
-        "raw": "the model's own template is used",
         "context": "send the conversation as /api/chat messages instead",
     },
-    {"raw": (False,), "suffix": ("",)},
 )
 MESSAGE_FIELDS = fields.Fields(
     {"role", "content", "images", "tool_calls", "thinking", "tool_name", "tool_call_id"}, {}
@@ -109,13 +106,20 @@ def parse_generate(body: dict, config, default_model: str) -> common.Call:
         raise fields.bad('"prompt" must be a non-empty string', "prompt")
     if system is not None and not isinstance(system, str):
         raise fields.bad('"system" must be a string', "system")
+    suffix, raw = body.get("suffix") or None, fields.flag(body, "raw", False)
+    if suffix is not None and not isinstance(suffix, str):
+        raise fields.bad('"suffix" must be a string', "suffix")
+    if (suffix or raw) and system:  # a raw prompt, or the text before a gap: no template, no system
+        raise fields.bad('"system" cannot go with "raw" or "suffix": the prompt is sent as it is', "system")
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt, "images": body.get("images")})
-    return _call(body, fields.conversation(messages, config, _message), default_model)
+    raw_prompt = {"completion": True, "suffix": suffix} if suffix or raw else {}
+    return _call(body, fields.conversation(messages, config, _message), default_model, **raw_prompt)
 
 
-def _call(body: dict, messages: list[Message], default_model: str) -> common.Call:
+def _call(body: dict, messages: list[Message], default_model: str, **completion) -> common.Call:
     chat = Chat(
+        **completion,
         model=fields.model_name(body.get("model"), default_model),
         messages=messages,
         options=_options(body),

@@ -53,10 +53,12 @@ class OllamaUpstream(Remote):
 
     def _request(self, chat: Chat) -> tuple[dict, dict]:
         body: dict = {"model": chat.model, "messages": [wire(m) for m in chat.messages], "stream": True}
-        if chat.completion:  # the prompt continued, the suffix after it (fill-in-the-middle)
-            body = {"model": chat.model, "prompt": chat.messages[-1]["content"], "stream": True}
-            if chat.suffix:
-                body["suffix"] = chat.suffix
+        if chat.completion:  # the prompt continued as it is, or the gap before a suffix filled in
+            prompt = chat.messages[-1]
+            body = {"model": chat.model, "prompt": prompt["content"], "stream": True}
+            body.update({"suffix": chat.suffix} if chat.suffix else {"raw": True})
+            if prompt.get("images"):
+                body["images"] = [image.b64() for image in prompt["images"]]
         if options := {**chat.options.extra, **chat.options.named(max_tokens="num_predict")}:
             body["options"] = options
         if chat.tools and chat.tool_choice != "none":

@@ -23,7 +23,8 @@ from .streaming import cpu_row, expected_text, medians, throughput_row
 from .trials import OLD_SCRIPT, STEP_TIMEOUT_S, Subject, run_trials, tag
 from .upstream import directive
 
-DIALECTS = ("native", "openai", "ollama", "anthropic", "responses")
+DIALECTS = ("native", "openai", "ollama")  # section 16 builds its thinking and tool-call requests on these
+DOORS = (*DIALECTS, "anthropic", "responses")  # what this section measures
 # each dialect is judged against its base: chat completions ("openai") for the newer two
 BASES = {"openai": "native", "ollama": "native", "anthropic": "openai", "responses": "openai"}
 STATES = ("streaming", "stalled", "loading")
@@ -132,7 +133,7 @@ def _throughput(section: Section, subject: Subject, direct, tokens: int, runs: i
     cpus: dict[str, list[float]] = {}
     wrong: dict[str, int] = {}
     for _ in range(runs):
-        for who in [*DIALECTS, *(["direct"] if direct else [])]:  # interleaved: drift hits all alike
+        for who in [*DOORS, *(["direct"] if direct else [])]:  # interleaved: drift hits all alike
             stream, text, cpu = _one_stream(subject, direct, who, directive(tag("t"), tokens=tokens))
             if text != want:
                 wrong[who] = wrong.get(who, 0) + 1
@@ -164,10 +165,10 @@ def _throughput(section: Section, subject: Subject, direct, tokens: int, runs: i
 
 
 def _first_token(section: Section, subject: Subject, trials: int) -> None:
-    samples: dict[str, list[float | None]] = {d: [] for d in DIALECTS}
+    samples: dict[str, list[float | None]] = {d: [] for d in DOORS}
 
     def trial(i: int) -> None:
-        for who in DIALECTS:  # alternating, so each dialect meets the same conditions
+        for who in DOORS:  # alternating, so each dialect meets the same conditions
             path, body, _ = request(subject, who, directive(tag("f"), tokens=3))
             stream = Raw(subject.url, path, body)
             try:
@@ -190,7 +191,7 @@ def _first_token(section: Section, subject: Subject, trials: int) -> None:
                 cells,
                 target="p50 ≤ 2 ms added",
                 holds=all(c.p50 is not None and c.p50 <= 2.0 for w, c in cells.items() if w != base),
-                note=f"{trials} prompts through each of the {len(DIALECTS)} doors, alternating; "
+                note=f"{trials} prompts through each of the {len(DOORS)} doors, alternating; "
                 f"the {base} cell is its own time to first token" + timed_out,
             )
         )

@@ -237,3 +237,11 @@ def test_the_embedded_model_answers_the_ollama_client(make_served):
     parts = list(client.generate(model=model, prompt="Say hi.", system="Be brief.", stream=True))
     assert "".join(p.response for p in parts) and parts[-1].done and parts[-1].prompt_eval_count > 0
     client.close()
+
+
+def test_json_posted_as_a_form_is_read_as_curl_d_sends_it(served):
+    # Ollama's own examples are `curl .../api/chat -d '{...}'`: a form content type, a JSON body
+    body = json.dumps({"model": "tiny", "messages": HELLO, "stream": False})
+    headers = {**served.auth, "Content-Type": "application/x-www-form-urlencoded"}
+    r = requests.post(served.url + "/api/chat", data=body, headers=headers, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200 and r.json()["done"] is True, r.text

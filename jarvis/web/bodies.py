@@ -96,6 +96,9 @@ def check_request() -> None:
     require_text(request.path, "the path")
     require_text(list(request.args.items(multi=True)), "the query")
     if request.mimetype in FORMS:
+        # kept first: parsing the form consumes the body, and a client that posts JSON without saying
+        # so (`curl -d`, as Ollama's own examples do) must still find it there
+        request.get_data(cache=True, parse_form_data=False)
         require_text(list(request.form.items(multi=True)), "the form")
 
 

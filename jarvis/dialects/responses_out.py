@@ -125,20 +125,24 @@ class ResponseFramer:
         if self.open is None:
             return b""
         at, text = self._at(), "".join(self.texts)
+        # three events repeat the whole text: it is encoded once and put where a mark stands
         if self.open["type"] == "message":
-            item = _message(self.open["id"], text)
+            item = _message(self.open["id"], _MARK)
             part = item["content"][0]
-            out = self._event("response.output_text.done", **at, content_index=0, text=text, logprobs=[])
+            out = self._event("response.output_text.done", **at, content_index=0, text=_MARK, logprobs=[])
             out += self._event("response.content_part.done", **at, content_index=0, part=part)
+            whole = _message(self.open["id"], text)
         else:
-            item = _reasoning(self.open["id"], text)
-            out = self._event("response.reasoning_summary_text.done", **at, summary_index=0, text=text)
+            item = _reasoning(self.open["id"], _MARK)
+            out = self._event("response.reasoning_summary_text.done", **at, summary_index=0, text=_MARK)
             out += self._event(
                 "response.reasoning_summary_part.done", **at, summary_index=0, part=item["summary"][0]
             )
+            whole = _reasoning(self.open["id"], text)
+        out += self._event("response.output_item.done", output_index=at["output_index"], item=item)
         self.open, self.texts = None, []
-        self.output.append(item)
-        return out + self._event("response.output_item.done", output_index=at["output_index"], item=item)
+        self.output.append(whole)
+        return out.replace(_MARKED, json.dumps(text, ensure_ascii=False).encode())
 
     def _call(self, call: ToolCall) -> bytes:
         item = _function_call(self._next("fc"), call)
@@ -233,6 +237,10 @@ def _usage(end: End) -> dict | None:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
     }
+
+
+_MARK = "\x00jarvis:the item's text\x00"  # no answer's whole text is this (a quoted JSON string)
+_MARKED = json.dumps(_MARK, ensure_ascii=False).encode()
 
 
 def _sse(kind: str, payload: dict) -> bytes:

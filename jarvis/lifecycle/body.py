@@ -14,17 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from .. import log
 from ..errors import TooManyStreams
 from ..events import HEARTBEAT, End, Event, Framer, Start
 from ..sse import SSEFramer
 from ..status import REASON_STATUS, Reason
+from .answer import Answer
 from .record import Record
-
-if TYPE_CHECKING:
-    from .stream import Stream
 
 MAX_WATCHERS = 8  # readers attached to one answer beside its holder: each holds a server thread
 FOLLOW_UP_S = 0.01  # a second heartbeat this soon after the first reveals a gone client (plain WSGI)
@@ -95,7 +92,7 @@ class Readers:
     the answer until someone attaches or the grace runs out.
     """
 
-    def __init__(self, body: Body, stream: Stream):
+    def __init__(self, body: Body, stream: Answer):
         self.body = body
         self.grace = stream.detach_grace_s
         self.holder: Tap | None = Tap(body, stream.framer, client_gone=stream.client_gone)
@@ -203,8 +200,8 @@ class Body:
     yield) and moves the worker's items into the event log. ``readers`` (``Readers``) says who reads.
     """
 
-    def __init__(self, stream: Stream):
-        self.s: Stream | None = stream  # dropped at the end, as the worker does
+    def __init__(self, stream: Answer):
+        self.s: Answer | None = stream  # dropped at the end, as the worker does
         self.trace_id = stream.trace_id
         self.config = stream.config
         self.record = Record(stream)  # the text and meta stored with the answer; written here alone

@@ -9,15 +9,12 @@ writer, so that a hung database never holds an answer's end.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from ..events import Event, Text, Thinking, ToolCall, ToolResult
 from ..events import Progress as ProgressEvent
 from ..status import Status
 from ..upstream import Done, Meta, Progress
-
-if TYPE_CHECKING:
-    from .stream import Stream
+from .answer import Answer
 
 END_WRITE_WAIT_S = 0.25  # the longest an answer's end waits for its final write to land
 
@@ -25,7 +22,7 @@ END_WRITE_WAIT_S = 0.25  # the longest an answer's end waits for its final write
 class Record:
     """The text and meta of one answer, and when they were last saved; written by its body alone."""
 
-    def __init__(self, stream: Stream):
+    def __init__(self, stream: Answer):
         self.config = stream.config
         self.meta: dict = {}  # stored with the answer
         self.parts: list[str] = []
@@ -42,7 +39,7 @@ class Record:
     def chars(self) -> int:
         return sum(map(len, self.parts))
 
-    def convert(self, s: Stream, items: list) -> list[Event]:
+    def convert(self, s: Answer, items: list) -> list[Event]:
         """The events of the worker's ``items``; text, thinking and tool calls are kept, meta and
         usage noted. A run of text (or of thinking) becomes one event."""
         out: list[Event] = []
@@ -79,7 +76,7 @@ class Record:
         self._think(out, thoughts)
         return out
 
-    def _say(self, s: Stream, out: list[Event], texts: list[str]) -> None:
+    def _say(self, s: Answer, out: list[Event], texts: list[str]) -> None:
         if not texts:
             return
         if self.first_text_at is None:
@@ -129,7 +126,7 @@ class Record:
         due = self.last_flush + cfg.flush_interval_s - time.monotonic()
         return max(0.0, min(cfg.heartbeat_s, due))
 
-    def checkpoint(self, s: Stream) -> None:
+    def checkpoint(self, s: Answer) -> None:
         now = time.monotonic()
         if not self.dirty or now - self.last_flush < s.config.flush_interval_s or s.store is None:
             return
@@ -140,7 +137,7 @@ class Record:
             s.message_id, "".join(self.parts), "streaming", meta=self.stored_meta(), trace_id=s.trace_id
         )
 
-    def timing(self, s: Stream) -> dict:
+    def timing(self, s: Answer) -> dict:
         """Milliseconds from the prompt to the first text and to the end: with the usage, the speed."""
         started = s.started_at
         first = self.first_text_at
@@ -149,7 +146,7 @@ class Record:
             timing["first_token_ms"] = round((first - started) * 1000, 1)
         return timing
 
-    def store_end(self, s: Stream, status: Status, error: dict | None) -> None:
+    def store_end(self, s: Answer, status: Status, error: dict | None) -> None:
         if s.store is None or s.message_id is None:
             return
         # written and retried in the background: the end goes out and the slot is freed whatever the

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,27 +24,10 @@ from ..sse import SSEFramer
 from ..status import REASON_EVENT, REASON_STATUS, Reason, Status
 from ..store import Store
 from ..upstream import Chat, Upstream
+from .answer import Outcome
 from .body import Body, Tap
 from .keepers import Keepers
 from .worker import Worker
-
-
-class Outcome:
-    """The stream's terminal status, reason and error: decided once, by whoever comes first."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.status: Status | None = None
-        self.reason: str | None = None
-        self.error: JarvisError | None = None
-
-    def decide(self, status: Status, reason: str | None = None, error: JarvisError | None = None) -> bool:
-        """Record the end; True only for the first call."""
-        with self._lock:
-            if self.status is not None:
-                return False
-            self.status, self.reason, self.error = Status(status), reason, error
-            return True
 
 
 class Stream:

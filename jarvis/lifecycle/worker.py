@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 from .. import log
 from ..cancel import Latch
@@ -20,9 +19,7 @@ from ..cluster import Lease
 from ..errors import AtCapacity, CoordinationUnavailable, JarvisError, UpstreamError
 from ..status import Reason, Status
 from ..upstream import Chat, Done, Thinking, Upstream
-
-if TYPE_CHECKING:
-    from .stream import Stream
+from .answer import Answer
 
 
 class Handoff:
@@ -50,10 +47,10 @@ class Handoff:
 class Worker:
     """Reads the upstream in its own thread, after the session's previous worker is done."""
 
-    def __init__(self, stream: Stream, upstream: Upstream, chat: Chat):
+    def __init__(self, stream: Answer, upstream: Upstream, chat: Chat):
         # the stream, until the thread ends: then the reference goes, so that a finished stream
         # is freed when its last user lets go instead of waiting for the cycle collector
-        self.s: Stream | None = stream
+        self.s: Answer | None = stream
         self.trace_id = stream.trace_id
         self.upstream = upstream
         self.chat = chat

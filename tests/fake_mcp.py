@@ -3,7 +3,8 @@
 Run as ``python -m tests.fake_mcp`` (or by path). It appends what it lives through to the file
 named by ``FAKE_MCP_LOG`` (one JSON object a line: started, sleeping, cancelled...), so a test can
 wait for a tool to be running and check the server saw ``notifications/cancelled``.
-``FAKE_MCP_HANG_START=1`` makes it hang before it reads a byte (a server stuck at start-up).
+``FAKE_MCP_HANG_START=1`` makes it hang before it reads a byte (a server stuck at start-up);
+``FAKE_MCP_HTTP_PORT=N`` makes it a streamable-HTTP server on 127.0.0.1:N instead.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def main() -> None:
     record("started")
     if os.environ.get("FAKE_MCP_HANG_START") == "1":
         time.sleep(3600)  # the client must give up and kill it
-    server.run("stdio")
+    port = os.environ.get("FAKE_MCP_HTTP_PORT")
+    if port:  # a streamable-HTTP server instead, at http://127.0.0.1:PORT/mcp
+        server.run("streamable-http", port=int(port))
+    else:
+        server.run("stdio")
 
 
 if __name__ == "__main__":

@@ -334,3 +334,48 @@ def test_the_real_mcp_server_time_end_to_end(tmp_path):
         assert not result.is_error and '"timezone": "UTC"' in result.content
     finally:
         assert box.close(5.0) == []
+
+
+@pytest.mark.timeout(40)
+def test_a_streamable_http_server_answers_and_a_cancel_returns_at_once(fake, tmp_path):
+    # the other transport of the config file: {"url": ...}; a Stop mid-call must not wait for it
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = str(tmp_path / "web.log")
+    env = {**os.environ, "PYTHONPATH": ROOT, "FAKE_MCP_LOG": log, "FAKE_MCP_HTTP_PORT": str(port)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_mcp", fake.tag], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def listening():
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, 15.0, "the HTTP MCP server to listen")
+        fake.servers["web"] = {"url": f"http://127.0.0.1:{port}/mcp"}
+        box = fake.start()
+        assert "web__echo" in {t.name for t in box.tools(15.0)}
+        assert [s["transport"] for s in box.describe()] == ["http"]
+        assert call(box, "web__echo", text="over http").content == "over http"
+        scope = CancelScope()
+        fired = []
+        scope.on_cancel(lambda: fired.append(time.monotonic()))
+
+        def stop_when_sleeping():
+            wait_for(lambda: "sleeping" in open(log).read() if os.path.exists(log) else False, 10.0, "sleep")
+            scope.cancel("stopped")
+
+        watcher = threading.Thread(target=stop_when_sleeping)
+        watcher.start()
+        result = call(box, "web__sleep", scope, seconds=60)
+        watcher.join(10)
+        assert result.is_error and (time.monotonic() - fired[0]) * 1000 < 50
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -127,3 +127,18 @@ def test_ollama_cannot_count_and_says_so_in_anthropics_shape(served):
     assert error["type"] == "invalid_request_error" and "Ollama has no route that counts" in error["message"]
     assert "count" in error["message"] and served.fake.chat_calls() == []
     client.close()
+
+
+def test_several_hosts_count_with_the_host_that_has_the_model(monkeypatch):
+    from jarvis.upstream.hosts import Hosts
+    from jarvis.upstream.ollama import OllamaUpstream
+
+    class Counting:
+        def count_tokens(self, chat):
+            return 7
+
+    router = object.__new__(Hosts)  # no probes: only which host counts is under test
+    first = {"counts": Counting(), "ollama": object.__new__(OllamaUpstream)}
+    monkeypatch.setattr(Hosts, "_first", lambda self, model: first[model])
+    assert router.count_tokens(Chat(model="counts", messages=CONVERSATION)) == 7
+    assert router.count_tokens(Chat(model="ollama", messages=CONVERSATION)) is None

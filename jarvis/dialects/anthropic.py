@@ -12,6 +12,7 @@ from flask import Blueprint, current_app
 
 from ..conversation import Chat, Message, Options
 from ..errors import BadRequest
+from ..upstream import count_tokens_of
 from . import common, fields
 from .anthropic_stream import MessageFramer, error_body
 
@@ -32,17 +33,22 @@ def messages():
 
 @bp.post("/messages/count_tokens")
 def count_tokens():
-    """Checked like a message, then refused: no backend counts a prompt without answering it."""
+    """Checked like a message, then counted where the backend can count without answering (the
+    embedded model); refused where it cannot (Ollama, an OpenAI-compatible server)."""
     j = jarvis()
     body = fields.read_json(j.config)
     COUNT_FIELDS.check(body)
-    parse({**body, "max_tokens": 1}, j.config, j.upstream.default_model)
-    raise BadRequest(
-        "counting tokens is not supported: Jarvis's backends (Ollama, OpenAI-compatible servers, "
-        "the embedded model) count a prompt's tokens only while they answer it; "
-        "usage.input_tokens of each message says what a prompt cost",
-        code="unsupported",
-    )
+    call = parse({**body, "max_tokens": 1}, j.config, j.upstream.default_model)
+    counted = count_tokens_of(j.upstream, call.chat)
+    if counted is None:
+        raise BadRequest(
+            "counting tokens is not supported by this backend: Ollama has no route that counts a "
+            "prompt's tokens, nor have OpenAI-compatible servers, so they count a prompt only while "
+            "they answer it (the embedded model counts); usage.input_tokens of each message says "
+            "what a prompt cost",
+            code="unsupported",
+        )
+    return {"input_tokens": counted}
 
 
 # every request field of POST /v1/messages, as Anthropic's reference lists them: honoured, or refused

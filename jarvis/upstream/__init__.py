@@ -147,6 +147,12 @@ class Upstream(Protocol):
         cannot honour one raises ``Unsupported`` naming it). Bounded by the config's timeouts."""
         ...
 
+    def count_tokens(self, chat: Chat) -> int | None:
+        """Optional: the tokens ``chat``'s prompt costs the model, counted without answering it;
+        None when the backend cannot count (Ollama has no route for it). A backend without this
+        method cannot count either; callers use ``count_tokens_of``."""
+        ...
+
     def show(self, model: str) -> dict:
         """Ollama's ``/api/show`` of ``model`` (capabilities, ``model_info`` with the context length,
         details) as far as the backend can tell; ``ModelNotFound`` when it has no such model."""
@@ -167,6 +173,12 @@ class Upstream(Protocol):
     def close(self) -> None:
         """Release what the upstream holds (idempotent)."""
         ...
+
+
+def count_tokens_of(upstream, chat: Chat) -> int | None:
+    """``upstream.count_tokens(chat)`` where the backend has it, else None (it cannot count)."""
+    count = getattr(upstream, "count_tokens", None)
+    return count(chat) if count is not None else None
 
 
 def select_upstream(config, metrics=None) -> Upstream:

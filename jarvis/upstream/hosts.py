@@ -26,7 +26,7 @@ from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
 from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..metrics import Metrics
-from . import Chat, Embedded, Item, Meta, Progress, Upstream
+from . import Chat, Embedded, Item, Meta, Progress, Upstream, count_tokens_of
 from .health import FIRST_WAIT_S, Prober
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
@@ -309,6 +309,10 @@ class Hosts:
 
     def capabilities(self, model: str) -> frozenset[str] | None:
         return self._first(model).capabilities(model)
+
+    def count_tokens(self, chat: Chat) -> int | None:
+        """What the first host with the model counts (None: it cannot count; Ollama cannot)."""
+        return count_tokens_of(self._first(chat.model), chat)
 
     def _first(self, model: str) -> Upstream:
         with self._lock:  # as the line reads the hosts' states

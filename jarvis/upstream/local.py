@@ -32,7 +32,6 @@ held to a grammar (``grammar.py``) as each token is sampled, between decodes.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -41,7 +40,6 @@ from ..cancel import CancelScope
 from ..config import Config
 from ..conversation import call_schema, forced_tools
 from ..errors import (
-    AtCapacity,
     ModelNotFound,
     Unsupported,
     UpstreamError,
@@ -49,9 +47,10 @@ from ..errors import (
     UpstreamUnavailable,
 )  # fmt: skip
 from . import Chat, Done, Embedded, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
+from .counter import Counter
 from .embedder import Embedder
-from .fit import Trim, _tokenize, fit
-from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, _route_llama_logs, available, default_name, find_model
+from .fit import Trim, fit
+from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, available, default_name, find_model
 from .slot import Deadline, Slot, Ticket
 
 __all__ = ["DEFAULT_MODEL", "MODEL_PACKAGE", "LocalUpstream", "available", "find_model"]  # the backend's face
@@ -62,7 +61,6 @@ __all__ = ["DEFAULT_MODEL", "MODEL_PACKAGE", "LocalUpstream", "available", "find
 N_CTX = 2048
 TEMPERATURE = 0.2  # SmolLM2's recommended sampling
 TOP_P = 0.9
-COUNT_WAIT_S = 5.0  # longest a count waits for the counts before it (each takes milliseconds)
 
 
 class LocalUpstream:
@@ -294,63 +292,6 @@ class LocalUpstream:
         self._counter.close()
         if self._embedder is not None:
             self._embedder.close()
-
-
-class Counter:
-    """Counts with a vocabulary-only copy of the model's GGUF, loaded by the first count; one count at
-    a time (milliseconds each); the last out after ``close`` frees it. A stand-in counts itself."""
-
-    def __init__(self, model: Model):
-        self._model = model  # the answering model: its file, or the stand-in
-        self._vocab: Model | None = None
-        self._lock = threading.Lock()  # held while loading or tokenizing, and to free
-        self._closed = False
-
-    def count(self, messages: Sequence[Message]) -> int:
-        if not self._lock.acquire(timeout=COUNT_WAIT_S):
-            raise AtCapacity(f"other counts held the local model's tokenizer for {COUNT_WAIT_S:g} s")
-        try:
-            if self._closed:
-                raise UpstreamUnavailable("the local model is shut down")
-            vocab = self._vocab or self._load()
-            return len(_tokenize(vocab.llama, vocab.template.render(messages)))
-        finally:
-            self._lock.release()
-            if self._closed:  # close() found the tokenizer in use: the last one out frees it
-                self._free()
-
-    def _load(self) -> Model:
-        if self._model.path is None and self._model.llama is not None:
-            self._vocab = self._model
-            return self._vocab
-        error = self._model.unavailable() if self._model.llama is None else None
-        if error is not None:
-            raise error
-        path = self._model.path
-        try:
-            import llama_cpp
-
-            _route_llama_logs(llama_cpp)
-            llama = llama_cpp.Llama(path, vocab_only=True, verbose=False)
-        except (ImportError, ValueError, RuntimeError, OSError) as e:
-            raise UpstreamUnavailable(f"cannot read the local model's vocabulary in {path}: {e}") from e
-        self._vocab = Model(path, 0, lambda: False, llama)
-        return self._vocab
-
-    def close(self) -> None:
-        """Refuse new counts; free the vocabulary now unless a count holds it (it frees it then)."""
-        self._closed = True
-        self._free()
-
-    def _free(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            vocab, self._vocab = self._vocab, None
-            if vocab is not None and vocab is not self._model:
-                vocab.free()
-        finally:
-            self._lock.release()
 
 
 def _answer_of(chunks, cancel: CancelScope, deadline: Deadline, prompt_tokens: int) -> Iterator[str | Done]:

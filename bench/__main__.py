@@ -22,6 +22,7 @@ from . import (
     agent,
     compat,
     conversation,
+    embeddings,
     endurance,
     hosts,
     latency,
@@ -41,6 +42,7 @@ from .upstream import Fake
 
 MAX_STREAMS = 128
 THREADS = MAX_STREAMS + 4  # what jarvis serve gives waitress: max streams plus a reserve for control
+SECTIONS = "1,2,3,4,5,6,7,8,9,10,11,15,16,17,18"  # 12 to 14 run alone (bench.page, processes, stores)
 EMBEDDED_HOOK = "bench.embedded"  # a module with run(workdir: Path, quick: bool) -> Section
 
 
@@ -88,9 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--upstream", metavar="URL", help="an Ollama-compatible upstream instead of the fake")
     parser.add_argument("--model", default="tiny", help="model name sent upstream (default: tiny)")
-    parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10,11,15,16,17", help="which sections to run (default: all)"
-    )
+    parser.add_argument("--sections", default=SECTIONS, help="which sections to run (default: all)")
     parser.add_argument("--out", metavar="PATH", help="write the Markdown here (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if crashed:
         print(f"bench: crashed in {', '.join(crashed)}; server logs are in {workdir}", file=sys.stderr)
         return 1
-    every = {*map(str, range(1, 12)), "15", "16", "17"}  # 12 to 14 run alone (bench.page, processes, stores)
+    every = set(SECTIONS.split(","))
     default_out = not (args.quick or args.target or args.upstream or wanted != every)
     out = args.out or (str(servers.REPO / "docs" / "benchmarks.md") if default_out else None)
     if out and not args.no_write:
@@ -234,6 +234,7 @@ def _run(
     section("16", lambda: conversation.run(primary, plan.tokens, plan.runs, plan.trials_other))
     if fake is not None:  # section 17 starts its own jarvis serve, with an MCP server, on the same fake
         section("17", lambda: agent.run(fake, workdir, args.quick))
+    section("18", lambda: embeddings.run(primary, upstream, args.quick))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:
@@ -391,7 +392,7 @@ number looked high:
   66,121 / 73,378 tok/s (×0.90): the target holds when the two are measured side by side, and the
   spread is the shared machine's. The reader's own cost is not the limit: in one process it handles
   about 50,000 SSE events a second against the fake, the fake included.
-""".replace("- **Serving (section 15).**", agent.HOW + "- **Serving (section 15).**", 1)
+""".replace("- **Serving (section 15).**", agent.HOW + embeddings.HOW + "- **Serving (section 15).**", 1)
 
 
 if __name__ == "__main__":

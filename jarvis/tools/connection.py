@@ -64,8 +64,7 @@ class Connection:
     async def open(self, timeout_s: float) -> None:
         """Start the server and list its tools within ``timeout_s``, or stop it and raise."""
         self._task = asyncio.get_running_loop().create_task(self._own(), name=f"mcp-{self.spec.name}")
-        with anyio.move_on_after(timeout_s):
-            await self._settled.wait()
+        await _set_within(self._settled, timeout_s)
         if self.alive:
             return
         self.why = self.why or f"did not start and list its tools within {timeout_s:g} s"
@@ -139,17 +138,23 @@ class Connection:
 
     async def ended(self, timeout_s: float) -> str | None:
         """Why the connection ended, waiting up to ``timeout_s`` for it to end."""
-        with anyio.move_on_after(timeout_s):
-            await self._done.wait()
+        await _set_within(self._done, timeout_s)
         return self.why
 
     async def close(self, timeout_s: float) -> bool:
         """Stop the session and the server; True once the owner task has ended."""
         self._lose("stopped")
         self._scope.cancel()
-        with anyio.move_on_after(timeout_s):
-            await self._done.wait()
-        return self._done.is_set()
+        return await _set_within(self._done, timeout_s)
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``event``; whether it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
+    except TimeoutError:  # not set in time: the caller reads that from the event
+        pass
+    return event.is_set()
 
 
 async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:

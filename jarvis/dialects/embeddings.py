@@ -69,9 +69,7 @@ def ollama_embed():
     EMBED_FIELDS.check(body)
     model = fields.model_name(body.get("model"), j.upstream.default_model)
     inputs = _inputs(body.get("input"), j.config, "input")
-    truncate = body.get("truncate")
-    if truncate is not None and not isinstance(truncate, bool):
-        raise fields.bad('"truncate" must be true or false', "truncate")
+    truncate = fields.flag(body, "truncate", None)  # None: the upstream's default
     began = time.monotonic()
     found = _embed(
         "ollama", model, inputs, truncate=truncate, dimensions=_dimensions(body), **_ollama_knobs(body)

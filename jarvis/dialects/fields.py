@@ -258,7 +258,7 @@ def stops(value, param: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def flag(body: dict, key: str, default: bool) -> bool:
+def flag(body: dict, key: str, default: bool | None) -> bool | None:
     value = body.get(key, default)
     if value is None:
         return default

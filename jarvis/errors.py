@@ -38,134 +38,108 @@ from __future__ import annotations
 
 
 class JarvisError(Exception):
-    """Base of every error Jarvis reports to a client."""
+    """Base of every error Jarvis reports to a client.
+
+    A subclass names what tells it apart in its class line (``http_status``, ``code``, the
+    terminal ``status``, ``retry_after_s``, ``public_message``); the rest it inherits."""
 
     http_status = 500
     code = "internal_error"
     status = "failed"  # the terminal status of a stream this error ends
+    # what a client reads instead of the message, where the message is for the server log alone
+    public_message: str | None = None
+    # a retryable error's class sets ``retry_after_s`` (seconds, sent as Retry-After); the others
+    # have no such attribute, which is how the web layer tells them apart
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init_subclass__(cls, **attributes):
+        super().__init_subclass__()
+        for name, value in attributes.items():
+            if name not in _CLASS_ATTRIBUTES:
+                raise TypeError(f"{cls.__name__}: {name} is not an attribute of an error")
+            setattr(cls, name, value)
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        return {"code": self.code, "message": self.public_message or self.message}
 
 
-class RequestError(JarvisError):
+_CLASS_ATTRIBUTES = frozenset({"http_status", "code", "status", "retry_after_s", "public_message"})
+
+
+class RequestError(JarvisError, http_status=400, code="bad_request"):
     """The request is wrong; retrying it unchanged will not help."""
-
-    http_status = 400
-    code = "bad_request"
 
 
 class BadRequest(RequestError):
-    pass
+    """The request is malformed."""
 
 
-class Unsupported(BadRequest):
+class Unsupported(BadRequest, code="unsupported"):
     """A field the chosen backend or model cannot honour: refused, never silently dropped.
 
     ``field`` names it in the core's terms ("tools", "images", "think", "format",
     "keep_alive", "options.<key>"); each dialect names it in its own."""
-
-    code = "unsupported"
 
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
 
 
-class UnsupportedMediaType(RequestError):
-    http_status = 415
-    code = "unsupported_media_type"
+class UnsupportedMediaType(RequestError, http_status=415, code="unsupported_media_type"):
+    """The body is not of the type the route reads."""
 
 
-class PromptTooLarge(RequestError):
-    http_status = 413
-    code = "prompt_too_large"
+class PromptTooLarge(RequestError, http_status=413, code="prompt_too_large"):
+    """The body or the prompt is larger than the configured limit."""
 
 
-class NotFound(RequestError):
-    http_status = 404
-    code = "not_found"
+class NotFound(RequestError, http_status=404, code="not_found"):
+    """No such thing (session, message, image, user, token) for this caller."""
 
 
-class Unauthorized(RequestError):
-    http_status = 401
-    code = "unauthorized"
+class Unauthorized(RequestError, http_status=401, code="unauthorized"):
+    """Sign in, or send a bearer token."""
 
 
-class Forbidden(RequestError):
-    http_status = 403
-    code = "forbidden"
+class Forbidden(RequestError, http_status=403, code="forbidden"):
+    """Known but not allowed: protected mode, a cross-origin write."""
 
 
-class AtCapacity(JarvisError):
+class AtCapacity(JarvisError, http_status=503, code="at_capacity", retry_after_s=2):
     """Every stream slot is taken; retry after ``retry_after_s`` seconds."""
 
-    http_status = 503
-    code = "at_capacity"
 
-    def __init__(self, message: str, *, retry_after_s: int = 2):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class TooManyStreams(JarvisError):
+class TooManyStreams(JarvisError, http_status=429, code="too_many_streams", retry_after_s=2):
     """One account holds as many live streams as it may; retry when one ends."""
 
-    http_status = 429
-    code = "too_many_streams"
 
-    def __init__(self, message: str, *, retry_after_s: int = 2):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class TooManyRequests(JarvisError):
+class TooManyRequests(JarvisError, http_status=429, code="too_many_requests", retry_after_s=1):
     """The caller runs such a request already (an import); retry when it ends."""
 
-    http_status = 429
-    code = "too_many_requests"
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1):
-        super().__init__(message, code=code)
-        self.retry_after_s = retry_after_s
-
-
-class Busy(JarvisError):
+class Busy(JarvisError, http_status=503, code="busy", retry_after_s=1):
     """The process does as much of this work at once as it may (imports, password checks), each
     bounded in memory and time; retry after ``retry_after_s`` seconds."""
 
-    http_status = 503
-    code = "busy"
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1):
-        super().__init__(message, code=code)
-        self.retry_after_s = retry_after_s
-
-
-class CoordinationUnavailable(JarvisError):
+class CoordinationUnavailable(JarvisError, http_status=503, code="coordination_unavailable", retry_after_s=2):
     """Redis, which several Jarvis processes share, cannot be reached, or the session's answer in
     another process did not end in time; retry after ``retry_after_s`` seconds."""
 
-    http_status = 503
-    code = "coordination_unavailable"
-    retry_after_s = 2
 
-
-class Interrupted(JarvisError):
+class Interrupted(JarvisError, http_status=409, code="stopped"):
     """An answer ended by a newer prompt in its session, a stop or a shutdown, not by the model.
 
     Only the compatible APIs raise it: their clients know no such ending, and a cut answer must
     not look finished. ``code`` is the reason; a shutdown is retryable elsewhere, so 503.
     """
-
-    http_status = 409
-    code = "stopped"
 
     def __init__(self, reason: str):
         super().__init__(f"the answer was cut short: {reason}", code=reason)
@@ -173,79 +147,57 @@ class Interrupted(JarvisError):
             self.http_status = 503
 
 
-class StoreError(JarvisError):
+class StoreError(
+    JarvisError,
+    http_status=500,
+    code="store_error",
+    # the message names the file: it is for the server log, not for clients
+    public_message="the history database failed; the server log has the details",
+):
     """The history database refused a read or write (full disk, read-only file)."""
 
-    http_status = 500
-    code = "store_error"
 
-    def to_dict(self) -> dict:
-        # the message names the file: it is for the server log, not for clients
-        return {"code": self.code, "message": "the history database failed; the server log has the details"}
-
-
-class DatabaseUnavailable(StoreError):
+class DatabaseUnavailable(
+    StoreError,
+    http_status=503,
+    code="database_unavailable",
+    retry_after_s=2,
+    public_message="the history database is unavailable; try again shortly",
+):
     """The database server cannot be reached; retry once it is back."""
 
-    http_status = 503
-    code = "database_unavailable"
 
-    def __init__(self, message: str, *, retry_after_s: int = 2):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "message": "the history database is unavailable; try again shortly"}
-
-
-class UpstreamError(JarvisError):
+class UpstreamError(JarvisError, http_status=502, code="upstream_error"):
     """The model side failed. Raised only by the upstream modules."""
 
-    http_status = 502
-    code = "upstream_error"
 
-
-class UpstreamUnavailable(UpstreamError):
+class UpstreamUnavailable(UpstreamError, code="upstream_unavailable"):
     """No connection to the model server; retryable once it runs."""
 
-    code = "upstream_unavailable"
+
+class ModelNotFound(UpstreamError, code="model_not_found"):
+    """The model server does not have the model asked for."""
 
 
-class ModelNotFound(UpstreamError):
-    code = "model_not_found"
-
-
-class UpstreamUnauthorized(UpstreamError):
+class UpstreamUnauthorized(UpstreamError, code="upstream_unauthorized"):
     """The model server refused the API key; retrying will not help until the key is fixed."""
 
-    code = "upstream_unauthorized"
+
+class UpstreamHTTPError(UpstreamError, code="upstream_http_error"):
+    """The model server answered with an HTTP error status."""
 
 
-class UpstreamHTTPError(UpstreamError):
-    code = "upstream_http_error"
-
-
-class UpstreamStreamError(UpstreamError):
+class UpstreamStreamError(UpstreamError, code="upstream_error"):
     """The model server reported an error in the middle of an answer."""
 
-    code = "upstream_error"
 
-
-class UpstreamProtocolError(UpstreamError):
+class UpstreamProtocolError(UpstreamError, code="upstream_bad_response"):
     """The model server sent something that is not its protocol."""
 
-    code = "upstream_bad_response"
 
-
-class UpstreamDisconnected(UpstreamError):
+class UpstreamDisconnected(UpstreamError, code="upstream_disconnected"):
     """The model server closed the connection before the answer was done."""
 
-    code = "upstream_disconnected"
 
-
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamError, http_status=504, code="upstream_timeout", status="timeout"):
     """The model server was silent for longer than a configured timeout; retryable."""
-
-    http_status = 504
-    code = "upstream_timeout"
-    status = "timeout"

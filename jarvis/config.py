@@ -24,6 +24,16 @@ def _f(default, doc: str, *, minimum: float | None = None, choices: tuple = (), 
     return field(default=default, repr=not secret, metadata={"doc": doc, "min": minimum, "choices": choices})
 
 
+def _seconds(default: float, doc: str, *, minimum: float = 0.01):
+    """A duration in seconds; most must be above zero, or the wait they bound never happens."""
+    return _f(default, doc, minimum=minimum)
+
+
+def _count(default: int, doc: str, *, minimum: int = 1):
+    """A count or a size; most must allow at least one."""
+    return _f(default, doc, minimum=minimum)
+
+
 @dataclass(frozen=True)
 class Config:
     ollama_url: str = _f("http://127.0.0.1:11434", "Base URL of the Ollama server.")
@@ -59,7 +69,7 @@ class Config:
     local_embed_model: str = _f(
         "", "Path of an embedding GGUF the local backend embeds with (none: it refuses)."
     )
-    local_max_tokens: int = _f(
+    local_max_tokens: int = _count(
         512,
         "Longest answer of the local model, in tokens, unless a chat or a request sets its own (0: up to its "
         "window); past it the answer ends as length, with a Continue button on the page.",
@@ -70,61 +80,55 @@ class Config:
         "SQLite file for history, accounts and tokens (default: jarvis.sqlite3 in the instance folder), "
         "or a postgresql:// URL (needs the scale extra).",
     )
-    database_timeout_s: float = _f(
+    database_timeout_s: float = _seconds(
         5.0,
         "Longest any database call may wait, in seconds (a pooled connection, a statement, a lock, "
         "SQLite's busy timeout); past it a request answers 503 database_unavailable.",
         minimum=0.1,
     )
-    database_retry_s: float = _f(
+    database_retry_s: float = _seconds(
         10.0,
         "Seconds an answer's final write is retried while the database is unavailable, then logged as lost.",
         minimum=0.0,
     )
-    connect_timeout_s: float = _f(3.0, "Seconds to open a connection to the model server.", minimum=0.01)
-    first_token_timeout_s: float = _f(
-        300.0, "Seconds to wait for the first token (models take time to load).", minimum=0.01
+    connect_timeout_s: float = _seconds(3.0, "Seconds to open a connection to the model server.")
+    first_token_timeout_s: float = _seconds(
+        300.0, "Seconds to wait for the first token (models take time to load)."
     )
-    idle_timeout_s: float = _f(60.0, "Seconds of upstream silence allowed between tokens.", minimum=0.01)
-    total_timeout_s: float = _f(900.0, "Longest an answer may stream, in seconds.", minimum=0.01)
-    supersede_timeout_s: float = _f(
+    idle_timeout_s: float = _seconds(60.0, "Seconds of upstream silence allowed between tokens.")
+    total_timeout_s: float = _seconds(900.0, "Longest an answer may stream, in seconds.")
+    supersede_timeout_s: float = _seconds(
         2.0, "Seconds a new prompt waits for the session's previous stream to end.", minimum=0.0
     )
-    cancel_timeout_s: float = _f(
+    cancel_timeout_s: float = _seconds(
         0.5, "Seconds cleanup waits for a cancelled worker before detaching it.", minimum=0.0
     )
-    heartbeat_s: float = _f(
-        1.0,
-        "Seconds between SSE heartbeats; a host without lookahead sees a gone client within one of them.",
-        minimum=0.01,
+    heartbeat_s: float = _seconds(
+        1.0, "Seconds between SSE heartbeats; a host without lookahead sees a gone client within one of them."
     )
-    disconnect_poll_s: float = _f(
+    disconnect_poll_s: float = _seconds(
         0.02, "Seconds between checks for gone clients (waitress with request lookahead).", minimum=0.001
     )
-    flush_interval_s: float = _f(1.0, "Seconds between saves of a streaming answer.", minimum=0.01)
-    detach_grace_s: float = _f(
+    flush_interval_s: float = _seconds(1.0, "Seconds between saves of a streaming answer.")
+    detach_grace_s: float = _seconds(
         0.0,
         "Seconds an answer goes on after its page leaves, for a reload or a tab to rejoin (0: it ends).",
         minimum=0.0,
     )
-    max_streams: int = _f(16, "Live streams allowed in the process; more get 503.", minimum=1)
-    max_prompt_chars: int = _f(32_000, "Longest prompt accepted, in characters.", minimum=1)
-    max_image_bytes: int = _f(
-        8 * 1024 * 1024, "Largest image accepted on a message, in bytes (decoded).", minimum=1
+    max_streams: int = _count(16, "Live streams allowed in the process; more get 503.")
+    max_prompt_chars: int = _count(32_000, "Longest prompt accepted, in characters.")
+    max_image_bytes: int = _count(8 * 1024 * 1024, "Largest image accepted on a message, in bytes (decoded).")
+    max_images_bytes: int = _count(
+        12 * 1024 * 1024, "Most image bytes accepted in one request, all images together."
     )
-    max_images_bytes: int = _f(
-        12 * 1024 * 1024, "Most image bytes accepted in one request, all images together.", minimum=1
+    embed_max_inputs: int = _count(256, "Most texts in one embeddings request, a count.")
+    embed_max_bytes: int = _count(1_048_576, "Most bytes (UTF-8) of text in one embeddings request.")
+    max_answer_chars: int = _count(200_000, "Longest answer streamed, in characters.")
+    max_line_bytes: int = _count(1_048_576, "Longest line accepted from the upstream.", minimum=64)
+    health_interval_s: float = _seconds(
+        5.0, "Seconds between background probes of the model server(s); /healthz serves the last."
     )
-    embed_max_inputs: int = _f(256, "Most texts in one embeddings request, a count.", minimum=1)
-    embed_max_bytes: int = _f(1_048_576, "Most bytes (UTF-8) of text in one embeddings request.", minimum=1)
-    max_answer_chars: int = _f(200_000, "Longest answer streamed, in characters.", minimum=1)
-    max_line_bytes: int = _f(1_048_576, "Longest line accepted from the upstream.", minimum=64)
-    health_interval_s: float = _f(
-        5.0,
-        "Seconds between background probes of the model server(s); /healthz serves the last.",
-        minimum=0.01,
-    )
-    shutdown_timeout_s: float = _f(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
+    shutdown_timeout_s: float = _seconds(10.0, "Seconds a shutdown waits for streams to end.", minimum=0.0)
     log_format: str = _f("text", "Log line format.", choices=("text", "json"))
     secret_key: str = _f(
         "", "Key that signs login cookies, 32+ characters (default: generated once in the instance folder)."
@@ -153,34 +157,31 @@ class Config:
         "proxy's way in, which no other user of the machine can take; its peer's X-Forwarded-For and "
         "-Proto are believed.",
     )
-    cookie_lifetime_s: float = _f(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
-    max_streams_per_user: int = _f(
+    cookie_lifetime_s: float = _seconds(14 * 86400.0, "Seconds a sign-in cookie stays valid.", minimum=60.0)
+    max_streams_per_user: int = _count(
         0,
         "Live streams one account may hold at once, counted in every process sharing JARVIS_REDIS_URL"
         " (0: up to JARVIS_MAX_STREAMS).",
         minimum=0,
     )
-    max_readers_per_user: int = _f(
+    max_readers_per_user: int = _count(
         8,
         "Readers one account may attach to its live answers at once (each holds a server thread;"
         " 0: up to the free stream slots).",
         minimum=0,
     )
-    max_imports: int = _f(
-        2,
-        "Chat imports parsed at once in the process (one at a time per account); more get 503 import_busy.",
-        minimum=1,
+    max_imports: int = _count(
+        2, "Chat imports parsed at once in the process (one at a time per account); more get 503 import_busy."
     )
-    login_address_limit: int = _f(
+    login_address_limit: int = _count(
         30,
         "Sign-in attempts one client address may make a minute, whatever names it tries (each name "
         "also has 10); more get 429.",
-        minimum=1,
     )
-    login_hashes: int = _f(
-        2, "Password checks run at once (each takes about 32 MB and a core for a moment).", minimum=1
+    login_hashes: int = _count(
+        2, "Password checks run at once (each takes about 32 MB and a core for a moment)."
     )
-    login_wait_s: float = _f(
+    login_wait_s: float = _seconds(
         2.0, "Seconds a sign-in waits for a password check to free up before 503 sign_in_busy.", minimum=0.0
     )
     redis_url: str = _f(
@@ -189,15 +190,15 @@ class Config:
         "(needs the scale extra; unset: one process, no Redis).",
         secret=True,  # it may hold a password
     )
-    lease_ttl_s: float = _f(
+    lease_ttl_s: float = _seconds(
         10.0,
         "Seconds a session's lease outlives a process that died holding it (with JARVIS_REDIS_URL).",
         minimum=0.1,
     )
-    redis_timeout_s: float = _f(
-        0.5, "Seconds any one Redis call may take before it counts as unreachable.", minimum=0.01
+    redis_timeout_s: float = _seconds(
+        0.5, "Seconds any one Redis call may take before it counts as unreachable."
     )
-    liveness_ttl_s: float = _f(
+    liveness_ttl_s: float = _seconds(
         1.5,
         "Seconds a process that stopped heartbeating in Redis (killed, host lost) still counts as alive; "
         "then a prompt of a session whose answer it held goes ahead at once (with JARVIS_REDIS_URL).",
@@ -209,30 +210,25 @@ class Config:
         "Path of a JSON file naming the MCP servers whose tools answers may use, in the shared "
         '{"mcpServers": {...}} format (unset: no tools).',
     )
-    tool_timeout_s: float = _f(
-        60.0, "Longest one tool call may run, in seconds; past it the call ends as an error.", minimum=0.01
+    tool_timeout_s: float = _seconds(
+        60.0, "Longest one tool call may run, in seconds; past it the call ends as an error."
     )
-    tool_start_timeout_s: float = _f(
+    tool_start_timeout_s: float = _seconds(
         10.0,
         "Seconds an MCP server has to start and list its tools; past it it is stopped and shown as failed.",
-        minimum=0.01,
     )
-    tool_cancel_timeout_s: float = _f(
+    tool_cancel_timeout_s: float = _seconds(
         0.5,
         "Seconds a stdio MCP server has to answer a ping after a call of its was cancelled; past it it "
         "is stopped (terminate, then kill) and started again on next use.",
-        minimum=0.01,
     )
-    agent_max_steps: int = _f(
+    agent_max_steps: int = _count(
         8,
         "Most model calls one answer makes while it uses tools; past it the answer ends as length, "
         "saying so.",
-        minimum=1,
     )
-    tool_result_max_chars: int = _f(
-        100_000,
-        "Longest tool result handed to the model, in characters; longer ones are cut, saying so.",
-        minimum=1,
+    tool_result_max_chars: int = _count(
+        100_000, "Longest tool result handed to the model, in characters; longer ones are cut, saying so."
     )
 
     @classmethod

@@ -24,7 +24,7 @@ from tests.hung_server import HungServer
 
 from .client import AUTH, stop_to_end_ms
 from .servers import ServerProcess, jarvis_command, jarvis_env
-from .stats import Cell, Row, Section, beside_direct, judge, ratio
+from .stats import Cell, Row, Section, beside_direct, ratio, within
 from .upstream import directive
 
 HAMMERS = 40
@@ -49,13 +49,14 @@ def run(fake_url: str | None, workdir: Path, quick: bool) -> Section:
             "hosts/direct",
             digits=2,
         ),
-        Row(
+        within(
             "9",
             "routing overhead on time to first token (p50 − p50)",
             "ms",
             {"Jarvis": overhead},
+            "Jarvis",
+            1.0,
             target="≤ 1 ms",
-            holds=judge(overhead, 1.0),
             digits=3,
         ),
     ]
@@ -75,13 +76,14 @@ def run(fake_url: str | None, workdir: Path, quick: bool) -> Section:
             ),
         ]
     section.rows.append(
-        Row(
+        within(
             "9",
             "hammered stop, hung / healthy model server (p50 / p50)",
             "×",
             {"Jarvis": slowdown},
+            "Jarvis",
+            1.5,
             target="≤ 1.5",
-            holds=judge(slowdown, 1.5),
             digits=2,
         )
     )

@@ -15,7 +15,7 @@ import math
 import time
 
 from .client import EventStream
-from .stats import Cell, Row, Section, judge, ratio
+from .stats import Cell, Row, Section, ratio, within
 from .trials import SHORT, STEP_TIMEOUT_S, Subject, run_trials, tag
 from .upstream import directive
 
@@ -87,6 +87,23 @@ def warm_up(subject: Subject, count: int) -> None:
         first_token(subject, subject.session(), tag("w"))
 
 
+def _beside_reference(
+    section: Section,
+    measure: str,
+    cells: dict[str, Cell],
+    primary: str,
+    limit_ms: float,
+    notes: list[str],
+    compared: dict[str, Cell] | None = None,
+    what: str = "",
+) -> Row:
+    """A row of milliseconds that holds when the server under test's p99 is at most ``limit_ms``,
+    with the reference's number over its own (of ``compared``, the cells themselves by default)."""
+    compared = cells if compared is None else compared
+    shown = ratio(compared.get("reference"), compared.get(primary), f"{what}ref/{primary}")
+    return within(section.title, measure, "ms", cells, primary, limit_ms, ratio=shown, note="; ".join(notes))
+
+
 def _trial_counts(fails: int, slow: bool, n: int) -> str:
     parts = []
     if slow:
@@ -127,15 +144,15 @@ def supersede(subjects: list[Subject], direct: tuple[str, str] | None, n: int, s
             order[name] = r["order"]
             notes += [f"{name}: {note}" for note in r["notes"]]
         section.rows.append(
-            Row(
-                section.title,
+            _beside_reference(
+                section,
                 f"supersede penalty, old answer {state}",
-                "ms",
                 cells,
-                target="p99 ≤ 10 ms",
-                holds=judge(cells.get(primary.name), 10.0),
-                ratio=ratio(busy.get("reference"), busy.get(primary.name), "TTFT p99 ref/" + primary.name),
-                note="; ".join(notes),
+                primary.name,
+                10.0,
+                notes,
+                busy,
+                "TTFT p99 ",
             )
         )
         if primary.fake is not None:
@@ -251,16 +268,7 @@ def stop(subjects: list[Subject], n: int, slow_n: int, bound_s: float) -> Sectio
                 if odd and index == 1:
                     notes.append(f"{subject.name}: {odd} answers ended other than stopped")
             section.rows.append(
-                Row(
-                    section.title,
-                    f"stop → {what}, {state}",
-                    "ms",
-                    cells,
-                    target=f"p99 ≤ {limit:g} ms",
-                    holds=judge(cells.get(primary.name), limit),
-                    ratio=ratio(cells.get("reference"), cells.get(primary.name), "ref/" + primary.name),
-                    note="; ".join(notes),
-                )
+                _beside_reference(section, f"stop → {what}, {state}", cells, primary.name, limit, notes)
             )
     return section
 
@@ -310,45 +318,29 @@ def disconnect(
                 if note:
                     notes.append(f"{subject.name}: {note}")
         section.rows.append(
-            Row(
-                section.title,
-                f"disconnect → upstream closed, {state}",
-                "ms",
-                cells,
-                target="p99 ≤ 25 ms",
-                holds=judge(cells.get(primary.name), 25.0),
-                ratio=ratio(cells.get("reference"), cells.get(primary.name), "ref/" + primary.name),
-                note="; ".join(notes),
+            _beside_reference(
+                section, f"disconnect → upstream closed, {state}", cells, primary.name, 25.0, notes
             )
         )
-    if plain is not None:
-        limit = heartbeat_s * 1000 + 25
-        for state in plain.states():
-            results, note, bound = per[plain.name][state]
+    heard = f"p99 ≤ JARVIS_HEARTBEAT ({heartbeat_s * 1000:g} ms) + 25 ms"
+    for host, how, limit, target in (
+        (plain, "plain waitress", heartbeat_s * 1000 + 25, heard),
+        (ahead, "plain waitress + lookahead", 25.0, "p99 ≤ 25 ms"),
+    ):
+        for state in host.states() if host is not None else ():
+            results, note, bound = per[host.name][state]
             cell = Cell.of(results, bound=bound * 1000)
+            if host is plain:  # it sees a gone client only on a heartbeat's write: say in how many
+                note = "; ".join(filter(None, [_in_heartbeats(cell, heartbeat_s), note]))
             section.rows.append(
-                Row(
+                within(
                     section.title,
-                    f"disconnect → upstream closed, {state}, plain waitress",
+                    f"disconnect → upstream closed, {state}, {how}",
                     "ms",
                     {primary.name: cell},
-                    target=f"p99 ≤ JARVIS_HEARTBEAT ({heartbeat_s * 1000:g} ms) + 25 ms",
-                    holds=judge(cell, limit),
-                    note="; ".join(filter(None, [_in_heartbeats(cell, heartbeat_s), note])),
-                )
-            )
-    if ahead is not None:
-        for state in ahead.states():
-            results, note, bound = per[ahead.name][state]
-            cell = Cell.of(results, bound=bound * 1000)
-            section.rows.append(
-                Row(
-                    section.title,
-                    f"disconnect → upstream closed, {state}, plain waitress + lookahead",
-                    "ms",
-                    {primary.name: cell},
-                    target="p99 ≤ 25 ms",
-                    holds=judge(cell, 25.0),
+                    primary.name,
+                    limit,
+                    target=target,
                     note=note,
                 )
             )

@@ -137,3 +137,12 @@ def beside_direct(section: str, measure: str, unit: str, jarvis: Cell, direct: C
     """A row of Jarvis's cell beside the model read directly in the benchmark process, with their ratio."""
     cells = {"Jarvis": jarvis, "direct": direct}
     return Row(section, measure, unit, cells, ratio=ratio(jarvis, direct, label), **kw)
+
+
+def within(
+    section: str, measure: str, unit: str, cells: dict[str, Cell], judged: str, limit: float, **kw
+) -> Row:
+    """A row that holds when the ``judged`` server's cell is at most ``limit``; ``target`` (in
+    ``kw``) says so in words, p99 ≤ limit ms when it is left out."""
+    kw.setdefault("target", f"p99 ≤ {limit:g} ms")
+    return Row(section, measure, unit, cells, holds=judge(cells.get(judged), limit), **kw)

@@ -73,19 +73,16 @@ class Accounts:
         return User(uid, name)
 
     def list(self) -> list[dict]:
-        with self.store.connect() as db:
-            rows = db.execute(
-                "SELECT u.name, u.created_at,"
-                " (SELECT COUNT(*) FROM tokens t WHERE t.user_id = u.id) AS tokens"
-                " FROM users u ORDER BY u.name"
-            ).fetchall()
-        return [dict(r) for r in rows]
+        return self._rows(
+            "SELECT u.name, u.created_at,"
+            " (SELECT COUNT(*) FROM tokens t WHERE t.user_id = u.id) AS tokens"
+            " FROM users u ORDER BY u.name"
+        )
 
     def remove(self, name: str) -> None:
         """Delete the account with its tokens and sessions (its cookies and answers end with it)."""
         with self.store.connect() as db:
-            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"no user {name!r}")
+            _found(db.execute("DELETE FROM users WHERE name = ?", (name,)), f"no user {name!r}")
             forget_unheld(db)  # the images only its chats held go with them
 
     def set_password(self, name: str, password: str) -> None:
@@ -96,8 +93,7 @@ class Accounts:
                 "UPDATE users SET password_hash = ?, generation = generation + 1 WHERE name = ?",
                 (generate_password_hash(password), name),
             )
-            if changed.rowcount == 0:
-                raise NotFound(f"no user {name!r}")
+            _found(changed, f"no user {name!r}")
 
     def authenticate(self, name: str, password: str) -> User | None:
         with self.store.connect() as db:
@@ -156,17 +152,14 @@ class Accounts:
         return token
 
     def tokens(self) -> list[dict]:
-        with self.store.connect() as db:
-            rows = db.execute(
-                "SELECT t.id, t.name, u.name AS user, t.created_at"
-                " FROM tokens t JOIN users u ON u.id = t.user_id ORDER BY t.id"
-            ).fetchall()
-        return [dict(r) for r in rows]
+        return self._rows(
+            "SELECT t.id, t.name, u.name AS user, t.created_at"
+            " FROM tokens t JOIN users u ON u.id = t.user_id ORDER BY t.id"
+        )
 
     def revoke(self, token_id: int) -> None:
         with self.store.connect() as db:
-            if db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount == 0:
-                raise NotFound(f"no token {token_id}")
+            _found(db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)), f"no token {token_id}")
 
     def user_for_token(self, token: str) -> tuple[User, int] | tuple[None, None]:
         """The token's user and the token's id, or (None, None)."""
@@ -180,6 +173,10 @@ class Accounts:
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None, None
         return User(row["id"], row["name"], row["generation"]), row["token_id"]
+
+    def _rows(self, sql: str) -> list[dict]:
+        with self.store.connect() as db:
+            return [dict(r) for r in db.execute(sql).fetchall()]
 
 
 class RevocationWatch:
@@ -243,6 +240,12 @@ class RevocationWatch:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _found(changed, missing: str) -> None:
+    """A write that touched no row named something that does not exist."""
+    if changed.rowcount == 0:
+        raise NotFound(missing)
 
 
 def _check_password(password: str) -> None:

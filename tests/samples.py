@@ -35,6 +35,17 @@ def sent(served) -> dict:
     return call.body
 
 
+def tool_turn_sent(served, assistant: dict, tool: dict, call_id: str, result: str) -> None:
+    """The assistant's call of get_weather for Paris and the tool's ``result`` reached the upstream
+    in its own shape: Ollama's result names the tool, the OpenAI-compatible one the call's id."""
+    if served.fake.kind == "ollama":
+        assert assistant["tool_calls"] == [{"function": CALL}]
+        assert tool == {"role": "tool", "content": result, "tool_name": "get_weather"}
+    else:
+        assert assistant["tool_calls"][0]["id"] == call_id
+        assert tool == {"role": "tool", "content": result, "tool_call_id": call_id}
+
+
 # a streamed answer in each state a client may leave it in
 CLOSE_STATES = pytest.mark.parametrize(
     "state, script",

@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from tests.fake_ollama import Script, overlapped
-from tests.samples import ALL, CALL, CLOSE_STATES, PNG_B64, closing_closes_the_upstream, sent
+from tests.samples import ALL, CALL, CLOSE_STATES, PNG_B64, closing_closes_the_upstream, sent, tool_turn_sent
 
 HELLO = [{"role": "user", "content": "hello"}]
 WEATHER = {
@@ -31,18 +31,16 @@ def client_of(served, **kwargs) -> anthropic.Anthropic:
 
 @pytest.fixture
 def claude(served):
-    client = client_of(served)
-    yield client
-    client.close()
+    with client_of(served) as client:
+        yield client
 
 
 @pytest.fixture
 def capable(make_served):
     """A server whose models can do everything (on either upstream), and a client of it."""
     served = make_served(openai_capabilities=ALL)
-    client = client_of(served)
-    yield served, client
-    client.close()
+    with client_of(served) as client:
+        yield served, client
 
 
 def post(served, body: dict, headers: dict | None = None, path: str = "/v1/messages") -> requests.Response:
@@ -278,14 +276,7 @@ def test_a_tool_result_goes_back_in_each_upstreams_own_shape(capable):
     assert message.content[0].text == "tok0 tok1 tok2 tok3 tok4 "
     assistant, tool, user = sent(served)["messages"][1:]
     assert assistant["content"] == "Let me look."
-    if served.fake.kind == "ollama":
-        assert assistant["tool_calls"] == [
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        ]
-        assert tool == {"role": "tool", "content": "18 °C", "tool_name": "get_weather"}
-    else:
-        assert assistant["tool_calls"][0]["id"] == "toolu_1"
-        assert tool == {"role": "tool", "content": "18 °C", "tool_call_id": "toolu_1"}
+    tool_turn_sent(served, assistant, tool, "toolu_1", "18 °C")
     assert user == {"role": "user", "content": "And tomorrow?"}
 
 

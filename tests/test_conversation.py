@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from .conftest import HTTP_TIMEOUT, both_upstreams
-from .samples import ALL, CALL, PNG, PNG_B64, SCHEMA, WEATHER, sent
+from .samples import ALL, CALL, PNG, PNG_B64, SCHEMA, WEATHER, sent, tool_turn_sent
 
 HELLO = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -33,9 +33,8 @@ def ollama_client(served) -> ollama.Client:
 def capable(make_served):
     """A server whose models can do everything, and an OpenAI client of it."""
     served = make_served(openai_capabilities=ALL)
-    client = openai_client(served)
-    yield served, client
-    client.close()
+    with openai_client(served) as client:
+        yield served, client
 
 
 # --- tools ----------------------------------------------------------------------------------
@@ -89,14 +88,7 @@ def test_a_tool_result_goes_back_in_each_upstreams_own_shape(capable):
     answer = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER])
     assert answer.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
     assistant, tool = sent(served)["messages"][1:]
-    if served.fake.kind == "ollama":
-        assert assistant["tool_calls"] == [
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        ]
-        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_name": "get_weather"}
-    else:
-        assert assistant["tool_calls"][0]["id"] == "call_1"
-        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_call_id": "call_1"}
+    tool_turn_sent(served, assistant, tool, "call_1", "18 °C, sunny")
 
 
 @pytest.mark.parametrize("stream", [False, True])

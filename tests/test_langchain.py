@@ -17,7 +17,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from .conftest import both_upstreams
-from .samples import ALL, CALL, sent
+from .samples import ALL, CALL, sent, tool_turn_sent
 
 QUESTION = "What is the weather in Paris?"
 TEXT = "tok0 tok1 tok2 tok3 tok4 "  # the fakes' default answer
@@ -47,6 +47,24 @@ def chat_ollama(served, **kwargs) -> ChatOllama:
     return ChatOllama(base_url=served.url, model="tiny", client_kwargs=auth, **kwargs)
 
 
+def tool_history() -> list:
+    """The question, the model's call of get_weather, and the tool's result: the turn sent back."""
+    return [
+        HumanMessage(QUESTION),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"}]),
+        ToolMessage("18 °C, sunny", tool_call_id="call_1"),
+    ]
+
+
+def answers_and_streams(served, llm) -> list:
+    """``llm`` answers QUESTION whole and streamed; the upstream's chat calls, the question last in each."""
+    assert llm.invoke(QUESTION).content == TEXT
+    assert streamed(llm, QUESTION).content == TEXT
+    calls = served.fake.chat_calls()
+    assert [call.body["messages"][-1]["content"] for call in calls] == [QUESTION, QUESTION]
+    return calls
+
+
 def streamed(runnable, prompt):
     """The chunks of a stream added up, as LangChain's docs accumulate them."""
     whole = None
@@ -61,12 +79,8 @@ def streamed(runnable, prompt):
 @both_upstreams
 def test_chat_openai_answers_and_streams(make_served):
     served = make_served()
-    llm = chat_openai(served)
-    assert llm.invoke(QUESTION).content == TEXT
-    assert streamed(llm, QUESTION).content == TEXT
-    first, second = served.fake.chat_calls()
+    first, second = answers_and_streams(served, chat_openai(served))
     assert first.body["messages"] == second.body["messages"]
-    assert first.body["messages"][-1]["content"] == QUESTION
 
 
 @both_upstreams
@@ -127,20 +141,10 @@ def test_chat_openai_forced_tool_call_without_parallel_tool_calls(served):
 @both_upstreams
 def test_chat_openai_tool_result_reaches_the_upstream_in_its_shape(make_served):
     served = make_served(openai_capabilities=ALL)
-    history = [
-        HumanMessage(QUESTION),
-        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"}]),
-        ToolMessage("18 °C, sunny", tool_call_id="call_1"),
-    ]
-    answer = chat_openai(served).bind_tools([get_weather]).invoke(history)
+    answer = chat_openai(served).bind_tools([get_weather]).invoke(tool_history())
     assert answer.content == TEXT and answer.tool_calls == []
     assistant, result = sent(served)["messages"][1:]
-    if served.fake.kind == "ollama":
-        assert assistant["tool_calls"] == [{"function": CALL}]
-        assert result == {"role": "tool", "content": "18 °C, sunny", "tool_name": "get_weather"}
-    else:
-        assert assistant["tool_calls"][0]["id"] == "call_1"
-        assert result == {"role": "tool", "content": "18 °C, sunny", "tool_call_id": "call_1"}
+    tool_turn_sent(served, assistant, result, "call_1", "18 °C, sunny")
 
 
 # --- ChatOllama -----------------------------------------------------------------------------
@@ -149,28 +153,13 @@ def test_chat_openai_tool_result_reaches_the_upstream_in_its_shape(make_served):
 @both_upstreams
 def test_chat_ollama_answers_and_streams(make_served):
     served = make_served()
-    llm = chat_ollama(served)
-    assert llm.invoke(QUESTION).content == TEXT
-    assert streamed(llm, QUESTION).content == TEXT
-    assert served.fake.chat_calls()[0].body["messages"][-1]["content"] == QUESTION
+    answers_and_streams(served, chat_ollama(served))
 
 
-@pytest.mark.parametrize(
-    "fake",
-    [
-        "ollama",
-        "openai",
-    ],
-    indirect=True,
-)
+@both_upstreams
 def test_chat_ollama_tool_result_reaches_the_upstream_in_its_shape(make_served):
     served = make_served(openai_capabilities=ALL)
-    history = [
-        HumanMessage(QUESTION),
-        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"}]),
-        ToolMessage("18 °C, sunny", tool_call_id="call_1"),
-    ]
-    assert chat_ollama(served).bind_tools([get_weather]).invoke(history).content == TEXT
+    assert chat_ollama(served).bind_tools([get_weather]).invoke(tool_history()).content == TEXT
     assistant, result = sent(served)["messages"][1:]
     assert result["role"] == "tool" and result["content"] == "18 °C, sunny"
     if served.fake.kind == "ollama":

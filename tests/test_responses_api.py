@@ -16,7 +16,7 @@ from jarvis.dialects import responses
 
 from .conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 from .fake_ollama import Script
-from .samples import ALL, CLOSE_STATES, PNG_B64, SCHEMA, WEATHER, closing_closes_the_upstream
+from .samples import ALL, CLOSE_STATES, PNG_B64, SCHEMA, WEATHER, closing_closes_the_upstream, tool_turn_sent
 
 TOOL = {"type": "function", **WEATHER["function"]}  # the Responses API's flat function tool
 ASK = "What is the weather in Paris?"
@@ -32,9 +32,8 @@ def client_of(served, **headers) -> openai.OpenAI:
 def capable(make_served):
     """A server whose models can do everything, and a client of it."""
     served = make_served(openai_capabilities=ALL)
-    client = client_of(served)
-    yield served, client
-    client.close()
+    with client_of(served) as client:
+        yield served, client
 
 
 def sent(served) -> dict:
@@ -134,14 +133,7 @@ def test_a_function_call_output_goes_back_in_the_upstreams_shape(capable):
     )  # fmt: skip
     assert answer.output_text == "tok0 tok1 "
     assistant, tool = sent(served)["messages"][1:]
-    if served.fake.kind == "ollama":
-        assert assistant["tool_calls"] == [
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-        ]
-        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_name": "get_weather"}
-    else:
-        assert assistant["tool_calls"][0]["id"] == "call_1"
-        assert tool == {"role": "tool", "content": "18 °C, sunny", "tool_call_id": "call_1"}
+    tool_turn_sent(served, assistant, tool, "call_1", "18 °C, sunny")
 
 
 @both_upstreams

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,7 +20,7 @@ from flask import Flask
 
 from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import FakeOllama, Script
-from tests.test_tools import Fake, tagged
+from tests.test_tools import Fake, mcp_server_time, tagged
 
 FAST_S = 0.5  # "at once", under a loaded two-core machine; the bench holds the 50 ms p99 goal
 
@@ -471,9 +468,7 @@ def test_a_compatible_dialect_hands_tool_calls_to_its_client(tooled, path):
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_the_real_mcp_server_time_answers_through_an_answer(tooled):
-    program = shutil.which("mcp-server-time", path=os.path.dirname(sys.executable))
-    if program is None:
-        pytest.skip("mcp-server-time is not installed (pip install mcp-server-time)")
+    program = mcp_server_time()
     t = tooled(
         servers={"time": {"command": program, "args": ["--local-timezone=UTC"]}}, tool_start_timeout_s=60.0
     )

@@ -73,6 +73,14 @@ class Fake:
         self.box = ToolBox.from_config(Config.from_env({}, settings))
         return self.box
 
+    def started(self, *names: str, **settings) -> ToolBox:
+        """A box whose servers (``names``, else one named fake) are up, their tools listed."""
+        for name in names or ("fake",):
+            self.add(name)
+        box = self.start(**settings)
+        box.tools(15.0)
+        return box
+
     def events(self, name: str) -> list[dict]:
         try:
             with open(self.tmp / f"{name}.log") as f:
@@ -95,6 +103,14 @@ def fake(tmp_path):
     if f.box is not None:
         assert f.box.close(5.0) == []
     wait_for(lambda: not tagged(f.tag), 3.0, "every fake MCP server process to end")
+
+
+def mcp_server_time() -> str:
+    """The real MCP server from PyPI, installed beside this Python; the test is skipped without it."""
+    program = shutil.which("mcp-server-time", path=os.path.dirname(sys.executable))
+    if program is None:
+        pytest.skip("mcp-server-time is not installed (pip install mcp-server-time)")
+    return program
 
 
 def call(box: ToolBox, name: str, cancel: CancelScope | None = None, **arguments) -> ToolResult:
@@ -149,9 +165,7 @@ def test_a_call_answers(fake):
 @pytest.mark.timeout(20)
 def test_a_call_past_the_timeout_is_an_error_result(fake):
     # would hang: a call waiting for a tool that sleeps 60 s
-    fake.add("fake")
-    box = fake.start(tool_timeout_s=1.0)
-    box.tools(15.0)
+    box = fake.started(tool_timeout_s=1.0)
     result = call(box, "fake__sleep", seconds=60)
     assert result.is_error and "timed out after 1 s" in result.content
     assert 1000 <= result.duration_ms < 1500
@@ -160,9 +174,7 @@ def test_a_call_past_the_timeout_is_an_error_result(fake):
 @pytest.mark.timeout(20)
 def test_cancel_while_sleeping_returns_at_once_and_the_server_is_told(fake):
     # would hang: a Stop waiting for a 60 s tool
-    fake.add("fake")
-    box = fake.start()
-    box.tools(15.0)
+    box = fake.started()
     scope = cancel_when(fake, "fake", "sleeping")
     result = call(box, "fake__sleep", scope, seconds=60)
     returned = time.monotonic()
@@ -175,9 +187,7 @@ def test_cancel_while_sleeping_returns_at_once_and_the_server_is_told(fake):
 
 @pytest.mark.timeout(20)
 def test_cancel_returns_within_50_ms(fake):
-    fake.add("fake")
-    box = fake.start()
-    box.tools(15.0)
+    box = fake.started()
     scope = CancelScope()
     fired = []
     scope.on_cancel(lambda: fired.append(time.monotonic()))
@@ -190,9 +200,7 @@ def test_cancel_returns_within_50_ms(fake):
 @pytest.mark.timeout(30)
 def test_cancel_while_the_server_ignores_it_stops_and_restarts_the_server(fake):
     # would hang or leak: a server blocked in its tool answers neither the cancel nor a ping
-    fake.add("fake")
-    box = fake.start(tool_cancel_timeout_s=0.3)
-    box.tools(15.0)
+    box = fake.started(tool_cancel_timeout_s=0.3)
     (first,) = tagged(fake.tag)
     scope = cancel_when(fake, "fake", "sleeping")
     cancelled = time.monotonic()
@@ -228,9 +236,7 @@ def test_a_flood_is_cut_to_the_limit(fake):
 @pytest.mark.timeout(20)
 def test_garbage_on_stdout_is_an_error_not_a_hang(fake):
     # would hang: the call's answer never comes after the server wrote non-JSON
-    fake.add("fake")
-    box = fake.start(tool_timeout_s=8.0)
-    box.tools(15.0)
+    box = fake.started(tool_timeout_s=8.0)
     result = call(box, "fake__garbage")
     assert result.is_error and "not JSON-RPC" in result.content
     assert result.duration_ms < 2000
@@ -268,9 +274,7 @@ def test_a_hung_server_never_delays_another(fake):
 
 @pytest.mark.timeout(30)
 def test_calls_to_one_server_run_concurrently(fake):
-    fake.add("fake")
-    box = fake.start()
-    box.tools(15.0)
+    box = fake.started()
     results = []
     threads = [
         threading.Thread(target=lambda: results.append(call(box, "fake__sleep", seconds=1.0)))
@@ -287,10 +291,7 @@ def test_calls_to_one_server_run_concurrently(fake):
 
 @pytest.mark.timeout(30)
 def test_close_leaves_no_process_even_mid_call(fake):
-    fake.add("one")
-    fake.add("two")
-    box = fake.start()
-    box.tools(15.0)
+    box = fake.started("one", "two")
     assert len(tagged(fake.tag)) == 2
     running = threading.Thread(target=lambda: call(box, "one__sleep_ignoring_cancel", seconds=60))
     running.start()
@@ -319,9 +320,7 @@ def test_a_stdio_server_sees_only_its_own_environment(fake, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_the_real_mcp_server_time_end_to_end(tmp_path):
-    program = shutil.which("mcp-server-time", path=os.path.dirname(sys.executable))
-    if program is None:
-        pytest.skip("mcp-server-time is not installed (pip install mcp-server-time)")
+    program = mcp_server_time()
     path = tmp_path / "mcp.json"
     path.write_text(
         json.dumps({"mcpServers": {"time": {"command": program, "args": ["--local-timezone=UTC"]}}})

@@ -234,6 +234,9 @@ MUTANTS = [
  ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
   "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
   ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
+ ("stale-repaint: a late frame paints a copy of a message the stored history has replaced", "jarvis/static/conversation.js",
+  "    if (li && drawnFrom.get(li) === msg) paint(li, msg);\n", "    if (li) paint(li, msg);\n",
+  ["tests/test_browser_versions.py::test_a_late_frame_never_paints_a_message_the_history_has_replaced"]),
 ]
 
 

@@ -142,3 +142,31 @@ def test_a_reload_mid_regenerate_rejoins_the_new_version_and_keeps_the_old(tab, 
     expect(tab.answer().locator(".version-index")).to_have_text("2/2")
     tab.answer().locator(".version-prev").click()
     expect(tab.answer().locator(".msg-content")).to_have_text("Old answer")
+
+
+SLOW_FRAMES = """
+// the compositor starved, as on a loaded machine: each frame comes 400 ms late
+const realFrame = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => setTimeout(() => realFrame(callback), 400);
+"""
+
+
+def test_a_late_frame_never_paints_a_message_the_history_has_replaced(tab, jarvis_server):
+    # Fails if a repaint queued for the page's own copy of a message is flushed after the stored
+    # history replaced that copy: the prompt's foot is drawn again from the copy, without ‹ i/n ›.
+    fake = jarvis_server.fake
+    fake.script(echo)
+    tab.page.add_init_script(SLOW_FRAMES)
+    tab.open()
+    page = tab.page
+    tab.send("cats")
+    expect(tab.answer()).to_have_attribute("data-status", "completed")
+    first = page.locator(".msg-user").first
+    first.locator(".edit-prompt").click()
+    first.locator(".edit-text").fill("fish")
+    first.locator(".edit-text").press("Enter")
+    expect(tab.answer().locator(".msg-content")).to_have_text("Re: fish")
+    expect(page.locator(".msg-user").first.locator(".version-index")).to_have_text("2/2")
+    # a frame asked for now comes after the ones already asked for: then the arrows must still be there
+    page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    expect(page.locator(".msg-user").first.locator(".version-index")).to_have_text("2/2")

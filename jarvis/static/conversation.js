@@ -6,15 +6,22 @@ import { messageElement, paint, textOf } from "./message.js";
 import { copyCode, copyText } from "./message-tools.js";
 import { state, viewOf } from "./state.js";
 
+// The message each element was drawn from: a repaint of any other copy (one the stored history
+// has since replaced, under the same key) would draw stale data over the new.
+const drawnFrom = new WeakMap();
+
+function draw(msg) {
+  const li = messageElement(msg);
+  paint(li, msg);
+  state.rendered.set(msg.key, li);
+  drawnFrom.set(li, msg);
+  return li;
+}
+
 export function renderConversation() {
   const view = state.currentId ? viewOf(state.currentId) : { messages: [] };
   state.rendered.clear();
-  const items = view.messages.map((msg) => {
-    const li = messageElement(msg);
-    paint(li, msg);
-    state.rendered.set(msg.key, li);
-    return li;
-  });
+  const items = view.messages.map(draw);
   el.messages.replaceChildren(...items);
   el.empty.hidden = items.length > 0;
   scrollToEnd(true);
@@ -23,10 +30,7 @@ export function renderConversation() {
 export function appendMessage(sessionId, msg) {
   viewOf(sessionId).messages.push(msg);
   if (sessionId !== state.currentId) return;
-  const li = messageElement(msg);
-  paint(li, msg);
-  state.rendered.set(msg.key, li);
-  el.messages.append(li);
+  el.messages.append(draw(msg));
   el.empty.hidden = true;
 }
 
@@ -56,7 +60,7 @@ function flushRepaints() {
   const stick = nearEnd();
   for (const msg of pending) {
     const li = state.rendered.get(msg.key);
-    if (li) paint(li, msg);
+    if (li && drawnFrom.get(li) === msg) paint(li, msg);
   }
   pending.clear();
   if (stick) scrollToEnd();

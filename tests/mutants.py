@@ -234,6 +234,12 @@ MUTANTS = [
  ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
   "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
   ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
+ ("pool-close: closing the upstream leaves the connections embeddings use running (to their timeouts)", "jarvis/upstream/pool.py",
+  "            shutdown(sock)  # wakes a call blocked in recv; the call's own cleanup closes it\n", "            pass\n",
+  ["tests/test_embeddings_pool.py::test_closing_the_upstream_breaks_an_embedding_still_running"]),
+ ("pool-resend: a kept connection that began to answer is sent again (a batch may run twice)", "jarvis/upstream/http.py",
+  "                if self._framing.answered or self.cancel.cancelled:\n", "                if self.cancel.cancelled:\n",
+  ["tests/test_embeddings_pool.py::test_a_kept_connection_that_began_to_answer_is_not_sent_again"]),
 ]
 
 

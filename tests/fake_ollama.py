@@ -110,6 +110,7 @@ class FakeOllama:
         self.calls: list[Call] = []
         self.connections = 0  # accepted so far
         self.embed_delay_s = 0.0  # how long an embedding takes (watching the client meanwhile)
+        self.embed_text: str | None = None  # the JSON an embedding is answered with, exactly (hostile ones)
         # what the next requests on kept connections meet: "drop" (read, then the connection closed
         # with no answer, as a server that timed it out just then) or "half" (a status line, then closed)
         self.kept_faults: deque[str] = deque()
@@ -407,7 +408,13 @@ class FakeOllama:
         """An embedding, after ``embed_delay_s``, with the connection kept for the next request."""
         self._wait(conn, self.embed_delay_s)
         call.kept = True
-        send_json(conn, *self._embedding(call), keep_alive=True)
+        if self.embed_text is None:
+            return send_json(conn, *self._embedding(call), keep_alive=True)
+        body = self.embed_text.encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
 
     def _embedding(self, call: Call) -> tuple[int, dict]:
         return fake_wire.ollama_embed(call.path, call.body, self.models)

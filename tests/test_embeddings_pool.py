@@ -123,3 +123,46 @@ def test_a_kept_connection_idle_too_long_is_closed_not_used(fake):
         assert second.connection != first.connection
     finally:
         made.close()
+
+
+@both_upstreams
+def test_the_vectors_go_on_in_the_text_the_upstream_wrote_them_in(served):
+    openai = served.fake.kind == "openai"
+    vectors = ["[0.1000, -2.50e-1, 3]", "[ 1E-5,0.0 ,-0 ]"]
+    if openai:
+        data = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vectors))
+        served.fake.embed_text = f'{{"data": [{data}], "usage": {{"prompt_tokens": 4}}}}'
+    else:
+        served.fake.embed_text = f'{{"embeddings": [{",".join(vectors)}], "prompt_eval_count": 4}}'
+    for route in ("/api/embed", "/v1/embeddings"):
+        r = post(served, route, ["a", "b"])
+        assert r.status_code == 200, r.text
+        assert all(v in r.text for v in vectors), r.text  # written again, 0.1000 would come back as 0.1
+        got = r.json()["embeddings"] if route == "/api/embed" else [d["embedding"] for d in r.json()["data"]]
+        assert got == [[0.1, -0.25, 3], [1e-5, 0.0, 0]]
+
+
+@both_upstreams
+@pytest.mark.parametrize(
+    "vectors, why",
+    [
+        (["[1, NaN]", "[1, 2]"], "finite"),  # JSON has no NaN: written on, the client could not parse it
+        (["[1, Infinity]", "[1, 2]"], "finite"),
+        (["[1, 1e999]", "[1, 2]"], "finite"),
+        (['[1, "2"]', "[1, 2]"], "finite"),
+        (["[1, [2]]", "[1, 2]"], "finite"),
+        (["[]", "[]"], "finite"),
+        (["[1, 2]", "[1, 2, 3]"], "2 and 3 numbers"),
+        (["[1, 2]"], "1 embeddings for 2 inputs"),
+    ],
+)
+def test_vectors_that_fail_the_checks_never_reach_the_client(served, vectors, why):
+    if served.fake.kind == "openai":
+        data = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vectors))
+        served.fake.embed_text = f'{{"data": [{data}]}}'
+    else:
+        served.fake.embed_text = f'{{"embeddings": [{",".join(vectors)}]}}'
+    for route in ("/api/embed", "/v1/embeddings"):
+        r = post(served, route, ["a", "b"])
+        assert r.status_code == 502, r.text
+        assert why in r.text

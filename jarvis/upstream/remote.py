@@ -131,10 +131,13 @@ class Remote:
             raise UpstreamProtocolError(not_object)
         return found
 
-    def _post_json(self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error) -> dict:
+    def _post_json(
+        self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error, parse=json.loads
+    ) -> dict:
         """POST ``body`` and read the whole JSON object answered (embeddings), within the config's
         deadlines (the idle clock restarts with each receive), on a kept connection when there is
-        one; ``on_error(response)`` names a status's error. A cancel ends it with ``Interrupted``."""
+        one; ``on_error(response)`` names a status's error, ``parse(bytes)`` reads the answer (raising
+        ``ValueError``). A cancel ends it with ``Interrupted``."""
         cancel = cancel or CancelScope()
         data = bytearray()
         with http.request(
@@ -157,7 +160,7 @@ class Remote:
         if cancel.cancelled:
             raise Interrupted("cancelled")
         try:
-            found = json.loads(data)
+            found = parse(bytes(data))
         except ValueError:
             raise UpstreamProtocolError(
                 f"{self.peer.name} sent something that is not JSON for {path}"

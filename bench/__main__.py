@@ -234,7 +234,7 @@ def _run(
     section("16", lambda: conversation.run(primary, plan.tokens, plan.runs, plan.trials_other))
     if fake is not None:  # section 17 starts its own jarvis serve, with an MCP server, on the same fake
         section("17", lambda: agent.run(fake, workdir, args.quick))
-    section("18", lambda: embeddings.run(primary, upstream, args.quick))
+    section("18", lambda: embeddings.run(primary, upstream, args.quick, workdir))
 
 
 def _disconnect(args, plan: Plan, subjects, fake, upstream, workdir: Path, started: list) -> Section:

@@ -13,6 +13,7 @@ import base64
 import statistics
 import time
 from array import array
+from pathlib import Path
 
 from .client import Control
 from .stats import Cell, Row, Section, judge, ratio
@@ -67,8 +68,14 @@ def _rate(control: Control, door: tuple, batches: list[list[str]]) -> float:
     return sum(map(len, batches)) / (time.perf_counter() - began)
 
 
-def run(subject: Subject, direct_url: str | None, quick: bool) -> Section:
+def run(subject: Subject, direct_url: str | None, quick: bool, workdir: Path | None = None) -> Section:
     section = Section("18", "Embeddings per second, through Jarvis and directly")
+    if workdir is not None:  # first: the real model's rows do not depend on the fake
+        from . import embed_model
+
+        model_rows, model_notes = embed_model.rows(workdir, quick)
+        section.rows += model_rows
+        section.notes += model_notes
     if direct_url is None:
         section.notes.append("Needs an upstream to read directly (not measured with --target alone).")
         return section

@@ -24,6 +24,7 @@ from tests import fake_wire
 from tests.fake_wire import Body, ClientGone, read_request, send_json
 
 OK_MODELS = ("llama3.2", "tiny")
+KEEP_ALIVE_S = 5.0  # how long a connection kept after an embedding waits for its next request
 
 # Every fake's chat calls whose connection is still open, so that calls to two fakes (two hosts) are
 # judged as well as calls to one.
@@ -73,6 +74,8 @@ class Call:
     sock: socket.socket | None = field(default=None, repr=False)
     headers: dict = field(default_factory=dict, repr=False)  # names in lower case
     alongside: list[Call] = field(default_factory=list, repr=False)  # see overlapped()
+    connection: int = 0  # which accepted connection carried it (an embedding's is kept for more)
+    kept: bool = False  # answered with the connection kept open for the next request
 
     @property
     def prompt(self) -> str:
@@ -93,6 +96,7 @@ class FakeOllama:
 
     CHAT_PATH = "/api/chat"
     streamed = (CHAT_PATH, "/api/generate")  # answered as a stream, by the script
+    embedding = ("/api/embed", "/api/embeddings")  # answered with the connection kept, as Ollama does
     kind = "ollama"  # the JARVIS_BACKEND that reads it
     wire = fake_wire.OllamaFrames()  # how an answer is framed; a fake of another server has its own
 
@@ -104,6 +108,12 @@ class FakeOllama:
         self.default = Script()
         self._queued: deque[Script] = deque()
         self.calls: list[Call] = []
+        self.connections = 0  # accepted so far
+        self.embed_delay_s = 0.0  # how long an embedding takes (watching the client meanwhile)
+        self.embed_text: str | None = None  # the JSON an embedding is answered with, exactly (hostile ones)
+        # what the next requests on kept connections meet: "drop" (read, then the connection closed
+        # with no answer, as a server that timed it out just then) or "half" (a status line, then closed)
+        self.kept_faults: deque[str] = deque()
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
@@ -185,25 +195,24 @@ class FakeOllama:
 
     def _serve(self, conn: socket.socket) -> None:
         call = None
+        kept: list[Call] = []  # the calls answered earlier on this connection, kept open after them
+        with self._lock:
+            self.connections += 1
+            number = self.connections
         try:
             conn.settimeout(5.0)
-            path, headers, body = read_request(conn)
-            call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
-            if path in self.streamed:
-                _note_open(call)
-            with self._lock:
-                if path in self.streamed:
-                    self._check_overlap(call)
-                    self.active += 1
-                    self.max_active = max(self.max_active, self.active)
-                self.calls.append(call)
-                self._changed.notify_all()
-            if path in self.streamed:
-                self._chat(conn, call)
-            else:
-                self._get(conn, call)
+            while call is None or (call.kept and self._next_request(conn)):
+                if call is not None:
+                    kept.append(call)
+                    call = None
+                path, headers, body = read_request(conn)
+                call = Call(path=path, body=body, opened_at=time.monotonic(), sock=conn, headers=headers)
+                call.connection = number
+                if kept and self._kept_fault(conn, call):
+                    break
+                self._serve_one(conn, call)
             if call.closed_by is None:
-                call.closed_by = "server"
+                call.closed_by = "client" if call.kept else "server"  # a kept one ends when the client leaves
         except ClientGone:
             if call is not None:
                 call.closed_by = "client"
@@ -215,13 +224,59 @@ class FakeOllama:
                 with _open_lock:
                     _open_calls.pop(id(call), None)
             conn.close()
-            if call is not None:
-                call.closed_at = time.monotonic()
+            for done in [*kept, call] if call is not None else kept:
+                done.closed_by = done.closed_by or "client"
+                done.closed_at = time.monotonic()
                 with self._lock:
-                    if call.path in self.streamed:
+                    if done.path in self.streamed:
                         self.active -= 1
                     self._changed.notify_all()
-                call.closed.set()
+                done.closed.set()
+
+    def _serve_one(self, conn: socket.socket, call: Call) -> None:
+        path = call.path
+        if path in self.streamed:
+            _note_open(call)
+        with self._lock:
+            if path in self.streamed:
+                self._check_overlap(call)
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+            self.calls.append(call)
+            self._changed.notify_all()
+        if path in self.streamed:
+            self._chat(conn, call)
+        else:
+            self._get(conn, call)
+
+    def _kept_fault(self, conn: socket.socket, call: Call) -> bool:
+        """Break a kept connection as ``kept_faults`` says; True when it did."""
+        with self._lock:
+            fault = self._queued_fault()
+            if fault is None:
+                return False
+            call.kept, call.closed_by = False, f"server ({fault})"
+            self.calls.append(call)
+            self._changed.notify_all()
+        if fault == "half":
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        return True
+
+    def _queued_fault(self) -> str | None:
+        return self.kept_faults.popleft() if self.kept_faults else None
+
+    def _next_request(self, conn: socket.socket) -> bool:
+        """Wait on a kept connection for its next request: True when one begins, False when the
+        client closes it, KEEP_ALIVE_S pass, or the fake shuts down."""
+        deadline = time.monotonic() + KEEP_ALIVE_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([conn], [], [], 0.05)
+            if readable:
+                try:
+                    return conn.recv(1, socket.MSG_PEEK) != b""
+                except ConnectionError:
+                    return False
+        return False
 
     def _check_overlap(self, new: Call) -> None:
         """Record the calls of new's session that were still open beside it (see overlapped())."""
@@ -344,10 +399,25 @@ class FakeOllama:
             send_json(conn, 200, fake_wire.ps(self.models))  # every model it has counts as loaded
         elif path == "/api/version":
             send_json(conn, 200, {"version": "0.0.0-fake"})
-        elif path in ("/api/embed", "/api/embeddings"):
-            send_json(conn, *fake_wire.ollama_embed(path, call.body, self.models))
+        elif path in self.embedding:
+            self._embed(conn, call)
         else:
             send_json(conn, 200 if path == "/" else 404, {"status": "Ollama is running"})
+
+    def _embed(self, conn: socket.socket, call: Call) -> None:
+        """An embedding, after ``embed_delay_s``, with the connection kept for the next request."""
+        self._wait(conn, self.embed_delay_s)
+        call.kept = True
+        if self.embed_text is None:
+            return send_json(conn, *self._embedding(call), keep_alive=True)
+        body = self.embed_text.encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+    def _embedding(self, call: Call) -> tuple[int, dict]:
+        return fake_wire.ollama_embed(call.path, call.body, self.models)
 
     def _wait(self, conn: socket.socket, seconds: float | None) -> None:
         """Sleep ``seconds`` (None: until shutdown) but raise at once if the client leaves."""

@@ -78,6 +78,7 @@ class FakeOpenAI(FakeOllama):
 
     CHAT_PATH = "/v1/chat/completions"
     streamed = (CHAT_PATH, "/v1/completions")
+    embedding = ("/v1/embeddings",)
     kind = "openai"
     wire = OpenAIFrames()
 
@@ -108,10 +109,13 @@ class FakeOpenAI(FakeOllama):
         elif call.path == "/v1/models":
             data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
             send_json(conn, 200, {"object": "list", "data": data})
-        elif call.path == "/v1/embeddings":
-            send_json(conn, *_embeddings(call.body, self.models))
+        elif call.path in self.embedding:
+            self._embed(conn, call)
         else:
             send_json(conn, 404, _error(f"no route {call.path}", "invalid_request_error", None))
+
+    def _embedding(self, call: Call) -> tuple[int, dict]:
+        return _embeddings(call.body, self.models)
 
     def _authorised(self, headers: dict) -> bool:
         return self.api_key is None or headers.get("authorization") == f"Bearer {self.api_key}"

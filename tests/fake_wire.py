@@ -300,11 +300,14 @@ class Body:
             self.conn.sendall(b"0\r\n\r\n")
 
 
-def send_json(conn: socket.socket, status: int, obj: dict) -> None:
+def send_json(conn: socket.socket, status: int, obj: dict, *, keep_alive: bool = False) -> None:
+    """A JSON answer; the connection closes after it unless ``keep_alive`` (an embedding's, as
+    Ollama and OpenAI-compatible servers keep theirs)."""
     body = json.dumps(obj).encode()
+    connection = b"keep-alive" if keep_alive else b"close"
     conn.sendall(
         b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (status, len(body), body)
+        b"Connection: %s\r\n\r\n%s" % (status, len(body), connection, body)
     )
 
 

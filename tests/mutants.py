@@ -237,6 +237,12 @@ MUTANTS = [
  ("stale-repaint: a late frame paints a copy of a message the stored history has replaced", "jarvis/static/conversation.js",
   "    if (li && drawnFrom.get(li) === msg) paint(li, msg);\n", "    if (li) paint(li, msg);\n",
   ["tests/test_browser_versions.py::test_a_late_frame_never_paints_a_message_the_history_has_replaced"]),
+ ("pool-close: closing the upstream leaves the connections embeddings use running (to their timeouts)", "jarvis/upstream/pool.py",
+  "            shutdown(sock)  # wakes a call blocked in recv; the call's own cleanup closes it\n", "            pass\n",
+  ["tests/test_embeddings_pool.py::test_closing_the_upstream_breaks_an_embedding_still_running"]),
+ ("pool-resend: a kept connection that began to answer is sent again (a batch may run twice)", "jarvis/upstream/http.py",
+  "                if self._framing.answered or self.cancel.cancelled:\n", "                if self.cancel.cancelled:\n",
+  ["tests/test_embeddings_pool.py::test_a_kept_connection_that_began_to_answer_is_not_sent_again"]),
 ]
 
 

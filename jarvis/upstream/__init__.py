@@ -76,16 +76,11 @@ class Embedded:
 
 
 def vectors_of(found, n: int, peer: str) -> list[list[float]]:
-    """``found`` checked as ``n`` vectors of numbers; anything else is the server's fault."""
-    from ..errors import UpstreamProtocolError
+    """``found`` checked as ``n`` vectors of finite numbers of one length (``vectors.checked``);
+    anything else is the server's fault."""
+    from .vectors import checked
 
-    if not isinstance(found, list) or len(found) != n:
-        raise UpstreamProtocolError(f"{peer} sent {len(found) if isinstance(found, list) else 'no'} "
-                                    f"embeddings for {n} inputs")  # fmt: skip
-    for vector in found:
-        if not isinstance(vector, list) or not all(isinstance(x, (int, float)) for x in vector):
-            raise UpstreamProtocolError(f"{peer} sent an embedding that is not a list of numbers")
-    return found
+    return checked(found, n, peer)
 
 
 Item = str | Thinking | ToolCall | Progress | Meta | Done  # what stream_chat yields; str is answer text

@@ -24,6 +24,10 @@ class Framing:
     def __init__(self, recv: Callable[[int], bytes]):
         self._recv = recv
         self._buffer = b""  # received, not yet parsed
+        self.answered = False  # a byte of the head arrived: a request sent again could run twice
+        self.version = b""  # the status line's, HTTP/1.1 say
+        # the body ended where its framing said, nothing after it: the connection may carry another
+        self.finished = False
 
     def head(self) -> tuple[int, dict[str, str]]:
         """The status and headers (names in lower case) of the final response."""
@@ -35,11 +39,13 @@ class Framing:
             if not (version.startswith(b"HTTP/") and len(code) == 3 and code.isdigit()):
                 raise http.client.BadStatusLine(repr(status_line[:100]))
             if not 100 <= int(code) < 200:  # an interim answer (100 Continue) comes before the real one
+                self.version = version
                 return int(code), _headers(head[1:])
 
     def body(self, status: int, headers: dict[str, str]) -> Iterator[bytes]:
         """The body's bytes, by the framing the headers name (RFC 9112, section 6.3)."""
         if status in (204, 304):
+            self.finished = not self._buffer
             return iter(())
         coding = headers.get("transfer-encoding")
         if coding is not None:  # chunked when it is the last coding; any other ends with the connection
@@ -67,6 +73,7 @@ class Framing:
                 if buf:
                     raise http.client.IncompleteRead(buf)
                 raise http.client.RemoteDisconnected("the server closed the connection without answering")
+            self.answered = True
             buf += more
 
     def _until_close(self) -> Iterator[bytes]:
@@ -77,13 +84,14 @@ class Framing:
             yield data
 
     def _sized(self, length: int) -> Iterator[bytes]:
-        data, self._buffer = self._buffer[:length], b""
+        data, extra, self._buffer = self._buffer[:length], self._buffer[length:], b""
         left = length
         while True:
             if data:
                 left -= len(data)
                 yield data
             if left <= 0:
+                self.finished = not extra
                 return
             data = self._recv(min(left, READ_SIZE))
             if not data:
@@ -97,7 +105,8 @@ class Framing:
             out, pos, left = _dechunk(buf, pos, left)
             if data := b"".join(out):
                 yield data
-            if left < 0:  # the last chunk: what follows are trailers, and we close
+            if left < 0:  # the last chunk: what follows are trailers (none, for a kept connection)
+                self.finished = buf[pos:] == b"\r\n"
                 return
             more = self._recv(READ_SIZE)
             if not more:

@@ -31,8 +31,9 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .connect import open_socket
+from .connect import open_socket, shutdown
 from .framing import Framing
+from .pool import Pool
 
 ERROR_BODY_LIMIT = 65536
 USER_AGENT = "Jarvis"  # some hosted APIs and their proxies refuse a request that names no client
@@ -73,10 +74,12 @@ class Peer:
 class Response:
     """One streamed response; the worker reads it, any thread may cancel it."""
 
-    def __init__(self, cancel: CancelScope, timeouts: Timeouts, peer: Peer):
+    def __init__(self, cancel: CancelScope, timeouts: Timeouts, peer: Peer, pool: Pool | None = None):
         self.cancel = cancel
         self.timeouts = timeouts
         self.peer = peer
+        self.pool = pool  # where the connection comes from and goes back to (an embedding's), or None
+        self._framing: Framing | None = None
         self.phase = "connect"  # then "first_token", then "idle" once text has flowed
         self.status = 0
         self.headers: Mapping[str, str] = {}
@@ -171,24 +174,67 @@ class Response:
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
-        self._sock = open_socket(parts.hostname, port, tls, self.timeouts.connect_s, self.cancel, self._undo)
-        self.phase = "first_token"  # connected: a failure from now on is not "unreachable"
-        self._sock.settimeout(self.timeouts.first_token_s)
-        self._conn = http.client.HTTPConnection(parts.hostname, port)
-        self._conn.sock = self._sock  # it writes the request on our socket; we read the answer
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
-        framing = Framing(self._sock.recv)
-        self.status, self.headers = framing.head()
-        self._body = framing.body(self.status, self.headers)
+        send = (parts.hostname, port, method, target, body, {"User-Agent": USER_AGENT, **headers})
+        kept = self.pool.take() if self.pool is not None else None
+        if kept is not None:
+            self._undo.append(self.cancel.on_cancel(lambda: shutdown(kept)))
+            try:
+                return self._exchange(kept, *send)
+            except TRANSPORT_ERRORS:
+                if self._framing.answered or self.cancel.cancelled:
+                    raise  # part of an answer came: the request may have run, so it is not sent again
+                # the server closed the kept connection before it answered: once more, on a new one
+                self._let_go(reusable=False)
+        self.phase = "connect"
+        sock = open_socket(parts.hostname, port, tls, self.timeouts.connect_s, self.cancel, self._undo)
+        if self.pool is not None:
+            self.pool.lend(sock)
+        self._exchange(sock, *send)
 
-    def _close(self) -> None:
+    def _exchange(self, sock, host: str, port: int, method: str, target: str, body, headers) -> None:
+        """Send the request on ``sock`` (connected) and read the answer's head."""
+        self._sock = sock
+        self._framing = Framing(sock.recv)
+        self.phase = "first_token"  # connected: a failure from now on is not "unreachable"
+        sock.settimeout(self.timeouts.first_token_s)
+        self._conn = http.client.HTTPConnection(host, port)
+        self._conn.sock = sock  # it writes the request on our socket; we read the answer
+        self._conn.request(method, target, body=body, headers=headers)
+        self.status, self.headers = self._framing.head()
+        self._body = self._framing.body(self.status, self.headers)
+
+    def _reusable(self) -> bool:
+        """Whether the connection may carry another request: its answer read to the end its
+        framing named, nothing after it, HTTP/1.1 and not closing, and no cancel."""
+        framing = self._framing
+        return (
+            framing is not None
+            and framing.finished
+            and framing.version == b"HTTP/1.1"
+            and "close" not in self.headers.get("connection", "").lower()
+            and not self.cancel.cancelled  # read after the undos: a cancel then has shut it down
+        )
+
+    def _let_go(self, reusable: bool) -> None:
+        """Unregister the cancel's closers, then close the connection or give it back to the pool."""
         for undo in self._undo:
             undo()
+        self._undo = []
         if self._conn is not None:
+            self._conn.sock = None  # ours to close or keep, not the writer's
             self._conn.close()
-        if self._sock is not None:
-            self._sock.close()
+            self._conn = None
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self.pool is not None:
+            self.pool.give(sock, reusable and self._reusable())
+        else:
+            sock.close()
+
+    def _close(self) -> None:
+        self._let_go(reusable=True)
 
     def _translate(self, e: BaseException) -> UpstreamError:
         """The one place transport exceptions become Jarvis errors."""
@@ -221,13 +267,15 @@ def request(
     peer: Peer,
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    pool: Pool | None = None,
 ) -> Iterator[Response]:
-    """Open ``url`` and yield its response, cancellable at every step; closes it on exit.
+    """Open ``url`` and yield its response, cancellable at every step; closes it on exit, or
+    with a ``pool`` gives it back there when its answer was read to the end.
 
     An error after ``cancel`` is the close we caused, not a failure: the block
     then ends quietly and the caller sees ``cancel.cancelled``.
     """
-    response = Response(cancel, timeouts, peer)
+    response = Response(cancel, timeouts, peer, pool)
     try:
         try:
             response._open(method, url, body, headers or {})

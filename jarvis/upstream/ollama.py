@@ -22,7 +22,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStreamError,
 )
-from . import Done, Embedded, Item, forced, http, probe, refuse_missing, vectors_of
+from . import Done, Embedded, Item, forced, http, probe, refuse_missing, vectors, vectors_of
 from .remote import Remote, count
 
 SHOW_FRESH_S = 60.0  # a model's capabilities change only when it is pulled again
@@ -95,7 +95,8 @@ class OllamaUpstream(Remote):
     def embed(self, model: str, inputs: list[str], *, cancel: CancelScope | None = None, **knobs) -> Embedded:
         """``POST /api/embed``: every knob (truncate, dimensions, options, keep_alive) is Ollama's own."""
         body = {"model": model, "input": list(inputs), **{k: v for k, v in knobs.items() if v is not None}}
-        found = self._post_json("/api/embed", body, {}, cancel, lambda r: self._http_error(r, model))
+        parse = lambda data: vectors.answer(data, "embeddings")  # noqa: E731
+        found = self._post_json("/api/embed", body, {}, cancel, lambda r: self._http_error(r, model), parse)
         return Embedded(
             vectors_of(found.get("embeddings"), len(inputs), "Ollama"), count(found.get("prompt_eval_count"))
         )

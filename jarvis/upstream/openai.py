@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamStreamError,
     UpstreamUnauthorized,
 )
-from . import Done, Embedded, Item, http, probe, refuse_missing, vectors_of
+from . import Done, Embedded, Item, http, probe, refuse_missing, vectors, vectors_of
 from .remote import Remote, count
 
 FINISH = {"length": "length"}  # everything else ("stop", "eos", a stop word) is a finished answer
@@ -113,14 +113,16 @@ class OpenAIUpstream(Remote):
         if dimensions is not None:
             body["dimensions"] = dimensions
         on_error = lambda r: self._http_error(r, model, "/embeddings")  # noqa: E731
-        found = self._post_json("/embeddings", body, self._auth(), cancel, on_error)
+        parse = lambda data: vectors.answer(data, "data", "embedding")  # noqa: E731
+        found = self._post_json("/embeddings", body, self._auth(), cancel, on_error, parse)
         data = found.get("data")
         if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
             raise UpstreamProtocolError("the OpenAI-compatible server sent embeddings without a data list")
         data = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)
-        vectors = vectors_of([d.get("embedding") for d in data], len(inputs), "the OpenAI-compatible server")
+        found_vectors = [d.get("embedding") for d in data]
+        checked = vectors_of(found_vectors, len(inputs), "the OpenAI-compatible server")
         usage = found.get("usage") if isinstance(found.get("usage"), dict) else {}
-        return Embedded(vectors, count(usage.get("prompt_tokens")))
+        return Embedded(checked, count(usage.get("prompt_tokens")))
 
     def show(self, model: str) -> dict:
         """What Jarvis knows of ``model``: it is listed, and JARVIS_OPENAI_CAPABILITIES; such a server

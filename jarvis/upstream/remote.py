@@ -20,6 +20,7 @@ from ..cancel import CancelScope
 from ..config import Config
 from ..errors import Interrupted, UpstreamError, UpstreamProtocolError
 from . import WAITING, Chat, Done, Item, http
+from .pool import Pool
 
 JSON_ANSWER_LIMIT = 256 * 1024 * 1024  # a batch of embeddings: texts' worth of numbers, bounded
 PROBE_READ_S = 2.0  # a health check or model list is small: it answers quickly or not at all
@@ -58,6 +59,7 @@ class Remote:
         self.default_model = config.model
         self.config = config
         self.peer = http.Peer(self.peer_name, self.url, self.hint)
+        self.pool = Pool()  # kept connections for embeddings; a chat stream owns its own
 
     def stream_chat(
         self, chat: Chat, cancel: CancelScope, session: str | None = None, first_token_by: float | None = None
@@ -129,10 +131,13 @@ class Remote:
             raise UpstreamProtocolError(not_object)
         return found
 
-    def _post_json(self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error) -> dict:
+    def _post_json(
+        self, path: str, body: dict, headers: dict, cancel: CancelScope | None, on_error, parse=json.loads
+    ) -> dict:
         """POST ``body`` and read the whole JSON object answered (embeddings), within the config's
-        deadlines (the idle clock restarts with each receive); ``on_error(response)`` names a
-        status's error. A cancel ends it with ``Interrupted``."""
+        deadlines (the idle clock restarts with each receive), on a kept connection when there is
+        one; ``on_error(response)`` names a status's error, ``parse(bytes)`` reads the answer (raising
+        ``ValueError``). A cancel ends it with ``Interrupted``."""
         cancel = cancel or CancelScope()
         data = bytearray()
         with http.request(
@@ -143,6 +148,7 @@ class Remote:
             peer=self.peer,
             body=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", **headers},
+            pool=self.pool,
         ) as response:
             if not cancel.cancelled and response.status != 200:
                 raise on_error(response)
@@ -154,7 +160,7 @@ class Remote:
         if cancel.cancelled:
             raise Interrupted("cancelled")
         try:
-            found = json.loads(data)
+            found = parse(bytes(data))
         except ValueError:
             raise UpstreamProtocolError(
                 f"{self.peer.name} sent something that is not JSON for {path}"
@@ -166,7 +172,8 @@ class Remote:
         return found
 
     def close(self) -> None:
-        """Nothing is shared between streams, so nothing to release."""
+        """Close the kept connections and break the ones embeddings use now (streams own theirs)."""
+        self.pool.close()
 
 
 def count(value) -> int | None:

@@ -234,6 +234,9 @@ MUTANTS = [
  ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
   "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
   ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
+ ("stop-end: a stop sequence hides the rest of the answer, but the upstream is read on to its end", "jarvis/lifecycle/worker.py",
+  "                if isinstance(item, Meta) and STOP_SEQUENCE in item.data:\n                    self._stop_sequence()\n                    return\n", "",
+  ["tests/test_stop_sequences.py::test_a_stop_sequence_ends_the_answer_closes_the_upstream_and_is_stored"]),
 ]
 
 

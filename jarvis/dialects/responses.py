@@ -56,9 +56,9 @@ FIELDS = fields.Fields(
     },
 )  # fmt: skip
 TOOL_FIELDS = fields.Fields(
-    {"type", "name", "description", "parameters"},
-    {"strict": "strict tool schemas are not enforced", "defer_loading": "tools are all loaded"},
-    {"strict": (False,), "defer_loading": (False,)},
+    {"type", "name", "description", "parameters", "strict"},
+    {"defer_loading": "tools are all loaded"},
+    {"defer_loading": (False,)},
 )
 MESSAGE_FIELDS = fields.Fields({"type", "role", "content", "id", "status"}, {"phase": "no phases"})
 CALL_FIELDS = fields.Fields(
@@ -286,7 +286,8 @@ def _tools(raw) -> tuple[Tool, ...]:
             )
             raise fields.unsupported(f"{where}.type", why)
         TOOL_FIELDS.check(tool, f"{where}.")
-        function = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
+        keys = ("name", "description", "parameters", "strict")
+        function = {k: tool[k] for k in keys if tool.get(k) is not None}
         nested.append({"type": "function", "function": function})
     return fields.tools(nested)
 

@@ -18,7 +18,7 @@ from ..cancel import Latch
 from ..cluster import Lease
 from ..errors import AtCapacity, CoordinationUnavailable, JarvisError, UpstreamError
 from ..status import Reason, Status
-from ..upstream import Chat, Done, Meta, Thinking, Upstream
+from ..upstream import Chat, Done, Meta, Thinking, Upstream, forced
 from ..upstream.stops import STOP_SEQUENCE, StopMatcher, cut, upstream_chat
 from .answer import Answer
 
@@ -155,7 +155,7 @@ class Worker:
         chunks = self.upstream.stream_chat(upstream_chat(self.chat), s.scope, session=s.session_id)
         ending, chars = Status.COMPLETED, 0
         try:
-            for item in cut(chunks, stops):
+            for item in cut(forced.strict(self.chat, chunks), stops):
                 if s.scope.cancelled:  # checkpoint: between chunks
                     return
                 if isinstance(item, Done) and item.reason == "length":

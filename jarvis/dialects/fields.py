@@ -187,6 +187,29 @@ def json_schema(found: dict, where: str, allowed: Fields) -> dict:
     }
 
 
+SCHEMA_FIELDS = Fields({"name", "description", "schema", "strict"}, {})
+FLAT_SCHEMA_FIELDS = Fields(SCHEMA_FIELDS.honoured | {"type"}, {})
+
+
+def output_format(raw, param: str, *, nested: bool) -> dict:
+    """A structured-output request as the core's format ("json" or a JSON schema), its name and
+    strictness: chat completions' ``response_format`` holds the schema under ``json_schema``
+    (``nested``), the Responses API's ``text.format`` beside its ``type``."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if raw is None or kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"format": "json"}
+    found = (raw.get("json_schema") if nested else raw) if kind == "json_schema" else None
+    if not isinstance(found, dict) or not isinstance(found.get("schema"), dict):
+        named = '"json_schema": {"name": ..., "schema": {...}}' if nested else '"name": ..., "schema": {...}'
+        kinds = '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+        raise bad(f'"{param}" must be {kinds}{named}}}', param)
+    if nested:
+        return json_schema(found, f"{param}.json_schema.", SCHEMA_FIELDS)
+    return json_schema(found, f"{param}.", FLAT_SCHEMA_FIELDS)
+
+
 def format_of(raw, param: str):
     """Ollama's ``format``: "json", a JSON schema, or nothing."""
     if raw is None or raw == "":

@@ -74,7 +74,6 @@ REASONING_FIELDS = fields.Fields(
         "mode": "one mode",
     },
 )
-SCHEMA_FIELDS = fields.Fields({"type", "name", "description", "schema", "strict"}, {})
 TEXT_FIELDS = fields.Fields({"format"}, {"verbosity": "the backends have no verbosity setting"})
 NAMES = {"images": "input", "think": "reasoning.effort", "format": "text.format", "tools": "tools"}
 
@@ -309,19 +308,7 @@ def _format(text) -> dict:
     if not isinstance(text, dict):
         raise fields.bad('"text" must be an object', "text")
     TEXT_FIELDS.check(text, "text.")
-    raw = text.get("format")
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if raw is None or kind == "text":
-        return {}
-    if kind == "json_object":
-        return {"format": "json"}
-    if kind != "json_schema" or not isinstance(raw.get("schema"), dict):
-        raise fields.bad(
-            '"text.format" must be {"type": "text"}, {"type": "json_object"} or '
-            '{"type": "json_schema", "name": ..., "schema": {...}}',
-            "text.format",
-        )
-    return fields.json_schema(raw, "text.format.", SCHEMA_FIELDS)
+    return fields.output_format(text.get("format"), "text.format", nested=False)
 
 
 def _reasoning(raw):

@@ -219,3 +219,36 @@ def test_generate_suffix_and_raw_send_the_prompt_as_it_is(served, extra):
     assert call.body.get("suffix") == extra.get("suffix") and call.body.get("raw") == extra.get("raw")
     r = post(served, "/api/generate", {"model": "tiny", "prompt": "p", "system": "s", **extra})
     assert r.status_code == 400 and "system" in r.json()["error"]
+
+
+# a function tool's fields, in each dialect's shape: all honoured (strict: tests/test_strict_tools.py)
+FUNCTION_HONOURED = {"name", "description", "parameters", "strict"}
+
+
+def test_every_function_tool_field_is_honoured_or_refused_in_each_dialect():
+    from jarvis.dialects import anthropic, fields, responses
+
+    assert fields.FUNCTION_FIELDS.honoured == FUNCTION_HONOURED and not fields.FUNCTION_FIELDS.refused
+    assert responses.TOOL_FIELDS.honoured == FUNCTION_HONOURED | {"type"}
+    assert set(responses.TOOL_FIELDS.refused) == {"defer_loading"}
+    assert anthropic.TOOL_FIELDS.honoured == {
+        "name",
+        "description",
+        "input_schema",
+        "cache_control",
+        "type",
+        "strict",
+    }
+    assert set(anthropic.TOOL_FIELDS.refused) == {"input_examples", "defer_loading", "allowed_callers"}
+
+
+@walk
+@pytest.mark.parametrize("strict, status", [(True, 200), (False, 200), ("yes", 400)])
+def test_a_function_tools_strict_is_honoured_and_checked(served, strict, status):
+    tool = {"type": "function", "function": {**WEATHER["function"], "strict": strict}}
+    r = post(served, "/v1/chat/completions", {"model": "tiny", "messages": HI, "tools": [tool]})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["param"] == "tools[0].function.strict"
+    else:  # Jarvis checks the calls itself: the backend is sent the tool without it
+        assert served.fake.chat_calls()[-1].body["tools"] == [WEATHER]

@@ -10,12 +10,15 @@ schema Jarvis cannot check is a 400 naming it.
 
 from __future__ import annotations
 
+import asyncio
+
 import anthropic
 import openai
 import pytest
 import requests
 
 from tests.conftest import HTTP_TIMEOUT, both_upstreams, wait_for
+from tests.fake_ollama import Script
 from tests.samples import ALL, CALL
 
 HELLO = [{"role": "user", "content": "weather in Paris?"}]
@@ -161,3 +164,35 @@ def test_a_strict_schema_jarvis_cannot_check_is_a_400_naming_it(served, paramete
     assert r.status_code == 400 and error["param"] == "tools[0].function.parameters", error
     assert says in error["message"]
     assert served.fake.chat_calls() == []
+
+
+@pytest.mark.parametrize("api", ["chat_completions", "responses"])
+def test_the_openai_agents_sdk_runs_a_strict_tool_through_jarvis(capable, api):
+    agents = pytest.importorskip("agents")  # openai-agents: not among the test extras
+    served, _, _ = capable
+    served.fake.push(Script(tokens=0, tool_calls=[CALL]), Script(tokens=["It is sunny."]))
+    seen = []
+
+    @agents.function_tool  # strict by default: the SDK sends "strict": true with the schema
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return "sunny"
+
+    client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
+    agents.set_tracing_disabled(True)
+    model = (
+        agents.OpenAIChatCompletionsModel("tiny", client)
+        if api == "chat_completions"
+        else agents.OpenAIResponsesModel("tiny", client)
+    )
+    agent = agents.Agent(name="weather", instructions="be brief", tools=[get_weather], model=model)
+
+    async def run():
+        async with client:  # closed, and asyncio.run joins its executor: no thread outlives the test
+            return await agents.Runner.run(agent, "weather in Paris?", max_turns=3)
+
+    result = asyncio.run(run())
+    assert seen == ["Paris"] and result.final_output == "It is sunny."
+    first = served.fake.chat_calls()[0].body
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_weather"]

@@ -99,11 +99,13 @@ class Message(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Tool:
-    """A function the model may call: its name, what it does, and its arguments' JSON schema."""
+    """A function the model may call: its name, what it does, and its arguments' JSON schema;
+    ``strict``: a call's arguments must match that schema (OpenAI's and Anthropic's ``strict``)."""
 
     name: str
     description: str = ""
     parameters: dict = field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool = False
 
     def to_dict(self) -> dict:
         """OpenAI's and Ollama's shared form of a function tool."""

@@ -243,6 +243,9 @@ MUTANTS = [
  ("pool-resend: a kept connection that began to answer is sent again (a batch may run twice)", "jarvis/upstream/http.py",
   "                if self._framing.answered or self.cancel.cancelled:\n", "                if self.cancel.cancelled:\n",
   ["tests/test_embeddings_pool.py::test_a_kept_connection_that_began_to_answer_is_not_sent_again"]),
+ ("stop-end: a stop sequence hides the rest of the answer, but the upstream is read on to its end", "jarvis/lifecycle/worker.py",
+  "                if isinstance(item, Meta) and STOP_SEQUENCE in item.data:\n                    self._stop_sequence()\n                    return\n", "",
+  ["tests/test_stop_sequences.py::test_a_stop_sequence_ends_the_answer_closes_the_upstream_and_is_stored"]),
 ]
 
 

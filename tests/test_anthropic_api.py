@@ -120,8 +120,7 @@ def test_system_sampling_and_stop_sequences_reach_the_upstream(claude, served):
         "top_p": 0.9,
         "top_k": 40,
         "num_predict": 20,
-        "stop": ["\n\n"],
-    }
+    }  # no "stop": Jarvis matches stop sequences itself (tests/test_stop_sequences.py)
 
 
 def _error(r: requests.Response) -> dict:
@@ -414,7 +413,7 @@ HONOURED = {
     "temperature": ({"temperature": 0.5}, opt("temperature", 0.5)),
     "top_p": ({"top_p": 0.5}, opt("top_p", 0.5)),
     "top_k": ({"top_k": 5}, opt("top_k", 5)),
-    "stop_sequences": ({"stop_sequences": ["END"]}, opt("stop", ["END"])),
+    "stop_sequences": ({"stop_sequences": ["END"]}, lambda b: "stop" not in b["options"]),  # Jarvis cuts
     "tools": ({"tools": [WEATHER]}, lambda b: b["tools"][0]["function"]["name"] == "get_weather"),
     "tool_choice": ({"tools": [WEATHER], "tool_choice": {"type": "none"}}, lambda b: "tools" not in b),
     "thinking": (

@@ -41,7 +41,8 @@ OPENAI_HONOURED = {
     "top_p": ({"top_p": 0.5}, opt("top_p", 0.5)),
     "max_tokens": ({"max_tokens": 7}, opt("num_predict", 7)),
     "max_completion_tokens": ({"max_completion_tokens": 8}, opt("num_predict", 8)),
-    "stop": ({"stop": ["x"]}, opt("stop", ["x"])),
+    # Jarvis matches stop sequences itself (tests/test_stop_sequences.py): the backend would hide them
+    "stop": ({"stop": ["x"]}, lambda b: "stop" not in (b.get("options") or {})),
     "seed": ({"seed": 3}, opt("seed", 3)),
     "frequency_penalty": ({"frequency_penalty": 0.5}, opt("frequency_penalty", 0.5)),
     "presence_penalty": ({"presence_penalty": 0.25}, opt("presence_penalty", 0.25)),
@@ -179,7 +180,8 @@ def test_each_ollama_option_reaches_ollama(served, key):
     value = OPTION_VALUES.get(key, 0.5 if key in ollama_dialect.MAPPED_OPTIONS else 2)
     r = post(served, "/api/chat", {"model": "tiny", "messages": HI, "stream": False, "options": {key: value}})
     assert r.status_code == 200, r.text
-    assert served.fake.chat_calls()[-1].body["options"] == {key: value}
+    sent = served.fake.chat_calls()[-1].body.get("options") or {}
+    assert sent == ({} if key == "stop" else {key: value})  # Jarvis matches "stop" itself
 
 
 @walk
@@ -217,3 +219,36 @@ def test_generate_suffix_and_raw_send_the_prompt_as_it_is(served, extra):
     assert call.body.get("suffix") == extra.get("suffix") and call.body.get("raw") == extra.get("raw")
     r = post(served, "/api/generate", {"model": "tiny", "prompt": "p", "system": "s", **extra})
     assert r.status_code == 400 and "system" in r.json()["error"]
+
+
+# a function tool's fields, in each dialect's shape: all honoured (strict: tests/test_strict_tools.py)
+FUNCTION_HONOURED = {"name", "description", "parameters", "strict"}
+
+
+def test_every_function_tool_field_is_honoured_or_refused_in_each_dialect():
+    from jarvis.dialects import anthropic, fields, responses
+
+    assert fields.FUNCTION_FIELDS.honoured == FUNCTION_HONOURED and not fields.FUNCTION_FIELDS.refused
+    assert responses.TOOL_FIELDS.honoured == FUNCTION_HONOURED | {"type"}
+    assert set(responses.TOOL_FIELDS.refused) == {"defer_loading"}
+    assert anthropic.TOOL_FIELDS.honoured == {
+        "name",
+        "description",
+        "input_schema",
+        "cache_control",
+        "type",
+        "strict",
+    }
+    assert set(anthropic.TOOL_FIELDS.refused) == {"input_examples", "defer_loading", "allowed_callers"}
+
+
+@walk
+@pytest.mark.parametrize("strict, status", [(True, 200), (False, 200), ("yes", 400)])
+def test_a_function_tools_strict_is_honoured_and_checked(served, strict, status):
+    tool = {"type": "function", "function": {**WEATHER["function"], "strict": strict}}
+    r = post(served, "/v1/chat/completions", {"model": "tiny", "messages": HI, "tools": [tool]})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["param"] == "tools[0].function.strict"
+    else:  # Jarvis checks the calls itself: the backend is sent the tool without it
+        assert served.fake.chat_calls()[-1].body["tools"] == [WEATHER]

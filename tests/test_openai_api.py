@@ -110,9 +110,8 @@ def test_system_history_text_parts_and_sampling_reach_the_upstream(oai, served):
         "top_p": 0.9,
         "num_predict": 20,
         "seed": 42,
-        "stop": ["\n\n"],
         "frequency_penalty": 0.1,
-    }
+    }  # no "stop": Jarvis matches it itself (tests/test_stop_sequences.py)
 
 
 @pytest.mark.parametrize(

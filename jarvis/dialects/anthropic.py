@@ -74,8 +74,7 @@ COUNT_FIELDS = fields.Fields(FIELDS.honoured - {"max_tokens", "stream", "metadat
 MESSAGE_FIELDS = fields.Fields({"role", "content"}, {})
 METADATA_FIELDS = fields.Fields({"user_id"}, {})
 OUTPUT_FIELDS = fields.Fields({"format"}, {"effort": "the backends have no effort setting"})
-TOOL_FIELDS = fields.Fields({"name", "description", "input_schema", "cache_control", "type"}, {
-    "strict": "strict tool schemas are not enforced",
+TOOL_FIELDS = fields.Fields({"name", "description", "input_schema", "cache_control", "type", "strict"}, {
     "input_examples": "tool input examples are not passed to the model",
     "defer_loading": "tool search is not supported",
     "allowed_callers": "programmatic tool calls are not supported",
@@ -304,8 +303,9 @@ def _tools(raw) -> tuple:
         TOOL_FIELDS.check(tool, f"{where}.")
         _cache_control(tool.get("cache_control"), f"{where}.cache_control")
         function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
-        if tool.get("description") is not None:
-            function["description"] = tool["description"]
+        for key in ("description", "strict"):
+            if tool.get(key) is not None:
+                function[key] = tool[key]
         shaped.append({"type": "function", "function": function})
     return fields.tools(shaped)
 

@@ -11,6 +11,7 @@ import secrets
 from ..conversation import ToolCall
 from ..events import End, Event, Heartbeat, Progress, Start, Text, Thinking
 from ..status import Status
+from ..upstream.stops import STOP_SEQUENCE
 from . import common
 
 ERROR_TYPES = {
@@ -67,7 +68,8 @@ class MessageFramer:
             content.append({"type": "text", "text": answer.text})
         content += [_tool_use(c) for c in answer.tool_calls]
         self.calls = len(answer.tool_calls)
-        return self._message(content, self._stop_reason(answer.end), usage(answer.end))
+        message = self._message(content, self._stop_reason(answer.end), usage(answer.end))
+        return message | {"stop_sequence": _sequence(answer.end)}
 
     def _run(self, kind: str, delta: str, text: str) -> bytes:
         out = b""
@@ -112,15 +114,17 @@ class MessageFramer:
             status = common.dialect_status(failure.http_status, failure.code)
             return _event("error", error_body(status, failure.to_dict()))
         out = self._close()
-        delta = {"stop_reason": self._stop_reason(ev), "stop_sequence": None}
+        delta = {"stop_reason": self._stop_reason(ev), "stop_sequence": _sequence(ev)}
         out += _event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage(ev)})
         return out + _event("message_stop", {"type": "message_stop"})
 
     def _stop_reason(self, end: End) -> str:
-        """Why the answer ended. A stop sequence ends an answer as the model's own end does: neither
-        Ollama nor an OpenAI-compatible server says which, so "stop_sequence" is never claimed."""
+        """Why the answer ended. Jarvis matches stop sequences itself (``upstream/stops.py``), so it
+        knows one ended the answer: the backends, which strip it, are never sent one."""
         if self.calls:
             return "tool_use"
+        if _sequence(end) is not None:
+            return "stop_sequence"
         return "max_tokens" if end.status == Status.LENGTH else "end_turn"
 
     def _message(self, content: list, stop_reason: str | None, counts: dict) -> dict:
@@ -151,6 +155,11 @@ def usage(end: End) -> dict:
         "input_tokens": counts.get("prompt_tokens", 0),
         "output_tokens": counts.get("completion_tokens", 0),
     }
+
+
+def _sequence(end: End) -> str | None:
+    """The stop sequence that ended the answer, if one did."""
+    return end.meta.get(STOP_SEQUENCE)
 
 
 def _tool_use(call: ToolCall) -> dict:

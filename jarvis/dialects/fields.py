@@ -17,6 +17,7 @@ from flask import request
 from ..config import Config
 from ..conversation import Image, Message, Tool, ToolCall, call_id, decode_image
 from ..errors import BadRequest
+from ..upstream.forced import schema_problem
 from ..web.bodies import json_object
 
 
@@ -90,10 +91,24 @@ def tools(raw, param: str = "tools") -> tuple[Tool, ...]:
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(parameters, dict):
             raise bad(f"{where}.function.parameters must be a JSON schema", f"{where}.function.parameters")
-        out.append(Tool(name, description, parameters))
+        strict = _strict(function, parameters, f"{where}.function")
+        out.append(Tool(name, description, parameters, strict))
     if len({t.name for t in out}) < len(out):
         raise bad(f'"{param}" names a function twice', param)
     return tuple(out)
+
+
+def _strict(function: dict, parameters: dict, where: str) -> bool:
+    """``strict``: the calls are checked against ``parameters`` (``upstream/forced.py``), so a
+    schema Jarvis cannot check is refused here, before the answer starts."""
+    strict = function.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise bad(f"{where}.strict must be true or false", f"{where}.strict")
+    problem = schema_problem(parameters) if strict else None
+    if problem is not None:
+        param = f"{where}.parameters"
+        raise unsupported(param, f"a strict tool's calls are checked against its schema, but {problem}")
+    return bool(strict)
 
 
 def tool_call(name, arguments, ident, where: str) -> ToolCall:
@@ -172,6 +187,29 @@ def json_schema(found: dict, where: str, allowed: Fields) -> dict:
     }
 
 
+SCHEMA_FIELDS = Fields({"name", "description", "schema", "strict"}, {})
+FLAT_SCHEMA_FIELDS = Fields(SCHEMA_FIELDS.honoured | {"type"}, {})
+
+
+def output_format(raw, param: str, *, nested: bool) -> dict:
+    """A structured-output request as the core's format ("json" or a JSON schema), its name and
+    strictness: chat completions' ``response_format`` holds the schema under ``json_schema``
+    (``nested``), the Responses API's ``text.format`` beside its ``type``."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if raw is None or kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"format": "json"}
+    found = (raw.get("json_schema") if nested else raw) if kind == "json_schema" else None
+    if not isinstance(found, dict) or not isinstance(found.get("schema"), dict):
+        named = '"json_schema": {"name": ..., "schema": {...}}' if nested else '"name": ..., "schema": {...}'
+        kinds = '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+        raise bad(f'"{param}" must be {kinds}{named}}}', param)
+    if nested:
+        return json_schema(found, f"{param}.json_schema.", SCHEMA_FIELDS)
+    return json_schema(found, f"{param}.", FLAT_SCHEMA_FIELDS)
+
+
 def format_of(raw, param: str):
     """Ollama's ``format``: "json", a JSON schema, or nothing."""
     if raw is None or raw == "":
@@ -192,11 +230,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 THINK_LEVELS = ("low", "medium", "high")
-FUNCTION_FIELDS = Fields(
-    {"name", "description", "parameters"},
-    {"strict": "strict tool schemas are not enforced"},
-    {"strict": (False,)},
-)
+FUNCTION_FIELDS = Fields({"name", "description", "parameters", "strict"}, {})
 
 
 def conversation(raw, config: Config, read: Callable[[dict, str, ImageBudget], Message]) -> list[Message]:

@@ -103,7 +103,7 @@ def parse_chat(body: dict, config, default_model: str) -> common.Call:
         messages=fields.conversation(body.get("messages"), config, _message),
         options=_options(body),
         tools=fields.tools(body.get("tools")),
-        **_format(body.get("response_format")),
+        **fields.output_format(body.get("response_format"), "response_format", nested=True),
         parallel_tool_calls=fields.flag(body, "parallel_tool_calls", True),
         think=_reasoning(body.get("reasoning_effort")),
         **_tool_choice(body.get("tool_choice")),
@@ -201,26 +201,6 @@ def _tool_choice(raw) -> dict:
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"tool_choice": "required", "tool_name": function["name"]}
     raise fields.bad('"tool_choice" must be "auto", "none", "required" or a function named', "tool_choice")
-
-
-SCHEMA_FIELDS = fields.Fields({"name", "description", "schema", "strict"}, {})
-
-
-def _format(raw) -> dict:
-    """``response_format`` as the core's format ("json" or a JSON schema), its name and strictness."""
-    if raw is None or (isinstance(raw, dict) and raw.get("type") == "text"):
-        return {}
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind == "json_object":
-        return {"format": "json"}
-    found = raw.get("json_schema") if kind == "json_schema" else None
-    if not isinstance(found, dict) or not isinstance(found.get("schema"), dict):
-        raise fields.bad(
-            '"response_format" must be {"type": "text"}, {"type": "json_object"} or '
-            '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
-            "response_format",
-        )
-    return fields.json_schema(found, "response_format.json_schema.", SCHEMA_FIELDS)
 
 
 def _reasoning(raw):

@@ -56,9 +56,9 @@ FIELDS = fields.Fields(
     },
 )  # fmt: skip
 TOOL_FIELDS = fields.Fields(
-    {"type", "name", "description", "parameters"},
-    {"strict": "strict tool schemas are not enforced", "defer_loading": "tools are all loaded"},
-    {"strict": (False,), "defer_loading": (False,)},
+    {"type", "name", "description", "parameters", "strict"},
+    {"defer_loading": "tools are all loaded"},
+    {"defer_loading": (False,)},
 )
 MESSAGE_FIELDS = fields.Fields({"type", "role", "content", "id", "status"}, {"phase": "no phases"})
 CALL_FIELDS = fields.Fields(
@@ -74,7 +74,6 @@ REASONING_FIELDS = fields.Fields(
         "mode": "one mode",
     },
 )
-SCHEMA_FIELDS = fields.Fields({"type", "name", "description", "schema", "strict"}, {})
 TEXT_FIELDS = fields.Fields({"format"}, {"verbosity": "the backends have no verbosity setting"})
 NAMES = {"images": "input", "think": "reasoning.effort", "format": "text.format", "tools": "tools"}
 
@@ -286,7 +285,8 @@ def _tools(raw) -> tuple[Tool, ...]:
             )
             raise fields.unsupported(f"{where}.type", why)
         TOOL_FIELDS.check(tool, f"{where}.")
-        function = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
+        keys = ("name", "description", "parameters", "strict")
+        function = {k: tool[k] for k in keys if tool.get(k) is not None}
         nested.append({"type": "function", "function": function})
     return fields.tools(nested)
 
@@ -308,19 +308,7 @@ def _format(text) -> dict:
     if not isinstance(text, dict):
         raise fields.bad('"text" must be an object', "text")
     TEXT_FIELDS.check(text, "text.")
-    raw = text.get("format")
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if raw is None or kind == "text":
-        return {}
-    if kind == "json_object":
-        return {"format": "json"}
-    if kind != "json_schema" or not isinstance(raw.get("schema"), dict):
-        raise fields.bad(
-            '"text.format" must be {"type": "text"}, {"type": "json_object"} or '
-            '{"type": "json_schema", "name": ..., "schema": {...}}',
-            "text.format",
-        )
-    return fields.json_schema(raw, "text.format.", SCHEMA_FIELDS)
+    return fields.output_format(text.get("format"), "text.format", nested=False)
 
 
 def _reasoning(raw):

@@ -18,7 +18,8 @@ from ..cancel import Latch
 from ..cluster import Lease
 from ..errors import AtCapacity, CoordinationUnavailable, JarvisError, UpstreamError
 from ..status import Reason, Status
-from ..upstream import Chat, Done, Thinking, Upstream
+from ..upstream import Chat, Done, Meta, Thinking, Upstream, forced
+from ..upstream.stops import STOP_SEQUENCE, StopMatcher, cut, upstream_chat
 from .answer import Answer
 
 
@@ -150,10 +151,11 @@ class Worker:
 
     def _read(self) -> None:
         s, cfg = self.s, self.s.config
-        chunks = self.upstream.stream_chat(self.chat, s.scope, session=s.session_id)
+        stops = StopMatcher(self.chat.options.stop)  # matched here: a backend would hide which
+        chunks = self.upstream.stream_chat(upstream_chat(self.chat), s.scope, session=s.session_id)
         ending, chars = Status.COMPLETED, 0
         try:
-            for item in chunks:
+            for item in cut(forced.strict(self.chat, chunks), stops):
                 if s.scope.cancelled:  # checkpoint: between chunks
                     return
                 if isinstance(item, Done) and item.reason == "length":
@@ -168,6 +170,17 @@ class Worker:
                             code="answer_too_long",
                         )
                 self.handoff.put(item)
+                if isinstance(item, Meta) and STOP_SEQUENCE in item.data:
+                    self._stop_sequence()
+                    return
         finally:
             getattr(chunks, "close", lambda: None)()
         s.outcome.decide(ending)
+
+    def _stop_sequence(self) -> None:
+        """A stop sequence matched: the answer is complete, and its upstream is closed now, as a
+        cancel closes it (the cancel's reason says why), instead of read on to its end."""
+        s = self.s
+        s.outcome.decide(Status.COMPLETED)
+        self.cancelled_at = time.monotonic()
+        s.scope.cancel(STOP_SEQUENCE)

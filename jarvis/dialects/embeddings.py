@@ -42,18 +42,23 @@ def jarvis():
     return current_app.extensions["jarvis"]
 
 
-@bp.post("/v1/embeddings")
-def openai_embeddings():
+def _read(table: fields.Fields) -> tuple[dict, str]:
+    """The request's body, its every field honoured or refused by ``table``, and the model it names."""
     j = jarvis()
     body = fields.read_json(j.config)
-    OPENAI_FIELDS.check(body)
+    table.check(body)
+    return body, fields.model_name(body.get("model"), j.upstream.default_model)
+
+
+@bp.post("/v1/embeddings")
+def openai_embeddings():
+    body, model = _read(OPENAI_FIELDS)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
         raise fields.bad('"encoding_format" must be "float" or "base64"', "encoding_format")
     if not isinstance(body.get("user") or "", str):
         raise fields.bad('"user" must be a string', "user")
-    model = fields.model_name(body.get("model"), j.upstream.default_model)
-    inputs = _inputs(body.get("input"), j.config, "input", tokens=TOKEN_ARRAYS)
+    inputs = _inputs(body.get("input"), jarvis().config, "input", tokens=TOKEN_ARRAYS)
     found = _embed("openai", model, inputs, body.get("user"), dimensions=_dimensions(body))
     encode = (lambda v: f'"{_base64(v)}"') if encoding == "base64" else text_of
     data = ",".join(
@@ -66,11 +71,8 @@ def openai_embeddings():
 
 @bp.post("/api/embed")
 def ollama_embed():
-    j = jarvis()
-    body = fields.read_json(j.config)
-    EMBED_FIELDS.check(body)
-    model = fields.model_name(body.get("model"), j.upstream.default_model)
-    inputs = _inputs(body.get("input"), j.config, "input")
+    body, model = _read(EMBED_FIELDS)
+    inputs = _inputs(body.get("input"), jarvis().config, "input")
     truncate = fields.flag(body, "truncate", None)  # None: the upstream's default
     began = time.monotonic()
     found = _embed(
@@ -88,13 +90,10 @@ def ollama_embed():
 @bp.post("/api/embeddings")
 def ollama_embeddings():
     """Ollama's older route: one ``prompt``, one ``embedding``."""
-    j = jarvis()
-    body = fields.read_json(j.config)
-    EMBEDDINGS_FIELDS.check(body)
-    model = fields.model_name(body.get("model"), j.upstream.default_model)
+    body, model = _read(EMBEDDINGS_FIELDS)
     if not isinstance(body.get("prompt"), str):
         raise fields.bad('"prompt" must be a string', "prompt")
-    inputs = _inputs(body["prompt"], j.config, "prompt")
+    inputs = _inputs(body["prompt"], jarvis().config, "prompt")
     found = _embed("ollama", model, inputs, **_ollama_knobs(body))
     return _json(f'{{"embedding":{text_of(found.vectors[0])}}}')
 

@@ -111,13 +111,9 @@ class _Reader:
             if not text.startswith(":", pos):
                 raise ValueError(f"no colon at {pos}")
             out[name], pos = (read if name == key else self.value)(self.space(pos + 1))
-            pos = self.space(pos)
-            if text.startswith(",", pos):
-                pos = self.space(pos + 1)
-            elif text.startswith("}", pos):
-                return out, pos + 1
-            else:
-                raise ValueError(f"no comma or brace at {pos}")
+            pos, done = self.after_item(pos, "}")
+            if done:
+                return out, pos
 
     def array(self, pos: int, read: Read) -> tuple[object, int]:
         """An array whose items are read by ``read``; anything else is read whole."""
@@ -131,13 +127,19 @@ class _Reader:
         while True:
             item, pos = read(pos)
             out.append(item)
-            pos = self.space(pos)
-            if text.startswith(",", pos):
-                pos = self.space(pos + 1)
-            elif text.startswith("]", pos):
-                return out, pos + 1
-            else:
-                raise ValueError(f"no comma or bracket at {pos}")
+            pos, done = self.after_item(pos, "]")
+            if done:
+                return out, pos
+
+    def after_item(self, pos: int, close: str) -> tuple[int, bool]:
+        """Past what follows an item: (the next item's start, False) after a comma, (past ``close``,
+        True) at the end."""
+        pos = self.space(pos)
+        if self.text.startswith(",", pos):
+            return self.space(pos + 1), False
+        if self.text.startswith(close, pos):
+            return pos + 1, True
+        raise ValueError(f"no comma or {close} at {pos}")
 
 
 def text_of(vector: list) -> str:

@@ -555,3 +555,21 @@ def make_served(make_app, make_server, fake):
 @pytest.fixture
 def served(make_served) -> WithAccount:
     return make_served()
+
+
+@pytest.fixture
+def oai(served):
+    """The official ``openai`` client of ``served``: no retries, every call bounded."""
+    import openai
+
+    with openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def claude(served):
+    """The official ``anthropic`` client of ``served``: no retries, every call bounded."""
+    import anthropic
+
+    with anthropic.Anthropic(base_url=served.url, api_key=served.token, max_retries=0, timeout=5) as client:
+        yield client

@@ -15,13 +15,6 @@ from tests.fake_ollama import Script
 from tests.fake_wire import ALL_CAPABILITIES
 
 
-@pytest.fixture
-def oai(served):
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
 def completion_calls(fake) -> list:
     return [c for c in fake.calls if c.path in ("/api/generate", "/v1/completions")]
 

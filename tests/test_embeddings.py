@@ -26,13 +26,6 @@ ROUTES = ["/v1/embeddings", "/api/embed", "/api/embeddings"]
 
 
 @pytest.fixture
-def oai(served):
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def oll(served):
     client = ollama.Client(host=served.url, headers={"Authorization": f"Bearer {served.token}"}, timeout=5)
     yield client

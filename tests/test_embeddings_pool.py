@@ -125,15 +125,22 @@ def test_a_kept_connection_idle_too_long_is_closed_not_used(fake):
         made.close()
 
 
+
+def answer_with(fake, vectors: list[str], tokens: int | None = None) -> None:
+    """The fake answers embeddings with ``vectors`` written as given, in its dialect's shape."""
+    if fake.kind == "openai":
+        data = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vectors))
+        usage = f', "usage": {{"prompt_tokens": {tokens}}}' if tokens is not None else ""
+        fake.embed_text = f'{{"data": [{data}]{usage}}}'
+    else:
+        count = f', "prompt_eval_count": {tokens}' if tokens is not None else ""
+        fake.embed_text = f'{{"embeddings": [{",".join(vectors)}]{count}}}'
+
+
 @both_upstreams
 def test_the_vectors_go_on_in_the_text_the_upstream_wrote_them_in(served):
-    openai = served.fake.kind == "openai"
     vectors = ["[0.1000, -2.50e-1, 3]", "[ 1E-5,0.0 ,-0 ]"]
-    if openai:
-        data = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vectors))
-        served.fake.embed_text = f'{{"data": [{data}], "usage": {{"prompt_tokens": 4}}}}'
-    else:
-        served.fake.embed_text = f'{{"embeddings": [{",".join(vectors)}], "prompt_eval_count": 4}}'
+    answer_with(served.fake, vectors, tokens=4)
     for route in ("/api/embed", "/v1/embeddings"):
         r = post(served, route, ["a", "b"])
         assert r.status_code == 200, r.text
@@ -157,11 +164,7 @@ def test_the_vectors_go_on_in_the_text_the_upstream_wrote_them_in(served):
     ],
 )
 def test_vectors_that_fail_the_checks_never_reach_the_client(served, vectors, why):
-    if served.fake.kind == "openai":
-        data = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vectors))
-        served.fake.embed_text = f'{{"data": [{data}]}}'
-    else:
-        served.fake.embed_text = f'{{"embeddings": [{",".join(vectors)}]}}'
+    answer_with(served.fake, vectors)
     for route in ("/api/embed", "/v1/embeddings"):
         r = post(served, route, ["a", "b"])
         assert r.status_code == 502, r.text

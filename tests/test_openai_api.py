@@ -24,13 +24,6 @@ from tests.samples import CLOSE_STATES, closing_closes_the_upstream
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def oai(served):
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
 def test_models_lists_what_the_upstream_has(oai):
     ids = [m.id for m in oai.models.list()]
     assert ids == ["llama3.2:latest", "tiny:latest"]

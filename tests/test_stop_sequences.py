@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 
-import anthropic
-import openai
 import pytest
 import requests
 
@@ -21,20 +19,6 @@ from tests.conftest import HTTP_TIMEOUT, both_upstreams, wait_for
 HELLO = [{"role": "user", "content": "hello"}]
 # "END" comes split across two chunks; what follows it must never be shown
 SPLIT = ["Hello", " wor", "ld. EN", "D more", " text"]
-
-
-@pytest.fixture
-def claude(served):
-    client = anthropic.Anthropic(base_url=served.url, api_key=served.token, max_retries=0, timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def oai(served):
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
-    yield client
-    client.close()
 
 
 def _no_stop_upstream(served) -> None:

@@ -93,25 +93,26 @@ def test_a_call_of_a_tool_that_is_not_strict_is_passed_on_as_the_model_wrote_it(
     assert answer.choices[0].message.tool_calls[0].function.arguments == '{"town": "Paris"}'
 
 
+
+def finished(api, stream: bool, **kwargs):
+    """What ``api`` (``oai.responses`` or ``claude.messages``) answers, streamed or in one piece."""
+    if not stream:
+        return api.create(**kwargs)
+    with api.stream(**kwargs) as s:
+        return s.get_final_response() if hasattr(s, "get_final_response") else s.get_final_message()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_responses_strict_tools_are_held_to_their_schema(capable, stream):
     served, oai, _ = capable
     served.fake.script(tokens=0, tool_calls=[CALL])
     kwargs = {"model": "tiny", "input": "weather in Paris?", "tools": [RESPONSES_TOOL]}
-    if stream:
-        with oai.responses.stream(**kwargs) as s:
-            response = s.get_final_response()
-    else:
-        response = oai.responses.create(**kwargs)
+    response = finished(oai.responses, stream, **kwargs)
     (item,) = response.output
     assert (item.type, item.name, item.arguments) == ("function_call", "get_weather", '{"city": "Paris"}')
     served.fake.script(tokens=0, tool_calls=[BAD_CALL])
     with pytest.raises(openai.APIError) as caught:
-        if stream:
-            with oai.responses.stream(**kwargs) as s:
-                s.get_final_response()
-        else:
-            oai.responses.create(**kwargs)
+        finished(oai.responses, stream, **kwargs)
     assert "tool_arguments_invalid" in str(caught.value) or caught.value.code == "tool_arguments_invalid"
 
 
@@ -120,20 +121,12 @@ def test_anthropic_strict_tools_are_held_to_their_schema(capable, stream):
     served, _, claude = capable
     served.fake.script(tokens=0, tool_calls=[CALL])
     kwargs = {"model": "tiny", "max_tokens": 100, "messages": HELLO, "tools": [ANTHROPIC_TOOL]}
-    if stream:
-        with claude.messages.stream(**kwargs) as s:
-            message = s.get_final_message()
-    else:
-        message = claude.messages.create(**kwargs)
+    message = finished(claude.messages, stream, **kwargs)
     (block,) = [b for b in message.content if b.type == "tool_use"]
     assert block.input == {"city": "Paris"} and message.stop_reason == "tool_use"
     served.fake.script(tokens=0, tool_calls=[BAD_CALL])
     with pytest.raises(anthropic.APIError) as caught:
-        if stream:
-            with claude.messages.stream(**kwargs) as s:
-                s.get_final_message()
-        else:
-            claude.messages.create(**kwargs)
+        finished(claude.messages, stream, **kwargs)
     assert "city" in str(caught.value)
 
 

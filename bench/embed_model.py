@@ -14,17 +14,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .client import Control
-from .embeddings import texts
 from .servers import REPO, ServerProcess, base_env, jarvis_command
 from .stats import Cell, Row, judge, ratio
 
 TARGET = 0.9
 
 
-def rows(workdir: Path, quick: bool) -> tuple[list[Row], list[str]]:
+def rows(workdir: Path, quick: bool, texts: Callable[[int, int], list[str]]) -> tuple[list[Row], list[str]]:
+    """The real model's rows; ``texts(count, seed)`` makes the batches (section 18's texts)."""
     from jarvis.upstream import gguf
 
     path = gguf.find_model()

@@ -73,7 +73,7 @@ def run(subject: Subject, direct_url: str | None, quick: bool, workdir: Path | N
     if workdir is not None:  # first: the real model's rows do not depend on the fake
         from . import embed_model
 
-        model_rows, model_notes = embed_model.rows(workdir, quick)
+        model_rows, model_notes = embed_model.rows(workdir, quick, texts)
         section.rows += model_rows
         section.notes += model_notes
     if direct_url is None:

@@ -5,13 +5,17 @@ import { ApiError, api, sessionPath } from "./api.js";
 import { rejoin } from "./connection.js";
 import { renderConversation } from "./conversation.js";
 import { announce, closeSidebar, el, hideNotice, openSidebarPanel, refreshControls, showNotice } from "./dom.js";
-import { icon } from "./markdown.js";
+import { iconButton, make } from "./make.js";
 import { setupSearch } from "./search.js";
 import { setupSettings } from "./settings.js";
 import { renameField, withGroups } from "./sidebar.js";
 import { LIVE, liveOf, state, viewOf } from "./state.js";
 import { linkToolResults } from "./toolcalls.js";
 
+const ICONS = {
+  rename: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
+  delete: "M4 7h16M10 11v6M14 11v6M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3",
+};
 const POLL_MS = 1000; // refresh a session another tab is streaming into
 
 let showSettings = () => {}; // the settings chip of the chat on screen, once setupChats has run
@@ -55,20 +59,14 @@ export function renderSessions() {
     open.addEventListener("dblclick", () => startRename(session.id));
     open.title = "Double-click to rename";
 
-    const rename = document.createElement("button");
-    rename.type = "button";
-    rename.className = "session-action session-rename-button";
-    rename.setAttribute("aria-label", `Rename chat: ${sessionTitle(session)}`);
-    rename.title = "Rename chat";
-    rename.append(icon("M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4"));
+    const name = sessionTitle(session);
+    const rename = iconButton("session-action session-rename-button", `Rename chat: ${name}`, ICONS.rename, null, {
+      title: "Rename chat",
+    });
     rename.addEventListener("click", () => startRename(session.id));
-
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "session-action session-delete";
-    del.setAttribute("aria-label", `Delete chat: ${sessionTitle(session)}`);
-    del.title = "Delete chat";
-    del.append(icon("M4 7h16M10 11v6M14 11v6M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3"));
+    const del = iconButton("session-action session-delete", `Delete chat: ${name}`, ICONS.delete, null, {
+      title: "Delete chat",
+    });
     del.addEventListener("click", () => {
       state.confirming = session.id;
       renderSessions();
@@ -122,25 +120,16 @@ function renameBox(session) {
 }
 
 function confirmBox(session) {
-  const box = document.createElement("div");
-  box.className = "session-confirm";
-  const question = document.createElement("span");
-  question.textContent = "Delete this chat?";
-  const yes = document.createElement("button");
-  yes.type = "button";
-  yes.className = "confirm-delete";
-  yes.textContent = "Delete";
-  yes.setAttribute("aria-label", `Confirm delete: ${sessionTitle(session)}`);
-  const no = document.createElement("button");
-  no.type = "button";
-  no.textContent = "Cancel";
+  const question = make("span", { textContent: "Delete this chat?" });
+  const label = `Confirm delete: ${sessionTitle(session)}`;
+  const yes = make("button", { type: "button", className: "confirm-delete", textContent: "Delete", "aria-label": label });
+  const no = make("button", { type: "button", textContent: "Cancel" });
   yes.addEventListener("click", () => deleteSession(session.id));
   no.addEventListener("click", () => {
     state.confirming = null;
     renderSessions();
   });
-  box.append(question, yes, no);
-  return box;
+  return make("div", { className: "session-confirm" }, question, yes, no);
 }
 
 

@@ -1,6 +1,7 @@
 // Model output as Markdown: raw HTML is shown as text, the result is sanitised,
 // images become links, and code blocks are highlighted.
 
+import { COPY_ICON, iconButton } from "./make.js";
 import { Marked } from "./vendor/marked/marked.esm.js";
 import DOMPurify from "./vendor/dompurify/purify.es.mjs";
 import hljs from "./vendor/highlight/highlight.min.js";
@@ -160,21 +161,4 @@ function fragment(html) {
   return out;
 }
 
-function copyButton() {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "copy";
-  button.setAttribute("aria-label", "Copy code");
-  button.append(icon("M9 9h10v10H9zM5 15V5h10"), document.createTextNode("Copy"));
-  return button;
-}
-
-export function icon(d) {
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-  path.setAttribute("d", d);
-  svg.append(path);
-  return svg;
-}
+const copyButton = () => iconButton("copy", "Copy code", COPY_ICON, "Copy");

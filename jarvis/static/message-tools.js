@@ -1,6 +1,6 @@
 // What sits under each message: when it was written, and a Copy of its whole text (or of a code block).
 
-import { icon } from "./markdown.js";
+import { COPY_ICON, iconButton } from "./make.js";
 
 const sameDay = (a, b) => a.toDateString() === b.toDateString();
 
@@ -16,14 +16,7 @@ export function stamp(seconds, now = new Date()) {
   return time;
 }
 
-export function copyMessageButton() {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "copy copy-message";
-  button.setAttribute("aria-label", "Copy message");
-  button.append(icon("M9 9h10v10H9zM5 15V5h10"), document.createTextNode("Copy"));
-  return button;
-}
+export const copyMessageButton = () => iconButton("copy copy-message", "Copy message", COPY_ICON, "Copy");
 
 export function copyCode(button) {
   const code = button.closest(".code-block")?.querySelector("code");

@@ -3,7 +3,8 @@
 // User text is only ever set as textContent; model output goes through markdown.js.
 
 import { errorParts, plural, withCode } from "./errors.js";
-import { icon, renderMarkdown } from "./markdown.js";
+import { iconButton, make } from "./make.js";
+import { renderMarkdown } from "./markdown.js";
 import { copyMessageButton, stamp } from "./message-tools.js";
 import { paintImages } from "./attachments.js";
 import { LIVE } from "./state.js";
@@ -44,32 +45,15 @@ const EXPLAIN = {
 };
 
 export function messageElement(msg) {
-  const li = document.createElement("li");
-  li.className = `msg msg-${msg.role}`;
+  const li = make("li", { className: `msg msg-${msg.role}` });
+  const div = (className) => make("div", { className });
   if (msg.role === "tool") {
     toolMessageElement(li, msg);
   } else if (msg.role === "user") {
-    const bubble = document.createElement("div");
-    bubble.className = "bubble";
-    const foot = document.createElement("div");
-    foot.className = "msg-foot";
-    li.append(bubble, foot);
+    li.append(div("bubble"), div("msg-foot"));
   } else {
-    const avatar = document.createElement("div");
-    avatar.className = "avatar";
-    const img = document.createElement("img");
-    img.src = "static/favicon.svg";
-    img.alt = "";
-    avatar.append(img);
-    const body = document.createElement("div");
-    body.className = "msg-body";
-    const meta = document.createElement("div");
-    meta.className = "msg-meta";
-    const content = document.createElement("div");
-    content.className = "msg-content markdown";
-    const foot = document.createElement("div");
-    foot.className = "msg-foot";
-    body.append(meta, content, foot);
+    const avatar = make("div", { className: "avatar" }, make("img", { src: "static/favicon.svg", alt: "" }));
+    const body = make("div", { className: "msg-body" }, div("msg-meta"), div("msg-content markdown"), div("msg-foot"));
     li.append(avatar, body);
   }
   return li;
@@ -99,14 +83,10 @@ function paintFoot(li, msg, live) {
   foot.replaceChildren(...parts);
 }
 
-function continueButton() {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "continue";
-  button.title = "Ask the model to carry on where the answer was cut";
-  button.append(icon("M5 12h12M13 6l6 6-6 6"), document.createTextNode("Continue"));
-  return button;
-}
+const continueButton = () =>
+  iconButton("continue", null, "M5 12h12M13 6l6 6-6 6", "Continue", {
+    title: "Ask the model to carry on where the answer was cut",
+  });
 
 // "42.0 tokens/s · 128 tokens": answer tokens over the time from the first token to the end
 function speedOf(meta) {

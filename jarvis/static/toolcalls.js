@@ -2,7 +2,8 @@
 // while a tool runs, then "Used NAME" with the result (or the error) collapsed below. The name, the
 // arguments and the result are set as text, never HTML: a tool's output is untrusted.
 
-import { icon, renderMarkdown } from "./markdown.js";
+import { icon, make } from "./make.js";
+import { renderMarkdown } from "./markdown.js";
 import { LIVE } from "./state.js";
 
 const WRENCH = "M14.7 6.3a4 4 0 0 0-5.4 5.4L4 17l3 3 5.3-5.3a4 4 0 0 0 5.4-5.4l-2.5 2.5-2.4-.6-.6-2.4z";
@@ -189,14 +190,7 @@ function paintCall(box, call, result, live, ended) {
 }
 
 function newStep() {
-  const step = document.createElement("div");
-  step.className = "msg-step";
-  const text = document.createElement("div");
-  text.className = "msg-part markdown";
-  const list = document.createElement("div");
-  list.className = "tool-calls";
-  step.append(text, list);
-  return step;
+  return make("div", { className: "msg-step" }, make("div", { className: "msg-part markdown" }), make("div", { className: "tool-calls" }));
 }
 
 const callKey = (call, j) => String(call.id ?? `#${j}`); // a block stays the same call's

@@ -2,7 +2,7 @@
 // The server keeps every version; the page asks it to start one or to show one, then draws
 // the conversation it answers with.
 
-import { icon } from "./markdown.js";
+import { iconButton, make } from "./make.js";
 
 const ICONS = {
   regenerate: "M20 11a8 8 0 1 0-2.3 5.7M20 4v7h-7",
@@ -26,36 +26,22 @@ export function versionTools(msg) {
   return tools;
 }
 
-function button(className, path, text, label) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = `foot-tool ${className}`;
-  b.setAttribute("aria-label", label);
-  b.append(icon(path), document.createTextNode(text));
-  return b;
-}
+const button = (className, path, text, label) => iconButton(`foot-tool ${className}`, label, path, text);
 
 function switcher({ index, count, ids }) {
-  const nav = document.createElement("span");
-  nav.className = "versions";
-  nav.setAttribute("role", "group");
-  nav.setAttribute("aria-label", `Version ${index + 1} of ${count}`);
   const step = (className, path, label, to) => {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = `version-step ${className}`;
-    b.setAttribute("aria-label", label);
-    b.append(icon(path));
-    b.disabled = to < 0 || to >= count;
+    const b = iconButton(`version-step ${className}`, label, path, null, { disabled: to < 0 || to >= count });
     if (!b.disabled) b.dataset.target = String(ids[to]);
     return b;
   };
-  const shown = document.createElement("span");
-  shown.className = "version-index";
-  shown.textContent = `${index + 1}/${count}`;
-  nav.append(step("version-prev", ICONS.prev, "Previous version", index - 1), shown);
-  nav.append(step("version-next", ICONS.next, "Next version", index + 1));
-  return nav;
+  const shown = make("span", { className: "version-index", textContent: `${index + 1}/${count}` });
+  return make(
+    "span",
+    { className: "versions", role: "group", "aria-label": `Version ${index + 1} of ${count}` },
+    step("version-prev", ICONS.prev, "Previous version", index - 1),
+    shown,
+    step("version-next", ICONS.next, "Next version", index + 1),
+  );
 }
 
 // Wires the tools of the messages in `list`; `page` starts and shows versions:

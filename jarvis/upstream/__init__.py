@@ -10,8 +10,8 @@ simply stop yielding.
 The wing: ``remote.py`` is the one skeleton of a chat streamed from a model
 server, ``ollama.py`` and ``openai.py`` its two protocols, ``http.py`` the
 connection they share; ``local.py`` is the embedded model, with ``gguf.py``
-(the model file), ``slot.py`` (its one slot and queue), ``fit.py`` (the
-history fitted to its window), ``grammar.py`` (formats held by a grammar),
+(the model file), ``slot.py`` (its one slot and queue), ``decode.py`` (one
+answer run on it), ``fit.py`` (the history fitted to its window), ``grammar.py`` (formats held by a grammar),
 ``counter.py`` (counting a prompt's tokens) and ``embedder.py`` (embeddings);
 ``forced.py`` forces a tool call through a format where a backend cannot, and
 checks strict tools' calls against their schema; ``stops.py`` matches stop sequences;

@@ -156,7 +156,7 @@ MUTANTS = [
  ("listener-survives: a message whose handling fails takes the listener off the channel", "jarvis/cluster/control.py",
   '                    self._handle_safely(message["data"])\n', '                    self._handle(message["data"])\n',
   ["tests/test_cluster_faults.py::test_the_listener_survives_a_message_whose_handling_fails"]),
- ("host-fifo: a freed host goes to the newest prompt in line, not the oldest", "jarvis/upstream/hosts.py",
+ ("host-fifo: a freed host goes to the newest prompt in line, not the oldest", "jarvis/upstream/line.py",
   "        for waiter in list(self._waiting):\n", "        for waiter in reversed(self._waiting):\n",
   ["tests/test_hosts.py::test_a_freed_host_goes_to_the_first_in_line_not_to_a_later_prompt"]),
  ("host-deadline: a prompt that waited in line gets a fresh first-token timeout at its host", "jarvis/upstream/hosts.py",

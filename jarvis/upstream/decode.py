@@ -29,15 +29,13 @@ class Decoder:
         slot: Slot,
         deadline: Deadline,
         model: Model,
-        n_ctx: int,
         on_trim: Callable[[str | None, Trim], None] | None,
         answer_limit: Callable[[], int | None],
     ):
         """``answer_limit`` reads the longest answer asked for by default as each answer starts."""
         self._slot = slot
         self._deadline = deadline
-        self._model = model
-        self.n_ctx = n_ctx
+        self._model = model  # its n_ctx is the window
         self.on_trim = on_trim
         self._answer_limit = answer_limit
 
@@ -81,9 +79,9 @@ class Decoder:
                 yield Progress("loading")
             llama = self._model.load()
             self._deadline.check()  # a load cannot be aborted: it counts once it returns
-            template, check = self._model.template, self._deadline.check
+            model, check = self._model, self._deadline.check
             tokens = yield from fitted(
-                llama, template, chat.messages, self.n_ctx, check, self.on_trim, session
+                llama, model.template, chat.messages, model.n_ctx, check, self.on_trim, session
             )
             yield from self._generate(llama, tokens, cancel, chat.options, held)
         finally:
@@ -92,7 +90,7 @@ class Decoder:
     def _generate(
         self, llama, tokens: list[int], cancel: CancelScope, options: Options, held
     ) -> Iterator[str | Done]:
-        max_tokens = self.n_ctx - len(tokens)
+        max_tokens = self._model.n_ctx - len(tokens)
         limit = options.max_tokens or self._answer_limit()  # the request's, else the default
         if limit:
             max_tokens = min(max_tokens, limit)

@@ -84,7 +84,7 @@ class LocalUpstream:
         self._deadline = Deadline(first_token_timeout_s, idle_timeout_s, total_timeout_s)
         self._model = Model(path, n_ctx, self._should_abort, llama)
         self._decoder = Decoder(
-            self._slot, self._deadline, self._model, n_ctx, on_trim, lambda: self.max_answer_tokens
+            self._slot, self._deadline, self._model, on_trim, lambda: self.max_answer_tokens
         )
         self._embedder = embedder_for(embed_model, first_token_timeout_s)
         self._counter = Counter(self._model)

@@ -74,6 +74,14 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     log.setup(cfg.log_format)
     app = Flask(__name__, instance_path=cfg.instance_path(), instance_relative_config=True)
     private_dir(app.instance_path)
+    app.extensions["jarvis"] = core(cfg)
+    routes(app, cfg)
+    return app
+
+
+def core(cfg: Config) -> Jarvis:
+    """The per-app objects, wired: the store, the registry, the upstream and its probe, with Redis
+    the coordinator; the answers a crash left streaming are recovered before any route runs."""
     store = Store(
         cfg.database_path(),
         pool_size=cfg.max_streams + CONTROL_THREADS + POOL_RESERVE,
@@ -87,21 +95,11 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     upstream = select_upstream(cfg, metrics)
     health = Prober(upstream.health, cfg.health_interval_s, failures=metrics.unreachable).start()
     if cfg.redis_url:
-        registry.coord = Coordinator(
-            cfg.redis_url,
-            registry.cancel_older,
-            cfg.lease_ttl_s,
-            cfg.redis_timeout_s,
-            store.interrupt,
-            attach=registry.attach,
-            liveness_ttl_s=cfg.liveness_ttl_s,
-            # the server's threads, the listener and the renewer; mirror pumps wait for a free one
-            max_connections=cfg.max_streams + CONTROL_THREADS + POOL_RESERVE,
-        )
+        registry.coord = coordinator(cfg, registry, store)
     recover(store, registry.coord)
     accounts = Accounts(store)
     revocations = RevocationWatch(accounts, registry)
-    app.extensions["jarvis"] = Jarvis(
+    return Jarvis(
         cfg,
         store,
         registry,
@@ -114,6 +112,24 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
         tools=toolbox(cfg),
     )
 
+
+def coordinator(cfg: Config, registry: Registry, store: Store) -> Coordinator:
+    """Leases and cancels across the processes that share JARVIS_REDIS_URL."""
+    return Coordinator(
+        cfg.redis_url,
+        registry.cancel_older,
+        cfg.lease_ttl_s,
+        cfg.redis_timeout_s,
+        store.interrupt,
+        attach=registry.attach,
+        liveness_ttl_s=cfg.liveness_ttl_s,
+        # the server's threads, the listener and the renewer; mirror pumps wait for a free one
+        max_connections=cfg.max_streams + CONTROL_THREADS + POOL_RESERVE,
+    )
+
+
+def routes(app: Flask, cfg: Config) -> None:
+    """Sign-in, then every dialect's blueprint and the page; the app served under a sub-path too."""
     from .dialects import anthropic, completions, embeddings, models, ollama, openai, responses
     from .web import answers, api, auth, page
 
@@ -132,7 +148,6 @@ def create_app(config: Config | Mapping | None = None) -> Flask:
     ):
         app.register_blueprint(blueprint)
     app.wsgi_app = page.ForwardedPrefix(app.wsgi_app, cfg.trusted_proxies)  # served under a sub-path
-    return app
 
 
 def toolbox(cfg: Config) -> ToolBox | None:

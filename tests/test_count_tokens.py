@@ -130,7 +130,7 @@ def test_ollama_cannot_count_and_says_so_in_anthropics_shape(served):
 
 
 def test_several_hosts_count_with_the_host_that_has_the_model(monkeypatch):
-    from jarvis.upstream.hosts import Hosts
+    from jarvis.upstream.hosts import Hosts, Router
     from jarvis.upstream.ollama import OllamaUpstream
 
     class Counting:
@@ -138,7 +138,8 @@ def test_several_hosts_count_with_the_host_that_has_the_model(monkeypatch):
             return 7
 
     router = object.__new__(Hosts)  # no probes: only which host counts is under test
+    router._router = object.__new__(Router)
     first = {"counts": Counting(), "ollama": object.__new__(OllamaUpstream)}
-    monkeypatch.setattr(Hosts, "_first", lambda self, model: first[model])
+    monkeypatch.setattr(Router, "first", lambda self, model: first[model])
     assert router.count_tokens(Chat(model="counts", messages=CONVERSATION)) == 7
     assert router.count_tokens(Chat(model="ollama", messages=CONVERSATION)) is None

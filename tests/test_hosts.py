@@ -192,7 +192,7 @@ def test_stop_and_supersede_close_whichever_host_streams(serve, hosts):
 def test_a_prompt_waits_in_line_when_every_host_for_its_model_is_full(serve, hosts, monkeypatch):
     # would hang: a waiting prompt that only polls would sleep out this slice after a host frees
     # up or a stop arrives; a release and a cancel must wake it
-    monkeypatch.setattr("jarvis.upstream.hosts.WAIT_SLICE_S", 30.0)
+    monkeypatch.setattr("jarvis.upstream.line.WAIT_SLICE_S", 30.0)
     a, b = hosts[:2]
     a.script(STALL)
     b.script(STALL)
@@ -325,7 +325,7 @@ def test_a_queued_prompts_whole_wait_is_bounded_by_one_first_token_timeout(serve
 
 def test_a_cancelled_prompt_leaves_the_line_at_once(serve, hosts, monkeypatch):
     # would be lost: a place in line held by a prompt that was stopped, ahead of the next one
-    monkeypatch.setattr("jarvis.upstream.hosts.WAIT_SLICE_S", 30.0)  # nothing but the cancel moves it
+    monkeypatch.setattr("jarvis.upstream.line.WAIT_SLICE_S", 30.0)  # nothing but the cancel moves it
     a = hosts[0]
     a.script(STALL)
     api = serve(a, max_streams=1)

@@ -27,7 +27,7 @@ from jarvis.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from jarvis.upstream import Done, Meta, Options, Progress, fit, gguf, local, slot
+from jarvis.upstream import Done, Meta, Options, Progress, decode, fit, gguf, local, slot
 from jarvis.upstream.fit import Trim
 from jarvis.upstream.local import LocalUpstream
 from tests.char_tokens import CharTokens
@@ -682,7 +682,7 @@ def test_real_stop_during_generation_ends_within_50ms(real):
 @real_model
 @pytest.mark.timeout(30)
 def test_real_model_answers_the_same_after_aborted_decodes(real, monkeypatch):
-    monkeypatch.setattr(local, "TEMPERATURE", 0.0)  # greedy, so answers can be compared
+    monkeypatch.setattr(decode, "TEMPERATURE", 0.0)  # greedy, so answers can be compared
     question = [{"role": "user", "content": "What is the capital of France?"}]
     before = answer(real.up, question)
     _stop_in_prompt_processing(real).join()

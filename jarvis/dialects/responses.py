@@ -89,7 +89,8 @@ def create():
     framer = ResponseFramer(call, body, session_id is not None)
     stream = common.start(call, framer, "responses")
     if session_id is not None:
-        framer.id = f"resp_{stream.message_id}"  # the stored answer: what a later previous_response_id names
+        # the stored answer: what a later previous_response_id names
+        framer.envelope.id = f"resp_{stream.message_id}"
     if call.stream:
         return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     return framer.response(common.collect(stream))

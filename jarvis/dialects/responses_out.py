@@ -26,11 +26,9 @@ class ResponseFramer:
     """Frames one answer as Responses events, and keeps what it framed for the final object."""
 
     def __init__(self, call: common.Call, body: dict, stored: bool):
-        self.id = "resp_" + secrets.token_hex(12)
+        self.envelope = Envelope(call, body, stored)
         self._items = secrets.token_hex(8)  # item ids: this prefix and a count
         self._count = 0
-        self.created_at = int(time.time())
-        self.echo = _echo(call, body, stored)
         self.seq = 0
         self.output: list[dict] = []  # the items done
         self.open: dict | None = None  # the reasoning or message item being grown
@@ -59,7 +57,7 @@ class ResponseFramer:
         if isinstance(ev, ToolCall):
             return self._close() + self._call(ev)
         if isinstance(ev, Start):
-            started = _object(self, "in_progress", [], None)
+            started = self.envelope.object("in_progress", [], None)
             return self._event("response.created", response=started) + self._event(
                 "response.in_progress", response=started
             )
@@ -75,27 +73,22 @@ class ResponseFramer:
         if answer.text:
             output.append(_message(self._next("msg"), answer.text))
         output += [_function_call(self._next("fc"), c) for c in answer.tool_calls]
-        return self._finished(answer.end, output)
+        return self.envelope.finished(answer.end, output)
 
     def _end(self, end: End) -> bytes:
         failure = common.end_error(end)
         if failure is None:
-            done = self._finished(end, self.output)
+            done = self.envelope.finished(end, self.output)
             kind = "response.completed" if done["status"] == "completed" else "response.incomplete"
             return self._event(kind, response=done)
         status = common.dialect_status(failure.http_status, failure.code)
         error = openai.error_body(status, failure.to_dict())["error"]
-        failed = _object(self, "failed", self.output, _usage(end))
+        failed = self.envelope.object("failed", self.output, _usage(end))
         failed["error"] = {"code": error["code"] or "server_error", "message": error["message"]}
         out = self._event("response.failed", response=failed)
         return out + self._event(
             "error", code=error["code"], message=error["message"], param=error["param"], error=error
         )
-
-    def _finished(self, end: End, output: list[dict]) -> dict:
-        if str(end.status) == "length":
-            return _object(self, "incomplete", output, _usage(end), LIMITED)
-        return _object(self, "completed", output, _usage(end))
 
     def _open_message(self) -> bytes:
         out = self._close()
@@ -175,17 +168,31 @@ class ResponseFramer:
         return _sse(kind, payload)
 
 
-def _object(framer: ResponseFramer, status: str, output: list, usage: dict | None, incomplete=None) -> dict:
-    """The ``response`` object, as it stands."""
-    head = {"id": framer.id, "object": "response", "created_at": framer.created_at, "status": status}
-    return {
-        **head,
-        "error": None,
-        "incomplete_details": incomplete,
-        **framer.echo,
-        "output": list(output),
-        "usage": usage,
-    }
+class Envelope:
+    """The ``response`` object around the output: its id and time, what the request asked for."""
+
+    def __init__(self, call: common.Call, body: dict, stored: bool):
+        self.id = "resp_" + secrets.token_hex(12)
+        self.created_at = int(time.time())
+        self.echo = _echo(call, body, stored)
+
+    def object(self, status: str, output: list, usage: dict | None, incomplete=None) -> dict:
+        """The ``response`` object, as it stands."""
+        head = {"id": self.id, "object": "response", "created_at": self.created_at, "status": status}
+        return {
+            **head,
+            "error": None,
+            "incomplete_details": incomplete,
+            **self.echo,
+            "output": list(output),
+            "usage": usage,
+        }
+
+    def finished(self, end: End, output: list[dict]) -> dict:
+        """The object of an answer that ended: completed, or incomplete when a token limit cut it."""
+        if str(end.status) == "length":
+            return self.object("incomplete", output, _usage(end), LIMITED)
+        return self.object("completed", output, _usage(end))
 
 
 def _echo(call: common.Call, body: dict, stored: bool) -> dict:

@@ -10,14 +10,16 @@ simply stop yielding.
 The wing: ``remote.py`` is the one skeleton of a chat streamed from a model
 server, ``ollama.py`` and ``openai.py`` its two protocols, ``http.py`` the
 connection they share; ``local.py`` is the embedded model, with ``gguf.py``
-(the model file), ``slot.py`` (its one slot and queue), ``fit.py`` (the
-history fitted to its window), ``grammar.py`` (formats held by a grammar),
-``counter.py`` (counting a prompt's tokens) and ``embedder.py`` (embeddings);
-``forced.py`` forces a tool call through a format where a backend cannot, and
-checks strict tools' calls against their schema; ``stops.py`` matches stop sequences;
-``hosts.py`` and ``health.py`` put several servers behind one upstream. It
-imports only the foundation (cancel, config, conversation, errors, log,
-metrics, sse); the store and the lifecycle import this interface.
+(the model file), ``slot.py`` (its one slot and queue), ``decode.py`` (one
+answer run on it), ``fit.py`` (the history fitted to its window),
+``grammar.py`` (formats held by a grammar), ``counter.py`` (counting a
+prompt's tokens) and ``embedder.py`` (embeddings); ``forced.py`` forces a tool
+call through a format where a backend cannot, and checks strict tools' calls
+against their schema; ``stops.py`` matches stop sequences; ``hosts.py``,
+``line.py`` (prompts waiting for a free host) and ``health.py`` put several
+servers behind one upstream. It imports only the foundation (cancel, config,
+conversation, errors, log, metrics, sse); the store and the lifecycle import
+this interface.
 """
 
 from __future__ import annotations

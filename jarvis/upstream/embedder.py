@@ -12,9 +12,31 @@ import threading
 from .. import log
 from ..errors import Unsupported, UpstreamStreamError, UpstreamTimeout, UpstreamUnavailable
 from . import Embedded, vectors_of
-from .gguf import _threads
+from .gguf import _threads, default_name
 
 N_CTX = 2048  # the longest text one embedding reads, in tokens (past it llama.cpp refuses the text)
+
+
+def embedder_for(path: str, wait_s: float) -> Embedder | NoEmbedder:
+    """The embedding model at ``path`` (JARVIS_LOCAL_EMBED_MODEL), or none when it is empty."""
+    return Embedder(path, wait_s) if path else NoEmbedder()
+
+
+class NoEmbedder:
+    """No embedding model configured: a clear refusal, since the chat model does not embed."""
+
+    def models(self) -> list[dict]:
+        return []
+
+    def embed(self, inputs: list[str], **knobs) -> Embedded:
+        raise Unsupported(
+            "model",
+            "the embedded backend has no embedding model: set JARVIS_LOCAL_EMBED_MODEL to the path "
+            "of an embedding GGUF, or embed through Ollama or an OpenAI-compatible server",
+        )
+
+    def close(self) -> None:
+        pass
 
 
 class Embedder:
@@ -26,6 +48,9 @@ class Embedder:
         self._lock = threading.Lock()  # one batch at a time: the model has one context
         self._llama = None
         self._closed = False
+
+    def models(self) -> list[dict]:
+        return [{"name": default_name(self.path)}]
 
     def embed(self, inputs: list[str], *, dimensions=None, **knobs) -> Embedded:
         for name, value in {"dimensions": dimensions, **knobs}.items():

@@ -9,12 +9,13 @@ Ada") outlives the long answers after it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .. import log
 from ..errors import UpstreamStreamError
-from . import Message
+from . import Message, Meta, Progress
 
 ANSWER_RESERVE = 512  # tokens kept free for the answer when the history is trimmed
 # an earlier answer cut to its start when the history is too long: the next step before any
@@ -56,6 +57,29 @@ class Trim:
         if self.shortened_answers:
             trimmed["shortened_answers"] = self.shortened_answers
         return {"trimmed": trimmed}
+
+
+def fitted(
+    llama,
+    template: Template,
+    messages: Sequence[Message],
+    n_ctx: int,
+    check: Callable[[], None],
+    on_trim: Callable[[str | None, Trim], None] | None,
+    session: str | None,
+) -> Generator[Meta | Progress, None, list[int]]:
+    """The prompt's tokens, fitted to the window (the return value); says what was trimmed.
+
+    ``check`` raises once a deadline has passed: fitting counts against the first token's."""
+    tokens, trim = fit(llama, template, messages, n_ctx)
+    check()
+    if trim.trimmed:
+        log.event("prompt_trimmed", session=session, **trim.fields())
+        yield Meta(trim.meta())
+    if on_trim is not None:
+        on_trim(session, trim)
+    yield Progress("reading", tokens=len(tokens))
+    return tokens
 
 
 def fit(llama, template: Template, messages: Sequence[Message], n_ctx: int) -> tuple[list[int], Trim]:

@@ -5,7 +5,7 @@ alike), so the many small chunks a fast model server sends come out as one
 block, not one read call each. A library was measured for this job (h11,
 docs/benchmarks.md, "Framing the upstream's HTTP"): it costs eight times the
 CPU per token of this loop, so the loop stays. Errors are ``http.client``'s;
-``http.Response`` turns them into Jarvis errors.
+``http.Deadlines`` turns them into Jarvis errors.
 """
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ class Framing:
         self.version = b""  # the status line's, HTTP/1.1 say
         # the body ended where its framing said, nothing after it: the connection may carry another
         self.finished = False
+
+    def reusable(self, headers: dict[str, str]) -> bool:
+        """Whether the connection may carry another request: its answer read to the end its
+        framing named, nothing after it, HTTP/1.1 and not closing."""
+        return (
+            self.finished
+            and self.version == b"HTTP/1.1"
+            and "close" not in headers.get("connection", "").lower()
+        )
 
     def head(self) -> tuple[int, dict[str, str]]:
         """The status and headers (names in lower case) of the final response."""

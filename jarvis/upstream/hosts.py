@@ -1,7 +1,8 @@
 """Several model hosts behind one upstream: each prompt goes to a host that has its model.
 
 ``Hosts`` is itself an ``Upstream``, over one upstream per host of
-``JARVIS_UPSTREAMS``. Each host is probed in its own thread (health, then its
+``JARVIS_UPSTREAMS``; its ``Router`` chooses the host and queues a prompt in
+the ``Line`` (``line.py``) while every host is full. Each host is probed in its own thread (health, then its
 model list), so a host that hangs on a probe delays nothing but its own state.
 A prompt goes to a host that is up and lists its model, the least busy first;
 when every such host is at its ``;max=N`` limit the prompt queues, saying its
@@ -19,15 +20,16 @@ import dataclasses
 import importlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 
 from .. import log
 from ..cancel import CancelScope
 from ..config import Config, ConfigError, HostSpec
-from ..errors import ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import ModelNotFound, UpstreamError, UpstreamUnavailable
 from ..metrics import Metrics
 from . import Chat, Embedded, Item, Meta, Progress, Upstream, count_tokens_of
 from .health import FIRST_WAIT_S, Prober
+from .line import Line
 
 # kind -> (module, class, the Config field that holds its URL); imported when a host needs it
 KINDS = {
@@ -42,7 +44,6 @@ RETRY_CODES = {  # the host failed, not the prompt: another host may answer it
     "upstream_bad_response",
 }
 DOWN_CODES = {"upstream_unavailable", "connect_timeout"}  # skip the host until it answers a probe
-WAIT_SLICE_S = 0.25  # longest single wait for a free host; a cancel or a release wakes it sooner
 CLOSE_WAIT_S = 1.0
 
 
@@ -112,96 +113,81 @@ class Host:
         return out
 
 
-class _Waiter:
-    """A prompt in line for a host: woken by its own event when a host is handed to it."""
+class Router:
+    """Chooses a host for each prompt: up with its model, the least busy first; queues it in
+    line while every such host is full; leaves a host that failed to its probe."""
 
-    def __init__(self, model: str, tried: list[Host]):
-        self.model = model
-        self.tried = tried
-        self.host: Host | None = None  # handed over under the router's lock, taken by the waiter
-        self.place = 0  # 1 for the head of the line; set under the router's lock
-        self.ready = threading.Event()
+    def __init__(self, hosts: list[Host], metrics: Metrics):
+        self.hosts = hosts
+        self.metrics = metrics
+        self._lock = threading.Lock()  # guards live, started, the line and what it hands over
+        self._line = Line(self._lock, self.candidates)  # prompts waiting for a free host
+        for host in hosts:
+            self.metrics.host_live.labels(host.url).set_function(lambda h=host: h.live)
 
+    def first(self, model: str) -> Upstream:
+        with self._lock:  # as the line reads the hosts' states
+            found = self.candidates(model, []) or self.hosts
+        return found[0].upstream
 
-class Line:
-    """Prompts waiting for a free host, oldest first, each within its one deadline.
-
-    A freed host goes to the oldest waiter that can use it, never to a newcomer. The
-    router's lock guards the line with the hosts' counts; ``candidates(model, tried)``
-    names the hosts a waiter may use."""
-
-    def __init__(self, lock: threading.Lock, candidates: Callable[[str, list[Host]], list[Host]]):
-        self._lock = lock
-        self._candidates = candidates
-        self._waiting: list[_Waiter] = []  # oldest first
-
-    def join(self, model: str, tried: list[Host]) -> _Waiter:
-        """Put a prompt at the end of the line and hand it a host if one is free (under the lock)."""
-        waiter = _Waiter(model, tried)
-        self._waiting.append(waiter)
-        self.dispatch()
-        return waiter
-
-    def wait(
-        self, waiter: _Waiter, cancel: CancelScope, deadline: float, busy_s: float
-    ) -> Generator[Progress, None, Host | None]:
-        """The host handed to ``waiter``, saying its place as it moves up; None once cancelled."""
-        unregister = cancel.on_cancel(lambda: self.leave(waiter))
-        shown = None
-        try:
-            while True:
-                with self._lock:
-                    if cancel.cancelled:  # checkpoint: cancelled while waiting for a host
-                        return None
-                    if waiter.host is None:
-                        self.dispatch()  # a host may have come up since: still the oldest first
-                    if waiter.host is not None:
-                        host, waiter.host = waiter.host, None
-                        return host
-                    position = waiter.place
-                if position != shown:
-                    shown = position
-                    yield Progress("queued", position=position)
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise UpstreamTimeout(
-                        f"every host with {waiter.model} stayed busy for {busy_s:g} s",
-                        code="first_token_timeout",
-                    )
-                # woken at once by a host handed over or a cancel; the slice only refreshes the position
-                waiter.ready.wait(min(left, WAIT_SLICE_S))
-                waiter.ready.clear()
-        finally:
-            unregister()
-            self.leave(waiter)
-
-    def dispatch(self) -> None:
-        """Hand free hosts to waiters, oldest first (under the lock)."""
-        for waiter in list(self._waiting):
-            free = [h for h in self._candidates(waiter.model, waiter.tried) if h.free()]
-            if free:
-                host = min(free, key=lambda h: (h.live, h.started))
-                host.live += 1
-                host.started += 1
-                waiter.host = host
-                self._waiting.remove(waiter)
-                waiter.ready.set()
-        for place, waiter in enumerate(self._waiting, 1):
-            if waiter.place != place:  # it moved up the line: it wakes and says so
-                waiter.place = place
-                waiter.ready.set()
-
-    def leave(self, waiter: _Waiter) -> None:
-        """Take ``waiter`` out of the line at once; a host handed to it and not taken goes back."""
+    def up_with(self, model: str) -> list[Host]:
         with self._lock:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            host, waiter.host = waiter.host, None
-            if host is not None:
-                host.live -= 1
-            self.dispatch()
-        waiter.ready.set()
+            return [h for h in self.hosts if h.state == "up" and h.has(model)]
+
+    def candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
+        """Hosts this prompt may use: up with the model; else up; else those not probed yet.
+
+        A host its probe (or a prompt since) found down is left to its probe, which asks
+        again within a second: a prompt that tried it would only be one more probe, and
+        against a hung host it would wait there for its whole first-token timeout."""
+        left = [h for h in self.hosts if h not in tried]
+        up = [h for h in left if h.state == "up"]
+        with_model = [h for h in up if h.has(model)]
+        if retry:
+            return with_model
+        return with_model or up or [h for h in left if h.state == "unknown"]
+
+    def none_answers(self, model: str) -> UpstreamUnavailable:
+        """The error for a prompt no host can take: what the probes last said."""
+        said = [h.describe().get("error", {}).get("message") for h in self.hosts]
+        for host in self.hosts:
+            host.prober.poke()  # ask again now: a host back up is used at once
+        detail = "; ".join(f"{h.url}: {m}" for h, m in zip(self.hosts, said, strict=True) if m)
+        return UpstreamUnavailable(f"no model host for {model} answers" + (f" ({detail})" if detail else ""))
+
+    def take(
+        self, model: str, cancel: CancelScope, tried: list[Host], deadline: float, busy_s: float
+    ) -> Generator[Progress, None, Host | None]:
+        """Reserve the least busy candidate host, queueing in order while all are full; None once
+        cancelled."""
+        with self._lock:
+            if not self.candidates(model, tried):
+                raise self.none_answers(model)
+            waiter = self._line.join(model, tried)
+        return (yield from self._line.wait(waiter, cancel, deadline, busy_s))
+
+    def pick(self, model: str) -> Host:
+        """Reserve the least busy host with the model at once, a free one first (never queued)."""
+        with self._lock:
+            found = self.candidates(model, [])
+            if not found:
+                raise self.none_answers(model)
+            host = min(found, key=lambda h: (not h.free(), h.live, h.started))
+            host.live += 1
+            host.started += 1
+        return host
+
+    def release(self, host: Host) -> None:
+        with self._lock:
+            host.live -= 1
+            self._line.dispatch()
+
+    def failed(self, host: Host, e: UpstreamError) -> None:
+        self.metrics.host_failures.labels(host.url, e.code).inc()
+        if e.code in DOWN_CODES:
+            host.failed_at = time.monotonic()
+            host.prober.poke()  # find out soon when it is back
+            log.event("host_down", host=host.url, code=e.code)
 
 
 class Hosts:
@@ -214,10 +200,7 @@ class Hosts:
         self.default_model = config.model
         self.config = config
         self.metrics = metrics or Metrics()
-        self._lock = threading.Lock()  # guards live, started, the line and what it hands over
-        self._line = Line(self._lock, self._candidates)  # prompts waiting for a free host
-        for host in hosts:
-            self.metrics.host_live.labels(host.url).set_function(lambda h=host: h.live)
+        self._router = Router(hosts, self.metrics)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> Hosts:
@@ -237,9 +220,10 @@ class Hosts:
         One first-token deadline covers the whole prompt: the wait in line, then each host."""
         tried: list[Host] = []
         model = chat.model
-        first_token_by = time.monotonic() + self.config.first_token_timeout_s
+        first_token_s = self.config.first_token_timeout_s
+        first_token_by = time.monotonic() + first_token_s
         while not cancel.cancelled:  # checkpoint: before a host is taken
-            host = yield from self._take(model, cancel, tried, first_token_by)
+            host = yield from self._router.take(model, cancel, tried, first_token_by, first_token_s)
             if host is None:
                 return
             tried.append(host)
@@ -255,39 +239,32 @@ class Hosts:
                     yield item
                 return
             except UpstreamError as e:
-                self._failed(host, e)
+                self._router.failed(host, e)
                 if flowed or cancel.cancelled or len(tried) > 1 or e.code not in RETRY_CODES:
                     raise
-                if not self._candidates(model, tried, retry=True):
+                if not self._router.candidates(model, tried, retry=True):
                     raise
                 log.event("host_retry", host=host.url, code=e.code, session=session)
             finally:
                 if chunks is not None:
                     chunks.close()
-                self._release(host)
+                self._router.release(host)
 
     def embed(self, model: str, inputs: list[str], **knobs) -> Embedded:
         """Embed on the least busy host with the model (a free one first); never queued or retried:
         a batch is short, and a client that gets an error may simply send it again."""
-        with self._lock:
-            found = self._candidates(model, [])
-            if not found:
-                raise self._none_answers(model)
-            host = min(found, key=lambda h: (not h.free(), h.live, h.started))
-            host.live += 1
-            host.started += 1
+        host = self._router.pick(model)
         try:
             return host.upstream.embed(model, inputs, **knobs)
         except UpstreamError as e:
-            self._failed(host, e)
+            self._router.failed(host, e)
             raise
         finally:
-            self._release(host)
+            self._router.release(host)
 
     def show(self, model: str) -> dict:
         """The ``/api/show`` of the first host up that lists the model."""
-        with self._lock:
-            found = [h for h in self.hosts if h.state == "up" and h.has(model)]
+        found = self._router.up_with(model)
         if not found:
             raise ModelNotFound(f"no model host has {model!r}")
         return found[0].upstream.show(model)
@@ -305,63 +282,14 @@ class Hosts:
     def check(self, chat: Chat) -> None:
         """What the first host with the model (else the first up) says of ``chat``: hosts serving
         one model are meant to be alike."""
-        self._first(chat.model).check(chat)
+        self._router.first(chat.model).check(chat)
 
     def capabilities(self, model: str) -> frozenset[str] | None:
-        return self._first(model).capabilities(model)
+        return self._router.first(model).capabilities(model)
 
     def count_tokens(self, chat: Chat) -> int | None:
         """What the first host with the model counts (None: it cannot count; Ollama cannot)."""
-        return count_tokens_of(self._first(chat.model), chat)
-
-    def _first(self, model: str) -> Upstream:
-        with self._lock:  # as the line reads the hosts' states
-            found = self._candidates(model, []) or self.hosts
-        return found[0].upstream
-
-    def _candidates(self, model: str, tried: list[Host], retry: bool = False) -> list[Host]:
-        """Hosts this prompt may use: up with the model; else up; else those not probed yet.
-
-        A host its probe (or a prompt since) found down is left to its probe, which asks
-        again within a second: a prompt that tried it would only be one more probe, and
-        against a hung host it would wait there for its whole first-token timeout."""
-        left = [h for h in self.hosts if h not in tried]
-        up = [h for h in left if h.state == "up"]
-        with_model = [h for h in up if h.has(model)]
-        if retry:
-            return with_model
-        return with_model or up or [h for h in left if h.state == "unknown"]
-
-    def _none_answers(self, model: str) -> UpstreamUnavailable:
-        """The error for a prompt no host can take: what the probes last said."""
-        said = [h.describe().get("error", {}).get("message") for h in self.hosts]
-        for host in self.hosts:
-            host.prober.poke()  # ask again now: a host back up is used at once
-        detail = "; ".join(f"{h.url}: {m}" for h, m in zip(self.hosts, said, strict=True) if m)
-        return UpstreamUnavailable(f"no model host for {model} answers" + (f" ({detail})" if detail else ""))
-
-    def _take(
-        self, model: str, cancel: CancelScope, tried: list[Host], deadline: float
-    ) -> Generator[Progress, None, Host | None]:
-        """Reserve the least busy candidate host, queueing in order while all are full; None once
-        cancelled."""
-        with self._lock:
-            if not self._candidates(model, tried):
-                raise self._none_answers(model)
-            waiter = self._line.join(model, tried)
-        return (yield from self._line.wait(waiter, cancel, deadline, self.config.first_token_timeout_s))
-
-    def _release(self, host: Host) -> None:
-        with self._lock:
-            host.live -= 1
-            self._line.dispatch()
-
-    def _failed(self, host: Host, e: UpstreamError) -> None:
-        self.metrics.host_failures.labels(host.url, e.code).inc()
-        if e.code in DOWN_CODES:
-            host.failed_at = time.monotonic()
-            host.prober.poke()  # find out soon when it is back
-            log.event("host_down", host=host.url, code=e.code)
+        return count_tokens_of(self._router.first(chat.model), chat)
 
     def health(self) -> dict:
         """Each host's state from its last probe; no I/O here."""

@@ -6,8 +6,9 @@ A flag checked between chunks is never seen while the model server is silent
 the stream's ``CancelScope`` before it even connects; ``cancel()`` from
 another thread then breaks whatever call the worker blocks in. The standard
 library's ``HTTPConnection`` writes the request; ``framing.py`` reads the
-response, a receive at a time. ``Response`` keeps the deadlines and the
-phases, and transport exceptions become ``jarvis.errors`` here and nowhere else.
+response, a receive at a time. ``Response`` reads it and gives its connection
+back; its ``Deadlines`` keep the phases and their bounds, and transport
+exceptions become ``jarvis.errors`` there and nowhere else.
 """
 
 from __future__ import annotations
@@ -71,6 +72,61 @@ class Peer:
     hint: str = ""
 
 
+class Deadlines:
+    """Which of a response's bounds applies now, by its phase ("connect", then "first_token", then
+    "idle" once text has flowed; the total throughout), and what a transport error in each means."""
+
+    def __init__(self, timeouts: Timeouts):
+        self.timeouts = timeouts
+        self.phase = "connect"
+        self._opened = time.monotonic()
+        self._progress = self._opened
+
+    def progress(self) -> bool:
+        """Note that text arrived; True when that begins the idle phase."""
+        self._progress = time.monotonic()
+        if self.phase == "idle":
+            return False
+        self.phase = "idle"
+        return True
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._opened > self.timeouts.total_s:  # bytes that never form an answer still end
+            raise UpstreamTimeout(
+                f"the answer took longer than {self.timeouts.total_s:g} s", code="total_timeout"
+            )
+        if now - self._progress > self._silence_limit():  # keep-alive comments are not text
+            raise self.timeout()
+
+    def _silence_limit(self) -> float:
+        return self.timeouts.idle_s if self.phase == "idle" else self.timeouts.first_token_s
+
+    def timeout(self) -> UpstreamTimeout:
+        if self.phase == "idle":
+            return UpstreamTimeout(
+                f"the model was silent for more than {self.timeouts.idle_s:g} s", code="idle_timeout"
+            )
+        named_s = self.timeouts.first_token_named_s or self.timeouts.first_token_s
+        return UpstreamTimeout(f"no answer from the model within {named_s:g} s", code="first_token_timeout")
+
+    def translate(self, e: BaseException, peer: Peer) -> UpstreamError:
+        """The one place transport exceptions become Jarvis errors."""
+        if _is_timeout(e):
+            if self.phase == "connect":
+                return UpstreamTimeout(
+                    f"{peer.name} at {peer.url} did not accept a connection within "
+                    f"{self.timeouts.connect_s:g} s",
+                    code="connect_timeout",
+                )
+            return self.timeout()
+        if isinstance(e, ssl.SSLError):  # a certificate refused is not a server that is down
+            return UpstreamUnavailable(f"TLS with {peer.name} at {peer.url} failed: {e.reason or e}")
+        if self.phase == "connect":
+            return UpstreamUnavailable(f"{peer.name} is not reachable at {peer.url}. {peer.hint}".strip())
+        return UpstreamDisconnected(f"the connection to {peer.name} broke: {type(e).__name__}")
+
+
 class Response:
     """One streamed response; the worker reads it, any thread may cancel it."""
 
@@ -80,32 +136,28 @@ class Response:
         self.peer = peer
         self.pool = pool  # where the connection comes from and goes back to (an embedding's), or None
         self._framing: Framing | None = None
-        self.phase = "connect"  # then "first_token", then "idle" once text has flowed
+        self.deadlines = Deadlines(timeouts)
         self.status = 0
         self.headers: Mapping[str, str] = {}
         self._sock: socket.socket | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._body: Iterator[bytes] | None = None  # None: cancelled before a response came
         self._undo: list = []
-        self._opened = time.monotonic()
-        self._progress = self._opened
 
     def progress(self) -> None:
         """Note that text arrived: from now on the idle timeout applies, not the first-token one."""
-        self._progress = time.monotonic()
-        if self.phase != "idle":
-            self.phase = "idle"
-            if self._sock.fileno() >= 0:  # a body that ended with this read has closed it
-                self._sock.settimeout(self.timeouts.idle_s)
+        # a body that ended with this read has closed its socket
+        if self.deadlines.progress() and self._sock.fileno() >= 0:
+            self._sock.settimeout(self.timeouts.idle_s)
 
     def chunks(self) -> Iterator[bytes]:
         """The body as it arrives, what one receive brings at a time, within the deadlines."""
         if self._body is None:
             return
-        self._check_deadlines()
+        self.deadlines.check()
         for data in self._body:
             yield data
-            self._check_deadlines()
+            self.deadlines.check()
 
     def line_groups(self, max_line: int) -> Iterator[list[bytes]]:
         """The body's lines as they arrive, a list per receive (a fast server sends many at a
@@ -135,15 +187,6 @@ class Response:
                 break
         return data[:limit]
 
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        if now - self._opened > self.timeouts.total_s:  # bytes that never form an answer still end
-            raise UpstreamTimeout(
-                f"the answer took longer than {self.timeouts.total_s:g} s", code="total_timeout"
-            )
-        if now - self._progress > self._silence_limit():  # keep-alive comments are not text
-            raise self._timeout()
-
     def error_detail(self) -> str:
         """The server's own words for an HTTP error, best effort and short."""
         try:
@@ -158,17 +201,6 @@ class Response:
             error = found["error"]
             return str(error.get("message") or error) if isinstance(error, dict) else str(error)
         return body[:200].decode("utf-8", "replace").strip() or "(no detail)"
-
-    def _silence_limit(self) -> float:
-        return self.timeouts.idle_s if self.phase == "idle" else self.timeouts.first_token_s
-
-    def _timeout(self) -> UpstreamTimeout:
-        if self.phase == "idle":
-            return UpstreamTimeout(
-                f"the model was silent for more than {self.timeouts.idle_s:g} s", code="idle_timeout"
-            )
-        named_s = self.timeouts.first_token_named_s or self.timeouts.first_token_s
-        return UpstreamTimeout(f"no answer from the model within {named_s:g} s", code="first_token_timeout")
 
     def _open(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> None:
         parts = urlsplit(url)
@@ -186,7 +218,7 @@ class Response:
                     raise  # part of an answer came: the request may have run, so it is not sent again
                 # the server closed the kept connection before it answered: once more, on a new one
                 self._let_go(reusable=False)
-        self.phase = "connect"
+        self.deadlines.phase = "connect"
         sock = open_socket(parts.hostname, port, tls, self.timeouts.connect_s, self.cancel, self._undo)
         if self.pool is not None:
             self.pool.lend(sock)
@@ -196,25 +228,13 @@ class Response:
         """Send the request on ``sock`` (connected) and read the answer's head."""
         self._sock = sock
         self._framing = Framing(sock.recv)
-        self.phase = "first_token"  # connected: a failure from now on is not "unreachable"
+        self.deadlines.phase = "first_token"  # connected: a failure from now on is not "unreachable"
         sock.settimeout(self.timeouts.first_token_s)
         self._conn = http.client.HTTPConnection(host, port)
         self._conn.sock = sock  # it writes the request on our socket; we read the answer
         self._conn.request(method, target, body=body, headers=headers)
         self.status, self.headers = self._framing.head()
         self._body = self._framing.body(self.status, self.headers)
-
-    def _reusable(self) -> bool:
-        """Whether the connection may carry another request: its answer read to the end its
-        framing named, nothing after it, HTTP/1.1 and not closing, and no cancel."""
-        framing = self._framing
-        return (
-            framing is not None
-            and framing.finished
-            and framing.version == b"HTTP/1.1"
-            and "close" not in self.headers.get("connection", "").lower()
-            and not self.cancel.cancelled  # read after the undos: a cancel then has shut it down
-        )
 
     def _let_go(self, reusable: bool) -> None:
         """Unregister the cancel's closers, then close the connection or give it back to the pool."""
@@ -229,32 +249,20 @@ class Response:
         if sock is None:
             return
         if self.pool is not None:
-            self.pool.give(sock, reusable and self._reusable())
+            framing = self._framing
+            # the cancel read after the undos: a cancel by then has shut it down
+            kept = (
+                reusable
+                and framing is not None
+                and framing.reusable(self.headers)
+                and not self.cancel.cancelled
+            )
+            self.pool.give(sock, kept)
         else:
             sock.close()
 
     def _close(self) -> None:
         self._let_go(reusable=True)
-
-    def _translate(self, e: BaseException) -> UpstreamError:
-        """The one place transport exceptions become Jarvis errors."""
-        if _is_timeout(e):
-            if self.phase == "connect":
-                return UpstreamTimeout(
-                    f"{self.peer.name} at {self.peer.url} did not accept a connection within "
-                    f"{self.timeouts.connect_s:g} s",
-                    code="connect_timeout",
-                )
-            return self._timeout()
-        if isinstance(e, ssl.SSLError):  # a certificate refused is not a server that is down
-            return UpstreamUnavailable(
-                f"TLS with {self.peer.name} at {self.peer.url} failed: {e.reason or e}"
-            )
-        if self.phase == "connect":
-            return UpstreamUnavailable(
-                f"{self.peer.name} is not reachable at {self.peer.url}. {self.peer.hint}".strip()
-            )
-        return UpstreamDisconnected(f"the connection to {self.peer.name} broke: {type(e).__name__}")
 
 
 @contextmanager
@@ -281,7 +289,7 @@ def request(
             response._open(method, url, body, headers or {})
         except TRANSPORT_ERRORS as e:
             if not cancel.cancelled:
-                raise response._translate(e) from e
+                raise response.deadlines.translate(e, peer) from e
             # cancelled while opening: the response has nothing to read
         yield response
     except UpstreamError:
@@ -289,7 +297,7 @@ def request(
             raise
     except TRANSPORT_ERRORS as e:
         if not cancel.cancelled:  # an error we caused by closing is no error
-            raise response._translate(e) from e
+            raise response.deadlines.translate(e, peer) from e
     finally:
         response._close()
 

@@ -1,7 +1,8 @@
 """The embedded model: llama-cpp-python running a GGUF file in this process.
 
 One llama context can run one generation at a time, so the model sits in a
-single slot (``slot.py``). The request holding it generates in its own (the
+single slot (``slot.py``); ``decode.py`` runs an answer on it, and this module says
+what the backend serves and refuses. The request holding it generates in its own (the
 caller's worker) thread; others wait in a bounded queue and say so by yielding
 ``Progress("queued")``; the holder says when it loads the model (``gguf.py``)
 and how many tokens of prompt it reads, once the prompt fits the window
@@ -33,25 +34,19 @@ held to a grammar (``grammar.py``) as each token is sampled, between decodes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
-from .. import log
 from ..cancel import CancelScope
 from ..config import Config
 from ..conversation import call_schema, forced_tools
-from ..errors import (
-    ModelNotFound,
-    Unsupported,
-    UpstreamError,
-    UpstreamStreamError,
-    UpstreamUnavailable,
-)  # fmt: skip
-from . import Chat, Done, Embedded, Item, Message, Meta, Options, Progress, forced, grammar, refuse_missing
+from ..errors import ModelNotFound, Unsupported, UpstreamUnavailable
+from . import Chat, Embedded, Item, forced, grammar, refuse_missing
 from .counter import Counter
-from .embedder import Embedder
-from .fit import Trim, fit
+from .decode import Decoder
+from .embedder import embedder_for
+from .fit import Trim
 from .gguf import DEFAULT_MODEL, MODEL_PACKAGE, Model, available, default_name, find_model
-from .slot import Deadline, Slot, Ticket
+from .slot import Deadline, Slot
 
 __all__ = ["DEFAULT_MODEL", "MODEL_PACKAGE", "LocalUpstream", "available", "find_model"]  # the backend's face
 
@@ -59,8 +54,6 @@ __all__ = ["DEFAULT_MODEL", "MODEL_PACKAGE", "LocalUpstream", "available", "find
 # bigger window mostly buys longer waits for the first token (and 8192 costs
 # another 135 MB of KV cache)
 N_CTX = 2048
-TEMPERATURE = 0.2  # SmolLM2's recommended sampling
-TOP_P = 0.9
 
 
 class LocalUpstream:
@@ -87,11 +80,13 @@ class LocalUpstream:
         self.default_model = model_name or default_name(path)
         self.n_ctx = n_ctx
         self.max_answer_tokens = max_answer_tokens
-        self.on_trim = on_trim
         self._slot = Slot(max_waiting)
         self._deadline = Deadline(first_token_timeout_s, idle_timeout_s, total_timeout_s)
         self._model = Model(path, n_ctx, self._should_abort, llama)
-        self._embedder = Embedder(embed_model, first_token_timeout_s) if embed_model else None
+        self._decoder = Decoder(
+            self._slot, self._deadline, self._model, on_trim, lambda: self.max_answer_tokens
+        )
+        self._embedder = embedder_for(embed_model, first_token_timeout_s)
         self._counter = Counter(self._model)
 
     @classmethod
@@ -112,85 +107,13 @@ class LocalUpstream:
         is asked for as its JSON schema (``forced.py``) and comes out as one ``ToolCall``."""
         if cancel.cancelled:  # checkpoint: stopped before the call
             return
-        raw = self._stream(forced.prepare(chat), cancel, session)
+        prepared = forced.prepare(chat)
+        self._serves(chat.model)
+        raw = self._decoder.stream(prepared, cancel, session)
         try:
             yield from forced.answer(chat, raw)
         finally:
             raw.close()  # the slot is given back now, not when the generator is collected
-
-    def _stream(self, chat: Chat, cancel: CancelScope, session: str | None) -> Iterator[Item]:
-        if chat.model and chat.model != self.default_model:
-            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {chat.model!r}")
-        if not chat.messages:
-            raise UpstreamStreamError("there is no message to answer")
-        try:
-            held = grammar.of(chat.format)  # before the queue: a schema it cannot hold waits for nothing
-        except Unsupported as e:  # check() refuses it first; a caller that skipped it gets this
-            raise UpstreamStreamError(e.message) from e
-        started = time.monotonic()
-        ticket = self._slot.join(session, cancel)
-        unregister = cancel.on_cancel(lambda: self._slot.on_cancel(ticket))
-        try:
-            yield from self._answer(ticket, chat, held, cancel, session, started)
-        finally:
-            unregister()
-            if self._slot.leave(ticket):
-                self._model.free()
-
-    def _answer(
-        self, ticket: Ticket, chat: Chat, held, cancel: CancelScope, session: str | None, started: float
-    ) -> Iterator[str | Progress | Meta | Done]:
-        first_token_s = self._deadline.first_token_s
-        yield from self._slot.turn(ticket, started + first_token_s, first_token_s)
-        if cancel.cancelled:  # checkpoint: left the queue, or cancelled as the model came free
-            return
-        if ticket.state != "holding" or self._slot.closed:
-            raise UpstreamUnavailable("the local model was shut down while the prompt waited")
-        # the first-token deadline covers the queue, loading the model and reading the prompt
-        self._deadline.start(started)
-        try:
-            if self._model.llama is None:
-                yield Progress("loading")
-            llama = self._model.load()
-            self._deadline.check()  # a load cannot be aborted: it counts once it returns
-            tokens = yield from self._prompt(llama, chat.messages, session)
-            yield from self._generate(llama, tokens, cancel, chat.options, held)
-        finally:
-            self._deadline.clear()
-
-    def _prompt(self, llama, messages: Sequence[Message], session: str | None) -> Iterator[Meta | Progress]:
-        """The prompt's tokens, fitted to the window (the return value); says what was trimmed."""
-        tokens, trim = fit(llama, self._model.template, messages, self.n_ctx)
-        self._deadline.check()
-        if trim.trimmed:
-            log.event("prompt_trimmed", session=session, **trim.fields())
-            yield Meta(trim.meta())
-        if self.on_trim is not None:
-            self.on_trim(session, trim)
-        yield Progress("reading", tokens=len(tokens))
-        return tokens
-
-    def _generate(
-        self, llama, tokens: list[int], cancel: CancelScope, options: Options, held
-    ) -> Iterator[str | Done]:
-        max_tokens = self.n_ctx - len(tokens)
-        limit = options.max_tokens or self.max_answer_tokens  # the request's, else the default
-        if limit:
-            max_tokens = min(max_tokens, limit)
-        sampling = _sampling(options)
-        if held is not None:
-            sampling["grammar"] = held  # checked as each token is sampled, between decodes
-        chunks = llama.create_completion(tokens, max_tokens=max_tokens, stream=True, **sampling)
-        try:
-            yield from _answer_of(chunks, cancel, self._deadline, len(tokens))
-        except (RuntimeError, ValueError) as e:
-            # our abort (cancel or a deadline): llama.cpp dropped the half-done batch and
-            # llama-cpp-python never counted it, so the cached prefix stays valid
-            if cancel.cancelled:
-                return
-            raise _failure(llama, e, self._deadline, self._slot) from e
-        finally:
-            chunks.close()
 
     def _should_abort(self) -> bool:
         # called by llama.cpp's compute threads many times per decode: keep it cheap
@@ -207,9 +130,12 @@ class LocalUpstream:
             info.update(ok=False, error=error.to_dict())
         return info
 
+    def _serves(self, model: str | None) -> None:
+        if model and model != self.default_model:
+            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {model!r}")
+
     def models(self) -> list[dict]:
-        embedding = [{"name": default_name(self._embedder.path)}] if self._embedder is not None else []
-        return [{"name": self.default_model}, *embedding]
+        return [{"name": self.default_model}, *self._embedder.models()]
 
     def show(self, model: str) -> dict:
         """Its own ``/api/show``: the window Jarvis gives it, under its architecture's name."""
@@ -244,42 +170,18 @@ class LocalUpstream:
     def embed(self, model: str, inputs: list[str], *, cancel=None, **knobs) -> Embedded:
         """With JARVIS_LOCAL_EMBED_MODEL, its vectors (whatever ``model`` names: there is one);
         else a clear refusal: the chat model does not embed."""
-        if self._embedder is not None:
-            return self._embedder.embed(inputs, **knobs)
-        raise Unsupported(
-            "model",
-            "the embedded backend has no embedding model: set JARVIS_LOCAL_EMBED_MODEL to the path "
-            "of an embedding GGUF, or embed through Ollama or an OpenAI-compatible server",
-        )
+        return self._embedder.embed(inputs, **knobs)
 
     def count_tokens(self, chat: Chat) -> int:
         """The tokens of ``chat``'s whole prompt, rendered as an answer renders it (before any trim
         to the window); refused as an answer would be when the model could not answer it."""
-        if chat.model and chat.model != self.default_model:
-            raise ModelNotFound(f"the local backend serves {self.default_model!r}, not {chat.model!r}")
+        self._serves(chat.model)
         self.check(chat)
         return self._counter.count(forced.prepare(chat).messages)
 
     def check(self, chat: Chat) -> None:
         """Text, a format and a forced tool call pass; anything else is refused, named."""
-        if chat.images:
-            raise Unsupported("images", "the embedded model reads text only: it cannot see images")
-        if chat.think:
-            raise Unsupported("think", "the embedded model does not think before it answers")
-        for key in chat.options.extra:
-            raise Unsupported(f"options.{key}", f"the embedded model takes no {key!r} option")
-        if chat.keep_alive is not None:
-            raise Unsupported("keep_alive", "keep_alive applies to Ollama; the embedded model stays loaded")
-        tools = forced_tools(chat)
-        if chat.tool_name is not None and chat.tools and not tools:
-            raise Unsupported("tool_choice", f"no tool named {chat.tool_name!r} is offered")
-        if chat.tools and chat.tool_choice != "none" and not tools:
-            raise Unsupported(
-                "tools",
-                "the embedded model calls a tool only when tool_choice requires one "
-                '("required" or a function named)',
-            )
-        grammar.of(call_schema(tools) if tools else chat.format, "tools" if tools else "format")
+        _refuse_unsupported(chat)
         refuse_missing(forced.prepare(chat), self.capabilities(chat.model), "the embedded model")
 
     def close(self) -> None:
@@ -290,48 +192,27 @@ class LocalUpstream:
         if self._slot.close():
             self._model.free()
         self._counter.close()
-        if self._embedder is not None:
-            self._embedder.close()
+        self._embedder.close()
 
 
-def _answer_of(chunks, cancel: CancelScope, deadline: Deadline, prompt_tokens: int) -> Iterator[str | Done]:
-    """The text of llama-cpp-python's completion chunks, then ``Done``; each text restarts the idle clock."""
-    produced = 0
-    for chunk in chunks:  # each step is one llama_decode, which the abort flag breaks
-        if cancel.cancelled:  # checkpoint: between tokens
-            return
-        choice = chunk["choices"][0]
-        text = choice["text"]
-        if text:
-            produced += 1
-            yield text
-            deadline.token()
-        if choice.get("finish_reason"):
-            yield Done("length" if choice["finish_reason"] == "length" else "stop", prompt_tokens, produced)
-        deadline.check()  # checkpoint: a stand-in or a step that ignores the abort flag
-
-
-def _failure(llama, e: Exception, deadline: Deadline, slot: Slot) -> UpstreamError:
-    """What a decode that raised means: a deadline passed, a shutdown, or a real failure."""
-    if deadline.passed():
-        return deadline.error()
-    llama.reset()  # a real failure: trust nothing the context holds
-    if slot.closed:
-        return UpstreamUnavailable("the local model was shut down mid-answer")
-    return UpstreamStreamError(f"the local model failed: {e}")
-
-
-def _sampling(options: Options) -> dict:
-    """llama-cpp-python's sampling arguments: the request's, else SmolLM2's recommended ones."""
-    sampling = {
-        "temperature": TEMPERATURE if options.temperature is None else options.temperature,
-        "top_p": TOP_P if options.top_p is None else options.top_p,
-    }
-    if options.stop:
-        sampling["stop"] = list(options.stop)
-    if options.seed is not None:
-        sampling["seed"] = options.seed
-    for name in ("frequency_penalty", "presence_penalty"):
-        if (value := getattr(options, name)) is not None:
-            sampling[name] = value
-    return sampling
+def _refuse_unsupported(chat: Chat) -> None:
+    """Refuse, named, what the embedded model cannot do: images, thinking, other options, a
+    tool call it is not forced to make, a format its grammar cannot hold."""
+    if chat.images:
+        raise Unsupported("images", "the embedded model reads text only: it cannot see images")
+    if chat.think:
+        raise Unsupported("think", "the embedded model does not think before it answers")
+    for key in chat.options.extra:
+        raise Unsupported(f"options.{key}", f"the embedded model takes no {key!r} option")
+    if chat.keep_alive is not None:
+        raise Unsupported("keep_alive", "keep_alive applies to Ollama; the embedded model stays loaded")
+    tools = forced_tools(chat)
+    if chat.tool_name is not None and chat.tools and not tools:
+        raise Unsupported("tool_choice", f"no tool named {chat.tool_name!r} is offered")
+    if chat.tools and chat.tool_choice != "none" and not tools:
+        raise Unsupported(
+            "tools",
+            "the embedded model calls a tool only when tool_choice requires one "
+            '("required" or a function named)',
+        )
+    grammar.of(call_schema(tools) if tools else chat.format, "tools" if tools else "format")

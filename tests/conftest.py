@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+import werkzeug.security
 from flask import Flask
 from flask.testing import FlaskClient
 
+import jarvis.web.accounts
 from jarvis import create_app, sse
 from jarvis.config import Config, ConfigError
 from jarvis.web.server import Server
@@ -89,11 +91,51 @@ def local_token_in_environment():
         yield
 
 
+class _PasswordHashes:
+    """``generate_password_hash`` for the tests: a password's hash is made once per run, then handed out
+    once a test.
+
+    Nearly every test makes an account with one of a few passwords, and each scrypt hash takes about
+    0.1 s of a core (the everyday run spent more time hashing than anything else). The hash handed out
+    is werkzeug's own, salted, at its default cost, and every sign-in checks it for real; within one
+    test a password's second account gets a fresh salt, as it would in production."""
+
+    def __init__(self):
+        self.made: dict[str, str] = {}
+        self.given: set[str] = set()  # the passwords whose made hash this test already has
+        self.lock = threading.Lock()  # accounts are made on server threads too
+
+    def __call__(self, password: str, *args, **kwargs) -> str:
+        with self.lock:
+            fresh = bool(args or kwargs) or password in self.given
+            if not fresh:
+                self.given.add(password)
+                if password not in self.made:
+                    self.made[password] = werkzeug.security.generate_password_hash(password)
+                return self.made[password]
+        return werkzeug.security.generate_password_hash(password, *args, **kwargs)
+
+    def new_test(self) -> None:
+        with self.lock:
+            self.given.clear()
+
+
+_password_hashes = _PasswordHashes()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def password_hashes_made_once():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jarvis.web.accounts, "generate_password_hash", _password_hashes)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """No thread and no registry entry outlives a test."""
     before = set(threading.enumerate())
     _apps.clear()
+    _password_hashes.new_test()
     yield
     try:
         wait_for(lambda: not (set(threading.enumerate()) - before), timeout=5.0, what="test threads to end")

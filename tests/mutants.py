@@ -234,6 +234,15 @@ MUTANTS = [
  ("api-key-everywhere: x-api-key is taken as the credential on every route, not only Anthropic's", "jarvis/web/origin.py",
   "    if request.blueprint in API_KEY_BLUEPRINTS:\n", "    if True:\n",
   ["tests/test_anthropic_api.py::test_x_api_key_and_bearer_are_both_accepted_and_a_bad_key_is_401"]),
+ ("stop-in-loop: a Stop ends its answer only once a pool thread is free to serve it", "jarvis/web/server.py",
+  '            environ[STOPPED_IN_LOOP] = answers.stop_in_loop(self.app, environ)\n', "            pass\n",
+  ["tests/test_serving.py::test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy"]),
+ ("stop-loop-unchecked: the event loop stops the session's live answer for any Stop", "jarvis/web/answers.py",
+  "            live = shown_live_answer()\n", '            live = live_answer(current_app.extensions["jarvis"].registry, request.view_args["session_id"])\n',
+  ["tests/test_serving.py::test_a_stop_the_route_would_refuse_never_cancels_in_the_event_loop"]),
+ ("stop-loop-proxy: the event loop judges a Stop without waitress's proxy headers (the scheme)", "jarvis/web/server.py",
+  "        if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:  # as waitress's create_server\n", "        if False:\n",
+  ["tests/test_serving.py::test_behind_the_proxy_a_stop_from_the_other_scheme_never_cancels_in_the_event_loop"]),
 ]
 
 

@@ -14,6 +14,7 @@ reveals a gone client: that is the floor there.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -21,18 +22,72 @@ import time
 
 from flask import Flask
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.proxy_headers import proxy_headers_middleware
 from waitress.server import create_server
+from waitress.task import WSGITask
 
 from .. import log
+from . import answers
+from .auth import STOPPED_IN_LOOP
 from .bodies import MAX_BODY_BYTES
+from .page import ForwardedPrefix
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
 
 
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, which shows its channel a request the moment it is complete:
+    in the event loop, before the channel queues it for a thread."""
+
+    def __init__(self, adj, channel: _Channel):
+        super().__init__(adj)
+        self.channel = channel
+        self.stopped_in_loop = None  # the answer this request (a Stop) ended in the event loop
+
+    def received(self, data: bytes) -> int:
+        taken = super().received(data)
+        if self.completed and not self.error and not self.empty:
+            self.stopped_in_loop = self.channel.stop_early(self)
+        return taken
+
+
+class _Task(WSGITask):
+    """waitress's task, which tells the app what the event loop already did for its request."""
+
+    def get_environment(self) -> dict:
+        environ = super().get_environment()
+        if self.request.stopped_in_loop is not None:  # a key no header can set (those are HTTP_*)
+            environ[STOPPED_IN_LOOP] = self.request.stopped_in_loop
+        return environ
+
+
 class _Channel(HTTPChannel):
-    """waitress's channel, which also says when a client closes while its request is served."""
+    """waitress's channel, which also says when a client closes while its request is served, and
+    ends a Stop's answer as soon as the Stop is read, whether or not a thread is free to serve it."""
 
     on_client_closed = staticmethod(lambda gone: None)  # set per server, in a subclass
+    stop_in_loop = staticmethod(lambda environ, start_response: [])  # likewise (Server._stop_check)
+    task_class = _Task
+
+    def parser_class(self, adj) -> _Parser:  # waitress calls self.parser_class(self.adj)
+        return _Parser(adj, self)
+
+    def stop_early(self, request: _Parser):
+        """The answer a complete Stop request ends here in the event loop, or None (every other
+        request, and any Stop the app leaves to its thread)."""
+        if request.command != "POST" or not request.path.endswith("/stop"):
+            return None
+        if self.requests:  # behind an earlier request on this connection: served in its turn
+            return None
+        environ = WSGITask(self, request).get_environment()  # the one the thread's task builds
+        environ["wsgi.input"] = io.BytesIO()  # the body stays unread: the thread reads it
+        try:
+            self.stop_in_loop(environ, lambda *a: None)
+        except Exception:  # never let a Stop take the event loop down: the thread serves it as ever
+            log.log.exception("a Stop failed in the event loop; its thread serves it")
+            return None
+        return environ.get(STOPPED_IN_LOOP)
 
     def handle_read(self):
         super().handle_read()
@@ -92,11 +147,39 @@ class Server:
             os.umask(umask)
         # run in the event loop: it ends that client's answers (a cancel: a few socket calls)
         on_close = self.jarvis.registry.watcher.client_closed
+        # and a Stop, once read, ends its answer there too (its checks read no database)
         self._waitress.channel_class = type(
-            "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
+            "JarvisChannel",
+            (_Channel,),
+            {"on_client_closed": staticmethod(on_close), "stop_in_loop": staticmethod(self._stop_check())},
         )
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
+
+    def _stop_check(self):
+        """``answers.stop_in_loop`` as a WSGI app behind the same middleware as the app itself
+        (waitress's proxy headers, the sub-path), so it sees the environ the route will see; it
+        leaves the answer it ended in the environ, under ``STOPPED_IN_LOOP``."""
+
+        def check(environ, start_response) -> list:
+            environ[STOPPED_IN_LOOP] = answers.stop_in_loop(self.app, environ)
+            return []
+
+        chain = check
+        if isinstance(self.app.wsgi_app, ForwardedPrefix):
+            chain = ForwardedPrefix(chain, self.jarvis.config.trusted_proxies)
+        adj = self._waitress.adj
+        if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:  # as waitress's create_server
+            chain = proxy_headers_middleware(
+                chain,
+                trusted_proxy=adj.trusted_proxy,
+                trusted_proxy_count=adj.trusted_proxy_count,
+                trusted_proxy_headers=adj.trusted_proxy_headers,
+                clear_untrusted=adj.clear_untrusted_proxy_headers,
+                log_untrusted=adj.log_untrusted_proxy_headers,
+                logger=self._waitress.logger,
+            )
+        return chain
 
     @property
     def url(self) -> str:

@@ -101,13 +101,17 @@ def _side_by_side(
     variants: tuple[str, ...], fake: Fake, workdir: Path, rounds: int
 ) -> tuple[dict[str, tuple[Cell, Cell, Cell]], dict[str, Cell]]:
     """The Stop rounds of ``variants``' servers, alternated round by round (streaming, then stalled)."""
-    servers = {v: _start(v, fake.url, workdir) for v in variants}
-    subjects = {v: Subject(v, servers[v].url, servers[v].pid, fake) for v in variants}
-    controls = {v: [Control(subjects[v].url) for _ in range(CONCURRENT)] for v in variants}
+    servers: dict[str, ServerProcess] = {}
+    subjects: dict[str, Subject] = {}
+    controls: dict[str, list[Control]] = {}
     got: dict[tuple[str, str], tuple[list, list, list]] = {
         (v, state): ([], [], []) for v in variants for state in ("streaming", "stalled")
     }
     try:
+        for v in variants:
+            servers[v] = _start(v, fake.url, workdir)
+            subjects[v] = Subject(v, servers[v].url, servers[v].pid, fake)
+            controls[v] = [Control(subjects[v].url) for _ in range(CONCURRENT)]
         for state in ("streaming", "stalled"):
             for n in range(rounds):
                 turn = variants if n % 2 == 0 else variants[::-1]
@@ -118,11 +122,12 @@ def _side_by_side(
                     into[1].extend(each)
                     into[2].extend(answered)
     finally:
-        for v in variants:
-            for control in controls[v]:
+        for v, server in servers.items():
+            for control in controls.get(v, []):
                 control.close()
-            subjects[v].close()
-            servers[v].stop()
+            if v in subjects:
+                subjects[v].close()
+            server.stop()
     bound = BOUND_S * 1000
     stops = {v: tuple(Cell.of(samples, bound=bound) for samples in got[v, "streaming"]) for v in variants}
     stalled = {v: Cell.of(got[v, "stalled"][0], bound=bound) for v in variants}
@@ -133,6 +138,8 @@ PATCHES = {  # variant -> the patches its server process runs with (bench/servin
     "jarvis serve": (),
     "poll only": ("poll",),
     "Stop on a thread": ("thread",),
+    "loop without its log line": ("quiet",),
+    "loop, each Stop at once": ("atonce",),
 }
 
 
@@ -245,11 +252,48 @@ def _stop_on_a_thread() -> None:
     Server._stop_check = lambda self: lambda environ, start_response: []  # the loop leaves Stops alone
 
 
+def _stop_at_once_in_loop() -> None:
+    from jarvis.web.server import Server
+
+    def add_task(self, channel) -> None:  # each Stop's answer ends as soon as it is read
+        request = channel.requests[0] if channel.requests else None
+        if getattr(request, "stoppable", None) is not None:
+            self._held.append((channel, request))
+            self._stop_held()
+        else:
+            self._waitress.task_dispatcher.add_task(channel)
+
+    Server._add_task = add_task
+
+
+def _quiet_loop() -> None:
+    import threading
+
+    from jarvis import log
+
+    event = log.event
+    loop = threading.main_thread()  # jarvis serve runs waitress's loop in the main thread
+
+    def quiet(name, *args, **fields):
+        if name == "stream_stopped" and threading.current_thread() is loop:
+            return
+        event(name, *args, **fields)
+
+    log.event = quiet
+
+
 def _switch() -> None:
     sys.setswitchinterval(0.0005)
 
 
-PATCH = {"nostore": _no_store_read, "poll": _poll_only, "thread": _stop_on_a_thread, "switch": _switch}
+PATCH = {
+    "nostore": _no_store_read,
+    "poll": _poll_only,
+    "thread": _stop_on_a_thread,
+    "atonce": _stop_at_once_in_loop,
+    "quiet": _quiet_loop,
+    "switch": _switch,
+}
 
 
 if __name__ == "__main__":

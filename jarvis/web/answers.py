@@ -46,12 +46,12 @@ def stop(session_id: str):
     return {"stopped": j.registry.stop(session_id)}
 
 
-def stop_in_loop(app, environ: dict) -> Stream | None:
+def stoppable_in_loop(app, environ: dict) -> Stream | None:
     """``jarvis serve``'s event loop, on a complete Stop request before any thread starts it: the
-    caller's live answer, cancelled now, if the request passes every check its thread will make
-    (authentication's for a Stop without the database, then no NUL in the path or query); else
-    None, and the thread decides as ever. The thread then answers as the route does: ``stopped``.
-    No call here waits: the checks read the request and the registry, the cancel closes a socket."""
+    caller's live answer if the request passes every check its thread will make (authentication's
+    for a Stop without the database, then no NUL in the path or query), for the loop to cancel;
+    else None, and the thread decides as ever. No call here waits: it reads the request and the
+    registry."""
     with app.request_context(environ):
         if request.mimetype in FORMS:  # check_request reads a form's body: the thread's to read
             return None
@@ -62,9 +62,7 @@ def stop_in_loop(app, environ: dict) -> Stream | None:
             check_request()
         except JarvisError:  # the thread raises it again, and answers it
             return None
-        if live.owner == owner() and live.cancel(Reason.STOPPED):
-            return live
-    return None
+        return live if live.owner == owner() else None
 
 
 def live_answer(registry, session_id: str) -> Stream | None:

@@ -186,7 +186,7 @@ def test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy
     assert api.stop(sessions[0]) == {"stopped": True}  # answered as ever, once a thread is free
     assert calls[0].wait_closed(2), "the upstream stayed open"
     took = calls[0].closed_at - sent
-    assert took < 0.2, f"the upstream closed {took * 1000:.0f} ms after the Stop"
+    assert took < 0.5, f"the upstream closed {took * 1000:.0f} ms after the Stop"
     assert not calls[1].closed.is_set(), "the other answer was stopped too"
     assert streams[0].end()["status"] == "stopped"
     streams[1].close()

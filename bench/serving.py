@@ -5,9 +5,9 @@
   server is run with that event switched off, which is how it was before (a 20 ms poll).
 - 64 concurrent Stops: 64 answers stream, 64 clients (one keep-alive connection each, in this
   process) send their Stop at the same moment; timed from the first Stop sent to the last
-  upstream connection the fake saw close. Run once against ``jarvis serve`` and once against it
-  with the stop route's store read stubbed out (``python -m bench.serving serve-nostore``), to
-  tell the store's share from the rest.
+  upstream connection the fake saw close. ``jarvis serve`` (a Stop ends its answer in the event
+  loop) side by side with itself with that switched off (``python -m bench.serving serve-thread``:
+  the Stop's pool thread ends it, as before), rounds alternated so both see the same load.
 
 ``python -m bench --sections 15`` runs it; ``python -m bench.serving`` prints it alone.
 """
@@ -35,28 +35,20 @@ def run(workdir: Path, quick: bool) -> Section:
     section = Section("15", "Serving: a client closing, and many Stops at once")
     trials, rounds = (5, 1) if quick else (60, 12)  # quick: a smoke run, each row filled once
     close: dict[str, dict[str, Cell]] = {}
-    stops: dict[str, tuple[Cell, Cell, Cell]] = {}
-    stalled: dict[str, Cell] = {}
     fake = Fake(str(REPO), str(workdir / "serving-upstream.log"))
     try:
-        for variant in ("jarvis serve", "poll only", "no store read"):
+        for variant in ("jarvis serve", "poll only"):
             server = _start(variant, fake.url, workdir)
             subject = Subject(variant, server.url, server.pid, fake)
             try:
-                if variant != "no store read":
-                    close[variant] = {
-                        state: Cell.of(
-                            [_close_ms(subject, state) for _ in range(trials)], bound=BOUND_S * 1000
-                        )
-                        for state in STATES
-                    }
-                if variant != "poll only":
-                    stops[variant] = _stops(subject, rounds)
-                if variant == "jarvis serve":  # no token traffic: what the Stops cost alone
-                    stalled[variant] = _stops(subject, rounds, "stalled")[0]
+                close[variant] = {
+                    state: Cell.of([_close_ms(subject, state) for _ in range(trials)], bound=BOUND_S * 1000)
+                    for state in STATES
+                }
             finally:
                 subject.close()
                 server.stop()
+        stops, stalled = _side_by_side(("jarvis serve", "Stop on a thread"), fake, workdir, rounds)
     finally:
         fake.close()
     for state in STATES:
@@ -73,7 +65,7 @@ def run(workdir: Path, quick: bool) -> Section:
     section.rows += [
         Row(
             "15", f"{CONCURRENT} concurrent Stops → every upstream closed", "ms", every,
-            ratio=ratio(every["jarvis serve"], every["no store read"], "store/none"),
+            ratio=ratio(every["Stop on a thread"], every["jarvis serve"], "thread/loop"),
             target="≤ 50 ms p99", holds=judge(every["jarvis serve"], 50.0),
         ),
         Row("15", f"{CONCURRENT} concurrent Stops, each stop → its upstream closed", "ms", each),
@@ -81,30 +73,73 @@ def run(workdir: Path, quick: bool) -> Section:
             "15", f"{CONCURRENT} concurrent Stops, each stop → its answer", "ms",
             {variant: got[2] for variant, got in stops.items()},
         ),
-        Row("15", f"{CONCURRENT} concurrent Stops of stalled answers → every upstream closed", "ms", stalled),
+        Row(
+            "15", f"{CONCURRENT} concurrent Stops of stalled answers → every upstream closed", "ms", stalled,
+            ratio=ratio(stalled["Stop on a thread"], stalled["jarvis serve"], "thread/loop"),
+        ),
     ]  # fmt: skip
     section.notes.append(
         f"close rows: {trials} trials per state, from the client's close() to the fake seeing its "
         "connection close; 'poll only' is jarvis serve with the channel's close event switched off "
-        f"(the registry's 20 ms poll alone, as before). Stop rows: {rounds} rounds; each round opens "
-        f"{CONCURRENT} streaming answers (a token every 20 ms), then {CONCURRENT} clients, each on its "
-        "own keep-alive connection, send their Stop at one moment; 'every' is from the first Stop sent "
+        f"(the registry's 20 ms poll alone, as before). Stop rows: {rounds} rounds per server; each round "
+        f"opens {CONCURRENT} streaming answers (a token every 20 ms), then {CONCURRENT} clients, each on "
+        "its own keep-alive connection, send their Stop at one moment; 'every' is from the first Stop sent "
         "to the last upstream close, 'each' is every Stop to its own upstream close, 'its answer' every Stop "
         "to its response's first bytes (noted by one thread polling the sockets; the responses are "
         "parsed after the round, so that the client takes no CPU from the server); the stalled row is "
         "the same with answers that send nothing (three tokens, "
         "then silence): the Stops without the other answers' token traffic. JARVIS_MAX_STREAMS="
-        f"{MAX_STREAMS}; 'no store read' stubs Sessions.require, the stop route's store call, in "
-        "the server process (python -m bench.serving serve-nostore); a Stop of a live answer no longer "
-        "reads the store, so that column is a second run of the same code"
+        f"{MAX_STREAMS}. 'Stop on a thread' is jarvis serve with the event loop's Stop switched off "
+        "(python -m bench.serving serve-thread), as before: a Stop ends its answer once a pool thread "
+        "runs it. The two servers run at once on one fake and take their rounds in turn, so that both "
+        "see the same load"
     )
     return section
+
+
+def _side_by_side(
+    variants: tuple[str, ...], fake: Fake, workdir: Path, rounds: int
+) -> tuple[dict[str, tuple[Cell, Cell, Cell]], dict[str, Cell]]:
+    """The Stop rounds of ``variants``' servers, alternated round by round (streaming, then stalled)."""
+    servers: dict[str, ServerProcess] = {}
+    subjects: dict[str, Subject] = {}
+    controls: dict[str, list[Control]] = {}
+    got: dict[tuple[str, str], tuple[list, list, list]] = {
+        (v, state): ([], [], []) for v in variants for state in ("streaming", "stalled")
+    }
+    try:
+        for v in variants:
+            servers[v] = _start(v, fake.url, workdir)
+            subjects[v] = Subject(v, servers[v].url, servers[v].pid, fake)
+            controls[v] = [Control(subjects[v].url) for _ in range(CONCURRENT)]
+        for state in ("streaming", "stalled"):
+            for n in range(rounds):
+                turn = variants if n % 2 == 0 else variants[::-1]
+                for v in turn:
+                    every, each, answered = _stop_round(subjects[v], controls[v], state)
+                    into = got[v, state]
+                    into[0].append(every)
+                    into[1].extend(each)
+                    into[2].extend(answered)
+    finally:
+        for v, server in servers.items():
+            for control in controls.get(v, []):
+                control.close()
+            if v in subjects:
+                subjects[v].close()
+            server.stop()
+    bound = BOUND_S * 1000
+    stops = {v: tuple(Cell.of(samples, bound=bound) for samples in got[v, "streaming"]) for v in variants}
+    stalled = {v: Cell.of(got[v, "stalled"][0], bound=bound) for v in variants}
+    return stops, stalled
 
 
 PATCHES = {  # variant -> the patches its server process runs with (bench/serving.py serve-...)
     "jarvis serve": (),
     "poll only": ("poll",),
-    "no store read": ("nostore",),
+    "Stop on a thread": ("thread",),
+    "loop without its log line": ("quiet",),
+    "loop, each Stop at once": ("atonce",),
 }
 
 
@@ -129,31 +164,23 @@ def _close_ms(subject: Subject, state: str) -> float | None:
     return (closed - gone) * 1000 if closed else None
 
 
-def _stops(subject: Subject, rounds: int, state: str = "streaming") -> tuple[Cell, Cell, Cell]:
-    """Per round: the time until all upstreams closed; every stop's own time; every stop's answer."""
-    every: list[float | None] = []
-    each: list[float | None] = []
-    answered: list[float | None] = []
-    controls = [Control(subject.url) for _ in range(CONCURRENT)]
-    try:
-        for _ in range(rounds):
-            opened = [subject.open_in(state, "stop64") for _ in range(CONCURRENT)]
-            for control, (sid, _, _) in zip(controls, opened, strict=True):
-                control.call("GET", f"/api/sessions/{sid}")  # connected before the Stops
-            sent, got = _stop_at_once(controls, [sid for sid, _, _ in opened])
-            answered += [(g - s) * 1000 if g else None for g, s in zip(got, sent, strict=True)]
-            calls = subject.fake.calls(*(name for _, name, _ in opened), wait_closed_s=BOUND_S)
-            closed = [(calls.get(name) or {}).get("closed_at") for _, name, _ in opened]
-            first = min(sent)
-            every.append(None if None in closed else (max(closed) - first) * 1000)
-            each += [(c - s) * 1000 if c else None for c, s in zip(closed, sent, strict=True)]
-            for _, _, stream in opened:
-                stream.close()
-    finally:
-        for control in controls:
-            control.close()
-    bound = BOUND_S * 1000
-    return Cell.of(every, bound=bound), Cell.of(each, bound=bound), Cell.of(answered, bound=bound)
+def _stop_round(
+    subject: Subject, controls: list[Control], state: str
+) -> tuple[float | None, list[float | None], list[float | None]]:
+    """One round: the time until all upstreams closed; every stop's own time; every stop's answer."""
+    opened = [subject.open_in(state, "stop64") for _ in range(CONCURRENT)]
+    for control, (sid, _, _) in zip(controls, opened, strict=True):
+        control.call("GET", f"/api/sessions/{sid}")  # connected before the Stops
+    sent, got = _stop_at_once(controls, [sid for sid, _, _ in opened])
+    answered = [(g - s) * 1000 if g else None for g, s in zip(got, sent, strict=True)]
+    calls = subject.fake.calls(*(name for _, name, _ in opened), wait_closed_s=BOUND_S)
+    closed = [(calls.get(name) or {}).get("closed_at") for _, name, _ in opened]
+    first = min(sent)
+    every = None if None in closed else (max(closed) - first) * 1000
+    each = [(c - s) * 1000 if c else None for c, s in zip(closed, sent, strict=True)]
+    for _, _, stream in opened:
+        stream.close()
+    return every, each, answered
 
 
 def _stop_at_once(controls: list[Control], sessions: list[str]) -> tuple[list[float], list[float]]:
@@ -219,11 +246,54 @@ def _poll_only() -> None:
     Watcher.client_closed = lambda self, gone=None: None  # the channel's close event reaches nobody
 
 
+def _stop_on_a_thread() -> None:
+    from jarvis.web.server import Server
+
+    Server._stop_check = lambda self: lambda environ, start_response: []  # the loop leaves Stops alone
+
+
+def _stop_at_once_in_loop() -> None:
+    from jarvis.web.server import Server
+
+    def add_task(self, channel) -> None:  # each Stop's answer ends as soon as it is read
+        request = channel.requests[0] if channel.requests else None
+        if getattr(request, "stoppable", None) is not None:
+            self._held.append((channel, request))
+            self._stop_held()
+        else:
+            self._waitress.task_dispatcher.add_task(channel)
+
+    Server._add_task = add_task
+
+
+def _quiet_loop() -> None:
+    import threading
+
+    from jarvis import log
+
+    event = log.event
+    loop = threading.main_thread()  # jarvis serve runs waitress's loop in the main thread
+
+    def quiet(name, *args, **fields):
+        if name == "stream_stopped" and threading.current_thread() is loop:
+            return
+        event(name, *args, **fields)
+
+    log.event = quiet
+
+
 def _switch() -> None:
     sys.setswitchinterval(0.0005)
 
 
-PATCH = {"nostore": _no_store_read, "poll": _poll_only, "switch": _switch}
+PATCH = {
+    "nostore": _no_store_read,
+    "poll": _poll_only,
+    "thread": _stop_on_a_thread,
+    "atonce": _stop_at_once_in_loop,
+    "quiet": _quiet_loop,
+    "switch": _switch,
+}
 
 
 if __name__ == "__main__":

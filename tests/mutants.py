@@ -246,6 +246,17 @@ MUTANTS = [
  ("stop-end: a stop sequence hides the rest of the answer, but the upstream is read on to its end", "jarvis/lifecycle/worker.py",
   "                if isinstance(item, Meta) and STOP_SEQUENCE in item.data:\n                    self._stop_sequence()\n                    return\n", "",
   ["tests/test_stop_sequences.py::test_a_stop_sequence_ends_the_answer_closes_the_upstream_and_is_stored"]),
+ ("stop-in-loop: a Stop ends its answer only once a pool thread is free to serve it", "jarvis/web/server.py",
+  '            environ[_STOPPABLE] = answers.stoppable_in_loop(self.app, environ)\n', "            pass\n",
+  ["tests/test_serving.py::test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy"]),
+ ("stop-loop-unchecked: the event loop stops the session's live answer for any Stop", ["jarvis/web/answers.py", "jarvis/web/answers.py"],
+  ["            live = shown_live_answer()\n", "        return live if live.owner == owner() else None\n"],
+  ['            live = live_answer(current_app.extensions["jarvis"].registry, request.view_args["session_id"])\n',
+   "        return live\n"],
+  ["tests/test_serving.py::test_a_stop_the_route_would_refuse_never_cancels_in_the_event_loop"]),
+ ("stop-loop-proxy: the event loop judges a Stop without waitress's proxy headers (the scheme)", "jarvis/web/server.py",
+  "        if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:  # as waitress's create_server\n", "        if False:\n",
+  ["tests/test_serving.py::test_behind_the_proxy_a_stop_from_the_other_scheme_never_cancels_in_the_event_loop"]),
 ]
 
 

@@ -17,6 +17,7 @@ import requests
 from tests.conftest import (
     HTTP_TIMEOUT,
     ROOT,
+    SSE,
     Api,
     clean_env,
     free_port,
@@ -166,3 +167,103 @@ def test_a_stop_looks_its_answer_up_without_scanning_every_live_stream(make_app,
     assert scans == [], f"a Stop scanned every live stream {len(scans)} times"
     for sse in streams:
         sse.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy(make_app, make_server, fake):
+    # would hang: two streaming answers hold both of waitress's threads, and a Stop that waits for
+    # a thread waits for as long as they stream (here, until the client's read timeout); a Stop the
+    # event loop recognises closes its upstream at once, and the answer's end frees the thread
+    fake.script(Script(tokens=100_000, interval_s=0.02))
+    app = make_app()
+    api = Api(make_server(app, threads=2).url)
+    sessions = [api.session() for _ in range(2)]  # before the threads are taken
+    streams = [api.send(sid) for sid in sessions]
+    for sse in streams:
+        sse.until("token")
+    calls = fake.wait_for_calls(2)
+    sent = time.monotonic()
+    assert api.stop(sessions[0]) == {"stopped": True}  # answered as ever, once a thread is free
+    assert calls[0].wait_closed(2), "the upstream stayed open"
+    took = calls[0].closed_at - sent
+    assert took < 0.5, f"the upstream closed {took * 1000:.0f} ms after the Stop"
+    assert not calls[1].closed.is_set(), "the other answer was stopped too"
+    assert streams[0].end()["status"] == "stopped"
+    streams[1].close()
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_the_route_would_refuse_never_cancels_in_the_event_loop(make_app, make_server, fake):
+    # would be lost: the answer, to a forged or foreign Stop, if the event loop cancelled on less
+    # than the route checks (a cookie without its CSRF header, another site's origin, a Host we do
+    # not answer to, another user's token, no credential); each is refused as before, answer intact
+    fake.script(Script(load_delay_s=30))
+    app = make_app()
+    accounts = app.extensions["jarvis"].accounts
+    accounts.add("ann", PASSWORD)
+    accounts.add("bob", PASSWORD)
+    bob = {"Authorization": "Bearer " + accounts.create_token("bob", "laptop")}
+    url = make_server(app).url
+    ann = requests.Session()
+    signed = ann.post(url + "/login", json={"name": "ann", "password": PASSWORD}, timeout=HTTP_TIMEOUT)
+    csrf = {"X-CSRF-Token": signed.json()["csrf_token"]}
+    sid = ann.post(url + "/api/sessions", headers=csrf, timeout=HTTP_TIMEOUT).json()["id"]
+    sent = ann.post(f"{url}/api/sessions/{sid}/messages", json={"content": "x"}, headers=csrf, stream=True)
+    sse = SSE(sent)
+    sse.until("start")
+    call = fake.wait_for_calls(1)[0]
+    stop = f"{url}/api/sessions/{sid}/stop"
+    refused = {
+        "cookie, no CSRF header": (ann, {}, 403),
+        "cookie, another site": (ann, {**csrf, "Origin": "http://evil.example"}, 403),
+        "cookie, a cross-site fetch": (ann, {**csrf, "Sec-Fetch-Site": "cross-site"}, 403),
+        "cookie, a Host not ours": (ann, {**csrf, "Host": "evil.example"}, 403),
+        "another user's token": (requests, bob, 404),
+        "no credential": (requests, {}, 401),
+    }
+    for what, (client, headers, status) in refused.items():
+        r = client.post(stop, headers=headers, timeout=HTTP_TIMEOUT)
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        assert not call.closed.is_set(), f"{what}: the answer was stopped"
+    r = ann.post(stop, headers=csrf, timeout=HTTP_TIMEOUT)
+    assert r.json() == {"stopped": True}
+    assert call.wait_closed(2)
+    assert sse.end()["status"] == "stopped"
+
+
+@pytest.mark.timeout(60)
+def test_behind_the_proxy_a_stop_from_the_other_scheme_never_cancels_in_the_event_loop(
+    make_app, make_server, fake, tmp_path
+):
+    # would be lost: the answer, to a page on http:// stopping one signed in on https://, if the
+    # event loop judged the origin without the proxy's X-Forwarded-Proto (waitress's middleware)
+    fake.script(Script(load_delay_s=30))
+    path = str(tmp_path / "jarvis.sock")
+    app = make_app(trusted_proxies="127.0.0.1")
+    app.extensions["jarvis"].accounts.add("ann", PASSWORD)
+    make_server(app, unix_socket=path)
+    https = {"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https", "Host": "localhost"}
+
+    def post(url: str, headers: dict, body: dict | None = None) -> http.client.HTTPResponse:
+        conn = UnixHTTPConnection(path)
+        conn.request("POST", url, body=json.dumps(body or {}), headers={**https, **headers})
+        return conn.getresponse()
+
+    signed = post("/login", {"Content-Type": "application/json"}, {"name": "ann", "password": PASSWORD})
+    cookie = signed.getheader("Set-Cookie").split(";")[0]
+    ann = {"Cookie": cookie, "X-CSRF-Token": json.loads(signed.read())["csrf_token"]}
+    sid = json.loads(post("/api/sessions", ann).read())["id"]
+    conn = UnixHTTPConnection(path)
+    json_ann = {**https, **ann, "Content-Type": "application/json"}
+    conn.request("POST", f"/api/sessions/{sid}/messages", body='{"content": "x"}', headers=json_ann)
+    streaming = conn.getresponse()  # kept open: a closed client ends its answer as disconnected
+    assert streaming.status == 200
+    call = fake.wait_for_calls(1)[0]
+    r = post(f"/api/sessions/{sid}/stop", {**ann, "Origin": "http://localhost"})
+    assert r.status == 403, r.read()
+    assert not call.closed.is_set(), "a Stop from http:// stopped the answer"
+    r = post(f"/api/sessions/{sid}/stop", {**ann, "Origin": "https://localhost"})
+    assert json.loads(r.read()) == {"stopped": True}
+    assert call.wait_closed(2)
+    streaming.close()
+    conn.close()

@@ -11,13 +11,13 @@ from flask import Blueprint, Response, current_app, request
 
 from ..agent import Agent
 from ..conversation import Chat, Message
-from ..errors import BadRequest, PromptTooLarge, UnsupportedMediaType
+from ..errors import BadRequest, JarvisError, PromptTooLarge, UnsupportedMediaType
 from ..lifecycle.stream import Stream
 from ..status import Reason
 from ..store import chat_settings
 from ..store.sessions import LEAF
-from .auth import credential, owner, proof
-from .bodies import json_body, json_object, read_images
+from .auth import STOPPED_IN_LOOP, credential, owner, proof, shown_live_answer
+from .bodies import FORMS, check_request, json_body, json_object, read_images
 
 bp = Blueprint("answers", __name__)
 
@@ -39,8 +39,30 @@ def stop(session_id: str):
     live = live_answer(j.registry, session_id)
     if live is not None and live.owner == owner() and live.cancel(Reason.STOPPED):
         return {"stopped": True}
+    early = request.environ.get(STOPPED_IN_LOOP)  # this Stop ended it already, in the event loop
+    if early is not None and early.owner == owner():
+        return {"stopped": True}
     j.store.require_session(session_id, owner())  # another user's session is not found, as unknown ones
     return {"stopped": j.registry.stop(session_id)}
+
+
+def stoppable_in_loop(app, environ: dict) -> Stream | None:
+    """``jarvis serve``'s event loop, on a complete Stop request before any thread starts it: the
+    caller's live answer if the request passes every check its thread will make (authentication's
+    for a Stop without the database, then no NUL in the path or query), for the loop to cancel;
+    else None, and the thread decides as ever. No call here waits: it reads the request and the
+    registry."""
+    with app.request_context(environ):
+        if request.mimetype in FORMS:  # check_request reads a form's body: the thread's to read
+            return None
+        try:
+            live = shown_live_answer()
+            if live is None:
+                return None
+            check_request()
+        except JarvisError:  # the thread raises it again, and answers it
+            return None
+        return live if live.owner == owner() else None
 
 
 def live_answer(registry, session_id: str) -> Stream | None:

@@ -44,6 +44,8 @@ from .local import (
 )
 from .origin import bearer, is_local, require_allowed_host, require_same_origin, scheme
 
+# the WSGI environ's key for the answer a Stop ended in ``jarvis serve``'s event loop (web/server.py)
+STOPPED_IN_LOOP = "jarvis.stopped_in_loop"
 OPEN_ENDPOINTS = {"api.healthz", "static", "login", "logout"}
 ADVICE = "create an account with `jarvis user add NAME` to use Jarvis from another machine"
 SECURITY_HEADERS = {
@@ -126,21 +128,39 @@ def authenticate():
 
 
 def _holds_live_answer(j) -> bool:
+    return _shown_answer(j) is not None
+
+
+def _shown_answer(j):
     """A Stop that shows the credential which sent the prompt of the session's live answer here:
-    signed in as that answer's owner without the database, so Stop works while the database hangs."""
+    signed in as that answer's owner without the database, so Stop works while the database hangs.
+    An answer this very Stop already ended in the event loop (``STOPPED_IN_LOOP``) counts as live."""
     sid = (request.view_args or {}).get("session_id")
-    answer = j.registry.current(sid) if sid else None  # one look, not a scan of every live stream
-    if answer is None or answer.session_id != sid or answer.status is not None or not answer.proof:
-        return False
+    early = request.environ.get(STOPPED_IN_LOOP)  # set by the server, never from a header (HTTP_*)
+    answer = early if early is not None else j.registry.current(sid) if sid else None  # one look
+    if answer is None or answer.session_id != sid or not answer.proof:
+        return None
+    if answer is not early and answer.status is not None:
+        return None
     if not any(hmac.compare_digest(answer.proof, p) for p in _shown_proofs()):
-        return False
+        return None
     if answer.owner is None and not is_local():  # the local token: this machine only
-        return False
+        return None
     if not answer.proof.startswith("bearer:"):
         require_same_origin(cookie=True)
     g.user = User(answer.owner, "") if answer.owner is not None else None
     g.credential, g.signed_in, g.proof = answer.credential, True, answer.proof
-    return True
+    return answer
+
+
+def shown_live_answer():
+    """In a request context of a Stop and without the database: the session's live answer if the
+    request passes what ``authenticate`` checks of such a Stop (the Host, the credential that sent
+    the prompt, the same-origin rule for a cookie), signed in as its owner; else None."""
+    j = current_app.extensions["jarvis"]
+    g.user, g.credential, g.signed_in, g.proof = None, None, False, None
+    require_allowed_host(j.config)
+    return _shown_answer(j) if request.endpoint == "answers.stop" else None
 
 
 def proof() -> str | None:

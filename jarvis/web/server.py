@@ -9,30 +9,97 @@ so its answer ends at once whatever it is doing (loading, stalled, streaming);
 under any other waitress the registry polls (``JARVIS_DISCONNECT_POLL``, with
 lookahead), and without lookahead only a failed write, one heartbeat later,
 reveals a gone client: that is the floor there.
+
+A Stop is ended in the event loop too, under ``jarvis serve``: once waitress has
+parsed a ``POST …/stop``, the app checks it as its thread would without the
+database (``answers.stoppable_in_loop``); the Stops one poll pass reads end
+their answers together at the pass's end, then go to the threads, which find
+their answers ended and answer as the route does. A Stop no longer waits for a
+free thread to reach its upstream; anything the checks do not pass is left to
+the thread, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
 import time
 
 from flask import Flask
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.proxy_headers import proxy_headers_middleware
 from waitress.server import create_server
+from waitress.task import WSGITask
 
 from .. import log
+from ..status import Reason
+from . import answers
+from .auth import STOPPED_IN_LOOP
 from .bodies import MAX_BODY_BYTES
+from .page import ForwardedPrefix
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
+_STOPPABLE = "jarvis.stoppable"  # the event loop's own environ of a Stop: the answer it may end
+
+
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, which shows its channel a request the moment it is complete:
+    in the event loop, before the channel queues it for a thread."""
+
+    def __init__(self, adj, channel: _Channel):
+        super().__init__(adj)
+        self.channel = channel
+        self.stoppable = None  # the answer this request (a Stop) may end in the event loop
+        self.stopped_in_loop = None  # and the one it ended there, before its task started
+
+    def received(self, data: bytes) -> int:
+        taken = super().received(data)
+        if self.completed and not self.error and not self.empty:
+            self.stoppable = self.channel.stoppable(self)
+        return taken
+
+
+class _Task(WSGITask):
+    """waitress's task, which tells the app what the event loop already did for its request."""
+
+    def get_environment(self) -> dict:
+        environ = super().get_environment()
+        if self.request.stopped_in_loop is not None:  # a key no header can set (those are HTTP_*)
+            environ[STOPPED_IN_LOOP] = self.request.stopped_in_loop
+        return environ
 
 
 class _Channel(HTTPChannel):
-    """waitress's channel, which also says when a client closes while its request is served."""
+    """waitress's channel, which also says when a client closes while its request is served, and
+    ends a Stop's answer as soon as the Stop is read, whether or not a thread is free to serve it."""
 
     on_client_closed = staticmethod(lambda gone: None)  # set per server, in a subclass
+    stop_in_loop = staticmethod(lambda environ, start_response: [])  # likewise (Server._stop_check)
+    task_class = _Task
+
+    def parser_class(self, adj) -> _Parser:  # waitress calls self.parser_class(self.adj)
+        return _Parser(adj, self)
+
+    def stoppable(self, request: _Parser):
+        """The answer a complete Stop request may end in the event loop, or None (every other
+        request, and any Stop the app leaves to its thread)."""
+        if request.command != "POST" or not request.path.endswith("/stop"):
+            return None
+        if self.requests:  # behind an earlier request on this connection: served in its turn
+            return None
+        environ = WSGITask(self, request).get_environment()  # the one the thread's task builds
+        environ["wsgi.input"] = io.BytesIO()  # the body stays unread: the thread reads it
+        try:
+            self.stop_in_loop(environ, lambda *a: None)
+        except Exception:  # never let a Stop take the event loop down: the thread serves it as ever
+            log.log.exception("a Stop failed in the event loop; its thread serves it")
+            return None
+        return environ.get(_STOPPABLE)
 
     def handle_read(self):
         super().handle_read()
@@ -92,11 +159,45 @@ class Server:
             os.umask(umask)
         # run in the event loop: it ends that client's answers (a cancel: a few socket calls)
         on_close = self.jarvis.registry.watcher.client_closed
+        # and a Stop, once read, ends its answer there too (its checks read no database)
         self._waitress.channel_class = type(
-            "JarvisChannel", (_Channel,), {"on_client_closed": staticmethod(on_close)}
+            "JarvisChannel",
+            (_Channel,),
+            {"on_client_closed": staticmethod(on_close), "stop_in_loop": staticmethod(self._stop_check())},
         )
+        # the Stops one pass of the loop reads end their answers together at its end, then go to
+        # their threads: each cancel wakes its answer's end, which would compete with the loop
+        # for the GIL while it reads the next Stop
+        self._held: list = []
+        self._loop_ident: int | None = None
+        self._waitress.add_task = self._add_task
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
+
+    def _stop_check(self):
+        """``answers.stop_in_loop`` as a WSGI app behind the same middleware as the app itself
+        (waitress's proxy headers, the sub-path), so it sees the environ the route will see; it
+        leaves the answer the Stop may end in the environ, under ``_STOPPABLE``."""
+
+        def check(environ, start_response) -> list:
+            environ[_STOPPABLE] = answers.stoppable_in_loop(self.app, environ)
+            return []
+
+        chain = check
+        if isinstance(self.app.wsgi_app, ForwardedPrefix):
+            chain = ForwardedPrefix(chain, self.jarvis.config.trusted_proxies)
+        adj = self._waitress.adj
+        if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:  # as waitress's create_server
+            chain = proxy_headers_middleware(
+                chain,
+                trusted_proxy=adj.trusted_proxy,
+                trusted_proxy_count=adj.trusted_proxy_count,
+                trusted_proxy_headers=adj.trusted_proxy_headers,
+                clear_untrusted=adj.clear_untrusted_proxy_headers,
+                log_untrusted=adj.log_untrusted_proxy_headers,
+                logger=self._waitress.logger,
+            )
+        return chain
 
     @property
     def url(self) -> str:
@@ -105,11 +206,42 @@ class Server:
         return f"http://{self._waitress.effective_host}:{self._waitress.effective_port}"
 
     def serve_forever(self) -> None:
-        """Run the event loop in this thread until ``shutdown`` (from another thread)."""
+        """Run the event loop in this thread until ``shutdown`` (from another thread): waitress's
+        loop, which also ends the answers of each pass's Stops at the pass's end."""
+        w = self._waitress
+        self._loop_ident = threading.get_ident()
+        poll = wasyncore.poll2 if w.adj.asyncore_use_poll else wasyncore.poll
         try:
-            self._waitress.run()
+            while w._map:
+                poll(w.adj.asyncore_loop_timeout, w._map)
+                self._stop_held()
+        except (SystemExit, KeyboardInterrupt):
+            w.task_dispatcher.shutdown()
         finally:
+            self._stop_held()
             self._stopped.set()
+
+    def _add_task(self, channel) -> None:
+        """A channel has a request for a thread. A Stop the loop may end waits for the pass's end."""
+        request = channel.requests[0] if channel.requests else None
+        stoppable = getattr(request, "stoppable", None)
+        if stoppable is not None and threading.get_ident() == self._loop_ident:
+            self._held.append((channel, request))
+        else:
+            self._waitress.task_dispatcher.add_task(channel)
+
+    def _stop_held(self) -> None:
+        """End the held Stops' answers, one after another, then hand the Stops to the threads: each
+        finds its answer ended and answers ``stopped`` as the route does."""
+        held, self._held = self._held, []
+        for _, request in held:
+            try:
+                if request.stoppable.cancel(Reason.STOPPED):
+                    request.stopped_in_loop = request.stoppable
+            except Exception:  # the loop goes on: the thread serves this Stop as ever
+                log.log.exception("a Stop failed in the event loop; its thread serves it")
+        for channel, _ in held:
+            self._waitress.task_dispatcher.add_task(channel)
 
     def start(self) -> Server:
         """Run the event loop in a background thread (tests, benchmarks)."""

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 MARK = "bench:"
 PROMPT = "Count slowly from 1 to 100000, one number per word. "  # what a real model is asked
@@ -134,10 +135,10 @@ def script_fields(found: dict) -> dict:
     return fields
 
 
-def _call_per_line(fake, s, model: str, pieces: list[list[bytes]]) -> list[list[bytes]]:
+def _call_per_line(fake, s, model: str, pieces: list) -> list:
     """Ollama's pieces with the tool calls, which the fake sends on one line, on a line each."""
     if fake.kind == "ollama" and s.tool_calls and len(s.tool_calls) > 1:
-        pieces[-1:] = [fake.wire.tool_calls(model, [call]) for call in s.tool_calls]
+        pieces[-1:] = [partial(fake.wire.tool_calls, model, [call]) for call in s.tool_calls]
     return pieces
 
 
@@ -222,7 +223,7 @@ def serve(kind: str = "ollama") -> int:
             found = _last_directive(body)
             return Script(**script_fields(found)) if found else Script(tokens=8)
 
-        def _pieces(self, s: Script, body: dict, model: str) -> list[list[bytes]]:
+        def _pieces(self, s: Script, body: dict, model: str) -> list:
             # the second private hook: Ollama streams each tool call on its own line as it is parsed
             pieces = super()._pieces(s, body, model)
             return _call_per_line(self, s, model, pieces)

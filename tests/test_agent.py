@@ -22,6 +22,10 @@ from tests.conftest import HTTP_TIMEOUT, SSE, Api, wait_for
 from tests.fake_ollama import FakeOllama, Script
 from tests.test_tools import Fake, mcp_server_time, tagged
 
+# slow by the suite's rule: these tests start MCP server processes of their own (about 0.6 s of a
+# core each, for the SDK's import), as the README says of every test marked slow
+pytestmark = pytest.mark.slow
+
 FAST_S = 0.5  # "at once", under a loaded two-core machine; the bench holds the 50 ms p99 goal
 
 

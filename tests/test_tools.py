@@ -21,6 +21,10 @@ from jarvis.config import Config, ConfigError
 from jarvis.conversation import ToolCall
 from jarvis.tools import ToolBox, ToolResult
 
+# slow by the suite's rule: these tests start MCP server processes of their own (about 0.6 s of a
+# core each, for the SDK's import), as the README says of every test marked slow
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -43,20 +43,14 @@ ANTHROPIC_TOOL = {"name": "get_weather", "input_schema": PARAMETERS, "strict": T
 
 
 @pytest.fixture
-def capable(make_served):
-    """A server whose models can do everything (on either upstream), and clients of it."""
-    served = make_served(openai_capabilities=ALL)
-    oai = openai.OpenAI(base_url=served.url + "/v1", api_key=served.token, max_retries=0, timeout=5)
-    claude = anthropic.Anthropic(base_url=served.url, api_key=served.token, max_retries=0, timeout=5)
-    yield served, oai, claude
-    oai.close()
-    claude.close()
+def served(make_served):
+    """A server whose models can do everything (on either upstream); its clients: oai and claude."""
+    return make_served(openai_capabilities=ALL)
 
 
 @both_upstreams
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_strict_tools_matching_call_comes_back_on_chat_completions(capable, stream):
-    served, oai, _ = capable
+def test_a_strict_tools_matching_call_comes_back_on_chat_completions(served, oai, stream):
     served.fake.script(tokens=0, tool_calls=[CALL])
     kwargs = {"model": "tiny", "messages": HELLO, "tools": [chat_tool()]}
     if stream:
@@ -71,8 +65,7 @@ def test_a_strict_tools_matching_call_comes_back_on_chat_completions(capable, st
 
 @both_upstreams
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_strict_tools_call_that_does_not_match_is_an_error_never_a_call(capable, stream):
-    served, oai, _ = capable
+def test_a_strict_tools_call_that_does_not_match_is_an_error_never_a_call(served, oai, stream):
     served.fake.script(tokens=0, tool_calls=[BAD_CALL])
     kwargs = {"model": "tiny", "messages": HELLO, "tools": [chat_tool()]}
     with pytest.raises(openai.APIError) as caught:
@@ -86,8 +79,7 @@ def test_a_strict_tools_call_that_does_not_match_is_an_error_never_a_call(capabl
     wait_for(served.idle, what="slot released")
 
 
-def test_a_call_of_a_tool_that_is_not_strict_is_passed_on_as_the_model_wrote_it(capable):
-    served, oai, _ = capable
+def test_a_call_of_a_tool_that_is_not_strict_is_passed_on_as_the_model_wrote_it(served, oai):
     served.fake.script(tokens=0, tool_calls=[BAD_CALL])
     answer = oai.chat.completions.create(model="tiny", messages=HELLO, tools=[chat_tool(strict=False)])
     assert answer.choices[0].message.tool_calls[0].function.arguments == '{"town": "Paris"}'
@@ -103,8 +95,7 @@ def finished(api, stream: bool, **kwargs):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_responses_strict_tools_are_held_to_their_schema(capable, stream):
-    served, oai, _ = capable
+def test_responses_strict_tools_are_held_to_their_schema(served, oai, stream):
     served.fake.script(tokens=0, tool_calls=[CALL])
     kwargs = {"model": "tiny", "input": "weather in Paris?", "tools": [RESPONSES_TOOL]}
     response = finished(oai.responses, stream, **kwargs)
@@ -117,8 +108,7 @@ def test_responses_strict_tools_are_held_to_their_schema(capable, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_anthropic_strict_tools_are_held_to_their_schema(capable, stream):
-    served, _, claude = capable
+def test_anthropic_strict_tools_are_held_to_their_schema(served, claude, stream):
     served.fake.script(tokens=0, tool_calls=[CALL])
     kwargs = {"model": "tiny", "max_tokens": 100, "messages": HELLO, "tools": [ANTHROPIC_TOOL]}
     message = finished(claude.messages, stream, **kwargs)
@@ -130,8 +120,7 @@ def test_anthropic_strict_tools_are_held_to_their_schema(capable, stream):
     assert "city" in str(caught.value)
 
 
-def test_a_forced_strict_call_is_asked_of_ollama_as_the_schema(capable):
-    served, oai, _ = capable
+def test_a_forced_strict_call_is_asked_of_ollama_as_the_schema(served, oai):
     served.fake.script(tokens=1)  # answered with an instance of the format, as Ollama's grammar makes one
     answer = oai.chat.completions.create(
         model="tiny", messages=HELLO, tools=[chat_tool()], tool_choice="required"
@@ -160,9 +149,8 @@ def test_a_strict_schema_jarvis_cannot_check_is_a_400_naming_it(served, paramete
 
 
 @pytest.mark.parametrize("api", ["chat_completions", "responses"])
-def test_the_openai_agents_sdk_runs_a_strict_tool_through_jarvis(capable, api):
+def test_the_openai_agents_sdk_runs_a_strict_tool_through_jarvis(served, api):
     agents = pytest.importorskip("agents")  # openai-agents: not among the test extras
-    served, _, _ = capable
     served.fake.push(Script(tokens=0, tool_calls=[CALL]), Script(tokens=["It is sunny."]))
     seen = []
 

@@ -97,7 +97,7 @@ def _checked(tools: dict[str, Tool], items: Iterable[Item]) -> Iterator[Item]:
         if isinstance(item, ToolCall):
             tool = tools.get(item.name)
             problem = "it names no tool offered" if tool is None else _mismatch(tool, item.arguments)
-            if problem is not None and (tool is None or tool.strict):
+            if problem is not None:  # a tool that is not strict has none (_mismatch)
                 raise UpstreamError(
                     f"the model's call of {item.name!r} does not match its strict schema: {problem}",
                     code="tool_arguments_invalid",

@@ -135,10 +135,10 @@ def script_fields(found: dict) -> dict:
     return fields
 
 
-def _call_per_line(fake, s, model: str, pieces: list) -> list:
+def _call_per_line(fake, s, model: str, pieces):
     """Ollama's pieces with the tool calls, which the fake sends on one line, on a line each."""
     if fake.kind == "ollama" and s.tool_calls and len(s.tool_calls) > 1:
-        pieces[-1:] = [partial(fake.wire.tool_calls, model, [call]) for call in s.tool_calls]
+        pieces.tools[:] = [partial(fake.wire.tool_calls, model, [call]) for call in s.tool_calls]
     return pieces
 
 

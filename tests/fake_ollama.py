@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -59,10 +59,54 @@ class Script:
     tool_calls: list[dict] | None = None  # [{"name", "arguments", optional "id"}], after the text
     json_answer: bool = True  # a format request is answered with JSON (False: the tokens as they are)
 
-    def texts(self) -> list[str]:
+    def texts(self) -> Sequence[str]:
         if isinstance(self.tokens, int):
-            return [f"tok{i} " for i in range(self.tokens)]
+            return Numbered(self.tokens)
         return list(self.tokens)
+
+
+class Numbered(Sequence):
+    """The texts "tok0 ", "tok1 ", ... made as they are read.
+
+    A list of them cost a script of 100,000 tokens 100,000 strings: with 64 such answers
+    streaming, the fake's garbage collector walked millions of objects and held every one of its
+    threads for hundreds of milliseconds, in the middle of what a benchmark times."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.count))]
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return f"tok{i % self.count} "
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"tok{i} " for i in range(self.count))
+
+
+@dataclass
+class Pieces:
+    """What streams, in order: thinking chunks, text tokens (made as they are read), tool calls;
+    each piece the maker of its frames."""
+
+    thinking: list[Callable[[], list[bytes]]]
+    texts: Sequence[str]
+    token: Callable[[str], list[bytes]]
+    tools: list[Callable[[], list[bytes]]]
+
+    def __len__(self) -> int:
+        return len(self.thinking) + len(self.texts) + len(self.tools)
+
+    def __iter__(self) -> Iterator[Callable[[], list[bytes]]]:
+        yield from self.thinking
+        for text in self.texts:
+            yield partial(self.token, text)
+        yield from self.tools
 
 
 @dataclass
@@ -366,17 +410,14 @@ class FakeOllama:
         for frame in self.wire.closing(model, s.done_reason, bool(s.tool_calls), sent):
             yield "send", frame
 
-    def _pieces(self, s: Script, body: dict, model: str) -> list[Callable[[], list[bytes]]]:
-        """What streams, each piece as the maker of its frames (thinking chunks, text tokens, the tool
-        calls): framed as it is sent, so a script of 100,000 tokens costs the fake no CPU up front,
-        CPU that a benchmark's Jarvis on the same cores would lose."""
+    def _pieces(self, s: Script, body: dict, model: str) -> Pieces:
+        """What streams, each piece framed as it is sent: a script of 100,000 tokens costs the fake
+        neither CPU nor memory up front, which a benchmark's Jarvis on the same cores would lose."""
         fmt = self.wire.format(body) if s.json_answer else None
         texts = fake_wire.answer_texts(s.texts(), fmt, len(fake_wire.images_in(body)))
-        pieces = [partial(_one, self.wire.thinking, model, text) for text in s.thinking or []]
-        pieces += [partial(_one, self.wire.token, model, text) for text in texts]
-        if s.tool_calls:
-            pieces.append(partial(self.wire.tool_calls, model, s.tool_calls))
-        return pieces
+        thinking = [partial(_one, self.wire.thinking, model, text) for text in s.thinking or []]
+        tools = [partial(self.wire.tool_calls, model, s.tool_calls)] if s.tool_calls else []
+        return Pieces(thinking, texts, partial(_one, self.wire.token, model), tools)
 
     # Ollama's answers that are not a stream; a fake of another server overrides these
     def _refusal(self, call: Call, s: Script, model: str) -> tuple[int, dict] | None:

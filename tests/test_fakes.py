@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tracemalloc
 
 import ollama
 import openai
@@ -58,6 +59,29 @@ def pieces(got: list, kind: str = "content") -> list[str]:
 
 def answer(got: list) -> str:
     return "".join(pieces(got))
+
+
+# long scripts
+
+
+def test_a_long_script_costs_the_fake_no_memory_up_front(each):
+    # 64 answers of 100,000 tokens each made as lists were millions of objects: the fake's garbage
+    # collector then held all its threads for hundreds of milliseconds, and a benchmark timed that
+    # pause as Jarvis's (an upstream close seen 500 ms after Jarvis's shutdown)
+    from tests.fake_ollama import Script
+
+    tracemalloc.start()
+    try:
+        made = each._pieces(Script(tokens=100_000), {"messages": []}, "llama3.2")
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(made) == 100_000
+    assert size < 100_000, f"the script's pieces took {size} bytes before one was sent"
+    texts = Script(tokens=100_000).texts()
+    assert (texts[0], texts[-1], texts[1:3]) == ("tok0 ", "tok99999 ", ["tok1 ", "tok2 "])
+    each.script(tokens=3)
+    assert answer(frames(chat(each))) == "tok0 tok1 tok2 "
 
 
 # thinking

@@ -8,6 +8,7 @@ connect attempt and the handshake share one deadline.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import socket
 import ssl
@@ -97,8 +98,30 @@ def _resolve(host: str, port: int, deadline: float, cancel: CancelScope) -> list
     return found[0]
 
 
+def _gil_keeping_shutdown():
+    """libc's shutdown(2) called without letting go of the GIL, or None where there is none.
+
+    ``socket.shutdown`` lets go of the GIL for a call that never blocks; in a burst of cancels
+    (64 Stops in one pass of the event loop) each let-go hands the GIL to a worker the previous
+    shutdown woke, and the next shutdown waits behind that worker's end."""
+    try:
+        call = ctypes.PyDLL(None).shutdown  # PyDLL: the GIL is held across the call
+    except (OSError, AttributeError):
+        return None
+    call.argtypes, call.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return call
+
+
+_shutdown = _gil_keeping_shutdown()
+
+
 def shutdown(sock: socket.socket) -> None:
     """Break any call blocked on ``sock``, from any thread."""
+    if _shutdown is not None and type(sock) is socket.socket:  # a TLS socket shuts down its own way
+        # the descriptor is read and shut down under the GIL, so no close can reuse it in between;
+        # -1: closed by the worker already, nothing left to break (shutdown(-1) fails, EBADF)
+        _shutdown(sock.fileno(), socket.SHUT_RDWR)
+        return
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:

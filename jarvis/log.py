@@ -5,14 +5,46 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("jarvis")
+
+
+_held = threading.local()
 
 
 def event(name: str, level: int = logging.INFO, **fields) -> None:
     """Log lifecycle event ``name`` with its fields (trace_id, session, ...)."""
     if log.isEnabledFor(level):
-        log.log(level, name, extra={"event": name, "fields": fields})
+        extra = {"event": name, "fields": fields}
+        lines = getattr(_held, "lines", None)
+        if lines is None:
+            log.log(level, name, extra=extra)
+        else:  # the record keeps this moment's time
+            lines.append(log.makeRecord(log.name, level, "(held)", 0, name, (), None, extra=extra))
+
+
+@contextmanager
+def deferred() -> Iterator[list[logging.LogRecord]]:
+    """Collect this thread's event lines in the block instead of writing them; the caller writes
+    them later with ``write``.
+
+    A write lets go of the GIL; in the event loop's burst of cancels the workers those cancels
+    woke would take it there, and the loop would read the next Stops behind their ends."""
+    lines: list[logging.LogRecord] = []
+    _held.lines = lines
+    try:
+        yield lines
+    finally:
+        _held.lines = None
+
+
+def write(lines: list[logging.LogRecord]) -> None:
+    """Write lines ``deferred`` collected, each with the time it was made."""
+    for record in lines:
+        log.handle(record)
 
 
 class TextFormatter(logging.Formatter):

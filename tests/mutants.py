@@ -257,6 +257,13 @@ MUTANTS = [
  ("stop-loop-proxy: the event loop judges a Stop without waitress's proxy headers (the scheme)", "jarvis/web/server.py",
   "        if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:  # as waitress's create_server\n", "        if False:\n",
   ["tests/test_serving.py::test_behind_the_proxy_a_stop_from_the_other_scheme_never_cancels_in_the_event_loop"]),
+ ("stop-lines-lost: the log lines of a Stop ended in the event loop are never written", "jarvis/web/server.py",
+  "        self.request.write_lines()\n        super().service()\n", "        super().service()\n",
+  ["tests/test_serving.py::test_a_stop_ended_in_the_event_loop_is_logged_once"]),
+ ("shutdown-none: a cancel no longer shuts a plain upstream socket down", "jarvis/upstream/connect.py",
+  "        _shutdown(sock.fileno(), socket.SHUT_RDWR)\n", "        pass\n",
+  ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once",
+   "tests/test_lifecycle.py::test_stop_closes_upstream_and_ends_stream"]),
 ]
 
 

@@ -193,6 +193,24 @@ def test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy
 
 
 @pytest.mark.timeout(60)
+def test_a_stop_ended_in_the_event_loop_is_logged_once(make_app, make_server, fake, caplog):
+    # the loop collects its cancels' lines and the Stop's thread writes them: a line never
+    # written would lose the record of why the answer ended, two would tell it twice
+    caplog.set_level(logging.INFO, logger="jarvis")
+    fake.script(Script(tokens=5, stall_after=2))
+    api = Api(make_server(make_app()).url)
+    sid = api.session()
+    sse = api.send(sid)
+    trace = sse.until("start")["trace_id"]
+    fake.wait_for_calls(1)
+    assert api.stop(sid) == {"stopped": True}
+    assert sse.end()["status"] == "stopped"
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "stream_stopped"]
+    assert [r.fields["trace_id"] for r in lines] == [trace]
+    assert lines[0].threadName == "jarvis-waitress-loop", "the Stop was not ended in the event loop"
+
+
+@pytest.mark.timeout(60)
 def test_a_stop_the_route_would_refuse_never_cancels_in_the_event_loop(make_app, make_server, fake):
     # would be lost: the answer, to a forged or foreign Stop, if the event loop cancelled on less
     # than the route checks (a cookie without its CSRF header, another site's origin, a Host we do

@@ -56,6 +56,7 @@ class _Parser(HTTPRequestParser):
         self.channel = channel
         self.stoppable = None  # the answer this request (a Stop) may end in the event loop
         self.stopped_in_loop = None  # and the one it ended there, before its task started
+        self.lines: list = []  # the log lines of what the loop did for it, for its task to write
 
     def received(self, data: bytes) -> int:
         taken = super().received(data)
@@ -63,9 +64,18 @@ class _Parser(HTTPRequestParser):
             self.stoppable = self.channel.stoppable(self)
         return taken
 
+    def write_lines(self) -> None:
+        lines, self.lines = self.lines, []
+        log.write(lines)
+
 
 class _Task(WSGITask):
-    """waitress's task, which tells the app what the event loop already did for its request."""
+    """waitress's task, which tells the app what the event loop already did for its request, and
+    writes the log lines of it."""
+
+    def service(self) -> None:
+        self.request.write_lines()
+        super().service()
 
     def get_environment(self) -> dict:
         environ = super().get_environment()
@@ -100,6 +110,11 @@ class _Channel(HTTPChannel):
             log.log.exception("a Stop failed in the event loop; its thread serves it")
             return None
         return environ.get(_STOPPABLE)
+
+    def cancel(self):  # shutting down before a thread served them: their lines still go out
+        for request in self.requests:
+            request.write_lines()
+        super().cancel()
 
     def handle_read(self):
         super().handle_read()
@@ -235,11 +250,14 @@ class Server:
         finds its answer ended and answers ``stopped`` as the route does."""
         held, self._held = self._held, []
         for _, request in held:
-            try:
-                if request.stoppable.cancel(Reason.STOPPED):
-                    request.stopped_in_loop = request.stoppable
-            except Exception:  # the loop goes on: the thread serves this Stop as ever
-                log.log.exception("a Stop failed in the event loop; its thread serves it")
+            # its lines are written by the Stop's thread: the loop keeps the GIL from the pass's
+            # first cancel to its last (log.deferred), and it is back to reading at once
+            with log.deferred() as request.lines:
+                try:
+                    if request.stoppable.cancel(Reason.STOPPED):
+                        request.stopped_in_loop = request.stoppable
+                except Exception:  # the loop goes on: the thread serves this Stop as ever
+                    log.log.exception("a Stop failed in the event loop; its thread serves it")
         for channel, _ in held:
             self._waitress.task_dispatcher.add_task(channel)
 

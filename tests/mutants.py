@@ -260,8 +260,8 @@ MUTANTS = [
  ("stop-lines-lost: the log lines of a Stop ended in the event loop are never written", "jarvis/web/server.py",
   "        self.request.write_lines()\n        super().service()\n", "        super().service()\n",
   ["tests/test_serving.py::test_a_stop_ended_in_the_event_loop_is_logged_once"]),
- ("shutdown-none: a cancel no longer shuts a plain upstream socket down", "jarvis/upstream/connect.py",
-  "        _shutdown(sock.fileno(), socket.SHUT_RDWR)\n", "        pass\n",
+ ("shutdown-none: a cancel no longer shuts a plain upstream socket down", "jarvis/gil.py",
+  "    _LIBC.shutdown(sock.fileno(), socket.SHUT_RDWR)\n", "    pass\n",
   ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once",
    "tests/test_lifecycle.py::test_stop_closes_upstream_and_ends_stream"]),
 ]

@@ -8,13 +8,13 @@ connect attempt and the handshake share one deadline.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import socket
 import ssl
 import threading
 import time
 
+from .. import gil
 from ..cancel import CancelScope
 
 
@@ -29,7 +29,7 @@ def open_socket(
     context = ssl.create_default_context()
     sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     # the TLS socket takes over the descriptor: register it before the handshake blocks
-    undo.append(cancel.on_cancel(lambda sock=sock: shutdown(sock)))
+    undo.append(cancel.on_cancel(lambda sock=sock: gil.shutdown(sock)))
     sock.do_handshake()
     return sock
 
@@ -42,7 +42,7 @@ def connect(host: str, port: int, timeout: float, cancel: CancelScope, undo: lis
     for family, kind, proto, _, address in _resolve(host, port, deadline, cancel):
         sock = socket.socket(family, kind, proto)
         # shutdown wakes a blocked connect as well as a blocked recv
-        undo.append(cancel.on_cancel(lambda sock=sock: shutdown(sock)))
+        undo.append(cancel.on_cancel(lambda sock=sock: gil.shutdown(sock)))
         if cancel.cancelled:  # checkpoint: before each connect (a shutdown before it does nothing)
             sock.close()
             raise ConnectionAbortedError("cancelled before connecting")
@@ -96,33 +96,3 @@ def _resolve(host: str, port: int, deadline: float, cancel: CancelScope) -> list
     if isinstance(found[0], OSError):
         raise found[0]
     return found[0]
-
-
-def _gil_keeping_shutdown():
-    """libc's shutdown(2) called without letting go of the GIL, or None where there is none.
-
-    ``socket.shutdown`` lets go of the GIL for a call that never blocks; in a burst of cancels
-    (64 Stops in one pass of the event loop) each let-go hands the GIL to a worker the previous
-    shutdown woke, and the next shutdown waits behind that worker's end."""
-    try:
-        call = ctypes.PyDLL(None).shutdown  # PyDLL: the GIL is held across the call
-    except (OSError, AttributeError):
-        return None
-    call.argtypes, call.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return call
-
-
-_shutdown = _gil_keeping_shutdown()
-
-
-def shutdown(sock: socket.socket) -> None:
-    """Break any call blocked on ``sock``, from any thread."""
-    if _shutdown is not None and type(sock) is socket.socket:  # a TLS socket shuts down its own way
-        # the descriptor is read and shut down under the GIL, so no close can reuse it in between;
-        # -1: closed by the worker already, nothing left to break (shutdown(-1) fails, EBADF)
-        _shutdown(sock.fileno(), socket.SHUT_RDWR)
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed by the worker: nothing left to break

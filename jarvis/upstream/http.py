@@ -32,7 +32,8 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .connect import open_socket, shutdown
+from ..gil import shutdown
+from .connect import open_socket
 from .framing import Framing
 from .pool import Pool
 

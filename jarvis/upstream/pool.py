@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from .connect import shutdown
+from ..gil import shutdown
 
 SIZE = 8  # kept connections per server: more than the batches a client sends at once, usually
 IDLE_S = 4.0  # under the 5 s after which many servers (uvicorn, Node) close an idle connection

@@ -36,7 +36,7 @@ from waitress.proxy_headers import proxy_headers_middleware
 from waitress.server import create_server
 from waitress.task import WSGITask
 
-from .. import log
+from .. import gil, log
 from ..status import Reason
 from . import answers
 from .auth import STOPPED_IN_LOOP
@@ -115,6 +115,20 @@ class _Channel(HTTPChannel):
         for request in self.requests:
             request.write_lines()
         super().cancel()
+
+    def recv(self, buffer_size: int) -> bytes:
+        """wasyncore's recv, keeping the GIL (``jarvis.gil``): the loop calls it on a socket its
+        poll found readable, so it never blocks, and each Stop of a burst is read without handing
+        the GIL to the answers the previous ones ended."""
+        try:
+            data = gil.recv(self.socket, buffer_size)
+        except OSError as e:
+            if e.errno not in wasyncore._DISCONNECTED:
+                raise
+            data = b""
+        if not data:  # the client closed (or reset) its connection
+            self.handle_close()
+        return data
 
     def handle_read(self):
         super().handle_read()

@@ -264,6 +264,9 @@ MUTANTS = [
   "    _LIBC.shutdown(sock.fileno(), socket.SHUT_RDWR)\n", "    pass\n",
   ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once",
    "tests/test_lifecycle.py::test_stop_closes_upstream_and_ends_stream"]),
+ ("burst-unread: the event loop ends each pass's Stops before it has read the rest of their burst", "jarvis/web/server.py",
+  "                self._read_burst(poll)\n", "",
+  ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
 ]
 
 

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -190,6 +191,44 @@ def test_a_stop_closes_its_upstream_in_the_event_loop_while_every_thread_is_busy
     assert not calls[1].closed.is_set(), "the other answer was stopped too"
     assert streams[0].end()["status"] == "stopped"
     streams[1].close()
+
+
+@pytest.mark.timeout(60)
+def test_stops_that_come_together_end_their_answers_together(make_app, make_server, fake, monkeypatch):
+    # a burst's Stops ended a pass at a time: each pass's ends and Stop threads took the GIL from
+    # the event loop while it read the rest, and 64 Stops sent within 2 ms took 20-75 ms to read.
+    # Here the loop is held on the first Stop until all are sent: the rest are read before any ends
+    fake.script(Script(tokens=5, stall_after=2))
+    app = make_app()
+    server = make_server(app)
+    api = Api(server.url)
+    sessions = [api.session() for _ in range(6)]
+    streams = [api.send(sid) for sid in sessions]
+    fake.wait_for_calls(len(sessions))
+    all_sent = threading.Event()
+    channel = server._waitress.channel_class
+    stoppable = channel.stoppable
+
+    def held_on_the_first(self, request):  # the loop, busy with one Stop while the others arrive
+        found = stoppable(self, request)
+        if found is not None:
+            all_sent.wait(5)
+        return found
+
+    monkeypatch.setattr(channel, "stoppable", held_on_the_first)
+    ended = []
+    stop_held = server._stop_held
+    monkeypatch.setattr(server, "_stop_held", lambda: (ended.append(len(server._held)), stop_held()))
+    clients = [http.client.HTTPConnection(*server.url[7:].split(":"), timeout=5) for _ in sessions]
+    for client, sid in zip(clients, sessions, strict=True):
+        client.request("POST", f"/api/sessions/{sid}/stop", headers=api.headers)
+    all_sent.set()
+    answers = [json.loads(client.getresponse().read()) for client in clients]
+    assert answers == [{"stopped": True}] * len(sessions)
+    assert [n for n in ended if n] == [len(sessions)], "the Stops were ended a few at a time"
+    for client, sse in zip(clients, streams, strict=True):
+        client.close()
+        sse.close()
 
 
 @pytest.mark.timeout(60)

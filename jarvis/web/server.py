@@ -12,11 +12,12 @@ reveals a gone client: that is the floor there.
 
 A Stop is ended in the event loop too, under ``jarvis serve``: once waitress has
 parsed a ``POST …/stop``, the app checks it as its thread would without the
-database (``answers.stoppable_in_loop``); the Stops one poll pass reads end
-their answers together at the pass's end, then go to the threads, which find
-their answers ended and answer as the route does. A Stop no longer waits for a
-free thread to reach its upstream; anything the checks do not pass is left to
-the thread, as before.
+database (``answers.stoppable_in_loop``); the Stops that come together (read
+pass after pass while each finds more, ``BURST_S`` at most) end their answers
+together, without letting go of the GIL (``jarvis.gil``), then go to the
+threads, which find their answers ended and answer as the route does. A Stop
+no longer waits for a free thread to reach its upstream; anything the checks
+do not pass is left to the thread, as before.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .bodies import MAX_BODY_BYTES
 from .page import ForwardedPrefix
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
+BURST_S = 0.01  # the longest the event loop reads on before it ends the Stops it has read
 _STOPPABLE = "jarvis.stoppable"  # the event loop's own environ of a Stop: the answer it may end
 
 
@@ -194,9 +196,9 @@ class Server:
             (_Channel,),
             {"on_client_closed": staticmethod(on_close), "stop_in_loop": staticmethod(self._stop_check())},
         )
-        # the Stops one pass of the loop reads end their answers together at its end, then go to
-        # their threads: each cancel wakes its answer's end, which would compete with the loop
-        # for the GIL while it reads the next Stop
+        # the Stops of a burst end their answers together once all are read, then go to their
+        # threads: each cancel wakes its answer's end, which would compete with the loop for the
+        # GIL while it reads the next Stop
         self._held: list = []
         self._loop_ident: int | None = None
         self._waitress.add_task = self._add_task
@@ -236,13 +238,14 @@ class Server:
 
     def serve_forever(self) -> None:
         """Run the event loop in this thread until ``shutdown`` (from another thread): waitress's
-        loop, which also ends the answers of each pass's Stops at the pass's end."""
+        loop, which also ends the answers of each burst's Stops once it has read them."""
         w = self._waitress
         self._loop_ident = threading.get_ident()
         poll = wasyncore.poll2 if w.adj.asyncore_use_poll else wasyncore.poll
         try:
             while w._map:
                 poll(w.adj.asyncore_loop_timeout, w._map)
+                self._read_burst(poll)
                 self._stop_held()
         except (SystemExit, KeyboardInterrupt):
             w.task_dispatcher.shutdown()
@@ -250,8 +253,22 @@ class Server:
             self._stop_held()
             self._stopped.set()
 
+    def _read_burst(self, poll) -> None:
+        """After a pass that read Stops, pass on without waiting while each pass reads another or
+        accepts a connection (which may bring one), up to ``BURST_S``: the Stops that come
+        together are all read before any of their answers ends. Each end (and its Stop's thread)
+        takes the GIL from the loop, which then read the rest of a burst behind them: 64 Stops
+        sent within 2 ms were read over 20 to 75 ms."""
+        channels = self._waitress._map
+        until = time.monotonic() + BURST_S
+        while self._held and time.monotonic() < until:
+            seen = len(self._held), len(channels)
+            poll(0.0, channels)
+            if (len(self._held), len(channels)) == seen:
+                return
+
     def _add_task(self, channel) -> None:
-        """A channel has a request for a thread. A Stop the loop may end waits for the pass's end."""
+        """A channel has a request for a thread. A Stop the loop may end waits for its burst's end."""
         request = channel.requests[0] if channel.requests else None
         stoppable = getattr(request, "stoppable", None)
         if stoppable is not None and threading.get_ident() == self._loop_ident:

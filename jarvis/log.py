@@ -10,20 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("jarvis")
-
-
-_held = threading.local()
+_deferring = threading.local()  # .lines: the records ``deferred`` collects on this thread
 
 
 def event(name: str, level: int = logging.INFO, **fields) -> None:
     """Log lifecycle event ``name`` with its fields (trace_id, session, ...)."""
     if log.isEnabledFor(level):
         extra = {"event": name, "fields": fields}
-        lines = getattr(_held, "lines", None)
+        lines = getattr(_deferring, "lines", None)
         if lines is None:
             log.log(level, name, extra=extra)
         else:  # the record keeps this moment's time
-            lines.append(log.makeRecord(log.name, level, "(held)", 0, name, (), None, extra=extra))
+            lines.append(log.makeRecord(log.name, level, "(deferred)", 0, name, (), None, extra=extra))
 
 
 @contextmanager
@@ -34,11 +32,11 @@ def deferred() -> Iterator[list[logging.LogRecord]]:
     A write lets go of the GIL; in the event loop's burst of cancels the workers those cancels
     woke would take it there, and the loop would read the next Stops behind their ends."""
     lines: list[logging.LogRecord] = []
-    _held.lines = lines
+    _deferring.lines = lines
     try:
         yield lines
     finally:
-        _held.lines = None
+        _deferring.lines = None
 
 
 def write(lines: list[logging.LogRecord]) -> None:

@@ -267,6 +267,9 @@ MUTANTS = [
  ("burst-unread: the event loop ends each pass's Stops before it has read the rest of their burst", "jarvis/web/server.py",
   "                self._read_burst(poll)\n", "",
   ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
+ ("burst-switch-kept: the switch interval raised for a burst of Stops stays raised", "jarvis/web/server.py",
+  "            sys.setswitchinterval(usual)\n", "            pass\n",
+  ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
 ]
 
 

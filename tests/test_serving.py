@@ -9,12 +9,14 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import requests
 
+from jarvis.web.server import BURST_SWITCH_S
 from tests.conftest import (
     HTTP_TIMEOUT,
     ROOT,
@@ -216,9 +218,16 @@ def test_stops_that_come_together_end_their_answers_together(make_app, make_serv
         return found
 
     monkeypatch.setattr(channel, "stoppable", held_on_the_first)
-    ended = []
+    ended, switching = [], []
     stop_held = server._stop_held
-    monkeypatch.setattr(server, "_stop_held", lambda: (ended.append(len(server._held)), stop_held()))
+
+    def noted() -> None:
+        ended.append(len(server._held))
+        switching.append(sys.getswitchinterval())
+        stop_held()
+
+    usual = sys.getswitchinterval()
+    monkeypatch.setattr(server, "_stop_held", noted)
     clients = [http.client.HTTPConnection(*server.url[7:].split(":"), timeout=5) for _ in sessions]
     for client, sid in zip(clients, sessions, strict=True):
         client.request("POST", f"/api/sessions/{sid}/stop", headers=api.headers)
@@ -226,6 +235,9 @@ def test_stops_that_come_together_end_their_answers_together(make_app, make_serv
     answers = [json.loads(client.getresponse().read()) for client in clients]
     assert answers == [{"stopped": True}] * len(sessions)
     assert [n for n in ended if n] == [len(sessions)], "the Stops were ended a few at a time"
+    # while it ends them, no thread waiting for the GIL makes the loop hand it over every 5 ms
+    assert switching[ended.index(len(sessions))] == pytest.approx(BURST_SWITCH_S)
+    assert sys.getswitchinterval() == usual, "the interpreter's switch interval stayed raised"
     for client, sse in zip(clients, streams, strict=True):
         client.close()
         sse.close()

@@ -265,10 +265,10 @@ MUTANTS = [
   ["tests/test_serving.py::test_a_client_that_closes_during_silence_closes_the_upstream_at_once",
    "tests/test_lifecycle.py::test_stop_closes_upstream_and_ends_stream"]),
  ("burst-unread: the event loop ends each pass's Stops before it has read the rest of their burst", "jarvis/web/server.py",
-  "                self._read_burst(poll)\n", "",
+  "                    self._read_burst(poll)\n", "",
   ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
  ("burst-switch-kept: the switch interval raised for a burst of Stops stays raised", "jarvis/web/server.py",
-  "            sys.setswitchinterval(usual)\n", "            pass\n",
+  "            sys.setswitchinterval(self._usual_switch)  # the burst is over\n", "            pass\n",
   ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
 ]
 

@@ -46,8 +46,8 @@ from .bodies import MAX_BODY_BYTES
 from .page import ForwardedPrefix
 
 CONTROL_THREADS = 4  # served while every stream slot is busy
-BURST_S = 0.01  # the longest the event loop reads on before it ends the Stops it has read
-BURST_SWITCH_S = 0.05  # the interpreter's switch interval while it does (Server._end_burst)
+BURST_S = 0.03  # the longest the event loop reads on before it ends the Stops it has read
+BURST_SWITCH_S = 0.05  # the interpreter's switch interval meanwhile (Server._burst_begins)
 _STOPPABLE = "jarvis.stoppable"  # the event loop's own environ of a Stop: the answer it may end
 
 
@@ -202,6 +202,7 @@ class Server:
         # threads: each cancel wakes its answer's end, which would compete with the loop for the
         # GIL while it reads the next Stop
         self._held: list = []
+        self._usual_switch = sys.getswitchinterval()  # restored when a burst of Stops has ended
         self._loop_ident: int | None = None
         self._waitress.add_task = self._add_task
         self._loop: threading.Thread | None = None
@@ -248,28 +249,13 @@ class Server:
             while w._map:
                 poll(w.adj.asyncore_loop_timeout, w._map)
                 if self._held:
-                    self._end_burst(poll)
+                    self._read_burst(poll)
+                    self._stop_held()
         except (SystemExit, KeyboardInterrupt):
             w.task_dispatcher.shutdown()
         finally:
             self._stop_held()
             self._stopped.set()
-
-    def _end_burst(self, poll) -> None:
-        """Read the rest of a burst of Stops, then end their answers, with the interpreter's switch
-        interval raised to ``BURST_SWITCH_S`` for that while.
-
-        With 64 answers streaming, a hundred threads wait for the GIL at any moment; at the usual
-        5 ms one of them makes the loop hand it over, and the loop then waits behind all of them
-        (gaps of 3 to 10 ms between one Stop's read and the next). The burst is bounded (its reads
-        by ``BURST_S``, then one cancel each), so the others wait for it once instead."""
-        usual = sys.getswitchinterval()
-        sys.setswitchinterval(max(usual, BURST_SWITCH_S))
-        try:
-            self._read_burst(poll)
-            self._stop_held()
-        finally:
-            sys.setswitchinterval(usual)
 
     def _read_burst(self, poll) -> None:
         """After a pass that read Stops, pass on without waiting while each pass reads another or
@@ -290,23 +276,41 @@ class Server:
         request = channel.requests[0] if channel.requests else None
         stoppable = getattr(request, "stoppable", None)
         if stoppable is not None and threading.get_ident() == self._loop_ident:
+            if not self._held:
+                self._burst_begins()
             self._held.append((channel, request))
         else:
             self._waitress.task_dispatcher.add_task(channel)
+
+    def _burst_begins(self) -> None:
+        """The loop holds a first Stop: until ``_stop_held`` has ended the burst's answers, the
+        interpreter's switch interval is ``BURST_SWITCH_S``.
+
+        With 64 answers streaming, a hundred threads wait for the GIL at any moment; at the usual
+        5 ms one of them makes the loop hand it over, and the loop then waits behind all of them
+        (gaps of 3 to 10 ms between one Stop's read and the next). The burst is bounded (its reads
+        by ``BURST_S``, then one cancel each), so the others wait for it once instead."""
+        self._usual_switch = sys.getswitchinterval()
+        sys.setswitchinterval(max(self._usual_switch, BURST_SWITCH_S))
 
     def _stop_held(self) -> None:
         """End the held Stops' answers, one after another, then hand the Stops to the threads: each
         finds its answer ended and answers ``stopped`` as the route does."""
         held, self._held = self._held, []
-        for _, request in held:
-            # its lines are written by the Stop's thread: the loop keeps the GIL from the pass's
-            # first cancel to its last (log.deferred), and it is back to reading at once
-            with log.deferred() as request.lines:
-                try:
-                    if request.stoppable.cancel(Reason.STOPPED):
-                        request.stopped_in_loop = request.stoppable
-                except Exception:  # the loop goes on: the thread serves this Stop as ever
-                    log.log.exception("a Stop failed in the event loop; its thread serves it")
+        if not held:
+            return
+        try:
+            for _, request in held:
+                # its lines are written by the Stop's thread: the loop keeps the GIL from the
+                # first cancel to the last (log.deferred), and it is back to reading at once
+                with log.deferred() as request.lines:
+                    try:
+                        if request.stoppable.cancel(Reason.STOPPED):
+                            request.stopped_in_loop = request.stoppable
+                    except Exception:  # the loop goes on: the thread serves this Stop as ever
+                        log.log.exception("a Stop failed in the event loop; its thread serves it")
+        finally:
+            sys.setswitchinterval(self._usual_switch)  # the burst is over
         for channel, _ in held:
             self._waitress.task_dispatcher.add_task(channel)
 

@@ -6,9 +6,10 @@
 - 64 concurrent Stops: 64 answers stream, 64 clients (one keep-alive connection each, in this
   process) send their Stop at the same moment; timed from the first Stop sent to the last
   upstream connection the fake saw close. ``jarvis serve`` side by side with itself as it was
-  before ``jarvis.gil`` (``python -m bench.serving serve-letgo``: the socket calls let go of the
-  GIL, the loop writes its cancels' log lines) and with the loop's Stop switched off
-  (``serve-thread``: the Stop's pool thread ends it), rounds alternated so all see the same load.
+  before (``python -m bench.serving serve-before``: the socket calls let go of the GIL, the loop
+  writes its cancels' log lines and ends each pass's Stops at the usual switch interval) and with
+  the loop's Stop switched off (``serve-thread``: the Stop's pool thread ends it), rounds
+  alternated so all see the same load.
 
 ``python -m bench --sections 15`` runs it; ``python -m bench.serving`` prints it alone.
 """
@@ -92,11 +93,12 @@ def run(workdir: Path, quick: bool) -> Section:
         "parsed after the round, so that the client takes no CPU from the server); the stalled row is "
         "the same with answers that send nothing (three tokens, "
         "then silence): the Stops without the other answers' token traffic. JARVIS_MAX_STREAMS="
-        f"{MAX_STREAMS}. '{BEFORE}' is jarvis serve with the socket calls that cannot block letting go "
-        "of the GIL and the event loop writing its cancels' log lines itself (python -m bench.serving "
-        "serve-letgo), as before; 'Stop on a thread' is jarvis serve with the event loop's Stop "
-        "switched off (serve-thread): a Stop ends its answer once a pool thread runs it. The servers "
-        "run at once on one fake and take their rounds in turn, so that all see the same load"
+        f"{MAX_STREAMS}. '{BEFORE}' is jarvis serve as it was before the changes of round 4 (python -m "
+        "bench.serving serve-before): the socket calls that cannot block let go of the GIL, the event "
+        "loop writes its cancels' log lines itself, and ends each poll pass's Stops at the usual switch "
+        "interval; 'Stop on a thread' is jarvis serve with the event loop's Stop switched off "
+        "(serve-thread): a Stop ends its answer once a pool thread runs it. The servers run at once on "
+        "one fake and take their rounds in turn, so that all see the same load"
     )
     return section
 
@@ -138,11 +140,11 @@ def _side_by_side(
     return stops, stalled
 
 
-BEFORE = "letting go of the GIL (before)"
+BEFORE = "as before (584894b)"
 STOP_VARIANTS = ("jarvis serve", BEFORE, "Stop on a thread")
 PATCHES = {  # variant -> the patches its server process runs with (bench/serving.py serve-...)
     "jarvis serve": (),
-    BEFORE: ("letgo",),
+    BEFORE: ("before",),
     "poll only": ("poll",),
     "Stop on a thread": ("thread",),
     "loop without its log line": ("quiet",),
@@ -264,11 +266,14 @@ def _stop_at_once_in_loop() -> None:
     Server._add_task = add_task
 
 
-def _let_go_of_the_gil() -> None:
+def _as_before() -> None:
     from jarvis import gil, log
+    from jarvis.web.server import Server
 
     gil._LIBC = None  # the sockets' own shutdown and recv, which let go of the GIL
     log.deferred = contextlib.contextmanager(lambda: (yield []))  # the loop writes its lines at once
+    Server._read_burst = lambda self, poll: None  # each pass's Stops ended at its end
+    Server._burst_begins = lambda self: None  # at the usual switch interval
 
 
 def _quiet_loop() -> None:
@@ -296,7 +301,7 @@ PATCH = {
     "poll": _poll_only,
     "thread": _stop_on_a_thread,
     "atonce": _stop_at_once_in_loop,
-    "letgo": _let_go_of_the_gil,
+    "before": _as_before,
     "quiet": _quiet_loop,
     "switch": _switch,
 }

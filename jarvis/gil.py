@@ -5,7 +5,7 @@ recv on a socket the event loop's poll has just found readable) that is only a c
 thread to take the GIL, and the caller then waits to get it back behind whoever took it: a switch
 interval (5 ms) at worst each time, and longer while many threads want it. In a burst of 64 Stops
 under ``jarvis serve`` the event loop made about 130 such calls (reading each Stop, shutting each
-upstream down), and each woke answer's end or token took the GIL from it in between.
+upstream down), and each woken answer's end or token took the GIL from it in between.
 
 libc's calls through ``ctypes.PyDLL`` keep the GIL; where no libc can be loaded, the socket's own
 methods are used, as before.

@@ -127,7 +127,7 @@ class _Channel(HTTPChannel):
         try:
             data = gil.recv(self.socket, buffer_size)
         except OSError as e:
-            if e.errno not in wasyncore._DISCONNECTED:
+            if e.errno not in wasyncore._DISCONNECTED:  # wasyncore's own list
                 raise
             data = b""
         if not data:  # the client closed (or reset) its connection

@@ -16,6 +16,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# a table, one mutant to a few lines: left as laid out
+# fmt: off
 MUTANTS = [
  ("waiting-cancel: the wait for the predecessor ignores the waiting stream's cancel", "jarvis/lifecycle/worker.py",
   "undo = [prev.released.then(gate.set), s.scope.on_cancel(gate.set)]", "undo = [prev.released.then(gate.set)]",
@@ -268,6 +270,7 @@ MUTANTS = [
   "            sys.setswitchinterval(self._usual_switch)  # the burst is over\n", "            pass\n",
   ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
 ]
+# fmt: on
 
 
 def run(name, files, old, new, tests) -> list[str]:

@@ -125,7 +125,6 @@ def test_a_kept_connection_idle_too_long_is_closed_not_used(fake):
         made.close()
 
 
-
 def answer_with(fake, vectors: list[str], tokens: int | None = None) -> None:
     """The fake answers embeddings with ``vectors`` written as given, in its dialect's shape."""
     if fake.kind == "openai":

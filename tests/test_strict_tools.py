@@ -85,7 +85,6 @@ def test_a_call_of_a_tool_that_is_not_strict_is_passed_on_as_the_model_wrote_it(
     assert answer.choices[0].message.tool_calls[0].function.arguments == '{"town": "Paris"}'
 
 
-
 def finished(api, stream: bool, **kwargs):
     """What ``api`` (``oai.responses`` or ``claude.messages``) answers, streamed or in one piece."""
     if not stream:

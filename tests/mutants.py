@@ -269,6 +269,12 @@ MUTANTS = [
  ("burst-switch-kept: the switch interval raised for a burst of Stops stays raised", "jarvis/web/server.py",
   "            sys.setswitchinterval(self._usual_switch)  # the burst is over\n", "            pass\n",
   ["tests/test_serving.py::test_stops_that_come_together_end_their_answers_together"]),
+ ("unwritten-read: the history and the next prompt's context take the table's word over an end not yet written",
+  ["jarvis/store/sessions.py", "jarvis/store/tree.py"],
+  ["        found = rows.with_unwritten(found, unwritten)\n",
+   "            rows = stored.with_unwritten(stored.tree_rows(db, session_id, content=True), unwritten)\n"],
+  ["", "            rows = stored.tree_rows(db, session_id, content=True)\n"],
+  ["tests/test_database_faults.py::test_an_answer_that_ended_reads_back_ended_while_its_final_write_waits"]),
 ]
 # fmt: on
 

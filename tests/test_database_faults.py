@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+from jarvis.status import LIVE_STATUSES
 from tests import postgres
 from tests.conftest import LOCAL_TOKEN, Api, wait_for
 from tests.fake_ollama import Script
@@ -160,6 +161,38 @@ def test_a_locked_sqlite_database_answers_503_and_never_holds_an_answers_end(mak
         _stop_ends_at_once(api, sid, sse, live)
     _stored(api, sid, sse.text())
     assert api.send(other, "after").end() == {"status": "completed"}
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_that_ended_reads_back_ended_while_its_final_write_waits(
+    make_app, make_server, fake, monkeypatch
+):
+    # would be lost to the reader: an answer's end waits at most 250 ms for its final write, and
+    # while the database has not taken it the table still says 'streaming' with the text of the
+    # last checkpoint: the history read after the end, and the next prompt's context, took its word
+    fake.script(Script(tokens=3))
+    app = make_app()
+    store = app.extensions["jarvis"].store
+    taken, save = threading.Event(), store.save_answer
+
+    def slow_to_take_an_end(message_id, content, status, error=None, meta=None):
+        if status not in LIVE_STATUSES:
+            taken.wait(10)  # the database, slow to take this one write
+        save(message_id, content, status, error, meta)
+
+    monkeypatch.setattr(store, "save_answer", slow_to_take_an_end)
+    api = Api(make_server(app).url)
+    sid = api.session()
+    try:
+        assert api.send(sid).end()["status"] == "completed"
+        answer = api.messages(sid)[-1]
+        assert (answer["status"], answer["content"]) == ("completed", "tok0 tok1 tok2 ")
+        assert api.send(sid, "again").end()["status"] == "completed"
+        sent = fake.chat_calls()[-1].body["messages"]
+        assert [m["content"] for m in sent] == ["hello", "tok0 tok1 tok2 ", "again"]
+    finally:
+        taken.set()
+    assert wait_for(lambda: api.messages(sid)[1]["status"] == "completed", timeout=10, what="the final write")
 
 
 @contextmanager

@@ -7,7 +7,8 @@ names a session by a bounded id.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..conversation import Image, Message, ToolCall
 from ..errors import NotFound
@@ -118,6 +119,22 @@ def leaf(db: Connection, session_id: str) -> int | None:
     """The last message of the versions shown."""
     row = db.execute("SELECT leaf_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
     return row["leaf_id"] if row else None
+
+
+def with_unwritten(found: Sequence[Mapping], unwritten: Mapping[int, Any]) -> list[Mapping]:
+    """Message rows with the answers' final writes this process has not landed yet in their place
+    (``AnswerWriter.unwritten``, taken before the rows were read): a client that saw an answer end
+    reads it ended, and the next prompt's context carries it, even while the database is slow to
+    take the write."""
+    out: list[Mapping] = []
+    for row in found:
+        w = unwritten.get(row["id"])
+        if w is not None:
+            row = {**row, "content": w.content, "status": w.status, "error": dumped(w.error)}
+            if w.meta is not None:  # as save_answer: no meta leaves the stored one
+                row["meta"] = dumped(w.meta)
+        out.append(row)
+    return out
 
 
 def dumped(value: dict | None) -> str | None:

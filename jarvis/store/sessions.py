@@ -63,6 +63,7 @@ class Sessions:
     def get(self, session_id: str, owner: int | None = None) -> dict:
         """The session with the messages of the versions shown, oldest first; NotFound if unknown
         or not the owner's."""
+        unwritten = self.db.writer.unwritten()  # before the read: what lands meanwhile is in both
         with self.db.connect() as db:
             row = db.execute(
                 "SELECT id, title, created_at, updated_at, leaf_id, settings FROM sessions"
@@ -72,6 +73,7 @@ class Sessions:
             if row is None:
                 raise NotFound(f"no session {rows.shown(session_id)}")
             found = db.execute("SELECT * FROM messages WHERE session_id = ?", (session_id,)).fetchall()
+        found = rows.with_unwritten(found, unwritten)
         messages = tree.with_versions([rows.message(r) for r in found], row["leaf_id"])
         return {**rows.session(row), "messages": messages}
 

@@ -45,8 +45,9 @@ class Versions:
         session, None for nothing, LEAF for the versions shown)."""
         if upto is None:
             return []
+        unwritten = self.db.writer.unwritten()  # before the read, as Sessions.get
         with self.db.connect() as db:
-            rows = stored.tree_rows(db, session_id, content=True)
+            rows = stored.with_unwritten(stored.tree_rows(db, session_id, content=True), unwritten)
             if upto == LEAF:
                 upto = stored.leaf(db, session_id)
             elif not any(r["id"] == upto for r in rows):

@@ -97,6 +97,15 @@ class AnswerWriter:
             write.tried.set()
         return write.tried
 
+    def unwritten(self) -> dict[int, _Write]:
+        """The final writes the database has not taken yet (queued, retried or under way), by message
+        id: a read of the history shows them in the table's place."""
+        with self._cond:
+            found = {w.message_id: w for w in self._pending.values() if w.final}
+            if self._busy is not None and self._busy.final:
+                found.setdefault(self._busy.message_id, self._busy)  # a queued one is newer
+        return found
+
     def close(self, timeout: float) -> list[_Write]:
         """Wait up to ``timeout`` for the pending writes, then stop: log each final write left as lost
         (or, one still under way, as left) and return them. Later writes are tried once by their

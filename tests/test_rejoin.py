@@ -180,7 +180,9 @@ def test_an_answer_nobody_rejoins_ends_when_the_grace_runs_out(graced, fake):
     assert grace <= call.closed_at - left < grace + 1.0
     wait_for(lambda: api.messages(sid)[-1]["status"] == "disconnected", what="stored as disconnected")
     assert api.messages(sid)[-1]["content"] == "tok0 tok1 "  # what was streamed is kept
-    assert app.extensions["jarvis"].registry.active() == 0
+    # the history shows the final status as soon as the answer ends (before its write lands and
+    # its slot is released), so the slot is waited for, not asserted at once
+    wait_for(lambda: app.extensions["jarvis"].registry.active() == 0, what="slot released")
 
 
 def held_after_detach(sender: Api, reader: Api, fake) -> tuple[str, SSE]:
